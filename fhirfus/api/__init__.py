@@ -1,0 +1,1 @@
+"""HTTP: the FastAPI app, routers, content negotiation and the one error handler."""

@@ -1,0 +1,62 @@
+"""The one place where errors become OperationOutcome responses.
+
+Typed ``FhirError``s carry status and issues; framework errors (unknown route, wrong method,
+malformed path values) are mapped to the same shape; anything unexpected is a 500 whose body
+says nothing about the internals (the traceback goes to the server log only).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhirfus.api.negotiation import safe_rendering_for
+from fhirfus.fhir.errors import FhirError, Issue
+from fhirfus.fhir.outcome import operation_outcome
+
+log = logging.getLogger("fhirfus.api")
+
+_HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def outcome_response(request: Request, status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
+    rendering = safe_rendering_for(request)
+    return Response(
+        rendering.dumps(operation_outcome(issues)),
+        status_code=status,
+        media_type=rendering.content_type,
+        headers=headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def _fhir_error(request: Request, exc: FhirError) -> Response:
+        return outcome_response(request, exc.status, exc.issues, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = _HTTP_ISSUE_CODES.get(exc.status_code, "processing")
+        message = str(exc.detail) if exc.detail else "Request failed"
+        if exc.status_code == 404:
+            message = f"No FHIR interaction at {request.method} {request.url.path}"
+        return outcome_response(request, exc.status_code, [Issue(message, code)], getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        issues = [
+            Issue(f"Invalid {'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}", "invalid", "error",
+                  (".".join(str(p) for p in err.get("loc", ())),))
+            for err in exc.errors()
+        ]
+        return outcome_response(request, 400, issues)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return outcome_response(request, 500, [Issue("Internal server error", "exception", "fatal")])

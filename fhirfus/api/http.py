@@ -1,0 +1,111 @@
+"""Request and response plumbing shared by the routers: bodies, Prefer, FHIR headers, bundles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.utils import format_datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhirfus.api.negotiation import Rendering, rendering_for, require_json_body
+from fhirfus.fhir.errors import InvalidRequest, PayloadTooLarge
+from fhirfus.fhir.outcome import information, operation_outcome
+from fhirfus.fhir.validation import parse_json
+from fhirfus.operations.preconditions import etag
+from fhirfus.store.repository import Stored
+
+
+def base_url(request: Request) -> str:
+    """The FHIR base URL as the client reached it (or as configured)."""
+    configured = request.app.state.settings.base_url
+    if configured:
+        return configured.rstrip("/")
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refused with 413 beyond the configured limit (checked before and while reading)."""
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, *, patch: bool = False) -> Any:
+    require_json_body(request, patch=patch)
+    return parse_json(await read_body(request))
+
+
+@dataclass(frozen=True)
+class Prefer:
+    """The ``Prefer`` header (RFC 7240) as FHIR uses it."""
+
+    return_: str = "representation"
+    handling: str = "lenient"
+    respond_async: bool = False
+
+    @classmethod
+    def parse(cls, request: Request) -> "Prefer":
+        values: dict[str, str] = {}
+        respond_async = False
+        for header in request.headers.getlist("prefer"):
+            for token in header.split(","):
+                name, _, value = token.strip().partition("=")
+                name = name.strip().lower()
+                if name == "respond-async":
+                    respond_async = True
+                elif name:
+                    values[name] = value.strip().strip('"')
+        returns = values.get("return", "representation")
+        if returns not in ("minimal", "representation", "OperationOutcome"):
+            raise InvalidRequest(f"Unsupported Prefer return={returns}", "Prefer")
+        return cls(returns, values.get("handling", "lenient").lower(), respond_async)
+
+
+def http_date(stored: Stored) -> str:
+    return format_datetime(stored.last_updated, usegmt=True)
+
+
+def version_headers(request: Request, stored: Stored, *, location: bool = False) -> dict[str, str]:
+    headers = {"ETag": etag(stored.version), "Last-Modified": http_date(stored)}
+    if location:
+        headers["Location"] = (
+            f"{base_url(request)}/{stored.res_type}/{stored.res_id}/_history/{stored.version}"
+        )
+    return headers
+
+
+def fhir_response(
+    request: Request, body: dict | None, status: int = 200, headers: dict[str, str] | None = None,
+    rendering: Rendering | None = None,
+) -> Response:
+    rendering = rendering or rendering_for(request)
+    if body is None:
+        return Response(status_code=status, headers=headers)
+    return Response(rendering.dumps(body), status_code=status, media_type=rendering.content_type, headers=headers)
+
+
+def write_response(request: Request, stored: Stored, status: int, message: str) -> Response:
+    """A create/update/patch answer shaped by ``Prefer: return=…``."""
+    rendering = rendering_for(request)
+    prefer = Prefer.parse(request)
+    headers = version_headers(request, stored, location=True)
+    if prefer.return_ == "minimal":
+        return fhir_response(request, None, status, headers, rendering)
+    if prefer.return_ == "OperationOutcome":
+        return fhir_response(request, information(message), status, headers, rendering)
+    return fhir_response(request, stored.content, status, headers, rendering)
+
+
+def outcome_body(issues: list) -> dict:
+    return operation_outcome(issues)

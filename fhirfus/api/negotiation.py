@@ -1,0 +1,98 @@
+"""Content negotiation: which JSON flavour to answer with, and which request bodies to accept.
+
+fhirfus speaks JSON only. ``_format`` overrides ``Accept`` (as the spec says); a client that
+accepts nothing JSON-like gets 406, a body that is not JSON gets 415.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from starlette.requests import Request
+
+from fhirfus.fhir.errors import NotAcceptable, UnsupportedMediaType
+
+FHIR_JSON = "application/fhir+json"
+JSON = "application/json"
+JSON_PATCH = "application/json-patch+json"
+
+_FORMAT_ALIASES = {
+    "json": FHIR_JSON,
+    "application/json": JSON,
+    "application/fhir+json": FHIR_JSON,
+    "application/json+fhir": FHIR_JSON,
+    "text/json": JSON,
+}
+_JSON_LIKE = {FHIR_JSON, JSON, "application/json+fhir", "text/json", "application/*", "*/*", "text/*"}
+
+
+@dataclass(frozen=True)
+class Rendering:
+    """How to write the response body."""
+
+    media_type: str = FHIR_JSON
+    pretty: bool = False
+
+    def dumps(self, body: dict) -> bytes:
+        option = orjson.OPT_INDENT_2 if self.pretty else 0
+        return orjson.dumps(body, option=option)
+
+    @property
+    def content_type(self) -> str:
+        return f"{self.media_type}; charset=utf-8"
+
+
+def _media_ranges(accept: str) -> list[tuple[str, float]]:
+    ranges = []
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        if not fields[0]:
+            continue
+        quality = 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        ranges.append((fields[0].lower(), quality))
+    return ranges
+
+
+def rendering_for(request: Request) -> Rendering:
+    """Decide the response format from ``_format``, ``Accept`` and ``_pretty``."""
+    pretty = request.query_params.get("_pretty", "false").lower() == "true"
+    requested = request.query_params.get("_format")
+    if requested:
+        media = _FORMAT_ALIASES.get(requested.strip().lower().split(";")[0].replace(" ", "+"))
+        if media is None:
+            raise NotAcceptable(f"_format '{requested}' is not supported; fhirfus serves JSON only", "_format")
+        return Rendering(media, pretty)
+    accept = request.headers.get("accept", "")
+    if not accept.strip():
+        return Rendering(FHIR_JSON, pretty)
+    acceptable = [(media, q) for media, q in _media_ranges(accept) if q > 0 and media in _JSON_LIKE]
+    if not acceptable:
+        raise NotAcceptable(f"Cannot produce any of '{accept}'; fhirfus serves application/fhir+json", "Accept")
+    best = max(acceptable, key=lambda item: item[1])[0]
+    return Rendering(JSON if best in (JSON, "text/json") else FHIR_JSON, pretty)
+
+
+def safe_rendering_for(request: Request) -> Rendering:
+    """Like ``rendering_for`` but never fails: errors must still be rendered somehow."""
+    try:
+        return rendering_for(request)
+    except NotAcceptable:
+        return Rendering(FHIR_JSON, False)
+
+
+def require_json_body(request: Request, *, patch: bool = False) -> None:
+    """415 unless the body is declared as FHIR JSON (or plain JSON; JSON Patch for PATCH)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    allowed = {FHIR_JSON, JSON, "application/json+fhir", "text/json", ""}
+    if patch:
+        allowed = allowed | {JSON_PATCH}
+    if content_type not in allowed:
+        kind = "JSON Patch or FHIR JSON" if patch else "FHIR JSON"
+        raise UnsupportedMediaType(f"Content-Type '{content_type}' is not supported; send {kind}", "Content-Type")

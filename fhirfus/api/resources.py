@@ -1,0 +1,153 @@
+"""Routes of the type and instance interactions: /fhir/{type}[/{id}[/_history[/{vid}]]]."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhirfus.api.http import Prefer, base_url, fhir_response, read_body, read_json, version_headers, write_response
+from fhirfus.api.negotiation import rendering_for, require_json_body
+from fhirfus.fhir.outcome import information, operation_outcome
+from fhirfus.fhir.validation import parse_json
+from fhirfus.operations import crud, history, search
+from fhirfus.operations.preconditions import parse_version_tag
+
+router = APIRouter(prefix="/fhir")
+
+
+def _store(request: Request):  # noqa: ANN202 - the Store lives on app.state
+    return request.app.state.store
+
+
+def _settings(request: Request):  # noqa: ANN202
+    return request.app.state.settings
+
+
+def _search(request: Request, res_type: str, params: list[tuple[str, str]]) -> Response:
+    rendering = rendering_for(request)
+    settings = _settings(request)
+    bundle = search.search_bundle(
+        _store(request),
+        base_url(request),
+        res_type,
+        params,
+        default_count=settings.default_page_size,
+        max_count=settings.max_page_size,
+        strict=Prefer.parse(request).handling == "strict",
+    )
+    return fhir_response(request, bundle, rendering=rendering)
+
+
+@router.get("/{res_type}")
+def search_type(request: Request, res_type: str) -> Response:
+    return _search(request, res_type, list(request.query_params.multi_items()))
+
+
+@router.post("/{res_type}/_search")
+async def search_type_post(request: Request, res_type: str) -> Response:
+    form = await request.form()
+    params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+    return await run_in_threadpool(_search, request, res_type, params)
+
+
+@router.post("/{res_type}")
+async def create(request: Request, res_type: str) -> Response:
+    rendering_for(request)
+    body = await read_json(request)
+    if_none_exist = request.headers.get("if-none-exist")
+    if not if_none_exist and request.url.query:
+        # fhirpy sends conditional-create criteria in the query string
+        if_none_exist = request.url.query
+    result = await run_in_threadpool(crud.create, _store(request), res_type, body, if_none_exist)
+    if result.created:
+        return write_response(request, result.stored, 201, f"Created {res_type}/{result.stored.res_id}")
+    return write_response(request, result.stored, 200, "Resource already exists; nothing created")
+
+
+@router.post("/{res_type}/$validate")
+async def validate_type(request: Request, res_type: str) -> Response:
+    body = await read_json(request)
+    issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, None, request.query_params.get("mode"))
+    return fhir_response(request, operation_outcome(issues))
+
+
+@router.post("/{res_type}/{res_id}/$validate")
+async def validate_instance(request: Request, res_type: str, res_id: str) -> Response:
+    require_json_body(request)
+    raw = await read_body(request)
+    mode = request.query_params.get("mode")
+    body = parse_json(raw) if (mode != "delete" or raw.strip()) else None
+    issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, res_id, mode)
+    return fhir_response(request, operation_outcome(issues))
+
+
+@router.get("/{res_type}/_history")
+def history_type(request: Request, res_type: str) -> Response:
+    settings = _settings(request)
+    bundle = history.history_bundle(
+        _store(request), base_url(request), request.query_params,
+        default_count=settings.default_page_size, max_count=settings.max_page_size, res_type=res_type,
+    )
+    return fhir_response(request, bundle)
+
+
+@router.api_route("/{res_type}/{res_id}", methods=["GET", "HEAD"])
+def read(request: Request, res_type: str, res_id: str) -> Response:
+    rendering = rendering_for(request)
+    stored = crud.read(_store(request), res_type, res_id)
+    headers = version_headers(request, stored)
+    if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
+    if if_none_match == stored.version:
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type=rendering.content_type)
+    return fhir_response(request, stored.content, 200, headers, rendering)
+
+
+@router.put("/{res_type}/{res_id}")
+async def update(request: Request, res_type: str, res_id: str) -> Response:
+    rendering_for(request)
+    body = await read_json(request)
+    if_match = parse_version_tag(request.headers.get("if-match"))
+    result = await run_in_threadpool(crud.update, _store(request), res_type, res_id, body, if_match)
+    status = 201 if result.created else 200
+    return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
+
+
+@router.patch("/{res_type}/{res_id}")
+async def patch(request: Request, res_type: str, res_id: str) -> Response:
+    rendering_for(request)
+    operations = await read_json(request, patch=True)
+    if_match = parse_version_tag(request.headers.get("if-match"))
+    result = await run_in_threadpool(crud.patch, _store(request), res_type, res_id, operations, if_match)
+    return write_response(request, result.stored, 200, f"Patched {res_type}/{res_id}")
+
+
+@router.delete("/{res_type}/{res_id}")
+def delete(request: Request, res_type: str, res_id: str) -> Response:
+    rendering = rendering_for(request)
+    stored = crud.delete(_store(request), res_type, res_id)
+    if stored is None:
+        return fhir_response(request, information(f"{res_type}/{res_id} was already deleted"), 200, rendering=rendering)
+    headers = {"ETag": f'W/"{stored.version}"'}
+    return fhir_response(request, information(f"Deleted {res_type}/{res_id}"), 200, headers, rendering)
+
+
+@router.get("/{res_type}/{res_id}/_history")
+def history_instance(request: Request, res_type: str, res_id: str) -> Response:
+    settings = _settings(request)
+    bundle = history.history_bundle(
+        _store(request), base_url(request), request.query_params,
+        default_count=settings.default_page_size, max_count=settings.max_page_size,
+        res_type=res_type, res_id=res_id,
+    )
+    return fhir_response(request, bundle)
+
+
+@router.get("/{res_type}/{res_id}/_history/{version_id}")
+def vread(request: Request, res_type: str, res_id: str, version_id: str) -> Response:
+    rendering = rendering_for(request)
+    stored = crud.vread(_store(request), res_type, res_id, version_id)
+    return fhir_response(request, stored.content, 200, version_headers(request, stored), rendering)

@@ -1,0 +1,119 @@
+"""The ``fhirfus`` command line."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+
+from fhirfus.config import get_settings
+
+app = typer.Typer(help="fhirfus: FHIR R4 server for MRgFUS cervical-dystonia research.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    migrate: bool = typer.Option(True, help="Apply pending migrations first."),
+) -> None:
+    """Serve the FHIR API on http://HOST:PORT/fhir."""
+    import uvicorn
+
+    settings = get_settings()
+    if migrate:
+        _upgrade(settings.database_url, "head")
+    if settings.auth == "off":
+        console.print(
+            "[yellow]Authentication is OFF (FHIRFUS_AUTH=off): development mode, "
+            "do not expose this server beyond loopback.[/yellow]"
+        )
+    else:
+        console.print(
+            f"[red]FHIRFUS_AUTH={settings.auth} is not implemented yet; refusing to serve without it.[/red]"
+        )
+        raise typer.Exit(2)
+    console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
+    uvicorn.run(
+        "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="info", access_log=False,
+    )
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _upgrade(url: str, revision: str) -> None:
+    from fhirfus.store import migrate
+    from fhirfus.store.engine import make_engine
+
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    _upgrade(get_settings().database_url, revision)
+    console.print(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: str = typer.Argument(..., help="Target revision ('base' drops everything).")) -> None:
+    """Revert migrations down to REVISION."""
+    from fhirfus.store import migrate
+    from fhirfus.store.engine import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        migrate.downgrade(engine, revision)
+    finally:
+        engine.dispose()
+    console.print(f"database at {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the current schema revision."""
+    from fhirfus.store import migrate
+    from fhirfus.store.engine import make_engine
+
+    engine = make_engine(get_settings().database_url)
+    try:
+        typer.echo(migrate.current_revision(engine) or "base")
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def sample(only_if_empty: bool = typer.Option(False, "--if-empty", help="Skip when data exists.")) -> None:
+    """Load the small sample data set (the demo cohort replaces it once the IG lands)."""
+    from fhirfus.operations.sample import load_sample
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    store = Store(make_engine(settings.database_url))
+    loaded = load_sample(store, only_if_empty=only_if_empty)
+    console.print(f"sample data: {loaded} resources loaded" if loaded else "sample data: database not empty, skipped")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    app()
+
+
+if __name__ == "__main__":
+    main()

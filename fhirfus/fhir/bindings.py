@@ -1,0 +1,199 @@
+"""Required terminology binding checks for FHIR R4 resources.
+
+Why: the ``fhir.resources`` pydantic models validate structure only, so values
+such as ``Patient.gender = "banana"`` pass.  This module walks raw resource JSON
+type-aware, using element/binding tables generated from the official definitions
+by ``tools/gen_bindings.py`` (``data/fhir_elements.json``), and reports codes that
+violate *required* bindings whose value sets can be enumerated.  Structure
+problems (unknown keys, wrong JSON types) are deliberately ignored: they are
+reported by the structural validator.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = ["BindingViolation", "check_required_bindings", "resource_types"]
+
+DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
+RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
+
+
+@dataclass(frozen=True)
+class BindingViolation:
+    """A code that is not allowed by a required binding."""
+
+    expression: str  # FHIRPath-like location, e.g. "Patient.contact[0].gender"
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ValueSet:
+    """Allowed codes of one enumerated value set."""
+
+    url: str
+    by_system: Mapping[str, frozenset[str]]
+    codes: frozenset[str]  # union over systems, for bare ``code`` elements
+
+
+@dataclass(frozen=True, slots=True)
+class _Element:
+    """What the walker needs to know about one JSON property of a given table."""
+
+    path: str  # definition path, e.g. "Patient.contact.gender" or "HumanName.use"
+    type: str  # concrete type for this JSON key (choice types resolved)
+    table: str | None  # table to recurse into, RESOURCE_TABLE, or None for primitives
+    valueset: _ValueSet | None
+
+
+Table = Mapping[str, _Element]
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """Precomputed lookup tables, keyed by resource type, datatype or backbone path."""
+
+    tables: Mapping[str, Table]
+    resources: frozenset[str]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _choice_key(base: str, type_code: str) -> str:
+    """JSON property name of a choice element for one type: ``value`` + ``code`` -> ``valueCode``."""
+    return base + type_code[0].upper() + type_code[1:]
+
+
+def _target_table(spec: Mapping[str, Any], type_code: str, table_keys: frozenset[str]) -> str | None:
+    """Table a value of this element is walked with, or None when it is a primitive."""
+    if "p" in spec:
+        return str(spec["p"])
+    if type_code == "Resource":
+        return RESOURCE_TABLE
+    return type_code if type_code in table_keys else None
+
+
+def _build_table(
+    key: str, specs: Mapping[str, Any], table_keys: frozenset[str], valuesets: Mapping[str, _ValueSet]
+) -> dict[str, _Element]:
+    """Map each JSON property name of a table to its element, expanding choice types."""
+    table: dict[str, _Element] = {}
+    for name, spec in specs.items():
+        valueset = valuesets.get(spec["b"]) if "b" in spec else None
+        path = f"{key}.{name}"
+        types: list[str] = spec["t"] or [""]
+        if name.endswith("[x]"):
+            for type_code in types:
+                target = _target_table(spec, type_code, table_keys)
+                table[_choice_key(name[:-3], type_code)] = _Element(path, type_code, target, valueset)
+        else:
+            table[name] = _Element(path, types[0], _target_table(spec, types[0], table_keys), valueset)
+    return table
+
+
+def _load_valuesets(raw: Mapping[str, Mapping[str, list[str]]]) -> dict[str, _ValueSet]:
+    """Freeze the value set code lists for O(1) membership tests."""
+    result: dict[str, _ValueSet] = {}
+    for url, systems in raw.items():
+        by_system = {system: frozenset(codes) for system, codes in systems.items()}
+        result[url] = _ValueSet(url, by_system, frozenset().union(*by_system.values()))
+    return result
+
+
+@cache
+def _model() -> _Model:
+    """Load and index the generated definitions once per process."""
+    with DATA_FILE.open(encoding="utf-8") as fh:
+        raw = json.load(fh)
+    valuesets = _load_valuesets(raw["valuesets"])
+    table_keys = frozenset(raw["types"])
+    tables = {key: _build_table(key, specs, table_keys, valuesets) for key, specs in raw["types"].items()}
+    return _Model(tables=tables, resources=frozenset(raw["resources"]))
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def resource_types() -> frozenset[str]:
+    """All concrete FHIR R4 resource type names known from the definitions."""
+    return _model().resources
+
+
+def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolation]:
+    """Report every code in ``resource`` that violates an enumerable required binding.
+
+    A resource of unknown ``resourceType`` yields no violations: that is a
+    structural error, reported elsewhere.
+    """
+    out: list[BindingViolation] = []
+    resource_type = resource.get("resourceType")
+    model = _model()
+    if isinstance(resource_type, str) and resource_type in model.resources:
+        _walk(resource, model.tables[resource_type], resource_type, model, out)
+    return out
+
+
+def _walk(obj: Mapping[str, Any], table: Table, expr: str, model: _Model, out: list[BindingViolation]) -> None:
+    """Visit the known properties of one JSON object (``_x`` extension siblings never match)."""
+    for key, value in obj.items():
+        element = table.get(key)
+        if element is None or (element.table is None and element.valueset is None):
+            continue
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                _visit(item, element, f"{expr}.{key}[{index}]", model, out)
+        else:
+            _visit(value, element, f"{expr}.{key}", model, out)
+
+
+def _visit(value: Any, element: _Element, expr: str, model: _Model, out: list[BindingViolation]) -> None:
+    """Check one value against its element's binding, then descend into it."""
+    if element.valueset is not None:
+        _check_binding(value, element, element.valueset, expr, out)
+    if element.table is None or not isinstance(value, Mapping):
+        return
+    if element.table != RESOURCE_TABLE:
+        _walk(value, model.tables[element.table], expr, model, out)
+        return
+    nested_type = value.get("resourceType")
+    if isinstance(nested_type, str) and nested_type in model.resources:
+        _walk(value, model.tables[nested_type], expr, model, out)
+
+
+def _check_binding(value: Any, element: _Element, valueset: _ValueSet, expr: str, out: list[BindingViolation]) -> None:
+    """Dispatch on the bound type: bare code, Coding or CodeableConcept."""
+    if element.type == "Coding":
+        _check_coding(value, element, valueset, expr, out)
+    elif element.type == "CodeableConcept":
+        codings = value.get("coding") if isinstance(value, Mapping) else None
+        if isinstance(codings, list):
+            for index, coding in enumerate(codings):
+                _check_coding(coding, element, valueset, f"{expr}.coding[{index}]", out)
+    elif isinstance(value, str) and value not in valueset.codes:
+        out.append(BindingViolation(expr, _message(value, None, element, valueset)))
+
+
+def _check_coding(coding: Any, element: _Element, valueset: _ValueSet, expr: str, out: list[BindingViolation]) -> None:
+    """Flag a coding whose system belongs to the value set but whose code does not.
+
+    Codings from other systems are tolerated (lenient reading of the required
+    CodeableConcept rule), as are codings without system or code.
+    """
+    if not isinstance(coding, Mapping):
+        return
+    system, code = coding.get("system"), coding.get("code")
+    allowed = valueset.by_system.get(system) if isinstance(system, str) else None
+    if allowed is not None and isinstance(code, str) and code not in allowed:
+        out.append(BindingViolation(f"{expr}.code", _message(code, system, element, valueset)))
+
+
+def _message(code: str, system: str | None, element: _Element, valueset: _ValueSet) -> str:
+    """Human-readable explanation naming the element definition and the value set."""
+    where = f" in system {system}" if system else ""
+    return f"{code!r} is not a valid code{where} for {element.path} (required binding {valueset.url})"

@@ -1,0 +1,129 @@
+"""Parsing and validation at the edge: JSON → a checked resource dict, or a typed error.
+
+Structure and datatypes are checked with the ``fhir.resources`` R4B models (they parse R4 JSON);
+required code bindings, which those models do not check, come from the official R4 definitions
+(``fhirfus.fhir.bindings``). The resource is stored as the client sent it, not re-serialised,
+so nothing the client wrote is silently lost or reformatted.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import orjson
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from fhirfus.fhir.bindings import check_required_bindings, resource_types
+from fhirfus.fhir.errors import InvalidRequest, InvalidResource, Issue, NotFound
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+
+@cache
+def served_types() -> frozenset[str]:
+    """R4 resource types that the R4B models can parse (all that fhirfus needs)."""
+    served = set()
+    for name in resource_types():
+        try:
+            get_fhir_model_class(name)
+        except (KeyError, ValueError, AttributeError, ImportError):
+            continue
+        served.add(name)
+    return frozenset(served)
+
+
+def require_known_type(resource_type: str) -> None:
+    if resource_type not in served_types():
+        raise NotFound(f"Unknown resource type '{resource_type}'", resource_type)
+
+
+def require_valid_id(resource_id: str, resource_type: str) -> None:
+    if not ID_PATTERN.match(resource_id):
+        raise InvalidRequest(
+            f"Invalid id '{resource_id}': 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+            f"{resource_type}.id",
+        )
+
+
+def parse_json(body: bytes) -> Any:
+    """Decode a JSON body; malformed JSON is a 400 that says where it broke."""
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; a FHIR resource was expected")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Malformed JSON: {exc}") from exc
+
+
+def _expression(resource_type: str, loc: tuple[Any, ...]) -> str:
+    path = resource_type
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in ("__root__",):
+            path += f".{part}"
+    return path
+
+
+def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
+    model = get_fhir_model_class(resource_type)
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            expression = _expression(resource_type, tuple(err.get("loc", ())))
+            if err.get("type") == "extra_forbidden":
+                message = f"Unknown element '{expression}'"
+                code = "structure"
+            elif err.get("type") == "missing":
+                message = f"Missing required element '{expression}'"
+                code = "required"
+            else:
+                message = f"Invalid value at '{expression}': {err.get('msg')}"
+                code = "value"
+            issues.append(Issue(message, code, "error", (expression,)))
+        return issues
+    except (ValueError, TypeError) as exc:  # models raise these for some malformed primitives
+        return [Issue(f"Invalid {resource_type}: {exc}", "structure", "error", (resource_type,))]
+    return []
+
+
+def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
+    """All problems of a candidate resource (empty list when valid). Used by writes and $validate."""
+    if not isinstance(data, dict):
+        return [Issue("A FHIR resource must be a JSON object", "structure")]
+    resource_type = data.get("resourceType")
+    if not isinstance(resource_type, str):
+        return [Issue("Missing 'resourceType'", "required", "error", ("resourceType",))]
+    if resource_type not in served_types():
+        return [Issue(f"Unknown resource type '{resource_type}'", "not-supported", "error", ("resourceType",))]
+    if expected_type is not None and resource_type != expected_type:
+        return [
+            Issue(
+                f"resourceType '{resource_type}' does not match the type '{expected_type}' of the URL",
+                "invalid",
+                "error",
+                ("resourceType",),
+            )
+        ]
+    rid = data.get("id")
+    if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
+        return [Issue(f"Invalid id {rid!r}", "value", "error", (f"{resource_type}.id",))]
+    issues = _structure_issues(resource_type, data)
+    if issues:
+        return issues
+    return [
+        Issue(v.message, "code-invalid", "error", (v.expression,)) for v in check_required_bindings(data)
+    ]
+
+
+def validate_resource(data: Any, expected_type: str | None = None) -> dict:
+    """Return the resource if valid, else raise ``InvalidResource`` carrying every issue."""
+    issues = resource_issues(data, expected_type)
+    if issues:
+        raise InvalidResource(issues[0].diagnostics, issues=issues)
+    return data

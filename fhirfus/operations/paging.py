@@ -1,0 +1,37 @@
+"""Opaque keyset cursors for paging links (never OFFSET: pages must not drift while data changes)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from fhirfus.fhir.errors import InvalidRequest
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(token: str, param: str = "_cursor") -> list[Any]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        values = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise InvalidRequest(f"Invalid paging cursor '{token}'", param) from exc
+    if not isinstance(values, list):
+        raise InvalidRequest(f"Invalid paging cursor '{token}'", param)
+    return values
+
+
+def page_size(raw: str | None, default: int, maximum: int, param: str = "_count") -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"{param} must be a non-negative integer, got '{raw}'", param) from exc
+    if value < 0:
+        raise InvalidRequest(f"{param} must be a non-negative integer, got '{raw}'", param)
+    return min(value, maximum)

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy tables, engine, the versioned resource repository and the search index."""

@@ -1,0 +1,265 @@
+"""The versioned resource repository: current versions, history, tombstones.
+
+Versions are assigned inside the writing transaction: the current row is locked
+(``SELECT … FOR UPDATE`` on PostgreSQL; SQLite write transactions are ``BEGIN IMMEDIATE`` and
+therefore serial) and the update is guarded by the version it read, so concurrent writers can
+neither lose an update nor duplicate a version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+
+from fhirfus.fhir.errors import Conflict
+from fhirfus.store import indexer
+from fhirfus.store.tables import resource_history, resources
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One version of a resource as stored (``content`` is None for a delete)."""
+
+    res_type: str
+    res_id: str
+    version: int
+    last_updated: datetime
+    deleted: bool
+    content: dict | None
+    method: str = ""
+    pk: int | None = None
+
+
+def format_instant(moment: datetime) -> str:
+    """FHIR instant with microseconds, UTC as 'Z'."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def stamp(content: dict, res_id: str, version: int, moment: datetime) -> dict:
+    """Server-owned fields: id and meta.versionId/lastUpdated (the rest of meta is kept)."""
+    meta = dict(content.get("meta") or {})
+    meta["versionId"] = str(version)
+    meta["lastUpdated"] = format_instant(moment)
+    stamped = {"resourceType": content["resourceType"], "id": res_id}
+    stamped.update({k: v for k, v in content.items() if k not in ("resourceType", "id", "meta")})
+    stamped["meta"] = meta
+    return stamped
+
+
+class Store:
+    """Entry point of the storage layer: an engine plus transaction scopes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction (committed on success, rolled back on any exception)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(fhirfus_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+_CURRENT_COLUMNS = (
+    resources.c.pk,
+    resources.c.res_type,
+    resources.c.res_id,
+    resources.c.version,
+    resources.c.last_updated,
+    resources.c.deleted,
+    resources.c.content,
+)
+
+
+def current(conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Stored | None:
+    """The current version (possibly a tombstone) or None if the id was never used."""
+    query = select(*_CURRENT_COLUMNS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+    if for_update:
+        query = query.with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    return Stored(row.res_type, row.res_id, row.version, row.last_updated, row.deleted, row.content, pk=row.pk)
+
+
+def version(conn: Connection, res_type: str, res_id: str, version_id: int) -> Stored | None:
+    row = conn.execute(
+        select(resource_history).where(
+            resource_history.c.res_type == res_type,
+            resource_history.c.res_id == res_id,
+            resource_history.c.version == version_id,
+        )
+    ).first()
+    if row is None:
+        return None
+    return Stored(
+        row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content, row.method
+    )
+
+
+def exists_live(conn: Connection, res_type: str, res_id: str) -> bool:
+    row = conn.execute(
+        select(resources.c.pk).where(
+            resources.c.res_type == res_type, resources.c.res_id == res_id, resources.c.deleted.is_(False)
+        )
+    ).first()
+    return row is not None
+
+
+# --- writes ----------------------------------------------------------------------------------
+
+
+def _next_moment(previous: datetime | None) -> datetime:
+    """Now, but strictly after the previous version so history order is total."""
+    now = datetime.now(UTC)
+    if previous is not None and now <= previous:
+        now = previous + timedelta(microseconds=1)
+    return now
+
+
+def _record_history(conn: Connection, stored: Stored) -> None:
+    conn.execute(
+        insert(resource_history).values(
+            res_type=stored.res_type,
+            res_id=stored.res_id,
+            version=stored.version,
+            last_updated=stored.last_updated,
+            method=stored.method,
+            content=stored.content,
+        )
+    )
+
+
+def create(conn: Connection, res_type: str, res_id: str, content: dict, method: str = "POST") -> Stored:
+    """Insert a brand-new resource (version 1). Raises Conflict if the id is taken meanwhile."""
+    moment = _next_moment(None)
+    body = stamp(content, res_id, 1, moment)
+    try:
+        with conn.begin_nested():
+            pk = conn.execute(
+                insert(resources)
+                .values(
+                    res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body
+                )
+                .returning(resources.c.pk)
+            ).scalar_one()
+    except IntegrityError as exc:
+        raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id") from exc
+    stored = Stored(res_type, res_id, 1, moment, False, body, method, pk)
+    _record_history(conn, stored)
+    indexer.index_resource(conn, pk, res_type, body)
+    return stored
+
+
+def replace(conn: Connection, previous: Stored, content: dict, method: str = "PUT") -> Stored:
+    """Write a new version over ``previous`` (which must come from ``current(for_update=True)``)."""
+    moment = _next_moment(previous.last_updated)
+    new_version = previous.version + 1
+    body = stamp(content, previous.res_id, new_version, moment)
+    _guarded_update(conn, previous, new_version, moment, False, body)
+    stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk)
+    _record_history(conn, stored)
+    assert previous.pk is not None
+    indexer.index_resource(conn, previous.pk, previous.res_type, body)
+    return stored
+
+
+def tombstone(conn: Connection, previous: Stored) -> Stored:
+    """Delete: a new version without content; index rows go away."""
+    moment = _next_moment(previous.last_updated)
+    new_version = previous.version + 1
+    _guarded_update(conn, previous, new_version, moment, True, None)
+    stored = Stored(previous.res_type, previous.res_id, new_version, moment, True, None, "DELETE", previous.pk)
+    _record_history(conn, stored)
+    assert previous.pk is not None
+    indexer.remove_resource(conn, previous.pk)
+    return stored
+
+
+def _guarded_update(
+    conn: Connection, previous: Stored, new_version: int, moment: datetime, deleted: bool, body: dict | None
+) -> None:
+    result = conn.execute(
+        update(resources)
+        .where(resources.c.pk == previous.pk, resources.c.version == previous.version)
+        .values(version=new_version, last_updated=moment, deleted=deleted, content=body)
+    )
+    if result.rowcount != 1:
+        raise Conflict(
+            f"{previous.res_type}/{previous.res_id} changed concurrently (expected version {previous.version})"
+        )
+
+
+# --- history ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HistoryCursor:
+    """Keyset position: entries strictly older than this one come next (no OFFSET drift)."""
+
+    last_updated: datetime
+    res_type: str
+    res_id: str
+    version: int
+
+
+def history(
+    conn: Connection,
+    *,
+    res_type: str | None = None,
+    res_id: str | None = None,
+    since: datetime | None = None,
+    at_or_before: datetime | None = None,
+    after: HistoryCursor | None = None,
+    count: int = 50,
+) -> tuple[list[Stored], int, bool]:
+    """One page of history (newest first), the total number of matching versions, more pages?"""
+    h = resource_history
+    conditions = []
+    if res_type is not None:
+        conditions.append(h.c.res_type == res_type)
+    if res_id is not None:
+        conditions.append(h.c.res_id == res_id)
+    if since is not None:
+        conditions.append(h.c.last_updated >= since)
+    if at_or_before is not None:
+        conditions.append(h.c.last_updated <= at_or_before)
+    total = conn.execute(select(func.count()).select_from(h).where(and_(True, *conditions))).scalar_one()
+    page_conditions = list(conditions)
+    if after is not None:
+        page_conditions.append(
+            or_(
+                h.c.last_updated < after.last_updated,
+                and_(
+                    h.c.last_updated == after.last_updated,
+                    tuple_(h.c.res_type, h.c.res_id, h.c.version)
+                    < tuple_(after.res_type, after.res_id, after.version),
+                ),
+            )
+        )
+    rows = conn.execute(
+        select(h)
+        .where(and_(True, *page_conditions))
+        .order_by(h.c.last_updated.desc(), h.c.res_type.desc(), h.c.res_id.desc(), h.c.version.desc())
+        .limit(count + 1)
+    ).all()
+    has_more = len(rows) > count
+    rows = rows[:count]
+    entries = [
+        Stored(r.res_type, r.res_id, r.version, r.last_updated, r.method == "DELETE", r.content, r.method)
+        for r in rows
+    ]
+    return entries, total, has_more

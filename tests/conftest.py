@@ -1,0 +1,150 @@
+"""Fixtures: a real fhirfus server over HTTP, once on SQLite and once on PostgreSQL.
+
+Each backend gets a fresh database (a temporary SQLite file; a PostgreSQL database with a random
+name on ``FHIRFUS_TEST_POSTGRES_URL``, dropped afterwards), migrated with Alembic, and a uvicorn
+server on a free loopback port. Tests talk to it with httpx or a FHIR client library.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from fhirfus.api.app import create_app
+from fhirfus.config import Settings
+from fhirfus.store import migrate
+from fhirfus.store.engine import make_engine
+from fhirfus.store.repository import Store
+from fhirfus.store.tables import resource_history, resources
+
+POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = ("sqlite", "postgresql")
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    engine: Engine
+
+    def counts(self) -> tuple[int, int]:
+        """(current rows, history rows): proof that a rejected request wrote nothing."""
+        with self.engine.connect() as conn:
+            current = conn.execute(select(func.count()).select_from(resources)).scalar_one()
+            versions = conn.execute(select(func.count()).select_from(resource_history)).scalar_one()
+        return current, versions
+
+
+def _postgres_database() -> Iterator[str]:
+    name = f"fhirfus_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def database_url_for(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "fhirfus.db"
+        yield f"sqlite:///{path}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """An unmigrated database per test (for migration tests)."""
+    generator = database_url_for(request.param, tmp_path_factory)
+    url = next(generator)
+    engine = make_engine(url)
+    try:
+        yield Database(request.param, url, engine)
+    finally:
+        engine.dispose()
+        next(generator, None)
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A migrated database shared by the tests of one backend."""
+    generator = database_url_for(request.param, tmp_path_factory)
+    url = next(generator)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    try:
+        yield Database(request.param, url, engine)
+    finally:
+        engine.dispose()
+        next(generator, None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    base: str
+    database: Database
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def run_server(settings: Settings, store: Store) -> tuple[uvicorn.Server, threading.Thread, int]:
+    port = _free_port()
+    config = uvicorn.Config(
+        create_app(settings, store), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    return server, thread, port
+
+
+@pytest.fixture(scope="session")
+def server(database: Database) -> Iterator[Server]:
+    """fhirfus served over HTTP on the backend of ``database``."""
+    settings = Settings(database_url=database.url, max_body_bytes=1024 * 1024, default_page_size=20, auth="off")
+    uv, thread, port = run_server(settings, Store(database.engine))
+    try:
+        yield Server(f"http://127.0.0.1:{port}/fhir", database)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as http:
+        yield http
+
+
+@pytest.fixture
+def unique() -> str:
+    """A value no other test uses: keeps tests on a shared server independent."""
+    return uuid.uuid4().hex[:12]
