@@ -25,7 +25,8 @@ def _settings(request: Request):  # noqa: ANN202
     return request.app.state.settings
 
 
-def _search(request: Request, res_type: str, params: list[tuple[str, str]]) -> Response:
+def run_search(request: Request, res_type: str | None, params: list[tuple[str, str]]) -> Response:
+    """Type search (``res_type``) or system search (None); shared with the system router."""
     rendering = rendering_for(request)
     settings = _settings(request)
     bundle = search.search_bundle(
@@ -42,14 +43,14 @@ def _search(request: Request, res_type: str, params: list[tuple[str, str]]) -> R
 
 @router.get("/{res_type}")
 def search_type(request: Request, res_type: str) -> Response:
-    return _search(request, res_type, list(request.query_params.multi_items()))
+    return run_search(request, res_type, list(request.query_params.multi_items()))
 
 
 @router.post("/{res_type}/_search")
 async def search_type_post(request: Request, res_type: str) -> Response:
     form = await request.form()
     params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
-    return await run_in_threadpool(_search, request, res_type, params)
+    return await run_in_threadpool(run_search, request, res_type, params)
 
 
 @router.post("/{res_type}")

@@ -6,7 +6,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from starlette.concurrency import run_in_threadpool
+
 from fhirfus.api.http import base_url, fhir_response, read_json
+from fhirfus.api.resources import run_search
 from fhirfus.fhir.errors import InvalidRequest, NotImplementedYet
 from fhirfus.operations import history
 from fhirfus.operations.capabilities import capability_statement
@@ -27,6 +30,19 @@ def history_system(request: Request) -> Response:
         default_count=settings.default_page_size, max_count=settings.max_page_size,
     )
     return fhir_response(request, bundle)
+
+
+@router.get("")
+@router.get("/")
+def search_system(request: Request) -> Response:
+    return run_search(request, None, list(request.query_params.multi_items()))
+
+
+@router.post("/_search")
+async def search_system_post(request: Request) -> Response:
+    form = await request.form()
+    params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
+    return await run_in_threadpool(run_search, request, None, params)
 
 
 @router.post("")

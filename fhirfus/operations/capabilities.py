@@ -3,43 +3,54 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
 
 from fhirfus import FHIR_VERSION, __version__
+from fhirfus.fhir.searchparams import params_for
 from fhirfus.fhir.validation import served_types
-from fhirfus.operations import search
+from fhirfus.search.query import UNSUPPORTED
 
 #: Interactions implemented for every served resource type (see fhirfus.api.resources).
 TYPE_INTERACTIONS = (
     "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 )
-SYSTEM_INTERACTIONS = ("history-system",)
+SYSTEM_INTERACTIONS = ("history-system", "search-system")
+SEARCHABLE_TYPES = frozenset({"string", "token", "date", "reference", "number", "quantity", "uri"})
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _search_params(res_type: str) -> list[dict]:
+    return [
+        {"name": code, "type": param.type}
+        for code, param in sorted(params_for(res_type).items())
+        if code not in UNSUPPORTED and (param.type in SEARCHABLE_TYPES or code == "_id")
+    ]
+
+
+def _resource(res_type: str) -> dict:
+    return {
+        "type": res_type,
+        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchInclude": ["*"],
+        "searchRevInclude": ["*"],
+        "searchParam": _search_params(res_type),
+        "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+    }
+
+
+@cache
+def _resources() -> tuple[dict, ...]:
+    return tuple(_resource(t) for t in sorted(served_types()))
+
+
 def capability_statement(base: str) -> dict:
-    search_params = [
-        {"name": name, "definition": f"http://hl7.org/fhir/SearchParameter/Resource-{name.lstrip('_')}",
-         "type": "token"}
-        for name in search.SUPPORTED
-    ]
-    resources = [
-        {
-            "type": res_type,
-            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
-            "versioning": "versioned-update",
-            "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
-            "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
-            "searchParam": search_params,
-            "operation": [
-                {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
-            ],
-        }
-        for res_type in sorted(served_types())
-    ]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -54,8 +65,9 @@ def capability_statement(base: str) -> dict:
         "rest": [
             {
                 "mode": "server",
-                "resource": resources,
+                "resource": list(_resources()),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
             }
         ],
     }

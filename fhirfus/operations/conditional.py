@@ -1,4 +1,8 @@
-"""Criteria of conditional interactions (``If-None-Exist``) resolved to resource ids."""
+"""Criteria of conditional interactions (``If-None-Exist``, conditional update/delete) → ids.
+
+They use the search engine itself, so every search parameter works as a condition; unknown
+parameters are an error here (ignoring one would widen the match and touch the wrong resource).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,24 @@ from urllib.parse import parse_qsl
 from sqlalchemy import Connection, select
 
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.search.query import parse_query
+from fhirfus.store.search_compiler import Compiler
 from fhirfus.store.tables import resources
 
 
-def matching_ids(conn: Connection, res_type: str, criteria: str) -> list[str]:
-    """Ids of live resources of ``res_type`` matching a search query string."""
-    pairs = parse_qsl(criteria.lstrip("?"), keep_blank_values=True)
+def matching_ids(conn: Connection, res_type: str, criteria: str, base_url: str = "", limit: int = 2) -> list[str]:
+    """Ids of live resources of ``res_type`` matching a search query string (at most ``limit``)."""
+    pairs = [(k, v) for k, v in parse_qsl(criteria.lstrip("?"), keep_blank_values=True) if k not in ("_format", "_pretty")]
     if not pairs:
         raise InvalidRequest("Conditional criteria are empty", "If-None-Exist")
-    query = select(resources.c.res_id).where(resources.c.res_type == res_type, resources.c.deleted.is_(False))
-    for name, value in pairs:
-        if name == "_id":
-            query = query.where(resources.c.res_id == value)
-        else:
-            raise InvalidRequest(f"Unsupported conditional criterion '{name}'", "If-None-Exist")
-    return list(conn.execute(query.limit(2)).scalars())
+    query = parse_query(res_type, pairs, strict=True)
+    if not query.criteria:
+        raise InvalidRequest(f"Conditional criteria '{criteria}' select nothing", "If-None-Exist")
+    compiler = Compiler(base_url)
+    conditions = [compiler.criterion(resources, c) for c in query.criteria]
+    statement = (
+        select(resources.c.res_id)
+        .where(resources.c.res_type == res_type, resources.c.deleted.is_(False), *conditions)
+        .limit(limit)
+    )
+    return list(conn.execute(statement).scalars())

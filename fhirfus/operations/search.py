@@ -1,82 +1,277 @@
-"""Type-level search as ``searchset`` Bundles.
+"""Search: type-level and system-level, as ``searchset`` Bundles.
 
-Foundation scope: ``_id``, ``_count``, ``_total``, ``_summary=count`` and keyset paging over the
-resources table. Other parameters are ignored (and left out of the ``self`` link), or refused
-with 400 under ``Prefer: handling=strict``.
+The query is parsed (``fhirfus.search``), compiled to SQL over the index tables
+(``fhirfus.store.search_compiler``) and paged with keyset cursors over the sort keys plus the
+primary key, so ``next``/``previous`` links stay correct while data changes (no OFFSET drift).
+``_include``/``_revinclude`` are resolved through the reference index after the page is known.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
 
+from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from fhirfus.operations.paging import decode_cursor, encode_cursor
+from fhirfus.search.query import RESULT_PARAMETERS, Include, SearchQuery, SortKey, parse_query
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resources
+from fhirfus.store.search_compiler import TABLE_OF, Compiler
+from fhirfus.store.tables import resources, search_reference
 
-SUPPORTED = ("_id",)
-RESULT_PARAMETERS = ("_count", "_total", "_summary", "_cursor", "_format", "_pretty", "_totalMethod")
+MAX_INCLUDE_ROUNDS = 4
+_SENTINELS: dict[str, Any] = {
+    "string": "", "token": "", "reference": "", "uri": "", "date": UTC_MIN,
+    "number": Decimal("-1e30"), "quantity": Decimal("-1e30"),
+}
+_VALUE_COLUMN = {
+    "string": "value", "token": "code", "reference": "target_id", "uri": "value", "date": "low",
+    "number": "value", "quantity": "value",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    pk: int
+    res_type: str
+    res_id: str
+    content: dict
+
+
+def _sort_column(key: SortKey) -> ColumnElement:
+    code = key.param.code
+    if code == "_id":
+        return resources.c.res_id
+    if code == "_lastUpdated":
+        return resources.c.last_updated
+    table = TABLE_OF[key.param.type]
+    column = table.c[_VALUE_COLUMN[key.param.type]]
+    lowest = (
+        select(func.min(column))
+        .where(table.c.resource_pk == resources.c.pk, table.c.param == code)
+        .scalar_subquery()
+    )
+    return func.coalesce(lowest, _SENTINELS[key.param.type])
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, Decimal | float):
+        return {"d": str(value)}
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        return datetime.fromisoformat(value["t"])
+    if isinstance(value, dict) and "d" in value:
+        return Decimal(value["d"])
+    return value
+
+
+def _keyset(keys: list[tuple[ColumnElement, bool]], values: list[Any], forward: bool) -> ColumnElement[bool]:
+    """Rows strictly after (forward) or before the position ``values`` in the sort order."""
+    alternatives = []
+    for i, (column, descending) in enumerate(keys):
+        after = (column < values[i]) if descending == forward else (column > values[i])
+        alternatives.append(and_(*[keys[j][0] == values[j] for j in range(i)], after))
+    return or_(*alternatives)
+
+
+def match_condition(queries: dict[str | None, SearchQuery], compiler: Compiler) -> ColumnElement[bool]:
+    """Live resources matching the criteria, per type (``None``: any type, base parameters only)."""
+    alternatives = []
+    for res_type, query in queries.items():
+        criteria = [compiler.criterion(resources, c) for c in query.criteria]
+        type_filter = [resources.c.res_type == res_type] if res_type is not None else []
+        alternatives.append(and_(*type_filter, *criteria))
+    return and_(resources.c.deleted.is_(False), or_(*alternatives))
+
+
+def run_search(
+    conn: Connection, query: SearchQuery, condition: ColumnElement[bool], count: int
+) -> tuple[list[Row], int | None, str | None, str | None]:
+    """One page of matches, the total (unless ``_total=none``) and the next/previous cursors."""
+    conditions = [condition]
+    keys = [(_sort_column(k), k.descending) for k in query.sort] + [(resources.c.pk, False)]
+    direction, position = "n", None
+    if query.cursor:
+        decoded = decode_cursor(query.cursor)
+        if len(decoded) != 2 or decoded[0] not in ("n", "p") or len(decoded[1]) != len(keys):
+            raise InvalidRequest(f"Invalid paging cursor '{query.cursor}'", "_cursor")
+        direction, position = decoded[0], [_decode(v) for v in decoded[1]]
+    forward = direction == "n"
+    page = select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content,
+                  *[column.label(f"k{i}") for i, (column, _) in enumerate(keys)]).where(*conditions)
+    if position is not None:
+        page = page.where(_keyset(keys, position, forward))
+    order = [(c.desc() if d == forward else c.asc()) for c, d in keys]
+    rows = conn.execute(page.order_by(*order).limit(count + 1)).all() if count > 0 else []
+    more = len(rows) > count
+    rows = rows[:count]
+    if not forward:
+        rows.reverse()
+    total = None
+    if query.total != "none":
+        total = conn.execute(select(func.count()).select_from(resources).where(*conditions)).scalar_one()
+    has_next = more if forward else True
+    has_previous = (position is not None) if forward else more
+    next_cursor = prev_cursor = None
+    if rows and has_next:
+        next_cursor = encode_cursor(["n", [_encode(v) for v in _keys_of(rows[-1], len(keys))]])
+    if rows and has_previous:
+        prev_cursor = encode_cursor(["p", [_encode(v) for v in _keys_of(rows[0], len(keys))]])
+    return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows], total, next_cursor, prev_cursor
+
+
+def _keys_of(row: Any, n: int) -> list[Any]:
+    return [getattr(row, f"k{i}") for i in range(n)]
+
+
+def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list) -> list[Row]:
+    rows = conn.execute(
+        select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
+        .distinct()
+        .select_from(search_reference.join(resources, join_on))
+        .where(resources.c.deleted.is_(False), condition, *extra)
+    ).all()
+    return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows]
+
+
+def _included(conn: Connection, items: list[Row], include: Include) -> list[Row]:
+    """Targets of the references of ``items`` named by an ``_include``."""
+    sources = [r.pk for r in items if include.source in ("*", r.res_type)]
+    if not sources:
+        return []
+    link = search_reference
+    extra = [link.c.param == include.param] if include.param != "*" else []
+    if include.target:
+        extra.append(link.c.target_type == include.target)
+    join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
+    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra)
+
+
+def _revincluded(conn: Connection, items: list[Row], include: Include) -> list[Row]:
+    """Resources whose references named by a ``_revinclude`` point at ``items``."""
+    link = search_reference
+    by_type: dict[str, list[str]] = {}
+    for item in items:
+        if include.target in (None, item.res_type):
+            by_type.setdefault(item.res_type, []).append(item.res_id)
+    if not by_type:
+        return []
+    targets = or_(*[and_(link.c.target_type == t, link.c.target_id.in_(ids)) for t, ids in by_type.items()])
+    extra = [link.c.res_type == include.source] if include.source != "*" else []
+    if include.param != "*":
+        extra.append(link.c.param == include.param)
+    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
+
+
+def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery) -> list[Row]:
+    """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded."""
+    seen = {(r.res_type, r.res_id) for r in matches}
+    added: list[Row] = []
+    frontier = matches
+    for round_number in range(MAX_INCLUDE_ROUNDS):
+        new: list[Row] = []
+        for include in query.includes:
+            if round_number == 0 or include.iterate:
+                new += _included(conn, frontier, include)
+        for include in query.revincludes:
+            if round_number == 0 or include.iterate:
+                new += _revincluded(conn, frontier, include)
+        fresh = []
+        for row in new:
+            if (row.res_type, row.res_id) not in seen:
+                seen.add((row.res_type, row.res_id))
+                fresh.append(row)
+        if not fresh:
+            break
+        added += fresh
+        frontier = fresh
+    return added
 
 
 def search_bundle(
     store: Store,
     base: str,
-    res_type: str,
+    res_type: str | None,
     params: Sequence[tuple[str, str]],
     *,
     default_count: int,
     max_count: int,
     strict: bool = False,
 ) -> dict:
-    require_known_type(res_type)
-    criteria: list[tuple[str, str]] = []
-    result: dict[str, str] = {}
-    for name, value in params:
-        if name in SUPPORTED:
-            criteria.append((name, value))
-        elif name in RESULT_PARAMETERS:
-            result[name] = value
-        elif strict:
-            raise InvalidRequest(f"Unknown or unsupported search parameter '{name}'", name)
-    count = page_size(result.get("_count"), default_count, max_count)
-    if result.get("_summary") == "count":
+    """A searchset Bundle for ``[base]/[type]?params`` (``res_type`` None: system search with ``_type``)."""
+    queries = _queries(res_type, params, strict)
+    query = next(iter(queries.values()))
+    count = min(query.count if query.count is not None else default_count, max_count)
+    if query.summary == "count":
         count = 0
-    query = select(resources.c.pk, resources.c.content).where(
-        resources.c.res_type == res_type, resources.c.deleted.is_(False)
-    )
-    for name, value in criteria:
-        if name == "_id":
-            query = query.where(resources.c.res_id.in_(value.split(",")))
-    after = int(decode_cursor(result["_cursor"])[0]) if result.get("_cursor") else None
+    compiler = Compiler(base)
     with store.reading() as conn:
-        total = conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
-        page = query.order_by(resources.c.pk)
-        if after is not None:
-            page = page.where(resources.c.pk > after)
-        rows = conn.execute(page.limit(count + 1)).all() if count > 0 else []
-    has_more = len(rows) > count
-    rows = rows[:count]
-    path = f"{base}/{res_type}"
-    kept = criteria + [(k, v) for k, v in result.items() if k in ("_count", "_total", "_summary")]
-    links = [{"relation": "self", "url": _url(path, kept + ([("_cursor", result["_cursor"])] if after else []))}]
-    if has_more:
-        token = encode_cursor([rows[-1].pk])
-        links.append({"relation": "next", "url": _url(path, [*kept, ("_count", str(count)), ("_cursor", token)])})
-    bundle: dict = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
-    if rows:
-        bundle["entry"] = [
-            {
-                "fullUrl": f"{base}/{res_type}/{row.content['id']}",
-                "resource": row.content,
-                "search": {"mode": "match"},
-            }
-            for row in rows
-        ]
+        rows, total, next_cursor, prev_cursor = run_search(conn, query, match_condition(queries, compiler), count)
+        included = resolve_includes(conn, rows, query) if rows and (query.includes or query.revincludes) else []
+    path = f"{base}/{res_type}" if res_type else base
+    kept = list(query.kept)
+    if res_type is None and None not in queries:
+        kept.append(("_type", ",".join(t for t in queries if t)))
+    links = [{"relation": "self", "url": _url(path, kept + ([("_cursor", query.cursor)] if query.cursor else []))}]
+    for relation, cursor in (("next", next_cursor), ("previous", prev_cursor)):
+        if cursor:
+            page_params = [*_without_count(kept), ("_count", str(count)), ("_cursor", cursor)]
+            links.append({"relation": relation, "url": _url(path, page_params)})
+    bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = links
+    entries = [_entry(base, r, "match", query) for r in rows] + [_entry(base, r, "include", query) for r in included]
+    if entries:
+        bundle["entry"] = entries
     return bundle
+
+
+#: Parameters a system search without ``_type`` can evaluate (they exist on every type).
+SYSTEM_PARAMETERS = frozenset({"_id", "_lastUpdated"})
+
+
+def _queries(res_type: str | None, params: Sequence[tuple[str, str]], strict: bool) -> dict[str | None, SearchQuery]:
+    """One parsed query per resource type searched (type search: just that type)."""
+    if res_type is not None:
+        require_known_type(res_type)
+        return {res_type: parse_query(res_type, params, strict=strict)}
+    types = [t for k, v in params if k == "_type" for t in v.split(",") if t]
+    for t in types:
+        require_known_type(t)
+    rest = [(k, v) for k, v in params if k != "_type"]
+    if types:
+        return {t: parse_query(t, rest, strict=strict) for t in dict.fromkeys(types)}
+    for name, _ in rest:
+        base_name = name.split(":")[0]
+        if not base_name.startswith("_") and strict:
+            raise InvalidRequest(f"System search by '{name}' needs _type", name)
+    usable = [(k, v) for k, v in rest if k.split(":")[0] in SYSTEM_PARAMETERS or k.split(":")[0] in RESULT_PARAMETERS]
+    query = parse_query("Patient", usable, strict=strict)
+    query.ignored += [k for k, _ in rest if (k, _) not in usable]
+    return {None: query}
+
+
+def _without_count(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in params if k != "_count"]
+
+
+def _entry(base: str, row: Row, mode: str, query: SearchQuery) -> dict:
+    resource = project(row.content, query.summary, query.elements) if mode == "match" else row.content
+    return {"fullUrl": f"{base}/{row.res_type}/{row.res_id}", "resource": resource, "search": {"mode": mode}}
 
 
 def _url(path: str, params: list[tuple[str, str]]) -> str:

@@ -1,13 +1,80 @@
-"""Search-index rows, written in the same transaction as the resource they describe."""
+"""Search-index rows, written in the same transaction as the resource they describe.
+
+Values come from ``fhirfus.fhir.extraction`` (the official SearchParameter expressions, plain
+paths compiled to direct lookups); this module only turns them into rows and writes them with
+one multi-row INSERT per index table.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Connection
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, Table, delete, insert
+
+from fhirfus.fhir.extraction import IndexValues, extract_index_values, normalize_string
+from fhirfus.store.tables import (
+    INDEX_TABLES,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+#: Longer values are cut: B-tree entries must stay small, and nobody searches by page-long text.
+MAX_TEXT = 512
 
 
-def index_resource(conn: Connection, pk: int, res_type: str, content: dict) -> None:
-    """Replace the index rows of one resource."""
+def _cut(value: str | None) -> str | None:
+    return value[:MAX_TEXT] if value is not None and len(value) > MAX_TEXT else value
+
+
+def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table, list[dict]]]:
+    """Rows for every index table (duplicates removed: the same value twice adds nothing)."""
+    base = {"resource_pk": pk, "res_type": res_type}
+
+    def unique(rows: Iterable[dict]) -> list[dict]:
+        seen: dict[tuple, dict] = {}
+        for row in rows:
+            seen.setdefault(tuple(sorted(row.items(), key=lambda item: item[0])), row)
+        return list(seen.values())
+
+    return [
+        (search_token, unique(
+            {**base, "param": v.param, "system": _cut(v.system), "code": _cut(v.code),
+             "text": _cut(normalize_string(v.display_text)) if v.display_text else None}
+            for v in values.tokens
+        )),
+        (search_string, unique(
+            {**base, "param": v.param, "value": _cut(v.normalized), "exact": _cut(v.exact)} for v in values.strings
+        )),
+        (search_date, unique({**base, "param": v.param, "low": v.low, "high": v.high} for v in values.dates)),
+        (search_reference, unique(
+            {**base, "param": v.param, "target_type": v.target_type, "target_id": _cut(v.target_id),
+             "url": _cut(v.url)}
+            for v in values.references
+        )),
+        (search_number, unique({**base, "param": v.param, "value": v.value} for v in values.numbers)),
+        (search_quantity, unique(
+            {**base, "param": v.param, "value": v.value, "system": _cut(v.system), "code": _cut(v.code)}
+            for v in values.quantities
+        )),
+        (search_uri, unique({**base, "param": v.param, "value": _cut(v.value)} for v in values.uris)),
+    ]
+
+
+def index_resource(conn: Connection, pk: int, res_type: str, content: dict, *, fresh: bool = False) -> None:
+    """Replace the index rows of one resource (``fresh``: it has none yet, skip the deletes)."""
+    if not fresh:
+        remove_resource(conn, pk)
+    for table, rows in index_rows(pk, res_type, extract_index_values(content)):
+        if rows:
+            conn.execute(insert(table), rows)
 
 
 def remove_resource(conn: Connection, pk: int) -> None:
-    """Drop the index rows of a deleted resource."""
+    """Drop the index rows of a resource (before re-indexing, or when it is deleted)."""
+    for table in INDEX_TABLES:
+        conn.execute(delete(table).where(table.c.resource_pk == pk))

@@ -45,9 +45,8 @@ def stamp(content: dict, res_id: str, version: int, moment: datetime) -> dict:
     meta = dict(content.get("meta") or {})
     meta["versionId"] = str(version)
     meta["lastUpdated"] = format_instant(moment)
-    stamped = {"resourceType": content["resourceType"], "id": res_id}
+    stamped = {"resourceType": content["resourceType"], "id": res_id, "meta": meta}
     stamped.update({k: v for k, v in content.items() if k not in ("resourceType", "id", "meta")})
-    stamped["meta"] = meta
     return stamped
 
 
@@ -160,7 +159,7 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id") from exc
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk)
     _record_history(conn, stored)
-    indexer.index_resource(conn, pk, res_type, body)
+    indexer.index_resource(conn, pk, res_type, body, fresh=True)
     return stored
 
 

@@ -1,0 +1,1 @@
+"""Search query parsing: URL parameters → a typed ``SearchQuery`` (no SQL, no I/O)."""

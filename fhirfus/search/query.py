@@ -1,0 +1,262 @@
+"""Parsing of FHIR search parameters into a ``SearchQuery``.
+
+Names are resolved against the official R4 SearchParameter definitions of the resource type
+(``fhirfus.fhir.searchparams``): modifiers, chains (``subject:Patient.name``), reverse chains
+(``_has:Observation:patient:code``) and the result parameters (``_sort``, ``_include``, …).
+Unknown parameters are collected in ``ignored`` (or refused in strict mode); malformed values
+are always a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.searchparams import SearchParam, params_for
+from fhirfus.fhir.validation import served_types
+
+#: Parameters that shape the result rather than select resources.
+RESULT_PARAMETERS = frozenset(
+    {"_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_cursor", "_contained",
+     "_containedType", "_totalMethod"}
+)
+#: Parameters of the HTTP layer, never search criteria.
+FORMAT_PARAMETERS = frozenset({"_format", "_pretty"})
+#: Standard parameters fhirfus does not implement (treated as unknown).
+UNSUPPORTED = frozenset({"_text", "_content", "_list", "_query", "_filter", "_source"})
+
+MODIFIERS = {
+    "string": {"exact", "contains", "missing"},
+    "token": {"not", "text", "missing", "in", "not-in", "below", "above", "of-type"},
+    "date": {"missing"},
+    "number": {"missing"},
+    "quantity": {"missing"},
+    "reference": {"missing", "identifier"},
+    "uri": {"below", "above", "missing"},
+    "composite": {"missing"},
+}
+SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "missing"}
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A parsed parameter name, possibly chained or reverse-chained."""
+
+    res_type: str
+    param: SearchParam
+    modifier: str | None = None
+    chain: ParamRef | None = None          # subject:Patient.name → chain on Patient.name
+    chain_type: str | None = None          # the type of the chained resource
+    has_source: str | None = None          # _has:Observation:patient:code → Observation
+    has_param: SearchParam | None = None   # … patient
+    has_inner: ParamRef | None = None      # … code (on Observation)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One ``name=value[,value…]`` pair: its values are OR-ed; several criteria are AND-ed."""
+
+    name: str
+    ref: ParamRef
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SortKey:
+    param: SearchParam
+    descending: bool
+
+
+@dataclass(frozen=True)
+class Include:
+    """``_include`` / ``_revinclude``: ``Source:param[:Target]`` (param ``*`` = every reference)."""
+
+    source: str
+    param: str
+    target: str | None
+    iterate: bool
+
+
+@dataclass
+class SearchQuery:
+    res_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    sort: list[SortKey] = field(default_factory=list)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    count: int | None = None
+    summary: str | None = None
+    elements: tuple[str, ...] = ()
+    total: str = "accurate"
+    cursor: str | None = None
+    ignored: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)   # what the self link shows
+
+
+class UnknownParameter(InvalidRequest):
+    """An unknown or unsupported parameter (fatal only under ``Prefer: handling=strict``)."""
+
+
+def split_or(value: str) -> tuple[str, ...]:
+    """Split on commas that are not escaped with a backslash."""
+    parts, current, escaped = [], [], False
+    for char in value:
+        if escaped:
+            current.append(char if char in ",$|\\" else "\\" + char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return tuple(parts)
+
+
+def _lookup(res_type: str, code: str, name: str) -> SearchParam:
+    param = params_for(res_type).get(code)
+    if param is None or code in UNSUPPORTED or param.type in ("composite", "special"):
+        raise UnknownParameter(f"Unknown or unsupported search parameter '{name}' for {res_type}", name)
+    return param
+
+
+def parse_name(res_type: str, name: str) -> ParamRef:
+    """Resolve ``name`` (with modifiers, chains, ``_has``) against ``res_type``."""
+    if name.startswith("_has:"):
+        parts = name.split(":", 3)
+        if len(parts) < 4:
+            raise InvalidRequest(f"Malformed _has parameter '{name}' (expected _has:Type:reference:param)", name)
+        _, source, ref_code, rest = parts
+        if source not in served_types():
+            raise InvalidRequest(f"Unknown resource type '{source}' in '{name}'", name)
+        has_param = _lookup(source, ref_code, name)
+        if has_param.type != "reference":
+            raise InvalidRequest(f"'{ref_code}' of {source} is not a reference parameter ('{name}')", name)
+        anchor = SearchParam(code="_has", type="special", expression="")
+        return ParamRef(res_type, anchor, has_source=source, has_param=has_param, has_inner=parse_name(source, rest))
+    head, dot, rest = name.partition(".")
+    code, _, modifier = head.partition(":")
+    param = _lookup(res_type, code, name)
+    if dot:
+        if param.type != "reference":
+            raise InvalidRequest(f"Cannot chain through '{code}': it is not a reference parameter", name)
+        targets = [modifier] if modifier else list(param.targets)
+        if modifier and modifier not in served_types():
+            raise InvalidRequest(f"Unknown resource type '{modifier}' in '{name}'", name)
+        if len(targets) != 1:
+            chained = [t for t in targets if rest.partition(".")[0].partition(":")[0] in params_for(t)]
+            if len(chained) != 1:
+                raise InvalidRequest(
+                    f"Chain '{name}' is ambiguous: say the target type, e.g. '{code}:{targets[0] if targets else 'Patient'}.{rest}'",
+                    name,
+                )
+            targets = chained
+        return ParamRef(res_type, param, None, parse_name(targets[0], rest), targets[0])
+    if modifier:
+        if param.type == "reference" and modifier in served_types():
+            return ParamRef(res_type, param, modifier)
+        allowed = MODIFIERS.get(param.type, {"missing"})
+        if modifier not in allowed or (param.type == "token" and modifier not in SUPPORTED_TOKEN_MODIFIERS):
+            raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}' ({param.type})", name)
+        if param.type == "reference" and modifier == "identifier":
+            raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}'", name)
+    return ParamRef(res_type, param, modifier or None)
+
+
+def _parse_sort(res_type: str, value: str) -> list[SortKey]:
+    keys = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        descending = item.startswith("-")
+        code = item.lstrip("-")
+        param = params_for(res_type).get(code)
+        if param is None or param.type in ("composite", "special") or code in UNSUPPORTED:
+            raise InvalidRequest(f"Cannot sort by '{code}' on {res_type}", "_sort")
+        keys.append(SortKey(param, descending))
+    return keys
+
+
+def _parse_include(value: str, name: str, iterate: bool) -> Include:
+    parts = value.split(":")
+    if value == "*":
+        return Include("*", "*", None, iterate)
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidRequest(f"{name} must look like Type:param[:TargetType], got '{value}'", name)
+    source, code = parts[0], parts[1]
+    target = parts[2] if len(parts) == 3 else None
+    if source not in served_types():
+        raise InvalidRequest(f"Unknown resource type '{source}' in {name}", name)
+    if code != "*":
+        param = params_for(source).get(code)
+        if param is None or param.type != "reference":
+            raise InvalidRequest(f"'{code}' is not a reference parameter of {source} ({name})", name)
+    if target is not None and target not in served_types():
+        raise InvalidRequest(f"Unknown target type '{target}' in {name}", name)
+    return Include(source, code, target, iterate)
+
+
+def _parse_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError as exc:
+        raise InvalidRequest(f"_count must be a non-negative integer, got '{value}'", "_count") from exc
+    if count < 0:
+        raise InvalidRequest(f"_count must be a non-negative integer, got '{value}'", "_count")
+    return count
+
+
+def parse_query(res_type: str, params: Sequence[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
+    """Turn URL parameters into a ``SearchQuery`` for ``res_type``."""
+    query = SearchQuery(res_type)
+    for name, value in params:
+        if name in FORMAT_PARAMETERS:
+            continue
+        if name in RESULT_PARAMETERS:
+            _apply_result_parameter(query, name, value)
+            continue
+        try:
+            ref = parse_name(res_type, name)
+        except UnknownParameter:
+            if strict:
+                raise
+            query.ignored.append(name)
+            continue
+        query.criteria.append(Criterion(name, ref, split_or(value)))
+        query.kept.append((name, value))
+    return query
+
+
+def _apply_result_parameter(query: SearchQuery, name: str, value: str) -> None:
+    base = name.split(":")[0]
+    if base == "_count":
+        query.count = _parse_count(value)
+    elif base == "_sort":
+        query.sort = _parse_sort(query.res_type, value)
+    elif base == "_include":
+        query.includes.append(_parse_include(value, name, name.endswith(":iterate") or name.endswith(":recurse")))
+    elif base == "_revinclude":
+        query.revincludes.append(_parse_include(value, name, name.endswith(":iterate") or name.endswith(":recurse")))
+    elif base == "_summary":
+        if value not in ("true", "false", "count", "data", "text"):
+            raise InvalidRequest(f"_summary must be true, false, count, data or text, got '{value}'", "_summary")
+        query.summary = None if value == "false" else value
+    elif base == "_elements":
+        query.elements = tuple(e.strip() for e in value.split(",") if e.strip())
+    elif base == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            raise InvalidRequest(f"_total must be none, estimate or accurate, got '{value}'", "_total")
+        query.total = value
+    elif base == "_totalMethod":
+        query.total = "accurate" if value == "count" else query.total
+    elif base == "_cursor":
+        query.cursor = value
+        return
+    else:
+        return
+    if base != "_totalMethod":
+        query.kept.append((name, value))

@@ -1,0 +1,268 @@
+"""Search criteria compiled to SQL over the index tables.
+
+Every criterion becomes a boolean condition on a ``resources`` alias, mostly of the form
+``pk IN (SELECT resource_pk FROM search_<type> WHERE res_type = … AND param = … AND <value>)``;
+several values of one criterion are OR-ed inside that sub-select, several criteria AND-ed.
+Chains join references to their targets, ``_has`` joins back from the referring resources.
+Nothing is filtered in Python.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, FromClause, Table, and_, exists, false, literal, not_, or_, select, true
+from sqlalchemy.orm import aliased
+
+from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.extraction import normalize_string
+from fhirfus.search.query import Criterion, ParamRef
+from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
+from fhirfus.store.tables import (
+    resources,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
+
+TABLE_OF = {
+    "token": search_token,
+    "string": search_string,
+    "date": search_date,
+    "reference": search_reference,
+    "number": search_number,
+    "quantity": search_quantity,
+    "uri": search_uri,
+}
+
+
+class Compiler:
+    """Compiles criteria for one request (knows the server's base URL for absolute references)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def criterion(self, alias: FromClause, criterion: Criterion) -> ColumnElement[bool]:
+        return self.condition(alias, criterion.ref, criterion.values, criterion.name)
+
+    def condition(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
+        if ref.has_source is not None:
+            return self._has(alias, ref, values, name)
+        if ref.chain is not None:
+            return self._chain(alias, ref, values, name)
+        code = ref.param.code
+        if code == "_id":
+            return self._id(alias, ref, values)
+        if code == "_lastUpdated" and ref.modifier is None:
+            return or_(*[self._last_updated(alias, value, name) for value in values])
+        if ref.modifier == "missing":
+            return self._missing(alias, ref, values, name)
+        table = TABLE_OF.get(ref.param.type)
+        if table is None:
+            raise InvalidRequest(f"Search by '{name}' ({ref.param.type}) is not supported", name)
+        build = getattr(self, f"_{ref.param.type}")
+        matches = or_(*[build(table, ref, value, name) for value in values])
+        negate = ref.modifier == "not"
+        rows = select(table.c.resource_pk).where(table.c.res_type == ref.res_type, table.c.param == code, matches)
+        return alias.c.pk.not_in(rows) if negate else alias.c.pk.in_(rows)
+
+    # --- special parameters, chains, reverse chains ------------------------------------------
+
+    def _id(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...]) -> ColumnElement[bool]:
+        if ref.modifier == "missing":
+            return false() if values[-1] == "true" else true()
+        condition = alias.c.res_id.in_([v for v in values if v])
+        return not_(condition) if ref.modifier == "not" else condition
+
+    def _last_updated(self, alias: FromClause, value: str, name: str) -> ColumnElement[bool]:
+        query = parse_date(value, name)
+        return point_condition(query.prefix, alias.c.last_updated, query.low, query.high)
+
+    def _missing(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
+        if values[-1] not in ("true", "false"):
+            raise InvalidRequest(f"{name} must be true or false", name)
+        table = TABLE_OF[ref.param.type]
+        present = exists().where(
+            table.c.resource_pk == alias.c.pk, table.c.res_type == ref.res_type, table.c.param == ref.param.code
+        )
+        return not_(present) if values[-1] == "true" else present
+
+    def _chain(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
+        assert ref.chain is not None and ref.chain_type is not None
+        target = aliased(resources)
+        link = search_reference
+        rows = (
+            select(link.c.resource_pk)
+            .join(target, and_(target.c.res_type == link.c.target_type, target.c.res_id == link.c.target_id))
+            .where(
+                link.c.res_type == ref.res_type,
+                link.c.param == ref.param.code,
+                link.c.target_type == ref.chain_type,
+                target.c.deleted.is_(False),
+                self.condition(target, ref.chain, values, name),
+            )
+        )
+        return alias.c.pk.in_(rows)
+
+    def _has(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
+        assert ref.has_param is not None and ref.has_inner is not None
+        source = aliased(resources)
+        link = search_reference
+        rows = (
+            select(link.c.target_id)
+            .join(source, source.c.pk == link.c.resource_pk)
+            .where(
+                link.c.res_type == ref.has_source,
+                link.c.param == ref.has_param.code,
+                link.c.target_type == ref.res_type,
+                source.c.deleted.is_(False),
+                self.condition(source, ref.has_inner, values, name),
+            )
+        )
+        return alias.c.res_id.in_(rows)
+
+    # --- one value of one type ---------------------------------------------------------------
+
+    def _string(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        if ref.modifier == "exact":
+            return table.c.exact == value
+        needle = _like_escape(normalize_string(value))
+        if ref.modifier == "contains":
+            return table.c.value.like(f"%{needle}%", escape="\\")
+        return table.c.value.like(f"{needle}%", escape="\\")
+
+    def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        if ref.modifier == "text":
+            return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
+        token = parse_token(value)
+        conditions = []
+        if token.code is not ANY:
+            conditions.append(table.c.code == token.code)
+        if token.system is None:
+            conditions.append(table.c.system.is_(None))
+        elif token.system is not ANY:
+            conditions.append(table.c.system == token.system)
+        if not conditions:
+            raise InvalidRequest(f"Empty token value for '{name}'", name)
+        return and_(*conditions)
+
+    def _date(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        query = parse_date(value, name)
+        return date_condition(query.prefix, table.c.low, table.c.high, query.low, query.high)
+
+    def _number(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        return number_condition(table.c.value, parse_number(value, name))
+
+    def _quantity(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        query = parse_quantity(value, name)
+        conditions = [number_condition(table.c.value, query.number)]
+        if query.system is not None:
+            conditions.append(table.c.system == query.system)
+        if query.code is not None:
+            conditions.append(table.c.code == query.code)
+        return and_(*conditions)
+
+    def _reference(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        target_type, target_id, url = self.parse_reference(value)
+        if target_id is None:
+            return table.c.url == url
+        conditions = [table.c.target_id == target_id]
+        wanted_type = target_type or ref.modifier
+        if wanted_type:
+            conditions.append(table.c.target_type == wanted_type)
+        return and_(*conditions)
+
+    def _uri(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        if ref.modifier == "below":
+            return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
+        if ref.modifier == "above":
+            return literal(value).like(table.c.value + "%")
+        return table.c.value == value
+
+    def parse_reference(self, value: str) -> tuple[str | None, str | None, str]:
+        """``Type/id``, ``id``, or an absolute URL (ours → Type/id; foreign → matched by URL)."""
+        text = value
+        if "://" in value or value.startswith("urn:"):
+            if not value.startswith(self.base_url + "/"):
+                return None, None, value
+            text = value[len(self.base_url) + 1:]
+        parts = text.split("/")
+        if len(parts) >= 4 and parts[2] == "_history":
+            parts = parts[:2]
+        if len(parts) == 2 and parts[0] and parts[1]:
+            return parts[0], parts[1], value
+        if len(parts) == 1 and parts[0]:
+            return None, parts[0], value
+        raise InvalidRequest(f"'{value}' is not a valid reference", "reference")
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def date_condition(prefix: str, low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+    """FHIR date comparison of a stored range [low, high) with a search range [q_low, q_high)."""
+    contained = and_(low >= q_low, high <= q_high)
+    conditions: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: contained,
+        "ne": lambda: not_(contained),
+        "gt": lambda: high > q_high,
+        "lt": lambda: low < q_low,
+        "ge": lambda: or_(high > q_high, contained),
+        "le": lambda: or_(low < q_low, contained),
+        "sa": lambda: low >= q_high,
+        "eb": lambda: high <= q_low,
+        "ap": lambda: _approximately(low, high, q_low, q_high),
+    }
+    return conditions[prefix]()
+
+
+def point_condition(prefix: str, moment: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+    """Date comparison of a stored instant (a point, e.g. ``meta.lastUpdated``) with a search range."""
+    inside = and_(moment >= q_low, moment < q_high)
+    conditions: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: inside,
+        "ne": lambda: not_(inside),
+        "gt": lambda: moment >= q_high,
+        "lt": lambda: moment < q_low,
+        "ge": lambda: moment >= q_low,
+        "le": lambda: moment < q_high,
+        "sa": lambda: moment >= q_high,
+        "eb": lambda: moment < q_low,
+        "ap": lambda: _approximately(moment, moment, q_low, q_high),
+    }
+    return conditions[prefix]()
+
+
+def _approximately(low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+    """``ap``: overlap with the search range widened by 10 % of its distance from now (≥ 1 day)."""
+    from datetime import UTC, datetime
+
+    distance = abs(datetime.now(UTC) - q_low)
+    margin = max(distance / 10, timedelta(days=1))
+    return and_(low < q_high + margin, high > q_low - margin)
+
+
+def number_condition(column: ColumnElement, query) -> ColumnElement[bool]:  # noqa: ANN001
+    """Numbers: ``eq``/``ne`` use the implicit precision range, the others the value itself."""
+    value: Decimal = query.value
+    conditions: dict[str, Callable[[], ColumnElement[bool]]] = {
+        "eq": lambda: and_(column >= query.low, column < query.high),
+        "ne": lambda: not_(and_(column >= query.low, column < query.high)),
+        "gt": lambda: column > value,
+        "lt": lambda: column < value,
+        "ge": lambda: column >= value,
+        "le": lambda: column <= value,
+        "sa": lambda: column > value,
+        "eb": lambda: column < value,
+        "ap": lambda: and_(column >= value - abs(value) / 10, column <= value + abs(value) / 10),
+    }
+    return conditions[query.prefix]()
