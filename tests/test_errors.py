@@ -89,7 +89,7 @@ def test_unknown_route_is_404_operation_outcome(client: httpx.Client) -> None:
 
 
 def test_wrong_method_is_405_operation_outcome(client: httpx.Client) -> None:
-    response = client.delete("/metadata")
+    response = client.patch("/Patient", json=[])
     assert response.status_code == 405
     assert response.json()["resourceType"] == "OperationOutcome"
 

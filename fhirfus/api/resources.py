@@ -9,6 +9,9 @@ from starlette.responses import Response
 
 from fhirfus.api.http import Prefer, base_url, fhir_response, read_body, read_json, version_headers, write_response
 from fhirfus.api.negotiation import rendering_for, require_json_body
+from urllib.parse import urlencode
+
+from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
 from fhirfus.operations import crud, history, search
@@ -61,10 +64,41 @@ async def create(request: Request, res_type: str) -> Response:
     if not if_none_exist and request.url.query:
         # fhirpy sends conditional-create criteria in the query string
         if_none_exist = request.url.query
-    result = await run_in_threadpool(crud.create, _store(request), res_type, body, if_none_exist)
+    result = await run_in_threadpool(crud.create, _store(request), res_type, body, if_none_exist, base_url(request))
     if result.created:
         return write_response(request, result.stored, 201, f"Created {res_type}/{result.stored.res_id}")
     return write_response(request, result.stored, 200, "Resource already exists; nothing created")
+
+
+@router.put("/{res_type}")
+async def conditional_update(request: Request, res_type: str) -> Response:
+    rendering_for(request)
+    criteria = _criteria(request)
+    body = await read_json(request)
+    if_match = parse_version_tag(request.headers.get("if-match"))
+    result = await run_in_threadpool(
+        crud.conditional_update, _store(request), res_type, criteria, body, if_match, base_url(request)
+    )
+    status = 201 if result.created else 200
+    return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{result.stored.res_id}")
+
+
+@router.delete("/{res_type}")
+def conditional_delete(request: Request, res_type: str) -> Response:
+    rendering = rendering_for(request)
+    stored = crud.conditional_delete(_store(request), res_type, _criteria(request), base_url(request))
+    if stored is None:
+        return fhir_response(request, information("No resource matched; nothing deleted"), 200, rendering=rendering)
+    headers = {"ETag": f'W/"{stored.version}"'}
+    return fhir_response(request, information(f"Deleted {res_type}/{stored.res_id}"), 200, headers, rendering)
+
+
+def _criteria(request: Request) -> str:
+    """The search criteria of a conditional interaction: the query string minus format parameters."""
+    pairs = [(k, v) for k, v in request.query_params.multi_items() if k not in ("_format", "_pretty")]
+    if not pairs:
+        raise InvalidRequest("A conditional interaction needs search criteria in the query string", "criteria")
+    return urlencode(pairs)
 
 
 @router.post("/{res_type}/$validate")

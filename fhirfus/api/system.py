@@ -8,10 +8,10 @@ from starlette.responses import Response
 
 from starlette.concurrency import run_in_threadpool
 
-from fhirfus.api.http import base_url, fhir_response, read_json
+from fhirfus.api.http import Prefer, base_url, fhir_response, read_json
+from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search
-from fhirfus.fhir.errors import InvalidRequest, NotImplementedYet
-from fhirfus.operations import history
+from fhirfus.operations import bundles, history
 from fhirfus.operations.capabilities import capability_statement
 
 router = APIRouter(prefix="/fhir")
@@ -48,7 +48,10 @@ async def search_system_post(request: Request) -> Response:
 @router.post("")
 @router.post("/")
 async def bundle(request: Request) -> Response:
+    rendering = rendering_for(request)
     body = await read_json(request)
-    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-        raise InvalidRequest("POST to the base URL expects a batch or transaction Bundle", "resourceType")
-    raise NotImplementedYet(f"Bundle type '{body.get('type')}' is not supported yet", "Bundle.type")
+    settings = request.app.state.settings
+    context = bundles.Context(request.app.state.store, base_url(request), settings.default_page_size,
+                              settings.max_page_size)
+    response = await run_in_threadpool(bundles.process, context, body, Prefer.parse(request).return_)
+    return fhir_response(request, response, rendering=rendering)

@@ -1,7 +1,9 @@
 """Instance and type interactions: create, read, vread, update, patch, delete, $validate.
 
-Each write validates at the edge (``fhirfus.fhir.validation``) before any SQL runs, then does all
-its SQL in one transaction, so a rejected request leaves the database unchanged.
+Each interaction has a connection-level core (``*_in``) that Bundles reuse inside their own
+transaction, and a store-level function that validates at the edge (``fhirfus.fhir.validation``)
+before any SQL runs and then runs the core in one transaction, so a rejected request leaves the
+database unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonpatch
+from sqlalchemy import Connection
 
 from fhirfus.fhir.errors import Gone, InvalidRequest, InvalidResource, Issue, NotFound, PreconditionFailed
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
@@ -29,28 +32,29 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def create(store: Store, res_type: str, body: Any, if_none_exist: str | None = None) -> WriteResult:
-    """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
-    require_known_type(res_type)
-    resource = validate_resource(body, res_type)
-    with store.writing() as conn:
-        if if_none_exist:
-            matches = conditional.matching_ids(conn, res_type, if_none_exist)
-            if len(matches) > 1:
-                raise PreconditionFailed(
-                    f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
-                )
-            if matches:
-                existing = repository.current(conn, res_type, matches[0])
-                assert existing is not None
-                return WriteResult(existing, created=False)
-        return WriteResult(repository.create(conn, res_type, new_id(), resource), created=True)
+# --- connection-level cores ------------------------------------------------------------------
 
 
-def read(store: Store, res_type: str, res_id: str) -> Stored:
-    require_known_type(res_type)
-    with store.reading() as conn:
-        stored = repository.current(conn, res_type, res_id)
+def create_in(
+    conn: Connection, res_type: str, resource: dict, if_none_exist: str | None = None, *,
+    res_id: str | None = None, base_url: str = "",
+) -> WriteResult:
+    """Create (``resource`` already validated); with ``if_none_exist``, an existing match wins."""
+    if if_none_exist:
+        matches = conditional.matching_ids(conn, res_type, if_none_exist, base_url)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
+            )
+        if matches:
+            existing = repository.current(conn, res_type, matches[0])
+            assert existing is not None
+            return WriteResult(existing, created=False)
+    return WriteResult(repository.create(conn, res_type, res_id or new_id(), resource), created=True)
+
+
+def read_in(conn: Connection, res_type: str, res_id: str) -> Stored:
+    stored = repository.current(conn, res_type, res_id)
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     if stored.deleted:
@@ -58,12 +62,8 @@ def read(store: Store, res_type: str, res_id: str) -> Stored:
     return stored
 
 
-def vread(store: Store, res_type: str, res_id: str, version_id: str) -> Stored:
-    require_known_type(res_type)
-    if not version_id.isdigit():
-        raise NotFound(f"{res_type}/{res_id} has no version '{version_id}'", "meta.versionId")
-    with store.reading() as conn:
-        stored = repository.version(conn, res_type, res_id, int(version_id))
+def vread_in(conn: Connection, res_type: str, res_id: str, version_id: str) -> Stored:
+    stored = repository.version(conn, res_type, res_id, int(version_id)) if version_id.isdigit() else None
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
@@ -71,7 +71,96 @@ def vread(store: Store, res_type: str, res_id: str, version_id: str) -> Stored:
     return stored
 
 
-def _check_update_body(res_type: str, res_id: str, body: Any) -> dict:
+def update_in(conn: Connection, res_type: str, res_id: str, resource: dict, if_match: int | None = None) -> WriteResult:
+    """New version (the current row locked first), or update-as-create when the id is free."""
+    previous = repository.current(conn, res_type, res_id, for_update=True)
+    _check_if_match(res_type, res_id, previous, if_match)
+    if previous is None:
+        return WriteResult(repository.create(conn, res_type, res_id, resource, "PUT"), created=True)
+    return WriteResult(repository.replace(conn, previous, resource, "PUT"), created=previous.deleted)
+
+
+def conditional_update_in(
+    conn: Connection, res_type: str, criteria: str, body: Any, if_match: int | None = None, base_url: str = ""
+) -> WriteResult:
+    """PUT [type]?criteria: no match → create, one → update it, several → 412."""
+    matches = conditional.matching_ids(conn, res_type, criteria, base_url)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
+    body_id = body.get("id") if isinstance(body, dict) else None
+    if matches:
+        if body_id is not None and body_id != matches[0]:
+            raise InvalidRequest(
+                f"Resource id '{body_id}' differs from the matching resource '{matches[0]}'", f"{res_type}.id"
+            )
+        resource = check_update_body(res_type, matches[0], body)
+        return update_in(conn, res_type, matches[0], resource, if_match)
+    if body_id is not None:
+        return update_in(conn, res_type, body_id, check_update_body(res_type, body_id, body), if_match)
+    return create_in(conn, res_type, validate_resource(body, res_type))
+
+
+def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
+    if not isinstance(operations, list):
+        raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
+    previous = repository.current(conn, res_type, res_id, for_update=True)
+    if previous is None:
+        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+    if previous.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
+    _check_if_match(res_type, res_id, previous, if_match)
+    patched = _apply_patch(previous.content or {}, operations)
+    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+        raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
+    resource = validate_resource(patched, res_type)
+    return WriteResult(repository.replace(conn, previous, resource, "PATCH"), created=False)
+
+
+def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
+    """A tombstone version; deleting a deleted resource changes nothing (None)."""
+    previous = repository.current(conn, res_type, res_id, for_update=True)
+    if previous is None:
+        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+    if previous.deleted:
+        return None
+    return repository.tombstone(conn, previous)
+
+
+def conditional_delete_in(conn: Connection, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+    """DELETE [type]?criteria: no match → nothing, one → delete it, several → 412."""
+    matches = conditional.matching_ids(conn, res_type, criteria, base_url)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
+    if not matches:
+        return None
+    return delete_in(conn, res_type, matches[0])
+
+
+# --- store-level interactions (one transaction each) -----------------------------------------
+
+
+def create(store: Store, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "") -> WriteResult:
+    """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
+    require_known_type(res_type)
+    resource = validate_resource(body, res_type)
+    with store.writing() as conn:
+        return create_in(conn, res_type, resource, if_none_exist, base_url=base_url)
+
+
+def read(store: Store, res_type: str, res_id: str) -> Stored:
+    require_known_type(res_type)
+    with store.reading() as conn:
+        return read_in(conn, res_type, res_id)
+
+
+def vread(store: Store, res_type: str, res_id: str, version_id: str) -> Stored:
+    require_known_type(res_type)
+    with store.reading() as conn:
+        return vread_in(conn, res_type, res_id, version_id)
+
+
+def check_update_body(res_type: str, res_id: str, body: Any) -> dict:
+    """Validate an update body; its id must be absent (taken from the URL) or equal the URL's."""
     require_valid_id(res_id, res_type)
     if isinstance(body, dict) and body.get("resourceType") == res_type:
         body_id = body.get("id")
@@ -87,13 +176,18 @@ def _check_update_body(res_type: str, res_id: str, body: Any) -> dict:
 def update(store: Store, res_type: str, res_id: str, body: Any, if_match: int | None = None) -> WriteResult:
     """PUT [type]/[id]: new version, or update-as-create when the id is free (or deleted)."""
     require_known_type(res_type)
-    resource = _check_update_body(res_type, res_id, body)
+    resource = check_update_body(res_type, res_id, body)
     with store.writing() as conn:
-        previous = repository.current(conn, res_type, res_id, for_update=True)
-        _check_if_match(res_type, res_id, previous, if_match)
-        if previous is None:
-            return WriteResult(repository.create(conn, res_type, res_id, resource, "PUT"), created=True)
-        return WriteResult(repository.replace(conn, previous, resource, "PUT"), created=previous.deleted)
+        return update_in(conn, res_type, res_id, resource, if_match)
+
+
+def conditional_update(
+    store: Store, res_type: str, criteria: str, body: Any, if_match: int | None = None, base_url: str = ""
+) -> WriteResult:
+    require_known_type(res_type)
+    validate_resource(body, res_type)
+    with store.writing() as conn:
+        return conditional_update_in(conn, res_type, criteria, body, if_match, base_url)
 
 
 def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_match: int | None) -> None:
@@ -110,20 +204,8 @@ def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_matc
 def patch(store: Store, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
     """PATCH [type]/[id] with a JSON Patch document; the result is validated like an update."""
     require_known_type(res_type)
-    if not isinstance(operations, list):
-        raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
     with store.writing() as conn:
-        previous = repository.current(conn, res_type, res_id, for_update=True)
-        if previous is None:
-            raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
-        if previous.deleted:
-            raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
-        _check_if_match(res_type, res_id, previous, if_match)
-        patched = _apply_patch(previous.content or {}, operations)
-        if patched.get("resourceType") != res_type or patched.get("id") != res_id:
-            raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
-        resource = validate_resource(patched, res_type)
-        return WriteResult(repository.replace(conn, previous, resource, "PATCH"), created=False)
+        return patch_in(conn, res_type, res_id, operations, if_match)
 
 
 def _apply_patch(document: dict, operations: list) -> dict:
@@ -139,15 +221,15 @@ def _apply_patch(document: dict, operations: list) -> dict:
 
 
 def delete(store: Store, res_type: str, res_id: str) -> Stored | None:
-    """DELETE [type]/[id]: a tombstone version; deleting a deleted resource changes nothing."""
     require_known_type(res_type)
     with store.writing() as conn:
-        previous = repository.current(conn, res_type, res_id, for_update=True)
-        if previous is None:
-            raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
-        if previous.deleted:
-            return None
-        return repository.tombstone(conn, previous)
+        return delete_in(conn, res_type, res_id)
+
+
+def conditional_delete(store: Store, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+    require_known_type(res_type)
+    with store.writing() as conn:
+        return conditional_delete_in(conn, res_type, criteria, base_url)
 
 
 def validate(store: Store, res_type: str, body: Any, res_id: str | None = None, mode: str | None = None) -> list[Issue]:
@@ -162,10 +244,8 @@ def validate(store: Store, res_type: str, body: Any, res_id: str | None = None, 
         body = _resource_parameter(body)
     if res_id is not None:
         try:
-            _check_update_body(res_type, res_id, body)
-        except InvalidResource as exc:
-            return exc.issues
-        except InvalidRequest as exc:
+            check_update_body(res_type, res_id, body)
+        except (InvalidResource, InvalidRequest) as exc:
             return exc.issues
         return []
     return resource_issues(body, res_type)
