@@ -10,7 +10,6 @@ on its own; failures become ``response.outcome`` entries.
 
 from __future__ import annotations
 
-import copy
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from fhirfus.fhir.validation import require_known_type, resource_issues, served_
 from fhirfus.operations import conditional, crud, history, search
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
+from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored, format_instant
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -299,8 +299,7 @@ def _response_entry(entry: Entry, response: dict, return_: str) -> dict:
 
 def process(ctx: Context, body: Any, return_: str = "representation") -> dict:
     """Process a batch or transaction Bundle and build the response Bundle."""
-    kind, entries = parse_bundle(body)
-    entries = [copy.deepcopy(e) for e in entries]
+    kind, entries = parse_bundle(body)  # entries hold the parsed body itself: it is rewritten in place
     if kind == "transaction":
         responses = _transaction(ctx, entries)
     else:
@@ -315,15 +314,34 @@ def process(ctx: Context, body: Any, return_: str = "representation") -> dict:
 def _transaction(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
     validate_entries(entries)
     responses: dict[int, dict] = {}
+    _created: list[bool] = []
     with ctx.store.writing() as conn:
         mapping = assign_identities(conn, entries, ctx.base)
         resolve_references(conn, entries, mapping, ctx.base)
         for entry in sorted(entries, key=lambda e: (ORDER[e.method], e.index)):
+            if entry.method == "POST" and not entry.existing:
+                continue
+            if ORDER[entry.method] > ORDER["POST"] and not _created:
+                _created.append(True)
+                responses.update(_create_all(conn, entries))
             try:
                 responses[entry.index] = run_entry(conn, entry, ctx)
             except FhirError as exc:
                 raise _fail(entry, exc) from exc
+        if not _created:
+            responses.update(_create_all(conn, entries))
     return responses
+
+
+def _create_all(conn: Connection, entries: list[Entry]) -> dict[int, dict]:
+    """All plain POST entries of a transaction in one bulk insert (after DELETEs, before PUTs)."""
+    creates = [e for e in entries if e.method == "POST" and not e.existing]
+    items = [
+        repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"})  # type: ignore[arg-type]
+        for e in creates
+    ]
+    stored = repository.create_many(conn, items)
+    return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored, strict=True)}
 
 
 def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:

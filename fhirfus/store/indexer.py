@@ -37,8 +37,8 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
 
     def unique(rows: Iterable[dict]) -> list[dict]:
         seen: dict[tuple, dict] = {}
-        for row in rows:
-            seen.setdefault(tuple(sorted(row.items(), key=lambda item: item[0])), row)
+        for row in rows:  # rows of one table are built with the same key order
+            seen.setdefault(tuple(row.values()), row)
         return list(seen.values())
 
     return [
@@ -70,6 +70,17 @@ def index_resource(conn: Connection, pk: int, res_type: str, content: dict, *, f
     if not fresh:
         remove_resource(conn, pk)
     for table, rows in index_rows(pk, res_type, extract_index_values(content)):
+        if rows:
+            conn.execute(insert(table), rows)
+
+
+def index_many(conn: Connection, items: list[tuple[int, str, dict]]) -> None:
+    """Index freshly created resources: one multi-row INSERT per index table for all of them."""
+    batches: dict[str, tuple[Table, list[dict]]] = {}
+    for pk, res_type, content in items:
+        for table, rows in index_rows(pk, res_type, extract_index_values(content)):
+            batches.setdefault(table.name, (table, []))[1].extend(rows)
+    for table, rows in batches.values():
         if rows:
             conn.execute(insert(table), rows)
 

@@ -13,7 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from typing import Any
+
 from sqlalchemy import Connection, Engine, and_, func, insert, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
@@ -142,24 +146,64 @@ def _record_history(conn: Connection, stored: Stored) -> None:
     )
 
 
+def _insert_current(conn: Connection) -> Any:
+    """INSERT into ``resources`` that skips (instead of failing on) an id taken concurrently."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    return dialect_insert(resources).on_conflict_do_nothing(index_elements=["res_type", "res_id"])
+
+
 def create(conn: Connection, res_type: str, res_id: str, content: dict, method: str = "POST") -> Stored:
     """Insert a brand-new resource (version 1). Raises Conflict if the id is taken meanwhile."""
     moment = _next_moment(None)
     body = stamp(content, res_id, 1, moment)
-    try:
-        with conn.begin_nested():
-            pk = conn.execute(
-                insert(resources)
-                .values(
-                    res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body
-                )
-                .returning(resources.c.pk)
-            ).scalar_one()
-    except IntegrityError as exc:
-        raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id") from exc
+    pk = conn.execute(
+        _insert_current(conn)
+        .values(res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body)
+        .returning(resources.c.pk)
+    ).scalar()
+    if pk is None:
+        raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk)
     _record_history(conn, stored)
     indexer.index_resource(conn, pk, res_type, body, fresh=True)
+    return stored
+
+
+@dataclass(frozen=True)
+class NewResource:
+    res_type: str
+    res_id: str
+    content: dict
+    method: str = "POST"
+
+
+def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
+    """Bulk create (Bundles, loads): one multi-row INSERT per table instead of one per resource."""
+    if not items:
+        return []
+    moment = _next_moment(None)
+    bodies = [stamp(item.content, item.res_id, 1, moment) for item in items]
+    rows = [
+        {"res_type": i.res_type, "res_id": i.res_id, "version": 1, "last_updated": moment, "deleted": False,
+         "content": body}
+        for i, body in zip(items, bodies, strict=True)
+    ]
+    try:
+        with conn.begin_nested():
+            result = conn.execute(insert(resources).returning(resources.c.pk, sort_by_parameter_order=True), rows)
+            pks = [row.pk for row in result]
+    except IntegrityError as exc:
+        raise Conflict("A resource id of this batch was created concurrently; retry") from exc
+    stored = [
+        Stored(i.res_type, i.res_id, 1, moment, False, body, i.method, pk)
+        for i, body, pk in zip(items, bodies, pks, strict=True)
+    ]
+    conn.execute(
+        insert(resource_history),
+        [{"res_type": s.res_type, "res_id": s.res_id, "version": 1, "last_updated": moment, "method": s.method,
+          "content": s.content} for s in stored],
+    )
+    indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored])  # type: ignore[misc]
     return stored
 
 
