@@ -110,6 +110,27 @@ def sample(only_if_empty: bool = typer.Option(False, "--if-empty", help="Skip wh
     console.print(f"sample data: {loaded} resources loaded" if loaded else "sample data: database not empty, skipped")
 
 
+@app.command()
+def reindex(res_type: str = typer.Option(None, "--type", help="Only this resource type.")) -> None:
+    """Rebuild the search index (after search-parameter definitions change)."""
+    from rich.progress import Progress
+
+    from fhirfus.operations import reindex as reindexing
+    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    load_search_parameters()
+    store = Store(make_engine(settings.database_url))
+    total = reindexing.count_live(store, res_type)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"reindexing {res_type or 'all types'}", total=total)
+        done = reindexing.reindex(store, res_type, lambda n: progress.advance(task, n))
+    console.print(f"reindexed {done} resources")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     app()

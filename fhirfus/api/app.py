@@ -8,6 +8,7 @@ from fhirfus import __version__
 from fhirfus.api import resources, system
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.config import Settings, get_settings
+from fhirfus.operations.conformance import load_search_parameters
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    load_search_parameters()
     app.state.settings = settings
     app.state.store = store
     install_error_handlers(app)

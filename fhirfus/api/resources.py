@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
-from fhirfus.operations import crud, history, search
+from fhirfus.operations import crud, everything, history, search
 from fhirfus.operations.preconditions import parse_version_tag
 
 router = APIRouter(prefix="/fhir")
@@ -116,6 +116,16 @@ async def validate_instance(request: Request, res_type: str, res_id: str) -> Res
     body = parse_json(raw) if (mode != "delete" or raw.strip()) else None
     issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, res_id, mode)
     return fhir_response(request, operation_outcome(issues))
+
+
+@router.get("/Patient/{res_id}/$everything")
+def patient_everything(request: Request, res_id: str) -> Response:
+    settings = _settings(request)
+    bundle = everything.everything_bundle(
+        _store(request), base_url(request), res_id, request.query_params,
+        default_count=settings.default_page_size, max_count=settings.max_page_size,
+    )
+    return fhir_response(request, bundle)
 
 
 @router.get("/{res_type}/_history")

@@ -214,13 +214,19 @@ def _to_tokens(param: str, value: Any) -> list[TokenValue]:
 
 
 def _codeable_concept_tokens(param: str, concept: dict[str, Any]) -> list[TokenValue]:
-    """One token per coding, each carrying the concept's text (or the coding's display)."""
+    """One token per coding, each carrying the concept's text (or the coding's display).
+
+    ``:text`` searches CodeableConcept.text *and* Coding.display (R4 search, token modifiers), so
+    a coding whose display differs from the concept's text gets a second token carrying it.
+    """
     text = _text(concept.get("text"))
     codings = [c for c in concept.get("coding") or () if isinstance(c, dict)]
-    tokens = [
-        TokenValue(param, _text(c.get("system")), _text(c.get("code")), text or _text(c.get("display")))
-        for c in codings
-    ]
+    tokens = []
+    for coding in codings:
+        system, code, display = _text(coding.get("system")), _text(coding.get("code")), _text(coding.get("display"))
+        tokens.append(TokenValue(param, system, code, text or display))
+        if text and display and display != text:
+            tokens.append(TokenValue(param, system, code, display))
     if not tokens and text:
         tokens.append(TokenValue(param, None, None, text))
     return tokens

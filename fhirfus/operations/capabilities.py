@@ -41,7 +41,9 @@ def _resource(res_type: str) -> dict:
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
         "searchParam": _search_params(res_type),
-        "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+        "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
+        + ([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+           if res_type == "Patient" else []),
     }
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, Table, delete, insert
 
-from fhirfus.fhir.extraction import IndexValues, extract_index_values, normalize_string
+from fhirfus.fhir.extraction import IndexValues, QuantityValue, extract_index_values, normalize_string
 from fhirfus.store.tables import (
     INDEX_TABLES,
     search_date,
@@ -29,6 +29,21 @@ MAX_TEXT = 512
 
 def _cut(value: str | None) -> str | None:
     return value[:MAX_TEXT] if value is not None and len(value) > MAX_TEXT else value
+
+
+def _quantity_units(value: QuantityValue) -> list[tuple[str | None, str | None]]:
+    """(system, code) rows of a Quantity: its coded unit, and its human unit as a code without system.
+
+    The R4 spec's example ``value-quantity=5.4||mg`` matches "either the code or the stated human
+    unit", so a unit that differs from the code is indexed too, without a system (a search naming
+    a system still needs the coded unit).
+    """
+    coded = (value.system, value.code)
+    if not value.unit or value.unit == value.code:
+        return [coded]
+    if value.system is None and value.code is None:
+        return [(None, value.unit)]
+    return [coded, (None, value.unit)]
 
 
 def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table, list[dict]]]:
@@ -58,8 +73,8 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
         )),
         (search_number, unique({**base, "param": v.param, "value": v.value} for v in values.numbers)),
         (search_quantity, unique(
-            {**base, "param": v.param, "value": v.value, "system": _cut(v.system), "code": _cut(v.code)}
-            for v in values.quantities
+            {**base, "param": v.param, "value": v.value, "system": _cut(system), "code": _cut(code)}
+            for v in values.quantities for system, code in _quantity_units(v)
         )),
         (search_uri, unique({**base, "param": v.param, "value": _cut(v.value)} for v in values.uris)),
     ]

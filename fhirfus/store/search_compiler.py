@@ -210,14 +210,16 @@ def _like_escape(text: str) -> str:
 
 def date_condition(prefix: str, low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
     """FHIR date comparison of a stored range [low, high) with a search range [q_low, q_high)."""
-    contained = and_(low >= q_low, high <= q_high)
+    # The extra conjuncts (``low < q_high``, ``high > q_low``) follow from the others; they are
+    # there so PostgreSQL can answer with a range scan on the (…, low) or (…, high) index.
+    contained = and_(low >= q_low, low < q_high, high <= q_high)
     conditions: dict[str, Callable[[], ColumnElement[bool]]] = {
         "eq": lambda: contained,
         "ne": lambda: not_(contained),
         "gt": lambda: high > q_high,
         "lt": lambda: low < q_low,
-        "ge": lambda: or_(high > q_high, contained),
-        "le": lambda: or_(low < q_low, contained),
+        "ge": lambda: and_(high > q_low, or_(high > q_high, contained)),
+        "le": lambda: and_(low < q_high, or_(low < q_low, contained)),
         "sa": lambda: low >= q_high,
         "eb": lambda: high <= q_low,
         "ap": lambda: _approximately(low, high, q_low, q_high),

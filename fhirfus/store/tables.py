@@ -99,7 +99,10 @@ search_date = _index_table(
     "search_date",
     Column("low", UTCDateTime, nullable=False),
     Column("high", UTCDateTime, nullable=False),
-    indexes=(Index("ix_search_date_range", "res_type", "param", "low", "high"),),
+    indexes=(
+        Index("ix_search_date_range", "res_type", "param", "low", "high"),
+        Index("ix_search_date_high", "res_type", "param", "high"),
+    ),
 )
 
 search_reference = _index_table(

@@ -44,6 +44,7 @@ INDEXES: list[tuple[str, str, list[str], dict]] = [
     ("ix_search_string_value", "search_string", ["res_type", "param", "value"],
      {"postgresql_ops": {"value": "text_pattern_ops"}}),
     ("ix_search_date_range", "search_date", ["res_type", "param", "low", "high"], {}),
+    ("ix_search_date_high", "search_date", ["res_type", "param", "high"], {}),
     ("ix_search_reference_target", "search_reference", ["res_type", "param", "target_id", "target_type"], {}),
     ("ix_search_reference_reverse", "search_reference", ["target_type", "target_id"], {}),
     ("ix_search_number_value", "search_number", ["res_type", "param", "value"], {}),

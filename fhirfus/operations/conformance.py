@@ -1,0 +1,38 @@
+"""fhirfus's own conformance resources from ``mappings/`` that change server behaviour.
+
+Today: SearchParameter resources (``mappings/searchparameters/*.json``), registered next to the
+official R4 parameters so they are indexed on write and searchable (e.g. Procedure ``target``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+
+from fhirfus.fhir.searchparams import SearchParam, add_custom_param
+from fhirfus.fhir.validation import validate_resource
+
+MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
+log = logging.getLogger("fhirfus.conformance")
+
+
+def load_search_parameters(directory: Path = MAPPINGS_DIR / "searchparameters") -> list[str]:
+    """Register every SearchParameter file of ``directory``; returns ``Type.code`` of each."""
+    registered: list[str] = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        resource = validate_resource(orjson.loads(path.read_bytes()), "SearchParameter")
+        for base in resource.get("base", []):
+            expression = " | ".join(
+                part.strip() for part in resource.get("expression", "").split("|") if part.strip().startswith(base)
+            )
+            param = SearchParam(
+                code=resource["code"], type=resource["type"], expression=expression,
+                targets=tuple(resource.get("target", ())),
+            )
+            add_custom_param(base, param)
+            registered.append(f"{base}.{param.code}")
+    if registered:
+        log.info("custom search parameters: %s", ", ".join(registered))
+    return registered

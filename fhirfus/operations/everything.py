@@ -1,0 +1,97 @@
+"""``Patient/[id]/$everything``: the patient and its compartment (official CompartmentDefinition).
+
+A resource belongs to the compartment when one of the compartment's reference parameters of its
+type points at the patient; the reference index answers that in SQL. Paging is keyset on the
+primary key, so pages do not drift while the record grows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlencode
+
+from sqlalchemy import and_, or_, select
+
+from fhirfus.fhir.dates import fhir_search_date
+from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.validation import require_known_type
+from fhirfus.operations import crud
+from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from fhirfus.store.repository import Store
+from fhirfus.store.tables import resources, search_reference
+
+COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
+
+
+@cache
+def compartment() -> Mapping[str, tuple[str, ...]]:
+    """Resource type → the reference parameters that put it in a Patient's compartment."""
+    return {t: tuple(codes) for t, codes in json.loads(COMPARTMENT_FILE.read_text()).items() if codes}
+
+
+def everything_bundle(
+    store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int
+) -> dict:
+    count = page_size(params.get("_count"), default_count, max_count)
+    types = [t for t in (params.get("_type") or "").split(",") if t]
+    for t in types:
+        require_known_type(t)
+    since = None
+    if params.get("_since"):
+        try:
+            since = fhir_search_date(params["_since"]).low
+        except ValueError as exc:
+            raise InvalidRequest(f"_since must be an instant, got '{params['_since']}'", "_since") from exc
+    after = None
+    if params.get("_cursor"):
+        values = decode_cursor(params["_cursor"])
+        if len(values) != 1 or not isinstance(values[0], int):
+            raise InvalidRequest("Invalid paging cursor", "_cursor")
+        after = values[0]
+
+    wanted = {t: codes for t, codes in compartment().items() if not types or t in types}
+    link = search_reference
+    members = select(link.c.resource_pk).where(
+        link.c.target_type == "Patient",
+        link.c.target_id == patient_id,
+        or_(*[and_(link.c.res_type == t, link.c.param.in_(codes)) for t, codes in wanted.items()]),
+    )
+    selection = [resources.c.pk.in_(members)]
+    if not types or "Patient" in types:
+        selection.append(and_(resources.c.res_type == "Patient", resources.c.res_id == patient_id))
+    conditions = [resources.c.deleted.is_(False), or_(*selection)]
+    if since is not None:
+        conditions.append(resources.c.last_updated >= since)
+    if after is not None:
+        conditions.append(resources.c.pk > after)
+    with store.reading() as conn:
+        crud.read_in(conn, "Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
+        rows = conn.execute(
+            select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
+            .where(*conditions)
+            .order_by(resources.c.pk)
+            .limit(count + 1)
+        ).all()
+    more = len(rows) > count
+    rows = rows[:count]
+    path = f"{base}/Patient/{patient_id}/$everything"
+    kept = [(k, v) for k, v in params.items() if k in ("_since", "_type", "_count")]
+    links = [{"relation": "self", "url": _url(path, kept)}]
+    if more and rows:
+        token = encode_cursor([rows[-1].pk])
+        next_params = [(k, v) for k, v in kept if k != "_count"] + [("_count", str(count)), ("_cursor", token)]
+        links.append({"relation": "next", "url": _url(path, next_params)})
+    bundle: dict = {"resourceType": "Bundle", "type": "searchset", "link": links}
+    if rows:
+        bundle["entry"] = [
+            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": r.content, "search": {"mode": "match"}}
+            for r in rows
+        ]
+    return bundle
+
+
+def _url(path: str, params: list[tuple[str, str]]) -> str:
+    return f"{path}?{urlencode(params)}" if params else path
