@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -108,6 +109,37 @@ def sample(only_if_empty: bool = typer.Option(False, "--if-empty", help="Skip wh
     store = Store(make_engine(settings.database_url))
     loaded = load_sample(store, only_if_empty=only_if_empty)
     console.print(f"sample data: {loaded} resources loaded" if loaded else "sample data: database not empty, skipped")
+
+
+@app.command()
+def load(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Bundle JSON or NDJSON files."),
+    chunk_size: int = typer.Option(1000, min=1, help="NDJSON resources per transaction."),
+) -> None:
+    """Load Bundle JSON and NDJSON files (transaction per chunk; a rerun skips what is stored)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from fhirfus.fhir.errors import FhirError
+    from fhirfus.operations.load import count_resources, load_files
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    store = Store(make_engine(settings.database_url))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("loading", total=count_resources(list(files)))
+        try:
+            report = load_files(
+                store, list(files), settings.base_url or "", lambda n: progress.advance(task, n), chunk_size
+            )
+        except FhirError as exc:
+            console.print(f"[red]load failed: {exc.message}[/red]")
+            for issue in exc.issues[1:6]:
+                console.print(f"  {issue.diagnostics}")
+            raise typer.Exit(1) from exc
+    console.print(f"loaded {report.loaded} resources in {report.chunks} chunks; skipped {report.skipped} already stored")
 
 
 @app.command()

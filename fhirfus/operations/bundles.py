@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, tuple_
 
 from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
@@ -27,6 +27,7 @@ from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored, format_instant
+from fhirfus.store.tables import resources
 
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -297,11 +298,14 @@ def _response_entry(entry: Entry, response: dict, return_: str) -> dict:
     return result
 
 
-def process(ctx: Context, body: Any, return_: str = "representation") -> dict:
+def process(
+    ctx: Context, body: Any, return_: str = "representation",
+    before_commit: Callable[[Connection], None] | None = None,
+) -> dict:
     """Process a batch or transaction Bundle and build the response Bundle."""
     kind, entries = parse_bundle(body)  # entries hold the parsed body itself: it is rewritten in place
     if kind == "transaction":
-        responses = _transaction(ctx, entries)
+        responses = _transaction(ctx, entries, before_commit)
     else:
         responses = _batch(ctx, entries)
     return {
@@ -311,33 +315,60 @@ def process(ctx: Context, body: Any, return_: str = "representation") -> dict:
     }
 
 
-def _transaction(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
+def _transaction(
+    ctx: Context, entries: list[Entry], before_commit: Callable[[Connection], None] | None = None
+) -> dict[int, dict]:
+    """All entries in one database transaction; ``before_commit`` joins it (e.g. a load journal)."""
     validate_entries(entries)
     responses: dict[int, dict] = {}
-    _created: list[bool] = []
     with ctx.store.writing() as conn:
         mapping = assign_identities(conn, entries, ctx.base)
         resolve_references(conn, entries, mapping, ctx.base)
-        for entry in sorted(entries, key=lambda e: (ORDER[e.method], e.index)):
-            if entry.method == "POST" and not entry.existing:
-                continue
-            if ORDER[entry.method] > ORDER["POST"] and not _created:
-                _created.append(True)
-                responses.update(_create_all(conn, entries))
-            try:
-                responses[entry.index] = run_entry(conn, entry, ctx)
-            except FhirError as exc:
-                raise _fail(entry, exc) from exc
-        if not _created:
-            responses.update(_create_all(conn, entries))
+        ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
+        for entry in (e for e in ordered if e.method == "DELETE"):
+            responses[entry.index] = _run(conn, entry, ctx)
+        bulk = _bulk_creatable(conn, entries)
+        responses.update(_create_all(conn, bulk))
+        for entry in (e for e in ordered if e.method != "DELETE" and e.index not in responses):
+            responses[entry.index] = _run(conn, entry, ctx)
+        if before_commit is not None:
+            before_commit(conn)
     return responses
 
 
-def _create_all(conn: Connection, entries: list[Entry]) -> dict[int, dict]:
-    """All plain POST entries of a transaction in one bulk insert (after DELETEs, before PUTs)."""
+def _run(conn: Connection, entry: Entry, ctx: Context) -> dict:
+    try:
+        return run_entry(conn, entry, ctx)
+    except FhirError as exc:
+        raise _fail(entry, exc) from exc
+
+
+def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
+    """Entries that simply create: POSTs without a match, and PUTs to ids never used before."""
     creates = [e for e in entries if e.method == "POST" and not e.existing]
+    puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None]
+    taken: set[tuple[str, str]] = set()
+    for start in range(0, len(puts), 500):
+        keys = [(e.res_type, e.res_id) for e in puts[start:start + 500]]
+        rows = conn.execute(
+            select(resources.c.res_type, resources.c.res_id).where(tuple_(resources.c.res_type, resources.c.res_id).in_(keys))
+        ).all()
+        taken.update((r.res_type, r.res_id) for r in rows)
+    for entry in puts:
+        if (entry.res_type, entry.res_id) in taken:
+            continue
+        body_id = entry.resource.get("id")
+        if body_id is not None and body_id != entry.res_id:
+            raise _fail(entry, InvalidRequest(
+                f"Resource id '{body_id}' does not match the id '{entry.res_id}' of request.url", f"{entry.res_type}.id"))
+        creates.append(entry)
+    return creates
+
+
+def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
+    """Creating entries of a transaction in one bulk insert (after DELETEs, before updates)."""
     items = [
-        repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"})  # type: ignore[arg-type]
+        repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"}, e.method)  # type: ignore[arg-type]
         for e in creates
     ]
     stored = repository.create_many(conn, items)

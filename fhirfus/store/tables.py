@@ -139,3 +139,14 @@ search_uri = _index_table(
 )
 
 INDEX_TABLES = (search_token, search_string, search_date, search_reference, search_number, search_quantity, search_uri)
+
+#: ``fhirfus load`` progress: a chunk is recorded in the transaction that stores it, so a rerun
+#: after an interruption skips exactly the chunks that are already in.
+load_journal = Table(
+    "load_journal",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("chunk", Integer, primary_key=True),
+    Column("resources", Integer, nullable=False),
+    Column("loaded_at", UTCDateTime, nullable=False),
+)
