@@ -1,0 +1,1 @@
+"""Analytics export: flatten FHIR resources into tables (SQL on FHIR v2 ViewDefinitions)."""
