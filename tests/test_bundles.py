@@ -131,8 +131,9 @@ def test_two_entries_for_the_same_resource_is_400(client: httpx.Client, unique: 
 def test_conditional_update_entry_creates_then_updates(client: httpx.Client, unique: str) -> None:
     entry = {"resource": {**patient(unique, 4), "gender": "male"},
              "request": {"method": "PUT", "url": f"Patient?identifier=urn:bundle:{unique}|4"}}
+    changed = {**entry, "resource": {**entry["resource"], "gender": "female"}}
     first = client.post("/", json=transaction(entry)).json()["entry"][0]["response"]
-    second = client.post("/", json=transaction(entry)).json()["entry"][0]["response"]
+    second = client.post("/", json=transaction(changed)).json()["entry"][0]["response"]
     assert first["status"] == "201 Created" and second["status"] == "200 OK"
     assert second["location"].split("/")[1] == first["location"].split("/")[1]
     assert second["etag"] == 'W/"2"'

@@ -96,7 +96,7 @@ def test_update_with_matching_if_match_succeeds(client: httpx.Client, unique: st
 
 def test_update_with_stale_if_match_is_412_and_writes_nothing(client: httpx.Client, server, unique: str) -> None:
     created = client.post("/Patient", json=patient(unique)).json()
-    client.put(f"/Patient/{created['id']}", json=created)
+    client.put(f"/Patient/{created['id']}", json={**created, "active": True})
     before = server.database.counts()
     response = client.put(f"/Patient/{created['id']}", json={**created, "gender": "male"}, headers={"If-Match": 'W/"1"'})
     assert response.status_code == 412
@@ -185,3 +185,11 @@ def test_conditional_create_by_id_returns_existing(client: httpx.Client, unique:
     again = client.post("/Patient", json=patient(unique), headers={"If-None-Exist": f"_id={created['id']}"})
     assert again.status_code == 200
     assert again.json()["id"] == created["id"]
+
+
+def test_update_with_identical_content_creates_no_new_version(client: httpx.Client, unique: str) -> None:
+    created = client.post("/Patient", json=patient(unique)).json()
+    again = client.put(f"/Patient/{created['id']}", json=patient(unique, id=created["id"]))
+    assert again.status_code == 200
+    assert again.json()["meta"]["versionId"] == "1"
+    assert client.get(f"/Patient/{created['id']}/_history").json()["total"] == 1

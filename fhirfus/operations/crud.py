@@ -77,7 +77,24 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict, if_m
     _check_if_match(res_type, res_id, previous, if_match)
     if previous is None:
         return WriteResult(repository.create(conn, res_type, res_id, resource, "PUT"), created=True)
+    if not previous.deleted and unchanged(previous.content, resource):
+        return WriteResult(previous, created=False)  # no-op update: no new version (as HAPI does)
     return WriteResult(repository.replace(conn, previous, resource, "PUT"), created=previous.deleted)
+
+
+def _without_server_meta(content: dict | None) -> dict:
+    if not content:
+        return {}
+    meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    stripped = {k: v for k, v in content.items() if k != "meta"}
+    if meta:
+        stripped["meta"] = meta
+    return stripped
+
+
+def unchanged(stored: dict | None, incoming: dict) -> bool:
+    """True when an update would store the same content again (server-owned meta aside)."""
+    return _without_server_meta(stored) == _without_server_meta(incoming)
 
 
 def conditional_update_in(
