@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
-from fhirfus.operations import crud, everything, history, search
+from fhirfus.operations import crud, everything, extract, history, search
 from fhirfus.operations.preconditions import parse_version_tag
 
 router = APIRouter(prefix="/fhir")
@@ -116,6 +116,18 @@ async def validate_instance(request: Request, res_type: str, res_id: str) -> Res
     body = parse_json(raw) if (mode != "delete" or raw.strip()) else None
     issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, res_id, mode)
     return fhir_response(request, operation_outcome(issues))
+
+
+@router.post("/QuestionnaireResponse/$extract")
+async def extract_response(request: Request) -> Response:
+    rendering = rendering_for(request)
+    body = await read_json(request)
+    return fhir_response(request, await run_in_threadpool(extract.extract, body), rendering=rendering)
+
+
+@router.api_route("/QuestionnaireResponse/{res_id}/$extract", methods=["GET", "POST"])
+def extract_stored_response(request: Request, res_id: str) -> Response:
+    return fhir_response(request, extract.extract_stored(_store(request), res_id))
 
 
 @router.get("/Patient/{res_id}/$everything")

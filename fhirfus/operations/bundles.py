@@ -22,7 +22,9 @@ from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import iter_references, rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
+from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
+from fhirfus.operations.derived import after_write
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
@@ -145,6 +147,10 @@ def validate_entries(entries: list[Entry]) -> None:
             issues = resource_issues(probe, entry.res_type)
             if issues:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
+            try:
+                rules.enforce(probe)
+            except FhirError as exc:
+                raise _fail(entry, exc) from exc
 
 
 # --- reference resolution -------------------------------------------------------------------
@@ -372,6 +378,8 @@ def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
         for e in creates
     ]
     stored = repository.create_many(conn, items)
+    for created in stored:
+        after_write(conn, created)
     return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored, strict=True)}
 
 

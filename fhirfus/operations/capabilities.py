@@ -43,7 +43,9 @@ def _resource(res_type: str) -> dict:
         "searchParam": _search_params(res_type),
         "operation": [{"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}]
         + ([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
-           if res_type == "Patient" else []),
+           if res_type == "Patient" else [])
+        + ([{"name": "extract", "definition": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"}]
+           if res_type == "QuestionnaireResponse" else []),
     }
 
 

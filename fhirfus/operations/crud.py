@@ -15,9 +15,19 @@ from typing import Any
 import jsonpatch
 from sqlalchemy import Connection
 
-from fhirfus.fhir.errors import Gone, InvalidRequest, InvalidResource, Issue, NotFound, PreconditionFailed
+from fhirfus.fhir.errors import (
+    BusinessRuleViolation,
+    Gone,
+    InvalidRequest,
+    InvalidResource,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+)
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.domain import rules
 from fhirfus.operations import conditional
+from fhirfus.operations.derived import after_write
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
 
@@ -30,6 +40,13 @@ class WriteResult:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+def accept(body: Any, res_type: str) -> dict:
+    """Edge validation of a write: base FHIR (400) then the fhirfus domain rules (422)."""
+    resource = validate_resource(body, res_type)
+    rules.enforce(resource)
+    return resource
 
 
 # --- connection-level cores ------------------------------------------------------------------
@@ -50,7 +67,9 @@ def create_in(
             existing = repository.current(conn, res_type, matches[0])
             assert existing is not None
             return WriteResult(existing, created=False)
-    return WriteResult(repository.create(conn, res_type, res_id or new_id(), resource), created=True)
+    stored = repository.create(conn, res_type, res_id or new_id(), resource)
+    after_write(conn, stored)
+    return WriteResult(stored, created=True)
 
 
 def read_in(conn: Connection, res_type: str, res_id: str) -> Stored:
@@ -76,10 +95,14 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict, if_m
     previous = repository.current(conn, res_type, res_id, for_update=True)
     _check_if_match(res_type, res_id, previous, if_match)
     if previous is None:
-        return WriteResult(repository.create(conn, res_type, res_id, resource, "PUT"), created=True)
+        stored = repository.create(conn, res_type, res_id, resource, "PUT")
+        after_write(conn, stored)
+        return WriteResult(stored, created=True)
     if not previous.deleted and unchanged(previous.content, resource):
         return WriteResult(previous, created=False)  # no-op update: no new version (as HAPI does)
-    return WriteResult(repository.replace(conn, previous, resource, "PUT"), created=previous.deleted)
+    stored = repository.replace(conn, previous, resource, "PUT")
+    after_write(conn, stored)
+    return WriteResult(stored, created=previous.deleted)
 
 
 def _without_server_meta(content: dict | None) -> dict:
@@ -114,7 +137,7 @@ def conditional_update_in(
         return update_in(conn, res_type, matches[0], resource, if_match)
     if body_id is not None:
         return update_in(conn, res_type, body_id, check_update_body(res_type, body_id, body), if_match)
-    return create_in(conn, res_type, validate_resource(body, res_type))
+    return create_in(conn, res_type, accept(body, res_type))
 
 
 def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
@@ -129,8 +152,10 @@ def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_m
     patched = _apply_patch(previous.content or {}, operations)
     if patched.get("resourceType") != res_type or patched.get("id") != res_id:
         raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
-    resource = validate_resource(patched, res_type)
-    return WriteResult(repository.replace(conn, previous, resource, "PATCH"), created=False)
+    resource = accept(patched, res_type)
+    stored = repository.replace(conn, previous, resource, "PATCH")
+    after_write(conn, stored)
+    return WriteResult(stored, created=False)
 
 
 def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
@@ -140,7 +165,9 @@ def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
         raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     if previous.deleted:
         return None
-    return repository.tombstone(conn, previous)
+    stored = repository.tombstone(conn, previous)
+    after_write(conn, stored)
+    return stored
 
 
 def conditional_delete_in(conn: Connection, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
@@ -159,7 +186,7 @@ def conditional_delete_in(conn: Connection, res_type: str, criteria: str, base_u
 def create(store: Store, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "") -> WriteResult:
     """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
     require_known_type(res_type)
-    resource = validate_resource(body, res_type)
+    resource = accept(body, res_type)
     with store.writing() as conn:
         return create_in(conn, res_type, resource, if_none_exist, base_url=base_url)
 
@@ -187,7 +214,7 @@ def check_update_body(res_type: str, res_id: str, body: Any) -> dict:
             raise InvalidRequest(
                 f"Resource id '{body_id}' does not match the id '{res_id}' of the URL", f"{res_type}.id"
             )
-    return validate_resource(body, res_type)
+    return accept(body, res_type)
 
 
 def update(store: Store, res_type: str, res_id: str, body: Any, if_match: int | None = None) -> WriteResult:
@@ -202,7 +229,7 @@ def conditional_update(
     store: Store, res_type: str, criteria: str, body: Any, if_match: int | None = None, base_url: str = ""
 ) -> WriteResult:
     require_known_type(res_type)
-    validate_resource(body, res_type)
+    accept(body, res_type)
     with store.writing() as conn:
         return conditional_update_in(conn, res_type, criteria, body, if_match, base_url)
 
@@ -261,11 +288,12 @@ def validate(store: Store, res_type: str, body: Any, res_id: str | None = None, 
         body = _resource_parameter(body)
     if res_id is not None:
         try:
-            check_update_body(res_type, res_id, body)
-        except (InvalidResource, InvalidRequest) as exc:
+            resource = check_update_body(res_type, res_id, body)
+        except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return []
-    return resource_issues(body, res_type)
+        return rules.domain_issues(resource)
+    issues = resource_issues(body, res_type)
+    return issues or rules.domain_issues(body)
 
 
 def _resource_parameter(parameters: dict) -> Any:

@@ -15,14 +15,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, true
 
 from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor
-from fhirfus.search.query import RESULT_PARAMETERS, Include, SearchQuery, SortKey, parse_query
+from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
 from fhirfus.store.repository import Store
 from fhirfus.store.search_compiler import TABLE_OF, Compiler
 from fhirfus.store.tables import resources, search_reference
@@ -47,6 +47,12 @@ class Row:
 
 
 def _sort_column(key: SortKey) -> ColumnElement:
+    """The value a resource sorts by: its lowest value ascending, its highest descending.
+
+    A parameter can have several values per resource (names, Periods); like HAPI FHIR, ascending
+    order uses the lowest and descending order the highest. Resources without a value sort as the
+    lowest possible value: first ascending, last descending.
+    """
     code = key.param.code
     if code == "_id":
         return resources.c.res_id
@@ -54,12 +60,13 @@ def _sort_column(key: SortKey) -> ColumnElement:
         return resources.c.last_updated
     table = TABLE_OF[key.param.type]
     column = table.c[_VALUE_COLUMN[key.param.type]]
-    lowest = (
-        select(func.min(column))
+    aggregate = func.max(column) if key.descending else func.min(column)
+    value = (
+        select(aggregate)
         .where(table.c.resource_pk == resources.c.pk, table.c.param == code)
         .scalar_subquery()
     )
-    return func.coalesce(lowest, _SENTINELS[key.param.type])
+    return func.coalesce(value, _SENTINELS[key.param.type])
 
 
 def _encode(value: Any) -> Any:
@@ -92,8 +99,8 @@ def match_condition(queries: dict[str | None, SearchQuery], compiler: Compiler) 
     alternatives = []
     for res_type, query in queries.items():
         criteria = [compiler.criterion(resources, c) for c in query.criteria]
-        type_filter = [resources.c.res_type == res_type] if res_type is not None else []
-        alternatives.append(and_(*type_filter, *criteria))
+        type_filter = resources.c.res_type == res_type if res_type is not None else true()
+        alternatives.append(and_(type_filter, *criteria))
     return and_(resources.c.deleted.is_(False), or_(*alternatives))
 
 
@@ -240,12 +247,12 @@ def search_bundle(
     return bundle
 
 
-#: Parameters a system search without ``_type`` can evaluate (they exist on every type).
-SYSTEM_PARAMETERS = frozenset({"_id", "_lastUpdated"})
-
-
 def _queries(res_type: str | None, params: Sequence[tuple[str, str]], strict: bool) -> dict[str | None, SearchQuery]:
-    """One parsed query per resource type searched (type search: just that type)."""
+    """One parsed query per resource type searched (type search: just that type).
+
+    A system search without ``_type`` evaluates the parameters every resource has (``_id``,
+    ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``) over all types; others are unknown.
+    """
     if res_type is not None:
         require_known_type(res_type)
         return {res_type: parse_query(res_type, params, strict=strict)}
@@ -254,15 +261,26 @@ def _queries(res_type: str | None, params: Sequence[tuple[str, str]], strict: bo
         require_known_type(t)
     rest = [(k, v) for k, v in params if k != "_type"]
     if types:
-        return {t: parse_query(t, rest, strict=strict) for t in dict.fromkeys(types)}
-    for name, _ in rest:
-        base_name = name.split(":")[0]
-        if not base_name.startswith("_") and strict:
-            raise InvalidRequest(f"System search by '{name}' needs _type", name)
-    usable = [(k, v) for k, v in rest if k.split(":")[0] in SYSTEM_PARAMETERS or k.split(":")[0] in RESULT_PARAMETERS]
-    query = parse_query("Patient", usable, strict=strict)
-    query.ignored += [k for k, _ in rest if (k, _) not in usable]
-    return {None: query}
+        queries: dict[str | None, SearchQuery] = {t: parse_query(t, rest, strict=strict) for t in dict.fromkeys(types)}
+        _require_common(queries)
+        return queries
+    return {None: parse_query(ANY_TYPE, rest, strict=strict)}
+
+
+def _require_common(queries: dict[str | None, SearchQuery]) -> None:
+    """Refuse a parameter that only some of the ``_type`` types know.
+
+    Ignoring it for the others would return all their resources, applying it to some only would
+    hide that; one that no type knows is simply unknown (ignored unless strict).
+    """
+    ignored = [set(q.ignored) for q in queries.values()]
+    partial = sorted(set().union(*ignored) - set.intersection(*ignored))
+    if partial:
+        lacking = [str(t) for t, q in queries.items() if partial[0] in q.ignored]
+        raise InvalidRequest(
+            f"Search parameter '{partial[0]}' does not apply to every type of _type (not to {', '.join(lacking)})",
+            partial[0],
+        )
 
 
 def _without_count(params: list[tuple[str, str]]) -> list[tuple[str, str]]:

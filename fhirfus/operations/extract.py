@@ -1,0 +1,47 @@
+"""``QuestionnaireResponse/$extract``: the resources a response implies (TWSTRS: score Observations).
+
+Answers a ``transaction`` Bundle the client may post back (SDC convention); nothing is stored here
+(stored responses get their scores on write, see ``fhirfus.operations.derived``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fhirfus.domain import twstrs
+from fhirfus.fhir.errors import BusinessRuleViolation, InvalidRequest
+from fhirfus.operations import crud
+from fhirfus.store.repository import Store
+
+
+def _response_of(body: Any) -> dict:
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+        for parameter in body.get("parameter") or []:
+            if isinstance(parameter, dict) and parameter.get("name") == "questionnaire-response":
+                return parameter.get("resource")  # type: ignore[return-value]
+        raise InvalidRequest("Parameters need a 'questionnaire-response' resource", "Parameters.parameter")
+    return body
+
+
+def extract(body: Any) -> dict:
+    response = crud.accept(_response_of(body), "QuestionnaireResponse")
+    if not twstrs.is_twstrs_response(response):
+        raise BusinessRuleViolation(
+            f"No extraction rules for questionnaire '{response.get('questionnaire')}'",
+            "QuestionnaireResponse.questionnaire",
+        )
+    reference = f"QuestionnaireResponse/{response['id']}" if response.get("id") else f"urn:uuid:{uuid.uuid4()}"
+    observations = twstrs.score_observations(response, reference)
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": o, "request": {"method": "POST", "url": "Observation"}}
+            for o in observations
+        ],
+    }
+
+
+def extract_stored(store: Store, response_id: str) -> dict:
+    return extract(crud.read(store, "QuestionnaireResponse", response_id).content)
