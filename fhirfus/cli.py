@@ -142,6 +142,51 @@ def load(
     console.print(f"loaded {report.loaded} resources in {report.chunks} chunks; skipped {report.skipped} already stored")
 
 
+@app.command("import")
+def import_(
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV/TSV files (site registry, REDCap export)."),
+    mapping: str = typer.Option(..., "--mapping", "-m", help="Mapping spec in mappings/inbound (e.g. site-registry, redcap)."),
+    site: str = typer.Option(..., "--site", "-s", help="Site code: patient identifiers live in …/site-patient/SITE."),
+    report_path: Path = typer.Option(None, "--report", help="Where to write the bad-row report (CSV)."),
+) -> None:
+    """Import site files through a declarative mapping (one transaction per patient, idempotent)."""
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from fhirfus.fhir.errors import FhirError
+    from fhirfus.operations.site_import import import_files, write_report
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    store = Store(make_engine(settings.database_url))
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"importing site {site}", total=None)
+        try:
+            report = import_files(
+                store, mapping, site, list(files), settings.base_url or "",
+                progress=lambda n: progress.advance(task, n), on_total=lambda n: progress.update(task, total=n),
+            )
+        except FhirError as exc:
+            console.print(f"[red]import failed: {exc.message}[/red]")
+            raise typer.Exit(2) from exc
+    console.print(
+        f"{report.rows} rows: {report.patients_loaded} patients loaded, {report.patients_rejected} rejected; "
+        f"resources {report.resources_created} created, {report.resources_updated} updated, "
+        f"{report.resources_unchanged} unchanged" + (f"; {report.provenance}" if report.provenance else "")
+    )
+    if report.errors:
+        table = Table("line", "patient", "column", "value", "reason", title="rejected rows")
+        for error in report.errors:
+            table.add_row(str(error.line), error.patient or "?", error.column, error.value, error.reason)
+        console.print(table)
+        target = report_path or Path(f"{files[0].stem}.import-report.csv")
+        write_report(report, target)
+        console.print(f"report written to {target}")
+        raise typer.Exit(1)
+
+
 @app.command()
 def reindex(res_type: str = typer.Option(None, "--type", help="Only this resource type.")) -> None:
     """Rebuild the search index (after search-parameter definitions change)."""

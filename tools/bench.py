@@ -1,0 +1,1087 @@
+"""`make bench`: create/read/update throughput and latency of fhirfus over HTTP, beside baselines.
+
+A script, not a test: it prints figures, it asserts nothing. For each backend (a temporary SQLite
+file; a throw-away PostgreSQL database on ``FHIRFUS_TEST_POSTGRES_URL``) it
+
+1. migrates a fresh database and starts the real server (``fhirfus serve --no-migrate``) as a
+   separate process, so that the server and the load generator do not share a GIL;
+2. drives it with N concurrent keep-alive clients: a warm-up, then creates (POST), reads of
+   random created ids (GET) and updates of distinct ids (PUT), recording every latency;
+3. starts a bare FastAPI app (this file, ``--bare-server``) whose one GET endpoint returns a
+   document read once from the same database, and hits it with the same reads: the ceiling
+   that no FHIR read can beat with this stack on this machine;
+4. inserts, selects and updates the same JSON documents in a second fresh database with
+   SQLAlchemy Core and no FHIR logic (one transaction per row, the same way the server opens
+   them, and batched): the raw-database baseline.
+
+Server CPU (from /proc) and machine CPU are sampled around every phase so a low rate can be
+read as "the server process is saturated" or "something waits". Results are printed as rich
+tables and written as Markdown to ``bench-results/bench.md`` for closing notes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import itertools
+import math
+import os
+import platform
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy import Engine, create_engine, insert, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
+
+from fhirfus.store import migrate
+from fhirfus.store.engine import make_engine
+from fhirfus.store.repository import Store, stamp
+from fhirfus.store.tables import resources
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench-results" / "bench.md"
+POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+RES_TYPE = "Observation"
+SEED = 20260101
+BATCH_ROWS = 500
+START_TIMEOUT_S = 60.0
+HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+#: The aims of the issue (PostgreSQL, 4 keep-alive clients, server and load generator on 2 cores).
+AIM_CREATE_RATE = 500.0
+AIM_READ_SHARE = 0.80
+AIM_READ_P95_MS = 10.0
+#: Above this share of the busy CPU taken by other work, a backend's figures get a warning.
+NOISY_SHARE = 0.15
+
+#: Wide enough when piped (make bench | tee) that the tables stay one line per row.
+console = Console(width=None if sys.stdout.isatty() else 170)
+
+
+class BenchError(RuntimeError):
+    """A backend could not be measured (server did not start, database unreachable, …)."""
+
+
+# --- counts and options ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Requests per phase; fixed numbers (not durations) so two runs do the same work."""
+
+    warmup: int
+    creates: int
+    reads: int
+    updates: int
+
+
+FULL = Counts(warmup=200, creates=2000, reads=4000, updates=2000)
+QUICK = Counts(warmup=50, creates=300, reads=600, updates=300)
+
+
+@dataclass(frozen=True)
+class Options:
+    counts: Counts
+    clients: int
+    loadgen: str
+    backends: tuple[str, ...]
+    output: Path
+
+
+# --- payloads --------------------------------------------------------------------------------
+
+_TWSTRS = "https://fhirfus.example.org/CodeSystem/twstrs"
+_SUBSCALES = (("severity", "TWSTRS severity", 35), ("disability", "TWSTRS disability", 30), ("pain", "TWSTRS pain", 20))
+
+
+def observation(index: int, rng: random.Random) -> dict[str, Any]:
+    """A ~1 KB TWSTRS score Observation: identifier, category, code, subject, quantity, components.
+
+    Realistic enough that validation, required bindings and the search indexer all have work.
+    """
+    total = 0
+    components = []
+    for code, display, maximum in _SUBSCALES:
+        value = rng.randint(0, maximum)
+        total += value
+        components.append(
+            {"code": {"coding": [{"system": _TWSTRS, "code": code, "display": display}]}, "valueInteger": value}
+        )
+    day = 1 + index % 28
+    return {
+        "resourceType": RES_TYPE,
+        "identifier": [{"system": "urn:oid:2.16.840.1.113883.3.7418.1", "value": f"obs-{index:07d}"}],
+        "status": "final",
+        "category": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "survey", "display": "Survey",
+        }]}],
+        "code": {"coding": [{"system": _TWSTRS, "code": "total", "display": "TWSTRS total score"}],
+                 "text": "Toronto Western Spasmodic Torticollis Rating Scale"},
+        "subject": {"reference": f"Patient/p-{index % 211:04d}", "display": f"Study participant {index % 211}"},
+        "encounter": {"reference": f"Encounter/e-{index:07d}"},
+        "effectiveDateTime": f"2025-{1 + index % 12:02d}-{day:02d}T09:{index % 60:02d}:00+01:00",
+        "issued": f"2025-{1 + index % 12:02d}-{day:02d}T10:15:00Z",
+        "performer": [{"reference": "Practitioner/neurologist-7"}],
+        "valueQuantity": {"value": total, "unit": "score", "system": "http://unitsofmeasure.org", "code": "{score}"},
+        "note": [{"text": "Assessed 3 months after MRgFUS pallidothalamic tractotomy; head tremor reduced."}],
+        "component": components,
+    }
+
+
+def payloads(count: int, offset: int, rng: random.Random) -> list[dict[str, Any]]:
+    return [observation(offset + i, rng) for i in range(count)]
+
+
+def updated(document: dict[str, Any], res_id: str) -> dict[str, Any]:
+    """The same resource with its id (as PUT requires) and a changed score."""
+    changed = dict(document, id=res_id)
+    changed["valueQuantity"] = dict(document["valueQuantity"], value=document["valueQuantity"]["value"] + 1)
+    return changed
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What to meter besides this process: the server process and the PostgreSQL database."""
+
+    server_pid: int | None = None
+    database: str | None = None  # its backends' CPU is the database's share (SQLite: in-process)
+
+
+@dataclass(frozen=True)
+class CpuUsage:
+    """CPU seconds used during a phase by the server, this process, the database and the machine."""
+
+    server_s: float | None
+    loadgen_s: float
+    database_s: float | None
+    machine_busy: float | None  # fraction of all cores
+    machine_s: float | None  # busy CPU seconds of all cores together
+
+    @property
+    def other_s(self) -> float | None:
+        """Busy CPU nobody here accounts for: other work on the machine, shared PostgreSQL writers."""
+        if self.machine_s is None:
+            return None
+        return max(0.0, self.machine_s - (self.server_s or 0.0) - self.loadgen_s - (self.database_s or 0.0))
+
+
+@dataclass
+class Measurement:
+    label: str
+    count: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    first_error: str | None = None
+    cpu: CpuUsage | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float | None:
+        """Nearest-rank percentile in milliseconds (None without per-operation latencies)."""
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        rank = max(1, math.ceil(q * len(ordered)))
+        return ordered[rank - 1] * 1000
+
+    def cpu_ms_per_op(self, seconds: float | None) -> float | None:
+        return None if seconds is None or not self.count else seconds * 1000 / self.count
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a process from /proc (None where there is no /proc)."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _machine_ticks() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all cores; idle and iowait count as not busy."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    total = sum(values[:8])
+    return total - values[3] - values[4], total
+
+
+def _postgres_backends_cpu_s(database: str | None) -> float | None:
+    """CPU of the local PostgreSQL backends connected to ``database`` (None if none are visible).
+
+    Backends name their database in their process title (``postgres: … user database host``).
+    Backends that exited during the phase are missed; the pools here keep theirs open.
+    """
+    if database is None:
+        return None
+    marker, total, found = f" {database} ".encode(), 0.0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if title.startswith(b"postgres:") and marker in title:
+            total += _process_cpu_s(int(entry.name)) or 0.0
+            found = True
+    return total if found else None
+
+
+def _delta(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
+@contextmanager
+def cpu_meter(probe: Probe) -> Iterator[list[CpuUsage]]:
+    """Yields a list that holds the CpuUsage of the block once it ends."""
+    out: list[CpuUsage] = []
+    server0, database0 = _process_cpu_s(probe.server_pid), _postgres_backends_cpu_s(probe.database)
+    loadgen0, machine0 = time.process_time(), _machine_ticks()
+    yield out
+    loadgen1, machine1 = time.process_time(), _machine_ticks()
+    server1, database1 = _process_cpu_s(probe.server_pid), _postgres_backends_cpu_s(probe.database)
+    busy = busy_s = None
+    if machine0 and machine1 and machine1[1] > machine0[1]:
+        busy = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1])
+        busy_s = (machine1[0] - machine0[0]) / _CLOCK_TICKS
+    out.append(CpuUsage(_delta(server0, server1), loadgen1 - loadgen0, _delta(database0, database1), busy, busy_s))
+
+
+# --- driving concurrent work -----------------------------------------------------------------
+
+#: One unit of work: (worker index, job index) → None when it went well, else what went wrong.
+Operation = Callable[[int, int], "str | None"]
+
+
+def drive_threads(workers: int, count: int, operation: Operation, label: str, probe: Probe) -> Measurement:
+    """Run ``count`` jobs on ``workers`` threads pulling from one shared counter; time each job.
+
+    ``next()`` on an ``itertools.count`` is atomic under the GIL, so no lock is needed. A job that
+    raises counts as an error (a dead server shows up as errors, not as a traceback mid-table);
+    Ctrl-C stops the workers after their current job instead of letting them finish the phase.
+    """
+    counter = itertools.count()
+    stop = threading.Event()
+    latencies: list[list[float]] = [[] for _ in range(workers)]
+    errors: list[list[str]] = [[] for _ in range(workers)]
+
+    def work(worker: int) -> None:
+        own_latencies, own_errors = latencies[worker], errors[worker]
+        while not stop.is_set() and (job := next(counter)) < count:
+            start = time.perf_counter()
+            try:
+                problem = operation(worker, job)
+            except Exception as exc:  # noqa: BLE001 - reported with the phase, see above
+                problem = f"{type(exc).__name__}: {exc}"
+            own_latencies.append(time.perf_counter() - start)
+            if problem is not None:
+                own_errors.append(problem)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, cpu_meter(probe) as cpu:
+        start = time.perf_counter()
+        try:
+            for future in [pool.submit(work, w) for w in range(workers)]:
+                future.result()
+        except BaseException:
+            stop.set()
+            raise
+        seconds = time.perf_counter() - start
+    return _measurement(label, count, seconds, latencies, errors, cpu[0])
+
+
+def _measurement(
+    label: str, count: int, seconds: float, latencies: list[list[float]], errors: list[list[str]], cpu: CpuUsage
+) -> Measurement:
+    flat_errors = [e for per_worker in errors for e in per_worker]
+    return Measurement(
+        label, count, seconds, [x for per_worker in latencies for x in per_worker],
+        len(flat_errors), flat_errors[0] if flat_errors else None, cpu,
+    )
+
+
+# --- the HTTP load generator -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpCall:
+    method: str
+    path: str
+    body: bytes | None
+    expect: int
+
+
+_LOCATION = re.compile(r"/([^/]+)/_history/\d+$")
+
+
+def _check(call: HttpCall, status: int, location: str | None, ids: list[str | None], job: int) -> str | None:
+    if status != call.expect:
+        return f"{call.method} {call.path} → {status} (expected {call.expect})"
+    if call.method == "POST":
+        match = _LOCATION.search(location or "")
+        if match is None:
+            return f"POST {call.path} → no Location header"
+        ids[job] = match.group(1)
+    return None
+
+
+class LoadGenerator(Protocol):
+    def run(
+        self, label: str, calls: Sequence[HttpCall], probe: Probe
+    ) -> tuple[Measurement, list[str | None]]:
+        """Send every call once over the clients; return the measurement and created ids by job."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ThreadedLoad:
+    """N threads, each with its own keep-alive ``httpx.Client``.
+
+    The default because it generates more load on 2 cores than asyncio: the sync httpx/httpcore
+    path costs less client CPU per request than the anyio-based async one (measured here against
+    the bare endpoint: ~0.33 ms and 2,200-3,200 requests/s with threads, ~0.6 ms and 1,600-1,950/s
+    with ``httpx.AsyncClient``), and the load generator competes with the server for those cores.
+    Threads mostly wait on sockets with the GIL released, so 4 threads keep 4 requests in flight.
+    ``--loadgen async`` is there to re-check that choice.
+    """
+
+    def __init__(self, base: str, clients: int) -> None:
+        self._clients = [httpx.Client(base_url=base, headers=HEADERS, timeout=60) for _ in range(clients)]
+
+    def run(
+        self, label: str, calls: Sequence[HttpCall], probe: Probe
+    ) -> tuple[Measurement, list[str | None]]:
+        ids: list[str | None] = [None] * len(calls)
+
+        def operation(worker: int, job: int) -> str | None:
+            call = calls[job]
+            response = self._clients[worker].request(call.method, call.path, content=call.body)
+            return _check(call, response.status_code, response.headers.get("location"), ids, job)
+
+        return drive_threads(len(self._clients), len(calls), operation, label, probe), ids
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
+class AsyncLoad:
+    """N ``httpx.AsyncClient`` tasks on one event loop kept alive across phases (asyncio.Runner)."""
+
+    def __init__(self, base: str, clients: int) -> None:
+        self._runner = asyncio.Runner()
+        self._clients = [httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) for _ in range(clients)]
+
+    def run(
+        self, label: str, calls: Sequence[HttpCall], probe: Probe
+    ) -> tuple[Measurement, list[str | None]]:
+        return self._runner.run(self._run(label, calls, probe))
+
+    async def _run(
+        self, label: str, calls: Sequence[HttpCall], probe: Probe
+    ) -> tuple[Measurement, list[str | None]]:
+        ids: list[str | None] = [None] * len(calls)
+        counter = itertools.count()
+        latencies: list[list[float]] = [[] for _ in self._clients]
+        errors: list[list[str]] = [[] for _ in self._clients]
+
+        async def work(worker: int) -> None:
+            client = self._clients[worker]
+            while (job := next(counter)) < len(calls):
+                call = calls[job]
+                start = time.perf_counter()
+                try:
+                    response = await client.request(call.method, call.path, content=call.body)
+                    problem = _check(call, response.status_code, response.headers.get("location"), ids, job)
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                latencies[worker].append(time.perf_counter() - start)
+                if problem is not None:
+                    errors[worker].append(problem)
+
+        with cpu_meter(probe) as cpu:
+            start = time.perf_counter()
+            await asyncio.gather(*(work(w) for w in range(len(self._clients))))
+            seconds = time.perf_counter() - start
+        return _measurement(label, len(calls), seconds, latencies, errors, cpu[0]), ids
+
+    def close(self) -> None:
+        async def close_all() -> None:
+            await asyncio.gather(*(client.aclose() for client in self._clients))
+
+        try:
+            self._runner.run(close_all())
+        finally:
+            self._runner.close()
+
+
+@contextmanager
+def load_generator(kind: str, base: str, clients: int) -> Iterator[LoadGenerator]:
+    load: LoadGenerator = AsyncLoad(base, clients) if kind == "async" else ThreadedLoad(base, clients)
+    try:
+        yield load
+    finally:
+        load.close()
+
+
+# --- subprocesses ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if the bench is killed hard, so no server outlives it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base: str
+    pid: int
+
+
+@contextmanager
+def server_process(command: list[str], env: dict[str, str], port: int, log: Path) -> Iterator[RunningServer]:
+    """Start ``command``, wait until /fhir/metadata answers, always stop it afterwards.
+
+    Its own session keeps Ctrl-C from reaching it directly: it is stopped here, in order,
+    before the database it uses is dropped.
+    """
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}/fhir"
+        _wait_ready(process, base, log)
+        yield RunningServer(base, process.pid)
+    finally:
+        _stop(process)
+
+
+def _wait_ready(process: subprocess.Popen[bytes], base: str, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"server exited with status {process.returncode}:\n{_tail(log)}")
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise BenchError(f"server did not answer {base}/metadata within {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def fhirfus_command() -> list[str]:
+    """The installed ``fhirfus`` script next to this interpreter, else the module."""
+    script = Path(sys.executable).with_name("fhirfus")
+    prefix = [str(script)] if script.exists() else [sys.executable, "-m", "fhirfus.cli"]
+    return prefix
+
+
+@contextmanager
+def fhirfus_server(database_url: str, workdir: Path) -> Iterator[RunningServer]:
+    port = free_port()
+    env = dict(os.environ, FHIRFUS_DATABASE_URL=database_url, FHIRFUS_AUTH="off")
+    command = [*fhirfus_command(), "serve", "--port", str(port), "--no-migrate"]
+    with server_process(command, env, port, workdir / f"fhirfus-{port}.log") as running:
+        yield running
+
+
+@contextmanager
+def bare_server(database_url: str, res_id: str, workdir: Path) -> Iterator[RunningServer]:
+    port = free_port()
+    command = [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port),
+               "--database-url", database_url, "--resource-id", res_id]
+    with server_process(command, dict(os.environ), port, workdir / f"bare-{port}.log") as running:
+        yield running
+
+
+# --- the bare FastAPI ceiling (runs in its own process) --------------------------------------
+
+
+def serve_bare(port: int, database_url: str, res_id: str) -> None:
+    """One GET endpoint returning a document read once from the database: the read ceiling.
+
+    Same uvicorn defaults as ``fhirfus serve`` (uvloop, httptools, no access log), the same URL
+    shape and bytes, and an ``async def`` endpoint (no thread-pool hop): nothing FHIR-specific
+    is left, so no FHIR read can be faster on this machine.
+    """
+    import uvicorn
+    from fastapi import FastAPI
+    from starlette.responses import Response
+
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        content = conn.execute(
+            select(resources.c.content).where(resources.c.res_type == RES_TYPE, resources.c.res_id == res_id)
+        ).scalar_one()
+    engine.dispose()
+    document = orjson.dumps(content)
+    media_type = "application/fhir+json; charset=utf-8"
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.get("/fhir/metadata")
+    async def metadata() -> Response:
+        return Response(b'{"resourceType":"CapabilityStatement"}', media_type=media_type)
+
+    @app.get("/fhir/{res_type}/{res_id}")
+    async def read(res_type: str, res_id: str) -> Response:
+        return Response(document, media_type=media_type)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+def _postgres_admin_url() -> str:
+    url = make_url(POSTGRES_URL)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False)
+
+
+@contextmanager
+def postgres_databases(count: int) -> Iterator[list[str]]:
+    """``count`` throw-away databases with random names, dropped (WITH FORCE) afterwards."""
+    admin = create_engine(_postgres_admin_url(), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    created: list[str] = []
+    try:
+        try:
+            with admin.connect() as conn:
+                for _ in range(count):
+                    name = f"fhirfus_bench_{uuid.uuid4().hex[:12]}"
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
+                    created.append(name)
+        except SQLAlchemyError as exc:
+            safe = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+            cause = getattr(exc, "orig", None) or exc
+            raise BenchError(f"PostgreSQL at {safe} is not usable: {type(cause).__name__}: {cause}") from exc
+        yield [make_url(_postgres_admin_url()).set(database=n).render_as_string(hide_password=False) for n in created]
+    finally:
+        _drop_postgres(admin, created)
+        admin.dispose()
+
+
+def _drop_postgres(admin: Engine, names: list[str]) -> None:
+    for name in names:
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        except SQLAlchemyError as exc:
+            console.print(f"[red]could not drop database {name}: {escape(str(exc))}[/red]")
+
+
+@contextmanager
+def backend_databases(backend: str, workdir: Path) -> Iterator[tuple[str, str]]:
+    """(server database, raw-baseline database): both fresh, so neither run sees the other's rows."""
+    if backend == "sqlite":
+        yield f"sqlite:///{workdir / 'server.db'}", f"sqlite:///{workdir / 'raw.db'}"
+        return
+    with postgres_databases(2) as (server_url, raw_url):
+        yield server_url, raw_url
+
+
+def _pg_name(url: str) -> str | None:
+    """The PostgreSQL database of ``url`` (whose backends are metered), None for SQLite."""
+    parsed = make_url(url)
+    return parsed.database if parsed.get_backend_name() == "postgresql" else None
+
+
+def migrated(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+# --- the raw-database baseline ---------------------------------------------------------------
+
+
+def _row(index: int, document: dict[str, Any]) -> dict[str, Any]:
+    """A ``resources`` row as the server would store it (stamped id and meta), built before timing."""
+    res_id = f"raw-{index:07d}"
+    moment = datetime.now(UTC)
+    return {"res_type": RES_TYPE, "res_id": res_id, "version": 1, "last_updated": moment,
+            "deleted": False, "content": stamp(document, res_id, 1, moment)}
+
+
+def raw_baseline(
+    url: str, documents: list[dict[str, Any]], counts: Counts, clients: int, probe: Probe
+) -> dict[str, Measurement]:
+    """Insert, select and update the same documents with SQLAlchemy Core only.
+
+    Writes go through ``Store.writing()`` (the server's transaction scope: ``BEGIN IMMEDIATE`` on
+    SQLite), reads through ``Store.reading()``, on as many threads as there are HTTP clients, so
+    the only difference to the HTTP figures is FHIR logic, HTTP and the search index. The HTTP
+    create also writes a history row; this baseline writes only the ``resources`` row.
+    """
+    engine = make_engine(url)
+    store = Store(engine)
+    rng = random.Random(SEED + 1)
+    try:
+        rows = [_row(i, d) for i, d in enumerate(documents[: counts.creates])]
+        warm = [_row(10_000_000 + i, d) for i, d in enumerate(documents[: counts.warmup])]
+        batched = [_row(20_000_000 + i, d) for i, d in enumerate(documents[: counts.creates])]
+        _raw_inserts(store, warm, clients, "warm-up", probe)
+        results = {"insert": _raw_inserts(store, rows, clients, "raw insert, 1 tx/row", probe)}
+        results["insert_batched"] = _raw_batched(store, batched, probe)
+        keys = {r["res_id"]: pk for r, pk in zip(rows, _pks(store, rows), strict=True)}
+        read_ids = [rng.choice(rows)["res_id"] for _ in range(counts.reads)]
+        results["select_key"] = _raw_selects(store, read_ids, clients, probe, by_pk=None)
+        results["select_pk"] = _raw_selects(store, read_ids, clients, probe, by_pk=keys)
+        update_rows = rng.sample(rows, min(counts.updates, len(rows)))
+        results["update"] = _raw_updates(store, update_rows, clients, probe)
+        return results
+    finally:
+        engine.dispose()
+
+
+def _raw_inserts(store: Store, rows: list[dict[str, Any]], clients: int, label: str, probe: Probe) -> Measurement:
+    def operation(_worker: int, job: int) -> str | None:
+        with store.writing() as conn:
+            conn.execute(insert(resources).values(rows[job]))
+        return None
+
+    return drive_threads(clients, len(rows), operation, label, probe)
+
+
+def _raw_batched(store: Store, rows: list[dict[str, Any]], probe: Probe) -> Measurement:
+    with cpu_meter(probe) as cpu:
+        start = time.perf_counter()
+        for offset in range(0, len(rows), BATCH_ROWS):
+            with store.writing() as conn:
+                conn.execute(insert(resources), rows[offset : offset + BATCH_ROWS])
+        seconds = time.perf_counter() - start
+    return Measurement(f"raw insert, {BATCH_ROWS} rows/tx", len(rows), seconds, cpu=cpu[0])
+
+
+def _pks(store: Store, rows: list[dict[str, Any]]) -> list[int]:
+    with store.reading() as conn:
+        found = dict(conn.execute(
+            select(resources.c.res_id, resources.c.pk).where(resources.c.res_id.in_([r["res_id"] for r in rows]))
+        ).all())
+    return [found[r["res_id"]] for r in rows]
+
+
+def _raw_selects(
+    store: Store, ids: list[str], clients: int, probe: Probe, by_pk: dict[str, int] | None
+) -> Measurement:
+    def operation(_worker: int, job: int) -> str | None:
+        condition: ColumnElement[bool]
+        if by_pk is None:
+            condition = (resources.c.res_type == RES_TYPE) & (resources.c.res_id == ids[job])
+        else:
+            condition = resources.c.pk == by_pk[ids[job]]
+        with store.reading() as conn:
+            content = conn.execute(select(resources.c.content).where(condition)).scalar_one()
+        return None if isinstance(content, dict) else f"row {ids[job]} has no document"
+
+    label = "raw select by type+id" if by_pk is None else "raw select by pk"
+    return drive_threads(clients, len(ids), operation, label, probe)
+
+
+def _raw_updates(store: Store, rows: list[dict[str, Any]], clients: int, probe: Probe) -> Measurement:
+    bodies = [stamp(updated(r["content"], r["res_id"]), r["res_id"], 2, datetime.now(UTC)) for r in rows]
+
+    def operation(_worker: int, job: int) -> str | None:
+        row = rows[job]
+        with store.writing() as conn:
+            result = conn.execute(
+                update(resources)
+                .where(resources.c.res_type == RES_TYPE, resources.c.res_id == row["res_id"])
+                .values(version=resources.c.version + 1, last_updated=datetime.now(UTC), content=bodies[job])
+            )
+        return None if result.rowcount == 1 else f"update of {row['res_id']} hit {result.rowcount} rows"
+
+    return drive_threads(clients, len(rows), operation, "raw update, 1 tx/row", probe)
+
+
+# --- the HTTP phases -------------------------------------------------------------------------
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return orjson.dumps(document)
+
+
+def http_phases(
+    load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe, tag: str
+) -> tuple[dict[str, Measurement], list[HttpCall]]:
+    """Warm-up, creates, reads of random created ids, updates of distinct ids (in that order)."""
+    rng = random.Random(SEED + 2)
+    path = f"/{RES_TYPE}"
+    warm_docs, docs = documents[: counts.warmup], documents[: counts.creates]
+    warm, warm_ids = load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in warm_docs], probe)
+    _require_clean(warm, tag)
+    load.run("warm-up", [HttpCall("GET", f"{path}/{i}", None, 200) for i in warm_ids if i], probe)
+    results: dict[str, Measurement] = {}
+    posts = [HttpCall("POST", path, _encode(d), 201) for d in docs]
+    results["create"], ids = load.run("HTTP create (POST)", posts, probe)
+    _progress(tag, results["create"])
+    created = [(i, d) for i, d in zip(ids, docs, strict=True) if i]
+    if not created:
+        raise BenchError(f"no resource was created: {results['create'].first_error}")
+    reads = [HttpCall("GET", f"{path}/{rng.choice(created)[0]}", None, 200) for _ in range(counts.reads)]
+    results["read"], _ = load.run("HTTP read (GET by id)", reads, probe)
+    _progress(tag, results["read"])
+    targets = rng.sample(created, min(counts.updates, len(created)))
+    puts = [HttpCall("PUT", f"{path}/{i}", _encode(updated(d, i)), 200) for i, d in targets]
+    results["update"], _ = load.run("HTTP update (PUT)", puts, probe)
+    _progress(tag, results["update"])
+    return results, reads
+
+
+def ceiling_phase(load: LoadGenerator, reads: list[HttpCall], counts: Counts, probe: Probe, tag: str) -> Measurement:
+    load.run("warm-up", reads[: counts.warmup], probe)
+    measured, _ = load.run("bare FastAPI read", reads, probe)
+    _progress(tag, measured)
+    return measured
+
+
+def _require_clean(measurement: Measurement, tag: str) -> None:
+    if measurement.errors == measurement.count:
+        raise BenchError(f"[{tag}] every warm-up request failed, e.g. {measurement.first_error}")
+
+
+def _progress(tag: str, m: Measurement) -> None:
+    p95 = m.percentile_ms(0.95)
+    extra = f", p95 {p95:.1f} ms" if p95 is not None else ""
+    errors = f", [red]{m.errors} errors[/red]" if m.errors else ""
+    console.print(f"  {escape(f'[{tag}]')} {m.label}: {m.count} in {m.seconds:.2f} s = {m.rate:,.0f}/s{extra}{errors}")
+
+
+# --- one backend -----------------------------------------------------------------------------
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    http: dict[str, Measurement]
+    ceiling: Measurement
+    raw: dict[str, Measurement]
+    seconds: float
+
+
+def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResult:
+    started = time.perf_counter()
+    counts = options.counts
+    documents = payloads(max(counts.creates, counts.warmup), 0, random.Random(SEED))
+    console.rule(f"{backend}: {options.clients} clients ({options.loadgen}), {counts.creates} creates, "
+                 f"{counts.reads} reads, {counts.updates} updates")
+    with backend_databases(backend, workdir) as (server_url, raw_url):
+        migrated(server_url)
+        migrated(raw_url)
+        with fhirfus_server(server_url, workdir) as server, \
+                load_generator(options.loadgen, server.base, options.clients) as load:
+            http, reads = http_phases(load, documents, counts, Probe(server.pid, _pg_name(server_url)), backend)
+        sample_id = reads[0].path.rsplit("/", 1)[1]
+        with bare_server(server_url, sample_id, workdir) as bare, \
+                load_generator(options.loadgen, bare.base, options.clients) as load:
+            ceiling = ceiling_phase(load, reads, counts, Probe(bare.pid), backend)
+        raw = raw_baseline(raw_url, documents, counts, options.clients, Probe(None, _pg_name(raw_url)))
+        for key in ("insert", "insert_batched", "select_key", "select_pk", "update"):
+            _progress(backend, raw[key])
+    return BackendResult(backend, http, ceiling, raw, time.perf_counter() - started)
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """A table rendered both for the terminal (rich) and for a closing note (Markdown)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def rich(self) -> Table:
+        table = Table(title=self.title, title_justify="left")
+        for index, column in enumerate(self.columns):
+            table.add_column(column, justify="left" if index == 0 else "right")
+        for row in self.rows:
+            table.add_row(*(escape(cell) for cell in row))
+        return table
+
+    def markdown(self) -> str:
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
+        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _share(part: float, whole: float) -> str:
+    return "—" if whole <= 0 else f"{100 * part / whole:.0f}%"
+
+
+_COLUMNS = ["measurement", "n", "rate /s", "p50 ms", "p95 ms", "ratio", "server CPU", "loadgen CPU", "PG CPU",
+            "other CPU", "CPU busy"]
+
+
+def _row_cells(m: Measurement, ratio: str) -> list[str]:
+    cpu = m.cpu
+    server = m.cpu_ms_per_op(cpu.server_s if cpu else None)
+    loadgen = m.cpu_ms_per_op(cpu.loadgen_s if cpu else None)
+    database = m.cpu_ms_per_op(cpu.database_s if cpu else None)
+    other = m.cpu_ms_per_op(cpu.other_s if cpu else None)
+    busy = None if cpu is None or cpu.machine_busy is None else 100 * cpu.machine_busy
+    label = m.label + (f" ({m.errors} errors)" if m.errors else "")
+    return [label, f"{m.count:,}", _fmt(m.rate, 0), _fmt(m.percentile_ms(0.50), 2), _fmt(m.percentile_ms(0.95), 2),
+            ratio, _fmt(server, 2), _fmt(loadgen, 2), _fmt(database, 2), _fmt(other, 2),
+            "—" if busy is None else f"{busy:.0f} %"]
+
+
+def backend_report(result: BackendResult, options: Options) -> Report:
+    http, raw, ceiling = result.http, result.raw, result.ceiling
+    report = Report(f"{result.backend}: fhirfus over HTTP vs bare FastAPI vs raw database", list(_COLUMNS))
+    report.rows += [
+        _row_cells(http["create"], f"{_share(http['create'].rate, raw['insert'].rate)} of raw"),
+        _row_cells(http["read"], f"{_share(http['read'].rate, ceiling.rate)} of bare / "
+                                 f"{_share(http['read'].rate, raw['select_key'].rate)} raw"),
+        _row_cells(http["update"], f"{_share(http['update'].rate, raw['update'].rate)} of raw"),
+        _row_cells(ceiling, "ceiling"),
+    ]
+    report.rows += [_row_cells(raw[key], "baseline") for key in
+                    ("insert", "insert_batched", "select_key", "select_pk", "update")]
+    report.notes += [
+        f"{options.clients} concurrent keep-alive clients ({options.loadgen}); server = `fhirfus serve` in its own "
+        "process; raw = SQLAlchemy Core on the same table shape, same thread count, no HTTP, no FHIR logic.",
+        "CPU columns are CPU ms per operation: server = the server process (SQLite runs inside it), "
+        "loadgen = this process (for raw rows: client + driver), PG = the PostgreSQL backends of the bench "
+        "database, other = the rest of the busy CPU (shared PostgreSQL writers, other work on the machine: "
+        "high means noisy figures); "
+        f"CPU busy = share of all {os.cpu_count()} cores.",
+        "The bare ceiling is bounded by the load generator too (one Python process): read it as "
+        "'what this client reaches against an endpoint doing nothing', not as the server's limit.",
+    ]
+    noise = _other_share([*http.values(), ceiling])
+    if noise is not None and noise > NOISY_SHARE:
+        report.notes.append(f"WARNING: other work took {noise:.0%} of the busy CPU during the HTTP phases; "
+                            "these figures are low and noisy, run again on a quiet machine.")
+    report.notes += [f"{m.label}: {m.errors} errors, first: {m.first_error}"
+                     for m in [*http.values(), ceiling, *raw.values()] if m.errors]
+    return report
+
+
+def _other_share(measurements: list[Measurement]) -> float | None:
+    """Share of the busy CPU that belonged to none of the bench's processes."""
+    usages = [m.cpu for m in measurements if m.cpu and m.cpu.machine_s and m.cpu.other_s is not None]
+    busy = sum(u.machine_s or 0.0 for u in usages)
+    return None if busy <= 0 else sum(u.other_s or 0.0 for u in usages) / busy
+
+
+def summary_report(results: list[BackendResult]) -> Report:
+    report = Report("Aims (set for PostgreSQL; SQLite shown for reference)",
+                    ["backend", "aim", "measured", "met"])
+    for r in results:
+        create, read = r.http["create"], r.http["read"]
+        share = read.rate / r.ceiling.rate if r.ceiling.rate else 0.0
+        p95 = read.percentile_ms(0.95) or float("inf")
+        report.rows += [
+            [r.backend, f"create ≥ {AIM_CREATE_RATE:.0f}/s", f"{create.rate:,.0f}/s",
+             _mark(create.rate >= AIM_CREATE_RATE)],
+            [r.backend, f"read ≥ {AIM_READ_SHARE:.0%} of bare FastAPI",
+             f"{share:.0%} ({read.rate:,.0f} of {r.ceiling.rate:,.0f}/s)", _mark(share >= AIM_READ_SHARE)],
+            [r.backend, f"p95 read ≤ {AIM_READ_P95_MS:.0f} ms", f"{p95:.2f} ms", _mark(p95 <= AIM_READ_P95_MS)],
+        ]
+    return report
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _git_revision() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes' if dirty else ''}"
+
+
+def write_markdown(
+    reports: list[Report], options: Options, seconds: float, skipped: list[str], background: float | None
+) -> None:
+    counts = options.counts
+    header = [
+        "## `make bench`", "",
+        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_git_revision()}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores (server, PostgreSQL and load generator "
+        "on the same machine)",
+        f"- {options.clients} keep-alive clients ({options.loadgen}); per backend: {counts.warmup} warm-up, "
+        f"{counts.creates} creates, {counts.reads} reads, {counts.updates} updates of ~"
+        f"{len(_encode(observation(0, random.Random(SEED))))} B {RES_TYPE} resources",
+        f"- total run time {seconds:.0f} s; CPU busy before the run (other work): "
+        f"{'unknown' if background is None else f'{background:.0%}'}",
+    ]
+    header += [f"- skipped: {reason}" for reason in skipped]
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    options.output.write_text("\n".join(header) + "\n\n" + "\n".join(r.markdown() for r in reports))
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run, noisier figures)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "all"), default="all")
+    parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive clients (default 4)")
+    parser.add_argument("--loadgen", choices=("threads", "async"), default="threads",
+                        help="threads with httpx.Client (default) or asyncio with httpx.AsyncClient")
+    parser.add_argument("--output", type=Path, default=RESULTS, help=f"Markdown file (default {RESULTS})")
+    parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--resource-id", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.clients < 1:
+        parser.error("--clients must be at least 1")
+    return args
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops servers and drops databases."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def background_load(sample_s: float = 1.0) -> float | None:
+    """Fraction of all cores busy before the run: other work on the machine skews every figure."""
+    before = _machine_ticks()
+    time.sleep(sample_s)
+    after = _machine_ticks()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def run(options: Options) -> int:
+    started = time.perf_counter()
+    idle_check = background_load()
+    if idle_check is not None and idle_check > 0.15:
+        console.print(f"[yellow]warning: the machine was {idle_check:.0%} busy before the run; "
+                      "figures will be low and noisy[/yellow]")
+    backends_done: list[BackendResult] = []
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="fhirfus-bench-") as tmp:
+        for backend in options.backends:
+            workdir = Path(tmp) / backend
+            workdir.mkdir()
+            try:
+                backends_done.append(bench_backend(backend, options, workdir))
+            except BenchError as exc:
+                console.print(f"[yellow]warning: {backend} skipped: {escape(str(exc))}[/yellow]")
+                skipped.append(f"{backend}: {str(exc).splitlines()[0]}")
+    seconds = time.perf_counter() - started
+    reports = [backend_report(r, options) for r in backends_done]
+    if backends_done:
+        reports.append(summary_report(backends_done))
+    console.print()
+    for report in reports:
+        console.print(report.rich())
+        for note in report.notes:
+            console.print(f"  [dim]{escape(note)}[/dim]")
+        console.print()
+    write_markdown(reports, options, seconds, skipped, idle_check)
+    console.print(f"total {seconds:.0f} s; Markdown written to {options.output}")
+    return 0 if backends_done else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.bare_server is not None:
+        serve_bare(args.bare_server, args.database_url, args.resource_id)
+        return 0
+    _terminate_on_sigterm()
+    options = Options(
+        counts=QUICK if args.quick else FULL,
+        clients=args.clients,
+        loadgen=args.loadgen,
+        backends=("sqlite", "postgresql") if args.backend == "all" else (args.backend,),
+        output=args.output,
+    )
+    try:
+        return run(options)
+    except KeyboardInterrupt:
+        console.print("[red]interrupted; servers stopped and databases dropped[/red]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
