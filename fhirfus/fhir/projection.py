@@ -28,11 +28,17 @@ def summary_elements(res_type: str) -> frozenset[str]:
 
 @cache
 def mandatory_elements(res_type: str) -> frozenset[str]:
+    """Top-level elements with a minimum cardinality of 1.
+
+    The models mark required primitives with ``element_required`` (they may be given as
+    ``_status`` extensions alone) and required complex elements (``Observation.code``) as
+    required pydantic fields; both are mandatory.
+    """
     model = get_fhir_model_class(res_type)
     return frozenset(
         field.alias or name
         for name, field in model.model_fields.items()
-        if (field.json_schema_extra or {}).get("element_required")  # type: ignore[union-attr]
+        if field.is_required() or (field.json_schema_extra or {}).get("element_required")  # type: ignore[union-attr]
     )
 
 

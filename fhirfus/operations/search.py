@@ -85,6 +85,33 @@ def _decode(value: Any) -> Any:
     return value
 
 
+def _kind(key: SortKey) -> type:
+    """The Python type of a sort key's values, as a cursor carries them."""
+    if key.param.code == "_lastUpdated":
+        return datetime
+    if key.param.code == "_id":
+        return str
+    return type(_SENTINELS[key.param.type])
+
+
+def _position(cursor: str, kinds: list[type]) -> tuple[str, list[Any]]:
+    """Direction and sort-key values of a cursor, checked against the query's sort keys.
+
+    A cursor is client input: one that does not fit the query (edited, or from another query)
+    is a 400, not a database error.
+    """
+    decoded = decode_cursor(cursor)
+    if len(decoded) != 2 or decoded[0] not in ("n", "p") or not isinstance(decoded[1], list) or len(decoded[1]) != len(kinds):
+        raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor")
+    try:
+        values = [_decode(v) for v in decoded[1]]
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor") from exc
+    if not all(isinstance(v, kind) and not isinstance(v, bool) for v, kind in zip(values, kinds)):
+        raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor")
+    return decoded[0], values
+
+
 def _keyset(keys: list[tuple[ColumnElement, bool]], values: list[Any], forward: bool) -> ColumnElement[bool]:
     """Rows strictly after (forward) or before the position ``values`` in the sort order."""
     alternatives = []
@@ -112,10 +139,7 @@ def run_search(
     keys = [(_sort_column(k), k.descending) for k in query.sort] + [(resources.c.pk, False)]
     direction, position = "n", None
     if query.cursor:
-        decoded = decode_cursor(query.cursor)
-        if len(decoded) != 2 or decoded[0] not in ("n", "p") or len(decoded[1]) != len(keys):
-            raise InvalidRequest(f"Invalid paging cursor '{query.cursor}'", "_cursor")
-        direction, position = decoded[0], [_decode(v) for v in decoded[1]]
+        direction, position = _position(query.cursor, [_kind(k) for k in query.sort] + [int])
     forward = direction == "n"
     page = select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content,
                   *[column.label(f"k{i}") for i, (column, _) in enumerate(keys)]).where(*conditions)

@@ -9,7 +9,7 @@ are always a 400 naming the parameter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fhirfus.fhir.errors import InvalidRequest
@@ -38,6 +38,10 @@ MODIFIERS = {
 }
 SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "missing"}
 
+#: The type of a system search without ``_type``: only the parameters every resource has apply.
+ANY_TYPE = "Resource"
+COMMON_PARAMETERS = frozenset({"_id", "_lastUpdated", "_tag", "_profile", "_security"})
+
 
 @dataclass(frozen=True)
 class ParamRef:
@@ -46,8 +50,8 @@ class ParamRef:
     res_type: str
     param: SearchParam
     modifier: str | None = None
-    chain: ParamRef | None = None          # subject:Patient.name → chain on Patient.name
-    chain_type: str | None = None          # the type of the chained resource
+    # subject.name → one chained parameter per target type that has it: (("Patient", Patient.name), …)
+    chains: tuple[tuple[str, ParamRef], ...] = ()
     has_source: str | None = None          # _has:Observation:patient:code → Observation
     has_param: SearchParam | None = None   # … patient
     has_inner: ParamRef | None = None      # … code (on Observation)
@@ -116,8 +120,15 @@ def split_or(value: str) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def params_of(res_type: str) -> Mapping[str, SearchParam]:
+    """The parameters of a type; for ``ANY_TYPE`` the common ones (their definitions agree on every type)."""
+    if res_type == ANY_TYPE:
+        return {code: p for code, p in params_for("Patient").items() if code in COMMON_PARAMETERS}
+    return params_for(res_type)
+
+
 def _lookup(res_type: str, code: str, name: str) -> SearchParam:
-    param = params_for(res_type).get(code)
+    param = params_of(res_type).get(code)
     if param is None or code in UNSUPPORTED or param.type in ("composite", "special"):
         raise UnknownParameter(f"Unknown or unsupported search parameter '{name}' for {res_type}", name)
     return param
@@ -126,35 +137,12 @@ def _lookup(res_type: str, code: str, name: str) -> SearchParam:
 def parse_name(res_type: str, name: str) -> ParamRef:
     """Resolve ``name`` (with modifiers, chains, ``_has``) against ``res_type``."""
     if name.startswith("_has:"):
-        parts = name.split(":", 3)
-        if len(parts) < 4:
-            raise InvalidRequest(f"Malformed _has parameter '{name}' (expected _has:Type:reference:param)", name)
-        _, source, ref_code, rest = parts
-        if source not in served_types():
-            raise InvalidRequest(f"Unknown resource type '{source}' in '{name}'", name)
-        has_param = _lookup(source, ref_code, name)
-        if has_param.type != "reference":
-            raise InvalidRequest(f"'{ref_code}' of {source} is not a reference parameter ('{name}')", name)
-        anchor = SearchParam(code="_has", type="special", expression="")
-        return ParamRef(res_type, anchor, has_source=source, has_param=has_param, has_inner=parse_name(source, rest))
+        return _parse_has(res_type, name)
     head, dot, rest = name.partition(".")
     code, _, modifier = head.partition(":")
     param = _lookup(res_type, code, name)
     if dot:
-        if param.type != "reference":
-            raise InvalidRequest(f"Cannot chain through '{code}': it is not a reference parameter", name)
-        targets = [modifier] if modifier else list(param.targets)
-        if modifier and modifier not in served_types():
-            raise InvalidRequest(f"Unknown resource type '{modifier}' in '{name}'", name)
-        if len(targets) != 1:
-            chained = [t for t in targets if rest.partition(".")[0].partition(":")[0] in params_for(t)]
-            if len(chained) != 1:
-                raise InvalidRequest(
-                    f"Chain '{name}' is ambiguous: say the target type, e.g. '{code}:{targets[0] if targets else 'Patient'}.{rest}'",
-                    name,
-                )
-            targets = chained
-        return ParamRef(res_type, param, None, parse_name(targets[0], rest), targets[0])
+        return _parse_chain(res_type, param, modifier, rest, name)
     if modifier:
         if param.type == "reference" and modifier in served_types():
             return ParamRef(res_type, param, modifier)
@@ -166,6 +154,43 @@ def parse_name(res_type: str, name: str) -> ParamRef:
     return ParamRef(res_type, param, modifier or None)
 
 
+def _parse_has(res_type: str, name: str) -> ParamRef:
+    """``_has:Source:reference:rest`` (``rest`` may itself be a ``_has`` or a chain)."""
+    parts = name.split(":", 3)
+    if len(parts) < 4:
+        raise InvalidRequest(f"Malformed _has parameter '{name}' (expected _has:Type:reference:param)", name)
+    _, source, ref_code, rest = parts
+    if res_type == ANY_TYPE:
+        raise UnknownParameter(f"'{name}' needs _type: a reverse chain points at one resource type", name)
+    if source not in served_types():
+        raise InvalidRequest(f"Unknown resource type '{source}' in '{name}'", name)
+    has_param = _lookup(source, ref_code, name)
+    if has_param.type != "reference":
+        raise InvalidRequest(f"'{ref_code}' of {source} is not a reference parameter ('{name}')", name)
+    anchor = SearchParam(code="_has", type="special", expression="")
+    return ParamRef(res_type, anchor, has_source=source, has_param=has_param, has_inner=parse_name(source, rest))
+
+
+def _parse_chain(res_type: str, param: SearchParam, modifier: str, rest: str, name: str) -> ParamRef:
+    """``ref[:Type].rest``: the rest is parsed on every target type that knows its first parameter.
+
+    Without ``:Type`` a reference may point at several types (``Observation.subject``); like HAPI
+    FHIR, the chain then searches all of them that define the chained parameter (R4: "the
+    parameter chain may end up referring to search parameters with the same name on more than one
+    kind of resource at once"), and is an unknown parameter when none does.
+    """
+    if param.type != "reference":
+        raise InvalidRequest(f"Cannot chain through '{param.code}': it is not a reference parameter", name)
+    if modifier and modifier not in served_types():
+        raise InvalidRequest(f"Unknown resource type '{modifier}' in '{name}'", name)
+    targets = [modifier] if modifier else [t for t in param.targets if t in served_types()]
+    chained_code = rest.partition(".")[0].partition(":")[0]
+    candidates = [t for t in targets if chained_code in params_of(t) or chained_code == "_has"]
+    if not candidates:
+        raise UnknownParameter(f"No target type of '{param.code}' has a search parameter '{chained_code}' ('{name}')", name)
+    return ParamRef(res_type, param, None, tuple((t, parse_name(t, rest)) for t in candidates))
+
+
 def _parse_sort(res_type: str, value: str) -> list[SortKey]:
     keys = []
     for item in value.split(","):
@@ -174,7 +199,7 @@ def _parse_sort(res_type: str, value: str) -> list[SortKey]:
             continue
         descending = item.startswith("-")
         code = item.lstrip("-")
-        param = params_for(res_type).get(code)
+        param = params_of(res_type).get(code)
         if param is None or param.type in ("composite", "special") or code in UNSUPPORTED:
             raise InvalidRequest(f"Cannot sort by '{code}' on {res_type}", "_sort")
         keys.append(SortKey(param, descending))
@@ -216,14 +241,16 @@ def parse_query(res_type: str, params: Sequence[tuple[str, str]], *, strict: boo
     for name, value in params:
         if name in FORMAT_PARAMETERS:
             continue
-        if name in RESULT_PARAMETERS:
+        if "\x00" in name or "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse it here, not as a 500
+            raise InvalidRequest(f"Search parameter '{name}' contains a NUL character", name.replace("\x00", ""))
+        if name.partition(":")[0] in RESULT_PARAMETERS:  # _include:iterate, _revinclude:iterate
             _apply_result_parameter(query, name, value)
             continue
         try:
             ref = parse_name(res_type, name)
-        except UnknownParameter:
-            if strict:
-                raise
+        except UnknownParameter as exc:
+            if strict:  # name the whole parameter, also when a chained or _has part is unknown
+                raise UnknownParameter(exc.message, name) from exc
             query.ignored.append(name)
             continue
         query.criteria.append(Criterion(name, ref, split_or(value)))

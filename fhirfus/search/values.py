@@ -11,6 +11,10 @@ from fhirfus.fhir.errors import InvalidRequest
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 
+#: Numbers beyond this decimal exponent are refused: SQLite stores REAL (up to about 1e308) and
+#: PostgreSQL rejects such NUMERIC literals, so they could only fail later, as a 500.
+MAX_EXPONENT = 300
+
 #: Marks "no constraint" (``system|`` matches any code, ``code`` alone matches any system).
 ANY = object()
 
@@ -52,6 +56,8 @@ def parse_number(raw: str, name: str) -> NumberQuery:
         raise InvalidRequest(f"'{raw}' is not a valid number for '{name}'", name) from exc
     if not value.is_finite():
         raise InvalidRequest(f"'{raw}' is not a valid number for '{name}'", name)
+    if value and abs(value.adjusted()) > MAX_EXPONENT:
+        raise InvalidRequest(f"'{raw}' is outside the supported range (1e-{MAX_EXPONENT} to 1e{MAX_EXPONENT}) for '{name}'", name)
     exponent = value.as_tuple().exponent
     half = Decimal(5).scaleb(int(exponent) - 1) if isinstance(exponent, int) else Decimal(0)
     return NumberQuery(prefix, value, value - half, value + half)

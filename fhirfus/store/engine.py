@@ -32,7 +32,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         json_deserializer=orjson.loads,
         pool_size=10,
         max_overflow=20,
-        pool_pre_ping=True,
+        pool_recycle=1800,  # no pre-ping: it costs a round trip per request; stale links are recycled
     )
 
 

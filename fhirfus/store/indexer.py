@@ -80,10 +80,12 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
     ]
 
 
-def index_resource(conn: Connection, pk: int, res_type: str, content: dict, *, fresh: bool = False) -> None:
+def index_resource(
+    conn: Connection, pk: int, res_type: str, content: dict, *, fresh: bool = False, previous: dict | None = None
+) -> None:
     """Replace the index rows of one resource (``fresh``: it has none yet, skip the deletes)."""
     if not fresh:
-        remove_resource(conn, pk)
+        remove_resource(conn, pk, res_type, previous)
     for table, rows in index_rows(pk, res_type, extract_index_values(content)):
         if rows:
             conn.execute(insert(table), rows)
@@ -100,7 +102,14 @@ def index_many(conn: Connection, items: list[tuple[int, str, dict]]) -> None:
             conn.execute(insert(table), rows)
 
 
-def remove_resource(conn: Connection, pk: int) -> None:
-    """Drop the index rows of a resource (before re-indexing, or when it is deleted)."""
-    for table in INDEX_TABLES:
+def remove_resource(conn: Connection, pk: int, res_type: str | None = None, previous: dict | None = None) -> None:
+    """Drop the index rows of a resource (before re-indexing, or when it is deleted).
+
+    With the previous content at hand, only the tables that hold rows of it are touched: an
+    update then costs two or three DELETEs instead of one per index table.
+    """
+    tables: list[Table] = list(INDEX_TABLES)
+    if previous is not None and res_type is not None:
+        tables = [table for table, rows in index_rows(pk, res_type, extract_index_values(previous)) if rows]
+    for table in tables:
         conn.execute(delete(table).where(table.c.resource_pk == pk))

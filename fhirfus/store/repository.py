@@ -70,8 +70,15 @@ class Store:
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+        """A read scope. On PostgreSQL in autocommit mode: each statement already sees a consistent
+        snapshot under READ COMMITTED, so BEGIN/COMMIT would only add two round trips."""
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+            else:
+                with conn.begin():
+                    yield conn
 
 
 # --- reads -----------------------------------------------------------------------------------
@@ -216,7 +223,7 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk)
     _record_history(conn, stored)
     assert previous.pk is not None
-    indexer.index_resource(conn, previous.pk, previous.res_type, body)
+    indexer.index_resource(conn, previous.pk, previous.res_type, body, previous=previous.content)
     return stored
 
 
@@ -228,7 +235,7 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
     stored = Stored(previous.res_type, previous.res_id, new_version, moment, True, None, "DELETE", previous.pk)
     _record_history(conn, stored)
     assert previous.pk is not None
-    indexer.remove_resource(conn, previous.pk)
+    indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content)
     return stored
 
 

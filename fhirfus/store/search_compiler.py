@@ -10,15 +10,16 @@ Nothing is filtered in Python.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, FromClause, Table, and_, exists, false, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, Table, and_, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.orm import aliased
 
+from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
-from fhirfus.search.query import Criterion, ParamRef
+from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 from fhirfus.store.tables import (
     resources,
@@ -56,7 +57,7 @@ class Compiler:
     def condition(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         if ref.has_source is not None:
             return self._has(alias, ref, values, name)
-        if ref.chain is not None:
+        if ref.chains:
             return self._chain(alias, ref, values, name)
         code = ref.param.code
         if code == "_id":
@@ -71,7 +72,7 @@ class Compiler:
         build = getattr(self, f"_{ref.param.type}")
         matches = or_(*[build(table, ref, value, name) for value in values])
         negate = ref.modifier == "not"
-        rows = select(table.c.resource_pk).where(table.c.res_type == ref.res_type, table.c.param == code, matches)
+        rows = select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
         return alias.c.pk.not_in(rows) if negate else alias.c.pk.in_(rows)
 
     # --- special parameters, chains, reverse chains ------------------------------------------
@@ -90,24 +91,25 @@ class Compiler:
         if values[-1] not in ("true", "false"):
             raise InvalidRequest(f"{name} must be true or false", name)
         table = TABLE_OF[ref.param.type]
-        present = exists().where(
-            table.c.resource_pk == alias.c.pk, table.c.res_type == ref.res_type, table.c.param == ref.param.code
-        )
+        present = exists().where(table.c.resource_pk == alias.c.pk, _of_type(table, ref), table.c.param == ref.param.code)
         return not_(present) if values[-1] == "true" else present
 
     def _chain(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
-        assert ref.chain is not None and ref.chain_type is not None
+        """References whose target (of one of the chain's types) matches the chained criterion."""
         target = aliased(resources)
         link = search_reference
+        per_type = [
+            and_(link.c.target_type == target_type, self.condition(target, chained, values, name))
+            for target_type, chained in ref.chains
+        ]
         rows = (
             select(link.c.resource_pk)
             .join(target, and_(target.c.res_type == link.c.target_type, target.c.res_id == link.c.target_id))
             .where(
                 link.c.res_type == ref.res_type,
                 link.c.param == ref.param.code,
-                link.c.target_type == ref.chain_type,
                 target.c.deleted.is_(False),
-                self.condition(target, ref.chain, values, name),
+                or_(*per_type),
             )
         )
         return alias.c.pk.in_(rows)
@@ -171,7 +173,7 @@ class Compiler:
         return and_(*conditions)
 
     def _reference(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
-        target_type, target_id, url = self.parse_reference(value)
+        target_type, target_id, url = self.parse_reference(value, name)
         if target_id is None:
             return table.c.url == url
         conditions = [table.c.target_id == target_id]
@@ -184,10 +186,11 @@ class Compiler:
         if ref.modifier == "below":
             return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
         if ref.modifier == "above":
-            return literal(value).like(table.c.value + "%")
+            # the stored value is a prefix of the search value (compared as text: no LIKE wildcards)
+            return func.substr(literal(value), 1, func.length(table.c.value)) == table.c.value
         return table.c.value == value
 
-    def parse_reference(self, value: str) -> tuple[str | None, str | None, str]:
+    def parse_reference(self, value: str, name: str = "reference") -> tuple[str | None, str | None, str]:
         """``Type/id``, ``id``, or an absolute URL (ours → Type/id; foreign → matched by URL)."""
         text = value
         if "://" in value or value.startswith("urn:"):
@@ -201,7 +204,12 @@ class Compiler:
             return parts[0], parts[1], value
         if len(parts) == 1 and parts[0]:
             return None, parts[0], value
-        raise InvalidRequest(f"'{value}' is not a valid reference", "reference")
+        raise InvalidRequest(f"'{value}' is not a valid reference for '{name}'", name)
+
+
+def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:
+    """Index rows of the parameter's resource type (any type for a system search without ``_type``)."""
+    return true() if ref.res_type == ANY_TYPE else table.c.res_type == ref.res_type
 
 
 def _like_escape(text: str) -> str:
@@ -246,11 +254,17 @@ def point_condition(prefix: str, moment: ColumnElement, q_low, q_high) -> Column
 
 def _approximately(low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
     """``ap``: overlap with the search range widened by 10 % of its distance from now (≥ 1 day)."""
-    from datetime import UTC, datetime
-
     distance = abs(datetime.now(UTC) - q_low)
     margin = max(distance / 10, timedelta(days=1))
-    return and_(low < q_high + margin, high > q_low - margin)
+    return and_(low < _shifted(q_high, margin), high > _shifted(q_low, -margin))
+
+
+def _shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, clamped to the representable range (``ap0001``, ``ap9999``)."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return UTC_MAX if delta > timedelta(0) else UTC_MIN
 
 
 def number_condition(column: ColumnElement, query) -> ColumnElement[bool]:  # noqa: ANN001
