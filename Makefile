@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## make run: migrate the embedded SQLite database, load sample data if empty, serve on :8000 (auth off).
+## make run: migrate the embedded SQLite database, load the demo cohort if empty, serve on :8000 (auth off).
 run: install
 	$(BIN)/fhirfus db upgrade
-	$(BIN)/fhirfus sample --if-empty
+	$(BIN)/fhirfus demo --if-empty
 	FHIRFUS_AUTH=off $(BIN)/fhirfus serve --host $(HOST) --port $(PORT)
 
 ## make test: the whole suite, against SQLite and PostgreSQL.

@@ -13,6 +13,8 @@ from fhirfus.config import get_settings
 app = typer.Typer(help="fhirfus: FHIR R4 server for MRgFUS cervical-dystonia research.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+export_app = typer.Typer(help="Exports: Bulk Data NDJSON.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 console = Console(stderr=True)
 
 
@@ -98,17 +100,29 @@ def db_current() -> None:
 
 
 @app.command()
-def sample(only_if_empty: bool = typer.Option(False, "--if-empty", help="Skip when data exists.")) -> None:
-    """Load the small sample data set (the demo cohort replaces it once the IG lands)."""
-    from fhirfus.operations.sample import load_sample
+def demo(
+    only_if_empty: bool = typer.Option(False, "--if-empty", help="Do nothing when the database holds data."),
+    directory: Path = typer.Option(Path("var/demo"), "--dir", help="Where the generated site files go."),
+) -> None:
+    """Generate the synthetic 3-site cohort as site files and import them (the real import path)."""
+    from rich.progress import Progress
+
+    from fhirfus.operations.demo import GROUP_ID, is_empty, load_demo
     from fhirfus.store.engine import make_engine
     from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
     store = Store(make_engine(settings.database_url))
-    loaded = load_sample(store, only_if_empty=only_if_empty)
-    console.print(f"sample data: {loaded} resources loaded" if loaded else "sample data: database not empty, skipped")
+    if only_if_empty and not is_empty(store):
+        console.print("demo: the database already holds data; nothing loaded")
+        return
+    with Progress(console=console) as progress:
+        task = progress.add_task("importing the demo cohort", total=None)
+        reports = load_demo(store, directory, lambda n: progress.advance(task, n))
+    patients = sum(r.patients_loaded for r in reports)
+    console.print(f"demo cohort: {patients} patients from {len(reports)} sites (site files in {directory}); "
+                  f"Group/{GROUP_ID}")
 
 
 @app.command()
@@ -206,6 +220,42 @@ def reindex(res_type: str = typer.Option(None, "--type", help="Only this resourc
         task = progress.add_task(f"reindexing {res_type or 'all types'}", total=total)
         done = reindexing.reindex(store, res_type, lambda n: progress.advance(task, n))
     console.print(f"reindexed {done} resources")
+
+
+@export_app.command("bulk")
+def export_bulk(
+    out: Path = typer.Option(..., "--out", file_okay=False, help="Directory for the NDJSON files and manifest.json."),
+    types: str = typer.Option(None, "--type", help="Only these resource types (comma-separated)."),
+    since: str = typer.Option(None, "--since", help="Only resources changed after this FHIR instant."),
+) -> None:
+    """Bulk Data export of the whole server into DIR (NDJSON per type, like $export)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fhirfus.export.bulk_local import MANIFEST, export_to_directory, local_request
+    from fhirfus.fhir.errors import FhirError
+    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    load_search_parameters()
+    try:
+        request = local_request(types, since)
+    except FhirError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from exc
+    store = Store(make_engine(settings.database_url))
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("exporting", total=100)
+
+        def report(written: int, fraction: float) -> None:
+            progress.update(task, completed=fraction * 100, description=f"exporting: {written:,} resources")
+
+        result = export_to_directory(store, settings, request, out, report)
+        progress.update(task, completed=100, description=f"exported: {result.count:,} resources")
+    console.print(f"exported {result.count:,} resources in {len(result.files)} files to {out} (see {out / MANIFEST})")
 
 
 def main() -> None:
