@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, Table, delete, insert
+from sqlalchemy import Connection, Table
+
+from fhirfus.store import rows
 
 from fhirfus.fhir.extraction import IndexValues, QuantityValue, extract_index_values, normalize_string
 from fhirfus.store.tables import (
@@ -81,35 +83,37 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
 
 
 def index_resource(
-    conn: Connection, pk: int, res_type: str, content: dict, *, fresh: bool = False, previous: dict | None = None
+    conn: Connection, pk: int, res_type: str, content: dict, *, fresh: bool = False, previous: dict | None = None,
+    also: list[rows.Batch] | None = None,
 ) -> None:
-    """Replace the index rows of one resource (``fresh``: it has none yet, skip the deletes)."""
-    if not fresh:
-        remove_resource(conn, pk, res_type, previous)
-    for table, rows in index_rows(pk, res_type, extract_index_values(content)):
-        if rows:
-            conn.execute(insert(table), rows)
+    """Replace the index rows of one resource (``fresh``: it has none yet, skip the deletes).
+
+    ``also``: further rows (the history row) written in the same round trip.
+    """
+    deletes = [] if fresh else [(table, pk) for table in _tables_of(pk, res_type, previous)]
+    rows.write(conn, [*(also or []), *index_rows(pk, res_type, extract_index_values(content))], deletes)
 
 
-def index_many(conn: Connection, items: list[tuple[int, str, dict]]) -> None:
+def index_many(conn: Connection, items: list[tuple[int, str, dict]], also: list[rows.Batch] | None = None) -> None:
     """Index freshly created resources: one multi-row INSERT per index table for all of them."""
     batches: dict[str, tuple[Table, list[dict]]] = {}
     for pk, res_type, content in items:
-        for table, rows in index_rows(pk, res_type, extract_index_values(content)):
-            batches.setdefault(table.name, (table, []))[1].extend(rows)
-    for table, rows in batches.values():
-        if rows:
-            conn.execute(insert(table), rows)
+        for table, table_rows in index_rows(pk, res_type, extract_index_values(content)):
+            batches.setdefault(table.name, (table, []))[1].extend(table_rows)
+    rows.write(conn, [*(also or []), *batches.values()])
 
 
-def remove_resource(conn: Connection, pk: int, res_type: str | None = None, previous: dict | None = None) -> None:
-    """Drop the index rows of a resource (before re-indexing, or when it is deleted).
+def _tables_of(pk: int, res_type: str | None, previous: dict | None) -> list[Table]:
+    """Index tables that may hold rows of a resource: with its previous content at hand, only
+    those its values go to (an update then deletes from two or three tables, not seven)."""
+    if previous is None or res_type is None:
+        return list(INDEX_TABLES)
+    return [table for table, table_rows in index_rows(pk, res_type, extract_index_values(previous)) if table_rows]
 
-    With the previous content at hand, only the tables that hold rows of it are touched: an
-    update then costs two or three DELETEs instead of one per index table.
-    """
-    tables: list[Table] = list(INDEX_TABLES)
-    if previous is not None and res_type is not None:
-        tables = [table for table, rows in index_rows(pk, res_type, extract_index_values(previous)) if rows]
-    for table in tables:
-        conn.execute(delete(table).where(table.c.resource_pk == pk))
+
+def remove_resource(
+    conn: Connection, pk: int, res_type: str | None = None, previous: dict | None = None,
+    also: list[rows.Batch] | None = None,
+) -> None:
+    """Drop the index rows of a resource (before re-indexing, or when it is deleted)."""
+    rows.write(conn, also or [], [(table, pk) for table in _tables_of(pk, res_type, previous)])

@@ -140,17 +140,12 @@ def _next_moment(previous: datetime | None) -> datetime:
     return now
 
 
-def _record_history(conn: Connection, stored: Stored) -> None:
-    conn.execute(
-        insert(resource_history).values(
-            res_type=stored.res_type,
-            res_id=stored.res_id,
-            version=stored.version,
-            last_updated=stored.last_updated,
-            method=stored.method,
-            content=stored.content,
-        )
-    )
+def _history_row(stored: Stored) -> tuple:
+    """The history row of a version, as a batch for ``fhirfus.store.rows.write``."""
+    return (resource_history, [{
+        "res_type": stored.res_type, "res_id": stored.res_id, "version": stored.version,
+        "last_updated": stored.last_updated, "method": stored.method, "content": stored.content,
+    }])
 
 
 def _insert_current(conn: Connection) -> Any:
@@ -171,8 +166,7 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
     if pk is None:
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk)
-    _record_history(conn, stored)
-    indexer.index_resource(conn, pk, res_type, body, fresh=True)
+    indexer.index_resource(conn, pk, res_type, body, fresh=True, also=[_history_row(stored)])
     return stored
 
 
@@ -205,12 +199,8 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
         Stored(i.res_type, i.res_id, 1, moment, False, body, i.method, pk)
         for i, body, pk in zip(items, bodies, pks, strict=True)
     ]
-    conn.execute(
-        insert(resource_history),
-        [{"res_type": s.res_type, "res_id": s.res_id, "version": 1, "last_updated": moment, "method": s.method,
-          "content": s.content} for s in stored],
-    )
-    indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored])  # type: ignore[misc]
+    history = (resource_history, [_history_row(s)[1][0] for s in stored])
+    indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored], also=[history])  # type: ignore[misc]
     return stored
 
 
@@ -221,9 +211,10 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     body = stamp(content, previous.res_id, new_version, moment)
     _guarded_update(conn, previous, new_version, moment, False, body)
     stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk)
-    _record_history(conn, stored)
     assert previous.pk is not None
-    indexer.index_resource(conn, previous.pk, previous.res_type, body, previous=previous.content)
+    indexer.index_resource(
+        conn, previous.pk, previous.res_type, body, previous=previous.content, also=[_history_row(stored)]
+    )
     return stored
 
 
@@ -233,9 +224,8 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
     new_version = previous.version + 1
     _guarded_update(conn, previous, new_version, moment, True, None)
     stored = Stored(previous.res_type, previous.res_id, new_version, moment, True, None, "DELETE", previous.pk)
-    _record_history(conn, stored)
     assert previous.pk is not None
-    indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content)
+    indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content, also=[_history_row(stored)])
     return stored
 
 
