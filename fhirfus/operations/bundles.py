@@ -31,6 +31,8 @@ from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored, format_instant
 from fhirfus.store.tables import resources
 
+#: Resources per multi-row INSERT when a transaction creates many (a 10,000-entry Bundle).
+CREATE_CHUNK = 1000
 ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 
@@ -377,7 +379,9 @@ def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
         repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"}, e.method)  # type: ignore[arg-type]
         for e in creates
     ]
-    stored = repository.create_many(conn, items)
+    stored: list[Stored] = []
+    for start in range(0, len(items), CREATE_CHUNK):  # bounded statement size and serialised JSON
+        stored += repository.create_many(conn, items[start:start + CREATE_CHUNK])
     for created in stored:
         after_write(conn, created)
     return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored, strict=True)}
