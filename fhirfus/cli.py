@@ -13,7 +13,9 @@ from fhirfus.config import get_settings
 app = typer.Typer(help="fhirfus: FHIR R4 server for MRgFUS cervical-dystonia research.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-export_app = typer.Typer(help="Exports: Bulk Data NDJSON.", no_args_is_help=True)
+clients_app = typer.Typer(help="SMART backend-services clients.", no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+export_app = typer.Typer(help="Exports: Bulk Data NDJSON, de-identified analysis datasets.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 console = Console(stderr=True)
 
@@ -36,10 +38,11 @@ def serve(
             "[yellow]Authentication is OFF (FHIRFUS_AUTH=off): development mode, "
             "do not expose this server beyond loopback.[/yellow]"
         )
-    else:
-        console.print(
-            f"[red]FHIRFUS_AUTH={settings.auth} is not implemented yet; refusing to serve without it.[/red]"
-        )
+    elif settings.auth != "smart":
+        console.print(f"[red]FHIRFUS_AUTH must be 'smart' or 'off', got {settings.auth!r}[/red]")
+        raise typer.Exit(2)
+    elif not settings.token_secret and workers > 1:
+        console.print("[red]Set FHIRFUS_TOKEN_SECRET when serving with several workers[/red]")
         raise typer.Exit(2)
     console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
     uvicorn.run(
@@ -52,6 +55,17 @@ def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
+    """The store of a data command, with fhirfus's own search parameters registered (as the server
+    does at start-up), so what the command writes is indexed for them too."""
+    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    load_search_parameters()
+    return Store(make_engine(url))
 
 
 def _upgrade(url: str, revision: str) -> None:
@@ -113,7 +127,7 @@ def demo(
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
-    store = Store(make_engine(settings.database_url))
+    store = _store(settings.database_url)
     if only_if_empty and not is_empty(store):
         console.print("demo: the database already holds data; nothing loaded")
         return
@@ -140,7 +154,7 @@ def load(
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
-    store = Store(make_engine(settings.database_url))
+    store = _store(settings.database_url)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("loading", total=count_resources(list(files)))
@@ -174,7 +188,7 @@ def import_(
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
-    store = Store(make_engine(settings.database_url))
+    store = _store(settings.database_url)
     with Progress(console=console) as progress:
         task = progress.add_task(f"importing site {site}", total=None)
         try:
@@ -214,7 +228,7 @@ def reindex(res_type: str = typer.Option(None, "--type", help="Only this resourc
     settings = get_settings()
     _upgrade(settings.database_url, "head")
     load_search_parameters()
-    store = Store(make_engine(settings.database_url))
+    store = _store(settings.database_url)
     total = reindexing.count_live(store, res_type)
     with Progress(console=console) as progress:
         task = progress.add_task(f"reindexing {res_type or 'all types'}", total=total)
@@ -245,7 +259,7 @@ def export_bulk(
     except FhirError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from exc
-    store = Store(make_engine(settings.database_url))
+    store = _store(settings.database_url)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("exporting", total=100)
@@ -256,6 +270,61 @@ def export_bulk(
         result = export_to_directory(store, settings, request, out, report)
         progress.update(task, completed=100, description=f"exported: {result.count:,} resources")
     console.print(f"exported {result.count:,} resources in {len(result.files)} files to {out} (see {out / MANIFEST})")
+
+
+@export_app.command("analysis")
+def export_analysis_command(
+    out: Path = typer.Option(..., "--out", file_okay=False, help="Directory for the analysis files."),
+    group: str = typer.Option(None, "--group", help="Cohort Group id (default: every patient)."),
+    fmt: str = typer.Option("csv", "--format", help="csv or parquet."),
+    policy: str = typer.Option(None, "--policy", help="De-identification policy in mappings/policies (default: safe-harbor)."),
+) -> None:
+    """De-identified analysis dataset, data dictionary, statistics.json and report.html of a cohort."""
+    from rich.progress import Progress
+
+    from fhirfus.export.analysis import export_analysis
+    from fhirfus.fhir.errors import FhirError
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    with Progress(console=console) as progress:
+        task = progress.add_task("analysis export", total=None)
+
+        def report(stage: str, done: int, total: int) -> None:
+            progress.update(task, description=f"analysis export: {stage}", completed=done, total=total or None)
+
+        try:
+            target = export_analysis(group, out, fmt, policy, settings.database_url, report)
+        except FhirError as exc:
+            console.print(f"[red]{exc.message}[/red]")
+            raise typer.Exit(2) from exc
+    console.print(f"analysis files written to {target}")
+
+
+@clients_app.command("add")
+def clients_add(
+    name: str = typer.Option(..., "--name", help="Who the client is (shown in audit events)."),
+    role: str = typer.Option(..., "--role", help="site, analyst or admin."),
+    scope: str = typer.Option(..., "--scope", help='Allowed SMART scopes, e.g. "system/*.cruds".'),
+    jwks: Path = typer.Option(..., "--jwks", exists=True, dir_okay=False, help="The client's public keys (JWKS)."),
+    site: str = typer.Option(None, "--site", help="The site a site client belongs to."),
+) -> None:
+    """Register a client; prints its client_id."""
+    import orjson
+
+    from fhirfus.auth.clients import register
+    from fhirfus.fhir.errors import FhirError
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    try:
+        client = register(Store(make_engine(settings.database_url)), name, role, scope, orjson.loads(jwks.read_bytes()), site)
+    except FhirError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(2) from exc
+    typer.echo(client.client_id)
 
 
 def main() -> None:

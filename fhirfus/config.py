@@ -8,6 +8,7 @@ from functools import cache
 
 DEFAULT_DATABASE_URL = "sqlite:///./var/fhirfus.db"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_EXPORT_DIR = "./var/exports"
 
 
 def _int_env(name: str, default: int) -> int:
@@ -30,6 +31,19 @@ class Settings:
     max_page_size: int = 1000
     auth: str = "smart"
     base_url: str | None = None
+    #: Bulk Data $export: where job files go, jobs per process, file split, time to live.
+    export_dir: str = DEFAULT_EXPORT_DIR
+    export_max_jobs: int = 2
+    export_file_max_resources: int = 100_000
+    export_file_max_bytes: int = 256 * 1024 * 1024
+    export_expire_seconds: int = 24 * 3600
+    #: SMART backend services: access-token signing secret (random per process when unset:
+    #: set it when running several workers), token lifetime, requests per minute per client,
+    #: browser origins allowed by CORS (none: CORS off).
+    token_secret: str | None = None
+    token_lifetime: int = 300
+    rate_limit_per_minute: int = 6000
+    cors_origins: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -41,6 +55,15 @@ class Settings:
             max_page_size=_int_env("FHIRFUS_MAX_PAGE_SIZE", 1000),
             auth=os.environ.get("FHIRFUS_AUTH", "smart"),
             base_url=os.environ.get("FHIRFUS_BASE_URL") or None,
+            export_dir=os.environ.get("FHIRFUS_EXPORT_DIR") or DEFAULT_EXPORT_DIR,
+            export_max_jobs=_int_env("FHIRFUS_EXPORT_MAX_JOBS", 2),
+            export_file_max_resources=_int_env("FHIRFUS_EXPORT_FILE_RESOURCES", 100_000),
+            export_file_max_bytes=_int_env("FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024),
+            export_expire_seconds=_int_env("FHIRFUS_EXPORT_EXPIRES", 24 * 3600),
+            token_secret=os.environ.get("FHIRFUS_TOKEN_SECRET") or None,
+            token_lifetime=_int_env("FHIRFUS_TOKEN_LIFETIME", 300),
+            rate_limit_per_minute=_int_env("FHIRFUS_RATE_LIMIT", 6000),
+            cors_origins=tuple(o for o in os.environ.get("FHIRFUS_CORS_ORIGINS", "").split(",") if o),
         )
 
 

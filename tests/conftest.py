@@ -148,3 +148,28 @@ def client(server: Server) -> Iterator[httpx.Client]:
 def unique() -> str:
     """A value no other test uses: keeps tests on a shared server independent."""
     return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class SecureServer:
+    """fhirfus with SMART authentication on (FHIRFUS_AUTH=smart), over the same database."""
+
+    base: str
+    database: Database
+    app: object
+
+    @property
+    def root(self) -> str:
+        return self.base.removesuffix("/fhir")
+
+
+@pytest.fixture(scope="session")
+def secure_server(database: Database) -> Iterator[SecureServer]:
+    settings = Settings(database_url=database.url, auth="smart", token_secret="test-secret-" + uuid.uuid4().hex,
+                        default_page_size=20, rate_limit_per_minute=100_000)
+    uv, thread, port = run_server(settings, Store(database.engine))
+    try:
+        yield SecureServer(f"http://127.0.0.1:{port}/fhir", database, uv.config.app)
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)

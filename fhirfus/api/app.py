@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import resources, system
+from fhirfus.api import analysis, auth, bulk, resources, system
 from fhirfus.api.errors import install_error_handlers
+from fhirfus.auth.audit import AuditWriter
+from fhirfus.auth.tokens import TokenService
 from fhirfus.config import Settings, get_settings
 from fhirfus.operations.conformance import load_search_parameters
 from fhirfus.store.engine import make_engine
@@ -28,7 +31,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     load_search_parameters()
     app.state.settings = settings
     app.state.store = store
+    app.state.tokens = TokenService(store, settings.token_secret, settings.token_lifetime)
+    app.state.rate_limiter = auth.RateLimiter(settings.rate_limit_per_minute)
+    app.state.audit = AuditWriter(store)
     install_error_handlers(app)
+    app.add_middleware(auth.AuthGate, fastapi_app=app)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["Location", "ETag", "Content-Location"])
+    app.include_router(auth.router)
     app.include_router(system.router)
+    app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
+    app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(resources.router)
+    app.router.on_startup.append(lambda: bulk.start_exports(app))
+    app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
+    app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
+    app.router.on_shutdown.append(app.state.audit.stop)
     return app

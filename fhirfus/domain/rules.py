@@ -5,6 +5,9 @@
 - MRgFUS Procedures must code their lesion targets from the fhirfus target CodeSystem.
 - Treatment-parameter Observations must lie in the plausible ranges of
   ``mappings/rules/plausibility.json`` (outside "hard": error; outside "soft": warning).
+- A resource whose ``meta.profile`` claims a fhirfus profile must conform to it
+  (``fhirfus.domain.profiles``); where a rule above already reports an element, the profile's
+  issue on that element is left out, so one fault is reported once.
 
 Errors make the write a 422; warnings are reported by ``$validate`` and never block.
 """
@@ -15,7 +18,7 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from fhirfus.domain import twstrs
+from fhirfus.domain import profiles, twstrs
 from fhirfus.domain.content import MAPPINGS_DIR, code_displays, load_json
 from fhirfus.fhir.errors import BusinessRuleViolation, Issue
 
@@ -68,8 +71,7 @@ def _parameter_issues(observation: Mapping[str, Any]) -> list[Issue]:
     return []
 
 
-def domain_issues(resource: Mapping[str, Any]) -> list[Issue]:
-    """Errors and warnings of the fhirfus implementation guide for one (structurally valid) resource."""
+def _rule_issues(resource: Mapping[str, Any]) -> list[Issue]:
     kind = resource.get("resourceType")
     if kind == "QuestionnaireResponse" and twstrs.is_twstrs_response(resource):
         return twstrs.validate_response(resource)
@@ -78,6 +80,13 @@ def domain_issues(resource: Mapping[str, Any]) -> list[Issue]:
     if kind == "Observation":
         return _parameter_issues(resource)
     return []
+
+
+def domain_issues(resource: Mapping[str, Any]) -> list[Issue]:
+    """Errors and warnings of the fhirfus implementation guide for one (structurally valid) resource."""
+    issues = _rule_issues(resource)
+    reported = {e for i in issues if i.severity in ("error", "fatal") for e in i.expression}
+    return issues + [i for i in profiles.profile_issues(resource) if not reported.intersection(i.expression)]
 
 
 def enforce(resource: Mapping[str, Any]) -> None:

@@ -124,18 +124,26 @@ def _end_of_precision(start: datetime, parts: dict[str, str | None]) -> datetime
     """
     fraction = parts["fraction"]
     if fraction is not None:
-        return start + timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
+        return _plus(start, timedelta(microseconds=10 ** max(0, 6 - len(fraction))))
     if parts["second"] is not None:
-        return start + timedelta(seconds=1)
+        return _plus(start, timedelta(seconds=1))
     if parts["minute"] is not None:
-        return start + timedelta(minutes=1)
+        return _plus(start, timedelta(minutes=1))
     if parts["hour"] is not None:
-        return start + timedelta(hours=1)
+        return _plus(start, timedelta(hours=1))
     if parts["day"] is not None:
-        return start + timedelta(days=1)
+        return _plus(start, timedelta(days=1))
     if parts["month"] is not None:
         return _first_of_next_month(start)
     return _first_of_next_year(start)
+
+
+def _plus(start: datetime, step: timedelta) -> datetime:
+    """``start + step``, clamped at the end of time (``9999-12-31`` ends there, not in an OverflowError)."""
+    try:
+        return start + step
+    except OverflowError:
+        return datetime.max
 
 
 def _first_of_next_month(start: datetime) -> datetime:

@@ -22,6 +22,7 @@ from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import iter_references, rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
+from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
 from fhirfus.operations.derived import after_write
@@ -151,6 +152,7 @@ def validate_entries(entries: list[Entry]) -> None:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
             try:
                 rules.enforce(probe)
+                entry.resource = crud.label_for_site(probe)
             except FhirError as exc:
                 raise _fail(entry, exc) from exc
 
@@ -375,6 +377,11 @@ def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
 
 def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
     """Creating entries of a transaction in one bulk insert (after DELETEs, before updates)."""
+    for entry in creates:
+        try:
+            require(entry.res_type, "c")  # type: ignore[arg-type]
+        except FhirError as exc:
+            raise _fail(entry, exc) from exc
     items = [
         repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"}, e.method)  # type: ignore[arg-type]
         for e in creates

@@ -15,6 +15,13 @@ TYPE_INTERACTIONS = (
     "read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type",
 )
 SYSTEM_INTERACTIONS = ("history-system", "search-system")
+#: Bulk Data Access v2 (``fhirfus.api.bulk``): system, Patient and Group level ``$export``.
+BULK_DATA = "http://hl7.org/fhir/uv/bulkdata"
+EXPORT_OPERATIONS = {
+    None: {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/export"},
+    "Patient": {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/patient-export"},
+    "Group": {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/group-export"},
+}
 SEARCHABLE_TYPES = frozenset({"string", "token", "date", "reference", "number", "quantity", "uri"})
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -45,7 +52,8 @@ def _resource(res_type: str) -> dict:
         + ([{"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
            if res_type == "Patient" else [])
         + ([{"name": "extract", "definition": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"}]
-           if res_type == "QuestionnaireResponse" else []),
+           if res_type == "QuestionnaireResponse" else [])
+        + ([EXPORT_OPERATIONS[res_type]] if res_type in EXPORT_OPERATIONS else []),
     }
 
 
@@ -61,6 +69,7 @@ def capability_statement(base: str) -> dict:
         "date": _STARTED,
         "publisher": "fhirfus",
         "kind": "instance",
+        "instantiates": [f"{BULK_DATA}/CapabilityStatement/bulk-data"],
         "software": {"name": "fhirfus", "version": __version__},
         "implementation": {"description": "fhirfus FHIR R4 server", "url": base},
         "fhirVersion": FHIR_VERSION,
@@ -72,6 +81,7 @@ def capability_statement(base: str) -> dict:
                 "resource": list(_resources()),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
+                "operation": [EXPORT_OPERATIONS[None]],
             }
         ],
     }

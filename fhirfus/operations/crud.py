@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 
 from fhirfus.fhir.errors import (
     BusinessRuleViolation,
+    Forbidden,
     Gone,
     InvalidRequest,
     InvalidResource,
@@ -25,11 +26,13 @@ from fhirfus.fhir.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional
 from fhirfus.operations.derived import after_write
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
+from fhirfus.store.scope import SITE_SYSTEM, confined_site, labelled_for_site
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,36 @@ def new_id() -> str:
 
 
 def accept(body: Any, res_type: str) -> dict:
-    """Edge validation of a write: base FHIR (400) then the fhirfus domain rules (422)."""
+    """Edge validation of a write: base FHIR (400) then the fhirfus domain rules (422).
+
+    A site client's writes are labelled with its site (and may not carry another site's label).
+    """
     resource = validate_resource(body, res_type)
     rules.enforce(resource)
-    return resource
+    return label_for_site(resource)
+
+
+def label_for_site(resource: dict) -> dict:
+    site = confined_site()
+    if site is None:
+        return resource
+    meta = dict(resource.get("meta") or {})
+    labels = [dict(label) for label in meta.get("security") or []]
+    foreign = [lab for lab in labels if lab.get("system") == SITE_SYSTEM and lab.get("code") != site]
+    if foreign:
+        raise Forbidden(f"A client of site {site} may not label data for site {foreign[0].get('code')}",
+                        f"{resource['resourceType']}.meta.security")
+    if not any(lab.get("system") == SITE_SYSTEM for lab in labels):
+        labels.append({"system": SITE_SYSTEM, "code": site})
+    meta["security"] = labels
+    return {**resource, "meta": meta}
+
+
+def _visible(stored: Stored | None) -> Stored | None:
+    """The stored version, or None when a site client may not know it exists."""
+    if stored is None or stored.content is None:
+        return stored
+    return stored if labelled_for_site(stored.content) else None
 
 
 # --- connection-level cores ------------------------------------------------------------------
@@ -57,6 +86,7 @@ def create_in(
     res_id: str | None = None, base_url: str = "",
 ) -> WriteResult:
     """Create (``resource`` already validated); with ``if_none_exist``, an existing match wins."""
+    require(res_type, "c")
     if if_none_exist:
         matches = conditional.matching_ids(conn, res_type, if_none_exist, base_url)
         if len(matches) > 1:
@@ -73,7 +103,8 @@ def create_in(
 
 
 def read_in(conn: Connection, res_type: str, res_id: str) -> Stored:
-    stored = repository.current(conn, res_type, res_id)
+    require(res_type, "r")
+    stored = _visible(repository.current(conn, res_type, res_id))
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     if stored.deleted:
@@ -82,6 +113,9 @@ def read_in(conn: Connection, res_type: str, res_id: str) -> Stored:
 
 
 def vread_in(conn: Connection, res_type: str, res_id: str, version_id: str) -> Stored:
+    require(res_type, "r")
+    if _visible(repository.current(conn, res_type, res_id)) is None:
+        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     stored = repository.version(conn, res_type, res_id, int(version_id)) if version_id.isdigit() else None
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
@@ -92,7 +126,10 @@ def vread_in(conn: Connection, res_type: str, res_id: str, version_id: str) -> S
 
 def update_in(conn: Connection, res_type: str, res_id: str, resource: dict, if_match: int | None = None) -> WriteResult:
     """New version (the current row locked first), or update-as-create when the id is free."""
+    require(res_type, "u")
     previous = repository.current(conn, res_type, res_id, for_update=True)
+    if previous is not None and _visible(previous) is None:
+        raise Forbidden(f"{res_type}/{res_id} belongs to another site", f"{res_type}.id")
     _check_if_match(res_type, res_id, previous, if_match)
     if previous is None:
         stored = repository.create(conn, res_type, res_id, resource, "PUT")
@@ -143,7 +180,8 @@ def conditional_update_in(
 def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
     if not isinstance(operations, list):
         raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
-    previous = repository.current(conn, res_type, res_id, for_update=True)
+    require(res_type, "u")
+    previous = _visible(repository.current(conn, res_type, res_id, for_update=True))
     if previous is None:
         raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     if previous.deleted:
@@ -160,7 +198,8 @@ def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_m
 
 def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
     """A tombstone version; deleting a deleted resource changes nothing (None)."""
-    previous = repository.current(conn, res_type, res_id, for_update=True)
+    require(res_type, "d")
+    previous = _visible(repository.current(conn, res_type, res_id, for_update=True))
     if previous is None:
         raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
     if previous.deleted:

@@ -20,21 +20,30 @@ from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations import crud
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from fhirfus.auth.access import may_read, require
 from fhirfus.store.repository import Store
+from fhirfus.store.scope import site_condition
 from fhirfus.store.tables import resources, search_reference
 
 COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
 
 
+#: Types of the official compartment that are not part of a patient's record here: the audit
+#: trail (who looked at the patient) is the server's, readable by admins only.
+NOT_IN_RECORD = frozenset({"AuditEvent"})
+
+
 @cache
 def compartment() -> Mapping[str, tuple[str, ...]]:
     """Resource type → the reference parameters that put it in a Patient's compartment."""
-    return {t: tuple(codes) for t, codes in json.loads(COMPARTMENT_FILE.read_text()).items() if codes}
+    return {t: tuple(codes) for t, codes in json.loads(COMPARTMENT_FILE.read_text()).items()
+            if codes and t not in NOT_IN_RECORD}
 
 
 def everything_bundle(
     store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int
 ) -> dict:
+    require("Patient", "r")
     count = page_size(params.get("_count"), default_count, max_count)
     types = [t for t in (params.get("_type") or "").split(",") if t]
     for t in types:
@@ -52,7 +61,7 @@ def everything_bundle(
             raise InvalidRequest("Invalid paging cursor", "_cursor")
         after = values[0]
 
-    wanted = {t: codes for t, codes in compartment().items() if not types or t in types}
+    wanted = {t: codes for t, codes in compartment().items() if (not types or t in types) and may_read(t)}
     link = search_reference
     members = select(link.c.resource_pk).where(
         link.c.target_type == "Patient",
@@ -62,7 +71,7 @@ def everything_bundle(
     selection = [resources.c.pk.in_(members)]
     if not types or "Patient" in types:
         selection.append(and_(resources.c.res_type == "Patient", resources.c.res_id == patient_id))
-    conditions = [resources.c.deleted.is_(False), or_(*selection)]
+    conditions = [resources.c.deleted.is_(False), site_condition(resources), or_(*selection)]
     if since is not None:
         conditions.append(resources.c.last_updated >= since)
     if after is not None:

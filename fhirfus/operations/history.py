@@ -10,7 +10,11 @@ from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest, NotFound
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from sqlalchemy import Connection
+
+from fhirfus.auth.access import require
 from fhirfus.store import repository
+from fhirfus.store.scope import labelled_for_site
 from fhirfus.store.repository import HistoryCursor, Store, Stored, format_instant
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
@@ -36,6 +40,12 @@ def _cursor(params: Mapping[str, str]) -> HistoryCursor | None:
         return HistoryCursor(datetime.fromisoformat(moment), res_type, res_id, int(version))
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"Invalid paging cursor '{raw}'", "_cursor") from exc
+
+
+def _tombstone_label(conn: Connection, res_type: str, res_id: str) -> dict | None:
+    """A deleted resource's last content (its site label decides who may see its history)."""
+    entries, _, _ = repository.history(conn, res_type=res_type, res_id=res_id, count=50)
+    return next((e.content for e in entries if e.content is not None), None)
 
 
 def _entry(base: str, stored: Stored) -> dict:
@@ -66,11 +76,14 @@ def history_bundle(
     """One page of history, newest first, with ``self`` and ``next`` links."""
     if res_type is not None:
         require_known_type(res_type)
+    require(res_type or "*", "r" if res_id is not None else "s")
     count = page_size(params.get("_count"), default_count, max_count)
     since = _since(params)
     after = _cursor(params)
     with store.reading() as conn:
-        if res_id is not None and repository.current(conn, res_type or "", res_id) is None:
+        current = repository.current(conn, res_type or "", res_id) if res_id is not None else None
+        if res_id is not None and (current is None or not labelled_for_site(current.content or _tombstone_label(
+                conn, res_type or "", res_id))):
             raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
         entries, total, has_more = repository.history(
             conn, res_type=res_type, res_id=res_id, since=since, after=after, count=count

@@ -24,6 +24,8 @@ from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
 from fhirfus.store.repository import Store
+from fhirfus.auth.access import may_read, require
+from fhirfus.store.scope import site_condition
 from fhirfus.store.search_compiler import TABLE_OF, Compiler
 from fhirfus.store.tables import resources, search_reference
 
@@ -128,7 +130,7 @@ def match_condition(queries: dict[str | None, SearchQuery], compiler: Compiler) 
         criteria = [compiler.criterion(resources, c) for c in query.criteria]
         type_filter = resources.c.res_type == res_type if res_type is not None else true()
         alternatives.append(and_(type_filter, *criteria))
-    return and_(resources.c.deleted.is_(False), or_(*alternatives))
+    return and_(resources.c.deleted.is_(False), site_condition(resources), or_(*alternatives))
 
 
 def run_search(
@@ -173,9 +175,9 @@ def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra
         select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
         .distinct()
         .select_from(search_reference.join(resources, join_on))
-        .where(resources.c.deleted.is_(False), condition, *extra)
+        .where(resources.c.deleted.is_(False), site_condition(resources), condition, *extra)
     ).all()
-    return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows]
+    return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows if may_read(r.res_type)]
 
 
 def _included(conn: Connection, items: list[Row], include: Include) -> list[Row]:
@@ -277,6 +279,8 @@ def _queries(res_type: str | None, params: Sequence[tuple[str, str]], strict: bo
     A system search without ``_type`` evaluates the parameters every resource has (``_id``,
     ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``) over all types; others are unknown.
     """
+    for searched in (res_type,) if res_type else [t for k, v in params if k == "_type" for t in v.split(",") if t]:
+        require(searched, "s")
     if res_type is not None:
         require_known_type(res_type)
         return {res_type: parse_query(res_type, params, strict=strict)}

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
 from fhirfus.store import indexer
+from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.tables import resource_history, resources
 
 
@@ -277,6 +278,9 @@ def history(
         conditions.append(h.c.last_updated >= since)
     if at_or_before is not None:
         conditions.append(h.c.last_updated <= at_or_before)
+    if confined_site() is not None:
+        visible = select(resources.c.res_type, resources.c.res_id).where(site_condition(resources))
+        conditions.append(tuple_(h.c.res_type, h.c.res_id).in_(visible))
     total = conn.execute(select(func.count()).select_from(h).where(and_(True, *conditions))).scalar_one()
     page_conditions = list(conditions)
     if after is not None:

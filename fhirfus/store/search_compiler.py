@@ -21,6 +21,7 @@ from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
+from fhirfus.store.scope import site_condition
 from fhirfus.store.tables import (
     resources,
     search_date,
@@ -109,6 +110,7 @@ class Compiler:
                 link.c.res_type == ref.res_type,
                 link.c.param == ref.param.code,
                 target.c.deleted.is_(False),
+                site_condition(target),  # a chain must not reveal targets the caller may not see
                 or_(*per_type),
             )
         )
@@ -126,6 +128,7 @@ class Compiler:
                 link.c.param == ref.has_param.code,
                 link.c.target_type == ref.res_type,
                 source.c.deleted.is_(False),
+                site_condition(source),
                 self.condition(source, ref.has_inner, values, name),
             )
         )
@@ -183,6 +186,7 @@ class Compiler:
         return and_(*conditions)
 
     def _uri(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        """Exact match; ``:below`` / ``:above`` compare string prefixes, as HAPI FHIR does (not path segments)."""
         if ref.modifier == "below":
             return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
         if ref.modifier == "above":

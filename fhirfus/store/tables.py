@@ -150,3 +150,97 @@ load_journal = Table(
     Column("resources", Integer, nullable=False),
     Column("loaded_at", UTCDateTime, nullable=False),
 )
+
+#: Bulk Data ``$export`` jobs (``fhirfus.export.bulk_jobs``). A job is owned by one server process
+#: while it runs; ``heartbeat`` tells the others whether that owner is still alive, so a job left
+#: behind by a dead process is picked up again (see ``fhirfus.export.bulk_worker``).
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("level", String(16), nullable=False),
+    Column("group_id", String(64), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("request_url", Text, nullable=False),
+    Column("params", JsonDocument, nullable=False),
+    Column("transaction_time", UTCDateTime, nullable=True),
+    Column("progress", Integer, nullable=False, default=0),
+    Column("percent", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("owner", String(100), nullable=True),
+    Column("heartbeat", UTCDateTime, nullable=False),
+    Column("directory", Text, nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("updated", UTCDateTime, nullable=False),
+    Column("expires", UTCDateTime, nullable=True),
+    Index("ix_export_jobs_status", "status", "heartbeat"),
+    Index("ix_export_jobs_owner", "owner", "status"),
+)
+
+#: The files of a finished job, listed in its manifest (``kind`` is ``output`` or ``error``).
+export_files = Table(
+    "export_files",
+    metadata,
+    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
+)
+
+#: The patients a patient- or group-level job exports, staged in the database so that any
+#: number of them is a sub-select (no bind-parameter limits, no list in memory).
+export_job_patients = Table(
+    "export_job_patients",
+    metadata,
+    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),
+)
+
+#: The resources matching a job's ``_typeFilter`` queries, evaluated once when the job starts (the
+#: export then probes this table per row instead of re-running each search for every page).
+export_job_matches = Table(
+    "export_job_matches",
+    metadata,
+    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("resource_pk", SurrogateKey, primary_key=True),
+)
+
+#: De-identification crosswalk (``fhirfus.export.deid``): the random pseudonym of a Patient in one
+#: pseudonym namespace (derived from ``FHIRFUS_DEID_KEY``; the key itself is never stored). A
+#: pseudonym is drawn at random the first time a patient is exported under a namespace and
+#: reused afterwards, so it is stable under one key and unrelated under another.
+deid_crosswalk = Table(
+    "deid_crosswalk",
+    metadata,
+    Column("namespace", String(64), primary_key=True),
+    Column("patient_id", String(64), primary_key=True),
+    Column("pseudonym", String(32), nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    UniqueConstraint("namespace", "pseudonym", name="uq_deid_crosswalk_pseudonym"),
+)
+
+#: Registered SMART backend-services clients (``fhirfus clients add``).
+auth_clients = Table(
+    "auth_clients",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("site", String(64), nullable=True),
+    Column("scope", Text, nullable=False),
+    Column("jwks", JsonDocument, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+#: Client-assertion ``jti`` values already used (replay protection), kept until they expire.
+auth_jti = Table(
+    "auth_jti",
+    metadata,
+    Column("jti", String(255), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,129 @@
+"""Authentication at the edge: the token endpoint, SMART discovery, and the bearer-token gate.
+
+With ``FHIRFUS_AUTH=smart`` every ``/fhir`` request except ``/fhir/metadata`` and the SMART
+configuration needs a valid bearer token (401 otherwise). The gate is a plain ASGI middleware: it
+resolves the caller once, puts it in the request context (``fhirfus.auth.access``) where the
+operations check scopes (403) and the store confines site clients to their site's rows, applies a
+per-client rate limit (429), and queues an AuditEvent for every request it saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from fhirfus.api.http import base_url, fhir_response
+from fhirfus.auth.access import acting_as
+from fhirfus.auth.audit import AuditRecord
+from fhirfus.auth.tokens import ASSERTION_ALGORITHMS, OAuthError
+from fhirfus.fhir.errors import FhirError, TooManyRequests
+from fhirfus.fhir.outcome import operation_outcome
+from fhirfus.store.scope import confined_to
+
+router = APIRouter()
+PUBLIC_PATHS = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def token_url(request: Request) -> str:
+    return base_url(request).removesuffix("/fhir") + "/auth/token"
+
+
+@router.post("/auth/token")
+async def token(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    service = request.app.state.tokens
+    try:
+        answer = service.issue(form, token_url(request))
+    except OAuthError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status, headers={"Cache-Control": "no-store"})
+    return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+
+@router.get("/fhir/.well-known/smart-configuration")
+def smart_configuration(request: Request) -> Response:
+    return fhir_response(request, {
+        "token_endpoint": token_url(request),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),
+        "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+    })
+
+
+class RateLimiter:
+    """A token bucket per client: ``per_minute`` requests, refilled continuously."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(per_minute)
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def retry_after(self, client: str) -> int:
+        """0 when the request may proceed, else seconds to wait."""
+        if self.rate <= 0:
+            return 0
+        now = time.monotonic()
+        tokens, last = self.buckets.get(client, (self.capacity, now))
+        tokens = min(self.capacity, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            return max(1, int((1 - tokens) / self.rate) + 1)
+        self.buckets[client] = (tokens - 1, now)
+        return 0
+
+
+class AuthGate:
+    """ASGI middleware in front of the app (see module docstring)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        state = self.fastapi_app.state
+        if scope["type"] != "http" or state.settings.auth != "smart" or not path.startswith("/fhir") \
+                or path.rstrip("/") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        status = {"code": 500}
+
+        async def watching_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            access = state.tokens.access_for(headers.get("authorization"))
+            wait = state.rate_limiter.retry_after(access.client_id)
+            if wait:
+                raise TooManyRequests(f"Rate limit exceeded for client '{access.client_id}'",
+                                      headers={"Retry-After": str(wait)})
+        except FhirError as exc:
+            await _send_outcome(send, exc)
+            state.audit.record(AuditRecord.of(None, scope, exc.status))
+            return
+        with acting_as(access), confined_to(access.site if access.role == "site" else None):
+            try:
+                await self.app(scope, receive, watching_send)
+            finally:
+                state.audit.record(AuditRecord.of(access, scope, status["code"]))
+
+
+async def _send_outcome(send: Send, error: FhirError) -> None:
+    body = orjson.dumps(operation_outcome(error.issues))
+    headers = [(b"content-type", b"application/fhir+json; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,164 @@
+"""Bulk Data ``$export`` routes: kick-off (system, Patient, Group), status URL, output files.
+
+Included before the resource router: ``/fhir/_export/...`` would otherwise read as a resource
+type called ``_export``. The worker pool is started and stopped with the app
+(``start_exports`` / ``stop_exports``), and started on first use when an app runs without
+lifespan events.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from email.utils import format_datetime
+from pathlib import Path
+
+import orjson
+from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response, StreamingResponse
+
+from fhirfus.api.http import Prefer, base_url, fhir_response, read_body
+from fhirfus.api.negotiation import rendering_for
+from fhirfus.export.bulk_params import parameters_resource_pairs
+from fhirfus.export.bulk_worker import ExportWorker
+from fhirfus.fhir.errors import InvalidRequest, UnsupportedMediaType
+from fhirfus.fhir.outcome import information
+from fhirfus.fhir.validation import parse_json
+from fhirfus.operations import bulk_export
+from fhirfus.operations.bulk_export import STATUS_SEGMENT
+
+router = APIRouter(prefix="/fhir")
+
+NDJSON = "application/fhir+ndjson"
+GZIP_LEVEL = 5
+CHUNK_BYTES = 256 * 1024
+_start_lock = threading.Lock()
+
+
+def start_exports(app: FastAPI) -> ExportWorker:
+    """The app's export worker, started once (startup hook, or lazily on the first kick-off)."""
+    with _start_lock:
+        worker = getattr(app.state, "bulk_exports", None)
+        if worker is None:
+            worker = ExportWorker(app.state.store, app.state.settings)
+            worker.start()
+            app.state.bulk_exports = worker
+        return worker
+
+
+def stop_exports(app: FastAPI) -> None:
+    worker = getattr(app.state, "bulk_exports", None)
+    if worker is not None:
+        worker.stop()
+        app.state.bulk_exports = None
+
+
+@router.api_route("/$export", methods=["GET", "POST"])
+async def export_system(request: Request) -> Response:
+    return await _kick_off(request, "system")
+
+
+@router.api_route("/Patient/$export", methods=["GET", "POST"])
+async def export_patients(request: Request) -> Response:
+    return await _kick_off(request, "patient")
+
+
+@router.api_route("/Group/{group_id}/$export", methods=["GET", "POST"])
+async def export_group(request: Request, group_id: str) -> Response:
+    return await _kick_off(request, "group", group_id)
+
+
+@router.get(f"/{STATUS_SEGMENT}/{{job_id}}")
+def export_status(request: Request, job_id: str) -> Response:
+    settings = request.app.state.settings
+    answer = bulk_export.status(
+        request.app.state.store, job_id, base_url(request), requires_access_token=settings.auth != "off"
+    )
+    if answer.manifest is None:
+        return Response(status_code=answer.status, headers=answer.headers)
+    return Response(orjson.dumps(answer.manifest), status_code=answer.status, media_type="application/json",
+                    headers=answer.headers)
+
+
+@router.delete(f"/{STATUS_SEGMENT}/{{job_id}}")
+def export_cancel(request: Request, job_id: str) -> Response:
+    bulk_export.cancel(request.app.state.store, job_id)
+    return fhir_response(request, information(f"Export job {job_id} cancelled; its files are deleted"), 202)
+
+
+@router.get(f"/{STATUS_SEGMENT}/{{job_id}}/{{name}}")
+def export_file(request: Request, job_id: str, name: str) -> Response:
+    """An output file, gzip-compressed on the fly when the client accepts it (NDJSON shrinks ~10×)."""
+    path, expires = bulk_export.output_file(request.app.state.store, job_id, name)
+    headers = {"Expires": format_datetime(expires, usegmt=True)} if expires else {}
+    if "gzip" in request.headers.get("accept-encoding", "").lower():
+        headers |= {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+        return StreamingResponse(_gzipped(path), media_type=NDJSON, headers=headers)
+    return FileResponse(path, media_type=NDJSON, headers=headers)
+
+
+def _gzipped(path: Path) -> Iterator[bytes]:
+    """The file as a gzip stream, a chunk at a time (memory stays flat whatever the file size)."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            if compressed := compressor.compress(chunk):
+                yield compressed
+    yield compressor.flush()
+
+
+async def _kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
+    rendering = rendering_for(request)
+    Prefer.parse(request)  # a malformed Prefer is a 400 like everywhere else
+    tokens = _prefer_tokens(request)
+    if "respond-async" not in tokens:
+        raise InvalidRequest("A Bulk Data kick-off needs the header 'Prefer: respond-async'", "Prefer")
+    params = list(request.query_params.multi_items())
+    if request.method == "POST":
+        params += await _body_params(request)
+    base = base_url(request)
+    worker = start_exports(request.app)
+    job = await run_in_threadpool(
+        bulk_export.kick_off, worker, level, params, request_url=_request_url(request, base), base_url=base,
+        group_id=group_id, lenient="handling=lenient" in tokens,
+    )
+    location = bulk_export.status_url(base, job.id)
+    return fhir_response(
+        request, information(f"Export job {job.id} accepted; poll {location}"), 202,
+        {"Content-Location": location}, rendering,
+    )
+
+
+def _prefer_tokens(request: Request) -> set[str]:
+    return {
+        token.strip().replace(" ", "").lower()
+        for header in request.headers.getlist("prefer")
+        for token in header.split(",")
+    }
+
+
+async def _body_params(request: Request) -> list[tuple[str, str]]:
+    """POST kick-off: a ``Parameters`` resource (the v2 way) or an HTML form."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.form()
+        return [(k, str(v)) for k, v in form.multi_items()]
+    raw = await read_body(request)
+    if not raw.strip():
+        return []
+    if content_type not in ("application/fhir+json", "application/json", ""):
+        raise UnsupportedMediaType(
+            f"Content-Type '{content_type}' is not supported; send a Parameters resource or a form", "Content-Type"
+        )
+    return parameters_resource_pairs(parse_json(raw))
+
+
+def _request_url(request: Request, base: str) -> str:
+    """The kick-off URL as the client sees it (the manifest's ``request``)."""
+    path = request.url.path
+    tail = path[len("/fhir"):] if path.startswith("/fhir") else path
+    query = request.url.query
+    return f"{base}{tail}" + (f"?{query}" if query else "")

@@ -1,0 +1,1 @@
+"""Access control: SMART Backend Services tokens, scopes, roles, site compartments, audit trail."""
