@@ -233,3 +233,34 @@ def test_rate_limit_answers_429_with_retry_after(database) -> None:
     finally:
         uv.should_exit = True
         thread.join(timeout=10)
+
+
+def _export_ids(http: httpx.Client, kick_off: str) -> set[str]:
+    response = http.get(kick_off, headers={"Prefer": "respond-async"})
+    assert response.status_code == 202, response.text
+    status = response.headers["Content-Location"]
+    for _ in range(300):
+        answer = http.get(status)
+        if answer.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+    ids = set()
+    for output in answer.json()["output"]:
+        for line in http.get(output["url"]).text.splitlines():
+            if line.strip():
+                ids.add(httpx.Response(200, content=line).json()["id"])
+    return ids
+
+
+def test_site_export_contains_only_its_site(sites, secure_server) -> None:
+    with _b(sites, secure_server) as http:
+        exported = _export_ids(http, "/Patient/$export?_type=Patient,Observation")
+    assert sites["data"]["b"]["patient"]["id"] in exported
+    assert sites["data"]["a"]["patient"]["id"] not in exported
+    assert sites["data"]["a"]["observation"]["id"] not in exported
+
+
+def test_analyst_may_not_bulk_export(sites, secure_server) -> None:
+    with sites["clients"]["analyst"].http(secure_server.base) as http:
+        assert http.get("/$export", headers={"Prefer": "respond-async"}).status_code == 403

@@ -51,6 +51,7 @@ class ExportRequest:
     patients: tuple[str, ...] = ()                  # patient ids from the ``patient`` parameter
     ignored: tuple[str, ...] = field(default=())    # lenient mode: what was not applied, and why
     base_url: str = ""                              # for absolute references in _typeFilter
+    site: str | None = None                         # a site client's export: only its site's rows
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +67,7 @@ class ExportRequest:
             patients=tuple(data.get("patients") or ()),
             ignored=tuple(data.get("ignored") or ()),
             base_url=data.get("base_url") or "",
+            site=data.get("site"),
         )
 
     @property

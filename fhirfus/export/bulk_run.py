@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Row, Text, cast, func, select
+from sqlalchemy import and_, ColumnElement, Connection, Row, Text, cast, func, select
 
 from fhirfus.export.bulk_params import ExportRequest
 from fhirfus.export.bulk_patients import stage_patients
 from fhirfus.export.bulk_select import selection, stage_type_filters
 from fhirfus.export.bulk_writer import NdjsonFileSet, WrittenFile
 from fhirfus.fhir.errors import Issue
+from fhirfus.store.scope import confined_to, site_condition
 from fhirfus.store.repository import Store
 from fhirfus.store.tables import resource_history, resources
 
@@ -78,7 +79,8 @@ def run_export(
                 stage_type_filters(conn, job_id, request)
     elif request.level == "group" or request.patients:
         raise ValueError("a patient set is staged per job: job_id is required")
-    condition = selection(request, job_id)
+    with confined_to(request.site):  # the job runs on a worker thread: the caller's site travels with it
+        condition = and_(selection(request, job_id), site_condition(resources))
     output = NdjsonFileSet(directory, max_resources=limits.max_resources, max_bytes=limits.max_bytes)
     report = checkpoint or (lambda _written, _fraction: None)
     try:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
 
 from fhirfus.export import bulk_jobs as jobs
-from fhirfus.export.bulk_params import parse_export_params
+from fhirfus.auth import access
+from fhirfus.export.bulk_params import ExportRequest, parse_export_params
 from fhirfus.export.bulk_worker import ExportWorker
 from fhirfus.export.bulk_writer import WrittenFile
 from fhirfus.fhir.errors import FhirError, NotFound
@@ -59,7 +60,18 @@ def kick_off(
         assert group_id is not None
         crud.read(worker.store, "Group", group_id)
     request = parse_export_params(level, params, group_id=group_id, lenient=lenient, base_url=base_url)
-    return worker.submit(request, request_url)
+    return worker.submit(_for_caller(request), request_url)
+
+
+def _for_caller(request: ExportRequest) -> ExportRequest:
+    """Check the caller may export these types (403) and confine a site client's job to its site."""
+    caller = access.current()
+    if caller is None:
+        return request
+    access.require_role("site", "admin")
+    for res_type in request.types or ("*",):
+        access.require(res_type, "s")
+    return replace(request, site=access.site())
 
 
 def status_url(base_url: str, job_id: str) -> str:
