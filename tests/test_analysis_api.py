@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from auth_helpers import make_client
 
+from fhirfus.export.analysis_jobs import AnalysisJobs, JobState
 from fhirfus.export.analysis_synth import cohort_rows, write_site_file
 from fhirfus.operations.site_import import import_files
+from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
 
 KEY = "api-test-key-0123456789abcdef"
@@ -178,3 +181,16 @@ def test_with_authentication_only_analysts_start_exports_and_only_their_own_jobs
         assert other.get(manifest["output"][0]["url"]).status_code == 404
         assert analyst.get(manifest["output"][0]["url"]).status_code == 200
         analyst.delete(status_url)
+
+
+def test_finished_jobs_older_than_the_expiry_are_swept_with_their_files(tmp_path: Path) -> None:
+    jobs = AnalysisJobs(Store(make_engine(f"sqlite:///{tmp_path / 'unused.db'}")), tmp_path / "jobs", expire_seconds=60)
+    old, fresh = (JobState(uuid.uuid4().hex, "completed", "r", None, "csv", None, "", "") for _ in range(2))
+    for job in (old, fresh):
+        jobs._write(job)
+        (tmp_path / "jobs" / job.id / "files").mkdir()
+    stale = orjson.loads((tmp_path / "jobs" / old.id / "job.json").read_bytes())
+    (tmp_path / "jobs" / old.id / "job.json").write_bytes(orjson.dumps({**stale, "updated": "2020-01-01T00:00:00.000Z"}))
+    jobs.expire()
+    assert not (tmp_path / "jobs" / old.id).exists() and (tmp_path / "jobs" / fresh.id / "files").is_dir()
+    jobs.shutdown()

@@ -31,7 +31,6 @@ from starlette.responses import FileResponse, Response
 
 from fhirfus.api.http import base_url, fhir_response
 from fhirfus.auth import access
-from fhirfus.export.analysis import output_format, prepare
 from fhirfus.export.analysis_jobs import AnalysisJobs, JobState
 from fhirfus.export.analysis_source import ALL_PATIENTS, resolve_cohort
 from fhirfus.fhir.errors import InvalidRequest, Issue, NotFound
@@ -50,8 +49,8 @@ def analysis_jobs(app: FastAPI) -> AnalysisJobs:
         jobs = getattr(app.state, "analysis_jobs", None)
         if jobs is None:
             settings = app.state.settings
-            root = Path(getattr(settings, "export_dir", None) or "./var/exports") / "analysis"
-            jobs = AnalysisJobs(app.state.store, root.resolve())
+            root = Path(settings.export_dir) / "analysis"
+            jobs = AnalysisJobs(app.state.store, root.resolve(), expire_seconds=settings.export_expire_seconds)
             app.state.analysis_jobs = jobs
         return jobs
 
@@ -146,6 +145,8 @@ async def _kick_off(request: Request, group_id: str) -> Response:
     if unknown:
         raise InvalidRequest(f"Unknown parameter(s) {', '.join(unknown)}; supported: {', '.join(sorted(PARAMETERS))}",
                              unknown[0])
+    from fhirfus.export.analysis import output_format, prepare  # pandas & co. load on first use, not at start-up
+
     fmt = output_format(params.get("_outputFormat"))
     policy = params.get("policy") or None
     store = request.app.state.store

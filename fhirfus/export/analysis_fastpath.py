@@ -358,11 +358,6 @@ def _coerce(value: Any, fhir_type: str | None) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    """Row values as the reference's ``to_python``: JSON values, integral floats stay floats."""
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class _Column:
     name: str
@@ -373,12 +368,12 @@ class _Column:
     def value(self, focus: list, root: Mapping[str, Any]) -> Any:
         items = self.fn(focus, root)
         if self.collection:
-            return [_coerce(_plain(item), self.type) for item in items]
+            return [_coerce(item, self.type) for item in items]
         if not items:
             return None
         if len(items) > 1:
             raise _Fallback
-        return _coerce(_plain(items[0]), self.type)
+        return _coerce(items[0], self.type)
 
 
 @dataclass(frozen=True, slots=True)

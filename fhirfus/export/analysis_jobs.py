@@ -7,7 +7,8 @@ or serve the files, a finished job survives a restart, and deleting the director
 job. A job whose process died (no heartbeat for ``STALE_SECONDS`` and its pid gone) is reported
 as failed; it is not resumed (rerunning is as cheap as resuming).
 
-Jobs run one at a time per process (``workers``): the work is CPU-bound Python, so a second
+Finished jobs are removed with their files after ``expire_seconds`` (FHIRFUS_EXPORT_EXPIRES), swept
+at each kick-off. Jobs run one at a time per process (``workers``): the work is CPU-bound Python, so a second
 thread would only share the GIL with the first.
 """
 
@@ -28,9 +29,16 @@ from typing import Any
 
 import orjson
 
-from fhirfus.export.analysis import run_analysis
 from fhirfus.fhir.errors import FhirError, Issue, NotFound
 from fhirfus.store.repository import Store
+
+
+def _run_analysis(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same signature as run_analysis
+    """The pipeline, imported on first use: pandas, scipy and matplotlib cost ~150 MB the server
+    does not need until somebody asks for an analysis export."""
+    from fhirfus.export.analysis import run_analysis
+
+    return run_analysis(*args, **kwargs)
 
 log = logging.getLogger("fhirfus.analysis")
 
@@ -81,9 +89,10 @@ def _now() -> str:
 class AnalysisJobs:
     """Submit, poll, serve and delete analysis jobs under ``root``."""
 
-    def __init__(self, store: Store, root: Path, workers: int = 1) -> None:
+    def __init__(self, store: Store, root: Path, workers: int = 1, expire_seconds: int = 24 * 3600) -> None:
         self.store = store
         self.root = root
+        self.expire_seconds = expire_seconds
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhirfus-analysis")
         self.cancelled: set[str] = set()
         self.lock = threading.Lock()
@@ -118,6 +127,7 @@ class AnalysisJobs:
 
     def submit(self, request: str, group_id: str | None, fmt: str, policy: str | None,
                client: str | None = None) -> JobState:
+        self.expire()
         created = _now()
         job = JobState(uuid.uuid4().hex, "accepted", request, group_id, fmt, policy, created, created,
                        pid=os.getpid(), client=client)
@@ -140,7 +150,7 @@ class AnalysisJobs:
                 self._write(job)
 
         try:
-            result = run_analysis(self.store, job.group_id, self.root / job.id / "files", job.format, job.policy,
+            result = _run_analysis(self.store, job.group_id, self.root / job.id / "files", job.format, job.policy,
                                   progress)
         except _Cancelled:
             return
@@ -156,6 +166,20 @@ class AnalysisJobs:
             job.deidentification = {k: result.statistics["deidentification"][k] for k in ("policy", "policy_sha256")}
         if job.id not in self.cancelled:
             self._write(job)
+
+    def expire(self) -> None:
+        """Remove finished jobs (and their files) older than ``expire_seconds``; runs on each kick-off."""
+        if not self.root.is_dir():
+            return
+        for directory in self.root.iterdir():
+            if not _JOB_ID.match(directory.name):
+                continue
+            try:
+                job = self.get(directory.name)
+            except NotFound:
+                continue
+            if job.status in ("completed", "failed") and _age(job.updated) > self.expire_seconds:
+                shutil.rmtree(directory, ignore_errors=True)
 
     def delete(self, job_id: str) -> None:
         directory = self._dir(job_id)

@@ -149,12 +149,17 @@ def trajectory_plot(patients: pd.DataFrame, assessments: pd.DataFrame) -> str:
     ax.add_collection(LineCollection(segments, colors=line_colours, linewidths=0.8,
                                      alpha=0.6 if len(segments) < 200 else 0.06))
     if len(data):
+        month = np.rint(points[:, 0])
+        medians = pd.DataFrame({"month": month, "total": points[:, 1]}).groupby("month")["total"].agg(["median", "size"])
+        medians = medians[medians["size"] >= 3]
+        ax.plot(medians.index, medians["median"], color="#222", lw=2.5, label="median (by month, n ≥ 3)")
+    if len(data):
         ax.set_xlim(min(-1.0, data["day"].min() / DAYS_PER_MONTH - 0.5), data["day"].max() / DAYS_PER_MONTH + 0.5)
     ax.set_ylim(0, 85)
     ax.axvline(0, color="#444", lw=0.8, ls="--")
     ax.set_xlabel("Months since first MRgFUS session")
     ax.set_ylabel("TWSTRS total")
-    ax.set_title("Score trajectories", fontsize=10)
+    ax.set_title("Score trajectories (black: monthly median)", fontsize=10)
     _legend(ax, colours)
     return _png(figure)
 
