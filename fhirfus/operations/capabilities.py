@@ -53,8 +53,13 @@ def _resource(res_type: str) -> dict:
            if res_type == "Patient" else [])
         + ([{"name": "extract", "definition": "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"}]
            if res_type == "QuestionnaireResponse" else [])
-        + ([EXPORT_OPERATIONS[res_type]] if res_type in EXPORT_OPERATIONS else []),
+        + ([EXPORT_OPERATIONS[res_type]] if res_type in EXPORT_OPERATIONS else [])
+        + ([ANALYSIS_EXPORT] if res_type == "Group" else []),
     }
+
+
+#: De-identified analysis dataset of a cohort (fhirfus operation; analysts and admins).
+ANALYSIS_EXPORT = {"name": "analysis-export", "definition": "https://fhirfus.org/fhir/OperationDefinition/analysis-export"}
 
 
 @cache
@@ -80,8 +85,18 @@ def capability_statement(base: str) -> dict:
                 "mode": "server",
                 "resource": list(_resources()),
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
-                "searchParam": [{"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"}],
-                "operation": [EXPORT_OPERATIONS[None]],
+                "searchParam": [
+                    {"name": "_id", "type": "token"}, {"name": "_lastUpdated", "type": "date"},
+                    {"name": "_tag", "type": "token"}, {"name": "_profile", "type": "uri"},
+                    {"name": "_security", "type": "token"},
+                ],
+                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT],
+                "security": {
+                    "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                             "code": "SMART-on-FHIR"}]}],
+                    "description": "SMART Backend Services (client-credentials with a signed JWT assertion); "
+                                   "see /fhir/.well-known/smart-configuration. Off only in development mode.",
+                },
             }
         ],
     }
