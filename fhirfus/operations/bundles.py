@@ -25,7 +25,7 @@ from fhirfus.fhir.validation import require_known_type, resource_issues, served_
 from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
-from fhirfus.operations.derived import after_write
+from fhirfus.operations.derived import after_create_many
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
@@ -389,8 +389,7 @@ def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
     stored: list[Stored] = []
     for start in range(0, len(items), CREATE_CHUNK):  # bounded statement size and serialised JSON
         stored += repository.create_many(conn, items[start:start + CREATE_CHUNK])
-    for created in stored:
-        after_write(conn, created)
+    after_create_many(conn, stored)
     return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored, strict=True)}
 
 

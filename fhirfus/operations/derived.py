@@ -57,6 +57,20 @@ def after_write(conn: Connection, stored: Stored) -> None:
             repository.tombstone(conn, current)
 
 
+def after_create_many(conn: Connection, created: list[Stored]) -> None:
+    """``after_write`` for resources that were just created in bulk (ids never used before, so
+    their derived resources are new too): one bulk insert instead of a lookup per score."""
+    derived = []
+    for stored in created:
+        if _is_scored(stored):
+            reference = f"QuestionnaireResponse/{stored.res_id}"
+            for observation in twstrs.score_observations(stored.content or {}, reference):
+                obs_id = score_id(stored.res_id, observation["code"]["coding"][0]["code"])
+                derived.append(repository.NewResource("Observation", obs_id, {**observation, "id": obs_id}, "PUT"))
+    for start in range(0, len(derived), 1000):
+        repository.create_many(conn, derived[start:start + 1000])
+
+
 def _changed(stored: dict | None, body: dict) -> bool:
     strip = lambda d: {k: v for k, v in (d or {}).items() if k not in ("meta", "id")}  # noqa: E731
     return strip(stored) != strip(body)
