@@ -134,6 +134,7 @@ def demo(
     with Progress(console=console) as progress:
         task = progress.add_task("importing the demo cohort", total=None)
         reports = load_demo(store, directory, lambda n: progress.advance(task, n))
+    store.analyze()
     patients = sum(r.patients_loaded for r in reports)
     console.print(f"demo cohort: {patients} patients from {len(reports)} sites (site files in {directory}); "
                   f"Group/{GROUP_ID}")
@@ -167,6 +168,7 @@ def load(
             for issue in exc.issues[1:6]:
                 console.print(f"  {issue.diagnostics}")
             raise typer.Exit(1) from exc
+    store.analyze()
     console.print(f"loaded {report.loaded} resources in {report.chunks} chunks; skipped {report.skipped} already stored")
 
 

@@ -69,6 +69,12 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def analyze(self) -> None:
+        """Refresh planner statistics after a bulk load (PostgreSQL plans chains badly without them)."""
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
+
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read scope. On PostgreSQL in autocommit mode: each statement already sees a consistent
