@@ -40,6 +40,8 @@ class Settings:
     #: SMART backend services: access-token signing secret (random per process when unset:
     #: set it when running several workers), token lifetime, requests per minute per client,
     #: browser origins allowed by CORS (none: CORS off).
+    #: Longest a single SQL statement of a request may run on PostgreSQL (milliseconds, 0: no limit).
+    statement_timeout_ms: int = 30_000
     token_secret: str | None = None
     token_lifetime: int = 300
     rate_limit_per_minute: int = 6000
@@ -60,6 +62,7 @@ class Settings:
             export_file_max_resources=_int_env("FHIRFUS_EXPORT_FILE_RESOURCES", 100_000),
             export_file_max_bytes=_int_env("FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024),
             export_expire_seconds=_int_env("FHIRFUS_EXPORT_EXPIRES", 24 * 3600),
+            statement_timeout_ms=_int_env("FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000),
             token_secret=os.environ.get("FHIRFUS_TOKEN_SECRET") or None,
             token_lifetime=_int_env("FHIRFUS_TOKEN_LIFETIME", 300),
             rate_limit_per_minute=_int_env("FHIRFUS_RATE_LIMIT", 6000),

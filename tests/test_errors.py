@@ -104,3 +104,32 @@ def test_malformed_since_is_400(client: httpx.Client) -> None:
     response = client.get("/Patient/_history", params={"_since": "banana"})
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["_since"]
+
+
+def test_statement_over_the_time_limit_is_503_not_500(database) -> None:
+    """A request whose SQL runs past FHIRFUS_STATEMENT_TIMEOUT_MS is cancelled and answered 503."""
+    import pytest as _pytest
+    if database.backend != "postgresql":
+        _pytest.skip("the statement time limit is a PostgreSQL setting")
+    from conftest import run_server
+
+    from fhirfus.config import Settings
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    import uuid as _uuid
+
+    from fhirfus.store import repository
+
+    with Store(database.engine).writing() as conn:  # enough rows that reading them takes well over 1 ms
+        repository.create_many(conn, [repository.NewResource("Basic", str(_uuid.uuid4()), {
+            "resourceType": "Basic", "code": {"text": "x" * 200}}) for _ in range(500)])
+    settings = Settings(database_url=database.url, auth="off", statement_timeout_ms=1)
+    uv, thread, port = run_server(settings, Store(make_engine(database.url, statement_timeout_ms=1)))
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/fhir/_history", params={"_count": 1000}, timeout=30)
+        assert response.status_code == 503
+        assert response.json()["issue"][0]["code"] == "too-costly"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)

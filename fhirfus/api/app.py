@@ -19,7 +19,7 @@ from fhirfus.store.repository import Store
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """Build the app; tests pass their own settings and store, ``fhirfus serve`` uses the environment."""
     settings = settings or get_settings()
-    store = store or Store(make_engine(settings.database_url))
+    store = store or Store(make_engine(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms))
     app = FastAPI(
         title="fhirfus",
         version=__version__,

@@ -11,6 +11,7 @@ import logging
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -55,6 +56,16 @@ def install_error_handlers(app: FastAPI) -> None:
             for err in exc.errors()
         ]
         return outcome_response(request, 400, issues)
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError) -> Response:
+        if type(exc.orig).__name__ == "QueryCanceled":  # the statement time limit (FHIRFUS_STATEMENT_TIMEOUT_MS)
+            issue = Issue("The request took longer than the server allows; narrow it (e.g. more selective "
+                          "search parameters, a smaller _count)", "too-costly")
+            return outcome_response(request, 503, [issue], {"Retry-After": "5"})
+        log.exception("Database error on %s %s", request.method, request.url.path)
+        return outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
+                                {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

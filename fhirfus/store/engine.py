@@ -14,7 +14,7 @@ def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) -> Engine:
     """An engine for ``url`` with JSON handled by orjson and SQLite made safe for writers.
 
     SQLite: WAL (readers never block the writer), a busy timeout, and write transactions that
@@ -25,6 +25,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         return _sqlite_engine(url, echo=echo)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    # the server's time limit per SQL statement (0: none): a runaway query is cancelled, not left running
+    connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
     return create_engine(
         url,
         echo=echo,
@@ -33,6 +35,7 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         pool_size=10,
         max_overflow=20,
         pool_recycle=1800,  # no pre-ping: it costs a round trip per request; stale links are recycled
+        connect_args=connect_args,
     )
 
 
