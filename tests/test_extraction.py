@@ -341,9 +341,10 @@ def test_canonical_reference_keeps_only_the_url() -> None:
     assert values_of(references, "questionnaire") == [ReferenceValue("questionnaire", None, None, canonical)]
 
 
-def test_reference_by_identifier_only_is_not_indexed() -> None:
+def test_reference_by_identifier_only_keeps_the_identifier_and_no_url() -> None:
     subject = {"identifier": {"system": "urn:mrn", "value": "7"}}
-    assert values_of(extract_index_values(observation(subject=subject)).references, "subject") == []
+    [value] = values_of(extract_index_values(observation(subject=subject)).references, "subject")
+    assert (value.url, value.target_id, value.identifier_system, value.identifier_value) == ("", None, "urn:mrn", "7")
 
 
 def test_choice_as_reference_ignores_the_codeable_concept_alternative() -> None:

@@ -92,6 +92,10 @@ class ReferenceValue:
     target_type: str | None
     target_id: str | None
     url: str
+    #: ``Reference.identifier`` (searched with the ``:identifier`` modifier); a reference may
+    #: carry only an identifier, then ``url`` is empty.
+    identifier_system: str | None = None
+    identifier_value: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,11 +350,15 @@ def _to_references(param: str, value: Any) -> list[ReferenceValue]:
     """Reference elements (literal ``reference`` only) and canonical/uri strings (url only)."""
     if isinstance(value, str):
         return [ReferenceValue(param, None, None, value)] if value else []
-    if not isinstance(value, dict) or not _text(value.get("reference")):
+    if not isinstance(value, dict):
         return []
-    url: str = value["reference"]
-    target_type, target_id = reference_target(url)
-    return [ReferenceValue(param, target_type, target_id, url)]
+    identifier = value.get("identifier") if isinstance(value.get("identifier"), dict) else {}
+    system, code = _text(identifier.get("system")), _text(identifier.get("value"))
+    url = _text(value.get("reference"))
+    if not url and not code:
+        return []
+    target_type, target_id = reference_target(url) if url else (None, None)
+    return [ReferenceValue(param, target_type, target_id, url or "", system, code)]
 
 
 def _to_numbers(param: str, value: Any) -> list[NumberValue]:

@@ -149,8 +149,6 @@ def parse_name(res_type: str, name: str) -> ParamRef:
         allowed = MODIFIERS.get(param.type, {"missing"})
         if modifier not in allowed or (param.type == "token" and modifier not in SUPPORTED_TOKEN_MODIFIERS):
             raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}' ({param.type})", name)
-        if param.type == "reference" and modifier == "identifier":
-            raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}'", name)
     return ParamRef(res_type, param, modifier or None)
 
 

@@ -59,11 +59,14 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
         return list(seen.values())
 
     return [
-        (search_token, unique(
-            {**base, "param": v.param, "system": _cut(v.system), "code": _cut(v.code),
-             "text": _cut(normalize_string(v.display_text)) if v.display_text else None}
-            for v in values.tokens
-        )),
+        (search_token, unique([
+            *({**base, "param": v.param, "system": _cut(v.system), "code": _cut(v.code),
+               "text": _cut(normalize_string(v.display_text)) if v.display_text else None}
+              for v in values.tokens),
+            *({**base, "param": f"{v.param}:identifier", "system": _cut(v.identifier_system),
+               "code": _cut(v.identifier_value), "text": None}
+              for v in values.references if v.identifier_value),
+        ])),
         (search_string, unique(
             {**base, "param": v.param, "value": _cut(v.normalized), "exact": _cut(v.exact)} for v in values.strings
         )),
@@ -71,7 +74,7 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
         (search_reference, unique(
             {**base, "param": v.param, "target_type": v.target_type, "target_id": _cut(v.target_id),
              "url": _cut(v.url)}
-            for v in values.references
+            for v in values.references if v.url
         )),
         (search_number, unique({**base, "param": v.param, "value": v.value} for v in values.numbers)),
         (search_quantity, unique(

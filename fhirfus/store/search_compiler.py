@@ -67,10 +67,13 @@ class Compiler:
             return or_(*[self._last_updated(alias, value, name) for value in values])
         if ref.modifier == "missing":
             return self._missing(alias, ref, values, name)
-        table = TABLE_OF.get(ref.param.type)
+        kind = ref.param.type
+        if kind == "reference" and ref.modifier == "identifier":
+            kind, code = "token", f"{code}:identifier"  # Reference.identifier, indexed as a token
+        table = TABLE_OF.get(kind)
         if table is None:
             raise InvalidRequest(f"Search by '{name}' ({ref.param.type}) is not supported", name)
-        build = getattr(self, f"_{ref.param.type}")
+        build = getattr(self, f"_{kind}")
         matches = or_(*[build(table, ref, value, name) for value in values])
         negate = ref.modifier == "not"
         rows = select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
