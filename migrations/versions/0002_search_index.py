@@ -58,7 +58,7 @@ def upgrade() -> None:
     for name, columns in _value_columns().items():
         op.create_table(
             name,
-            sa.Column("resource_pk", SurrogateKey, sa.ForeignKey("resources.pk", ondelete="CASCADE"), nullable=False),
+            sa.Column("resource_pk", SurrogateKey, nullable=False),
             sa.Column("res_type", sa.String(64), nullable=False),
             sa.Column("param", sa.String(100), nullable=False),
             *columns,
