@@ -18,8 +18,10 @@ A script, not a test: it prints figures, it asserts nothing. On throw-away Postg
    (its ``total`` and entry count), so a fast wrong answer cannot pass as a fast one;
 4. runs one instance of each shape in-process with ``EXPLAIN (ANALYZE, BUFFERS)`` on exactly the
    statements the search code emits, to separate database time from HTTP and serialisation:
-   once planned with the request's values, once as a prepared statement's generic plan (which
-   the server's connections switch to after a few executions; it can be far worse).
+   once planned with the request's values (what the server's unprepared statements get), once
+   as a prepared statement's generic plan: what the server would get if its connections
+   prepared statements again (``fhirfus.store.engine`` turns that off because on 1,000,000
+   resources the generic plan of the Observation search takes seconds instead of 0.3 ms).
 
 Each query shape has a time budget: a shape whose plan goes wrong at this size takes seconds per
 request, and then reports the requests it managed instead of running for an hour.
@@ -584,10 +586,12 @@ class PlanTimes:
 
 @dataclass
 class Explained:
-    """One query shape planned twice: with its values (a custom plan, what a first execution
-    gets) and as a prepared statement's generic plan (what the server's connections may switch
-    to: psycopg prepares a statement on its 5th execution, and PostgreSQL's ``plan_cache_mode =
-    auto`` then keeps a generic plan whenever its estimate is no worse than the custom ones)."""
+    """One query shape planned twice: with its values (a custom plan, what the server's unnamed
+    statements get) and as a prepared statement's generic plan. The second guards a choice made
+    elsewhere: psycopg prepares a statement on its 5th execution unless ``prepare_threshold`` is
+    None, and PostgreSQL (``plan_cache_mode = auto``) then keeps a value-blind generic plan
+    whenever its estimate looks no worse, which it does here while being thousands of times
+    slower. A generic column far above the custom one says: keep preparation off."""
 
     shape: str
     custom: PlanTimes = field(default_factory=PlanTimes)
@@ -804,10 +808,10 @@ def plan_report(outcome: Outcome) -> Any:
                             _execution(custom), _execution(generic), ", ".join(scans) or "none",
                             ", ".join(sorted(custom.indexes))])
     report.notes += [
-        "custom = planned with the request's values (a connection's first executions of a statement); "
-        "generic = the prepared statement's value-blind plan (plan_cache_mode = force_generic_plan), which "
-        "the server's connections may switch to: psycopg prepares a statement on its 5th execution and "
-        "PostgreSQL (plan_cache_mode = auto) then keeps the generic plan when its estimate looks no worse.",
+        "custom = planned with the request's values, as the server's unprepared statements are; generic = "
+        "the value-blind plan of a prepared statement (plan_cache_mode = force_generic_plan): what the "
+        "server would run if its connections prepared statements (psycopg does on the 5th execution unless "
+        "prepare_threshold=None, and PostgreSQL then keeps the generic plan when its estimate looks no worse).",
         "the plan of each shape's slowest statement follows the tables",
     ]
     return report
