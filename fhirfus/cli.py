@@ -122,8 +122,6 @@ def demo(
     from rich.progress import Progress
 
     from fhirfus.operations.demo import GROUP_ID, is_empty, load_demo
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -150,8 +148,6 @@ def load(
 
     from fhirfus.fhir.errors import FhirError
     from fhirfus.operations.load import count_resources, load_files
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -185,8 +181,6 @@ def import_(
 
     from fhirfus.fhir.errors import FhirError
     from fhirfus.operations.site_import import import_files, write_report
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -223,13 +217,9 @@ def reindex(res_type: str = typer.Option(None, "--type", help="Only this resourc
     from rich.progress import Progress
 
     from fhirfus.operations import reindex as reindexing
-    from fhirfus.operations.conformance import load_search_parameters
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
-    load_search_parameters()
     store = _store(settings.database_url)
     total = reindexing.count_live(store, res_type)
     with Progress(console=console) as progress:
@@ -249,13 +239,9 @@ def export_bulk(
 
     from fhirfus.export.bulk_local import MANIFEST, export_to_directory, local_request
     from fhirfus.fhir.errors import FhirError
-    from fhirfus.operations.conformance import load_search_parameters
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
-    load_search_parameters()
     try:
         request = local_request(types, since)
     except FhirError as exc:
@@ -316,13 +302,10 @@ def clients_add(
 
     from fhirfus.auth.clients import register
     from fhirfus.fhir.errors import FhirError
-    from fhirfus.store.engine import make_engine
-    from fhirfus.store.repository import Store
-
     settings = get_settings()
     _upgrade(settings.database_url, "head")
     try:
-        client = register(Store(make_engine(settings.database_url)), name, role, scope, orjson.loads(jwks.read_bytes()), site)
+        client = register(_store(settings.database_url), name, role, scope, orjson.loads(jwks.read_bytes()), site)
     except FhirError as exc:
         console.print(f"[red]{exc.message}[/red]")
         raise typer.Exit(2) from exc

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhirfus.export.fhirpath import R4_MODEL, FhirPathSyntaxError, parse
+from fhirfus.export.fhirpath import FhirPathSyntaxError, R4_MODEL, parse, reference_key
 from fhirfus.export.viewdef import CompiledView, compile_view
 
 __all__ = ["FastView", "compile_fast", "run_view_fast"]
@@ -248,18 +248,10 @@ class _ExpressionCompiler:
             return _Compiled(resource_key, None)
         if name == "getReferenceKey" and len(params) <= 1:
             wanted = self.type_name(params[0]) if params else None
-            def reference_key(focus: list, root: Mapping[str, Any]) -> list:
-                keys = []
-                for item in inner(focus, root):
-                    reference = item.get("reference") if isinstance(item, dict) else None
-                    if not isinstance(reference, str):
-                        continue
-                    parts = reference.split("/_history/")[0].rstrip("/").split("/")
-                    if len(parts) < 2 or not parts[-1] or (wanted is not None and parts[-2] != wanted):
-                        continue
-                    keys.append(parts[-1])
-                return keys
-            return _Compiled(reference_key, None)
+            def reference_keys(focus: list, root: Mapping[str, Any]) -> list:
+                keys = (reference_key(item, wanted) for item in inner(focus, root))
+                return [key for key in keys if key is not None]
+            return _Compiled(reference_keys, None)
         raise Unsupported(f"function {name}() is not compiled")
 
     def type_name(self, node: Mapping[str, Any]) -> str:

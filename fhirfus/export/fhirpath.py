@@ -125,15 +125,21 @@ def _get_reference_key(ctx: dict, data: list, type_info: TypeInfo | None = None)
     wanted = type_info.name if type_info is not None else None
     keys = []
     for item in data:
-        value = _data(item)
-        reference = value.get("reference") if isinstance(value, Mapping) else None
-        if not isinstance(reference, str):
-            continue
-        parts = reference.split("/_history/")[0].rstrip("/").split("/")
-        if len(parts) < 2 or not parts[-1] or (wanted is not None and parts[-2] != wanted):
-            continue
-        keys.append(parts[-1])
+        key = reference_key(_data(item), wanted)
+        if key is not None:
+            keys.append(key)
     return keys
+
+
+def reference_key(value: Any, wanted: str | None = None) -> str | None:
+    """The id a Reference points at (``Type/id``, absolute, versioned), if of type ``wanted``."""
+    reference = value.get("reference") if isinstance(value, Mapping) else None
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/_history/")[0].rstrip("/").split("/")
+    if len(parts) < 2 or not parts[-1] or (wanted is not None and parts[-2] != wanted):
+        return None
+    return parts[-1]
 
 
 def _join(ctx: dict, data: list, separator: Any = "") -> str:

@@ -11,7 +11,6 @@ import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlencode
 
 from sqlalchemy import and_, or_, select
 
@@ -19,7 +18,7 @@ from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations import crud
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.repository import Store
 from fhirfus.store.scope import site_condition
@@ -88,11 +87,11 @@ def everything_bundle(
     rows = rows[:count]
     path = f"{base}/Patient/{patient_id}/$everything"
     kept = [(k, v) for k, v in params.items() if k in ("_since", "_type", "_count")]
-    links = [{"relation": "self", "url": _url(path, kept)}]
+    links = [{"relation": "self", "url": page_url(path, kept)}]
     if more and rows:
         token = encode_cursor([rows[-1].pk])
         next_params = [(k, v) for k, v in kept if k != "_count"] + [("_count", str(count)), ("_cursor", token)]
-        links.append({"relation": "next", "url": _url(path, next_params)})
+        links.append({"relation": "next", "url": page_url(path, next_params)})
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "link": links}
     if rows:
         bundle["entry"] = [
@@ -101,6 +100,3 @@ def everything_bundle(
         ]
     return bundle
 
-
-def _url(path: str, params: list[tuple[str, str]]) -> str:
-    return f"{path}?{urlencode(params)}" if params else path

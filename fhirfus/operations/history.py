@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from urllib.parse import urlencode
 
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest, NotFound
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size
+from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import require
@@ -90,11 +89,11 @@ def history_bundle(
         )
     path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
     kept = {k: v for k, v in params.items() if k in ("_since", "_count")}
-    links = [{"relation": "self", "url": _url(path, {**kept, **({"_cursor": params["_cursor"]} if after else {})})}]
+    links = [{"relation": "self", "url": page_url(path, {**kept, **({"_cursor": params["_cursor"]} if after else {})})}]
     if has_more and entries:
         last = entries[-1]
         token = encode_cursor([last.last_updated.isoformat(), last.res_type, last.res_id, last.version])
-        links.append({"relation": "next", "url": _url(path, {**kept, "_count": str(count), "_cursor": token})})
+        links.append({"relation": "next", "url": page_url(path, {**kept, "_count": str(count), "_cursor": token})})
     return {
         "resourceType": "Bundle",
         "type": "history",
@@ -103,6 +102,3 @@ def history_bundle(
         "entry": [_entry(base, e) for e in entries],
     }
 
-
-def _url(path: str, params: Mapping[str, str]) -> str:
-    return f"{path}?{urlencode(params)}" if params else path

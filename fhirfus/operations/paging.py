@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 
@@ -35,3 +37,9 @@ def page_size(raw: str | None, default: int, maximum: int, param: str = "_count"
     if value < 0:
         raise InvalidRequest(f"{param} must be a non-negative integer, got '{raw}'", param)
     return min(value, maximum)
+
+
+def page_url(path: str, params: Iterable[tuple[str, str]] | Mapping[str, str]) -> str:
+    """``path?query`` for a Bundle link (repeated pairs kept once, order kept)."""
+    pairs = list(dict.fromkeys(params.items() if isinstance(params, Mapping) else params))
+    return f"{path}?{urlencode(pairs)}" if pairs else path

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, Connection, and_, func, or_, select, true
 
@@ -21,7 +20,7 @@ from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations.paging import decode_cursor, encode_cursor
+from fhirfus.operations.paging import decode_cursor, encode_cursor, page_url
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
 from fhirfus.store.repository import Store
 from fhirfus.auth.access import may_read, require
@@ -258,11 +257,11 @@ def search_bundle(
     kept = list(query.kept)
     if res_type is None and None not in queries:
         kept.append(("_type", ",".join(t for t in queries if t)))
-    links = [{"relation": "self", "url": _url(path, kept + ([("_cursor", query.cursor)] if query.cursor else []))}]
+    links = [{"relation": "self", "url": page_url(path, kept + ([("_cursor", query.cursor)] if query.cursor else []))}]
     for relation, cursor in (("next", next_cursor), ("previous", prev_cursor)):
         if cursor:
             page_params = [*_without_count(kept), ("_count", str(count)), ("_cursor", cursor)]
-            links.append({"relation": relation, "url": _url(path, page_params)})
+            links.append({"relation": relation, "url": page_url(path, page_params)})
     bundle: dict = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
         bundle["total"] = total
@@ -319,7 +318,3 @@ def _entry(base: str, row: Row, mode: str, query: SearchQuery) -> dict:
     resource = project(row.content, query.summary, query.elements) if mode == "match" else row.content
     return {"fullUrl": f"{base}/{row.res_type}/{row.res_id}", "resource": resource, "search": {"mode": mode}}
 
-
-def _url(path: str, params: list[tuple[str, str]]) -> str:
-    deduplicated = list(dict.fromkeys(params))
-    return f"{path}?{urlencode(deduplicated)}" if deduplicated else path
