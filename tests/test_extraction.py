@@ -149,13 +149,33 @@ def test_plain_paths_choice_types_and_simple_filters_take_the_fast_path() -> Non
 
 
 def test_expressions_with_other_functions_fall_back_to_fhirpathpy() -> None:
-    assert not uses_fast_path("Patient", "Patient.deceased.exists() and Patient.deceased != false")
     assert not uses_fast_path("Bundle", "Bundle.entry[0].resource")
+    assert not uses_fast_path("Patient", "Patient.deceased.exists() or Patient.deceased != false")
 
 
 def test_fhirpathpy_fallback_result_is_indexed() -> None:
-    patient = {"resourceType": "Patient", "deceasedDateTime": "2020-01-01"}
-    assert values_of(extract_index_values(patient).tokens, "deceased") == [TokenValue("deceased", None, "true", None)]
+    expression = "Patient.name.given.first()"
+    assert not uses_fast_path("Patient", expression)
+    add_custom_param("Patient", SearchParam("first-given", "string", expression))
+    try:
+        patient = {"resourceType": "Patient", "name": [{"given": ["Ana", "Maria"]}]}
+        assert [v.exact for v in values_of(extract_index_values(patient).strings, "first-given")] == ["Ana"]
+    finally:
+        remove_custom_param("Patient", "first-given")
+
+
+@pytest.mark.parametrize("deceased, expected", [
+    ({}, "false"),
+    ({"deceasedBoolean": False}, "false"),
+    ({"deceasedBoolean": True}, "true"),
+    ({"deceasedDateTime": "2020-01-01"}, "true"),
+])
+def test_present_and_not_false_is_a_direct_lookup_that_agrees_with_fhirpathpy(deceased: dict, expected: str) -> None:
+    assert uses_fast_path("Patient", "Patient.deceased.exists() and Patient.deceased != false")
+    patient = {"resourceType": "Patient", **deceased}
+    fast = values_of(extract_index_values(patient).tokens, "deceased")
+    assert fast == values_of(extract_index_values(patient, fast=False).tokens, "deceased")
+    assert fast == [TokenValue("deceased", None, expected, None)]
 
 
 # --------------------------------------------------------------------------- tokens

@@ -173,6 +173,8 @@ _BUCKETS = {
 
 def normalize_string(text: str) -> str:
     """Lower case without accents, so ``Müller`` and ``muller`` index and search alike."""
+    if text.isascii():  # NFKD leaves ASCII alone: skip the per-character walk
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
 
@@ -733,6 +735,9 @@ def _compile_fast(expression: str, resource_type: str, base: str) -> tuple[Evalu
     Also returns each branch's result type path (composites evaluate their
     components from there).
     """
+    flag = _PRESENT_AND_NOT_FALSE.fullmatch(expression)
+    if flag is not None:
+        return _present_and_not_false(flag["path"], resource_type, base)
     try:
         compiled = [_compile_branch(b, resource_type, base) for b in split_union(expression)]
     except _NotFast:
@@ -740,6 +745,25 @@ def _compile_fast(expression: str, resource_type: str, base: str) -> tuple[Evalu
     if not compiled:
         return None
     return _union([_run(ops) for ops, _ in compiled]), tuple(path for _, path in compiled)
+
+
+#: ``Patient.deceased.exists() and Patient.deceased != false`` (R4's ``deceased`` token): the
+#: one shape of boolean test among the official expressions of the types fhirfus stores.
+_PRESENT_AND_NOT_FALSE = re.compile(r"(?P<path>[A-Za-z][\w.]*)\.exists\(\) and (?P=path) != false")
+
+
+def _present_and_not_false(path: str, resource_type: str, base: str) -> tuple[Evaluator, tuple[str | None, ...]] | None:
+    """``path.exists() and path != false`` as one boolean: true for any value except ``false``."""
+    inner = _compile_fast(path, resource_type, base)
+    if inner is None:
+        return None
+    select = inner[0]
+
+    def evaluate(node: Any, root: dict[str, Any]) -> list[Any]:
+        values = select(node, root)
+        return [bool(values) and values != [False]]
+
+    return evaluate, (None,)
 
 
 def uses_fast_path(resource_type: str, expression: str) -> bool:

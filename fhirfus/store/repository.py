@@ -21,7 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
-from fhirfus.store import indexer
+from fhirfus.store import indexer, rows
 from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.tables import resource_history, resources
 
@@ -191,15 +191,14 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
         return []
     moment = _next_moment(None)
     bodies = [stamp(item.content, item.res_id, 1, moment) for item in items]
-    rows = [
+    current = [
         {"res_type": i.res_type, "res_id": i.res_id, "version": 1, "last_updated": moment, "deleted": False,
          "content": body}
         for i, body in zip(items, bodies, strict=True)
     ]
     try:
         with conn.begin_nested():
-            result = conn.execute(insert(resources).returning(resources.c.pk, sort_by_parameter_order=True), rows)
-            pks = [row.pk for row in result]
+            pks = rows.insert_with_keys(conn, resources, current)
     except IntegrityError as exc:
         raise Conflict("A resource id of this batch was created concurrently; retry") from exc
     stored = [

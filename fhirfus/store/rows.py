@@ -1,20 +1,33 @@
-"""Writing many small rows fast: one network round trip per write on PostgreSQL.
+"""Writing many small rows fast: few network round trips, no per-row statements on PostgreSQL.
 
 A create touches the history table and several index tables. Through SQLAlchemy that is one
-round trip per table; on PostgreSQL the statements go through a psycopg *pipeline* instead, so
-they are sent together and acknowledged together. SQLite runs in-process and needs no such trick.
+round trip per table; on PostgreSQL the rows go through psycopg instead:
+
+- a *pipeline* for the few rows of a single-resource write (all statements sent together and
+  acknowledged together: one round trip);
+- ``COPY … FROM STDIN`` for the thousands of rows of a bulk create (Bundles, ``fhirfus load``):
+  no statement per row to parse and bind; measured 2–3× faster than a pipelined executemany.
+
+SQLite runs in-process and needs no such trick.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, insert
+import psycopg
+from sqlalchemy import JSON, Connection, Table, delete, insert, text
+from sqlalchemy.exc import IntegrityError
 
 Batch = tuple[Table, list[dict]]
+
+#: From this many rows in one table, COPY beats a pipelined executemany (it costs one extra
+#: round trip per table, which a handful of rows does not repay).
+COPY_FROM = 64
 
 
 def _json(value: Any) -> str:
@@ -26,12 +39,53 @@ def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
     return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
 
 
+@cache
+def _copy_sql(table: Table, columns: tuple[str, ...]) -> str:
+    return f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+
+
+@cache
+def _row_values(table: Table, columns: tuple[str, ...]) -> Callable[[dict], Sequence[Any]]:
+    """A row's values in ``columns`` order, JSON columns wrapped for psycopg (index rows have none,
+    and skip the per-value check: it was a tenth of a bulk create's CPU)."""
+    pick = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
+    documents = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
+    if not documents:
+        return pick
+
+    def values(row: dict) -> Sequence[Any]:
+        out = list(pick(row))
+        for i in documents:
+            out[i] = _adapt(out[i])
+        return out
+
+    return values
+
+
 def _adapt(value: Any) -> Any:
     if isinstance(value, dict | list):
         from psycopg.types.json import Jsonb
 
         return Jsonb(value, dumps=_json)
     return value
+
+
+def insert_with_keys(conn: Connection, table: Table, rows: list[dict]) -> list[int]:
+    """Insert ``rows`` into a table keyed by a serial ``pk``; returns the new keys in row order.
+
+    On PostgreSQL a large batch draws its keys from the sequence first and then goes in by COPY
+    (SQLAlchemy's multi-row ``INSERT … RETURNING`` spends most of its time building and parsing
+    one huge statement). A duplicate raises SQLAlchemy's ``IntegrityError`` either way.
+    """
+    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM:
+        result = conn.execute(insert(table).returning(table.c.pk, sort_by_parameter_order=True), rows)
+        return [row.pk for row in result]
+    keys = list(conn.execute(
+        text("SELECT nextval(pg_get_serial_sequence(:table, 'pk')) FROM generate_series(1, :n)"),
+        {"table": table.name, "n": len(rows)},
+    ).scalars())
+    write(conn, [(table, [{"pk": key, **row} for key, row in zip(keys, rows, strict=True)])])
+    return keys
 
 
 def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Table, int]] = ()) -> None:
@@ -45,9 +99,22 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
         return
     raw = conn.connection.dbapi_connection
     assert raw is not None
-    with raw.pipeline(), raw.cursor() as cursor:
-        for table, pk in deletes:
-            cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
-        for table, rows in inserts:
+    small = [(table, rows) for table, rows in inserts if len(rows) < COPY_FROM]
+    large = [(table, rows) for table, rows in inserts if len(rows) >= COPY_FROM]
+    with raw.cursor() as cursor:
+        if deletes or small:
+            with raw.pipeline():
+                for table, pk in deletes:
+                    cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
+                for table, rows in small:
+                    columns = tuple(rows[0])
+                    cursor.executemany(_insert_sql(table, columns), [tuple(_adapt(r[c]) for c in columns) for r in rows])
+        for table, rows in large:
             columns = tuple(rows[0])
-            cursor.executemany(_insert_sql(table, columns), [tuple(_adapt(r[c]) for c in columns) for r in rows])
+            values = _row_values(table, columns)
+            try:
+                with cursor.copy(_copy_sql(table, columns)) as copy:
+                    for row in rows:
+                        copy.write_row(values(row))
+            except psycopg.IntegrityError as exc:
+                raise IntegrityError(_copy_sql(table, columns), None, exc) from exc
