@@ -22,7 +22,7 @@ EXPORT_OPERATIONS = {
     "Patient": {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/patient-export"},
     "Group": {"name": "export", "definition": f"{BULK_DATA}/OperationDefinition/group-export"},
 }
-SEARCHABLE_TYPES = frozenset({"string", "token", "date", "reference", "number", "quantity", "uri"})
+SEARCHABLE_TYPES = frozenset({"string", "token", "date", "reference", "number", "quantity", "uri", "composite"})
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 
 

@@ -9,6 +9,8 @@ are always a 400 naming the parameter.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -103,11 +105,15 @@ class UnknownParameter(InvalidRequest):
 
 
 def split_or(value: str) -> tuple[str, ...]:
-    """Split on commas that are not escaped with a backslash."""
+    """Split on commas that are not escaped with a backslash.
+
+    ``\\$`` stays escaped: composite values split on ``$`` later (``split_composite``), and the
+    other types drop the backslash then (``unescape_dollar``).
+    """
     parts, current, escaped = [], [], False
     for char in value:
         if escaped:
-            current.append(char if char in ",$|\\" else "\\" + char)
+            current.append(char if char in ",|\\" else "\\" + char)
             escaped = False
         elif char == "\\":
             escaped = True
@@ -129,9 +135,25 @@ def params_of(res_type: str) -> Mapping[str, SearchParam]:
 
 def _lookup(res_type: str, code: str, name: str) -> SearchParam:
     param = params_of(res_type).get(code)
-    if param is None or code in UNSUPPORTED or param.type in ("composite", "special"):
+    if param is None or code in UNSUPPORTED or param.type == "special":
         raise UnknownParameter(f"Unknown or unsupported search parameter '{name}' for {res_type}", name)
     return param
+
+
+def component_types(res_type: str, param: SearchParam) -> tuple[str, ...]:
+    """The search types of a composite's components (from the parameters they name)."""
+    params = params_of(res_type)
+    return tuple(params[code].type if code in params else "unknown" for code, _ in param.components)
+
+
+def unescape_dollar(value: str) -> str:
+    """A non-composite value: ``\\$`` is just a dollar."""
+    return value.replace("\\$", "$")
+
+
+def split_composite(value: str) -> tuple[str, ...]:
+    """``a$b`` → ``("a", "b")``; ``\\$`` is a literal dollar inside a component."""
+    return tuple(part.replace("\\$", "$") for part in re.split(r"(?<!\\)\$", value))
 
 
 def parse_name(res_type: str, name: str) -> ParamRef:

@@ -13,9 +13,22 @@ from sqlalchemy import Connection, Table
 
 from fhirfus.store import rows
 
-from fhirfus.fhir.extraction import IndexValues, QuantityValue, extract_index_values, normalize_string
+from fhirfus.fhir.extraction import (
+    CompositeValue,
+    DateValue,
+    IndexValues,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    StringValue,
+    TokenValue,
+    UriValue,
+    extract_index_values,
+    normalize_string,
+)
 from fhirfus.store.tables import (
     INDEX_TABLES,
+    search_composite,
     search_date,
     search_number,
     search_quantity,
@@ -46,6 +59,50 @@ def _quantity_units(value: QuantityValue) -> list[tuple[str | None, str | None]]
     if value.system is None and value.code is None:
         return [(None, value.unit)]
     return [coded, (None, value.unit)]
+
+
+_NO_COMPONENTS = dict.fromkeys(
+    ("system1", "code1", "system2", "code2", "number2", "low2", "high2", "text2", "number3")
+)
+
+
+def _reference_key(value: ReferenceValue) -> str:
+    return f"{value.target_type}/{value.target_id}" if value.target_type and value.target_id else value.url
+
+
+def _composite_rows(base: dict, value: CompositeValue) -> list[dict]:
+    """The rows of one composite value (a Quantity second component gives one per unit form);
+    none for a shape that has no columns here (never among R4's composites)."""
+    if not 2 <= len(value.components) <= 3:
+        return []
+    first, second, *rest = value.components
+    row = {**base, "param": value.param, **_NO_COMPONENTS}
+    if isinstance(first, TokenValue):
+        row.update(system1=_cut(first.system), code1=_cut(first.code))
+    elif isinstance(first, ReferenceValue):
+        row.update(code1=_cut(_reference_key(first)))
+    else:
+        return []
+    if rest:
+        if not isinstance(rest[0], NumberValue | QuantityValue):
+            return []
+        row["number3"] = rest[0].value
+    if isinstance(second, QuantityValue):
+        return [{**row, "number2": second.value, "system2": _cut(system), "code2": _cut(code)}
+                for system, code in _quantity_units(second)]
+    if isinstance(second, TokenValue):
+        row.update(system2=_cut(second.system), code2=_cut(second.code))
+    elif isinstance(second, NumberValue):
+        row["number2"] = second.value
+    elif isinstance(second, DateValue):
+        row.update(low2=second.low, high2=second.high)
+    elif isinstance(second, StringValue):
+        row["text2"] = _cut(second.normalized)
+    elif isinstance(second, ReferenceValue):
+        row["code2"] = _cut(_reference_key(second))
+    elif isinstance(second, UriValue):
+        row["code2"] = _cut(second.value)
+    return [row]
 
 
 def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table, list[dict]]]:
@@ -82,6 +139,7 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[tuple[Table,
             for v in values.quantities for system, code in _quantity_units(v)
         )),
         (search_uri, unique({**base, "param": v.param, "value": _cut(v.value)} for v in values.uris)),
+        (search_composite, unique(row for v in values.composites for row in _composite_rows(base, v))),
     ]
 
 

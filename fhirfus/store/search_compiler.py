@@ -19,11 +19,12 @@ from sqlalchemy.orm import aliased
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
-from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef
+from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 from fhirfus.store.scope import site_condition
 from fhirfus.store.tables import (
     resources,
+    search_composite,
     search_date,
     search_number,
     search_quantity,
@@ -41,6 +42,7 @@ TABLE_OF = {
     "number": search_number,
     "quantity": search_quantity,
     "uri": search_uri,
+    "composite": search_composite,
 }
 
 
@@ -74,6 +76,8 @@ class Compiler:
         if table is None:
             raise InvalidRequest(f"Search by '{name}' ({ref.param.type}) is not supported", name)
         build = getattr(self, f"_{kind}")
+        if kind != "composite":
+            values = tuple(unescape_dollar(value) for value in values)
         matches = or_(*[build(table, ref, value, name) for value in values])
         negate = ref.modifier == "not"
         rows = select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
@@ -150,17 +154,7 @@ class Compiler:
     def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         if ref.modifier == "text":
             return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
-        token = parse_token(value)
-        conditions = []
-        if token.code is not ANY:
-            conditions.append(table.c.code == token.code)
-        if token.system is None:
-            conditions.append(table.c.system.is_(None))
-        elif token.system is not ANY:
-            conditions.append(table.c.system == token.system)
-        if not conditions:
-            raise InvalidRequest(f"Empty token value for '{name}'", name)
-        return and_(*conditions)
+        return token_condition(table.c.system, table.c.code, value, name)
 
     def _date(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         query = parse_date(value, name)
@@ -170,13 +164,7 @@ class Compiler:
         return number_condition(table.c.value, parse_number(value, name))
 
     def _quantity(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
-        query = parse_quantity(value, name)
-        conditions = [number_condition(table.c.value, query.number)]
-        if query.system is not None:
-            conditions.append(table.c.system == query.system)
-        if query.code is not None:
-            conditions.append(table.c.code == query.code)
-        return and_(*conditions)
+        return quantity_condition(table.c.value, table.c.system, table.c.code, value, name)
 
     def _reference(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         target_type, target_id, url = self.parse_reference(value, name)
@@ -187,6 +175,45 @@ class Compiler:
         if wanted_type:
             conditions.append(table.c.target_type == wanted_type)
         return and_(*conditions)
+
+    def _composite(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        """``code$value``: every component matched on the same row (so from the same element)."""
+        kinds = component_types(ref.res_type, ref.param)
+        parts = split_composite(value)
+        if len(parts) != len(kinds):
+            raise InvalidRequest(
+                f"'{value}' is not a value for '{name}': expected {len(kinds)} components separated by '$'", name
+            )
+        return and_(*[self._component(table, n, kind, part, name) for n, (kind, part) in enumerate(zip(kinds, parts))])
+
+    def _component(self, table: Table, position: int, kind: str, value: str, name: str) -> ColumnElement[bool]:
+        c = table.c
+        if position == 0 and kind == "token":
+            return token_condition(c.system1, c.code1, value, name)
+        if position == 0 and kind == "reference":
+            target_type, target_id, url = self.parse_reference(value, name)
+            if target_id is None:
+                return c.code1 == url
+            if target_type:
+                return c.code1 == f"{target_type}/{target_id}"
+            return c.code1.like(f"%/{_like_escape(target_id)}", escape="\\")
+        if position == 1:
+            if kind == "token":
+                return token_condition(c.system2, c.code2, value, name)
+            if kind == "quantity":
+                return quantity_condition(c.number2, c.system2, c.code2, value, name)
+            if kind == "number":
+                return number_condition(c.number2, parse_number(value, name))
+            if kind == "date":
+                query = parse_date(value, name)
+                return date_condition(query.prefix, c.low2, c.high2, query.low, query.high)
+            if kind == "string":
+                return c.text2.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
+            if kind in ("reference", "uri"):
+                return c.code2 == value
+        if position == 2 and kind in ("number", "quantity"):
+            return number_condition(c.number3, parse_number(value, name))
+        raise InvalidRequest(f"Search by '{name}' is not supported: component {position + 1} is a {kind}", name)
 
     def _uri(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         """Exact match; ``:below`` / ``:above`` compare string prefixes, as HAPI FHIR does (not path segments)."""
@@ -212,6 +239,34 @@ class Compiler:
         if len(parts) == 1 and parts[0]:
             return None, parts[0], value
         raise InvalidRequest(f"'{value}' is not a valid reference for '{name}'", name)
+
+
+def token_condition(system: ColumnElement, code: ColumnElement, value: str, name: str) -> ColumnElement[bool]:
+    """``system|code``, ``code``, ``|code`` (no system) or ``system|`` (any code of it)."""
+    token = parse_token(value)
+    conditions = []
+    if token.code is not ANY:
+        conditions.append(code == token.code)
+    if token.system is None:
+        conditions.append(system.is_(None))
+    elif token.system is not ANY:
+        conditions.append(system == token.system)
+    if not conditions:
+        raise InvalidRequest(f"Empty token value for '{name}'", name)
+    return and_(*conditions)
+
+
+def quantity_condition(
+    number: ColumnElement, system: ColumnElement, code: ColumnElement, value: str, name: str
+) -> ColumnElement[bool]:
+    """``[prefix]number|system|code`` (system and code optional)."""
+    query = parse_quantity(value, name)
+    conditions = [number_condition(number, query.number)]
+    if query.system is not None:
+        conditions.append(system == query.system)
+    if query.code is not None:
+        conditions.append(code == query.code)
+    return and_(*conditions)
 
 
 def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:

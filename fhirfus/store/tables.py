@@ -144,7 +144,29 @@ search_uri = _index_table(
     ),
 )
 
-INDEX_TABLES = (search_token, search_string, search_date, search_reference, search_number, search_quantity, search_uri)
+#: Composite parameters (``code-value-quantity``, ``component-code-value-concept`` …). R4's composites
+#: start with a token (or, once, a reference), then a token, quantity, number, date or string;
+#: MolecularSequence's have a third, numeric component. One row per combination of component values
+#: taken from the *same* element, so a blood pressure's systolic code is never paired with its
+#: diastolic value (what joining two separate index rows would do).
+search_composite = _index_table(
+    "search_composite",
+    Column("system1", Text, nullable=True),
+    Column("code1", Text, nullable=True),
+    Column("system2", Text, nullable=True),
+    Column("code2", Text, nullable=True),
+    Column("number2", Numeric, nullable=True),
+    Column("low2", UTCDateTime, nullable=True),
+    Column("high2", UTCDateTime, nullable=True),
+    Column("text2", Text, nullable=True),
+    Column("number3", Numeric, nullable=True),
+    indexes=(Index("ix_search_composite_first", "res_type", "param", "code1", "system1"),),
+)
+
+INDEX_TABLES = (
+    search_token, search_string, search_date, search_reference, search_number, search_quantity, search_uri,
+    search_composite,
+)
 
 #: ``fhirfus load`` progress: a chunk is recorded in the transaction that stores it, so a rerun
 #: after an interruption skips exactly the chunks that are already in.
