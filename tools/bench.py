@@ -221,15 +221,40 @@ class Measurement:
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _process_cpu_s(pid: int | None) -> float | None:
-    """utime + stime of a process from /proc (None where there is no /proc)."""
-    if pid is None:
-        return None
+def _stat_fields(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def _descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (the worker processes of ``fhirfus serve --workers N``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def _process_cpu_s(pid: int | None) -> float | None:
+    """utime + stime of a process and its live descendants from /proc (None without /proc)."""
+    if pid is None:
+        return None
+    total = 0.0
+    for member in (pid, *_descendants(pid)):
+        fields = _stat_fields(member)
+        if fields is None:
+            if member == pid:
+                return None
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return total
 
 
 def _machine_ticks() -> tuple[int, int] | None:

@@ -3,7 +3,8 @@
 A script, not a test: it prints figures, it asserts nothing. On throw-away PostgreSQL databases
 (``FHIRFUS_TEST_POSTGRES_URL``) it
 
-1. starts the real server (``fhirfus serve``, its own process, like ``tools/bench.py``) and posts
+1. starts the real server (``fhirfus serve --workers N``, one worker process per core by default,
+   its CPU metered over all workers) and posts
    transaction Bundles of 100 entries over 4 keep-alive clients: study patients, each with a
    Condition, an MRgFUS Procedure (target ``vo-complex``), a complete TWSTRS QuestionnaireResponse
    and Observations, linked by ``urn:uuid`` references. The server derives 4 score Observations
@@ -12,7 +13,7 @@ A script, not a test: it prints figures, it asserts nothing. On throw-away Postg
 2. inserts the same documents (references already resolved) into the ``resources`` table of a
    second fresh database with SQLAlchemy Core, 100 rows per transaction on as many threads as
    there are clients: the raw baseline. No history, no index rows, no validation, no HTTP;
-3. posts ONE 10,000-entry transaction Bundle to the same server and reports its time and the
+3. posts ONE 10,000-entry transaction Bundle to a single-worker server on the same database and reports its time and the
    server's resident memory before and at its peak (``VmHWM`` after resetting it through
    ``/proc/PID/clear_refs``, cross-checked by sampling ``VmRSS``);
 4. profiles ``fhirfus.operations.bundles.process`` in-process with pyinstrument on a few of the
@@ -88,6 +89,9 @@ BUNDLE_ENTRIES = 100
 BIG_BUNDLE_ENTRIES = 10_000
 RAW_ROWS_PER_TX = 100
 SCORES_PER_RESPONSE = 4
+#: ``fhirfus serve --workers``: one process per core, as a Python server is deployed (one process
+#: runs Python on one core at a time). The 10,000-entry Bundle always goes to a single worker.
+DEFAULT_WORKERS = os.cpu_count() or 1
 
 #: The aim of the issue (PostgreSQL, 4 keep-alive clients, server and load generator on 2 cores).
 AIM_RESOURCES_PER_S = 3_000.0
@@ -433,14 +437,14 @@ def post_big_bundle(base: str, pid: int, bundle: Bundle) -> BigBundle:
 
 
 @contextmanager
-def ingest_server(url: str, workdir: Path, body_limit: int | None) -> Iterator[Any]:
-    """``fhirfus serve`` as ``tools/bench.py`` starts it; ``body_limit`` only when the big Bundle
-    would not fit the server's default limit (a larger ``--big-entries``)."""
+def ingest_server(url: str, workdir: Path, body_limit: int | None, workers: int = 1) -> Iterator[Any]:
+    """``fhirfus serve`` as ``tools/bench.py`` starts it, with ``workers`` processes; ``body_limit``
+    only when the big Bundle would not fit the server's default limit (a larger ``--big-entries``)."""
     port = bench.free_port()
     env = dict(os.environ, FHIRFUS_DATABASE_URL=url, FHIRFUS_AUTH="off")
     if body_limit is not None:
         env["FHIRFUS_MAX_BODY_BYTES"] = str(body_limit)
-    command = [*bench.fhirfus_command(), "serve", "--port", str(port), "--no-migrate"]
+    command = [*bench.fhirfus_command(), "serve", "--port", str(port), "--no-migrate", "--workers", str(workers)]
     with bench.server_process(command, env, port, workdir / f"fhirfus-{port}.log") as running:
         yield running
 
@@ -525,6 +529,7 @@ def profile_bundles(url: str, batch: Sequence[Bundle]) -> Profile:
 class Outcome:
     sizes: Sizes
     clients: int
+    workers: int = 1
     http: Any = None
     raw: Any = None
     big: BigBundle | None = None
@@ -544,7 +549,8 @@ def throughput_report(outcome: Outcome) -> Any:
     derived = http.count * outcome.responses_per_bundle * SCORES_PER_RESPONSE
     seconds = http.seconds
     report = bench.Report(
-        f"Ingest over HTTP: transaction Bundles of {BUNDLE_ENTRIES} entries, {outcome.clients} keep-alive clients",
+        f"Ingest over HTTP: transaction Bundles of {BUNDLE_ENTRIES} entries, {outcome.clients} keep-alive clients, "
+        f"{outcome.workers} server worker process{'es' if outcome.workers > 1 else ''}",
         ["measurement", "n", "resources/s", "bundle p50 ms", "bundle p95 ms", "ratio", "server CPU ms/res",
          "PG CPU ms/res", "CPU busy"])
 
@@ -661,10 +667,10 @@ def publish(reports: list[Any], outcome: Outcome, output: Path, load_note: str) 
 # --- entry point -----------------------------------------------------------------------------
 
 
-def run(sizes: Sizes, clients: int, output: Path, big_entries: int) -> int:
+def run(sizes: Sizes, clients: int, output: Path, big_entries: int, workers: int) -> int:
     started = time.perf_counter()
     start_load = os.getloadavg()
-    outcome = Outcome(sizes, clients)
+    outcome = Outcome(sizes, clients, workers)
     loads: list[float] = []
     load_search_parameters()  # as the server does at start (the profile runs in this process)
     rng = random.Random(SEED)
@@ -683,8 +689,8 @@ def run(sizes: Sizes, clients: int, output: Path, big_entries: int) -> int:
             for url in (server_url, raw_url, profile_url):
                 bench.migrated(url)
             body_limit = 2 * len(big.body) if len(big.body) > DEFAULT_MAX_BODY_BYTES else None
-            with ingest_server(server_url, Path(tmp), body_limit) as server:
-                probe = bench.Probe(server.pid, bench._pg_name(server_url))
+            with ingest_server(server_url, Path(tmp), body_limit, workers) as server:
+                probe = bench.Probe(server.pid, bench._pg_name(server_url))  # CPU of all its workers
                 warmed = post_bundles(server.base, warm, clients, "warm-up", probe)
                 if warmed.errors == warmed.count:
                     raise bench.BenchError(f"every warm-up Bundle failed, e.g. {warmed.first_error}")
@@ -694,7 +700,9 @@ def run(sizes: Sizes, clients: int, output: Path, big_entries: int) -> int:
                 console.print(f"  HTTP: {outcome.http.count} Bundles in {outcome.http.seconds:.1f} s = {rate:,.0f} "
                               f"posted resources/s, p95 {outcome.http.percentile_ms(0.95):.0f} ms per Bundle"
                               + (f", [red]{outcome.http.errors} errors[/red]" if outcome.http.errors else ""))
-                loads.append(os.getloadavg()[0])
+            loads.append(os.getloadavg()[0])
+            # The memory of one Bundle is the memory of the one process that handles it.
+            with ingest_server(server_url, Path(tmp), body_limit, 1) as server:
                 outcome.big = post_big_bundle(server.base, server.pid, big)
                 outcome.big.body_limit = body_limit
                 console.print(f"  one Bundle of {big_entries:,}: {outcome.big.seconds:.1f} s, RSS "
@@ -728,10 +736,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--big-entries", type=int, default=BIG_BUNDLE_ENTRIES,
                         help=f"entries of the one big Bundle (default {BIG_BUNDLE_ENTRIES:,})")
     parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive clients (default 4)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"server worker processes for the throughput phase (default {DEFAULT_WORKERS}: the cores)")
     parser.add_argument("--output", type=Path, default=bench.RESULTS, help="Markdown file to append to")
     args = parser.parse_args(argv)
-    if args.clients < 1:
-        parser.error("--clients must be at least 1")
+    if args.clients < 1 or args.workers < 1:
+        parser.error("--clients and --workers must be at least 1")
     if args.bundles is not None and args.bundles < 1:
         parser.error("--bundles must be at least 1")
     return args
@@ -743,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = QUICK if args.quick else FULL
     sizes = Sizes(bundles=args.bundles or base.bundles, warmup=base.warmup, profiled=base.profiled)
     try:
-        return run(sizes, args.clients, args.output, args.big_entries)
+        return run(sizes, args.clients, args.output, args.big_entries, args.workers)
     except KeyboardInterrupt:
         console.print("[red]interrupted; server stopped and databases dropped[/red]")
         return 130
