@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -148,3 +149,21 @@ def test_search_date_rejects_unknown_prefix() -> None:
 def test_search_date_rejects_impossible_date() -> None:
     with pytest.raises(ValueError, match="month must be in 1..12"):
         fhir_search_date("ge2021-13-01")
+
+
+def test_full_datetimes_parse_the_same_on_the_fast_path_as_on_the_general_one() -> None:
+    """``parse_date_range`` hands dateTimes to the second (or finer) with a zone to the C parser;
+    every one of them must come out exactly as the general, regex-based path computes it."""
+    from fhirfus.fhir import dates
+
+    rng = random.Random(3)
+    samples = ["2019-03-25T12:45:60.5Z", "0001-01-01T00:00:00.1+01:00", "9999-12-31T23:59:59.99-14:00"]
+    for _ in range(2000):
+        moment = datetime(1900, 1, 1) + timedelta(seconds=rng.randint(0, 4_000_000_000))
+        fraction = "" if rng.random() < 0.3 else "." + str(rng.randint(0, 999_999)).zfill(6)[: rng.randint(1, 6)]
+        zone = rng.choice(["Z", "+01:00", "-05:30", "+14:00", "-00:00"])
+        samples.append(moment.strftime("%Y-%m-%dT%H:%M:%S") + fraction + zone)
+    for text in samples:
+        match = dates._VALUE_RE.fullmatch(text)
+        assert match is not None
+        assert dates.parse_date_range(text) == dates._range(text, match.groupdict()), text

@@ -136,8 +136,9 @@ def test_custom_parameter_is_indexed_once_registered() -> None:
 def test_custom_parameter_with_invalid_fhirpath_is_ignored_not_raised() -> None:
     add_custom_param("Basic", SearchParam("broken", "token", "Basic.code.where("))
     try:
-        tokens = extract_index_values({"resourceType": "Basic", "id": "b1"}).tokens
-        assert values_of(tokens, "_id") and not values_of(tokens, "broken")
+        basic = {"resourceType": "Basic", "code": {"coding": [{"system": "urn:s", "code": "c"}]}}
+        tokens = extract_index_values(basic).tokens
+        assert values_of(tokens, "code") and not values_of(tokens, "broken")
     finally:
         remove_custom_param("Basic", "broken")
 
@@ -228,10 +229,10 @@ def test_where_system_filter_keeps_only_matching_contact_points() -> None:
     assert [t.code for t in values_of(tokens, "phone")] == ["555-1234"]
 
 
-def test_id_and_meta_tags_are_indexed_for_every_type() -> None:
+def test_meta_tags_are_indexed_for_every_type_and_id_is_not() -> None:
     meta = {"tag": [{"system": "urn:tags", "code": "study-a"}], "security": [{"system": "urn:sec", "code": "R"}]}
     tokens = extract_index_values({"resourceType": "Basic", "id": "b1", "meta": meta}).tokens
-    assert values_of(tokens, "_id") == [TokenValue("_id", None, "b1", None)]
+    assert values_of(tokens, "_id") == []  # searched on the resources table's own column
     assert values_of(tokens, "_tag") == [TokenValue("_tag", "urn:tags", "study-a", None)]
     assert values_of(tokens, "_security") == [TokenValue("_security", "urn:sec", "R", None)]
 
@@ -312,11 +313,15 @@ def test_malformed_date_is_skipped_not_raised() -> None:
     assert values_of(extract_index_values(observation(effectiveDateTime="banana")).dates, "date") == []
 
 
-def test_last_updated_is_indexed_as_an_instant() -> None:
+def test_last_updated_is_not_extracted_it_is_a_column_of_every_resource() -> None:
     meta = {"lastUpdated": "2021-01-01T00:00:00.000Z"}
-    dates = extract_index_values({"resourceType": "Basic", "meta": meta}).dates
-    assert values_of(dates, "_lastUpdated") == [
-        DateValue("_lastUpdated", utc(2021, 1, 1), utc(2021, 1, 1, 0, 0, 0, 1000)),
+    assert values_of(extract_index_values({"resourceType": "Basic", "meta": meta}).dates, "_lastUpdated") == []
+
+
+def test_instant_with_milliseconds_is_a_one_millisecond_range() -> None:
+    procedure = {"resourceType": "AuditEvent", "recorded": "2021-01-01T00:00:00.000Z"}
+    assert values_of(extract_index_values(procedure).dates, "date") == [
+        DateValue("date", utc(2021, 1, 1), utc(2021, 1, 1, 0, 0, 0, 1000)),
     ]
 
 

@@ -85,6 +85,13 @@ def test_id_not_excludes_that_id(client: httpx.Client, data: Dataset) -> None:
     assert matched(client, "Patient", {"_id:not": excluded}) == {p["id"] for p in data.of("Patient")} - {excluded}
 
 
+@pytest.mark.parametrize("param", ["_id", "_lastUpdated"])
+def test_id_and_last_updated_are_never_missing(client: httpx.Client, data: Dataset, param: str) -> None:
+    everyone = {p["id"] for p in data.of("Patient")}
+    assert matched(client, "Patient", {f"{param}:missing": "false"}) == everyone
+    assert matched(client, "Patient", {f"{param}:missing": "true"}) == set()
+
+
 @pytest.mark.parametrize("prefix", ["eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"])
 @pytest.mark.parametrize("precision", ["microsecond", "second"])
 def test_last_updated_compares_the_instant(client: httpx.Client, data: Dataset, prefix: str, precision: str) -> None:

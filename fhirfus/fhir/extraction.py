@@ -937,9 +937,17 @@ def _composite_plan(resource_type: str, param: SearchParam, params: Mapping[str,
     return compiled or _fhirpath_composite(param, converters)
 
 
+#: Parameters every stored resource answers from its own columns (``res_id``, ``last_updated`` of
+#: the resources table): index rows for them would cost two rows per write and serve no query.
+NOT_EXTRACTED = frozenset({"_id", "_lastUpdated"})
+
+
 def _build_plan(resource_type: str, params: Mapping[str, SearchParam], fast: bool) -> _Plan:
     """Compile every parameter of a resource type."""
-    simple = [_simple_plan(resource_type, p, fast) for p in params.values() if p.type != "composite"]
+    simple = [
+        _simple_plan(resource_type, p, fast) for p in params.values()
+        if p.type != "composite" and p.code not in NOT_EXTRACTED
+    ]
     composites = [
         (p.code, _composite_plan(resource_type, p, params, fast)) for p in params.values() if p.type == "composite"
     ]

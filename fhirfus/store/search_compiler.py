@@ -64,8 +64,10 @@ class Compiler:
             return self._chain(alias, ref, values, name)
         code = ref.param.code
         if code == "_id":
-            return self._id(alias, ref, values)
-        if code == "_lastUpdated" and ref.modifier is None:
+            return self._id(alias, ref, values, name)
+        if code == "_lastUpdated":  # a column of every resource, never in the index tables
+            if ref.modifier == "missing":
+                return self._always_present(values, name)
             return or_(*[self._last_updated(alias, value, name) for value in values])
         if ref.modifier == "missing":
             return self._missing(alias, ref, values, name)
@@ -85,11 +87,18 @@ class Compiler:
 
     # --- special parameters, chains, reverse chains ------------------------------------------
 
-    def _id(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...]) -> ColumnElement[bool]:
+    def _id(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         if ref.modifier == "missing":
-            return false() if values[-1] == "true" else true()
+            return self._always_present(values, name)
         condition = alias.c.res_id.in_([v for v in values if v])
         return not_(condition) if ref.modifier == "not" else condition
+
+    @staticmethod
+    def _always_present(values: tuple[str, ...], name: str) -> ColumnElement[bool]:
+        """``:missing`` of a value every resource has."""
+        if values[-1] not in ("true", "false"):
+            raise InvalidRequest(f"{name} must be true or false", name)
+        return false() if values[-1] == "true" else true()
 
     def _last_updated(self, alias: FromClause, value: str, name: str) -> ColumnElement[bool]:
         query = parse_date(value, name)

@@ -1,5 +1,8 @@
 """Search-index table for composite parameters (``code-value-quantity`` and the like).
 
+Also drops the index rows of ``_id`` and ``_lastUpdated``: searches read those from the
+``resources`` columns, and new writes no longer index them.
+
 Revision ID: 0007
 Revises: 0006
 Create Date: 2026-11-25
@@ -38,6 +41,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_search_composite_resource", "search_composite", ["resource_pk"])
     op.create_index("ix_search_composite_first", "search_composite", ["res_type", "param", "code1", "system1"])
+    op.execute("DELETE FROM search_token WHERE param = '_id'")
+    op.execute("DELETE FROM search_date WHERE param = '_lastUpdated'")
 
 
 def downgrade() -> None:
