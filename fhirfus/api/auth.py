@@ -96,7 +96,10 @@ class AuthGate:
                 or path.rstrip("/") in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        authorization = next(
+            (value.decode("latin-1") for name, value in scope.get("headers", []) if name.lower() == b"authorization"),
+            None,
+        )
         status = {"code": 500}
 
         async def watching_send(message: MutableMapping[str, Any]) -> None:
@@ -105,7 +108,7 @@ class AuthGate:
             await send(message)
 
         try:
-            access = state.tokens.access_for(headers.get("authorization"))
+            access = state.tokens.access_for(authorization)
             wait = state.rate_limiter.retry_after(access.client_id)
             if wait:
                 raise TooManyRequests(f"Rate limit exceeded for client '{access.client_id}'",

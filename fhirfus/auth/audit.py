@@ -1,30 +1,41 @@
 """The audit trail: an AuditEvent for every request the auth gate saw (allowed or refused).
 
-Events are queued by the request and written in batches by one background thread (bulk inserts
-through the repository), so auditing adds no database round trip to a read. They are ordinary
-AuditEvent resources: durable, versioned, and searchable by admin clients (``altid`` = client id,
-``date``, ``outcome``, ``entity``, ``subtype``). Queries are kept in ``entity.query`` — inside the
+Events are queued by the request and written in batches by a writer process of their own (bulk
+inserts through the repository), so auditing adds neither a database round trip nor Python work
+to a request. They are ordinary AuditEvent resources: durable, versioned, and searchable by admin
+clients (``altid`` = client id, ``date``, ``outcome``, ``entity``, ``subtype``). Queries are kept in ``entity.query`` — inside the
 database, never in application logs.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
+import itertools
 import logging
+import multiprocessing
 import queue
+import signal
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 from fhirfus.auth.access import Access
 from fhirfus.store import repository
+from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store, format_instant
 
 log = logging.getLogger("fhirfus.audit")
 ACTIONS = {"GET": "R", "HEAD": "R", "POST": "C", "PUT": "U", "PATCH": "U", "DELETE": "D"}
 BATCH = 500
+#: Seconds between two shipments of audit records from the server to its writer process.
+SHIP_EVERY = 0.1
+#: Seconds the writer process waits for more records before it writes what it has.
+COLLECT_FOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -98,60 +109,153 @@ def audit_event(record: AuditRecord) -> dict:
 
 
 class AuditWriter:
-    """Queue + one writer thread; ``flush()`` waits until everything queued so far is stored."""
+    """Audit records go to a writer *process*; ``flush()`` waits until everything queued so far is stored.
+
+    Building, indexing and storing an AuditEvent costs ~0.2 ms of Python, and even handing each
+    record to another thread wakes that thread per request: in-process, reads were 13–20 % slower
+    with auditing on. Here a request only appends its record to a list; every ``SHIP_EVERY``
+    seconds a shipper thread sends what accumulated, as one message, to a writer process of its own
+    (started on first use, restarted if it dies), which stores up to ``BATCH`` records per
+    transaction. Records live in memory until written: a server killed with SIGKILL loses at most
+    the last fraction of a second of them; a normal shutdown (``stop``) writes them all.
+    """
 
     def __init__(self, store: Store) -> None:
-        self.store = store
-        self.queue: queue.Queue[AuditRecord | None] = queue.Queue()
-        self.thread: threading.Thread | None = None
-        self.pending = 0
-        self.done = threading.Condition()
+        self.database_url = store.engine.url.render_as_string(hide_password=False)
+        self.context = multiprocessing.get_context("spawn")  # never fork a threaded server
+        self.process: BaseProcess | None = None
+        self.records: Any = None
+        self.acks: Any = None
+        self.pending: collections.deque[AuditRecord] = collections.deque()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.shipper: threading.Thread | None = None
+        self.flush_ids = itertools.count()
 
     def record(self, record: AuditRecord) -> None:
-        if self.thread is None:
+        self.pending.append(record)  # atomic; the shipper takes it from here
+        if self.shipper is None:
             self.start()
-        with self.done:
-            self.pending += 1
-        self.queue.put(record)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name="fhirfus-audit", daemon=True)
-        self.thread.start()
+        with self.lock:
+            if self.shipper is None:
+                self.stopping.clear()
+                self.shipper = threading.Thread(target=self._ship_forever, name="fhirfus-audit-ship", daemon=True)
+                self.shipper.start()
 
-    def _run(self) -> None:
-        while True:
-            first = self.queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < BATCH:
-                try:
-                    item = self.queue.get(timeout=0.05)
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._write(batch)
-                    return
-                batch.append(item)
-            self._write(batch)
+    def _writer(self) -> Any:
+        """The queue of a live writer process (called under ``lock``)."""
+        if self.process is None or not self.process.is_alive():
+            if self.process is not None:
+                log.error("the audit writer process ended (exit code %s); starting a new one", self.process.exitcode)
+            self.records, self.acks = self.context.Queue(), self.context.Queue()
+            self.process = self.context.Process(
+                target=write_audit_records, args=(self.database_url, self.records, self.acks),
+                name="fhirfus-audit", daemon=True,
+            )
+            self.process.start()
+        return self.records
 
-    def _write(self, batch: list[AuditRecord]) -> None:
-        try:
-            with self.store.writing() as conn:
-                repository.create_many(conn, [NewResource("AuditEvent", str(uuid.uuid4()), audit_event(r)) for r in batch])
-        except Exception:  # noqa: BLE001 - auditing must never take the server down; the failure is logged
-            log.exception("could not write %d audit events", len(batch))
-        finally:
-            with self.done:
-                self.pending -= len(batch)
-                self.done.notify_all()
+    def _ship(self) -> None:
+        """Send what accumulated as one message (called under ``lock``)."""
+        batch = []
+        while self.pending:
+            batch.append(self.pending.popleft())
+        if batch:
+            self._writer().put(batch)
+
+    def _ship_forever(self) -> None:
+        while not self.stopping.wait(SHIP_EVERY):
+            with self.lock:
+                self._ship()
 
     def flush(self, timeout: float = 10.0) -> None:
-        with self.done:
-            self.done.wait_for(lambda: self.pending == 0, timeout=timeout)
+        """Wait until the records of requests before this call are stored (or ``timeout`` passed)."""
+        with self.lock:
+            self._ship()
+            if self.process is None:
+                return
+            marker = next(self.flush_ids)
+            self.records.put(_Flush(marker))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    if self.acks.get(timeout=left) == marker:
+                        return
+                except queue.Empty:
+                    break
+            log.warning("audit records not confirmed written within %.0f s", timeout)
 
     def stop(self) -> None:
-        if self.thread is not None:
-            self.queue.put(None)
-            self.thread.join(timeout=10)
-            self.thread = None
+        """Write what is queued, then end the shipper and the writer process."""
+        self.stopping.set()
+        if self.shipper is not None:
+            self.shipper.join(timeout=5)
+            self.shipper = None
+        with self.lock:
+            self._ship()
+            process = self.process
+            if process is None:
+                return
+            if process.is_alive():
+                self.records.put(None)
+                process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+            self.records.close()
+            self.acks.close()
+            self.process = None
+
+
+@dataclass(frozen=True)
+class _Flush:
+    """A marker in the record queue: acknowledged once everything before it is written."""
+
+    marker: int
+
+
+def write_audit_records(database_url: str, records: Any, acks: Any) -> None:
+    """The writer process: lists of records from ``records``, stored ``BATCH`` per transaction.
+
+    It collects messages until ``BATCH`` records are in hand, none arrives for ``COLLECT_FOR``
+    seconds, or a flush marker comes (acknowledged once everything queued before it is written).
+    Fewer, larger transactions cost less per record (one commit, COPY instead of INSERTs).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which then stops us
+    store = Store(make_engine(database_url))
+    finished = False
+    while not finished:
+        batch: list[AuditRecord] = []
+        markers: list[int] = []
+        item = records.get()
+        while True:
+            if item is None:
+                finished = True
+                break
+            if isinstance(item, _Flush):
+                markers.append(item.marker)
+                break  # somebody waits: write now
+            batch.extend(item)
+            if len(batch) >= BATCH:
+                break
+            try:
+                item = records.get(timeout=COLLECT_FOR)
+            except queue.Empty:
+                break
+        for start in range(0, len(batch), BATCH):
+            _write(store, batch[start:start + BATCH])
+        for marker in markers:
+            acks.put(marker)
+    store.engine.dispose()
+
+
+def _write(store: Store, batch: list[AuditRecord]) -> None:
+    if not batch:
+        return
+    try:
+        with store.writing() as conn:
+            repository.create_many(conn, [NewResource("AuditEvent", str(uuid.uuid4()), audit_event(r)) for r in batch])
+    except Exception:  # noqa: BLE001 - auditing must never take the server down; the failure is logged
+        log.exception("could not write %d audit events", len(batch))
