@@ -261,6 +261,29 @@ def test_site_export_contains_only_its_site(sites, secure_server) -> None:
     assert sites["data"]["a"]["observation"]["id"] not in exported
 
 
+def test_export_status_and_files_belong_to_the_client_that_asked(sites, secure_server) -> None:
+    with sites["clients"]["a"].http(secure_server.base) as http:
+        response = http.get("/Patient/$export?_type=Patient", headers={"Prefer": "respond-async"})
+        assert response.status_code == 202, response.text
+        status = response.headers["Content-Location"]
+        for _ in range(300):
+            answer = http.get(status)
+            if answer.status_code == 200:
+                break
+            time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
+        file_url = answer.json()["output"][0]["url"]
+    with _b(sites, secure_server) as http:
+        assert http.get(status).status_code == 404
+        assert http.get(file_url).status_code == 404
+        assert http.delete(status).status_code == 404
+    with sites["clients"]["admin"].http(secure_server.base) as http:
+        assert http.get(status).status_code == 200
+    with sites["clients"]["a"].http(secure_server.base) as http:
+        assert http.get(file_url).status_code == 200
+        assert http.delete(status).status_code == 202
+
+
 def test_analyst_may_not_bulk_export(sites, secure_server) -> None:
     with sites["clients"]["analyst"].http(secure_server.base) as http:
         assert http.get("/$export", headers={"Prefer": "respond-async"}).status_code == 403

@@ -52,6 +52,7 @@ class ExportRequest:
     ignored: tuple[str, ...] = field(default=())    # lenient mode: what was not applied, and why
     base_url: str = ""                              # for absolute references in _typeFilter
     site: str | None = None                         # a site client's export: only its site's rows
+    client_id: str | None = None                    # who asked: only they (or an admin) see the job
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,7 @@ class ExportRequest:
             ignored=tuple(data.get("ignored") or ()),
             base_url=data.get("base_url") or "",
             site=data.get("site"),
+            client_id=data.get("client_id"),
         )
 
     @property

@@ -71,7 +71,7 @@ def _for_caller(request: ExportRequest) -> ExportRequest:
     access.require_role("site", "admin")
     for res_type in request.types or ("*",):
         access.require(res_type, "s")
-    return replace(request, site=access.site())
+    return replace(request, site=access.site(), client_id=caller.client_id)
 
 
 def status_url(base_url: str, job_id: str) -> str:
@@ -131,8 +131,13 @@ def output_file(store: Store, job_id: str, name: str) -> tuple[Path, datetime | 
 
 
 def _visible_job(store: Store, job_id: str) -> jobs.Job:
+    """The job, if the caller may see it: the client that kicked it off, or an admin. To anybody
+    else it does not exist (404, as for an unknown id): its files hold the requester's data."""
     job = jobs.get(store, job_id)
     if job is None or job.status == jobs.CANCELLED or (job.expires is not None and job.expires <= jobs.now()):
+        raise _gone(job_id)
+    caller = access.current()
+    if caller is not None and caller.role != "admin" and caller.client_id != job.request.client_id:
         raise _gone(job_id)
     return job
 
