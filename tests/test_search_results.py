@@ -405,6 +405,17 @@ def test_total_accurate_estimate_and_none(client: httpx.Client, data: Dataset) -
     assert "total" not in page and len(page["entry"]) == 5
 
 
+@pytest.mark.parametrize("page_size", ["1", "5", "1000"])
+def test_total_is_the_same_whether_or_not_the_first_page_holds_every_match(
+    client: httpx.Client, data: Dataset, page_size: str
+) -> None:
+    expected = len([p for p in data.of("Patient") if p.get("gender") == "female"])
+    assert 5 < expected < 1000  # so the sizes cover a partial and a complete first page
+    page = client.get("/Patient", params={"_tag": RUN_TAG, "gender": "female", "_count": page_size}).json()
+    assert page["total"] == expected
+    assert len(page.get("entry", [])) == min(expected, int(page_size))
+
+
 def test_summary_count_returns_only_the_total(client: httpx.Client, data: Dataset) -> None:
     page = client.get("/Observation", params={"_tag": RUN_TAG, "_summary": "count", "status": "final"}).json()
     assert page["total"] == len([o for o in data.of("Observation") if o["status"] == "final"])

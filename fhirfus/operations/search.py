@@ -154,7 +154,10 @@ def run_search(
         rows.reverse()
     total = None
     if query.total != "none":
-        total = conn.execute(select(func.count()).select_from(resources).where(*conditions)).scalar_one()
+        if position is None and count > 0 and not more:
+            total = len(rows)  # the first page holds every match: counting them again is a second query
+        else:
+            total = conn.execute(select(func.count()).select_from(resources).where(*conditions)).scalar_one()
     has_next = more if forward else True
     has_previous = (position is not None) if forward else more
     next_cursor = prev_cursor = None
