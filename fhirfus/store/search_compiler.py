@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import ColumnElement, FromClause, Table, and_, exists, false, func, literal, not_, or_, select, true
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
@@ -71,7 +71,22 @@ class Compiler:
             return or_(*[self._last_updated(alias, value, name) for value in values])
         if ref.modifier == "missing":
             return self._missing(alias, ref, values, name)
-        kind = ref.param.type
+        rows = self._index_rows(ref, values, name)
+        return alias.c.pk.not_in(rows) if ref.modifier == "not" else alias.c.pk.in_(rows)
+
+    def index_lookup(self, criterion: Criterion) -> Select | None:
+        """``SELECT resource_pk FROM search_<type> WHERE …`` when ``criterion`` is one plain lookup in
+        an index table (not a chain, ``_has``, ``:missing``, ``:not`` nor a column of ``resources``);
+        None otherwise. Lets a single-criterion search page and count on the index alone."""
+        ref = criterion.ref
+        if ref.has_source is not None or ref.chains or ref.modifier in ("missing", "not") \
+                or ref.param.code in ("_id", "_lastUpdated"):
+            return None
+        return self._index_rows(ref, criterion.values, criterion.name)
+
+    def _index_rows(self, ref: ParamRef, values: tuple[str, ...], name: str) -> Select:
+        """The index rows of resources with any of ``values`` for ``ref`` (modifiers applied)."""
+        code, kind = ref.param.code, ref.param.type
         if kind == "reference" and ref.modifier == "identifier":
             kind, code = "token", f"{code}:identifier"  # Reference.identifier, indexed as a token
         table = TABLE_OF.get(kind)
@@ -81,9 +96,7 @@ class Compiler:
         if kind != "composite":
             values = tuple(unescape_dollar(value) for value in values)
         matches = or_(*[build(table, ref, value, name) for value in values])
-        negate = ref.modifier == "not"
-        rows = select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
-        return alias.c.pk.not_in(rows) if negate else alias.c.pk.in_(rows)
+        return select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
 
     # --- special parameters, chains, reverse chains ------------------------------------------
 
