@@ -567,10 +567,10 @@ def fhirfus_command() -> list[str]:
 
 
 @contextmanager
-def fhirfus_server(database_url: str, workdir: Path) -> Iterator[RunningServer]:
+def fhirfus_server(database_url: str, workdir: Path, workers: int = 1) -> Iterator[RunningServer]:
     port = free_port()
     env = dict(os.environ, FHIRFUS_DATABASE_URL=database_url, FHIRFUS_AUTH="off")
-    command = [*fhirfus_command(), "serve", "--port", str(port), "--no-migrate"]
+    command = [*fhirfus_command(), "serve", "--port", str(port), "--no-migrate", "--workers", str(workers)]
     with server_process(command, env, port, workdir / f"fhirfus-{port}.log") as running:
         yield running
 

@@ -11,7 +11,8 @@ A script, not a test: it prints figures, it asserts nothing. On throw-away Postg
    through the store, 2,000 resources per transaction: no HTTP and no validation, but every
    index row is written as on a real write. Then ``VACUUM (ANALYZE)``, so the planner has
    statistics and autovacuum does not wake up in the middle of the measurements;
-3. starts the real server (``fhirfus serve``, its own process, like ``tools/bench.py``) and sends
+3. starts the real server (``fhirfus serve --workers N``, one worker process per core by default,
+   its own processes like ``tools/bench.py``) and sends
    three query shapes over 4 keep-alive clients, for random patients and name prefixes:
    ``Observation?patient=X&code=S|C&date=geD``, ``Patient?family=prefix`` and a patient with
    ``_revinclude=Observation:patient``. Every answer is checked against the generated data
@@ -95,6 +96,8 @@ console = bench.console
 SEED = 20260301
 OBSERVATIONS_PER_PATIENT = 19
 RESOURCES_PER_PATIENT = 1 + OBSERVATIONS_PER_PATIENT
+#: ``fhirfus serve --workers``: one process per core, as a Python server is deployed.
+DEFAULT_WORKERS = os.cpu_count() or 1
 PAGE_SIZE = 50  # the server's default _count: the family search answers one default page
 
 #: The aims of the issue (PostgreSQL, 1,000,000 resources, 4 keep-alive clients, 2 cores).
@@ -712,6 +715,7 @@ def explain(url: str, queries: dict[str, list[Query]]) -> list[Explained]:
 class Outcome:
     sizes: Sizes
     clients: int
+    workers: int = 1
     with_index: LoadResult | None = None
     without_index: LoadResult | None = None
     load: LoadResult | None = None
@@ -760,7 +764,8 @@ def _share(part: float, whole: float) -> str:
 def search_report(outcome: Outcome) -> Any:
     report = bench.Report(
         f"Search over HTTP on {outcome.load.resources if outcome.load else 0:,} resources "
-        f"({outcome.clients} keep-alive clients)",
+        f"({outcome.clients} keep-alive clients, {outcome.workers} server worker process"
+        f"{'es' if outcome.workers > 1 else ''})",
         ["query", "n", "req/s", "p50 ms", "p95 ms", "aim p95", "met", "server CPU ms", "PG CPU ms", "CPU busy"])
     for shape, measured in outcome.http.items():
         cpu = measured.cpu
@@ -778,7 +783,8 @@ def search_report(outcome: Outcome) -> Any:
         ])
     report.notes += [
         "random patients and name prefixes over the whole data set; every answer checked against the "
-        "generated data (total and entry count); server = `fhirfus serve` in its own process.",
+        "generated data (total and entry count); server = `fhirfus serve --workers N` in its own processes "
+        "(CPU metered over all of them).",
         f"CPU columns: CPU ms per request of the server process and of the PostgreSQL backends; CPU busy = "
         f"share of all {os.cpu_count()} cores (server, PostgreSQL and this load generator share them).",
     ]
@@ -885,10 +891,10 @@ def publish(reports: list[Any], outcome: Outcome, output: Path, load_note: str) 
 # --- entry point -----------------------------------------------------------------------------
 
 
-def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool) -> int:
+def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool, workers: int = 1) -> int:
     started = time.perf_counter()
     start_load = os.getloadavg()
-    outcome = Outcome(sizes, clients)
+    outcome = Outcome(sizes, clients, workers)
     load_search_parameters()  # as the server does at start: custom parameters get indexed too
     patients = sizes.resources // RESOURCES_PER_PATIENT
     console.rule(f"bench_search: {patients * RESOURCES_PER_PATIENT:,} resources ({patients:,} patients), "
@@ -914,8 +920,8 @@ def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool) -> int:
             families = FamilyIndex(loaded_families)
             warmups = make_queries(patients, sizes.warmup, rng, families)
             measured = make_queries(patients, sizes.requests, rng, families)
-            with bench.fhirfus_server(url, Path(tmp)) as server:
-                probe = bench.Probe(server.pid, bench._pg_name(url))
+            with bench.fhirfus_server(url, Path(tmp), workers) as server:
+                probe = bench.Probe(server.pid, bench._pg_name(url))  # CPU of all its workers
                 for shape in SHAPES:
                     http_phase(server.base, warmups[shape], clients, "warm-up", probe, sizes.budget_s / 3)
                     outcome.http[shape], outcome.problems[shape] = http_phase(
@@ -945,6 +951,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="seconds per query shape before it stops early (default 180; quick 60)")
     parser.add_argument("--skip-ingest", action="store_true", help="skip the with/without indexing comparison")
     parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive clients (default 4)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"server worker processes (default {DEFAULT_WORKERS}: one per core)")
     parser.add_argument("--output", type=Path, default=bench.RESULTS, help="Markdown file to append to")
     args = parser.parse_args(argv)
     if args.clients < 1:
@@ -970,7 +978,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     bench._terminate_on_sigterm()
     try:
-        return run(sizes_from(args), args.clients, args.output, args.skip_ingest)
+        return run(sizes_from(args), args.clients, args.output, args.skip_ingest, args.workers)
     except KeyboardInterrupt:
         console.print("[red]interrupted; server stopped and databases dropped[/red]")
         return 130
