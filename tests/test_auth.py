@@ -235,7 +235,8 @@ def test_rate_limit_answers_429_with_retry_after(database) -> None:
         thread.join(timeout=10)
 
 
-def _export_ids(http: httpx.Client, kick_off: str) -> set[str]:
+def _finished_export(http: httpx.Client, kick_off: str) -> tuple[str, dict]:
+    """Kick off an export, poll it to completion: (status URL, manifest)."""
     response = http.get(kick_off, headers={"Prefer": "respond-async"})
     assert response.status_code == 202, response.text
     status = response.headers["Content-Location"]
@@ -245,8 +246,12 @@ def _export_ids(http: httpx.Client, kick_off: str) -> set[str]:
             break
         time.sleep(0.1)
     assert answer.status_code == 200, answer.text
+    return status, answer.json()
+
+
+def _export_ids(http: httpx.Client, kick_off: str) -> set[str]:
     ids = set()
-    for output in answer.json()["output"]:
+    for output in _finished_export(http, kick_off)[1]["output"]:
         for line in http.get(output["url"]).text.splitlines():
             if line.strip():
                 ids.add(httpx.Response(200, content=line).json()["id"])
@@ -263,16 +268,8 @@ def test_site_export_contains_only_its_site(sites, secure_server) -> None:
 
 def test_export_status_and_files_belong_to_the_client_that_asked(sites, secure_server) -> None:
     with sites["clients"]["a"].http(secure_server.base) as http:
-        response = http.get("/Patient/$export?_type=Patient", headers={"Prefer": "respond-async"})
-        assert response.status_code == 202, response.text
-        status = response.headers["Content-Location"]
-        for _ in range(300):
-            answer = http.get(status)
-            if answer.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert answer.status_code == 200, answer.text
-        file_url = answer.json()["output"][0]["url"]
+        status, manifest = _finished_export(http, "/Patient/$export?_type=Patient")
+        file_url = manifest["output"][0]["url"]
     with _b(sites, secure_server) as http:
         assert http.get(status).status_code == 404
         assert http.get(file_url).status_code == 404
