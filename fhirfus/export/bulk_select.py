@@ -20,7 +20,7 @@ from fhirfus.export.bulk_params import ExportRequest, allowed_types
 from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
 from fhirfus.search.query import parse_query
-from fhirfus.store.search_compiler import Compiler
+from fhirfus.store.search_compiler import Compiler, local_reference
 from fhirfus.store.tables import export_job_matches, export_job_patients, resources, search_reference
 
 
@@ -39,7 +39,7 @@ def selection(request: ExportRequest, job_id: str | None) -> ColumnElement[bool]
     if since is not None:
         conditions.append(resources.c.last_updated > since)
     if request.level != "system":
-        conditions.append(_compartment_condition(types, job_id if _staged(request) else None))
+        conditions.append(_compartment_condition(types, job_id if _staged(request) else None, request.base_url))
     if request.type_filters:
         conditions.append(_staged_matches(request, job_id) if job_id else type_filter_condition(request))
     return and_(true(), *conditions)
@@ -50,8 +50,9 @@ def _staged(request: ExportRequest) -> bool:
     return request.level == "group" or bool(request.patients)
 
 
-def _compartment_condition(types: list[str], job_id: str | None) -> ColumnElement[bool]:
-    """In the compartment of any patient (``job_id`` None) or of the job's staged patients.
+def _compartment_condition(types: list[str], job_id: str | None, base_url: str) -> ColumnElement[bool]:
+    """In the compartment of any patient (``job_id`` None) or of the job's staged patients
+    (patients of this server: ``base_url`` tells its absolute references from other servers').
 
     Written as correlated scalar sub-selects with ``LIMIT 1`` (one index probe per row on
     ``search_reference.resource_pk``): PostgreSQL turns an ``EXISTS``/``IN`` here into a hashed
@@ -61,7 +62,8 @@ def _compartment_condition(types: list[str], job_id: str | None) -> ColumnElemen
     params = [and_(link.c.res_type == t, link.c.param.in_(codes)) for t, codes in compartment().items() if t in types]
     param_condition = or_(*params) if params else false()
     probe = select(literal(1)).select_from(link).where(
-        link.c.resource_pk == resources.c.pk, link.c.target_type == "Patient", param_condition
+        link.c.resource_pk == resources.c.pk, link.c.target_type == "Patient", param_condition,
+        local_reference(link, base_url),
     )
     patient_itself: ColumnElement[bool] = resources.c.res_type == "Patient"
     if job_id is not None:

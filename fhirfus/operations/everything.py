@@ -22,6 +22,7 @@ from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, p
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.repository import Store
 from fhirfus.store.scope import site_condition
+from fhirfus.store.search_compiler import local_reference
 from fhirfus.store.tables import resources, search_reference
 
 COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
@@ -65,6 +66,7 @@ def everything_bundle(
     members = select(link.c.resource_pk).where(
         link.c.target_type == "Patient",
         link.c.target_id == patient_id,
+        local_reference(link, base),
         or_(*[and_(link.c.res_type == t, link.c.param.in_(codes)) for t, codes in wanted.items()]),
     )
     selection = [resources.c.pk.in_(members)]

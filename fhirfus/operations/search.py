@@ -25,7 +25,7 @@ from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_
 from fhirfus.store.repository import Store
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.scope import confined_site, site_condition
-from fhirfus.store.search_compiler import TABLE_OF, Compiler
+from fhirfus.store.search_compiler import TABLE_OF, Compiler, local_reference
 from fhirfus.store.tables import resources, search_reference
 
 MAX_INCLUDE_ROUNDS = 4
@@ -212,20 +212,22 @@ def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra
     return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows if may_read(r.res_type)]
 
 
-def _included(conn: Connection, items: list[Row], include: Include) -> list[Row]:
-    """Targets of the references of ``items`` named by an ``_include``."""
+def _included(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
+    """Targets of the references of ``items`` named by an ``_include`` (on this server)."""
     sources = [r.pk for r in items if include.source in ("*", r.res_type)]
     if not sources:
         return []
     link = search_reference
-    extra = [link.c.param == include.param] if include.param != "*" else []
+    extra = [local_reference(link, base)]
+    if include.param != "*":
+        extra.append(link.c.param == include.param)
     if include.target:
         extra.append(link.c.target_type == include.target)
     join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
     return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra)
 
 
-def _revincluded(conn: Connection, items: list[Row], include: Include) -> list[Row]:
+def _revincluded(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
     """Resources whose references named by a ``_revinclude`` point at ``items``."""
     link = search_reference
     by_type: dict[str, list[str]] = {}
@@ -235,13 +237,13 @@ def _revincluded(conn: Connection, items: list[Row], include: Include) -> list[R
     if not by_type:
         return []
     targets = or_(*[and_(link.c.target_type == t, link.c.target_id.in_(ids)) for t, ids in by_type.items()])
-    extra = [link.c.res_type == include.source] if include.source != "*" else []
+    extra = [local_reference(link, base)] + ([link.c.res_type == include.source] if include.source != "*" else [])
     if include.param != "*":
         extra.append(link.c.param == include.param)
     return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
 
 
-def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery) -> list[Row]:
+def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str) -> list[Row]:
     """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded."""
     seen = {(r.res_type, r.res_id) for r in matches}
     added: list[Row] = []
@@ -250,10 +252,10 @@ def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery) -
         new: list[Row] = []
         for include in query.includes:
             if round_number == 0 or include.iterate:
-                new += _included(conn, frontier, include)
+                new += _included(conn, frontier, include, base)
         for include in query.revincludes:
             if round_number == 0 or include.iterate:
-                new += _revincluded(conn, frontier, include)
+                new += _revincluded(conn, frontier, include, base)
         fresh = []
         for row in new:
             if (row.res_type, row.res_id) not in seen:
@@ -287,7 +289,7 @@ def search_bundle(
         rows, total, next_cursor, prev_cursor = run_search(
             conn, query, match_condition(queries, compiler), count, single_lookup(queries, compiler)
         )
-        included = resolve_includes(conn, rows, query) if rows and (query.includes or query.revincludes) else []
+        included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
     if res_type is None and None not in queries:

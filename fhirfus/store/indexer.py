@@ -67,7 +67,10 @@ _NO_COMPONENTS = dict.fromkeys(
 
 
 def _reference_key(value: ReferenceValue) -> str:
-    return f"{value.target_type}/{value.target_id}" if value.target_type and value.target_id else value.url
+    """``Type/id`` of a relative reference; an absolute one (maybe another server's) stays whole."""
+    if value.target_type and value.target_id and "://" not in value.url:
+        return f"{value.target_type}/{value.target_id}"
+    return value.url
 
 
 def _composite_rows(base: dict, value: CompositeValue) -> list[dict]:

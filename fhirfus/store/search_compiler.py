@@ -138,6 +138,7 @@ class Compiler:
             .where(
                 link.c.res_type == ref.res_type,
                 link.c.param == ref.param.code,
+                local_reference(link, self.base_url),
                 target.c.deleted.is_(False),
                 site_condition(target),  # a chain must not reveal targets the caller may not see
                 or_(*per_type),
@@ -156,6 +157,7 @@ class Compiler:
                 link.c.res_type == ref.has_source,
                 link.c.param == ref.has_param.code,
                 link.c.target_type == ref.res_type,
+                local_reference(link, self.base_url),
                 source.c.deleted.is_(False),
                 site_condition(source),
                 self.condition(source, ref.has_inner, values, name),
@@ -192,7 +194,7 @@ class Compiler:
         target_type, target_id, url = self.parse_reference(value, name)
         if target_id is None:
             return table.c.url == url
-        conditions = [table.c.target_id == target_id]
+        conditions = [table.c.target_id == target_id, local_reference(table, self.base_url)]
         wanted_type = target_type or ref.modifier
         if wanted_type:
             conditions.append(table.c.target_type == wanted_type)
@@ -261,6 +263,15 @@ class Compiler:
         if len(parts) == 1 and parts[0]:
             return None, parts[0], value
         raise InvalidRequest(f"'{value}' is not a valid reference for '{name}'", name)
+
+
+def local_reference(link: FromClause, base_url: str) -> ColumnElement[bool]:
+    """Reference index rows that point into this server: relative (``Patient/1``) or absolute
+    under its base URL. An absolute URL of another server (``https://ehr.example/fhir/Patient/1``)
+    names a resource *there*, whatever its last two segments say: it matches only by its URL."""
+    relative = not_(link.c.url.contains("://", autoescape=True))
+    base = base_url.rstrip("/")
+    return or_(relative, link.c.url.startswith(f"{base}/", autoescape=True)) if base else relative
 
 
 def token_condition(system: ColumnElement, code: ColumnElement, value: str, name: str) -> ColumnElement[bool]:
