@@ -314,6 +314,19 @@ def test_group_level_exports_active_members_only(client: httpx.Client, unique: s
     finish(client, location)
 
 
+def test_compartment_leaves_out_references_to_another_servers_patient(client: httpx.Client, unique: str) -> None:
+    cohort = make_cohort(client, unique, size=1)
+    (patient,) = cohort.patients
+    foreign = client.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"text": unique},
+        "subject": {"reference": f"https://ehr.example.org/fhir/Patient/{patient}"}}).json()["id"]
+    location = kick_off(client, "/Patient/$export", method="POST", data={"patient": f"Patient/{patient}"})
+    exported = exported_ids(client, location)
+    assert f"Observation/{foreign}" not in exported
+    assert exported == cohort.in_compartment[patient]
+    finish(client, location)
+
+
 def test_patient_parameter_as_form_and_as_parameters(client: httpx.Client, unique: str) -> None:
     cohort = make_cohort(client, unique, size=3)
     first, second, _ = cohort.patients
