@@ -20,7 +20,7 @@ from fhirfus.domain import rules
 from fhirfus.fhir.errors import FhirError, InvalidRequest
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.mapping.spec import MappingSpec, ResourceSpec
-from fhirfus.mapping.template import DROP, Context, render
+from fhirfus.mapping.template import DROP, Context, columns_used, render
 from fhirfus.mapping.values import CellError, derive, read_cell
 
 PATIENT_SYSTEM = "https://fhirfus.org/fhir/sid/site-patient/{site}"
@@ -154,10 +154,34 @@ class _PatientBuilder:
             return  # same identity from another row (e.g. per-patient data repeated on every row)
         self.built.append(_Built(resource_spec, key, line, rendered, full_url))
 
+    def patient_values(self, specs: list[ResourceSpec]) -> dict[str, Any]:
+        """The values ``per: patient`` resources render from: the first row's, except that each
+        column they use comes from the first row that has it (a follow-up or repeat row may leave
+        it blank). A row with a *different* value (another sex, another birth date) is an error:
+        one patient, one value; nothing silently picks one of the two."""
+        merged = dict(self.record.rows[0][1])
+        used = sorted(set().union(*(columns_used(s.template) for s in specs)) & set(self.spec.columns))
+        seen: dict[str, tuple[int, Any]] = {}
+        for line, values, raw in self.record.rows:
+            for column in used:
+                value = values.get(column)
+                if value is None:
+                    continue
+                if column not in seen:
+                    seen[column] = (line, value)
+                    merged[column] = value
+                elif seen[column][1] != value:
+                    self.errors.append(RowError(line, self.record.key, column, (raw.get(column) or "").strip(), (
+                        f"differs from line {seen[column][0]} ({seen[column][1]}): a value of the patient "
+                        "must be the same on every row")))
+        return merged
+
     def build(self) -> list[_Built]:
-        first_line, first_values, _ = self.record.rows[0]
-        for resource_spec in (r for r in self.spec.resources if r.per == "patient"):
-            self.add(resource_spec, self.context(first_values, {}), first_line, {})
+        first_line = self.record.rows[0][0]
+        patient_specs = [r for r in self.spec.resources if r.per == "patient"]
+        values = self.patient_values(patient_specs)
+        for resource_spec in patient_specs:
+            self.add(resource_spec, self.context(values, {}), first_line, {})
         for line, values, _ in self.record.rows:
             row_level: dict[str, str] = {}
             for resource_spec in (r for r in self.spec.resources if r.per != "patient"):

@@ -39,6 +39,19 @@ class Context:
         return self.values.get(name)
 
 
+def columns_used(node: Any) -> set[str]:
+    """Names a template reads from the row: ``{col}`` placeholders and ``$each`` columns (not
+    ``{@references}`` nor ``{$loop}`` variables)."""
+    if isinstance(node, str):
+        return {name for name in PLACEHOLDER.findall(node) if name and name[0] not in "@$"}
+    if isinstance(node, list):
+        return set().union(*(columns_used(element) for element in node))
+    if isinstance(node, dict):
+        used = {node["$each"]} if isinstance(node.get("$each"), str) else set()
+        return used.union(*(columns_used(value) for key, value in node.items() if key != "$each"))
+    return set()
+
+
 def _render_string(text: str, context: Context) -> Any:
     whole = PLACEHOLDER.fullmatch(text)
     if whole:
