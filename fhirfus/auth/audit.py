@@ -204,9 +204,12 @@ class AuditWriter:
             if process.is_alive():
                 process.terminate()
                 process.join(timeout=5)
-            self.records.close()
-            self.acks.close()
-            self.process = None
+            for channel in (self.records, self.acks):
+                channel.close()
+                channel.join_thread()
+            # Dropping the queues frees their semaphores now, not at interpreter exit (where the
+            # resource tracker would warn about them as leaked).
+            self.records = self.acks = self.process = None
 
 
 @dataclass(frozen=True)
