@@ -143,7 +143,7 @@ def test_site_cannot_read_another_sites_resource(sites, secure_server) -> None:
 def test_site_search_sees_only_its_site(sites, secure_server) -> None:
     suffix = sites["suffix"]
     with _b(sites, secure_server) as http:
-        found = http.get("/Patient", params={"family": f"Fam"}).json()
+        found = http.get("/Patient", params={"family": "Fam"}).json()
         families = {e["resource"]["name"][0]["family"] for e in found.get("entry", [])}
         assert f"Famb{suffix}" in families and f"Fama{suffix}" not in families
 
@@ -184,7 +184,7 @@ def test_site_cannot_update_another_sites_resource(sites, secure_server) -> None
 def test_admin_sees_every_site(sites, secure_server) -> None:
     suffix = sites["suffix"]
     with sites["clients"]["admin"].http(secure_server.base) as http:
-        found = http.get("/Patient", params={"family": f"Fam", "_count": 200}).json()
+        found = http.get("/Patient", params={"family": "Fam", "_count": 200}).json()
         families = {e["resource"]["name"][0]["family"] for e in found.get("entry", [])}
         assert {f"Fama{suffix}", f"Famb{suffix}"} <= families
 

@@ -39,7 +39,6 @@ from search_data import (
     quantity_matches,
     relative,
     search,
-    split_prefix,
     string_matches,
     token_matches,
 )

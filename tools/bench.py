@@ -315,12 +315,16 @@ def cpu_meter(probe: Probe) -> Iterator[list[CpuUsage]]:
 Operation = Callable[[int, int], "str | None"]
 
 
-def drive_threads(workers: int, count: int, operation: Operation, label: str, probe: Probe) -> Measurement:
+def drive_threads(
+    workers: int, count: int, operation: Operation, label: str, probe: Probe, budget_s: float | None = None
+) -> Measurement:
     """Run ``count`` jobs on ``workers`` threads pulling from one shared counter; time each job.
 
     ``next()`` on an ``itertools.count`` is atomic under the GIL, so no lock is needed. A job that
     raises counts as an error (a dead server shows up as errors, not as a traceback mid-table);
     Ctrl-C stops the workers after their current job instead of letting them finish the phase.
+    With ``budget_s`` no job starts after that many seconds, and the measurement counts the jobs
+    done (a query whose plan goes wrong on a large database then cannot run for an hour).
     """
     counter = itertools.count()
     stop = threading.Event()
@@ -329,7 +333,8 @@ def drive_threads(workers: int, count: int, operation: Operation, label: str, pr
 
     def work(worker: int) -> None:
         own_latencies, own_errors = latencies[worker], errors[worker]
-        while not stop.is_set() and (job := next(counter)) < count:
+        deadline = started + budget_s if budget_s is not None else float("inf")
+        while not stop.is_set() and time.perf_counter() < deadline and (job := next(counter)) < count:
             start = time.perf_counter()
             try:
                 problem = operation(worker, job)
@@ -340,15 +345,16 @@ def drive_threads(workers: int, count: int, operation: Operation, label: str, pr
                 own_errors.append(problem)
 
     with ThreadPoolExecutor(max_workers=workers) as pool, cpu_meter(probe) as cpu:
-        start = time.perf_counter()
+        started = time.perf_counter()
         try:
             for future in [pool.submit(work, w) for w in range(workers)]:
                 future.result()
         except BaseException:
             stop.set()
             raise
-        seconds = time.perf_counter() - start
-    return _measurement(label, count, seconds, latencies, errors, cpu[0])
+        seconds = time.perf_counter() - started
+    done = sum(len(per_worker) for per_worker in latencies)
+    return _measurement(label, done, seconds, latencies, errors, cpu[0])
 
 
 def _measurement(

@@ -23,15 +23,14 @@ A script, not a test: it prints figures, it asserts nothing. On throw-away Postg
 Results are printed as rich tables and appended to ``bench-results/bench.md``. The databases are
 dropped (``WITH (FORCE)``) at the end, also on Ctrl-C or SIGTERM.
 
-The server, database, CPU-metering and report helpers come from ``tools/bench.py`` (loaded as a
-module, see ``_harness``), so all three bench scripts start servers and meter CPU the same way.
+The server, database, CPU-metering and report helpers come from ``tools/bench.py`` (imported as
+``bench``), so the bench scripts start servers and meter CPU the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import os
 import random
 import sys
@@ -44,7 +43,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -62,26 +60,8 @@ from fhirfus.store.repository import Store, stamp
 from fhirfus.store.tables import resources
 
 
-def _harness() -> ModuleType:
-    """``tools/bench.py`` as a module under a name of its own.
+import bench  # tools/bench.py: tools/ leads sys.path when a tool runs as a script
 
-    ``tools/`` is not a package, and putting it on ``sys.path`` to ``import bench`` would let any
-    other module called ``bench`` shadow it (or be shadowed). The module is registered in
-    ``sys.modules`` before it runs because its dataclasses look themselves up there.
-    """
-    name = "fhirfus_tools_bench"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bench.py"))
-    if spec is None or spec.loader is None:
-        raise ImportError("tools/bench.py not found next to this script")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _harness()
 console = bench.console
 
 SEED = 20260401

@@ -30,31 +30,27 @@ request, and then reports the requests it managed instead of running for an hour
 Results are printed as rich tables (aims ✓/✗) and appended to ``bench-results/bench.md``. The
 databases are dropped (``WITH (FORCE)``) at the end, also on Ctrl-C or SIGTERM.
 
-The server, database, CPU-metering and report helpers come from ``tools/bench.py`` (loaded as a
-module, see ``_harness``), so all three bench scripts start servers and meter CPU the same way.
+The server, database, CPU-metering and report helpers come from ``tools/bench.py`` (imported as
+``bench``), so the bench scripts start servers and meter CPU the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
-import importlib.util
 import itertools
 import os
 import random
 import re
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlencode
 
@@ -71,26 +67,8 @@ from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store
 
 
-def _harness() -> ModuleType:
-    """``tools/bench.py`` as a module under a name of its own.
+import bench  # tools/bench.py: tools/ leads sys.path when a tool runs as a script
 
-    ``tools/`` is not a package, and putting it on ``sys.path`` to ``import bench`` would let any
-    other module called ``bench`` shadow it (or be shadowed). The module is registered in
-    ``sys.modules`` before it runs because its dataclasses look themselves up there.
-    """
-    name = "fhirfus_tools_bench"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bench.py"))
-    if spec is None or spec.loader is None:
-        raise ImportError("tools/bench.py not found next to this script")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _harness()
 console = bench.console
 
 SEED = 20260301
@@ -489,46 +467,6 @@ def check_answer(query: Query, status: int, body: bytes) -> str | None:
     return None
 
 
-def drive_with_budget(
-    workers: int, count: int, operation: Callable[[int, int], str | None], label: str, probe: Any,
-    budget_s: float,
-) -> Any:
-    """``bench.drive_threads`` with a time budget: no job starts after ``budget_s``.
-
-    A query shape whose plan goes wrong on a large database can take seconds per request; the
-    phase then ends with the requests done so far (``Measurement.count``) instead of running for
-    an hour. Small duplication of ``drive_threads``, which has no deadline.
-    """
-    counter = itertools.count()
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(workers)]
-    errors: list[list[str]] = [[] for _ in range(workers)]
-
-    def work(worker: int) -> None:
-        deadline = started + budget_s
-        while not stop.is_set() and time.perf_counter() < deadline and (job := next(counter)) < count:
-            start = time.perf_counter()
-            try:
-                problem = operation(worker, job)
-            except Exception as exc:  # noqa: BLE001 - reported with the phase, as drive_threads does
-                problem = f"{type(exc).__name__}: {exc}"
-            latencies[worker].append(time.perf_counter() - start)
-            if problem is not None:
-                errors[worker].append(problem)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool, bench.cpu_meter(probe) as cpu:
-        started = time.perf_counter()
-        try:
-            for future in [pool.submit(work, w) for w in range(workers)]:
-                future.result()
-        except BaseException:
-            stop.set()
-            raise
-        seconds = time.perf_counter() - started
-    done = sum(len(per_worker) for per_worker in latencies)
-    return bench._measurement(label, done, seconds, latencies, errors, cpu[0])
-
-
 def http_phase(
     base: str, queries: Sequence[Query], clients: int, label: str, probe: Any, budget_s: float
 ) -> tuple[Any, list[str]]:
@@ -547,7 +485,7 @@ def http_phase(
         return None
 
     try:
-        measured = drive_with_budget(clients, len(queries), operation, label, probe, budget_s)
+        measured = bench.drive_threads(clients, len(queries), operation, label, probe, budget_s)
     finally:
         for session in sessions:
             session.close()

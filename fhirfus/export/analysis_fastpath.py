@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhirfus.export.fhirpath import FhirPathSyntaxError, R4_MODEL, parse, reference_key
-from fhirfus.export.viewdef import CompiledView, compile_view
+from fhirfus.export.viewdef import CompiledView, coerce, compile_view
 
 __all__ = ["FastView", "compile_fast", "run_view_fast"]
 
 #: Compiled expression: (focus items, the resource) -> result items (plain JSON values).
 Fn = Callable[[list, Mapping[str, Any]], list]
 
-_INTEGER_TYPES = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 _DATE_LIKE = re.compile(r"^\d{4}(-\d{2}(-\d{2})?)?(T.*)?$|^T?\d{2}:\d{2}")
 _CHOICES: dict[str, list[str]] = R4_MODEL["choiceTypePaths"]
 _PATH_TYPES: dict[str, str] = R4_MODEL["path2Type"]
@@ -339,17 +338,6 @@ class _ExpressionCompiler:
 # --- views -----------------------------------------------------------------------------------
 
 
-def _coerce(value: Any, fhir_type: str | None) -> Any:
-    """As the reference runner: numbers take the Python type their declared FHIR type implies."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return value
-    if fhir_type == "decimal":
-        return float(value)
-    if fhir_type in _INTEGER_TYPES and float(value).is_integer():
-        return int(value)
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class _Column:
     name: str
@@ -360,12 +348,12 @@ class _Column:
     def value(self, focus: list, root: Mapping[str, Any]) -> Any:
         items = self.fn(focus, root)
         if self.collection:
-            return [_coerce(item, self.type) for item in items]
+            return [coerce(item, self.type) for item in items]
         if not items:
             return None
         if len(items) > 1:
             raise _Fallback
-        return _coerce(items[0], self.type)
+        return coerce(items[0], self.type)
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,7 +103,7 @@ class Column:
         """The cell: a list if ``collection``, else the single value or None (many is an error)."""
         items = _values(self.path, focus, env)
         if self.collection:
-            return [_coerce(to_python(item), self.type) for item in items]
+            return [coerce(to_python(item), self.type) for item in items]
         if not items:
             return None
         if len(items) > 1:
@@ -111,7 +111,7 @@ class Column:
                 f"column {self.name!r} ({self.path.text}) returned {len(items)} values; "
                 "declare it collection: true or narrow the path"
             )
-        return _coerce(to_python(items[0]), self.type)
+        return coerce(to_python(items[0]), self.type)
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +265,7 @@ def _is_true(expr: Expression, focus: list, env: dict[str, Any]) -> bool:
     raise ViewEvaluationError(f"where path {expr.text!r} returned {result!r}, not a boolean")
 
 
-def _coerce(value: Any, fhir_type: str | None) -> Any:
+def coerce(value: Any, fhir_type: str | None) -> Any:
     """Give numbers the Python type their declared FHIR type implies."""
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         return value

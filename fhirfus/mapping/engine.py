@@ -17,7 +17,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 
 from fhirfus.domain import rules
-from fhirfus.fhir.errors import FhirError, InvalidRequest
+from fhirfus.fhir.errors import FhirError
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.mapping.spec import MappingSpec, ResourceSpec
 from fhirfus.mapping.template import DROP, Context, columns_used, render
@@ -108,8 +108,9 @@ class _Built:
 class _PatientBuilder:
     """Renders the resources of one patient, resolving ``{@name}`` between them."""
 
-    def __init__(self, spec: MappingSpec, site: str, record: PatientRecord) -> None:
+    def __init__(self, spec: MappingSpec, site: str, record: PatientRecord, patient_columns: list[str]) -> None:
         self.spec, self.site, self.record = spec, site, record
+        self.patient_columns = patient_columns  # the columns ``per: patient`` templates read
         self.built: list[_Built] = []
         self.patient_level: dict[str, str] = {}
         self.errors: list[RowError] = []
@@ -154,16 +155,15 @@ class _PatientBuilder:
             return  # same identity from another row (e.g. per-patient data repeated on every row)
         self.built.append(_Built(resource_spec, key, line, rendered, full_url))
 
-    def patient_values(self, specs: list[ResourceSpec]) -> dict[str, Any]:
+    def patient_values(self) -> dict[str, Any]:
         """The values ``per: patient`` resources render from: the first row's, except that each
         column they use comes from the first row that has it (a follow-up or repeat row may leave
         it blank). A row with a *different* value (another sex, another birth date) is an error:
         one patient, one value; nothing silently picks one of the two."""
         merged = dict(self.record.rows[0][1])
-        used = sorted(set().union(*(columns_used(s.template) for s in specs)) & set(self.spec.columns))
         seen: dict[str, tuple[int, Any]] = {}
         for line, values, raw in self.record.rows:
-            for column in used:
+            for column in self.patient_columns:
                 value = values.get(column)
                 if value is None:
                     continue
@@ -178,9 +178,8 @@ class _PatientBuilder:
 
     def build(self) -> list[_Built]:
         first_line = self.record.rows[0][0]
-        patient_specs = [r for r in self.spec.resources if r.per == "patient"]
-        values = self.patient_values(patient_specs)
-        for resource_spec in patient_specs:
+        values = self.patient_values()
+        for resource_spec in (r for r in self.spec.resources if r.per == "patient"):
             self.add(resource_spec, self.context(values, {}), first_line, {})
         for line, values, _ in self.record.rows:
             row_level: dict[str, str] = {}
@@ -254,11 +253,13 @@ def map_rows(spec: MappingSpec, rows: Iterable[dict[str, str]], site: str) -> Ma
     """Map every row; patients with any error are left out (their errors are all reported)."""
     patients, errors, count = group_rows(spec, rows)
     rejected = {e.patient for e in errors if e.patient}
+    patient_templates = [r.template for r in spec.resources if r.per == "patient"]
+    patient_columns = sorted(set().union(*map(columns_used, patient_templates)) & set(spec.columns))
     bundles: dict[str, dict] = {}
     for key, record in patients.items():
         if key in rejected:
             continue
-        builder = _PatientBuilder(spec, site, record)
+        builder = _PatientBuilder(spec, site, record, patient_columns)
         try:
             built = builder.build()
         except (FhirError, KeyError, TypeError, ValueError) as exc:

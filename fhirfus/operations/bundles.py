@@ -14,13 +14,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection, select, tuple_
 
 from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
-from fhirfus.fhir.references import iter_references, rewrite_references
+from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
 from fhirfus.auth.access import require
 from fhirfus.domain import rules

@@ -148,22 +148,24 @@ def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) ->
 
 
 def run_search(
-    conn: Connection, query: SearchQuery, condition: ColumnElement[bool], count: int, lookup: Select | None = None
+    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int
 ) -> tuple[list[Row], int | None, str | None, str | None]:
     """One page of matches, the total (unless ``_total=none``) and the next/previous cursors.
 
-    With ``lookup`` (see ``single_lookup``) the page's keys are picked and counted in the index
+    ``match`` is a condition on ``resources`` (``match_condition``) or a single index lookup
+    (``single_lookup``); with the lookup the page's keys are picked and counted in the index
     table, and only the page's own resources are read: 21 lookups into ``resources`` instead of
     one per match (a name prefix can match thousands).
     """
-    conditions = [condition]
     keys = [(_sort_column(k), k.descending) for k in query.sort] + [(resources.c.pk, False)]
     direction, position = "n", None
     if query.cursor:
         direction, position = _position(query.cursor, [_kind(k) for k in query.sort] + [int])
     forward = direction == "n"
-    matched = lookup.subquery() if lookup is not None and not query.sort else None
-    if matched is not None:
+    matched = match.subquery() if isinstance(match, Select) else None
+    if matched is None:
+        conditions = [match]
+    else:
         key = matched.c.resource_pk
         picked = select(key).distinct()
         if position is not None:
@@ -286,9 +288,9 @@ def search_bundle(
         count = 0
     compiler = Compiler(base)
     with store.reading() as conn:
-        rows, total, next_cursor, prev_cursor = run_search(
-            conn, query, match_condition(queries, compiler), count, single_lookup(queries, compiler)
-        )
+        lookup = single_lookup(queries, compiler)
+        match = match_condition(queries, compiler) if lookup is None else lookup
+        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count)
         included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
