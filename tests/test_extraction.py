@@ -35,6 +35,7 @@ from fhirfus.fhir.searchparams import (
     params_for,
     patient_compartment_params,
     remove_custom_param,
+    stored_under,
 )
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -446,11 +447,35 @@ def test_combo_code_value_quantity_covers_the_observation_and_its_components() -
         valueQuantity={"value": 1},
         component=[bp_component("8480-6", 120)],
     )
+    composites = extract_index_values(resource).composites
     pairs = [
         (c.components[0].code, c.components[1].value)
-        for c in values_of(extract_index_values(resource).composites, "combo-code-value-quantity")
+        for code in stored_under("Observation", "combo-code-value-quantity") for c in values_of(composites, code)
     ]
     assert pairs == [("85354-9", Decimal(1)), ("8480-6", Decimal(120))]
+
+
+def test_a_parameter_containing_another_whole_indexes_only_the_rest() -> None:
+    # combo-code is Observation.code | Observation.component.code: both parts are other parameters
+    assert stored_under("Observation", "combo-code") == ("combo-code", "code", "component-code")
+    values = extract_index_values(observation(
+        code={"coding": [{"system": LOINC, "code": "85354-9"}]}, component=[bp_component("8480-6", 120)]))
+    assert values_of(values.tokens, "combo-code") == []
+    assert [t.code for t in values_of(values.tokens, "code")] == ["85354-9"]
+    assert [t.code for t in values_of(values.tokens, "component-code")] == ["8480-6"]
+
+
+def test_parameters_with_the_same_expression_share_the_rows_of_the_first_code() -> None:
+    assert stored_under("Patient", "phonetic") == ("phonetic", "name")
+    assert stored_under("Patient", "name") == ("name",)
+    values = extract_index_values({"resourceType": "Patient", "name": [{"family": "Jensen"}]})
+    assert values_of(values.strings, "phonetic") == [] and values_of(values.strings, "name")
+
+
+def test_reference_and_common_parameters_keep_their_own_rows() -> None:
+    # Observation.patient is part of Observation.subject, but includes and compartments read it by code
+    assert stored_under("Observation", "patient") == ("patient",)
+    assert stored_under("Observation", "_tag") == ("_tag",)
 
 
 def test_code_value_concept_pairs_code_with_the_concept_value() -> None:

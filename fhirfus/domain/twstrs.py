@@ -25,7 +25,7 @@ from functools import cache
 from typing import Any
 
 from fhirfus.domain.content import by_canonical, code_displays
-from fhirfus.domain.questionnaire import QuestionnaireDefinition, parse_questionnaire, read_answers
+from fhirfus.domain.questionnaire import Answer, QuestionnaireDefinition, parse_questionnaire, read_answers
 from fhirfus.fhir.errors import BusinessRuleViolation, Issue
 
 TWSTRS_URL = "https://fhirfus.org/fhir/Questionnaire/twstrs"
@@ -127,10 +127,16 @@ def validate_response(qr: Any) -> list[Issue]:
     Answer problems (unknown linkId, wrong answer type, out-of-range value, a non-coded direction,
     unknown version) and the header the score Observations need (subject, authored).
     """
+    return _read(qr)[2]
+
+
+def _read(qr: Any) -> tuple[ScoringRules | None, dict[str, Answer], list[Issue]]:
+    """Rules, usable answers and every issue of a response: the answers are walked once, whether
+    the caller validates, scores, or both (a write does both on every TWSTRS response)."""
     rules, issues = _resolve(qr)
     if rules is None:
-        return issues
-    _, issues = read_answers(rules.definition, qr)
+        return None, {}, issues
+    answers, issues = read_answers(rules.definition, qr)
     for element in ("subject", "authored"):
         if not qr.get(element):
             issues.append(
@@ -141,7 +147,7 @@ def validate_response(qr: Any) -> list[Issue]:
                     (f"QuestionnaireResponse.{element}",),
                 )
             )
-    return issues
+    return rules, answers, issues
 
 
 def _weighted_sum(subscale: Subscale, values: Mapping[str, Any]) -> Decimal | None:
@@ -158,6 +164,10 @@ def score_response(qr: Mapping[str, Any]) -> TwstrsScores:
         raise BusinessRuleViolation(issues[0].diagnostics, issues=issues)
     answers, issues = read_answers(rules.definition, qr)
     _raise_if(issues)
+    return _scores(rules, answers)
+
+
+def _scores(rules: ScoringRules, answers: Mapping[str, Answer]) -> TwstrsScores:
     values = {link_id: answer.value for link_id, answer in answers.items()}
     scores = {s.code: _weighted_sum(s, values) for s in rules.subscales}
     parts = [score for score in scores.values() if score is not None]
@@ -191,6 +201,8 @@ def score_observations(qr: Mapping[str, Any], response_ref: str) -> list[dict]:
     ``urn:uuid:`` inside a transaction) used in ``derivedFrom``. Raises ``BusinessRuleViolation`` when
     ``validate_response`` finds issues.
     """
-    _raise_if(validate_response(qr))
-    scores = score_response(qr).by_code()
+    rules, answers, issues = _read(qr)
+    _raise_if(issues)
+    assert rules is not None  # no rules always comes with an issue
+    scores = _scores(rules, answers).by_code()
     return [_observation(code, value, qr, response_ref) for code, value in scores.items() if value is not None]

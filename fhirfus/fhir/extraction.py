@@ -23,6 +23,7 @@ nothing for such parameters on such resources.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import re
@@ -40,7 +41,7 @@ from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser import parse as _fhirpath_parse
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN, parse_date_range
-from fhirfus.fhir.searchparams import SearchParam, params_for, resource_types
+from fhirfus.fhir.searchparams import SearchParam, _split_top_level, own_expression, params_for, resource_types, split_union
 
 log = logging.getLogger(__name__)
 
@@ -405,31 +406,6 @@ Evaluator = Callable[[Any, dict[str, Any]], list[Any]]
 Step = Callable[[list[Any], dict[str, Any]], list[Any]]
 
 
-def split_union(expression: str) -> list[str]:
-    """Split FHIRPath on top-level ``|`` (bars inside parentheses or quotes are kept)."""
-    return [b.strip() for b in _split_top_level(expression, "|") if b.strip()]
-
-
-def _split_top_level(text: str, separator: str) -> list[str]:
-    """Split on a one-character separator outside parentheses, brackets and quotes."""
-    parts: list[str] = []
-    depth, quoted, start = 0, False, 0
-    for index, char in enumerate(text):
-        if char == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif char == separator and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    parts.append(text[start:])
-    return parts
-
-
 _IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _AS_FUNCTION = re.compile(r"(?:as|ofType)\(\s*([A-Za-z]+)\s*\)")
 _WHERE_RESOLVE = re.compile(r"where\(\s*resolve\(\)\s+is\s+([A-Z][A-Za-z]+)\s*\)")
@@ -766,6 +742,31 @@ def _present_and_not_false(path: str, resource_type: str, base: str) -> tuple[Ev
     return evaluate, (None,)
 
 
+@cache
+def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
+    """The top-level JSON keys an expression can select anything from, or None if it may yield
+    values without any of them (FHIRPath, ``%resource``, the ``deceased`` flag that indexes
+    ``false`` for an absent element).
+
+    An Observation has ten keys and its type forty parameters: a parameter none of whose keys
+    the resource has cannot yield a value, so it is not evaluated at all.
+    """
+    if _PRESENT_AND_NOT_FALSE.fullmatch(expression):
+        return None
+    keys: set[str] = set()
+    try:
+        for branch in split_union(expression):
+            ops, _ = _compile_branch(branch, resource_type, resource_type)
+            if ops == [("nothing",)]:
+                continue
+            if not ops or ops[0][0] != "field":
+                return None
+            keys.update(ops[0][1])
+    except _NotFast:
+        return None
+    return frozenset(keys)
+
+
 def uses_fast_path(resource_type: str, expression: str) -> bool:
     """Whether ``expression`` is evaluated by direct lookups rather than fhirpathpy."""
     return _compile_fast(expression, resource_type, resource_type) is not None
@@ -838,12 +839,41 @@ CompositeEvaluator = Callable[[dict[str, Any]], list[CompositeValue]]
 ParamPlan = tuple[str, str, Evaluator, Converter]
 
 
+#: Most shapes of a resource type are few (the same feed sends the same keys): this many are
+#: remembered per type before the memory starts again.
+_SHAPES_KEPT = 4096
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """Everything compiled for one resource type, for one evaluation mode."""
+    """Everything compiled for one resource type, for one evaluation mode.
+
+    ``gates`` holds, per parameter and per composite, the top-level keys it reads (None: always
+    evaluated); ``for_shape`` picks what a resource with a given set of keys needs, once per shape.
+    """
 
     params: tuple[ParamPlan, ...]
     composites: tuple[tuple[str, CompositeEvaluator], ...]
+    param_gates: tuple[frozenset[str] | None, ...] = ()
+    composite_gates: tuple[frozenset[str] | None, ...] = ()
+    _shapes: dict[tuple[str, ...], tuple[tuple[ParamPlan, ...], tuple[CompositeEvaluator, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def for_shape(self, keys: tuple[str, ...]) -> tuple[tuple[ParamPlan, ...], tuple[CompositeEvaluator, ...]]:
+        """The parameters and composites a resource with these top-level keys can yield values for."""
+        chosen = self._shapes.get(keys)
+        if chosen is None:
+            present = frozenset(keys)
+            chosen = (
+                tuple(p for p, gate in zip(self.params, self.param_gates, strict=True)
+                      if gate is None or not gate.isdisjoint(present)),
+                tuple(c for (_, c), gate in zip(self.composites, self.composite_gates, strict=True)
+                      if gate is None or not gate.isdisjoint(present)),
+            )
+            if len(self._shapes) >= _SHAPES_KEPT:
+                self._shapes.clear()
+            self._shapes[keys] = chosen
+        return chosen
 
 
 def _simple_plan(resource_type: str, param: SearchParam, fast: bool) -> ParamPlan | None:
@@ -943,18 +973,29 @@ NOT_EXTRACTED = frozenset({"_id", "_lastUpdated"})
 
 
 def _build_plan(resource_type: str, params: Mapping[str, SearchParam], fast: bool) -> _Plan:
-    """Compile every parameter of a resource type."""
-    simple = [
-        _simple_plan(resource_type, p, fast) for p in params.values()
-        if p.type != "composite" and p.code not in NOT_EXTRACTED
+    """Compile every parameter of a resource type, each on the part of its expression it indexes
+    under its own code (``searchparams.own_expression``: ``combo-code`` leaves ``Observation.code``
+    to ``code``)."""
+    own = [
+        dataclasses.replace(p, expression=own_expression(resource_type, p)) for p in params.values()
+        if p.code not in NOT_EXTRACTED
     ]
-    composites = [
-        (p.code, _composite_plan(resource_type, p, params, fast)) for p in params.values() if p.type == "composite"
-    ]
+    own = [p for p in own if p.expression or not params[p.code].expression]
+    simple = [(p, _simple_plan(resource_type, p, fast)) for p in own if p.type != "composite"]
+    composites = [(p, _composite_plan(resource_type, p, params, fast)) for p in own if p.type == "composite"]
+    kept = [(p, plan) for p, plan in simple if plan is not None]
+    kept_composites = [(p, c) for p, c in composites if c is not None]
     return _Plan(
-        params=tuple(p for p in simple if p is not None),
-        composites=tuple((code, c) for code, c in composites if c is not None),
+        params=tuple(plan for _, plan in kept),
+        composites=tuple((p.code, c) for p, c in kept_composites),
+        param_gates=tuple(_gate(resource_type, p, fast) for p, _ in kept),
+        composite_gates=tuple(_gate(resource_type, p, fast) for p, _ in kept_composites),
     )
+
+
+def _gate(resource_type: str, param: SearchParam, fast: bool) -> frozenset[str] | None:
+    """Top-level keys that decide whether ``param`` is evaluated (fhirpathpy mode: always)."""
+    return root_keys(param.expression, resource_type) if fast and param.expression else None
 
 
 _plans: dict[tuple[str, bool], tuple[Mapping[str, SearchParam], _Plan]] = {}
@@ -986,16 +1027,16 @@ def extract_index_values(resource: dict[str, Any], *, fast: bool = True) -> Inde
     resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
     if not isinstance(resource_type, str):
         return IndexValues()
-    plan = _plan_for(resource_type, fast)
+    params, composite_plans = _plan_for(resource_type, fast).for_shape(tuple(resource))
     buckets: dict[str, list[Any]] = {name: [] for name in _BUCKET_NAMES}
-    for code, bucket, evaluate, convert in plan.params:
+    for code, bucket, evaluate, convert in params:
         raws = evaluate(resource, resource)
         if raws:
             out = buckets[bucket]
             for raw in raws:
                 out.extend(convert(code, raw))
     composites = buckets["composites"]
-    for _, composite in plan.composites:
+    for composite in composite_plans:
         composites.extend(composite(resource))
     return IndexValues(**{name: _unique(values) for name, values in buckets.items()})
 

@@ -106,6 +106,111 @@ def remove_custom_param(resource_type: str, code: str) -> None:
         _views.pop(resource_type, None)
 
 
+def split_union(expression: str) -> list[str]:
+    """Split FHIRPath on top-level ``|`` (bars inside parentheses or quotes are kept)."""
+    return [b.strip() for b in _split_top_level(expression, "|") if b.strip()]
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """Split on a one-character separator outside parentheses, brackets and quotes."""
+    parts: list[str] = []
+    depth, quoted, start = 0, False, 0
+    for index, char in enumerate(text):
+        if char == "'":
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif char in "([":
+            depth += 1
+        elif char in ")]":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return parts
+
+
+# --- rows shared between parameters ------------------------------------------------------------
+#
+# Some parameters of a type are unions that contain another parameter whole: Observation
+# ``combo-code`` is ``Observation.code | Observation.component.code``, and ``code`` is
+# ``Observation.code``; Patient ``phonetic`` and ``name`` are both ``Patient.name``. Their common
+# values are indexed once, under the contained parameter, and a search by the larger one reads the
+# rows of both (``param IN ('combo-code', 'code')``). That is a quarter of an Observation's index
+# rows. Reference parameters keep their own rows (includes, compartments and chains read them by
+# code), and so do the common ``Resource.*`` ones (a system search spans types).
+
+_SHAREABLE = frozenset({"token", "string", "date", "number", "quantity", "uri", "composite"})
+
+
+@dataclass(frozen=True)
+class _Layout:
+    stored_under: Mapping[str, tuple[str, ...]]  # code -> (code, *contained codes)
+    own_branches: Mapping[str, tuple[str, ...]]  # code -> the branches it indexes itself
+
+
+def _shape(param: SearchParam, params: Mapping[str, SearchParam]) -> tuple:
+    """What must agree besides the branches for two parameters to give the same rows."""
+    if param.type != "composite":
+        return (param.type,)
+    kinds = tuple(params[c].type if c in params else None for c, _ in param.components)
+    return (param.type, kinds, tuple(expression for _, expression in param.components))
+
+
+def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
+    """Which parameters contain which, greedily from the smallest: a parameter that contains
+    another is never itself contained (its own rows are not all of its values)."""
+    branches = {c: tuple(split_union(p.expression)) for c, p in params.items() if p.expression}
+    order = sorted(
+        (c for c, p in params.items() if c in branches and p.type in _SHAREABLE), key=lambda c: (len(branches[c]), c)
+    )
+    stored: dict[str, tuple[str, ...]] = {}
+    own: dict[str, tuple[str, ...]] = {}
+    for code in order:
+        param, mine = params[code], set(branches[code])
+        if param.expression.startswith("Resource."):
+            continue
+        contained: list[str] = []
+        for other in order:
+            theirs = set(branches[other])
+            if other == code or other in own or not theirs <= mine or theirs == set(branches[code]) and other > code:
+                continue
+            if params[other].expression.startswith("Resource.") or _shape(params[other], params) != _shape(param, params):
+                continue
+            contained.append(other)
+            mine -= theirs
+        if contained:
+            stored[code] = (code, *contained)
+            own[code] = tuple(b for b in branches[code] if b in mine)
+    return _Layout(MappingProxyType(stored), MappingProxyType(own))
+
+
+_layouts: dict[str, tuple[Mapping[str, SearchParam], _Layout]] = {}
+
+
+def _layout(resource_type: str) -> _Layout:
+    params = params_for(resource_type)
+    cached = _layouts.get(resource_type)
+    if cached is None or cached[0] is not params:
+        cached = (params, _layout_of(params))
+        _layouts[resource_type] = cached
+    return cached[1]
+
+
+def stored_under(resource_type: str, code: str) -> tuple[str, ...]:
+    """The ``param`` values of the index rows holding ``code``'s values on this type: ``code``
+    itself, then the parameters it contains whole. Just ``(code,)`` for most parameters."""
+    return _layout(resource_type).stored_under.get(code, (code,))
+
+
+def own_expression(resource_type: str, param: SearchParam) -> str:
+    """The part of ``param``'s expression it indexes under its own code (empty: none; its values
+    are all another parameter's)."""
+    own = _layout(resource_type).own_branches.get(param.code)
+    return param.expression if own is None else " | ".join(own)
+
+
 def resource_types() -> tuple[str, ...]:
     """Every resource type with standard parameters (all concrete R4 types), sorted."""
     return tuple(sorted(_load_json("search_parameters.json")))

@@ -25,7 +25,7 @@ from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_
 from fhirfus.store.repository import Store
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.scope import confined_site, site_condition
-from fhirfus.store.search_compiler import TABLE_OF, Compiler, local_reference
+from fhirfus.store.search_compiler import TABLE_OF, Compiler, local_reference, param_rows
 from fhirfus.store.tables import resources, search_reference
 
 MAX_INCLUDE_ROUNDS = 4
@@ -64,7 +64,7 @@ def _sort_column(key: SortKey) -> ColumnElement:
     aggregate = func.max(column) if key.descending else func.min(column)
     value = (
         select(aggregate)
-        .where(table.c.resource_pk == resources.c.pk, table.c.param == code)
+        .where(table.c.resource_pk == resources.c.pk, param_rows(table, key.res_type, code))
         .scalar_subquery()
     )
     return func.coalesce(value, _SENTINELS[key.param.type])

@@ -72,6 +72,7 @@ class Criterion:
 class SortKey:
     param: SearchParam
     descending: bool
+    res_type: str = ANY_TYPE  # whose index rows hold the values (``searchparams.stored_under``)
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ def _parse_sort(res_type: str, value: str) -> list[SortKey]:
         param = params_of(res_type).get(code)
         if param is None or param.type in ("composite", "special") or code in UNSUPPORTED:
             raise InvalidRequest(f"Cannot sort by '{code}' on {res_type}", "_sort")
-        keys.append(SortKey(param, descending))
+        keys.append(SortKey(param, descending, res_type))
     return keys
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import aliased
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
+from fhirfus.fhir.searchparams import stored_under
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 from fhirfus.store.scope import site_condition
@@ -96,7 +97,7 @@ class Compiler:
         if kind != "composite":
             values = tuple(unescape_dollar(value) for value in values)
         matches = or_(*[build(table, ref, value, name) for value in values])
-        return select(table.c.resource_pk).where(_of_type(table, ref), table.c.param == code, matches)
+        return select(table.c.resource_pk).where(_of_type(table, ref), param_rows(table, ref.res_type, code), matches)
 
     # --- special parameters, chains, reverse chains ------------------------------------------
 
@@ -121,7 +122,9 @@ class Compiler:
         if values[-1] not in ("true", "false"):
             raise InvalidRequest(f"{name} must be true or false", name)
         table = TABLE_OF[ref.param.type]
-        present = exists().where(table.c.resource_pk == alias.c.pk, _of_type(table, ref), table.c.param == ref.param.code)
+        present = exists().where(
+            table.c.resource_pk == alias.c.pk, _of_type(table, ref), param_rows(table, ref.res_type, ref.param.code)
+        )
         return not_(present) if values[-1] == "true" else present
 
     def _chain(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
@@ -300,6 +303,13 @@ def quantity_condition(
     if query.code is not None:
         conditions.append(code == query.code)
     return and_(*conditions)
+
+
+def param_rows(table: Table, res_type: str, code: str) -> ColumnElement[bool]:
+    """Index rows of parameter ``code``: its own, and those of the parameters it contains whole
+    (``combo-code`` reads ``code`` rows too: ``searchparams.stored_under``)."""
+    codes = (code,) if res_type == ANY_TYPE else stored_under(res_type, code)
+    return table.c.param == code if len(codes) == 1 else table.c.param.in_(codes)
 
 
 def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:
