@@ -36,3 +36,40 @@ def test_schema_matches_table_definitions(fresh_database) -> None:
     inspector = inspect(fresh_database.engine)
     for name, table in metadata.tables.items():
         assert {c["name"] for c in inspector.get_columns(name)} == set(table.columns.keys()), name
+
+
+def _migration_0008():  # noqa: ANN202 - a module
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / "0008_shared_index_rows.py"
+    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_migration_0008_lists_every_parameter_whose_rows_are_all_shared() -> None:
+    from fhirfus.fhir.searchparams import _layout, params_for, resource_types
+    from fhirfus.store.search_compiler import TABLE_OF
+
+    shared = {
+        (TABLE_OF[params_for(t)[code].type].name, t, code)
+        for t in resource_types() for code, own in _layout(t).own_branches.items() if not own
+    }
+    assert set(_migration_0008().REDUNDANT) == shared
+
+
+def test_migration_0008_drops_the_shared_rows_and_keeps_the_rest(fresh_database) -> None:
+    from sqlalchemy import insert, select
+
+    from fhirfus.store.tables import search_token
+
+    migrate.upgrade(fresh_database.engine, "0007")
+    row = {"resource_pk": 1, "res_type": "Observation", "system": "s", "code": "c", "text": None}
+    with fresh_database.engine.begin() as conn:
+        conn.execute(insert(search_token), [{**row, "param": "combo-code"}, {**row, "param": "code"}])
+    migrate.upgrade(fresh_database.engine)
+    with fresh_database.engine.connect() as conn:
+        assert conn.execute(select(search_token.c.param)).scalars().all() == ["code"]
