@@ -25,7 +25,7 @@ from fhirfus.fhir.validation import require_known_type, resource_issues, served_
 from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
-from fhirfus.operations.derived import after_create_many
+from fhirfus.operations.derived import to_create_with
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
@@ -386,11 +386,11 @@ def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
         repository.NewResource(e.res_type, e.res_id, {k: v for k, v in e.resource.items() if k != "id"}, e.method)  # type: ignore[arg-type]
         for e in creates
     ]
+    items += to_create_with(items)  # TWSTRS score Observations, in the same bulk inserts
     stored: list[Stored] = []
     for start in range(0, len(items), CREATE_CHUNK):  # bounded statement size and serialised JSON
         stored += repository.create_many(conn, items[start:start + CREATE_CHUNK])
-    after_create_many(conn, stored)
-    return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored, strict=True)}
+    return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored[:len(creates)], strict=True)}
 
 
 def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:

@@ -1,0 +1,88 @@
+"""Structure checks of QuestionnaireResponses, which are checked item by item (and identical items
+remembered): the outcome must be the one a check of the whole response gives."""
+
+from __future__ import annotations
+
+import copy
+
+import httpx
+from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
+from pydantic import ValidationError
+
+from fhirfus.fhir import validation
+from fhirfus.fhir.validation import resource_issues
+
+
+def response(*items: dict) -> dict:
+    return {"resourceType": "QuestionnaireResponse", "status": "completed", "item": list(items)}
+
+
+def group(link_id: str, *children: dict) -> dict:
+    return {"linkId": link_id, "item": list(children)}
+
+
+def answered(link_id: str, value: int) -> dict:
+    return {"linkId": link_id, "answer": [{"valueInteger": value}]}
+
+
+def whole_model_locations(document: dict) -> set[str]:
+    """Where the fhir.resources model reports errors when given the whole response."""
+    try:
+        QuestionnaireResponse.model_validate(document)
+    except ValidationError as exc:
+        return {".".join(str(p) for p in error["loc"]) for error in exc.errors()}
+    return set()
+
+
+def test_a_valid_response_with_nested_groups_has_no_issues() -> None:
+    assert resource_issues(response(group("g", answered("a", 1), group("h", answered("b", 2))))) == []
+
+
+def test_an_unknown_element_in_a_nested_item_is_named_by_its_full_path() -> None:
+    bad = {**answered("b", 2), "colour": "red"}
+    issues = resource_issues(response(group("g", answered("a", 1), bad)))
+    assert [i.expression for i in issues] == [("QuestionnaireResponse.item[0].item[1].colour",)]
+    assert whole_model_locations(response(group("g", answered("a", 1), bad))) == {"item.0.item.1.colour"}
+
+
+def test_a_wrong_answer_type_is_reported_in_every_response_that_has_it() -> None:
+    bad = {"linkId": "a", "answer": [{"valueInteger": "three"}]}
+    first = resource_issues(response(bad))
+    second = resource_issues(response(answered("z", 0), copy.deepcopy(bad)))  # the remembered outcome
+    assert [i.expression for i in first] == [("QuestionnaireResponse.item[0].answer[0].valueInteger",)]
+    assert [i.expression for i in second] == [("QuestionnaireResponse.item[1].answer[0].valueInteger",)]
+
+
+def test_item_by_item_gives_the_issues_of_the_whole_model() -> None:
+    documents = [
+        response(group("g", {"answer": [{"valueInteger": 1}]})),  # an item without linkId
+        response(group("g", answered("a", 1), {**answered("b", 2), "colour": "red"}), {"linkId": 7}),
+        {**response(answered("a", 1)), "shade": 1},
+        response({"linkId": "a", "answer": [{"valueInteger": 1, "valueString": "both"}]}),  # two value[x]
+        response({"linkId": "a", "answer": [{"valueCoding": {"code": 1, "system": "s"}}]}),
+    ]
+    for document in documents:
+        whole = validation._issues("QuestionnaireResponse", validation._model_errors(QuestionnaireResponse, document))
+        assert whole, document
+        assert sorted(map(repr, resource_issues(document))) == sorted(map(repr, whole)), document
+
+
+def test_a_null_item_is_rejected_as_the_whole_model_rejects_it() -> None:
+    issues = resource_issues(response(answered("a", 1), None))  # type: ignore[arg-type]
+    assert issues and all(i.severity == "error" for i in issues)
+    assert whole_model_locations(response(answered("a", 1), None))  # type: ignore[arg-type]
+
+
+def test_errors_of_the_response_and_of_its_items_are_all_reported() -> None:
+    document = {**response({**answered("a", 1), "colour": "red"}), "status": "nonsense-status", "shade": 1}
+    expressions = {e for i in resource_issues(document) for e in i.expression}
+    assert {"QuestionnaireResponse.shade", "QuestionnaireResponse.item[0].colour"} <= expressions
+
+
+def test_a_bad_nested_item_is_a_400_naming_it(client: httpx.Client) -> None:
+    document = response(group("g", {**answered("a", 1), "colour": "red"}))
+    answer = client.post("/QuestionnaireResponse", json=document)
+    assert answer.status_code == 400
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == ["QuestionnaireResponse.item[0].item[0].colour"]
