@@ -6,7 +6,9 @@ A script, not a test: it prints figures, it asserts nothing. On throw-away Postg
 1. measures what search indexing costs on ingest: the same synthetic chunks go through
    ``repository.create_many`` twice, into two fresh databases, chunk by chunk in alternation (so
    the noise of a shared machine hits both alike), once as the server does it and once with the
-   indexer replaced by a stub that writes only the history rows;
+   indexer replaced by a stub that writes only the history rows; then the same for transaction
+   Bundles through ``bundles.process`` (the whole write path: validation, references, TWSTRS
+   scores, store), with ``tools/bench_ingest.py``'s Bundles;
 2. loads the data set (default 1,000,000 resources: 50,000 Patients with 19 Observations each)
    through the store, 2,000 resources per transaction: no HTTP and no validation, but every
    index row is written as on a real write. Then ``VACUUM (ANALYZE)``, so the planner has
@@ -60,7 +62,7 @@ from rich.markup import escape
 from sqlalchemy import Engine, event, text
 
 from fhirfus.fhir.extraction import normalize_string
-from fhirfus.operations import search
+from fhirfus.operations import bundles, search
 from fhirfus.operations.conformance import load_search_parameters
 from fhirfus.store import indexer, repository, rows
 from fhirfus.store.engine import make_engine
@@ -93,10 +95,11 @@ class Sizes:
     warmup: int
     chunk: int
     budget_s: float  # per query shape: 500 healthy requests take seconds, a bad plan hours
+    ingest_bundles: int  # transaction Bundles of 100 entries per side of the second comparison
 
 
-FULL = Sizes(resources=1_000_000, ingest_sample=100_000, requests=500, warmup=50, chunk=2_000, budget_s=180)
-QUICK = Sizes(resources=50_000, ingest_sample=10_000, requests=200, warmup=20, chunk=2_000, budget_s=60)
+FULL = Sizes(resources=1_000_000, ingest_sample=100_000, requests=500, warmup=50, chunk=2_000, budget_s=180, ingest_bundles=100)
+QUICK = Sizes(resources=50_000, ingest_sample=10_000, requests=200, warmup=20, chunk=2_000, budget_s=60, ingest_bundles=30)
 
 
 # --- the synthetic data set ------------------------------------------------------------------
@@ -336,6 +339,39 @@ def compare_indexing(indexed_url: str, bare_url: str, sizes: Sizes) -> tuple[Loa
                     with indexing_disabled():
                         without.store_s += store_chunk(stores[1], items)
                     without.resources += len(items)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    return with_index, without
+
+
+def compare_indexing_bundles(indexed_url: str, bare_url: str, count: int) -> tuple[LoadResult, LoadResult]:
+    """The same comparison on the whole write path of a transaction (``bundles.process``, in this
+    process, no HTTP): validation, reference resolution, TWSTRS scores and the store, with the
+    indexer and with the stub. The Bundles are ``tools/bench_ingest.py``'s (100 mixed entries)."""
+    import bench_ingest  # tools/ leads sys.path, as for ``bench``
+
+    batch = bench_ingest.make_bundles(count + 1, 100, random.Random(SEED + 2), 20_000_000)
+    engines = [make_engine(indexed_url), make_engine(bare_url)]
+    with_index = LoadResult("transaction Bundles (bundles.process) with indexing")
+    without = LoadResult("transaction Bundles (bundles.process), indexer stubbed")
+    try:
+        contexts = [bundles.Context(Store(e), "http://bench.local/fhir") for e in engines]
+        for number, bundle in enumerate(batch):
+            order = (0, 1) if number % 2 == 0 else (1, 0)
+            for which in order:
+                document = orjson.loads(bundle.body)
+                start = time.perf_counter()
+                if which == 0:
+                    bundles.process(contexts[0], document)
+                else:
+                    with indexing_disabled():
+                        bundles.process(contexts[1], document)
+                if number == 0:
+                    continue  # warm-up: first-use caches (validators, parameter tables, the pool)
+                result = with_index if which == 0 else without
+                result.store_s += time.perf_counter() - start
+                result.resources += bundle.entries
     finally:
         for engine in engines:
             engine.dispose()
@@ -656,6 +692,8 @@ class Outcome:
     workers: int = 1
     with_index: LoadResult | None = None
     without_index: LoadResult | None = None
+    bundles_with_index: LoadResult | None = None
+    bundles_without_index: LoadResult | None = None
     load: LoadResult | None = None
     load_averages: list[float] = field(default_factory=list)
     vacuum_s: float = 0.0
@@ -673,12 +711,13 @@ def _ms(value: float | None) -> str:
 def ingest_report(outcome: Outcome) -> Any:
     report = bench.Report("Ingest through the store (repository.create_many)",
                           ["measurement", "resources", "store s", "resources/s", "share"])
-    a, b = outcome.with_index, outcome.without_index
-    if a and b:
-        report.rows += [
-            [a.label, f"{a.resources:,}", f"{a.store_s:.1f}", f"{a.rate:,.0f}", _share(a.rate, b.rate)],
-            [b.label, f"{b.resources:,}", f"{b.store_s:.1f}", f"{b.rate:,.0f}", "100 %"],
-        ]
+    for a, b in ((outcome.with_index, outcome.without_index),
+                 (outcome.bundles_with_index, outcome.bundles_without_index)):
+        if a and b:
+            report.rows += [
+                [a.label, f"{a.resources:,}", f"{a.store_s:.1f}", f"{a.rate:,.0f}", _share(a.rate, b.rate)],
+                [b.label, f"{b.resources:,}", f"{b.store_s:.1f}", f"{b.rate:,.0f}", "100 %"],
+            ]
     if outcome.load:
         load = outcome.load
         report.rows.append([f"{load.label} ({outcome.sizes.resources:,})", f"{load.resources:,}",
@@ -687,6 +726,9 @@ def ingest_report(outcome: Outcome) -> Any:
         f"{outcome.sizes.chunk:,} resources per transaction, one writer; validation skipped, index rows "
         "and history rows written as on any create. 'indexer stubbed' writes the history rows only.",
         "The comparison alternates chunk by chunk between two fresh databases, so machine noise hits both.",
+        "Transaction Bundles: 100 entries each (Patient, Condition, Procedure, TWSTRS response, Observations), "
+        "the whole write path in this process (validation, references, score Observations, store), no HTTP; "
+        "resources/s counts posted entries; alternating Bundle by Bundle, the first one not counted.",
     ]
     if outcome.load:
         report.notes.append(
@@ -779,11 +821,12 @@ def aims_report(outcome: Outcome) -> Any:
         ok = p95 is not None and p95 <= AIM_P95_MS[shape] and not measured.errors
         report.rows.append([f"{SHAPES[shape]}: p95 ≤ {AIM_P95_MS[shape]:.0f} ms", f"{_ms(p95)} ms",
                             bench._mark(ok)])
-    a, b = outcome.with_index, outcome.without_index
-    if a and b and b.rate > 0:
-        share = a.rate / b.rate
-        report.rows.append([f"ingest with indexing ≥ {AIM_INDEXED_SHARE:.0%} of without",
-                            f"{share:.0%} ({a.rate:,.0f} vs {b.rate:,.0f}/s)", bench._mark(share >= AIM_INDEXED_SHARE)])
+    for what, a, b in (("store", outcome.with_index, outcome.without_index),
+                       ("transaction Bundles", outcome.bundles_with_index, outcome.bundles_without_index)):
+        if a and b and b.rate > 0:
+            share = a.rate / b.rate
+            report.rows.append([f"ingest with indexing ≥ {AIM_INDEXED_SHARE:.0%} of without ({what})",
+                                f"{share:.0%} ({a.rate:,.0f} vs {b.rate:,.0f}/s)", bench._mark(share >= AIM_INDEXED_SHARE)])
     if outcome.load and outcome.load.resources < 1_000_000:
         report.notes.append(f"measured on {outcome.load.resources:,} resources, not 1,000,000: "
                             "the latency aims are only checked in earnest by the full run.")
@@ -844,8 +887,12 @@ def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool, workers: in
                 bench.migrated(indexed_url)
                 bench.migrated(bare_url)
                 outcome.with_index, outcome.without_index = compare_indexing(indexed_url, bare_url, sizes)
-            console.print(f"  with indexing {outcome.with_index.rate:,.0f}/s, "
-                          f"stubbed {outcome.without_index.rate:,.0f}/s")
+                console.print(f"  with indexing {outcome.with_index.rate:,.0f}/s, "
+                              f"stubbed {outcome.without_index.rate:,.0f}/s; the same with transaction Bundles …")
+                outcome.bundles_with_index, outcome.bundles_without_index = compare_indexing_bundles(
+                    indexed_url, bare_url, sizes.ingest_bundles)
+            console.print(f"  with indexing {outcome.bundles_with_index.rate:,.0f}/s, "
+                          f"stubbed {outcome.bundles_without_index.rate:,.0f}/s")
         with bench.postgres_databases(1) as (url,), tempfile.TemporaryDirectory(prefix="fhirfus-bench-") as tmp:
             bench.migrated(url)
             console.print(f"loading {patients * RESOURCES_PER_PATIENT:,} resources through the store …")
@@ -909,6 +956,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         warmup=base.warmup,
         chunk=base.chunk,
         budget_s=args.budget or base.budget_s,
+        ingest_bundles=base.ingest_bundles,
     )
 
 
