@@ -60,11 +60,11 @@ def _safe_url(url: str) -> str:
 def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
     """The store of a data command, with fhirfus's own search parameters registered (as the server
     does at start-up), so what the command writes is indexed for them too."""
-    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.operations.conformance import load_conformance
     from fhirfus.store.engine import make_engine
     from fhirfus.store.repository import Store
 
-    load_search_parameters()
+    load_conformance()
     return Store(make_engine(url))
 
 

@@ -34,7 +34,7 @@ from fhirfus.export.deid import (
     namespace_for,
     zip3,
 )
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.operations.site_import import import_files
 from fhirfus.store import migrate
 from fhirfus.store.engine import make_engine
@@ -138,7 +138,7 @@ def test_planted_identifiers_dates_and_free_text_appear_in_no_output_file(
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, list[dict[str, str]], Path]:
-    load_search_parameters()
+    load_conformance()
     root = tmp_path_factory.mktemp("analysis-deid")
     engine = make_engine(f"sqlite:///{root / 'fhirfus.db'}")
     migrate.upgrade(engine)

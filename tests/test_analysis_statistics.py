@@ -18,7 +18,7 @@ from scipy import stats
 
 from fhirfus.export.analysis import run_analysis
 from fhirfus.export.analysis_synth import cohort_rows, write_site_file
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.operations.site_import import import_files
 from fhirfus.store import migrate
 from fhirfus.store.engine import make_engine
@@ -80,7 +80,7 @@ def expected_statistics(patients: list[dict], score: str) -> dict:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
-    load_search_parameters()
+    load_conformance()
     root = tmp_path_factory.mktemp("analysis-statistics")
     engine = make_engine(f"sqlite:///{root / 'fhirfus.db'}")
     migrate.upgrade(engine)

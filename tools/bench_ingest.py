@@ -54,7 +54,7 @@ from fhirfus.config import DEFAULT_MAX_BODY_BYTES
 from fhirfus.domain import twstrs
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.operations import bundles
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store, stamp
 from fhirfus.store.tables import resources
@@ -652,7 +652,7 @@ def run(sizes: Sizes, clients: int, output: Path, big_entries: int, workers: int
     start_load = os.getloadavg()
     outcome = Outcome(sizes, clients, workers)
     loads: list[float] = []
-    load_search_parameters()  # as the server does at start (the profile runs in this process)
+    load_conformance()  # as the server does at start (the profile runs in this process)
     rng = random.Random(SEED)
     console.rule(f"bench_ingest: {sizes.bundles} Bundles of {BUNDLE_ENTRIES} entries, {clients} clients, one of "
                  f"{big_entries:,}; load average {start_load[0]:.2f}")

@@ -63,7 +63,7 @@ from sqlalchemy import Engine, event, text
 
 from fhirfus.fhir.extraction import normalize_string
 from fhirfus.operations import bundles, search
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.store import indexer, repository, rows
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store
@@ -876,7 +876,7 @@ def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool, workers: in
     started = time.perf_counter()
     start_load = os.getloadavg()
     outcome = Outcome(sizes, clients, workers)
-    load_search_parameters()  # as the server does at start: custom parameters get indexed too
+    load_conformance()  # as the server does at start: custom parameters get indexed too
     patients = sizes.resources // RESOURCES_PER_PATIENT
     console.rule(f"bench_search: {patients * RESOURCES_PER_PATIENT:,} resources ({patients:,} patients), "
                  f"{sizes.requests} requests per query shape, {clients} clients; load average {start_load[0]:.2f}")

@@ -11,7 +11,7 @@ from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.tokens import TokenService
 from fhirfus.config import Settings, get_settings
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
 
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    load_search_parameters()
+    load_conformance()
     app.state.settings = settings
     app.state.store = store
     app.state.tokens = TokenService(store, settings.token_secret, settings.token_lifetime)

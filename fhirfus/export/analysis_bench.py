@@ -54,12 +54,12 @@ def _load_site(url: str, site: str, patients: int, seed: int) -> int:
     from fhirfus.export.analysis_synth import cohort_rows
     from fhirfus.mapping.engine import map_rows
     from fhirfus.mapping.spec import load_spec
-    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.operations.conformance import load_conformance
     from fhirfus.operations.derived import score_id
     from fhirfus.store.engine import make_engine
     from fhirfus.store.repository import NewResource, Store, create_many
 
-    load_search_parameters()
+    load_conformance()
     result = map_rows(load_spec("site-registry"), list(cohort_rows(patients, seed=seed, prefix=f"{site}-")), site)
     items: list[NewResource] = []
     seen: set[str] = set()

@@ -36,7 +36,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from fhirfus.operations.conformance import load_search_parameters
+from fhirfus.operations.conformance import load_conformance
 from fhirfus.store import migrate
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store, create_many
@@ -93,7 +93,7 @@ def synthetic(index: int, rng: random.Random) -> NewResource:
 
 def load(url: str, count: int) -> float:
     """Fill the database; seconds taken."""
-    load_search_parameters()
+    load_conformance()
     migrate.upgrade(engine := make_engine(url))
     store = Store(engine)
     rng = random.Random(7)

@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["BindingViolation", "check_required_bindings", "resource_types"]
+__all__ = ["BindingViolation", "check_required_bindings", "enumerated_valueset", "resource_types"]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
 RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
@@ -107,11 +107,23 @@ def _load_valuesets(raw: Mapping[str, Mapping[str, list[str]]]) -> dict[str, _Va
 
 
 @cache
+def _valuesets() -> Mapping[str, _ValueSet]:
+    with DATA_FILE.open(encoding="utf-8") as fh:
+        return _load_valuesets(json.load(fh)["valuesets"])
+
+
+def enumerated_valueset(url: str) -> Mapping[str, frozenset[str]] | None:
+    """system -> codes of an R4 value set of a required binding (None if it is not one of them)."""
+    valueset = _valuesets().get(url)
+    return None if valueset is None else valueset.by_system
+
+
+@cache
 def _model() -> _Model:
     """Load and index the generated definitions once per process."""
     with DATA_FILE.open(encoding="utf-8") as fh:
         raw = json.load(fh)
-    valuesets = _load_valuesets(raw["valuesets"])
+    valuesets = _valuesets()
     table_keys = frozenset(raw["types"])
     tables = {key: _build_table(key, specs, table_keys, valuesets) for key, specs in raw["types"].items()}
     return _Model(tables=tables, resources=frozenset(raw["resources"]))

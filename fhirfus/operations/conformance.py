@@ -1,7 +1,9 @@
 """fhirfus's own conformance resources from ``mappings/`` that change server behaviour.
 
 Today: SearchParameter resources (``mappings/searchparameters/*.json``), registered next to the
-official R4 parameters so they are indexed on write and searchable (e.g. Procedure ``target``).
+official R4 parameters so they are indexed on write and searchable (e.g. Procedure ``target``);
+and the ValueSets and CodeSystems of ``mappings/terminology``, which the token modifiers ``:in`` and
+``:not-in`` expand (``Procedure?code:in=https://fhirfus.org/fhir/ValueSet/procedure``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from fhirfus.fhir import valuesets
 from fhirfus.fhir.searchparams import SearchParam, add_custom_param
 from fhirfus.fhir.validation import validate_resource
 
@@ -36,3 +39,21 @@ def load_search_parameters(directory: Path = MAPPINGS_DIR / "searchparameters") 
     if registered:
         log.info("custom search parameters: %s", ", ".join(registered))
     return registered
+
+
+def load_terminology(directory: Path = MAPPINGS_DIR / "terminology") -> list[str]:
+    """Register every ValueSet and CodeSystem file of ``directory`` for ``:in``; returns their URLs."""
+    registered: list[str] = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        resource = orjson.loads(path.read_bytes())
+        if resource.get("resourceType") in ("ValueSet", "CodeSystem"):
+            valuesets.register(validate_resource(resource))
+            registered.append(resource["url"])
+    return registered
+
+
+def load_conformance() -> None:
+    """Everything of ``mappings/`` that changes server behaviour: at start-up, and before a data
+    command writes (what it writes is indexed for the custom parameters too)."""
+    load_search_parameters()
+    load_terminology()

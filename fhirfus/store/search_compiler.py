@@ -20,6 +20,7 @@ from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
 from fhirfus.fhir.searchparams import stored_under
+from fhirfus.fhir.valuesets import ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 from fhirfus.store.scope import site_condition
@@ -34,6 +35,9 @@ from fhirfus.store.tables import (
     search_token,
     search_uri,
 )
+
+#: Modifiers that match the resources having *no* index row that matches the value.
+NEGATING = ("not", "not-in")
 
 TABLE_OF = {
     "token": search_token,
@@ -73,14 +77,14 @@ class Compiler:
         if ref.modifier == "missing":
             return self._missing(alias, ref, values, name)
         rows = self._index_rows(ref, values, name)
-        return alias.c.pk.not_in(rows) if ref.modifier == "not" else alias.c.pk.in_(rows)
+        return alias.c.pk.not_in(rows) if ref.modifier in NEGATING else alias.c.pk.in_(rows)
 
     def index_lookup(self, criterion: Criterion) -> Select | None:
         """``SELECT resource_pk FROM search_<type> WHERE …`` when ``criterion`` is one plain lookup in
         an index table (not a chain, ``_has``, ``:missing``, ``:not`` nor a column of ``resources``);
         None otherwise. Lets a single-criterion search page and count on the index alone."""
         ref = criterion.ref
-        if ref.has_source is not None or ref.chains or ref.modifier in ("missing", "not") \
+        if ref.has_source is not None or ref.chains or ref.modifier in ("missing", *NEGATING) \
                 or ref.param.code in ("_id", "_lastUpdated"):
             return None
         return self._index_rows(ref, criterion.values, criterion.name)
@@ -179,6 +183,8 @@ class Compiler:
         return table.c.value.like(f"{needle}%", escape="\\")
 
     def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+        if ref.modifier in ("in", "not-in"):
+            return valueset_condition(table.c.system, table.c.code, value, name)
         if ref.modifier == "text":
             return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
         return token_condition(table.c.system, table.c.code, value, name)
@@ -290,6 +296,22 @@ def token_condition(system: ColumnElement, code: ColumnElement, value: str, name
     if not conditions:
         raise InvalidRequest(f"Empty token value for '{name}'", name)
     return and_(*conditions)
+
+
+def valueset_condition(system: ColumnElement, code: ColumnElement, url: str, name: str) -> ColumnElement[bool]:
+    """Tokens whose (system, code) is in the value set ``url``; a code without system (the
+    ``code`` datatype: ``Observation.status``) matches any code the value set lists."""
+    try:
+        expansion = expand(url)
+    except ValueSetError as exc:
+        raise InvalidRequest(f"{name}: {exc}", name) from exc
+    conditions = [
+        system == s if codes is None else and_(system == s, code.in_(sorted(codes)))
+        for s, codes in sorted(expansion.systems.items())
+    ]
+    if bare := expansion.codes():
+        conditions.append(and_(system.is_(None), code.in_(sorted(bare))))
+    return or_(*conditions) if conditions else false()
 
 
 def quantity_condition(

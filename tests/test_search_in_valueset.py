@@ -1,0 +1,60 @@
+"""Token ``:in`` / ``:not-in``: membership in a value set known to the server (fhirfus's own
+terminology from ``mappings/terminology``, or an R4 required-binding value set)."""
+
+from __future__ import annotations
+
+import httpx
+
+PROCEDURE_CODES = "https://fhirfus.org/fhir/CodeSystem/procedure"
+PROCEDURES = "https://fhirfus.org/fhir/ValueSet/procedure"
+OBSERVATION_STATUS = "http://hl7.org/fhir/ValueSet/observation-status"
+
+
+def create(client: httpx.Client, resource: dict) -> str:
+    response = client.post(f"/{resource['resourceType']}", json=resource)
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+def ids(client: httpx.Client, path: str, **params: str) -> set[str]:
+    response = client.get(path, params={**params, "_count": "100"})
+    assert response.status_code == 200, response.text
+    return {entry["resource"]["id"] for entry in response.json().get("entry", [])}
+
+
+def observation(system: str, code: str, mark: str, status: str = "final") -> dict:
+    return {"resourceType": "Observation", "status": status, "code": {"coding": [{"system": system, "code": code}]},
+            "identifier": [{"system": mark, "value": code}]}
+
+
+def test_in_matches_codes_of_the_value_set_and_not_in_the_others(client: httpx.Client, unique: str) -> None:
+    mark = f"urn:in:{unique}"
+    inside = create(client, observation(PROCEDURE_CODES, "mrgfus-ablation", mark))
+    other_code = create(client, observation(PROCEDURE_CODES, "no-such-procedure", mark))
+    other_system = create(client, observation("http://loinc.org", "mrgfus-ablation", mark))
+    assert ids(client, "/Observation", **{"code:in": PROCEDURES, "identifier": f"{mark}|"}) == {inside}
+    assert ids(client, "/Observation", **{"code:not-in": PROCEDURES, "identifier": f"{mark}|"}) \
+        == {other_code, other_system}
+
+
+def test_in_matches_code_elements_without_a_system(client: httpx.Client, unique: str) -> None:
+    mark = f"urn:in:{unique}"
+    final = create(client, observation("urn:x", "a", mark, status="final"))
+    preliminary = create(client, observation("urn:x", "b", mark, status="preliminary"))
+    assert ids(client, "/Observation", **{"status:in": OBSERVATION_STATUS, "identifier": f"{mark}|"}) \
+        == {final, preliminary}
+    assert ids(client, "/Observation", **{"status:not-in": OBSERVATION_STATUS, "identifier": f"{mark}|"}) == set()
+
+
+def test_an_unknown_value_set_is_a_400_naming_the_parameter(client: httpx.Client) -> None:
+    response = client.get("/Observation", params={"code:in": "https://example.org/ValueSet/nope"})
+    assert response.status_code == 400
+    issue = response.json()["issue"][0]
+    assert issue["expression"] == ["code:in"] and "not known" in issue["diagnostics"]
+
+
+def test_in_is_kept_in_the_self_link(client: httpx.Client) -> None:
+    response = client.get("/Procedure", params={"code:in": PROCEDURES})
+    assert response.status_code == 200
+    self_link = next(link["url"] for link in response.json()["link"] if link["relation"] == "self")
+    assert "code%3Ain=" in self_link or "code:in=" in self_link
