@@ -58,3 +58,29 @@ def test_in_is_kept_in_the_self_link(client: httpx.Client) -> None:
     assert response.status_code == 200
     self_link = next(link["url"] for link in response.json()["link"] if link["relation"] == "self")
     assert "code%3Ain=" in self_link or "code:in=" in self_link
+
+
+def test_in_expands_a_value_set_stored_on_the_server(client: httpx.Client, unique: str) -> None:
+    mark, system = f"urn:in:{unique}", f"urn:codes:{unique}"
+    url = f"https://example.org/fhir/ValueSet/{unique}"
+    stored = client.post("/ValueSet", json={
+        "resourceType": "ValueSet", "url": url, "status": "active",
+        "compose": {"include": [{"system": system, "concept": [{"code": "yes"}]}]}})
+    assert stored.status_code == 201, stored.text
+    inside = create(client, observation(system, "yes", mark))
+    create(client, observation(system, "no", mark))
+    assert ids(client, "/Observation", **{"code:in": url, "identifier": f"{mark}|"}) == {inside}
+
+
+def test_in_with_a_version_takes_that_version_of_a_stored_value_set(client: httpx.Client, unique: str) -> None:
+    mark, system = f"urn:in:{unique}", f"urn:codes:{unique}"
+    url = f"https://example.org/fhir/ValueSet/{unique}"
+    for version, code in (("1", "old"), ("2", "new")):
+        response = client.post("/ValueSet", json={
+            "resourceType": "ValueSet", "url": url, "version": version, "status": "active",
+            "compose": {"include": [{"system": system, "concept": [{"code": code}]}]}})
+        assert response.status_code == 201, response.text
+    old = create(client, observation(system, "old", mark))
+    new = create(client, observation(system, "new", mark))
+    assert ids(client, "/Observation", **{"code:in": f"{url}|1", "identifier": f"{mark}|"}) == {old}
+    assert ids(client, "/Observation", **{"code:in": url, "identifier": f"{mark}|"}) == {new}  # the newest

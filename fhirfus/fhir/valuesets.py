@@ -1,8 +1,9 @@
 """Value set expansion for the token modifiers ``:in`` and ``:not-in``.
 
 A value set is looked up by canonical URL among the ValueSets and CodeSystems registered with
-:func:`register` (fhirfus's own terminology from ``mappings/terminology``, at start-up), then among
-the R4 value sets of required bindings that can be enumerated (``fhirfus.fhir.bindings``). An
+:func:`register` (fhirfus's own terminology from ``mappings/terminology``, at start-up), then through
+the caller's lookup (the ValueSets and CodeSystems stored on the server), then among the R4 value
+sets of required bindings that can be enumerated (``fhirfus.fhir.bindings``). An
 expansion is, per code system, a set of codes or "every code of the system" (an include of a
 system whose concepts are not known here).
 
@@ -15,7 +16,7 @@ supported: such a value set is refused, never expanded wrongly.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,16 +55,30 @@ def register(resource: Mapping[str, Any]) -> None:
                 _registered[(kind, f"{url}|{version}")] = dict(resource)
 
 
-def expand(url: str) -> Expansion:
+#: A further source of ValueSets and CodeSystems: (resource type, canonical) -> resource or None.
+Lookup = Callable[[str, str], "Mapping[str, Any] | None"]
+
+
+def _nowhere(kind: str, url: str) -> None:
+    return None
+
+
+def expand(url: str, lookup: Lookup = _nowhere) -> Expansion:
     """The codes of the value set ``url`` (``|version`` allowed); ``ValueSetError`` if it is
-    unknown or uses what is not supported."""
-    return Expansion(_expand(url, ()))
+    unknown or uses what is not supported. ``lookup`` is asked for what is not registered (the
+    ValueSets and CodeSystems stored on the server)."""
+
+    def find(kind: str, canonical: str) -> Mapping[str, Any] | None:
+        registered = _registered.get((kind, canonical))
+        return registered if registered is not None else lookup(kind, canonical)
+
+    return Expansion(_expand(find, url, ()))
 
 
-def _expand(url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]:
+def _expand(find: Lookup, url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]:
     if url in seen:
         raise ValueSetError(f"ValueSet '{url}' includes itself")
-    valueset = _registered.get(("ValueSet", url))
+    valueset = find("ValueSet", url)
     if valueset is None:
         enumerated = enumerated_valueset(url.partition("|")[0])
         if enumerated is None:
@@ -77,13 +92,13 @@ def _expand(url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]
         raise ValueSetError(f"ValueSet '{url}' has neither compose nor expansion")
     result: dict[str, frozenset[str] | None] = {}
     for include in compose.get("include", []):
-        result = _union(result, _rule(include, url, seen))
+        result = _union(result, _rule(find, include, url, seen))
     for exclude in compose.get("exclude", []):
-        result = _minus(result, _rule(exclude, url, seen), url)
+        result = _minus(result, _rule(find, exclude, url, seen), url)
     return result
 
 
-def _rule(rule: Mapping[str, Any], url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]:
+def _rule(find: Lookup, rule: Mapping[str, Any], url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]:
     """The codes of one include/exclude: its system part and value set parts, intersected."""
     if rule.get("filter"):
         raise ValueSetError(f"ValueSet '{url}' uses filters, which this server does not expand")
@@ -94,9 +109,9 @@ def _rule(rule: Mapping[str, Any], url: str, seen: tuple[str, ...]) -> dict[str,
         if concepts:
             parts.append({system: frozenset(c["code"] for c in concepts if isinstance(c, Mapping) and "code" in c)})
         else:
-            parts.append({system: _system_codes(system, rule.get("version"))})
+            parts.append({system: _system_codes(find, system, rule.get("version"))})
     for other in rule.get("valueSet", []):
-        parts.append(_expand(str(other), (*seen, url)))
+        parts.append(_expand(find, str(other), (*seen, url)))
     if not parts:
         raise ValueSetError(f"ValueSet '{url}' has an include or exclude with neither system nor valueSet")
     result = parts[0]
@@ -105,11 +120,11 @@ def _rule(rule: Mapping[str, Any], url: str, seen: tuple[str, ...]) -> dict[str,
     return result
 
 
-def _system_codes(system: str, version: Any) -> frozenset[str] | None:
+def _system_codes(find: Lookup, system: str, version: Any) -> frozenset[str] | None:
     """Every code of a CodeSystem known here (hierarchies flattened); None when it is not known
     or not complete, meaning any code of the system."""
     key = f"{system}|{version}" if isinstance(version, str) else system
-    codesystem = _registered.get(("CodeSystem", key)) or _registered.get(("CodeSystem", system))
+    codesystem = find("CodeSystem", key) or find("CodeSystem", system)
     if codesystem is None or codesystem.get("content") not in (None, "complete"):
         return None
     return frozenset(_concept_codes(codesystem.get("concept", [])))

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, select
 
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.search.query import parse_query
+from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler
 from fhirfus.store.tables import resources
 
@@ -24,7 +25,7 @@ def matching_ids(conn: Connection, res_type: str, criteria: str, base_url: str =
     query = parse_query(res_type, pairs, strict=True)
     if not query.criteria:
         raise InvalidRequest(f"Conditional criteria '{criteria}' select nothing", "If-None-Exist")
-    compiler = Compiler(base_url)
+    compiler = Compiler(base_url, repository.terminology_lookup(conn))
     conditions = [compiler.criterion(resources, c) for c in query.criteria]
     statement = (
         select(resources.c.res_id)

@@ -22,6 +22,7 @@ from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_url
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
+from fhirfus.store import repository
 from fhirfus.store.repository import Store
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.scope import confined_site, site_condition
@@ -286,8 +287,8 @@ def search_bundle(
     count = min(query.count if query.count is not None else default_count, max_count)
     if query.summary == "count":
         count = 0
-    compiler = Compiler(base)
     with store.reading() as conn:
+        compiler = Compiler(base, repository.terminology_lookup(conn))
         lookup = single_lookup(queries, compiler)
         match = match_condition(queries, compiler) if lookup is None else lookup
         rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count)

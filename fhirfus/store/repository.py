@@ -8,7 +8,7 @@ neither lose an update nor duplicate a version.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from fhirfus.fhir.errors import Conflict
 from fhirfus.store import indexer, rows
 from fhirfus.store.scope import confined_site, site_condition
-from fhirfus.store.tables import resource_history, resources
+from fhirfus.store.tables import resource_history, resources, search_uri
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,30 @@ def version(conn: Connection, res_type: str, res_id: str, version_id: int) -> St
     return Stored(
         row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content, row.method
     )
+
+
+def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None:
+    """The newest live resource of ``res_type`` (a conformance resource) whose ``url`` is
+    ``canonical`` (``url|version`` also matches the version), among those the caller may see."""
+    url, _, wanted_version = canonical.partition("|")
+    statement = (
+        select(resources.c.content)
+        .where(
+            resources.c.res_type == res_type, resources.c.deleted.is_(False), site_condition(resources),
+            resources.c.pk.in_(select(search_uri.c.resource_pk).where(
+                search_uri.c.res_type == res_type, search_uri.c.param == "url", search_uri.c.value == url)),
+        )
+        .order_by(resources.c.last_updated.desc())
+    )
+    for content in conn.execute(statement).scalars():
+        if not wanted_version or (content or {}).get("version") == wanted_version:
+            return content
+    return None
+
+
+def terminology_lookup(conn: Connection) -> Callable[[str, str], dict | None]:
+    """ValueSets and CodeSystems stored here, by canonical, for expanding ``:in`` value sets."""
+    return lambda res_type, canonical: by_canonical(conn, res_type, canonical)
 
 
 def exists_live(conn: Connection, res_type: str, res_id: str) -> bool:

@@ -20,7 +20,7 @@ from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import normalize_string
 from fhirfus.fhir.searchparams import stored_under
-from fhirfus.fhir.valuesets import ValueSetError, expand
+from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 from fhirfus.store.scope import site_condition
@@ -54,8 +54,11 @@ TABLE_OF = {
 class Compiler:
     """Compiles criteria for one request (knows the server's base URL for absolute references)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, terminology: Lookup | None = None) -> None:
+        """``terminology``: where ``:in`` finds the ValueSets and CodeSystems that are not part of
+        fhirfus's own terminology (``repository.terminology_lookup(conn)``: those stored here)."""
         self.base_url = base_url.rstrip("/")
+        self.terminology = terminology
 
     # --- entry points ------------------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class Compiler:
 
     def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         if ref.modifier in ("in", "not-in"):
-            return valueset_condition(table.c.system, table.c.code, value, name)
+            return valueset_condition(table.c.system, table.c.code, value, name, self.terminology)
         if ref.modifier == "text":
             return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
         return token_condition(table.c.system, table.c.code, value, name)
@@ -298,11 +301,13 @@ def token_condition(system: ColumnElement, code: ColumnElement, value: str, name
     return and_(*conditions)
 
 
-def valueset_condition(system: ColumnElement, code: ColumnElement, url: str, name: str) -> ColumnElement[bool]:
+def valueset_condition(
+    system: ColumnElement, code: ColumnElement, url: str, name: str, lookup: Lookup | None = None
+) -> ColumnElement[bool]:
     """Tokens whose (system, code) is in the value set ``url``; a code without system (the
     ``code`` datatype: ``Observation.status``) matches any code the value set lists."""
     try:
-        expansion = expand(url)
+        expansion = expand(url, lookup) if lookup is not None else expand(url)
     except ValueSetError as exc:
         raise InvalidRequest(f"{name}: {exc}", name) from exc
     conditions = [
