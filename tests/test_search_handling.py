@@ -45,7 +45,6 @@ UNKNOWN = [
     pytest.param("Patient", "family:banana", "x", id="unknown-modifier"),
     pytest.param("Observation", "code:below", f"{LOINC}|8867-4", id="token-below"),
     pytest.param("Observation", "code:above", f"{LOINC}|8867-4", id="token-above"),
-    pytest.param("Patient", "identifier:of-type", "http://terminology.hl7.org/CodeSystem/v2-0203|MR|123", id="token-of-type"),
     pytest.param("Observation", "subject.banana", "x", id="chain-to-unknown-parameter"),
     pytest.param("Patient", "_has:Observation:patient:banana", "x", id="has-with-unknown-parameter"),
 ]

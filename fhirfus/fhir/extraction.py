@@ -249,8 +249,18 @@ def _identifier_token(param: str, value: dict[str, Any]) -> list[TokenValue]:
     if system is not None and ":" not in system:
         return [TokenValue(param, None, value["value"], None)]
     identifier_type = value.get("type")
-    type_text = _text(identifier_type.get("text")) if isinstance(identifier_type, dict) else None
-    return [TokenValue(param, system, value["value"], type_text)]
+    if not isinstance(identifier_type, dict):
+        return [TokenValue(param, system, value["value"], None)]
+    tokens = [TokenValue(param, system, value["value"], _text(identifier_type.get("text")))]
+    for coding in identifier_type.get("coding") or ():
+        if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+            # ``identifier:of-type=type-system|type-code|value``, one row per type coding
+            tokens.append(TokenValue(f"{param}{OF_TYPE}", _text(coding.get("system")), f"{coding['code']}|{value['value']}", None))
+    return tokens
+
+
+#: Suffix of the index rows ``:of-type`` searches: an Identifier's type coding with its value.
+OF_TYPE = ":of-type"
 
 
 # HumanName and Address parts that are searched on their own.

@@ -38,7 +38,7 @@ MODIFIERS = {
     "uri": {"below", "above", "missing"},
     "composite": {"missing"},
 }
-SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "missing", "in", "not-in"}
+SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "missing", "in", "not-in", "of-type"}
 
 #: The type of a system search without ``_type``: only the parameters every resource has apply.
 ANY_TYPE = "Resource"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
-from fhirfus.fhir.extraction import normalize_string
+from fhirfus.fhir.extraction import OF_TYPE, normalize_string
 from fhirfus.fhir.searchparams import stored_under
 from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
@@ -97,6 +97,8 @@ class Compiler:
         code, kind = ref.param.code, ref.param.type
         if kind == "reference" and ref.modifier == "identifier":
             kind, code = "token", f"{code}:identifier"  # Reference.identifier, indexed as a token
+        elif kind == "token" and ref.modifier == "of-type":
+            code = f"{code}{OF_TYPE}"  # Identifier.type coding with the value, indexed apart
         table = TABLE_OF.get(kind)
         if table is None:
             raise InvalidRequest(f"Search by '{name}' ({ref.param.type}) is not supported", name)
@@ -188,6 +190,12 @@ class Compiler:
     def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         if ref.modifier in ("in", "not-in"):
             return valueset_condition(table.c.system, table.c.code, value, name, self.terminology)
+        if ref.modifier == "of-type":
+            parts = value.split("|", 2)
+            if len(parts) != 3 or not parts[1] or not parts[2]:
+                raise InvalidRequest(f"'{value}' is not a value for '{name}': expected type-system|type-code|value", name)
+            system = table.c.system == parts[0] if parts[0] else table.c.system.is_(None)
+            return and_(system, table.c.code == f"{parts[1]}|{parts[2]}")
         if ref.modifier == "text":
             return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
         return token_condition(table.c.system, table.c.code, value, name)
