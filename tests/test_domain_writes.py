@@ -160,3 +160,31 @@ def test_low_skull_density_ratio_is_accepted_with_a_warning(client: httpx.Client
     assert client.post("/Observation", json=sdr(0.31)).status_code == 201
     issues = client.post("/Observation/$validate", json=sdr(0.31)).json()["issue"]
     assert [i["severity"] for i in issues] == ["warning"]
+
+
+def put_transaction(*resources: dict) -> dict:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in resources]}
+
+
+def test_a_response_whose_score_ids_were_used_before_gets_its_scores_in_a_transaction(
+    client: httpx.Client, patient_id: str, unique: str
+) -> None:
+    qr = {**response_for(patient_id), "id": f"qr-{unique}"}
+    used = {"resourceType": "Observation", "id": f"qr-{unique}-total", "status": "final", "code": {"text": "x"}}
+    assert client.put(f"/Observation/{used['id']}", json=used).status_code == 201
+    assert client.delete(f"/Observation/{used['id']}").status_code in (200, 204)  # a tombstone keeps the id
+    answer = client.post("/", json=put_transaction(qr))
+    assert answer.status_code == 200, answer.text
+    assert scores(client, qr["id"]) == {"total": 48, "severity": 23, "disability": 15, "pain": 10}
+
+
+def test_an_entry_with_the_id_of_a_score_observation_is_overwritten_by_the_score(
+    client: httpx.Client, patient_id: str, unique: str
+) -> None:
+    qr = {**response_for(patient_id), "id": f"qr-{unique}"}
+    claimed = {"resourceType": "Observation", "id": f"qr-{unique}-total", "status": "final",
+               "code": {"text": "not a score"}}
+    answer = client.post("/", json=put_transaction(claimed, qr))
+    assert answer.status_code == 200, answer.text
+    assert scores(client, qr["id"])["total"] == 48

@@ -564,3 +564,20 @@ def test_fast_path_agrees_with_fhirpathpy_on_synthea_sample() -> None:
     for resource in resources[::25]:
         _assert_fast_path_agrees(resource)
 
+
+
+def test_custom_parameters_never_change_which_rows_standard_parameters_share() -> None:
+    shadows = [("Observation", SearchParam("Security", "token", "Observation.meta.security")),
+               ("Patient", SearchParam("a-name", "string", "Patient.name"))]
+    try:
+        for res_type, param in shadows:
+            add_custom_param(res_type, param)
+        assert stored_under("Observation", "_security") == ("_security",)
+        assert stored_under("Patient", "name") == ("name",)
+        assert stored_under("Patient", "phonetic") == ("phonetic", "name")
+        values = extract_index_values({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                       "meta": {"security": [{"system": "s", "code": "c"}]}})
+        assert values_of(values.tokens, "_security") and values_of(values.tokens, "Security")
+    finally:
+        for res_type, param in shadows:
+            remove_custom_param(res_type, param.code)

@@ -40,3 +40,9 @@ def test_of_type_needs_all_three_parts(client: httpx.Client) -> None:
 def test_of_type_value_may_contain_a_bar(client: httpx.Client, unique: str) -> None:
     odd = patient(client, typed("MR", f"{unique}|a"))
     assert ids(client, f"{V2}|MR|{unique}|a") == [odd]
+
+
+def test_of_type_on_a_parameter_that_is_not_an_identifier_is_refused_under_strict_handling(client: httpx.Client) -> None:
+    response = client.get("/Patient", params={"gender:of-type": f"{V2}|MR|1"}, headers={"Prefer": "handling=strict"})
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["gender:of-type"]

@@ -84,3 +84,18 @@ def test_in_with_a_version_takes_that_version_of_a_stored_value_set(client: http
     new = create(client, observation(system, "new", mark))
     assert ids(client, "/Observation", **{"code:in": f"{url}|1", "identifier": f"{mark}|"}) == {old}
     assert ids(client, "/Observation", **{"code:in": url, "identifier": f"{mark}|"}) == {new}  # the newest
+
+
+def test_in_expands_a_whole_code_system_stored_on_the_server(client: httpx.Client, unique: str) -> None:
+    mark, system = f"urn:in:{unique}", f"https://example.org/fhir/CodeSystem/{unique}"
+    url = f"https://example.org/fhir/ValueSet/{unique}"
+    for resource in (
+        {"resourceType": "CodeSystem", "url": system, "status": "active", "content": "complete",
+         "concept": [{"code": "yes"}]},
+        {"resourceType": "ValueSet", "url": url, "status": "active", "compose": {"include": [{"system": system}]}},
+    ):
+        assert client.post(f"/{resource['resourceType']}", json=resource).status_code == 201
+    inside = create(client, observation(system, "yes", mark))
+    outside = create(client, observation(system, "no", mark))  # in the system, not among its concepts
+    assert ids(client, "/Observation", **{"code:in": url, "identifier": f"{mark}|"}) == {inside}
+    assert ids(client, "/Observation", **{"code:not-in": url, "identifier": f"{mark}|"}) == {outside}

@@ -89,3 +89,19 @@ def test_sort_by_phonetic_orders_by_the_shared_name_rows(client: httpx.Client, u
                             "name": [{"family": "Abel"}]})
     assert ids(client, "/Patient", _tag=f"{tag}|x", _sort="phonetic") == [first, later]
     assert ids(client, "/Patient", _tag=f"{tag}|x", _sort="-phonetic") == [later, first]
+
+
+def test_sort_over_several_types_reads_each_types_rows(client: httpx.Client, unique: str) -> None:
+    # Organization.name (name | alias) contains phonetic; Patient.phonetic is stored under name
+    tag = f"urn:multi:{unique}"
+    meta = {"tag": [{"system": tag, "code": "x"}]}
+    made = {
+        create(client, {"resourceType": "Patient", "meta": meta, "name": [{"family": "Bbb"}]}): "Bbb",
+        create(client, {"resourceType": "Organization", "meta": meta, "name": "Aaa"}): "Aaa",
+        create(client, {"resourceType": "Patient", "meta": meta, "name": [{"family": "Ddd"}]}): "Ddd",
+        create(client, {"resourceType": "Organization", "meta": meta, "name": "Ccc"}): "Ccc",
+    }
+    for types in ("Patient,Organization", "Organization,Patient"):
+        for sort in ("name", "phonetic"):
+            found = ids(client, "/", _type=types, _tag=f"{tag}|x", _sort=sort)
+            assert [made[i] for i in found] == ["Aaa", "Bbb", "Ccc", "Ddd"], (types, sort)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 
 import httpx
+import orjson
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from pydantic import ValidationError
 
@@ -86,3 +87,16 @@ def test_a_bad_nested_item_is_a_400_naming_it(client: httpx.Client) -> None:
     outcome = answer.json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["expression"] == ["QuestionnaireResponse.item[0].item[0].colour"]
+
+
+def test_an_integer_beyond_64_bits_is_an_issue_not_a_crash() -> None:
+    issues = resource_issues(response({"linkId": "a", "answer": [{"valueInteger": 2**70}]}))
+    assert [i.expression for i in issues] == [("QuestionnaireResponse.item[0].answer[0].valueInteger",)]
+
+
+def test_large_items_are_checked_but_not_remembered() -> None:
+    big = {"linkId": "a", "answer": [{"valueString": "x" * 5000}]}
+    small = {"linkId": "a", "answer": [{"valueString": "x"}]}
+    assert resource_issues(response(big, small)) == []
+    assert orjson.dumps(small) in validation._item_errors
+    assert orjson.dumps(big) not in validation._item_errors

@@ -86,3 +86,30 @@ def test_an_unknown_or_self_including_value_set_is_refused() -> None:
     valueset("loop", compose={"include": [{"valueSet": [loop]}]})
     with pytest.raises(ValueSetError, match="includes itself"):
         expand(loop)
+
+
+def test_a_pinned_code_system_version_that_is_not_known_is_refused() -> None:
+    system = codesystem("versioned", [{"code": "a"}])
+    url = valueset("pinned", compose={"include": [{"system": system, "version": "9"}]})
+    with pytest.raises(ValueSetError, match="version '9'"):
+        expand(url)
+
+
+def test_a_value_set_of_more_codes_than_bind_parameters_compiles_and_runs(fresh_database) -> None:
+    from sqlalchemy import insert, select
+
+    from fhirfus.store import migrate
+    from fhirfus.store.search_compiler import valueset_condition
+    from fhirfus.store.tables import search_token
+
+    migrate.upgrade(fresh_database.engine)
+    codes = [{"code": f"c{n}"} for n in range(70_000)]  # PostgreSQL binds at most 65,535 parameters
+    big = {"resourceType": "ValueSet", "url": "urn:big", "compose": {"include": [{"system": "s", "concept": codes}]}}
+    condition = valueset_condition(search_token.c.system, search_token.c.code, "urn:big", "code:in",
+                                   lambda kind, url: big if (kind, url) == ("ValueSet", "urn:big") else None)
+    with fresh_database.engine.begin() as conn:
+        conn.execute(insert(search_token), [
+            {"resource_pk": 1, "res_type": "Observation", "param": "code", "system": "s", "code": "c69999", "text": None},
+            {"resource_pk": 2, "res_type": "Observation", "param": "code", "system": "s", "code": "other", "text": None},
+        ])
+        assert conn.execute(select(search_token.c.resource_pk).where(condition)).scalars().all() == [1]

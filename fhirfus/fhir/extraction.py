@@ -777,6 +777,12 @@ def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
     return frozenset(keys)
 
 
+def selects_identifiers(resource_type: str, expression: str) -> bool:
+    """Whether the expression selects Identifier elements (what ``:of-type`` applies to)."""
+    compiled = _compile_fast(expression, resource_type, resource_type)
+    return compiled is not None and "Identifier" in compiled[1]
+
+
 def uses_fast_path(resource_type: str, expression: str) -> bool:
     """Whether ``expression`` is evaluated by direct lookups rather than fhirpathpy."""
     return _compile_fast(expression, resource_type, resource_type) is not None

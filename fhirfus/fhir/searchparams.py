@@ -138,8 +138,10 @@ def _split_top_level(text: str, separator: str) -> list[str]:
 # ``Observation.code``; Patient ``phonetic`` and ``name`` are both ``Patient.name``. Their common
 # values are indexed once, under the contained parameter, and a search by the larger one reads the
 # rows of both (``param IN ('combo-code', 'code')``). That is a quarter of an Observation's index
-# rows. Reference parameters keep their own rows (includes, compartments and chains read them by
-# code), and so do the common ``Resource.*`` ones (a system search spans types).
+# rows. Only standard R4 parameters take part, so the layout does not change when a deployment adds
+# or removes custom parameters (rows written under one layout stay readable under the next).
+# Reference parameters keep their own rows (includes, compartments and chains read them by code),
+# and so do the common ``_``-parameters (system search and site confinement read them by code).
 
 _SHAREABLE = frozenset({"token", "string", "date", "number", "quantity", "uri", "composite"})
 
@@ -161,7 +163,9 @@ def _shape(param: SearchParam, params: Mapping[str, SearchParam]) -> tuple:
 def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
     """Which parameters contain which, greedily from the smallest: a parameter that contains
     another is never itself contained (its own rows are not all of its values)."""
-    branches = {c: tuple(split_union(p.expression)) for c, p in params.items() if p.expression}
+    branches = {
+        c: tuple(split_union(p.expression)) for c, p in params.items() if p.expression and not c.startswith("_")
+    }
     order = sorted(
         (c for c, p in params.items() if c in branches and p.type in _SHAREABLE), key=lambda c: (len(branches[c]), c)
     )
@@ -169,14 +173,12 @@ def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
     own: dict[str, tuple[str, ...]] = {}
     for code in order:
         param, mine = params[code], set(branches[code])
-        if param.expression.startswith("Resource."):
-            continue
         contained: list[str] = []
         for other in order:
             theirs = set(branches[other])
             if other == code or other in own or not theirs <= mine or theirs == set(branches[code]) and other > code:
                 continue
-            if params[other].expression.startswith("Resource.") or _shape(params[other], params) != _shape(param, params):
+            if _shape(params[other], params) != _shape(param, params):
                 continue
             contained.append(other)
             mine -= theirs
@@ -190,10 +192,13 @@ _layouts: dict[str, tuple[Mapping[str, SearchParam], _Layout]] = {}
 
 
 def _layout(resource_type: str) -> _Layout:
+    """The layout of the standard parameters that are in force (a custom parameter that replaces
+    a standard code takes that code out of the layout)."""
     params = params_for(resource_type)
     cached = _layouts.get(resource_type)
     if cached is None or cached[0] is not params:
-        cached = (params, _layout_of(params))
+        standard = _standard_params(resource_type)
+        cached = (params, _layout_of({c: p for c, p in params.items() if standard.get(c) is p}))
         _layouts[resource_type] = cached
     return cached[1]
 

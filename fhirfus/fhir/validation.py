@@ -117,17 +117,31 @@ def _items(element: dict) -> list[dict] | None:
 def _item_issues(item: dict, path: str) -> list[Issue]:
     children = _items(item)
     checked = _without_items(item) if children is not None else item
-    key = orjson.dumps(checked)
-    errors = _item_errors.get(key)
-    if errors is None:
-        errors = _model_errors(_item_model(), checked)
-        if len(_item_errors) >= _ITEMS_KEPT:
-            _item_errors.clear()
-        _item_errors[key] = errors
-    issues = _issues(path, errors)
+    issues = _issues(path, _checked_item(checked))
     for index, child in enumerate(children or ()):
         issues += _item_issues(child, f"{path}.item[{index}]")
     return issues
+
+
+#: Larger items (an attachment, a long text) are checked every time: they rarely repeat, and
+#: remembering them would let the memo grow to gigabytes.
+_ITEM_KEY_MAX = 2048
+
+
+def _checked_item(item: dict) -> Errors:
+    try:
+        key = orjson.dumps(item)
+    except TypeError:  # e.g. an integer beyond 64 bits: the model reports it
+        return _model_errors(_item_model(), item)
+    if len(key) > _ITEM_KEY_MAX:
+        return _model_errors(_item_model(), item)
+    errors = _item_errors.get(key)
+    if errors is None:
+        errors = _model_errors(_item_model(), item)
+        if len(_item_errors) >= _ITEMS_KEPT:
+            _item_errors.clear()
+        _item_errors[key] = errors
+    return errors
 
 
 @cache

@@ -123,8 +123,12 @@ def _rule(find: Lookup, rule: Mapping[str, Any], url: str, seen: tuple[str, ...]
 def _system_codes(find: Lookup, system: str, version: Any) -> frozenset[str] | None:
     """Every code of a CodeSystem known here (hierarchies flattened); None when it is not known
     or not complete, meaning any code of the system."""
-    key = f"{system}|{version}" if isinstance(version, str) else system
-    codesystem = find("CodeSystem", key) or find("CodeSystem", system)
+    if isinstance(version, str):
+        codesystem = find("CodeSystem", f"{system}|{version}")
+        if codesystem is None and find("CodeSystem", system) is not None:
+            raise ValueSetError(f"CodeSystem '{system}' version '{version}' is not known to this server")
+    else:
+        codesystem = find("CodeSystem", system)
     if codesystem is None or codesystem.get("content") not in (None, "complete"):
         return None
     return frozenset(_concept_codes(codesystem.get("concept", [])))

@@ -25,7 +25,7 @@ from fhirfus.fhir.validation import require_known_type, resource_issues, served_
 from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
-from fhirfus.operations.derived import to_create_with
+from fhirfus.operations.derived import SCORE_CODES, score_id, to_create_with
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
@@ -354,18 +354,31 @@ def _run(conn: Connection, entry: Entry, ctx: Context) -> dict:
 
 
 def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
-    """Entries that simply create: POSTs without a match, and PUTs to ids never used before."""
+    """Entries that simply create: POSTs without a match, and PUTs to ids never used before.
+
+    A PUT of a QuestionnaireResponse whose score Observations' ids are already used (a tombstone
+    of an earlier response with that id, or another entry of this Bundle) is left to the
+    one-by-one path, which updates the scores in place (``derived.after_write``).
+    """
     creates = [e for e in entries if e.method == "POST" and not e.existing]
     puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None]
+    scores = {
+        e.index: [("Observation", score_id(e.res_id, code)) for code in SCORE_CODES]  # type: ignore[arg-type]
+        for e in puts if e.res_type == "QuestionnaireResponse"
+    }
+    wanted = [(e.res_type, e.res_id) for e in puts] + [key for keys in scores.values() for key in keys]
     taken: set[tuple[str, str]] = set()
-    for start in range(0, len(puts), 500):
-        keys = [(e.res_type, e.res_id) for e in puts[start:start + 500]]
+    for start in range(0, len(wanted), 500):
+        keys = wanted[start:start + 500]
         rows = conn.execute(
             select(resources.c.res_type, resources.c.res_id).where(tuple_(resources.c.res_type, resources.c.res_id).in_(keys))
         ).all()
         taken.update((r.res_type, r.res_id) for r in rows)
+    in_bundle = {(e.res_type, e.res_id) for e in entries if e.res_id is not None}
     for entry in puts:
         if (entry.res_type, entry.res_id) in taken:
+            continue
+        if any(key in taken or key in in_bundle for key in scores.get(entry.index, ())):
             continue
         body_id = entry.resource.get("id")
         if body_id is not None and body_id != entry.res_id:

@@ -48,7 +48,7 @@ class Row:
     content: dict
 
 
-def _sort_column(key: SortKey) -> ColumnElement:
+def _sort_column(key: SortKey, types: Sequence[str] = ()) -> ColumnElement:
     """The value a resource sorts by: its lowest value ascending, its highest descending.
 
     A parameter can have several values per resource (names, Periods); like HAPI FHIR, ascending
@@ -63,11 +63,13 @@ def _sort_column(key: SortKey) -> ColumnElement:
     table = TABLE_OF[key.param.type]
     column = table.c[_VALUE_COLUMN[key.param.type]]
     aggregate = func.max(column) if key.descending else func.min(column)
-    value = (
-        select(aggregate)
-        .where(table.c.resource_pk == resources.c.pk, param_rows(table, key.res_type, code))
-        .scalar_subquery()
-    )
+    # Which rows hold the values depends on the type (``stored_under``): a search over several
+    # types reads each type's own.
+    if len(types) > 1:
+        of_param = or_(*(and_(table.c.res_type == t, param_rows(table, t, code)) for t in types))
+    else:
+        of_param = param_rows(table, types[0] if types else key.res_type, code)
+    value = select(aggregate).where(table.c.resource_pk == resources.c.pk, of_param).scalar_subquery()
     return func.coalesce(value, _SENTINELS[key.param.type])
 
 
@@ -149,7 +151,7 @@ def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) ->
 
 
 def run_search(
-    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int
+    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int, types: Sequence[str] = ()
 ) -> tuple[list[Row], int | None, str | None, str | None]:
     """One page of matches, the total (unless ``_total=none``) and the next/previous cursors.
 
@@ -158,7 +160,7 @@ def run_search(
     table, and only the page's own resources are read: 21 lookups into ``resources`` instead of
     one per match (a name prefix can match thousands).
     """
-    keys = [(_sort_column(k), k.descending) for k in query.sort] + [(resources.c.pk, False)]
+    keys = [(_sort_column(k, types), k.descending) for k in query.sort] + [(resources.c.pk, False)]
     direction, position = "n", None
     if query.cursor:
         direction, position = _position(query.cursor, [_kind(k) for k in query.sort] + [int])
@@ -291,7 +293,7 @@ def search_bundle(
         compiler = Compiler(base, repository.terminology_lookup(conn))
         lookup = single_lookup(queries, compiler)
         match = match_condition(queries, compiler) if lookup is None else lookup
-        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count)
+        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count, [t for t in queries if t])
         included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.extraction import selects_identifiers
 from fhirfus.fhir.searchparams import SearchParam, params_for
 from fhirfus.fhir.validation import served_types
 
@@ -172,6 +173,8 @@ def parse_name(res_type: str, name: str) -> ParamRef:
         allowed = MODIFIERS.get(param.type, {"missing"})
         if modifier not in allowed or (param.type == "token" and modifier not in SUPPORTED_TOKEN_MODIFIERS):
             raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}' ({param.type})", name)
+        if modifier == "of-type" and not selects_identifiers(res_type, param.expression):
+            raise UnknownParameter(f"':of-type' applies to identifiers; '{code}' is not one", name)
     return ParamRef(res_type, param, modifier or None)
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
+from fhirfus.fhir.searchparams import stored_under
 from fhirfus.store import indexer, rows
 from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.tables import resource_history, resources, search_uri
@@ -136,7 +137,8 @@ def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None
         .where(
             resources.c.res_type == res_type, resources.c.deleted.is_(False), site_condition(resources),
             resources.c.pk.in_(select(search_uri.c.resource_pk).where(
-                search_uri.c.res_type == res_type, search_uri.c.param == "url", search_uri.c.value == url)),
+                search_uri.c.res_type == res_type, search_uri.c.param.in_(stored_under(res_type, "url")),
+                search_uri.c.value == url)),
         )
         .order_by(resources.c.last_updated.desc())
     )

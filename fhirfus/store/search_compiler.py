@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, exists, false, func, literal, not_, or_, select, true
+from sqlalchemy import (
+    ColumnElement, FromClause, Select, Table, and_, bindparam, exists, false, func, literal, not_, or_, select, true,
+)
 from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
@@ -319,12 +322,24 @@ def valueset_condition(
     except ValueSetError as exc:
         raise InvalidRequest(f"{name}: {exc}", name) from exc
     conditions = [
-        system == s if codes is None else and_(system == s, code.in_(sorted(codes)))
+        system == s if codes is None else and_(system == s, code.in_(_code_list(codes)))
         for s, codes in sorted(expansion.systems.items())
     ]
     if bare := expansion.codes():
-        conditions.append(and_(system.is_(None), code.in_(sorted(bare))))
+        conditions.append(and_(system.is_(None), code.in_(_code_list(bare))))
     return or_(*conditions) if conditions else false()
+
+
+#: From this many codes the list is written into the SQL instead of bound one parameter each:
+#: a large code system (ICD-10: ~70,000 codes) would pass PostgreSQL's and SQLite's bind limits.
+_INLINE_CODES_FROM = 1000
+
+
+def _code_list(codes: frozenset[str]) -> Any:
+    ordered = sorted(codes)
+    if len(ordered) < _INLINE_CODES_FROM:
+        return ordered
+    return bindparam("valueset_codes", ordered, expanding=True, literal_execute=True)
 
 
 def quantity_condition(
