@@ -381,6 +381,19 @@ def test_type_limits_the_output_to_those_types(client: httpx.Client, unique: str
     finish(client, location)
 
 
+def test_type_filter_in_expands_a_value_set_stored_on_the_server(client: httpx.Client, unique: str) -> None:
+    cohort = make_cohort(client, unique, size=1)
+    url = f"https://example.org/fhir/ValueSet/{unique}"
+    stored = client.post("/ValueSet", json={"resourceType": "ValueSet", "url": url, "status": "active",
+                                            "compose": {"include": [{"system": CODES, "concept": [{"code": unique}]}]}})
+    assert stored.status_code == 201, stored.text
+    query = quote(f"Observation?code:in={url}", safe="")
+    location = kick_off(client, f"/$export?_type=Observation&_typeFilter={query}")
+    assert exported_ids(client, location) == {
+        i for ids in cohort.in_compartment.values() for i in ids if i.startswith("Observation/")} | {cohort.orphan}
+    finish(client, location)
+
+
 @pytest.mark.parametrize("output_format", ["application/fhir+ndjson", "application/ndjson", "ndjson"])
 def test_every_ndjson_output_format_is_accepted(client: httpx.Client, output_format: str) -> None:
     location = kick_off(client, f"/$export?_type=Organization&_outputFormat={quote(output_format, safe='')}")

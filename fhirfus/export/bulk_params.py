@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.fhir.valuesets import Lookup
 from fhirfus.fhir.validation import served_types
 from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
@@ -91,8 +92,10 @@ def parse_export_params(
     group_id: str | None = None,
     lenient: bool = False,
     base_url: str = "",
+    terminology: Lookup | None = None,
 ) -> ExportRequest:
-    """Check the kick-off parameters of an export at ``level`` and normalise them."""
+    """Check the kick-off parameters of an export at ``level`` and normalise them (``terminology``:
+    where ``_typeFilter``'s ``:in`` finds stored value sets, as in a search)."""
     ignored: list[str] = []
     seen: dict[str, int] = {}
     types: list[str] = []
@@ -112,7 +115,7 @@ def parse_export_params(
         elif name == "_since":
             since = _parse_since(value)
         elif name == "_typeFilter":
-            filters += _parse_type_filters(level, value, base_url)
+            filters += _parse_type_filters(level, value, base_url, terminology)
         elif name == "patient":
             if level == "system":
                 raise InvalidRequest("patient applies to Patient- and Group-level exports only", "patient")
@@ -177,7 +180,7 @@ def _parse_since(value: str) -> str:
     return low.isoformat()
 
 
-def _parse_type_filters(level: str, value: str, base_url: str) -> list[tuple[str, str]]:
+def _parse_type_filters(level: str, value: str, base_url: str, terminology: Lookup | None = None) -> list[tuple[str, str]]:
     """``Type?query`` items; each query must be a valid search of that type (checked now)."""
     filters = []
     for item in _TYPE_FILTER_SPLIT.split(value):
@@ -200,7 +203,7 @@ def _parse_type_filters(level: str, value: str, base_url: str) -> list[tuple[str
         if not parsed.criteria:
             raise InvalidRequest(f"_typeFilter '{item}' has no search criteria", "_typeFilter")
         try:  # values (dates, numbers, references) are checked when compiled: do it now, not in the job
-            match_condition({res_type: parsed}, Compiler(base_url))
+            match_condition({res_type: parsed}, Compiler(base_url, terminology))
         except InvalidRequest as exc:
             raise InvalidRequest(f"_typeFilter '{item}': {exc.message}", "_typeFilter") from exc
         filters.append((res_type, query))

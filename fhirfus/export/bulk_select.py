@@ -17,9 +17,11 @@ from urllib.parse import parse_qsl
 from sqlalchemy import ColumnElement, Connection, and_, delete, false, insert, literal, or_, select, true
 
 from fhirfus.export.bulk_params import ExportRequest, allowed_types
+from fhirfus.fhir.valuesets import Lookup
 from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
 from fhirfus.search.query import parse_query
+from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler, local_reference
 from fhirfus.store.tables import export_job_matches, export_job_patients, resources, search_reference
 
@@ -77,9 +79,9 @@ def _compartment_condition(types: list[str], job_id: str | None, base_url: str) 
     return or_(patient_itself, member) if "Patient" in types else member
 
 
-def type_filter_condition(request: ExportRequest) -> ColumnElement[bool]:
+def type_filter_condition(request: ExportRequest, terminology: Lookup | None = None) -> ColumnElement[bool]:
     """Resources of filtered types match one of their type's queries; other types pass."""
-    compiler = Compiler(request.base_url)
+    compiler = Compiler(request.base_url, terminology)
     alternatives: list[ColumnElement[bool]] = [resources.c.res_type.not_in(_filtered_types(request))]
     for res_type, query in request.type_filters:
         parsed = parse_query(res_type, parse_qsl(query, keep_blank_values=True), strict=True)
@@ -98,7 +100,8 @@ def stage_type_filters(conn: Connection, job_id: str, request: ExportRequest) ->
     matches = export_job_matches
     conn.execute(delete(matches).where(matches.c.job_id == job_id))
     rows = select(literal(job_id), resources.c.pk).where(
-        resources.c.res_type.in_(_filtered_types(request)), type_filter_condition(request)
+        resources.c.res_type.in_(_filtered_types(request)),
+        type_filter_condition(request, repository.terminology_lookup(conn)),
     )
     return conn.execute(insert(matches).from_select(["job_id", "resource_pk"], rows)).rowcount
 

@@ -23,6 +23,7 @@ from fhirfus.export.bulk_worker import ExportWorker
 from fhirfus.export.bulk_writer import WrittenFile
 from fhirfus.fhir.errors import FhirError, NotFound
 from fhirfus.operations import crud
+from fhirfus.store import repository
 from fhirfus.store.repository import Store, format_instant
 
 #: Where status and files live below the FHIR base (``/fhir/_export/{job}[/{file}]``).
@@ -59,7 +60,9 @@ def kick_off(
     if level == "group":
         assert group_id is not None
         crud.read(worker.store, "Group", group_id)
-    request = parse_export_params(level, params, group_id=group_id, lenient=lenient, base_url=base_url)
+    with worker.store.reading() as conn:
+        request = parse_export_params(level, params, group_id=group_id, lenient=lenient, base_url=base_url,
+                                      terminology=repository.terminology_lookup(conn))
     return worker.submit(_for_caller(request), request_url)
 
 
