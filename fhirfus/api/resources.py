@@ -40,6 +40,7 @@ def run_search(request: Request, res_type: str | None, params: list[tuple[str, s
         default_count=settings.default_page_size,
         max_count=settings.max_page_size,
         strict=Prefer.parse(request).handling == "strict",
+        raw=not rendering.pretty,  # stored JSON goes out as it is; _pretty re-indents, so it parses
     )
     return fhir_response(request, bundle, rendering=rendering)
 
