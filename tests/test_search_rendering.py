@@ -30,3 +30,18 @@ def test_elements_are_applied_to_the_stored_json(client: httpx.Client, unique: s
     answer = client.get("/Patient", params={"_id": created["id"], "_elements": "gender"}).json()
     resource = answer["entry"][0]["resource"]
     assert resource["gender"] == "female" and "name" not in resource
+
+
+def test_included_resources_are_the_same_pretty_or_not(client: httpx.Client, unique: str) -> None:
+    patient = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": f"Inc{unique}"}]}).json()
+    for n in range(2):
+        assert client.post("/Observation", json={
+            "resourceType": "Observation", "status": "final", "code": {"text": f"é{n}"},
+            "subject": {"reference": f"Patient/{patient['id']}"}}).status_code == 201
+    params = {"_id": patient["id"], "_revinclude": "Observation:subject"}
+    compact = client.get("/Patient", params=params).json()
+    pretty = client.get("/Patient", params={**params, "_pretty": "true"}).json()
+    included = [e for e in compact["entry"] if e["search"]["mode"] == "include"]
+    assert len(included) == 2 and all(e["resource"]["resourceType"] == "Observation" for e in included)
+    key = lambda e: e["fullUrl"]  # noqa: E731 - include order is not part of the answer
+    assert sorted(compact["entry"], key=key) == sorted(pretty["entry"], key=key)

@@ -212,26 +212,32 @@ def run_search(
         next_cursor = encode_cursor(["n", [_encode(v) for v in _keys_of(rows[-1], len(keys))]])
     if rows and has_previous:
         prev_cursor = encode_cursor(["p", [_encode(v) for v in _keys_of(rows[0], len(keys))]])
-    found = [Row(r.pk, r.res_type, r.res_id, None, r.content) if raw else Row(r.pk, r.res_type, r.res_id, r.content)
-             for r in rows]
-    return found, total, next_cursor, prev_cursor
+    return [_row(r, raw) for r in rows], total, next_cursor, prev_cursor
+
+
+def _row(r: Any, raw: bool) -> Row:
+    return Row(r.pk, r.res_type, r.res_id, None, r.content) if raw else Row(r.pk, r.res_type, r.res_id, r.content)
 
 
 def _keys_of(row: Any, n: int) -> list[Any]:
     return [getattr(row, f"k{i}") for i in range(n)]
 
 
-def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list) -> list[Row]:
-    rows = conn.execute(
-        select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
-        .distinct()
+def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list, raw: bool) -> list[Row]:
+    pks = (
+        select(resources.c.pk)
         .select_from(search_reference.join(resources, join_on))
         .where(resources.c.deleted.is_(False), site_condition(resources), condition, *extra)
+    )
+    content = cast(resources.c.content, Text) if raw else resources.c.content
+    rows = conn.execute(
+        select(resources.c.pk, resources.c.res_type, resources.c.res_id, content.label("content"))
+        .where(resources.c.pk.in_(pks))
     ).all()
-    return [Row(r.pk, r.res_type, r.res_id, r.content) for r in rows if may_read(r.res_type)]
+    return [_row(r, raw) for r in rows if may_read(r.res_type)]
 
 
-def _included(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
+def _included(conn: Connection, items: list[Row], include: Include, base: str, raw: bool) -> list[Row]:
     """Targets of the references of ``items`` named by an ``_include`` (on this server)."""
     sources = [r.pk for r in items if include.source in ("*", r.res_type)]
     if not sources:
@@ -243,10 +249,10 @@ def _included(conn: Connection, items: list[Row], include: Include, base: str) -
     if include.target:
         extra.append(link.c.target_type == include.target)
     join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
-    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra)
+    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra, raw)
 
 
-def _revincluded(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
+def _revincluded(conn: Connection, items: list[Row], include: Include, base: str, raw: bool) -> list[Row]:
     """Resources whose references named by a ``_revinclude`` point at ``items``."""
     link = search_reference
     by_type: dict[str, list[str]] = {}
@@ -259,11 +265,12 @@ def _revincluded(conn: Connection, items: list[Row], include: Include, base: str
     extra = [local_reference(link, base)] + ([link.c.res_type == include.source] if include.source != "*" else [])
     if include.param != "*":
         extra.append(link.c.param == include.param)
-    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
+    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra, raw)
 
 
-def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str) -> list[Row]:
-    """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded."""
+def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str, raw: bool = False) -> list[Row]:
+    """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded;
+    ``raw`` as for ``run_search``."""
     seen = {(r.res_type, r.res_id) for r in matches}
     added: list[Row] = []
     frontier = matches
@@ -271,10 +278,10 @@ def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, b
         new: list[Row] = []
         for include in query.includes:
             if round_number == 0 or include.iterate:
-                new += _included(conn, frontier, include, base)
+                new += _included(conn, frontier, include, base, raw)
         for include in query.revincludes:
             if round_number == 0 or include.iterate:
-                new += _revincluded(conn, frontier, include, base)
+                new += _revincluded(conn, frontier, include, base, raw)
         fresh = []
         for row in new:
             if (row.res_type, row.res_id) not in seen:
@@ -312,7 +319,7 @@ def search_bundle(
         lookup = single_lookup(queries, compiler)
         match = match_condition(queries, compiler) if lookup is None else lookup
         rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count, [t for t in queries if t], raw)
-        included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
+        included = resolve_includes(conn, rows, query, base, raw) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
     if res_type is None and None not in queries:
