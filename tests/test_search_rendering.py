@@ -45,3 +45,13 @@ def test_included_resources_are_the_same_pretty_or_not(client: httpx.Client, uni
     assert len(included) == 2 and all(e["resource"]["resourceType"] == "Observation" for e in included)
     key = lambda e: e["fullUrl"]  # noqa: E731 - include order is not part of the answer
     assert sorted(compact["entry"], key=key) == sorted(pretty["entry"], key=key)
+
+
+def test_everything_answers_the_same_resources_pretty_or_not(client: httpx.Client, unique: str) -> None:
+    patient = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": f"All{unique}"}]}).json()
+    assert client.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "ø"},
+                                             "subject": {"reference": f"Patient/{patient['id']}"}}).status_code == 201
+    compact = client.get(f"/Patient/{patient['id']}/$everything").json()
+    pretty = client.get(f"/Patient/{patient['id']}/$everything", params={"_pretty": "true"}).json()
+    assert len(compact["entry"]) == 2 and compact["entry"] == pretty["entry"]
+    assert compact["entry"][0]["resource"] == client.get(f"/Patient/{patient['id']}").json()

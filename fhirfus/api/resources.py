@@ -134,11 +134,12 @@ def extract_stored_response(request: Request, res_id: str) -> Response:
 @router.get("/Patient/{res_id}/$everything")
 def patient_everything(request: Request, res_id: str) -> Response:
     settings = _settings(request)
+    rendering = rendering_for(request)
     bundle = everything.everything_bundle(
         _store(request), base_url(request), res_id, request.query_params,
-        default_count=settings.default_page_size, max_count=settings.max_page_size,
+        default_count=settings.default_page_size, max_count=settings.max_page_size, raw=not rendering.pretty,
     )
-    return fhir_response(request, bundle)
+    return fhir_response(request, bundle, rendering=rendering)
 
 
 @router.get("/{res_type}/_history")

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 
-from sqlalchemy import and_, or_, select
+import orjson
+from sqlalchemy import Text, and_, cast, or_, select
 
 from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.errors import InvalidRequest
@@ -41,8 +42,10 @@ def compartment() -> Mapping[str, tuple[str, ...]]:
 
 
 def everything_bundle(
-    store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int
+    store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,
+    raw: bool = False,
 ) -> dict:
+    """``raw``: resources as ``orjson.Fragment``s of their stored JSON (``search.search_bundle``)."""
     require("Patient", "r")
     count = page_size(params.get("_count"), default_count, max_count)
     types = [t for t in (params.get("_type") or "").split(",") if t]
@@ -79,8 +82,9 @@ def everything_bundle(
         conditions.append(resources.c.pk > after)
     with store.reading() as conn:
         crud.read_in(conn, "Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
+        content = cast(resources.c.content, Text) if raw else resources.c.content
         rows = conn.execute(
-            select(resources.c.pk, resources.c.res_type, resources.c.res_id, resources.c.content)
+            select(resources.c.pk, resources.c.res_type, resources.c.res_id, content.label("content"))
             .where(*conditions)
             .order_by(resources.c.pk)
             .limit(count + 1)
@@ -97,7 +101,8 @@ def everything_bundle(
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "link": links}
     if rows:
         bundle["entry"] = [
-            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": r.content, "search": {"mode": "match"}}
+            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": orjson.Fragment(r.content) if raw else r.content,
+             "search": {"mode": "match"}}
             for r in rows
         ]
     return bundle
