@@ -113,3 +113,23 @@ def test_a_value_set_of_more_codes_than_bind_parameters_compiles_and_runs(fresh_
             {"resource_pk": 2, "res_type": "Observation", "param": "code", "system": "s", "code": "other", "text": None},
         ])
         assert conn.execute(select(search_token.c.resource_pk).where(condition)).scalars().all() == [1]
+
+
+def test_two_large_code_lists_in_one_value_set_keep_their_own_codes(fresh_database) -> None:
+    from sqlalchemy import insert, select
+
+    from fhirfus.store import migrate
+    from fhirfus.store.search_compiler import valueset_condition
+    from fhirfus.store.tables import search_token
+
+    migrate.upgrade(fresh_database.engine)
+    big = {"resourceType": "ValueSet", "url": "urn:two", "compose": {"include": [
+        {"system": "s", "concept": [{"code": f"s{n}"} for n in range(1500)]},
+        {"system": "t", "concept": [{"code": f"t{n}"} for n in range(1500)]}]}}
+    condition = valueset_condition(search_token.c.system, search_token.c.code, "urn:two", "code:in",
+                                   lambda kind, url: big if (kind, url) == ("ValueSet", "urn:two") else None)
+    with fresh_database.engine.begin() as conn:
+        conn.execute(insert(search_token), [
+            {"resource_pk": pk, "res_type": "Observation", "param": "code", "system": system, "code": code, "text": None}
+            for pk, system, code in ((1, "s", "s7"), (2, "t", "t7"), (3, "s", "t7"))])
+        assert sorted(conn.execute(select(search_token.c.resource_pk).where(condition)).scalars()) == [1, 2]

@@ -59,18 +59,14 @@ def register(resource: Mapping[str, Any]) -> None:
 Lookup = Callable[[str, str], "Mapping[str, Any] | None"]
 
 
-def _nowhere(kind: str, url: str) -> None:
-    return None
-
-
-def expand(url: str, lookup: Lookup = _nowhere) -> Expansion:
+def expand(url: str, lookup: Lookup | None = None) -> Expansion:
     """The codes of the value set ``url`` (``|version`` allowed); ``ValueSetError`` if it is
     unknown or uses what is not supported. ``lookup`` is asked for what is not registered (the
     ValueSets and CodeSystems stored on the server)."""
 
     def find(kind: str, canonical: str) -> Mapping[str, Any] | None:
         registered = _registered.get((kind, canonical))
-        return registered if registered is not None else lookup(kind, canonical)
+        return registered if registered is not None or lookup is None else lookup(kind, canonical)
 
     return Expansion(_expand(find, url, ()))
 

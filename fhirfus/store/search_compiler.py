@@ -318,15 +318,17 @@ def valueset_condition(
     """Tokens whose (system, code) is in the value set ``url``; a code without system (the
     ``code`` datatype: ``Observation.status``) matches any code the value set lists."""
     try:
-        expansion = expand(url, lookup) if lookup is not None else expand(url)
+        expansion = expand(url, lookup)
     except ValueSetError as exc:
         raise InvalidRequest(f"{name}: {exc}", name) from exc
-    conditions = [
-        system == s if codes is None else and_(system == s, code.in_(_code_list(codes)))
-        for s, codes in sorted(expansion.systems.items())
-    ]
-    if bare := expansion.codes():
-        conditions.append(and_(system.is_(None), code.in_(_code_list(bare))))
+    listed = {s: codes for s, codes in expansion.systems.items() if codes is not None}
+    conditions = [system == s for s, codes in sorted(expansion.systems.items()) if codes is None]
+    if len(listed) == 1:  # one list serves both its system and the codes without one
+        (only, codes), = listed.items()
+        conditions.append(and_(or_(system == only, system.is_(None)), code.in_(_code_list(codes))))
+    elif listed:
+        conditions += [and_(system == s, code.in_(_code_list(codes))) for s, codes in sorted(listed.items())]
+        conditions.append(and_(system.is_(None), code.in_(_code_list(expansion.codes()))))
     return or_(*conditions) if conditions else false()
 
 
@@ -339,7 +341,7 @@ def _code_list(codes: frozenset[str]) -> Any:
     ordered = sorted(codes)
     if len(ordered) < _INLINE_CODES_FROM:
         return ordered
-    return bindparam("valueset_codes", ordered, expanding=True, literal_execute=True)
+    return bindparam(None, ordered, expanding=True, literal_execute=True, unique=True)
 
 
 def quantity_condition(
