@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from rest_helpers import create, entry_ids
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -28,15 +29,7 @@ def observation(system: str, code: str, **value: object) -> dict:
 
 
 def ids(client: httpx.Client, **params: str) -> set[str]:
-    response = client.get("/Observation", params=params)
-    assert response.status_code == 200, response.text
-    return {entry["resource"]["id"] for entry in response.json().get("entry", [])}
-
-
-def create(client: httpx.Client, resource: dict) -> str:
-    response = client.post("/Observation", json=resource)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
+    return set(entry_ids(client, "/Observation", **params))
 
 
 def test_component_code_value_quantity_pairs_values_with_their_own_code(client: httpx.Client, unique: str) -> None:

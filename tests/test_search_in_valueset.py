@@ -4,22 +4,15 @@ terminology from ``mappings/terminology``, or an R4 required-binding value set).
 from __future__ import annotations
 
 import httpx
+from rest_helpers import create, entry_ids
 
 PROCEDURE_CODES = "https://fhirfus.org/fhir/CodeSystem/procedure"
 PROCEDURES = "https://fhirfus.org/fhir/ValueSet/procedure"
 OBSERVATION_STATUS = "http://hl7.org/fhir/ValueSet/observation-status"
 
 
-def create(client: httpx.Client, resource: dict) -> str:
-    response = client.post(f"/{resource['resourceType']}", json=resource)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
 def ids(client: httpx.Client, path: str, **params: str) -> set[str]:
-    response = client.get(path, params={**params, "_count": "100"})
-    assert response.status_code == 200, response.text
-    return {entry["resource"]["id"] for entry in response.json().get("entry", [])}
+    return set(entry_ids(client, path, **params, _count="100"))
 
 
 def observation(system: str, code: str, mark: str, status: str = "final") -> dict:

@@ -4,20 +4,10 @@ read the rows of both: every search behaviour of the larger parameter stays as t
 from __future__ import annotations
 
 import httpx
+from rest_helpers import create
+from rest_helpers import entry_ids as ids
 
 LOINC = "http://loinc.org"
-
-
-def create(client: httpx.Client, resource: dict) -> str:
-    response = client.post(f"/{resource['resourceType']}", json=resource)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
-def ids(client: httpx.Client, path: str, **params: str) -> list[str]:
-    response = client.get(path, params=params)
-    assert response.status_code == 200, response.text
-    return [entry["resource"]["id"] for entry in response.json().get("entry", [])]
 
 
 def coded(system: str, code: str) -> dict:

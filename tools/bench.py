@@ -63,6 +63,9 @@ from fhirfus.store.tables import resources
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results" / "bench.md"
+#: ``fhirfus serve --workers``: one process per core, as a Python server is deployed (one process
+#: runs Python on one core at a time).
+DEFAULT_WORKERS = os.cpu_count() or 1
 POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 RES_TYPE = "Observation"
 SEED = 20260101

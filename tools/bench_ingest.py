@@ -69,9 +69,7 @@ BUNDLE_ENTRIES = 100
 BIG_BUNDLE_ENTRIES = 10_000
 RAW_ROWS_PER_TX = 100
 SCORES_PER_RESPONSE = 4
-#: ``fhirfus serve --workers``: one process per core, as a Python server is deployed (one process
-#: runs Python on one core at a time). The 10,000-entry Bundle always goes to a single worker.
-DEFAULT_WORKERS = os.cpu_count() or 1
+DEFAULT_WORKERS = bench.DEFAULT_WORKERS  # the 10,000-entry Bundle always goes to one worker
 
 #: The aim of the issue (PostgreSQL, 4 keep-alive clients, server and load generator on 2 cores).
 AIM_RESOURCES_PER_S = 3_000.0

@@ -76,8 +76,7 @@ console = bench.console
 SEED = 20260301
 OBSERVATIONS_PER_PATIENT = 19
 RESOURCES_PER_PATIENT = 1 + OBSERVATIONS_PER_PATIENT
-#: ``fhirfus serve --workers``: one process per core, as a Python server is deployed.
-DEFAULT_WORKERS = os.cpu_count() or 1
+DEFAULT_WORKERS = bench.DEFAULT_WORKERS
 PAGE_SIZE = 50  # the server's default _count: the family search answers one default page
 
 #: The aims of the issue (PostgreSQL, 1,000,000 resources, 4 keep-alive clients, 2 cores).

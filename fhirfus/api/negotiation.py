@@ -35,8 +35,10 @@ class Rendering:
     pretty: bool = False
 
     def dumps(self, body: dict) -> bytes:
-        option = orjson.OPT_INDENT_2 if self.pretty else 0
-        return orjson.dumps(body, option=option)
+        if not self.pretty:
+            return orjson.dumps(body)
+        # stored JSON inside the body (``orjson.Fragment``) is written as it is: parse it to indent it
+        return orjson.dumps(orjson.loads(orjson.dumps(body)), option=orjson.OPT_INDENT_2)
 
     @property
     def content_type(self) -> str:

@@ -40,7 +40,7 @@ def run_search(request: Request, res_type: str | None, params: list[tuple[str, s
         default_count=settings.default_page_size,
         max_count=settings.max_page_size,
         strict=Prefer.parse(request).handling == "strict",
-        raw=not rendering.pretty,  # stored JSON goes out as it is; _pretty re-indents, so it parses
+        raw=True,  # stored JSON goes out as it is
     )
     return fhir_response(request, bundle, rendering=rendering)
 
@@ -134,12 +134,11 @@ def extract_stored_response(request: Request, res_id: str) -> Response:
 @router.get("/Patient/{res_id}/$everything")
 def patient_everything(request: Request, res_id: str) -> Response:
     settings = _settings(request)
-    rendering = rendering_for(request)
     bundle = everything.everything_bundle(
         _store(request), base_url(request), res_id, request.query_params,
-        default_count=settings.default_page_size, max_count=settings.max_page_size, raw=not rendering.pretty,
+        default_count=settings.default_page_size, max_count=settings.max_page_size,
     )
-    return fhir_response(request, bundle, rendering=rendering)
+    return fhir_response(request, bundle)
 
 
 @router.get("/{res_type}/_history")

@@ -255,8 +255,6 @@ def write_audit_records(database_url: str, records: Any, acks: Any) -> None:
 
 
 def _write(store: Store, batch: list[AuditRecord]) -> None:
-    if not batch:
-        return
     try:
         with store.writing() as conn:
             repository.create_many(conn, [NewResource("AuditEvent", str(uuid.uuid4()), audit_event(r)) for r in batch])

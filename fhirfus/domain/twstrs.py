@@ -131,8 +131,8 @@ def validate_response(qr: Any) -> list[Issue]:
 
 
 def _read(qr: Any) -> tuple[ScoringRules | None, dict[str, Answer], list[Issue]]:
-    """Rules, usable answers and every issue of a response: the answers are walked once, whether
-    the caller validates, scores, or both (a write does both on every TWSTRS response)."""
+    """Rules, usable answers and every issue of a response, from one walk over the answers
+    (``score_observations`` needs both, and used to walk them twice)."""
     rules, issues = _resolve(qr)
     if rules is None:
         return None, {}, issues

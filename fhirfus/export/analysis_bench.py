@@ -50,12 +50,11 @@ def _resolve(value: object, mapping: dict[str, str]) -> object:
 
 def _load_site(url: str, site: str, patients: int, seed: int) -> int:
     """Map one synthetic site through site-registry and bulk-insert what an import would write."""
-    from fhirfus.domain import twstrs
     from fhirfus.export.analysis_synth import cohort_rows
     from fhirfus.mapping.engine import map_rows
     from fhirfus.mapping.spec import load_spec
     from fhirfus.operations.conformance import load_conformance
-    from fhirfus.operations.derived import score_id
+    from fhirfus.operations.derived import to_create_with
     from fhirfus.store.engine import make_engine
     from fhirfus.store.repository import NewResource, Store, create_many
 
@@ -72,10 +71,8 @@ def _load_site(url: str, site: str, patients: int, seed: int) -> int:
                 continue  # the site Organization, shared by every patient of the site
             seen.add(mapping[entry["fullUrl"]])
             body = _resolve({k: v for k, v in entry["resource"].items() if k != "id"}, mapping)
-            items.append(NewResource(kind, res_id, body, "PUT"))
-            if kind == "QuestionnaireResponse" and twstrs.is_twstrs_response(body):
-                for score in twstrs.score_observations(body, f"QuestionnaireResponse/{res_id}"):
-                    items.append(NewResource("Observation", score_id(res_id, score["code"]["coding"][0]["code"]), score, "PUT"))
+            item = NewResource(kind, res_id, body, "PUT")
+            items += [item, *to_create_with([item])]
     engine = make_engine(url)
     store = Store(engine)
     for start in range(0, len(items), 2000):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, ColumnElement, Connection, Row, Text, cast, func, select
+from sqlalchemy import and_, ColumnElement, Connection, Row, func, select
 
 from fhirfus.export.bulk_params import ExportRequest
 from fhirfus.export.bulk_patients import stage_patients
@@ -33,7 +33,7 @@ from fhirfus.export.bulk_writer import NdjsonFileSet, WrittenFile
 from fhirfus.fhir.errors import Issue
 from fhirfus.store.scope import confined_to, site_condition
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resource_history, resources
+from fhirfus.store.tables import CONTENT_TEXT, resource_history, resources
 
 PAGE_SIZE = 2000
 #: ``checkpoint(resources_written, fraction_done)``: called after every page; raising stops the run.
@@ -100,11 +100,6 @@ def run_export(
     return ExportResult(transaction_time, files)
 
 
-#: The stored JSON as text: SQLite keeps orjson's compact text, PostgreSQL renders its JSONB
-#: (one line either way, so each resource is one NDJSON line without a parse in Python).
-_CONTENT_TEXT = cast(resources.c.content, Text).label("text")
-
-
 def _current_pass(
     store: Store, condition: ColumnElement[bool], moment: datetime, output: NdjsonFileSet, page: int,
     highest: int, report: Checkpoint,
@@ -113,7 +108,7 @@ def _current_pass(
     while True:
         with store.reading() as conn:
             rows = conn.execute(
-                select(resources.c.pk, resources.c.res_type, _CONTENT_TEXT)
+                select(resources.c.pk, resources.c.res_type, CONTENT_TEXT)
                 .where(condition, resources.c.deleted.is_(False), resources.c.last_updated <= moment,
                        resources.c.pk > after)
                 .order_by(resources.c.pk)

@@ -60,6 +60,7 @@ class _Model:
 
     tables: Mapping[str, Table]
     resources: frozenset[str]
+    valuesets: Mapping[str, _ValueSet]
 
 
 # --------------------------------------------------------------------------- loading
@@ -106,15 +107,9 @@ def _load_valuesets(raw: Mapping[str, Mapping[str, list[str]]]) -> dict[str, _Va
     return result
 
 
-@cache
-def _valuesets() -> Mapping[str, _ValueSet]:
-    with DATA_FILE.open(encoding="utf-8") as fh:
-        return _load_valuesets(json.load(fh)["valuesets"])
-
-
 def enumerated_valueset(url: str) -> Mapping[str, frozenset[str]] | None:
     """system -> codes of an R4 value set of a required binding (None if it is not one of them)."""
-    valueset = _valuesets().get(url)
+    valueset = _model().valuesets.get(url)
     return None if valueset is None else valueset.by_system
 
 
@@ -123,10 +118,10 @@ def _model() -> _Model:
     """Load and index the generated definitions once per process."""
     with DATA_FILE.open(encoding="utf-8") as fh:
         raw = json.load(fh)
-    valuesets = _valuesets()
+    valuesets = _load_valuesets(raw["valuesets"])
     table_keys = frozenset(raw["types"])
     tables = {key: _build_table(key, specs, table_keys, valuesets) for key, specs in raw["types"].items()}
-    return _Model(tables=tables, resources=frozenset(raw["resources"]))
+    return _Model(tables=tables, resources=frozenset(raw["resources"]), valuesets=valuesets)
 
 
 # --------------------------------------------------------------------------- checking

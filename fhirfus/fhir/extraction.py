@@ -41,7 +41,9 @@ from fhirpathpy.models import models as _fhirpath_models
 from fhirpathpy.parser import parse as _fhirpath_parse
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN, parse_date_range
-from fhirfus.fhir.searchparams import SearchParam, _split_top_level, own_expression, params_for, resource_types, split_union
+from fhirfus.fhir.searchparams import (
+    SearchParam, own_expression, params_for, resource_types, split_top_level, split_union,
+)
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +466,7 @@ def _parse_branch(text: str) -> list[tuple[str, ...]] | None:
 def _parse_segments(text: str) -> list[tuple[str, ...]] | None:
     """Parse ``a.b.where(...).as(T)`` into steps, or None on anything else."""
     steps: list[tuple[str, ...]] = []
-    for position, segment in enumerate(s.strip() for s in _split_top_level(text, ".")):
+    for position, segment in enumerate(s.strip() for s in split_top_level(text, ".")):
         step = _parse_segment(segment, first=position == 0)
         if step is None:
             return None
@@ -860,18 +862,16 @@ ParamPlan = tuple[str, str, Evaluator, Converter]
 _SHAPES_KEPT = 4096
 
 
+Gate = frozenset[str] | None  # the top-level keys a parameter reads (None: always evaluated)
+
+
 @dataclass(frozen=True)
 class _Plan:
-    """Everything compiled for one resource type, for one evaluation mode.
+    """Everything compiled for one resource type, for one evaluation mode: each parameter and
+    composite with its gate; ``for_shape`` picks what a resource with given keys needs, once per shape."""
 
-    ``gates`` holds, per parameter and per composite, the top-level keys it reads (None: always
-    evaluated); ``for_shape`` picks what a resource with a given set of keys needs, once per shape.
-    """
-
-    params: tuple[ParamPlan, ...]
-    composites: tuple[tuple[str, CompositeEvaluator], ...]
-    param_gates: tuple[frozenset[str] | None, ...] = ()
-    composite_gates: tuple[frozenset[str] | None, ...] = ()
+    params: tuple[tuple[ParamPlan, Gate], ...]
+    composites: tuple[tuple[CompositeEvaluator, Gate], ...]
     _shapes: dict[tuple[str, ...], tuple[tuple[ParamPlan, ...], tuple[CompositeEvaluator, ...]]] = field(
         default_factory=dict, compare=False, repr=False)
 
@@ -881,10 +881,8 @@ class _Plan:
         if chosen is None:
             present = frozenset(keys)
             chosen = (
-                tuple(p for p, gate in zip(self.params, self.param_gates, strict=True)
-                      if gate is None or not gate.isdisjoint(present)),
-                tuple(c for (_, c), gate in zip(self.composites, self.composite_gates, strict=True)
-                      if gate is None or not gate.isdisjoint(present)),
+                tuple(p for p, gate in self.params if gate is None or not gate.isdisjoint(present)),
+                tuple(c for c, gate in self.composites if gate is None or not gate.isdisjoint(present)),
             )
             if len(self._shapes) >= _SHAPES_KEPT:
                 self._shapes.clear()
@@ -996,20 +994,17 @@ def _build_plan(resource_type: str, params: Mapping[str, SearchParam], fast: boo
         dataclasses.replace(p, expression=own_expression(resource_type, p)) for p in params.values()
         if p.code not in NOT_EXTRACTED
     ]
-    own = [p for p in own if p.expression or not params[p.code].expression]
-    simple = [(p, _simple_plan(resource_type, p, fast)) for p in own if p.type != "composite"]
-    composites = [(p, _composite_plan(resource_type, p, params, fast)) for p in own if p.type == "composite"]
-    kept = [(p, plan) for p, plan in simple if plan is not None]
-    kept_composites = [(p, c) for p, c in composites if c is not None]
+    simple = [(_simple_plan(resource_type, p, fast), _gate(resource_type, p, fast)) for p in own if p.type != "composite"]
+    composites = [
+        (_composite_plan(resource_type, p, params, fast), _gate(resource_type, p, fast)) for p in own if p.type == "composite"
+    ]
     return _Plan(
-        params=tuple(plan for _, plan in kept),
-        composites=tuple((p.code, c) for p, c in kept_composites),
-        param_gates=tuple(_gate(resource_type, p, fast) for p, _ in kept),
-        composite_gates=tuple(_gate(resource_type, p, fast) for p, _ in kept_composites),
+        params=tuple((plan, gate) for plan, gate in simple if plan is not None),
+        composites=tuple((plan, gate) for plan, gate in composites if plan is not None),
     )
 
 
-def _gate(resource_type: str, param: SearchParam, fast: bool) -> frozenset[str] | None:
+def _gate(resource_type: str, param: SearchParam, fast: bool) -> Gate:
     """Top-level keys that decide whether ``param`` is evaluated (fhirpathpy mode: always)."""
     return root_keys(param.expression, resource_type) if fast and param.expression else None
 

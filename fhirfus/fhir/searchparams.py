@@ -108,10 +108,10 @@ def remove_custom_param(resource_type: str, code: str) -> None:
 
 def split_union(expression: str) -> list[str]:
     """Split FHIRPath on top-level ``|`` (bars inside parentheses or quotes are kept)."""
-    return [b.strip() for b in _split_top_level(expression, "|") if b.strip()]
+    return [b.strip() for b in split_top_level(expression, "|") if b.strip()]
 
 
-def _split_top_level(text: str, separator: str) -> list[str]:
+def split_top_level(text: str, separator: str) -> list[str]:
     """Split on a one-character separator outside parentheses, brackets and quotes."""
     parts: list[str] = []
     depth, quoted, start = 0, False, 0
@@ -169,16 +169,17 @@ def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
     order = sorted(
         (c for c, p in params.items() if c in branches and p.type in _SHAREABLE), key=lambda c: (len(branches[c]), c)
     )
+    whole = {c: frozenset(branches[c]) for c in order}
+    shape = {c: _shape(params[c], params) for c in order}
     stored: dict[str, tuple[str, ...]] = {}
     own: dict[str, tuple[str, ...]] = {}
     for code in order:
-        param, mine = params[code], set(branches[code])
+        mine = set(whole[code])
         contained: list[str] = []
         for other in order:
-            theirs = set(branches[other])
-            if other == code or other in own or not theirs <= mine or theirs == set(branches[code]) and other > code:
-                continue
-            if _shape(params[other], params) != _shape(param, params):
+            theirs = whole[other]
+            if other == code or other in own or shape[other] != shape[code] or not theirs <= mine \
+                    or theirs == whole[code] and other > code:
                 continue
             contained.append(other)
             mine -= theirs

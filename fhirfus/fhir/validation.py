@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -114,12 +115,14 @@ def _items(element: dict) -> list[dict] | None:
     return items if isinstance(items, list) and all(isinstance(i, dict) for i in items) else None
 
 
-def _item_issues(item: dict, path: str) -> list[Issue]:
-    children = _items(item)
-    checked = _without_items(item) if children is not None else item
-    issues = _issues(path, _checked_item(checked))
-    for index, child in enumerate(children or ()):
-        issues += _item_issues(child, f"{path}.item[{index}]")
+def _split_issues(element: dict, path: str, check: Callable[[dict], Errors]) -> list[Issue]:
+    """Issues of ``element`` checked without its ``item`` list by ``check``, then of each item."""
+    items = _items(element)
+    if items is None:
+        return _issues(path, check(element))
+    issues = _issues(path, check(_without_items(element)))
+    for index, item in enumerate(items):
+        issues += _split_issues(item, f"{path}.item[{index}]", _checked_item)
     return issues
 
 
@@ -130,10 +133,10 @@ _ITEM_KEY_MAX = 2048
 
 def _checked_item(item: dict) -> Errors:
     try:
-        key = orjson.dumps(item)
+        key: bytes | None = orjson.dumps(item)
     except TypeError:  # e.g. an integer beyond 64 bits: the model reports it
-        return _model_errors(_item_model(), item)
-    if len(key) > _ITEM_KEY_MAX:
+        key = None
+    if key is None or len(key) > _ITEM_KEY_MAX:
         return _model_errors(_item_model(), item)
     errors = _item_errors.get(key)
     if errors is None:
@@ -153,13 +156,9 @@ def _item_model() -> Any:
 
 def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
     model = get_fhir_model_class(resource_type)
-    items = _items(data) if resource_type == "QuestionnaireResponse" else None
-    if items is None:
-        return _issues(resource_type, _model_errors(model, data))
-    issues = _issues(resource_type, _model_errors(model, _without_items(data)))
-    for index, item in enumerate(items):
-        issues += _item_issues(item, f"{resource_type}.item[{index}]")
-    return issues
+    if resource_type == "QuestionnaireResponse":
+        return _split_issues(data, resource_type, lambda shell: _model_errors(model, shell))
+    return _issues(resource_type, _model_errors(model, data))
 
 
 def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:

@@ -48,11 +48,11 @@ def register(resource: Mapping[str, Any]) -> None:
     """Make a ValueSet or CodeSystem resource available to expansions, by its canonical URL."""
     kind, url = resource.get("resourceType"), resource.get("url")
     if kind in ("ValueSet", "CodeSystem") and isinstance(url, str):
+        copy, version = dict(resource), resource.get("version")
         with _lock:
-            _registered[(kind, url)] = dict(resource)
-            version = resource.get("version")
+            _registered[(kind, url)] = copy
             if isinstance(version, str):
-                _registered[(kind, f"{url}|{version}")] = dict(resource)
+                _registered[(kind, f"{url}|{version}")] = copy
 
 
 #: A further source of ValueSets and CodeSystems: (resource type, canonical) -> resource or None.
@@ -79,7 +79,7 @@ def _expand(find: Lookup, url: str, seen: tuple[str, ...]) -> dict[str, frozense
         enumerated = enumerated_valueset(url.partition("|")[0])
         if enumerated is None:
             raise ValueSetError(f"ValueSet '{url}' is not known to this server")
-        return {system: frozenset(codes) for system, codes in enumerated.items()}
+        return dict(enumerated)
     compose = valueset.get("compose")
     if not isinstance(compose, Mapping):
         contains = (valueset.get("expansion") or {}).get("contains")

@@ -25,7 +25,7 @@ from fhirfus.fhir.validation import require_known_type, resource_issues, served_
 from fhirfus.auth.access import require
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
-from fhirfus.operations.derived import SCORE_CODES, score_id, to_create_with
+from fhirfus.operations.derived import derived_keys, to_create_with
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
 from fhirfus.store import repository
@@ -362,10 +362,7 @@ def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
     """
     creates = [e for e in entries if e.method == "POST" and not e.existing]
     puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None]
-    scores = {
-        e.index: [("Observation", score_id(e.res_id, code)) for code in SCORE_CODES]  # type: ignore[arg-type]
-        for e in puts if e.res_type == "QuestionnaireResponse"
-    }
+    scores = {e.index: derived_keys(e.res_type, e.res_id) for e in puts}  # type: ignore[arg-type]
     wanted = [(e.res_type, e.res_id) for e in puts] + [key for keys in scores.values() for key in keys]
     taken: set[tuple[str, str]] = set()
     for start in range(0, len(wanted), 500):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from fhirfus.domain.content import resources_in
 from fhirfus.fhir import valuesets
 from fhirfus.fhir.searchparams import SearchParam, add_custom_param
 from fhirfus.fhir.validation import validate_resource
@@ -41,15 +42,12 @@ def load_search_parameters(directory: Path = MAPPINGS_DIR / "searchparameters") 
     return registered
 
 
-def load_terminology(directory: Path = MAPPINGS_DIR / "terminology") -> list[str]:
-    """Register every ValueSet and CodeSystem file of ``directory`` for ``:in``; returns their URLs."""
-    registered: list[str] = []
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        resource = orjson.loads(path.read_bytes())
+def load_terminology() -> None:
+    """Register every ValueSet and CodeSystem of ``mappings/terminology`` for ``:in`` (the files
+    as ``fhirfus.domain.content`` reads them, once per process)."""
+    for resource in resources_in("terminology"):
         if resource.get("resourceType") in ("ValueSet", "CodeSystem"):
             valuesets.register(validate_resource(resource))
-            registered.append(resource["url"])
-    return registered
 
 
 def load_conformance() -> None:

@@ -27,28 +27,33 @@ def score_id(response_id: str, code: str) -> str:
     return f"twstrs-{hashlib.sha256(response_id.encode()).hexdigest()[:40]}-{code}"
 
 
-def _is_scored(stored: Stored | None) -> bool:
-    return (
-        stored is not None and stored.res_type == "QuestionnaireResponse"
-        and stored.content is not None and twstrs.is_twstrs_response(stored.content)
-    )
+def derived_keys(res_type: str, res_id: str) -> list[tuple[str, str]]:
+    """(type, id) of every resource the server may derive from ``res_type/res_id``."""
+    if res_type != "QuestionnaireResponse":
+        return []
+    return [("Observation", score_id(res_id, code)) for code in SCORE_CODES]
+
+
+def _scores(response_id: str, content: dict) -> dict[str, dict]:
+    """The score Observations of a TWSTRS response by id (none for other responses)."""
+    if not twstrs.is_twstrs_response(content):
+        return {}
+    reference = f"QuestionnaireResponse/{response_id}"
+    return {
+        score_id(response_id, observation["code"]["coding"][0]["code"]): observation
+        for observation in twstrs.score_observations(content, reference)
+    }
 
 
 def after_write(conn: Connection, stored: Stored) -> None:
     """Bring the derived resources of ``stored`` up to date (no-op for other resources)."""
     if stored.res_type != "QuestionnaireResponse":
         return
-    wanted: dict[str, dict] = {}
-    if not stored.deleted and _is_scored(stored):
-        reference = f"QuestionnaireResponse/{stored.res_id}"
-        for observation in twstrs.score_observations(stored.content or {}, reference):
-            code = observation["code"]["coding"][0]["code"]
-            wanted[score_id(stored.res_id, code)] = observation
-    for code in SCORE_CODES:
-        obs_id = score_id(stored.res_id, code)
+    wanted = {} if stored.deleted or stored.content is None else _scores(stored.res_id, stored.content)
+    for _, obs_id in derived_keys(stored.res_type, stored.res_id):
         current = repository.current(conn, "Observation", obs_id, for_update=True)
         if obs_id in wanted:
-            body = {**wanted[obs_id], "id": obs_id}
+            body = wanted[obs_id]
             if current is None:
                 repository.create(conn, "Observation", obs_id, body, "PUT")
             elif current.deleted or _changed(current.content, body):
@@ -61,14 +66,11 @@ def to_create_with(items: list[repository.NewResource]) -> list[repository.NewRe
     """The derived resources of resources about to be created in bulk (ids never used before, so
     their derived resources are new too): the caller creates both in one ``create_many``, one
     round of bulk inserts instead of two."""
-    derived = []
-    for item in items:
-        if item.res_type == "QuestionnaireResponse" and twstrs.is_twstrs_response(item.content):
-            reference = f"QuestionnaireResponse/{item.res_id}"
-            for observation in twstrs.score_observations(item.content, reference):
-                obs_id = score_id(item.res_id, observation["code"]["coding"][0]["code"])
-                derived.append(repository.NewResource("Observation", obs_id, {**observation, "id": obs_id}, "PUT"))
-    return derived
+    return [
+        repository.NewResource("Observation", obs_id, body, "PUT")
+        for item in items if item.res_type == "QuestionnaireResponse"
+        for obs_id, body in _scores(item.res_id, item.content).items()
+    ]
 
 
 def _changed(stored: dict | None, body: dict) -> bool:

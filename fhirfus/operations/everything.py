@@ -13,7 +13,7 @@ from functools import cache
 from pathlib import Path
 
 import orjson
-from sqlalchemy import Text, and_, cast, or_, select
+from sqlalchemy import and_, or_, select
 
 from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.errors import InvalidRequest
@@ -24,7 +24,7 @@ from fhirfus.auth.access import may_read, require
 from fhirfus.store.repository import Store
 from fhirfus.store.scope import site_condition
 from fhirfus.store.search_compiler import local_reference
-from fhirfus.store.tables import resources, search_reference
+from fhirfus.store.tables import CONTENT_TEXT, resources, search_reference
 
 COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
 
@@ -43,9 +43,8 @@ def compartment() -> Mapping[str, tuple[str, ...]]:
 
 def everything_bundle(
     store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,
-    raw: bool = False,
 ) -> dict:
-    """``raw``: resources as ``orjson.Fragment``s of their stored JSON (``search.search_bundle``)."""
+    """One page of the patient's compartment; resources are ``orjson.Fragment``s of their stored JSON."""
     require("Patient", "r")
     count = page_size(params.get("_count"), default_count, max_count)
     types = [t for t in (params.get("_type") or "").split(",") if t]
@@ -82,9 +81,8 @@ def everything_bundle(
         conditions.append(resources.c.pk > after)
     with store.reading() as conn:
         crud.read_in(conn, "Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
-        content = cast(resources.c.content, Text) if raw else resources.c.content
         rows = conn.execute(
-            select(resources.c.pk, resources.c.res_type, resources.c.res_id, content.label("content"))
+            select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT)
             .where(*conditions)
             .order_by(resources.c.pk)
             .limit(count + 1)
@@ -101,7 +99,7 @@ def everything_bundle(
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "link": links}
     if rows:
         bundle["entry"] = [
-            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": orjson.Fragment(r.content) if raw else r.content,
+            {"fullUrl": f"{base}/{r.res_type}/{r.res_id}", "resource": orjson.Fragment(r.text),
              "search": {"mode": "match"}}
             for r in rows
         ]

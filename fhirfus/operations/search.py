@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, Text, and_, cast, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, true
 
 from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
@@ -28,7 +28,7 @@ from fhirfus.store.repository import Store
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.search_compiler import TABLE_OF, Compiler, local_reference, param_rows
-from fhirfus.store.tables import resources, search_reference
+from fhirfus.store.tables import CONTENT_TEXT, resources, search_reference
 
 MAX_INCLUDE_ROUNDS = 4
 _SENTINELS: dict[str, Any] = {
@@ -43,19 +43,18 @@ _VALUE_COLUMN = {
 
 @dataclass(frozen=True)
 class Row:
-    """A matched resource: its parsed ``content``, or (``raw`` searches) its stored JSON ``text``."""
+    """A matched resource with its stored JSON ``text`` (parsed only when needed)."""
 
     pk: int
     res_type: str
     res_id: str
-    content: dict | None
-    text: str | None = None
+    text: str
 
     def document(self) -> dict:
-        return self.content if self.content is not None else orjson.loads(self.text or "null")
+        return orjson.loads(self.text)
 
 
-def _sort_column(key: SortKey, types: Sequence[str] = ()) -> ColumnElement:
+def _sort_column(key: SortKey, types: Sequence[str]) -> ColumnElement:
     """The value a resource sorts by: its lowest value ascending, its highest descending.
 
     A parameter can have several values per resource (names, Periods); like HAPI FHIR, ascending
@@ -75,7 +74,7 @@ def _sort_column(key: SortKey, types: Sequence[str] = ()) -> ColumnElement:
     if len(types) > 1:
         of_param = or_(*(and_(table.c.res_type == t, param_rows(table, t, code)) for t in types))
     else:
-        of_param = param_rows(table, types[0] if types else key.res_type, code)
+        of_param = param_rows(table, types[0] if types else ANY_TYPE, code)
     value = select(aggregate).where(table.c.resource_pk == resources.c.pk, of_param).scalar_subquery()
     return func.coalesce(value, _SENTINELS[key.param.type])
 
@@ -158,13 +157,11 @@ def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) ->
 
 
 def run_search(
-    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int, types: Sequence[str] = (),
-    raw: bool = False,
+    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int, types: Sequence[str],
 ) -> tuple[list[Row], int | None, str | None, str | None]:
     """One page of matches, the total (unless ``_total=none``) and the next/previous cursors.
 
-    ``raw``: the page's resources come as the database's JSON text, to be written into the
-    response as they are (parsing and re-serialising them was a sixth of a search's CPU).
+    ``types``: the types searched (none: a system search without ``_type``).
 
     ``match`` is a condition on ``resources`` (``match_condition``) or a single index lookup
     (``single_lookup``); with the lookup the page's keys are picked and counted in the index
@@ -186,8 +183,7 @@ def run_search(
             picked = picked.where(key > position[0] if forward else key < position[0])
         conditions = [resources.c.deleted.is_(False),
                       resources.c.pk.in_(picked.order_by(key if forward else key.desc()).limit(count + 1))]
-    content = cast(resources.c.content, Text) if raw else resources.c.content
-    page = select(resources.c.pk, resources.c.res_type, resources.c.res_id, content.label("content"),
+    page = select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT,
                   *[column.label(f"k{i}") for i, (column, _) in enumerate(keys)]).where(*conditions)
     if position is not None:
         page = page.where(_keyset(keys, position, forward))
@@ -212,32 +208,26 @@ def run_search(
         next_cursor = encode_cursor(["n", [_encode(v) for v in _keys_of(rows[-1], len(keys))]])
     if rows and has_previous:
         prev_cursor = encode_cursor(["p", [_encode(v) for v in _keys_of(rows[0], len(keys))]])
-    return [_row(r, raw) for r in rows], total, next_cursor, prev_cursor
-
-
-def _row(r: Any, raw: bool) -> Row:
-    return Row(r.pk, r.res_type, r.res_id, None, r.content) if raw else Row(r.pk, r.res_type, r.res_id, r.content)
+    return [Row(r.pk, r.res_type, r.res_id, r.text) for r in rows], total, next_cursor, prev_cursor
 
 
 def _keys_of(row: Any, n: int) -> list[Any]:
     return [getattr(row, f"k{i}") for i in range(n)]
 
 
-def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list, raw: bool) -> list[Row]:
+def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list) -> list[Row]:
     pks = (
         select(resources.c.pk)
         .select_from(search_reference.join(resources, join_on))
         .where(resources.c.deleted.is_(False), site_condition(resources), condition, *extra)
     )
-    content = cast(resources.c.content, Text) if raw else resources.c.content
     rows = conn.execute(
-        select(resources.c.pk, resources.c.res_type, resources.c.res_id, content.label("content"))
-        .where(resources.c.pk.in_(pks))
+        select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT).where(resources.c.pk.in_(pks))
     ).all()
-    return [_row(r, raw) for r in rows if may_read(r.res_type)]
+    return [Row(r.pk, r.res_type, r.res_id, r.text) for r in rows if may_read(r.res_type)]
 
 
-def _included(conn: Connection, items: list[Row], include: Include, base: str, raw: bool) -> list[Row]:
+def _included(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
     """Targets of the references of ``items`` named by an ``_include`` (on this server)."""
     sources = [r.pk for r in items if include.source in ("*", r.res_type)]
     if not sources:
@@ -249,10 +239,10 @@ def _included(conn: Connection, items: list[Row], include: Include, base: str, r
     if include.target:
         extra.append(link.c.target_type == include.target)
     join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
-    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra, raw)
+    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra)
 
 
-def _revincluded(conn: Connection, items: list[Row], include: Include, base: str, raw: bool) -> list[Row]:
+def _revincluded(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
     """Resources whose references named by a ``_revinclude`` point at ``items``."""
     link = search_reference
     by_type: dict[str, list[str]] = {}
@@ -265,12 +255,11 @@ def _revincluded(conn: Connection, items: list[Row], include: Include, base: str
     extra = [local_reference(link, base)] + ([link.c.res_type == include.source] if include.source != "*" else [])
     if include.param != "*":
         extra.append(link.c.param == include.param)
-    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra, raw)
+    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
 
 
-def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str, raw: bool = False) -> list[Row]:
-    """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded;
-    ``raw`` as for ``run_search``."""
+def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str) -> list[Row]:
+    """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded."""
     seen = {(r.res_type, r.res_id) for r in matches}
     added: list[Row] = []
     frontier = matches
@@ -278,10 +267,10 @@ def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, b
         new: list[Row] = []
         for include in query.includes:
             if round_number == 0 or include.iterate:
-                new += _included(conn, frontier, include, base, raw)
+                new += _included(conn, frontier, include, base)
         for include in query.revincludes:
             if round_number == 0 or include.iterate:
-                new += _revincluded(conn, frontier, include, base, raw)
+                new += _revincluded(conn, frontier, include, base)
         fresh = []
         for row in new:
             if (row.res_type, row.res_id) not in seen:
@@ -318,8 +307,8 @@ def search_bundle(
         compiler = Compiler(base, repository.terminology_lookup(conn))
         lookup = single_lookup(queries, compiler)
         match = match_condition(queries, compiler) if lookup is None else lookup
-        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count, [t for t in queries if t], raw)
-        included = resolve_includes(conn, rows, query, base, raw) if rows and (query.includes or query.revincludes) else []
+        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count, [t for t in queries if t])
+        included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
     if res_type is None and None not in queries:
@@ -333,7 +322,8 @@ def search_bundle(
     if total is not None:
         bundle["total"] = total
     bundle["link"] = links
-    entries = [_entry(base, r, "match", query) for r in rows] + [_entry(base, r, "include", query) for r in included]
+    entries = [_entry(base, r, "match", query, raw) for r in rows]
+    entries += [_entry(base, r, "include", query, raw) for r in included]
     if entries:
         bundle["entry"] = entries
     return bundle
@@ -381,12 +371,12 @@ def _without_count(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in params if k != "_count"]
 
 
-def _entry(base: str, row: Row, mode: str, query: SearchQuery) -> dict:
+def _entry(base: str, row: Row, mode: str, query: SearchQuery, raw: bool) -> dict:
     if mode == "match" and (query.summary or query.elements):
         resource: Any = project(row.document(), query.summary, query.elements)
-    elif row.text is not None:
+    elif raw:
         resource = orjson.Fragment(row.text)  # written into the response as stored
     else:
-        resource = row.content
+        resource = row.document()
     return {"fullUrl": f"{base}/{row.res_type}/{row.res_id}", "resource": resource, "search": {"mode": mode}}
 

@@ -31,7 +31,7 @@ UNSUPPORTED = frozenset({"_text", "_content", "_list", "_query", "_filter", "_so
 
 MODIFIERS = {
     "string": {"exact", "contains", "missing"},
-    "token": {"not", "text", "missing", "in", "not-in", "below", "above", "of-type"},
+    "token": {"not", "text", "missing", "in", "not-in", "of-type"},  # not :below/:above (no hierarchies)
     "date": {"missing"},
     "number": {"missing"},
     "quantity": {"missing"},
@@ -39,7 +39,6 @@ MODIFIERS = {
     "uri": {"below", "above", "missing"},
     "composite": {"missing"},
 }
-SUPPORTED_TOKEN_MODIFIERS = {"not", "text", "missing", "in", "not-in", "of-type"}
 
 #: The type of a system search without ``_type``: only the parameters every resource has apply.
 ANY_TYPE = "Resource"
@@ -73,7 +72,6 @@ class Criterion:
 class SortKey:
     param: SearchParam
     descending: bool
-    res_type: str = ANY_TYPE  # whose index rows hold the values (``searchparams.stored_under``)
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ def parse_name(res_type: str, name: str) -> ParamRef:
         if param.type == "reference" and modifier in served_types():
             return ParamRef(res_type, param, modifier)
         allowed = MODIFIERS.get(param.type, {"missing"})
-        if modifier not in allowed or (param.type == "token" and modifier not in SUPPORTED_TOKEN_MODIFIERS):
+        if modifier not in allowed:
             raise UnknownParameter(f"Unsupported modifier ':{modifier}' on '{code}' ({param.type})", name)
         if modifier == "of-type" and not selects_identifiers(res_type, param.expression):
             raise UnknownParameter(f"':of-type' applies to identifiers; '{code}' is not one", name)
@@ -226,7 +224,7 @@ def _parse_sort(res_type: str, value: str) -> list[SortKey]:
         param = params_of(res_type).get(code)
         if param is None or param.type in ("composite", "special") or code in UNSUPPORTED:
             raise InvalidRequest(f"Cannot sort by '{code}' on {res_type}", "_sort")
-        keys.append(SortKey(param, descending, res_type))
+        keys.append(SortKey(param, descending))
     return keys
 
 

@@ -61,9 +61,7 @@ def _quantity_units(value: QuantityValue) -> list[tuple[str | None, str | None]]
     return [coded, (None, value.unit)]
 
 
-_NO_COMPONENTS = dict.fromkeys(
-    ("system1", "code1", "system2", "code2", "number2", "low2", "high2", "text2", "number3")
-)
+_NO_COMPONENTS = dict.fromkeys(c.name for c in search_composite.c if c.name not in ("resource_pk", "res_type", "param"))
 
 
 def _reference_key(value: ReferenceValue) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache, partial
 from datetime import UTC, datetime, timedelta
 
 from typing import Any
@@ -21,9 +22,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
-from fhirfus.fhir.searchparams import stored_under
 from fhirfus.store import indexer, rows
 from fhirfus.store.scope import confined_site, site_condition
+from fhirfus.store.search_compiler import param_rows
 from fhirfus.store.tables import resource_history, resources, search_uri
 
 
@@ -137,11 +138,12 @@ def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None
         .where(
             resources.c.res_type == res_type, resources.c.deleted.is_(False), site_condition(resources),
             resources.c.pk.in_(select(search_uri.c.resource_pk).where(
-                search_uri.c.res_type == res_type, search_uri.c.param.in_(stored_under(res_type, "url")),
-                search_uri.c.value == url)),
+                search_uri.c.res_type == res_type, param_rows(search_uri, res_type, "url"), search_uri.c.value == url)),
         )
         .order_by(resources.c.last_updated.desc())
     )
+    if not wanted_version:
+        statement = statement.limit(1)
     for content in conn.execute(statement).scalars():
         if not wanted_version or (content or {}).get("version") == wanted_version:
             return content
@@ -149,8 +151,9 @@ def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None
 
 
 def terminology_lookup(conn: Connection) -> Callable[[str, str], dict | None]:
-    """ValueSets and CodeSystems stored here, by canonical, for expanding ``:in`` value sets."""
-    return lambda res_type, canonical: by_canonical(conn, res_type, canonical)
+    """ValueSets and CodeSystems stored here, by canonical, for expanding ``:in`` value sets (each
+    looked up once per connection use: a request's criteria often name the same value set)."""
+    return cache(partial(by_canonical, conn))
 
 
 def exists_live(conn: Connection, res_type: str, res_id: str) -> bool:

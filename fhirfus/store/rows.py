@@ -28,8 +28,12 @@ Batch = tuple[Table, list[dict]]
 #: From this many rows in one table, COPY beats a pipelined executemany. COPY costs one more round
 #: trip per table; a pipelined row costs 10–15 µs of psycopg CPU against COPY's 1–3 (measured with
 #: 4–128 token rows on PostgreSQL 15: COPY is as fast in wall time from 4 rows and twice as fast
-#: from 8). A single-resource write (a few rows per table) stays in one pipelined round trip.
+#: from 8). Tables with fewer rows of a write go together in one pipelined round trip.
 COPY_FROM = 8
+
+#: Rows keyed by a serial go in by COPY from this many: COPY first draws the keys from the
+#: sequence, a round trip that a small ``INSERT … RETURNING`` does not need.
+KEYED_COPY_FROM = 64
 
 
 def _json(value: Any) -> str:
@@ -79,7 +83,7 @@ def insert_with_keys(conn: Connection, table: Table, rows: list[dict]) -> list[i
     (SQLAlchemy's multi-row ``INSERT … RETURNING`` spends most of its time building and parsing
     one huge statement). A duplicate raises SQLAlchemy's ``IntegrityError`` either way.
     """
-    if conn.dialect.name != "postgresql" or len(rows) < COPY_FROM:
+    if conn.dialect.name != "postgresql" or len(rows) < KEYED_COPY_FROM:
         result = conn.execute(insert(table).returning(table.c.pk, sort_by_parameter_order=True), rows)
         return [row.pk for row in result]
     keys = list(conn.execute(

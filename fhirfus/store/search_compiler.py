@@ -197,8 +197,7 @@ class Compiler:
             parts = value.split("|", 2)
             if len(parts) != 3 or not parts[1] or not parts[2]:
                 raise InvalidRequest(f"'{value}' is not a value for '{name}': expected type-system|type-code|value", name)
-            system = table.c.system == parts[0] if parts[0] else table.c.system.is_(None)
-            return and_(system, table.c.code == f"{parts[1]}|{parts[2]}")
+            return token_condition(table.c.system, table.c.code, value, name)  # code = "type-code|value"
         if ref.modifier == "text":
             return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
         return token_condition(table.c.system, table.c.code, value, name)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    cast,
 )
 
 from fhirfus.store.types import JsonDocument, UTCDateTime
@@ -46,6 +47,10 @@ resources = Table(
     UniqueConstraint("res_type", "res_id", name="uq_resources_type_id"),
     Index("ix_resources_type_updated", "res_type", "last_updated"),
 )
+
+#: The stored JSON as text: SQLite keeps orjson's compact text, PostgreSQL renders its JSONB (one
+#: line either way). Answers and NDJSON files write it as it is, without a parse in Python.
+CONTENT_TEXT = cast(resources.c.content, Text).label("text")
 
 resource_history = Table(
     "resource_history",
