@@ -32,6 +32,7 @@ from fhirfus.export.bulk_select import selection, stage_type_filters
 from fhirfus.export.bulk_writer import NdjsonFileSet, WrittenFile
 from fhirfus.fhir.errors import Issue
 from fhirfus.store.scope import confined_to, site_condition
+from fhirfus.store import repository
 from fhirfus.store.repository import Store
 from fhirfus.store.tables import CONTENT_TEXT, resource_history, resources
 
@@ -79,8 +80,9 @@ def run_export(
                 stage_type_filters(conn, job_id, request)
     elif request.level == "group" or request.patients:
         raise ValueError("a patient set is staged per job: job_id is required")
-    with confined_to(request.site):  # the job runs on a worker thread: the caller's site travels with it
-        condition = and_(selection(request, job_id), site_condition(resources))
+    # the job runs on a worker thread: the caller's site travels with it
+    with confined_to(request.site), store.reading() as conn:
+        condition = and_(selection(request, job_id, repository.terminology_lookup(conn)), site_condition(resources))
     output = NdjsonFileSet(directory, max_resources=limits.max_resources, max_bytes=limits.max_bytes)
     report = checkpoint or (lambda _written, _fraction: None)
     try:

@@ -31,8 +31,9 @@ def export_types(request: ExportRequest) -> list[str]:
     return sorted(request.types) if request.types else sorted(allowed_types(request.level))
 
 
-def selection(request: ExportRequest, job_id: str | None) -> ColumnElement[bool]:
-    """Live-or-not resources the request selects (snapshot and deletion are the runner's job)."""
+def selection(request: ExportRequest, job_id: str | None, terminology: Lookup) -> ColumnElement[bool]:
+    """Live-or-not resources the request selects (snapshot and deletion are the runner's job);
+    ``terminology`` finds stored value sets for ``:in`` in unstaged ``_typeFilter``s."""
     conditions: list[ColumnElement[bool]] = []
     types = export_types(request)
     if request.types or request.level != "system":
@@ -43,7 +44,7 @@ def selection(request: ExportRequest, job_id: str | None) -> ColumnElement[bool]
     if request.level != "system":
         conditions.append(_compartment_condition(types, job_id if _staged(request) else None, request.base_url))
     if request.type_filters:
-        conditions.append(_staged_matches(request, job_id) if job_id else type_filter_condition(request))
+        conditions.append(_staged_matches(request, job_id) if job_id else type_filter_condition(request, terminology))
     return and_(true(), *conditions)
 
 
@@ -79,7 +80,7 @@ def _compartment_condition(types: list[str], job_id: str | None, base_url: str) 
     return or_(patient_itself, member) if "Patient" in types else member
 
 
-def type_filter_condition(request: ExportRequest, terminology: Lookup | None = None) -> ColumnElement[bool]:
+def type_filter_condition(request: ExportRequest, terminology: Lookup) -> ColumnElement[bool]:
     """Resources of filtered types match one of their type's queries; other types pass."""
     compiler = Compiler(request.base_url, terminology)
     alternatives: list[ColumnElement[bool]] = [resources.c.res_type.not_in(_filtered_types(request))]

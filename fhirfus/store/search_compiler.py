@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
-from fhirfus.fhir.extraction import OF_TYPE, normalize_string
+from fhirfus.fhir.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string
 from fhirfus.fhir.searchparams import stored_under
 from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
@@ -91,7 +91,7 @@ class Compiler:
         None otherwise. Lets a single-criterion search page and count on the index alone."""
         ref = criterion.ref
         if ref.has_source is not None or ref.chains or ref.modifier in ("missing", *NEGATING) \
-                or ref.param.code in ("_id", "_lastUpdated"):
+                or ref.param.code in NOT_EXTRACTED:
             return None
         return self._index_rows(ref, criterion.values, criterion.name)
 
@@ -122,22 +122,19 @@ class Compiler:
     @staticmethod
     def _always_present(values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         """``:missing`` of a value every resource has."""
-        if values[-1] not in ("true", "false"):
-            raise InvalidRequest(f"{name} must be true or false", name)
-        return false() if values[-1] == "true" else true()
+        return false() if _missing_wanted(values, name) else true()
 
     def _last_updated(self, alias: FromClause, value: str, name: str) -> ColumnElement[bool]:
         query = parse_date(value, name)
         return point_condition(query.prefix, alias.c.last_updated, query.low, query.high)
 
     def _missing(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
-        if values[-1] not in ("true", "false"):
-            raise InvalidRequest(f"{name} must be true or false", name)
+        wanted = _missing_wanted(values, name)
         table = TABLE_OF[ref.param.type]
         present = exists().where(
             table.c.resource_pk == alias.c.pk, _of_type(table, ref), param_rows(table, ref.res_type, ref.param.code)
         )
-        return not_(present) if values[-1] == "true" else present
+        return not_(present) if wanted else present
 
     def _chain(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         """References whose target (of one of the chain's types) matches the chained criterion."""
@@ -354,6 +351,13 @@ def quantity_condition(
     if query.code is not None:
         conditions.append(code == query.code)
     return and_(*conditions)
+
+
+def _missing_wanted(values: tuple[str, ...], name: str) -> bool:
+    """``:missing=true`` (resources without a value) or ``false``; anything else is a 400."""
+    if values[-1] not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false", name)
+    return values[-1] == "true"
 
 
 def param_rows(table: Table, res_type: str, code: str) -> ColumnElement[bool]:
