@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -96,10 +97,7 @@ class AuthGate:
                 or path.rstrip("/") in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        authorization = next(
-            (value.decode("latin-1") for name, value in scope.get("headers", []) if name.lower() == b"authorization"),
-            None,
-        )
+        authorization = Headers(scope=scope).get("authorization")
         status = {"code": 500}
 
         async def watching_send(message: MutableMapping[str, Any]) -> None:

@@ -73,8 +73,7 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
             pass  # leap second, edge of time: the general path knows what to do
         else:
             fraction = seconds["fraction"]
-            step = timedelta(microseconds=10 ** (6 - len(fraction))) if fraction else timedelta(seconds=1)
-            return moment, moment + step
+            return moment, moment + (_fraction_step(fraction) if fraction else timedelta(seconds=1))
     match = _VALUE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"invalid FHIR date {text!r}: {_EXPECTED}")
@@ -133,6 +132,11 @@ def _microseconds(fraction: str | None) -> int:
     return int((fraction or "0")[:6].ljust(6, "0"))
 
 
+def _fraction_step(fraction: str) -> timedelta:
+    """One unit of a fractional second's precision (``.5`` → 0.1 s; at most microseconds)."""
+    return timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
+
+
 def _end_of_precision(start: datetime, parts: dict[str, str | None]) -> datetime:
     """``start`` plus one unit of the value's precision.
 
@@ -141,7 +145,7 @@ def _end_of_precision(start: datetime, parts: dict[str, str | None]) -> datetime
     """
     fraction = parts["fraction"]
     if fraction is not None:
-        return _plus(start, timedelta(microseconds=10 ** max(0, 6 - len(fraction))))
+        return _plus(start, _fraction_step(fraction))
     if parts["second"] is not None:
         return _plus(start, timedelta(seconds=1))
     if parts["minute"] is not None:

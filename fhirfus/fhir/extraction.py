@@ -726,13 +726,19 @@ def _compile_fast(expression: str, resource_type: str, base: str) -> tuple[Evalu
     flag = _PRESENT_AND_NOT_FALSE.fullmatch(expression)
     if flag is not None:
         return _present_and_not_false(flag["path"], resource_type, base)
-    try:
-        compiled = [_compile_branch(b, resource_type, base) for b in split_union(expression)]
-    except _NotFast:
-        return None
+    compiled = _branches(expression, resource_type, base)
     if not compiled:
         return None
     return _union([_run(ops) for ops, _ in compiled]), tuple(path for _, path in compiled)
+
+
+@cache
+def _branches(expression: str, resource_type: str, base: str) -> tuple[tuple[list[Op], str | None], ...] | None:
+    """Each union branch compiled to lookup operations with its type path; None if one needs FHIRPath."""
+    try:
+        return tuple(_compile_branch(b, resource_type, base) for b in split_union(expression))
+    except _NotFast:
+        return None
 
 
 #: ``Patient.deceased.exists() and Patient.deceased != false`` (R4's ``deceased`` token): the
@@ -763,19 +769,16 @@ def root_keys(expression: str, resource_type: str) -> frozenset[str] | None:
     An Observation has ten keys and its type forty parameters: a parameter none of whose keys
     the resource has cannot yield a value, so it is not evaluated at all.
     """
-    if _PRESENT_AND_NOT_FALSE.fullmatch(expression):
+    compiled = None if _PRESENT_AND_NOT_FALSE.fullmatch(expression) else _branches(expression, resource_type, resource_type)
+    if compiled is None:
         return None
     keys: set[str] = set()
-    try:
-        for branch in split_union(expression):
-            ops, _ = _compile_branch(branch, resource_type, resource_type)
-            if ops == [("nothing",)]:
-                continue
-            if not ops or ops[0][0] != "field":
-                return None
-            keys.update(ops[0][1])
-    except _NotFast:
-        return None
+    for ops, _ in compiled:
+        if ops == [("nothing",)]:
+            continue
+        if not ops or ops[0][0] != "field":
+            return None
+        keys.update(ops[0][1])
     return frozenset(keys)
 
 

@@ -20,7 +20,7 @@ from fhirfus.domain import rules
 from fhirfus.fhir.errors import FhirError
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.mapping.spec import MappingSpec, ResourceSpec
-from fhirfus.mapping.template import DROP, Context, columns_used, render
+from fhirfus.mapping.template import DROP, Context, render
 from fhirfus.mapping.values import CellError, derive, read_cell
 
 PATIENT_SYSTEM = "https://fhirfus.org/fhir/sid/site-patient/{site}"
@@ -108,9 +108,8 @@ class _Built:
 class _PatientBuilder:
     """Renders the resources of one patient, resolving ``{@name}`` between them."""
 
-    def __init__(self, spec: MappingSpec, site: str, record: PatientRecord, patient_columns: list[str]) -> None:
+    def __init__(self, spec: MappingSpec, site: str, record: PatientRecord) -> None:
         self.spec, self.site, self.record = spec, site, record
-        self.patient_columns = patient_columns  # the columns ``per: patient`` templates read
         self.built: list[_Built] = []
         self.patient_level: dict[str, str] = {}
         self.errors: list[RowError] = []
@@ -163,7 +162,7 @@ class _PatientBuilder:
         merged = dict(self.record.rows[0][1])
         seen: dict[str, tuple[int, Any]] = {}
         for line, values, raw in self.record.rows:
-            for column in self.patient_columns:
+            for column in self.spec.patient_columns:
                 value = values.get(column)
                 if value is None:
                     continue
@@ -253,13 +252,11 @@ def map_rows(spec: MappingSpec, rows: Iterable[dict[str, str]], site: str) -> Ma
     """Map every row; patients with any error are left out (their errors are all reported)."""
     patients, errors, count = group_rows(spec, rows)
     rejected = {e.patient for e in errors if e.patient}
-    patient_templates = [r.template for r in spec.resources if r.per == "patient"]
-    patient_columns = sorted(set().union(*map(columns_used, patient_templates)) & set(spec.columns))
     bundles: dict[str, dict] = {}
     for key, record in patients.items():
         if key in rejected:
             continue
-        builder = _PatientBuilder(spec, site, record, patient_columns)
+        builder = _PatientBuilder(spec, site, record)
         try:
             built = builder.build()
         except (FhirError, KeyError, TypeError, ValueError) as exc:

@@ -8,12 +8,14 @@ resources a patient's rows produce (templates, conditions, identity keys). See
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.mapping.template import columns_used
 
 INBOUND_DIR = Path(__file__).resolve().parents[2] / "mappings" / "inbound"
 COLUMN_TYPES = ("string", "code", "date", "integer", "decimal")
@@ -55,6 +57,12 @@ class MappingSpec:
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns[name]
+
+    @cached_property
+    def patient_columns(self) -> list[str]:
+        """The columns the ``per: patient`` templates read (their values must agree across a patient's rows)."""
+        templates = [r.template for r in self.resources if r.per == "patient"]
+        return sorted(set().union(*map(columns_used, templates)) & set(self.columns))
 
 
 def _column(name: str, raw: dict[str, Any]) -> ColumnSpec:
