@@ -182,10 +182,9 @@ class Compiler:
     def _string(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         if ref.modifier == "exact":
             return table.c.exact == value
-        needle = _like_escape(normalize_string(value))
         if ref.modifier == "contains":
-            return table.c.value.like(f"%{needle}%", escape="\\")
-        return table.c.value.like(f"{needle}%", escape="\\")
+            return table.c.value.like(f"%{_like_escape(normalize_string(value))}%", escape="\\")
+        return _starts_with(table.c.value, normalize_string(value))
 
     def _token(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         if ref.modifier in ("in", "not-in"):
@@ -196,12 +195,11 @@ class Compiler:
                 raise InvalidRequest(f"'{value}' is not a value for '{name}': expected type-system|type-code|value", name)
             return token_condition(table.c.system, table.c.code, value, name)  # code = "type-code|value"
         if ref.modifier == "text":
-            return table.c.text.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
+            return _starts_with(table.c.text, normalize_string(value))
         return token_condition(table.c.system, table.c.code, value, name)
 
     def _date(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
-        query = parse_date(value, name)
-        return date_condition(query.prefix, table.c.low, table.c.high, query.low, query.high)
+        return date_value_condition(table.c.low, table.c.high, value, name)
 
     def _number(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         return number_condition(table.c.value, parse_number(value, name))
@@ -248,10 +246,9 @@ class Compiler:
             if kind == "number":
                 return number_condition(c.number2, parse_number(value, name))
             if kind == "date":
-                query = parse_date(value, name)
-                return date_condition(query.prefix, c.low2, c.high2, query.low, query.high)
+                return date_value_condition(c.low2, c.high2, value, name)
             if kind == "string":
-                return c.text2.like(f"{_like_escape(normalize_string(value))}%", escape="\\")
+                return _starts_with(c.text2, normalize_string(value))
             if kind in ("reference", "uri"):
                 return c.code2 == value
         if position == 2 and kind in ("number", "quantity"):
@@ -261,7 +258,7 @@ class Compiler:
     def _uri(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         """Exact match; ``:below`` / ``:above`` compare string prefixes, as HAPI FHIR does (not path segments)."""
         if ref.modifier == "below":
-            return table.c.value.like(f"{_like_escape(value)}%", escape="\\")
+            return _starts_with(table.c.value, value)
         if ref.modifier == "above":
             # the stored value is a prefix of the search value (compared as text: no LIKE wildcards)
             return func.substr(literal(value), 1, func.length(table.c.value)) == table.c.value
@@ -370,6 +367,17 @@ def param_rows(table: Table, res_type: str, code: str) -> ColumnElement[bool]:
 def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:
     """Index rows of the parameter's resource type (any type for a system search without ``_type``)."""
     return true() if ref.res_type == ANY_TYPE else table.c.res_type == ref.res_type
+
+
+def _starts_with(column: ColumnElement, prefix: str) -> ColumnElement[bool]:
+    """``column LIKE 'prefix%'``, the prefix's own wildcards escaped (index-friendly)."""
+    return column.like(f"{_like_escape(prefix)}%", escape="\\")
+
+
+def date_value_condition(low: ColumnElement, high: ColumnElement, value: str, name: str) -> ColumnElement[bool]:
+    """A date search value (``ge2021``, ``2021-03``…) against a stored ``[low, high)`` range."""
+    query = parse_date(value, name)
+    return date_condition(query.prefix, low, high, query.low, query.high)
 
 
 def _like_escape(text: str) -> str:
