@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 
@@ -65,6 +66,7 @@ def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
     from fhirfus.store.repository import Store
 
     load_conformance()
+    gc.freeze()  # as the server does at start-up (fhirfus.api.app): bulk writes stop re-walking it
     return Store(make_engine(url))
 
 

@@ -167,3 +167,20 @@ def test_full_datetimes_parse_the_same_on_the_fast_path_as_on_the_general_one() 
         match = dates._VALUE_RE.fullmatch(text)
         assert match is not None
         assert dates.parse_date_range(text) == dates._range(text, match.groupdict()), text
+
+
+def test_plain_dates_parse_the_same_on_the_fast_path_as_on_the_general_one() -> None:
+    """A whole day (``YYYY-MM-DD``) skips the general path; it must give the general path's range,
+    to the last day of time, and leave impossible days to it (which names them)."""
+    from fhirfus.fhir import dates
+
+    rng = random.Random(4)
+    samples = ["0001-01-01", "9999-12-31", "2020-02-29", "2021-12-31"]
+    days = [datetime(1, 1, 1) + timedelta(days=rng.randint(0, 3_652_058)) for _ in range(2000)]
+    samples += [f"{day.year:04d}-{day.month:02d}-{day.day:02d}" for day in days]
+    for text in samples:
+        match = dates._VALUE_RE.fullmatch(text)
+        assert match is not None
+        assert dates.parse_date_range(text) == dates._range(text, match.groupdict()), text
+    with pytest.raises(ValueError, match="'2021-02-30'.*day is out of range"):
+        parse_date_range("2021-02-30")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import os
 import random
 import sys
@@ -651,6 +652,7 @@ def run(sizes: Sizes, clients: int, output: Path, big_entries: int, workers: int
     outcome = Outcome(sizes, clients, workers)
     loads: list[float] = []
     load_conformance()  # as the server does at start (the profile runs in this process)
+    gc.freeze()
     rng = random.Random(SEED)
     console.rule(f"bench_ingest: {sizes.bundles} Bundles of {BUNDLE_ENTRIES} entries, {clients} clients, one of "
                  f"{big_entries:,}; load average {start_load[0]:.2f}")

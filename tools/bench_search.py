@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import gc
 import itertools
 import os
 import random
@@ -876,6 +877,7 @@ def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool, workers: in
     start_load = os.getloadavg()
     outcome = Outcome(sizes, clients, workers)
     load_conformance()  # as the server does at start: custom parameters get indexed too
+    gc.freeze()  # and as it does after that (fhirfus.api.app): in-process writes measured alike
     patients = sizes.resources // RESOURCES_PER_PATIENT
     console.rule(f"bench_search: {patients * RESOURCES_PER_PATIENT:,} resources ({patients:,} patients), "
                  f"{sizes.requests} requests per query shape, {clients} clients; load average {start_load[0]:.2f}")

@@ -37,6 +37,10 @@ _SECONDS_RE = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.(?P<fraction>\d{1,6}))?(?:Z|[+-](?:0\d|1[0-4]):[0-5]\d)"
 )
 
+#: A plain date (``birthDate``, most ``effective``/``onset``/``performed`` values in research data).
+_DAY_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_ONE_DAY = timedelta(days=1)
+
 # What clients put in search URLs: a comparison prefix, an hour-only time,
 # zones without a colon, lower-case letters, and a space where an unencoded
 # '+' was decoded.
@@ -74,6 +78,14 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
         else:
             fraction = seconds["fraction"]
             return moment, moment + (_fraction_step(fraction) if fraction else timedelta(seconds=1))
+    day = _DAY_RE.fullmatch(text) if isinstance(text, str) else None
+    if day is not None:
+        # The other common case, a whole day: a fifth of the general path's cost.
+        try:
+            low = datetime(int(day[1]), int(day[2]), int(day[3]), tzinfo=timezone.utc)
+            return low, (low + _ONE_DAY if low.date() < UTC_MAX.date() else UTC_MAX)
+        except ValueError:
+            pass  # 2021-02-30: the general path names the error
     match = _VALUE_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"invalid FHIR date {text!r}: {_EXPECTED}")

@@ -23,7 +23,9 @@ import psycopg
 from sqlalchemy import JSON, Connection, Table, delete, insert, text
 from sqlalchemy.exc import IntegrityError
 
-Batch = tuple[Table, list[dict]]
+#: Rows of one table: dicts (by column name), or tuples holding every column in the table's order
+#: (the index rows, built that way to skip a dict per row on the bulk path).
+Batch = tuple[Table, list[dict] | list[tuple]]
 
 #: From this many rows in one table, COPY beats a pipelined executemany. COPY costs one more round
 #: trip per table; a pipelined row costs 10–15 µs of psycopg CPU against COPY's 1–3 (measured with
@@ -94,6 +96,15 @@ def insert_with_keys(conn: Connection, table: Table, rows: list[dict]) -> list[i
     return keys
 
 
+@cache
+def _all_columns(table: Table) -> tuple[str, ...]:
+    return tuple(column.name for column in table.c)
+
+
+def _columns(table: Table, rows: list[dict] | list[tuple]) -> tuple[str, ...]:
+    return tuple(rows[0]) if isinstance(rows[0], dict) else _all_columns(table)
+
+
 def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Table, int]] = ()) -> None:
     """Run ``deletes`` (table, resource_pk), then the multi-row ``inserts``, in the current transaction."""
     inserts = [(table, rows) for table, rows in inserts if rows]
@@ -101,6 +112,9 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
         for table, pk in deletes:
             conn.execute(delete(table).where(table.c.resource_pk == pk))
         for table, rows in inserts:
+            if not isinstance(rows[0], dict):
+                names = _all_columns(table)
+                rows = [dict(zip(names, row, strict=True)) for row in rows]
             conn.execute(insert(table), rows)
         return
     raw = conn.connection.dbapi_connection
@@ -113,11 +127,12 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
                 for table, rows in small:
-                    columns = tuple(rows[0])
-                    cursor.executemany(_insert_sql(table, columns), [tuple(_adapt(r[c]) for c in columns) for r in rows])
+                    columns = _columns(table, rows)
+                    values = _row_values(table, columns) if isinstance(rows[0], dict) else tuple
+                    cursor.executemany(_insert_sql(table, columns), [values(r) for r in rows])
         for table, rows in large:
-            columns = tuple(rows[0])
-            values = _row_values(table, columns)
+            columns = _columns(table, rows)
+            values = _row_values(table, columns) if isinstance(rows[0], dict) else tuple
             try:
                 with cursor.copy(_copy_sql(table, columns)) as copy:
                     for row in rows:
