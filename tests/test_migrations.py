@@ -38,12 +38,12 @@ def test_schema_matches_table_definitions(fresh_database) -> None:
         assert {c["name"] for c in inspector.get_columns(name)} == set(table.columns.keys()), name
 
 
-def _migration_0008():  # noqa: ANN202 - a module
+def _migration(name: str):  # noqa: ANN202 - a module
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / "0008_shared_index_rows.py"
-    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -58,7 +58,7 @@ def test_migration_0008_lists_every_parameter_whose_rows_are_all_shared() -> Non
         (TABLE_OF[params_for(t)[code].type].name, t, code)
         for t in resource_types() for code, own in _layout(t).own_branches.items() if not own
     }
-    assert set(_migration_0008().REDUNDANT) == shared
+    assert set(_migration("0008_shared_index_rows").REDUNDANT) == shared
 
 
 def test_migration_0008_drops_the_shared_rows_and_keeps_the_rest(fresh_database) -> None:
@@ -73,3 +73,24 @@ def test_migration_0008_drops_the_shared_rows_and_keeps_the_rest(fresh_database)
     migrate.upgrade(fresh_database.engine)
     with fresh_database.engine.connect() as conn:
         assert conn.execute(select(search_token.c.param)).scalars().all() == ["code"]
+
+
+def test_migration_0009_lists_every_reference_parameter_stored_as_another_ones_rows() -> None:
+    from fhirfus.fhir.searchparams import _layout, resource_types
+
+    subsets = {(t, code) for t in resource_types() for code in _layout(t).reference_subsets}
+    assert set(_migration("0009_reference_subset_rows").REDUNDANT) == subsets
+
+
+def test_migration_0009_drops_the_subset_rows_and_keeps_the_holders(fresh_database) -> None:
+    from sqlalchemy import insert, select
+
+    from fhirfus.store.tables import search_reference
+
+    migrate.upgrade(fresh_database.engine, "0008")
+    row = {"resource_pk": 1, "res_type": "Observation", "target_type": "Patient", "target_id": "p", "url": "Patient/p"}
+    with fresh_database.engine.begin() as conn:
+        conn.execute(insert(search_reference), [{**row, "param": "patient"}, {**row, "param": "subject"}])
+    migrate.upgrade(fresh_database.engine)
+    with fresh_database.engine.connect() as conn:
+        assert conn.execute(select(search_reference.c.param)).scalars().all() == ["subject"]

@@ -22,7 +22,7 @@ from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
-from fhirfus.store.search_compiler import Compiler, local_reference
+from fhirfus.store.search_compiler import Compiler, local_reference, params_rows
 from fhirfus.store.tables import export_job_matches, export_job_patients, resources, search_reference
 
 
@@ -62,7 +62,7 @@ def _compartment_condition(types: list[str], job_id: str | None, base_url: str) 
     sub-plan over the whole compartment, rebuilt for every page — quadratic for a large export.
     """
     link = search_reference
-    params = [and_(link.c.res_type == t, link.c.param.in_(codes)) for t, codes in compartment().items() if t in types]
+    params = [and_(link.c.res_type == t, params_rows(link, t, codes)) for t, codes in compartment().items() if t in types]
     param_condition = or_(*params) if params else false()
     probe = select(literal(1)).select_from(link).where(
         link.c.resource_pk == resources.c.pk, link.c.target_type == "Patient", param_condition,

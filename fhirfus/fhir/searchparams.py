@@ -9,6 +9,7 @@ layered on top with :func:`add_custom_param`.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -140,8 +141,16 @@ def split_top_level(text: str, separator: str) -> list[str]:
 # rows of both (``param IN ('combo-code', 'code')``). That is a quarter of an Observation's index
 # rows. Only standard R4 parameters take part, so the layout does not change when a deployment adds
 # or removes custom parameters (rows written under one layout stay readable under the next).
-# Reference parameters keep their own rows (includes, compartments and chains read them by code),
-# and so do the common ``_``-parameters (system search and site confinement read them by code).
+# The common ``_``-parameters keep their own rows (system search and site confinement read them by code).
+#
+# Reference parameters share another way. Forty-seven R4 parameters are another reference
+# parameter's references of one type: Observation ``patient`` is ``Observation.subject.where(resolve()
+# is Patient)``. ``resolve() is T`` is decided from the reference's own text at write time, the same
+# way the stored ``target_type`` is, so ``patient``'s rows are exactly ``subject``'s rows of type
+# Patient: they are not written, and everything that reads ``patient`` (search, chains, ``_has``,
+# includes, compartments) reads ``subject`` rows with ``target_type = 'Patient'`` instead
+# (``reference_subset``). A reference row is the dearest index row (three B-trees), and nearly every
+# clinical resource has both parameters.
 
 _SHAREABLE = frozenset({"token", "string", "date", "number", "quantity", "uri", "composite"})
 
@@ -150,6 +159,30 @@ _SHAREABLE = frozenset({"token", "string", "date", "number", "quantity", "uri", 
 class _Layout:
     stored_under: Mapping[str, tuple[str, ...]]  # code -> (code, *contained codes)
     own_branches: Mapping[str, tuple[str, ...]]  # code -> the branches it indexes itself
+    reference_subsets: Mapping[str, tuple[str, str]]  # code -> (reference code holding its rows, target type)
+
+
+_OF_TYPE_BRANCH = re.compile(r"(?P<base>.+)\.where\(resolve\(\) is (?P<type>[A-Z][A-Za-z]+)\)")
+
+
+def _reference_subsets(params: Mapping[str, SearchParam]) -> dict[str, tuple[str, str]]:
+    """Reference parameters whose every branch is ``B.where(resolve() is T)`` (one ``T``) over
+    exactly the branches of another, plain reference parameter."""
+    plain = {
+        frozenset(split_union(p.expression)): c for c, p in sorted(params.items())
+        if p.type == "reference" and p.expression and not c.startswith("_") and "where(" not in p.expression
+    }
+    subsets: dict[str, tuple[str, str]] = {}
+    for code, param in params.items():
+        if param.type != "reference" or not param.expression:
+            continue
+        matches = [_OF_TYPE_BRANCH.fullmatch(branch) for branch in split_union(param.expression)]
+        if not all(matches) or len({m["type"] for m in matches if m}) != 1:
+            continue
+        holder = plain.get(frozenset(m["base"] for m in matches if m))
+        if holder is not None:
+            subsets[code] = (holder, matches[0]["type"])  # type: ignore[index]
+    return subsets
 
 
 def _shape(param: SearchParam, params: Mapping[str, SearchParam]) -> tuple:
@@ -186,7 +219,7 @@ def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
         if contained:
             stored[code] = (code, *contained)
             own[code] = tuple(b for b in branches[code] if b in mine)
-    return _Layout(MappingProxyType(stored), MappingProxyType(own))
+    return _Layout(MappingProxyType(stored), MappingProxyType(own), MappingProxyType(_reference_subsets(params)))
 
 
 _layouts: dict[str, tuple[Mapping[str, SearchParam], _Layout]] = {}
@@ -208,6 +241,12 @@ def stored_under(resource_type: str, code: str) -> tuple[str, ...]:
     """The ``param`` values of the index rows holding ``code``'s values on this type: ``code``
     itself, then the parameters it contains whole. Just ``(code,)`` for most parameters."""
     return _layout(resource_type).stored_under.get(code, (code,))
+
+
+def reference_subset(resource_type: str, code: str) -> tuple[str, str] | None:
+    """``(holder, T)`` when reference parameter ``code``'s rows are ``holder``'s rows of target type
+    ``T`` and are not stored themselves (``patient`` → ``("subject", "Patient")``); None otherwise."""
+    return _layout(resource_type).reference_subsets.get(code)
 
 
 def own_expression(resource_type: str, param: SearchParam) -> str:

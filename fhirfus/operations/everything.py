@@ -23,7 +23,7 @@ from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, p
 from fhirfus.auth.access import may_read, require
 from fhirfus.store.repository import Store
 from fhirfus.store.scope import site_condition
-from fhirfus.store.search_compiler import local_reference
+from fhirfus.store.search_compiler import local_reference, params_rows
 from fhirfus.store.tables import CONTENT_TEXT, resources, search_reference
 
 COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
@@ -69,7 +69,7 @@ def everything_bundle(
         link.c.target_type == "Patient",
         link.c.target_id == patient_id,
         local_reference(link, base),
-        or_(*[and_(link.c.res_type == t, link.c.param.in_(codes)) for t, codes in wanted.items()]),
+        or_(*[and_(link.c.res_type == t, params_rows(link, t, codes)) for t, codes in wanted.items()]),
     )
     selection = [resources.c.pk.in_(members)]
     if not types or "Patient" in types:

@@ -235,7 +235,7 @@ def _included(conn: Connection, items: list[Row], include: Include, base: str) -
     link = search_reference
     extra = [local_reference(link, base)]
     if include.param != "*":
-        extra.append(link.c.param == include.param)
+        extra.append(param_rows(link, include.source, include.param))
     if include.target:
         extra.append(link.c.target_type == include.target)
     join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
@@ -254,7 +254,7 @@ def _revincluded(conn: Connection, items: list[Row], include: Include, base: str
     targets = or_(*[and_(link.c.target_type == t, link.c.target_id.in_(ids)) for t, ids in by_type.items()])
     extra = [local_reference(link, base)] + ([link.c.res_type == include.source] if include.source != "*" else [])
     if include.param != "*":
-        extra.append(link.c.param == include.param)
+        extra.append(param_rows(link, include.source, include.param))
     return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
 
 

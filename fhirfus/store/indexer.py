@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Table
 
-from fhirfus.store import rows
-
 from fhirfus.fhir.extraction import (
     CompositeValue,
     DateValue,
@@ -24,6 +22,8 @@ from fhirfus.fhir.extraction import (
     extract_index_values,
     normalize_string,
 )
+from fhirfus.fhir.searchparams import reference_subset
+from fhirfus.store import rows
 from fhirfus.store.tables import (
     INDEX_TABLES,
     search_composite,
@@ -126,7 +126,8 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[rows.Batch]:
         (search_string, _unique([(pk, res_type, v.param, _cut(v.normalized), _cut(v.exact)) for v in values.strings])),
         (search_date, _unique([(pk, res_type, v.param, v.low, v.high) for v in values.dates])),
         (search_reference, _unique([
-            (pk, res_type, v.param, v.target_type, _cut(v.target_id), _cut(v.url)) for v in values.references if v.url
+            (pk, res_type, v.param, v.target_type, _cut(v.target_id), _cut(v.url)) for v in values.references
+            if v.url and reference_subset(res_type, v.param) is None  # ``patient``: ``subject``'s rows
         ])),
         (search_number, _unique([(pk, res_type, v.param, v.value) for v in values.numbers])),
         (search_quantity, _unique([

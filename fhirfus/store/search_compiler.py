@@ -9,7 +9,7 @@ Nothing is filtered in Python.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.orm import aliased
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string
-from fhirfus.fhir.searchparams import stored_under
+from fhirfus.fhir.searchparams import reference_subset, stored_under
 from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
@@ -149,7 +149,7 @@ class Compiler:
             .join(target, and_(target.c.res_type == link.c.target_type, target.c.res_id == link.c.target_id))
             .where(
                 link.c.res_type == ref.res_type,
-                link.c.param == ref.param.code,
+                param_rows(link, ref.res_type, ref.param.code),
                 local_reference(link, self.base_url),
                 target.c.deleted.is_(False),
                 site_condition(target),  # a chain must not reveal targets the caller may not see
@@ -167,7 +167,7 @@ class Compiler:
             .join(source, source.c.pk == link.c.resource_pk)
             .where(
                 link.c.res_type == ref.has_source,
-                link.c.param == ref.has_param.code,
+                param_rows(link, ref.has_source, ref.has_param.code),
                 link.c.target_type == ref.res_type,
                 local_reference(link, self.base_url),
                 source.c.deleted.is_(False),
@@ -359,9 +359,28 @@ def _missing_wanted(values: tuple[str, ...], name: str) -> bool:
 
 def param_rows(table: Table, res_type: str, code: str) -> ColumnElement[bool]:
     """Index rows of parameter ``code``: its own, and those of the parameters it contains whole
-    (``combo-code`` reads ``code`` rows too: ``searchparams.stored_under``)."""
-    codes = (code,) if res_type == ANY_TYPE else stored_under(res_type, code)
-    return table.c.param == code if len(codes) == 1 else table.c.param.in_(codes)
+    (``combo-code`` reads ``code`` rows too: ``searchparams.stored_under``); for a reference
+    parameter that is another's references of one type, that one's rows of the type
+    (``patient`` reads ``subject`` rows of type Patient: ``searchparams.reference_subset``)."""
+    return params_rows(table, res_type, (code,))
+
+
+def params_rows(table: Table, res_type: str, codes: Sequence[str]) -> ColumnElement[bool]:
+    """Index rows of any of ``codes`` (a compartment's parameters, say), as ``param_rows`` finds them."""
+    if res_type == ANY_TYPE:
+        return table.c.param.in_(codes) if len(codes) > 1 else table.c.param == codes[0]
+    stored: list[str] = []
+    subsets: list[ColumnElement[bool]] = []
+    for code in codes:
+        subset = reference_subset(res_type, code) if "target_type" in table.c else None
+        if subset is None:
+            stored.extend(stored_under(res_type, code))
+        else:
+            subsets.append(and_(table.c.param == subset[0], table.c.target_type == subset[1]))
+    stored = list(dict.fromkeys(stored))
+    if stored:
+        subsets.insert(0, table.c.param == stored[0] if len(stored) == 1 else table.c.param.in_(stored))
+    return subsets[0] if len(subsets) == 1 else or_(*subsets)
 
 
 def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:
