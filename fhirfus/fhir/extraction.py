@@ -32,8 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
 import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
@@ -57,10 +57,13 @@ MONEY_SYSTEM = "urn:iso:std:iso:4217"
 
 
 # --------------------------------------------------------------------------- values
+#
+# Named tuples rather than frozen dataclasses: an Observation yields about ten of them and a bulk
+# write millions, and a tuple is built, hashed and compared in C (a frozen dataclass sets each
+# field through ``object.__setattr__`` and hashes in Python).
 
 
-@dataclass(frozen=True, slots=True)
-class TokenValue:
+class TokenValue(NamedTuple):
     """A code-like value: ``system|code`` plus the text the ``:text`` modifier searches."""
 
     param: str
@@ -69,8 +72,7 @@ class TokenValue:
     display_text: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class StringValue:
+class StringValue(NamedTuple):
     """A string; ``normalized`` (lower case, accents removed) serves default and ``:contains`` search."""
 
     param: str
@@ -78,8 +80,7 @@ class StringValue:
     exact: str
 
 
-@dataclass(frozen=True, slots=True)
-class DateValue:
+class DateValue(NamedTuple):
     """A half-open UTC range ``[low, high)`` (see :mod:`fhirfus.fhir.dates`)."""
 
     param: str
@@ -87,8 +88,7 @@ class DateValue:
     high: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class ReferenceValue:
+class ReferenceValue(NamedTuple):
     """A reference; type and id are known for ``Type/id`` references, ``url`` is always kept."""
 
     param: str
@@ -101,16 +101,14 @@ class ReferenceValue:
     identifier_value: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class NumberValue:
+class NumberValue(NamedTuple):
     """A decimal number, kept exact."""
 
     param: str
     value: Decimal
 
 
-@dataclass(frozen=True, slots=True)
-class QuantityValue:
+class QuantityValue(NamedTuple):
     """A Quantity (or Money, with the ISO 4217 system and the currency as code)."""
 
     param: str
@@ -120,8 +118,7 @@ class QuantityValue:
     unit: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class UriValue:
+class UriValue(NamedTuple):
     """A URI, matched exactly (or by prefix with ``:below``)."""
 
     param: str
@@ -131,8 +128,7 @@ class UriValue:
 IndexValue = TokenValue | StringValue | DateValue | ReferenceValue | NumberValue | QuantityValue | UriValue
 
 
-@dataclass(frozen=True, slots=True)
-class CompositeValue:
+class CompositeValue(NamedTuple):
     """One combination of component values taken from the same element (e.g. code + value)."""
 
     param: str
@@ -341,11 +337,15 @@ _REFERENCE_RE = re.compile(
 )
 
 
+@lru_cache(maxsize=16_384)
 def reference_target(reference: str) -> tuple[str | None, str | None]:
     """Type and id of a literal reference (``Patient/1``, ``http://x/fhir/Patient/1/_history/2``).
 
     ``urn:uuid:``/``urn:oid:`` and ``#contained`` references, and URLs whose
     second-to-last segment is not a resource type, have none.
+
+    Remembered: a resource's references are parsed two or three times while it is indexed (the
+    ``where(resolve() is T)`` filters, then the values), and a patient's resources all name it.
     """
     if reference.startswith(("urn:", "#")):
         return None, None
@@ -1009,7 +1009,29 @@ def _build_plan(resource_type: str, params: Mapping[str, SearchParam], fast: boo
 
 def _gate(resource_type: str, param: SearchParam, fast: bool) -> Gate:
     """Top-level keys that decide whether ``param`` is evaluated (fhirpathpy mode: always)."""
-    return root_keys(param.expression, resource_type) if fast and param.expression else None
+    if not fast or not param.expression:
+        return None
+    if param.type != "composite":
+        return root_keys(param.expression, resource_type)
+    keys: set[str] = set()
+    for branch in split_union(param.expression):
+        gate = _component_gate(resource_type, param) if branch == resource_type else root_keys(branch, resource_type)
+        if gate is None:
+            return None
+        keys |= gate
+    return frozenset(keys)
+
+
+def _component_gate(resource_type: str, param: SearchParam) -> Gate:
+    """A composite over the resource itself (``code-value-quantity`` on ``Observation``) yields only
+    where every component does, so any one component's keys gate it: the last one's (the value,
+    which most resources lack) when it has keys of its own. Three of an Observation's four
+    code-value composites are skipped that way."""
+    for _, expression in reversed(param.components):
+        keys = root_keys(expression, resource_type)
+        if keys is not None:
+            return keys
+    return None
 
 
 _plans: dict[tuple[str, bool], tuple[Mapping[str, SearchParam], _Plan]] = {}
