@@ -13,6 +13,7 @@ SQLite runs in-process and needs no such trick.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from operator import itemgetter
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 import psycopg
 from sqlalchemy import JSON, Connection, Table, delete, insert, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 
 #: Rows of one table: dicts (by column name), or tuples holding every column in the table's order
@@ -49,7 +51,20 @@ def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
 
 @cache
 def _copy_sql(table: Table, columns: tuple[str, ...]) -> str:
-    return f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    binary = " (FORMAT BINARY)" if _binary_types(table, columns) else ""
+    return f"COPY {table.name} ({', '.join(columns)}) FROM STDIN{binary}"
+
+
+@cache
+def _binary_types(table: Table, columns: tuple[str, ...]) -> tuple[str, ...] | None:
+    """PostgreSQL type names for a binary COPY of these columns, or None for a text COPY.
+
+    Binary where a column holds timestamps: psycopg renders a timezone-aware datetime as text in
+    2.6 µs of CPU and as binary in 0.3 (a date index row, a resource's ``last_updated``). Text
+    elsewhere: a Decimal costs more in binary (0.9 against 0.6 µs), text and integers the same.
+    """
+    names = tuple(re.sub(r"\(.*\)", "", table.c[c].type.compile(dialect=postgresql.dialect())).lower() for c in columns)
+    return names if "timestamp with time zone" in names else None
 
 
 @cache
@@ -135,6 +150,8 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
             values = _row_values(table, columns) if isinstance(rows[0], dict) else tuple
             try:
                 with cursor.copy(_copy_sql(table, columns)) as copy:
+                    if binary := _binary_types(table, columns):
+                        copy.set_types(binary)
                     for row in rows:
                         copy.write_row(values(row))
             except psycopg.IntegrityError as exc:
