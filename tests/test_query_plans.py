@@ -29,6 +29,7 @@ SHAPES = {
         "Observation", [("patient", "Patient/p1"), ("code", "http://loinc.org|8867-4"), ("date", "ge2021-01-01")],
         ["target_id)::text = 'p1'"],
     ),
+    "observation-by-subject-id": ("Observation", [("subject", "p1")], ["target_id)::text = 'p1'"]),
     "patient-by-family-prefix": ("Patient", [("family", "smith12")], ["value ~>=~ 'smith12'"]),
     "patient-by-identifier": ("Patient", [("identifier", "urn:sys|123")], ["code = '123'"]),
     "patient-by-birthdate-le": ("Patient", [("birthdate", "le1931-03")], ["low <"]),
@@ -97,11 +98,11 @@ def test_search_shape_uses_indexes(seeded_postgres: Engine, shape: str) -> None:
     _assert_indexed(_plan(seeded_postgres, statement), fragments)
 
 
-def test_revinclude_lookup_uses_reverse_index(seeded_postgres: Engine) -> None:
+def test_revinclude_lookup_uses_the_target_index(seeded_postgres: Engine) -> None:
     link = search_reference
     statement = select(link.c.resource_pk).where(
         link.c.target_type == "Patient", link.c.target_id.in_(["p1", "p2"]), link.c.res_type == "Observation",
         link.c.param == "subject",
     )
     plan = _plan(seeded_postgres, statement)
-    _assert_indexed(plan, ["target_type)::text = 'Patient'"])
+    _assert_indexed(plan, ["target_type)::text = 'Patient'", "target_id)::text = ANY"])
