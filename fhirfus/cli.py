@@ -66,7 +66,8 @@ def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
     from fhirfus.store.repository import Store
 
     load_conformance()
-    gc.freeze()  # as the server does at start-up (fhirfus.api.app): bulk writes stop re-walking it
+    gc.collect()  # as the server does at start-up (fhirfus.api.app): bulk writes stop re-walking
+    gc.freeze()  # what the command loaded
     return Store(make_engine(url))
 
 

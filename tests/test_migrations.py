@@ -38,6 +38,16 @@ def test_schema_matches_table_definitions(fresh_database) -> None:
         assert {c["name"] for c in inspector.get_columns(name)} == set(table.columns.keys()), name
 
 
+def test_indexes_match_table_definitions(fresh_database) -> None:
+    """Migrations create the B-trees ``fhirfus.store.tables`` declares, column for column."""
+    migrate.upgrade(fresh_database.engine)
+    inspector = inspect(fresh_database.engine)
+    for name, table in metadata.tables.items():
+        declared = {index.name: [c.name for c in index.columns] for index in table.indexes}
+        created = {i["name"]: i["column_names"] for i in inspector.get_indexes(name) if i["name"] in declared}
+        assert created == declared, name
+
+
 def _migration(name: str):  # noqa: ANN202 - a module
     import importlib.util
     from pathlib import Path

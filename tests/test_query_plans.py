@@ -23,6 +23,9 @@ from fhirfus.store.repository import NewResource, Store
 from fhirfus.store.search_compiler import Compiler
 from fhirfus.store.tables import resources, search_reference
 
+FOREIGN = "https://ehr.example.org/fhir"
+CANONICAL = "https://example.org/fhir/Questionnaire/q"
+
 #: shape → (type, parameters, fragments that an index condition of the plan must contain)
 SHAPES = {
     "observation-by-patient-code-date": (
@@ -35,6 +38,12 @@ SHAPES = {
     "patient-by-birthdate-le": ("Patient", [("birthdate", "le1931-03")], ["low <"]),
     "observation-by-quantity": ("Observation", [("value-quantity", "gt99.5|http://unitsofmeasure.org|mg")], ["value > "]),
     "observation-chained-patient-name": ("Observation", [("subject:Patient.name", "smith12")], ["value ~>=~ 'smith12'"]),
+    "observation-by-foreign-subject-url": (
+        "Observation", [("subject", f"{FOREIGN}/Patient/p7")], ["target_id)::text = 'p7'"],
+    ),
+    "response-by-questionnaire-canonical": (
+        "QuestionnaireResponse", [("questionnaire", f"{CANONICAL}|2")], [f"url = '{CANONICAL}|2'"],
+    ),
 }
 
 
@@ -48,6 +57,10 @@ def _generated(count: int) -> list[NewResource]:
             "identifier": [{"system": "urn:sys", "value": str(n)}],
             "name": [{"family": rng.choice(["Smith", "Jones", "Müller", "Garcia", "Brown"]) + str(n)}],
             "birthDate": f"{rng.randint(1930, 2010)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        }))
+        items.append(NewResource("QuestionnaireResponse", f"qr{n}", {
+            "resourceType": "QuestionnaireResponse", "status": "completed",
+            "questionnaire": f"{CANONICAL}|{n % 50}", "subject": {"reference": f"{FOREIGN}/Patient/{pid}"},
         }))
         for k in range(3):
             items.append(NewResource("Observation", f"o{n}-{k}", {

@@ -99,3 +99,26 @@ def test_patient_rows_are_not_stored_beside_the_subject_rows(client: httpx.Clien
             .where(resources.c.res_id == of_patient, resources.c.res_type == "Observation")
         ).scalars().all()
     assert params == ["subject"]
+
+
+def test_a_custom_parameter_replacing_a_holder_asks_for_a_reindex(tmp_path, caplog) -> None:
+    """Replacing ``subject`` moves the rows ``patient`` reads: the deployment must reindex the type."""
+    import json
+    import logging
+
+    from fhirfus.fhir.searchparams import remove_custom_param, shares_rows
+    from fhirfus.operations.conformance import load_search_parameters
+
+    assert shares_rows("Observation", "subject") and shares_rows("Observation", "patient")
+    assert not shares_rows("Observation", "status")
+    (tmp_path / "subject.json").write_text(json.dumps({
+        "resourceType": "SearchParameter", "url": "https://example.org/sp/subject", "name": "subject",
+        "status": "active", "description": "d", "code": "subject", "base": ["Observation"], "type": "reference",
+        "expression": "Observation.subject | Observation.focus",
+    }))
+    try:
+        with caplog.at_level(logging.WARNING, logger="fhirfus.conformance"):
+            load_search_parameters(tmp_path)
+    finally:
+        remove_custom_param("Observation", "subject")
+    assert "fhirfus reindex --type Observation" in caplog.text

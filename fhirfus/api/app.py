@@ -18,9 +18,13 @@ from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
 
 
-# ``gc.freeze`` at start-up: the models, validators and parameter tables loaded by then live as long
-# as the process, yet every full collection walked them again; a 100-entry transaction Bundle
-# triggers several, and they took half of the index-row building (tools/bench_search.py).
+def _freeze_start_up_heap() -> None:
+    """Keep what start-up loaded out of the garbage collector's walks: the models, validators and
+    parameter tables live as long as the process, yet every full collection walked them again; a
+    100-entry transaction Bundle triggers several, and they took half of the index-row building
+    (tools/bench_search.py). Garbage is collected first, so none of it is kept for good."""
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -51,7 +55,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(resources.router)
-    app.router.on_startup.append(gc.freeze)
+    app.router.on_startup.append(_freeze_start_up_heap)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))

@@ -249,6 +249,21 @@ def reference_subset(resource_type: str, code: str) -> tuple[str, str] | None:
     return _layout(resource_type).reference_subsets.get(code)
 
 
+@cache
+def _standard_layout(resource_type: str) -> _Layout:
+    return _layout_of(_standard_params(resource_type))
+
+
+def shares_rows(resource_type: str, code: str) -> bool:
+    """Whether standard parameter ``code`` takes part in the shared layout (holds another's rows,
+    or has its rows held): a custom parameter that replaces it moves rows, so the type needs
+    ``fhirfus reindex``."""
+    layout = _standard_layout(resource_type)
+    return (any(code in codes for codes in layout.stored_under.values())
+            or code in layout.reference_subsets
+            or any(code == holder for holder, _ in layout.reference_subsets.values()))
+
+
 def own_expression(resource_type: str, param: SearchParam) -> str:
     """The part of ``param``'s expression it indexes under its own code (empty: none; its values
     are all another parameter's)."""

@@ -15,7 +15,7 @@ import orjson
 
 from fhirfus.domain.content import resources_in
 from fhirfus.fhir import valuesets
-from fhirfus.fhir.searchparams import SearchParam, add_custom_param
+from fhirfus.fhir.searchparams import SearchParam, add_custom_param, shares_rows
 from fhirfus.fhir.validation import validate_resource
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "mappings"
@@ -37,6 +37,9 @@ def load_search_parameters(directory: Path = MAPPINGS_DIR / "searchparameters") 
             )
             add_custom_param(base, param)
             registered.append(f"{base}.{param.code}")
+            if shares_rows(base, param.code):
+                log.warning("custom search parameter %s.%s replaces a standard one whose index rows are shared "
+                            "with another parameter: run `fhirfus reindex --type %s`", base, param.code, base)
     if registered:
         log.info("custom search parameters: %s", ", ".join(registered))
     return registered

@@ -21,7 +21,7 @@ from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
-from fhirfus.fhir.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string
+from fhirfus.fhir.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string, reference_target
 from fhirfus.fhir.searchparams import reference_subset, stored_under
 from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
@@ -210,7 +210,7 @@ class Compiler:
     def _reference(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         target_type, target_id, url = self.parse_reference(value, name)
         if target_id is None:
-            return table.c.url == url
+            return url_condition(table, url)
         conditions = [table.c.target_id == target_id, local_reference(table, self.base_url)]
         wanted_type = target_type or ref.modifier
         if wanted_type:
@@ -279,6 +279,20 @@ class Compiler:
         if len(parts) == 1 and parts[0]:
             return None, parts[0], value
         raise InvalidRequest(f"'{value}' is not a valid reference for '{name}'", name)
+
+
+def url_condition(link: FromClause, url: str) -> ColumnElement[bool]:
+    """Reference rows whose URL is ``url`` (another server's resource, a ``urn:``, a canonical).
+
+    Written so that an index serves it: a row whose URL ends in ``Type/id`` carries them
+    (``extraction.reference_target``) and is found through the target B-tree; every other row
+    (canonicals, ``urn:``) has no target id and is found through the partial B-tree on URLs.
+    """
+    no_target = and_(link.c.target_id.is_(None), link.c.url == url)
+    stored_type, stored_id = reference_target(url)
+    if stored_id is None:
+        return no_target
+    return or_(and_(link.c.target_id == stored_id, link.c.target_type == stored_type, link.c.url == url), no_target)
 
 
 def local_reference(link: FromClause, base_url: str) -> ColumnElement[bool]:
