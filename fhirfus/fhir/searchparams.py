@@ -149,8 +149,8 @@ def split_top_level(text: str, separator: str) -> list[str]:
 # way the stored ``target_type`` is, so ``patient``'s rows are exactly ``subject``'s rows of type
 # Patient: they are not written, and everything that reads ``patient`` (search, chains, ``_has``,
 # includes, compartments) reads ``subject`` rows with ``target_type = 'Patient'`` instead
-# (``reference_subset``). A reference row is the dearest index row (three B-trees), and nearly every
-# clinical resource has both parameters.
+# (``reference_subset``). Reference rows are the dearest index rows (random ids in their B-trees),
+# and nearly every clinical resource has both parameters.
 
 _SHAREABLE = frozenset({"token", "string", "date", "number", "quantity", "uri", "composite"})
 

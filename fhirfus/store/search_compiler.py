@@ -383,18 +383,19 @@ def params_rows(table: Table, res_type: str, codes: Sequence[str]) -> ColumnElem
     """Index rows of any of ``codes`` (a compartment's parameters, say), as ``param_rows`` finds them."""
     if res_type == ANY_TYPE:
         return table.c.param.in_(codes) if len(codes) > 1 else table.c.param == codes[0]
-    stored: list[str] = []
-    subsets: list[ColumnElement[bool]] = []
+    stored: list[str] = []  # params whose rows are read whole
+    of_type: list[ColumnElement[bool]] = []  # a holder's rows of one target type
     for code in codes:
         subset = reference_subset(res_type, code) if "target_type" in table.c else None
         if subset is None:
             stored.extend(stored_under(res_type, code))
         else:
-            subsets.append(and_(table.c.param == subset[0], table.c.target_type == subset[1]))
+            holder, target_type = subset
+            of_type.append(and_(table.c.param == holder, table.c.target_type == target_type))
     stored = list(dict.fromkeys(stored))
-    if stored:
-        subsets.insert(0, table.c.param == stored[0] if len(stored) == 1 else table.c.param.in_(stored))
-    return subsets[0] if len(subsets) == 1 else or_(*subsets)
+    whole = [table.c.param == stored[0] if len(stored) == 1 else table.c.param.in_(stored)] if stored else []
+    conditions = whole + of_type
+    return conditions[0] if len(conditions) == 1 else or_(*conditions)
 
 
 def _of_type(table: Table, ref: ParamRef) -> ColumnElement[bool]:
