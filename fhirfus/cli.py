@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from pathlib import Path
 
@@ -61,13 +60,13 @@ def _safe_url(url: str) -> str:
 def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
     """The store of a data command, with fhirfus's own search parameters registered (as the server
     does at start-up), so what the command writes is indexed for them too."""
+    from fhirfus.heap import freeze_start_up_heap
     from fhirfus.operations.conformance import load_conformance
     from fhirfus.store.engine import make_engine
     from fhirfus.store.repository import Store
 
     load_conformance()
-    gc.collect()  # as the server does at start-up (fhirfus.api.app): bulk writes stop re-walking
-    gc.freeze()  # what the command loaded
+    freeze_start_up_heap()  # as the server does at start-up
     return Store(make_engine(url))
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gc
 import os
 import random
 import sys
@@ -55,6 +54,7 @@ from fhirfus.config import DEFAULT_MAX_BODY_BYTES
 from fhirfus.domain import twstrs
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.operations import bundles
+from fhirfus.heap import freeze_start_up_heap
 from fhirfus.operations.conformance import load_conformance
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store, stamp
@@ -652,7 +652,7 @@ def run(sizes: Sizes, clients: int, output: Path, big_entries: int, workers: int
     outcome = Outcome(sizes, clients, workers)
     loads: list[float] = []
     load_conformance()  # as the server does at start (the profile runs in this process)
-    gc.freeze()
+    freeze_start_up_heap()
     rng = random.Random(SEED)
     console.rule(f"bench_ingest: {sizes.bundles} Bundles of {BUNDLE_ENTRIES} entries, {clients} clients, one of "
                  f"{big_entries:,}; load average {start_load[0]:.2f}")

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import gc
 import itertools
 import os
 import random
@@ -68,6 +67,7 @@ from sqlalchemy import Engine, event, text
 
 from fhirfus.fhir.extraction import normalize_string
 from fhirfus.operations import bundles, search
+from fhirfus.heap import freeze_start_up_heap
 from fhirfus.operations.conformance import load_conformance
 from fhirfus.store import indexer, repository, rows
 from fhirfus.store.engine import make_engine
@@ -897,7 +897,7 @@ def run(sizes: Sizes, clients: int, output: Path, skip_ingest: bool, workers: in
     start_load = os.getloadavg()
     outcome = Outcome(sizes, clients, workers)
     load_conformance()  # as the server does at start: custom parameters get indexed too
-    gc.freeze()  # and as it does after that (fhirfus.api.app): in-process writes measured alike
+    freeze_start_up_heap()  # and as it does after that: in-process writes measured alike
     patients = sizes.resources // RESOURCES_PER_PATIENT
     console.rule(f"bench_search: {patients * RESOURCES_PER_PATIENT:,} resources ({patients:,} patients), "
                  f"{sizes.requests} requests per query shape, {clients} clients; load average {start_load[0]:.2f}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -13,18 +11,10 @@ from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.tokens import TokenService
 from fhirfus.config import Settings, get_settings
+from fhirfus.heap import freeze_start_up_heap
 from fhirfus.operations.conformance import load_conformance
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
-
-
-def _freeze_start_up_heap() -> None:
-    """Keep what start-up loaded out of the garbage collector's walks: the models, validators and
-    parameter tables live as long as the process, yet every full collection walked them again; a
-    100-entry transaction Bundle triggers several, and they took half of the index-row building
-    (tools/bench_search.py). Garbage is collected first, so none of it is kept for good."""
-    gc.collect()
-    gc.freeze()
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -55,7 +45,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(resources.router)
-    app.router.on_startup.append(_freeze_start_up_heap)
+    app.router.on_startup.append(freeze_start_up_heap)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))

@@ -243,10 +243,15 @@ def stored_under(resource_type: str, code: str) -> tuple[str, ...]:
     return _layout(resource_type).stored_under.get(code, (code,))
 
 
+def reference_subsets(resource_type: str) -> Mapping[str, tuple[str, str]]:
+    """Reference parameter code -> ``(holder, T)`` for the parameters whose rows are ``holder``'s
+    rows of target type ``T`` and are not stored themselves (``patient`` → ``("subject", "Patient")``)."""
+    return _layout(resource_type).reference_subsets
+
+
 def reference_subset(resource_type: str, code: str) -> tuple[str, str] | None:
-    """``(holder, T)`` when reference parameter ``code``'s rows are ``holder``'s rows of target type
-    ``T`` and are not stored themselves (``patient`` → ``("subject", "Patient")``); None otherwise."""
-    return _layout(resource_type).reference_subsets.get(code)
+    """``reference_subsets(resource_type)`` of one code; None for a parameter with its own rows."""
+    return reference_subsets(resource_type).get(code)
 
 
 @cache

@@ -22,7 +22,7 @@ from fhirfus.fhir.extraction import (
     extract_index_values,
     normalize_string,
 )
-from fhirfus.fhir.searchparams import reference_subset
+from fhirfus.fhir.searchparams import reference_subsets
 from fhirfus.store import rows
 from fhirfus.store.tables import (
     INDEX_TABLES,
@@ -115,6 +115,7 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[rows.Batch]:
     """Rows for every index table, as tuples in the table's column order (``tables._index_table``:
     resource_pk, res_type, param, then the value columns): no dict per row to build and take apart
     again for COPY, where a bulk create spends its CPU."""
+    held = reference_subsets(res_type)  # ``patient``: its rows are ``subject``'s of type Patient
     return [
         (search_token, _unique([
             *((pk, res_type, v.param, _cut(v.system), _cut(v.code),
@@ -127,7 +128,7 @@ def index_rows(pk: int, res_type: str, values: IndexValues) -> list[rows.Batch]:
         (search_date, _unique([(pk, res_type, v.param, v.low, v.high) for v in values.dates])),
         (search_reference, _unique([
             (pk, res_type, v.param, v.target_type, _cut(v.target_id), _cut(v.url)) for v in values.references
-            if v.url and reference_subset(res_type, v.param) is None  # ``patient``: ``subject``'s rows
+            if v.url and v.param not in held
         ])),
         (search_number, _unique([(pk, res_type, v.param, v.value) for v in values.numbers])),
         (search_quantity, _unique([

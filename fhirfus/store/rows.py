@@ -116,8 +116,12 @@ def _all_columns(table: Table) -> tuple[str, ...]:
     return tuple(column.name for column in table.c)
 
 
-def _columns(table: Table, rows: list[dict] | list[tuple]) -> tuple[str, ...]:
-    return tuple(rows[0]) if isinstance(rows[0], dict) else _all_columns(table)
+def _row_form(table: Table, rows: list[dict] | list[tuple]) -> tuple[tuple[str, ...], Callable[[Any], Sequence[Any]]]:
+    """The columns a batch fills and how one of its rows becomes the values in their order."""
+    if isinstance(rows[0], dict):
+        columns = tuple(rows[0])
+        return columns, _row_values(table, columns)
+    return _all_columns(table), tuple
 
 
 def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Table, int]] = ()) -> None:
@@ -142,12 +146,10 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
                 for table, rows in small:
-                    columns = _columns(table, rows)
-                    values = _row_values(table, columns) if isinstance(rows[0], dict) else tuple
+                    columns, values = _row_form(table, rows)
                     cursor.executemany(_insert_sql(table, columns), [values(r) for r in rows])
         for table, rows in large:
-            columns = _columns(table, rows)
-            values = _row_values(table, columns) if isinstance(rows[0], dict) else tuple
+            columns, values = _row_form(table, rows)
             try:
                 with cursor.copy(_copy_sql(table, columns)) as copy:
                     if binary := _binary_types(table, columns):
