@@ -21,7 +21,8 @@ from fhirfus.store import migrate, repository
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store
 from fhirfus.store.search_compiler import Compiler
-from fhirfus.store.tables import resources, search_reference
+from fhirfus.store.tables import search_reference
+from fhirfus.store.visibility import EVERYTHING
 
 FOREIGN = "https://ehr.example.org/fhir"
 CANONICAL = "https://example.org/fhir/Questionnaire/q"
@@ -106,8 +107,9 @@ def _assert_indexed(plan: str, fragments: list[str]) -> None:
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_search_shape_uses_indexes(seeded_postgres: Engine, shape: str) -> None:
     res_type, params, fragments = SHAPES[shape]
-    condition = match_condition({res_type: parse_query(res_type, params)}, Compiler("http://localhost/fhir"))
-    statement = select(resources.c.pk).where(condition).order_by(resources.c.pk).limit(20)
+    rows = EVERYTHING.resources()
+    condition = match_condition(rows, {res_type: parse_query(res_type, params)}, Compiler("http://localhost/fhir", EVERYTHING))
+    statement = select(rows.c.pk).where(condition).order_by(rows.c.pk).limit(20)
     _assert_indexed(_plan(seeded_postgres, statement), fragments)
 
 

@@ -53,6 +53,7 @@ from sqlalchemy import insert
 from fhirfus.config import DEFAULT_MAX_BODY_BYTES
 from fhirfus.domain import twstrs
 from fhirfus.fhir.references import rewrite_references
+from fhirfus.auth.access import SERVER
 from fhirfus.operations import bundles
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.operations.conformance import load_conformance
@@ -484,7 +485,7 @@ def profile_bundles(url: str, batch: Sequence[Bundle]) -> Profile:
 
     engine = make_engine(url)
     try:
-        context = bundles.Context(Store(engine), "http://bench.local/fhir")
+        context = bundles.Context(Store(engine), SERVER, "http://bench.local/fhir")
         bundles.process(context, orjson.loads(batch[0].body))
         documents = [orjson.loads(b.body) for b in batch[1:]]  # parsed beforehand: not part of the profile
         profiler = Profiler(interval=0.0005)

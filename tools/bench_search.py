@@ -66,6 +66,7 @@ from rich.markup import escape
 from sqlalchemy import Engine, event, text
 
 from fhirfus.fhir.extraction import normalize_string
+from fhirfus.auth.access import SERVER
 from fhirfus.operations import bundles, search
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.operations.conformance import load_conformance
@@ -360,7 +361,7 @@ def compare_indexing_bundles(indexed_url: str, bare_url: str, count: int) -> tup
     with_index = LoadResult("transaction Bundles (bundles.process) with indexing")
     without = LoadResult("transaction Bundles (bundles.process), indexer stubbed")
     try:
-        contexts = [bundles.Context(Store(e), "http://bench.local/fhir") for e in engines]
+        contexts = [bundles.Context(Store(e), SERVER, "http://bench.local/fhir") for e in engines]
         for number, bundle in enumerate(batch):
             order = (0, 1) if number % 2 == 0 else (1, 0)
             for which in order:
@@ -672,7 +673,7 @@ def explain(url: str, queries: dict[str, list[Query]]) -> list[Explained]:
         for shape, shape_queries in queries.items():
             query = shape_queries[0]
             with captured_statements(engine) as statements:
-                search.search_bundle(store, "http://bench.local/fhir", query.res_type, list(query.params),
+                search.search_bundle(store, SERVER, "http://bench.local/fhir", query.res_type, list(query.params),
                                      default_count=PAGE_SIZE, max_count=1000)
             found = Explained(shape)
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

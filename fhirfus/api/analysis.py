@@ -29,8 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from fhirfus.api.http import base_url, fhir_response
-from fhirfus.auth import access
+from fhirfus.api.http import base_url, caller, fhir_response
 from fhirfus.export.analysis_jobs import AnalysisJobs, JobState
 from fhirfus.export.analysis_source import ALL_PATIENTS, resolve_cohort
 from fhirfus.fhir.errors import InvalidRequest, Issue, NotFound
@@ -72,15 +71,10 @@ async def analysis_export_group(request: Request, group_id: str) -> Response:
     return await _kick_off(request, group_id)
 
 
-def _client() -> str | None:
-    caller = access.current()
-    return caller.client_id if caller is not None else None
-
-
 def _own_job(request: Request, job_id: str) -> JobState:
     """The job, if the caller started it (or authentication is off)."""
     job = analysis_jobs(request.app).get(job_id)
-    if job.client is not None and job.client != _client():
+    if request.app.state.settings.auth != "off" and job.client != caller(request).client_id:
         raise NotFound(f"No analysis job {job_id}", "job")
     return job
 
@@ -136,7 +130,8 @@ def _camel(name: str) -> str:
 
 
 async def _kick_off(request: Request, group_id: str) -> Response:
-    access.require_role("analyst", "admin")
+    who = caller(request)
+    who.require_role("analyst", "admin")
     prefer = {token.strip().lower() for header in request.headers.getlist("prefer") for token in header.split(",")}
     if "respond-async" not in prefer:
         raise InvalidRequest("$analysis-export runs asynchronously: send the header 'Prefer: respond-async'", "Prefer")
@@ -157,7 +152,7 @@ async def _kick_off(request: Request, group_id: str) -> Response:
 
     await run_in_threadpool(check)
     jobs = analysis_jobs(request.app)
-    job = jobs.submit(str(request.url), group_id, fmt, policy, _client())
+    job = jobs.submit(str(request.url), group_id, fmt, policy, who.client_id)
     location = f"{base_url(request)}/{STATUS_SEGMENT}/{job.id}"
     return fhir_response(request, information(f"Analysis export {job.id} accepted; poll {location}"), 202,
                          {"Content-Location": location})

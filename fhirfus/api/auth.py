@@ -2,15 +2,18 @@
 
 With ``FHIRFUS_AUTH=smart`` every ``/fhir`` request except ``/fhir/metadata`` and the SMART
 configuration needs a valid bearer token (401 otherwise). The gate is a plain ASGI middleware: it
-resolves the caller once, puts it in the request context (``fhirfus.auth.access``) where the
-operations check scopes (403) and the store confines site clients to their site's rows, applies a
-per-client rate limit (429), and queues an AuditEvent for every request it saw.
+resolves the caller once and leaves it in the request scope (``fhirfus.api.http.caller``), from
+where the routes hand it to the operations, which check scopes (403) and read the store through
+the caller's visibility (a site client's rows only). It applies a per-client rate limit (429) and
+audits every request it saw: a write's AuditEvent commits in the write's own transaction
+(``fhirfus.operations.writes``); the others are queued to the batching audit writer.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,13 +22,11 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fhirfus.api.http import base_url, fhir_response
-from fhirfus.auth.access import acting_as
-from fhirfus.auth.audit import AuditRecord
+from fhirfus.api.http import ACCESS_KEY, base_url, fhir_response
+from fhirfus.auth.audit import AuditRecord, RequestAudit
 from fhirfus.auth.tokens import ASSERTION_ALGORITHMS, OAuthError
 from fhirfus.fhir.errors import FhirError, TooManyRequests
 from fhirfus.fhir.outcome import operation_outcome
-from fhirfus.store.scope import confined_to
 
 router = APIRouter()
 PUBLIC_PATHS = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
@@ -115,11 +116,13 @@ class AuthGate:
             await _send_outcome(send, exc)
             state.audit.record(AuditRecord.of(None, scope, exc.status))
             return
-        with acting_as(access), confined_to(access.site if access.role == "site" else None):
-            try:
-                await self.app(scope, receive, watching_send)
-            finally:
-                state.audit.record(AuditRecord.of(access, scope, status["code"]))
+        audit = RequestAudit(AuditRecord.of(access, scope, 0))
+        scope[ACCESS_KEY] = replace(access, audit=audit)
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            if not audit.written:
+                state.audit.record(replace(audit.record, status=status["code"]))
 
 
 async def _send_outcome(send: Send, error: FhirError) -> None:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from fhirfus.api.http import Prefer, base_url, fhir_response, read_body
+from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.export.bulk_params import parameters_resource_pairs
 from fhirfus.export.bulk_worker import ExportWorker
@@ -75,7 +75,8 @@ async def export_group(request: Request, group_id: str) -> Response:
 def export_status(request: Request, job_id: str) -> Response:
     settings = request.app.state.settings
     answer = bulk_export.status(
-        request.app.state.store, job_id, base_url(request), requires_access_token=settings.auth != "off"
+        request.app.state.store, caller(request), job_id, base_url(request),
+        requires_access_token=settings.auth != "off"
     )
     if answer.manifest is None:
         return Response(status_code=answer.status, headers=answer.headers)
@@ -85,14 +86,14 @@ def export_status(request: Request, job_id: str) -> Response:
 
 @router.delete(f"/{STATUS_SEGMENT}/{{job_id}}")
 def export_cancel(request: Request, job_id: str) -> Response:
-    bulk_export.cancel(request.app.state.store, job_id)
+    bulk_export.cancel(request.app.state.store, caller(request), job_id)
     return fhir_response(request, information(f"Export job {job_id} cancelled; its files are deleted"), 202)
 
 
 @router.get(f"/{STATUS_SEGMENT}/{{job_id}}/{{name}}")
 def export_file(request: Request, job_id: str, name: str) -> Response:
     """An output file, gzip-compressed on the fly when the client accepts it (NDJSON shrinks ~10×)."""
-    path, expires = bulk_export.output_file(request.app.state.store, job_id, name)
+    path, expires = bulk_export.output_file(request.app.state.store, caller(request), job_id, name)
     headers = {"Expires": format_datetime(expires, usegmt=True)} if expires else {}
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers |= {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
@@ -122,7 +123,7 @@ async def _kick_off(request: Request, level: str, group_id: str | None = None) -
     base = base_url(request)
     worker = start_exports(request.app)
     job = await run_in_threadpool(
-        bulk_export.kick_off, worker, level, params, request_url=_request_url(request, base), base_url=base,
+        bulk_export.kick_off, worker, caller(request), level, params, request_url=_request_url(request, base), base_url=base,
         group_id=group_id, lenient="handling=lenient" in tokens,
     )
     location = bulk_export.status_url(base, job.id)

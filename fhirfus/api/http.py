@@ -10,11 +10,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirfus.api.negotiation import Rendering, rendering_for, require_json_body
-from fhirfus.fhir.errors import InvalidRequest, PayloadTooLarge
+from fhirfus.auth.access import DEVELOPMENT, Access
+from fhirfus.fhir.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
 from fhirfus.operations.preconditions import etag
 from fhirfus.store.repository import Stored
+
+
+#: Where the auth gate leaves the caller of a request (``fhirfus.api.auth.AuthGate``).
+ACCESS_KEY = "fhirfus.access"
+
+
+def caller(request: Request) -> Access:
+    """The caller of this request as the auth gate found it; ``DEVELOPMENT`` with authentication off.
+
+    With authentication on, a request the gate did not see (a public path) has no caller: 401,
+    so a route forgotten by the gate fails closed."""
+    access = request.scope.get(ACCESS_KEY)
+    if access is not None:
+        return access
+    if request.app.state.settings.auth == "off":
+        return DEVELOPMENT
+    raise Unauthorized("A bearer token is required", headers={"WWW-Authenticate": 'Bearer realm="fhirfus"'})
 
 
 def base_url(request: Request) -> str:

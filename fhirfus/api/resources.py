@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirfus.api.http import Prefer, base_url, fhir_response, read_body, read_json, version_headers, write_response
+from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body, read_json, version_headers, write_response
 from fhirfus.api.negotiation import rendering_for, require_json_body
 from urllib.parse import urlencode
 
@@ -34,6 +34,7 @@ def run_search(request: Request, res_type: str | None, params: list[tuple[str, s
     settings = _settings(request)
     bundle = search.search_bundle(
         _store(request),
+        caller(request),
         base_url(request),
         res_type,
         params,
@@ -65,7 +66,7 @@ async def create(request: Request, res_type: str) -> Response:
     if not if_none_exist and request.url.query:
         # fhirpy sends conditional-create criteria in the query string
         if_none_exist = request.url.query
-    result = await run_in_threadpool(crud.create, _store(request), res_type, body, if_none_exist, base_url(request))
+    result = await run_in_threadpool(crud.create, _store(request), caller(request), res_type, body, if_none_exist, base_url(request))
     if result.created:
         return write_response(request, result.stored, 201, f"Created {res_type}/{result.stored.res_id}")
     return write_response(request, result.stored, 200, "Resource already exists; nothing created")
@@ -78,7 +79,7 @@ async def conditional_update(request: Request, res_type: str) -> Response:
     body = await read_json(request)
     if_match = parse_version_tag(request.headers.get("if-match"))
     result = await run_in_threadpool(
-        crud.conditional_update, _store(request), res_type, criteria, body, if_match, base_url(request)
+        crud.conditional_update, _store(request), caller(request), res_type, criteria, body, if_match, base_url(request)
     )
     status = 201 if result.created else 200
     return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{result.stored.res_id}")
@@ -87,7 +88,7 @@ async def conditional_update(request: Request, res_type: str) -> Response:
 @router.delete("/{res_type}")
 def conditional_delete(request: Request, res_type: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.conditional_delete(_store(request), res_type, _criteria(request), base_url(request))
+    stored = crud.conditional_delete(_store(request), caller(request), res_type, _criteria(request), base_url(request))
     if stored is None:
         return fhir_response(request, information("No resource matched; nothing deleted"), 200, rendering=rendering)
     headers = {"ETag": f'W/"{stored.version}"'}
@@ -105,7 +106,7 @@ def _criteria(request: Request) -> str:
 @router.post("/{res_type}/$validate")
 async def validate_type(request: Request, res_type: str) -> Response:
     body = await read_json(request)
-    issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, None, request.query_params.get("mode"))
+    issues = await run_in_threadpool(crud.validate, _store(request), caller(request), res_type, body, None, request.query_params.get("mode"))
     return fhir_response(request, operation_outcome(issues))
 
 
@@ -115,7 +116,7 @@ async def validate_instance(request: Request, res_type: str, res_id: str) -> Res
     raw = await read_body(request)
     mode = request.query_params.get("mode")
     body = parse_json(raw) if (mode != "delete" or raw.strip()) else None
-    issues = await run_in_threadpool(crud.validate, _store(request), res_type, body, res_id, mode)
+    issues = await run_in_threadpool(crud.validate, _store(request), caller(request), res_type, body, res_id, mode)
     return fhir_response(request, operation_outcome(issues))
 
 
@@ -123,19 +124,19 @@ async def validate_instance(request: Request, res_type: str, res_id: str) -> Res
 async def extract_response(request: Request) -> Response:
     rendering = rendering_for(request)
     body = await read_json(request)
-    return fhir_response(request, await run_in_threadpool(extract.extract, body), rendering=rendering)
+    return fhir_response(request, await run_in_threadpool(extract.extract, caller(request), body), rendering=rendering)
 
 
 @router.api_route("/QuestionnaireResponse/{res_id}/$extract", methods=["GET", "POST"])
 def extract_stored_response(request: Request, res_id: str) -> Response:
-    return fhir_response(request, extract.extract_stored(_store(request), res_id))
+    return fhir_response(request, extract.extract_stored(_store(request), caller(request), res_id))
 
 
 @router.get("/Patient/{res_id}/$everything")
 def patient_everything(request: Request, res_id: str) -> Response:
     settings = _settings(request)
     bundle = everything.everything_bundle(
-        _store(request), base_url(request), res_id, request.query_params,
+        _store(request), caller(request), base_url(request), res_id, request.query_params,
         default_count=settings.default_page_size, max_count=settings.max_page_size,
     )
     return fhir_response(request, bundle)
@@ -145,7 +146,7 @@ def patient_everything(request: Request, res_id: str) -> Response:
 def history_type(request: Request, res_type: str) -> Response:
     settings = _settings(request)
     bundle = history.history_bundle(
-        _store(request), base_url(request), request.query_params,
+        _store(request), caller(request), base_url(request), request.query_params,
         default_count=settings.default_page_size, max_count=settings.max_page_size, res_type=res_type,
     )
     return fhir_response(request, bundle)
@@ -154,7 +155,7 @@ def history_type(request: Request, res_type: str) -> Response:
 @router.api_route("/{res_type}/{res_id}", methods=["GET", "HEAD"])
 def read(request: Request, res_type: str, res_id: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.read(_store(request), res_type, res_id)
+    stored = crud.read(_store(request), caller(request), res_type, res_id)
     headers = version_headers(request, stored)
     if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
     if if_none_match == stored.version:
@@ -169,7 +170,7 @@ async def update(request: Request, res_type: str, res_id: str) -> Response:
     rendering_for(request)
     body = await read_json(request)
     if_match = parse_version_tag(request.headers.get("if-match"))
-    result = await run_in_threadpool(crud.update, _store(request), res_type, res_id, body, if_match)
+    result = await run_in_threadpool(crud.update, _store(request), caller(request), res_type, res_id, body, if_match)
     status = 201 if result.created else 200
     return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
 
@@ -179,14 +180,14 @@ async def patch(request: Request, res_type: str, res_id: str) -> Response:
     rendering_for(request)
     operations = await read_json(request, patch=True)
     if_match = parse_version_tag(request.headers.get("if-match"))
-    result = await run_in_threadpool(crud.patch, _store(request), res_type, res_id, operations, if_match)
+    result = await run_in_threadpool(crud.patch, _store(request), caller(request), res_type, res_id, operations, if_match)
     return write_response(request, result.stored, 200, f"Patched {res_type}/{res_id}")
 
 
 @router.delete("/{res_type}/{res_id}")
 def delete(request: Request, res_type: str, res_id: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.delete(_store(request), res_type, res_id)
+    stored = crud.delete(_store(request), caller(request), res_type, res_id)
     if stored is None:
         return fhir_response(request, information(f"{res_type}/{res_id} was already deleted"), 200, rendering=rendering)
     headers = {"ETag": f'W/"{stored.version}"'}
@@ -197,7 +198,7 @@ def delete(request: Request, res_type: str, res_id: str) -> Response:
 def history_instance(request: Request, res_type: str, res_id: str) -> Response:
     settings = _settings(request)
     bundle = history.history_bundle(
-        _store(request), base_url(request), request.query_params,
+        _store(request), caller(request), base_url(request), request.query_params,
         default_count=settings.default_page_size, max_count=settings.max_page_size,
         res_type=res_type, res_id=res_id,
     )
@@ -207,5 +208,5 @@ def history_instance(request: Request, res_type: str, res_id: str) -> Response:
 @router.get("/{res_type}/{res_id}/_history/{version_id}")
 def vread(request: Request, res_type: str, res_id: str, version_id: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.vread(_store(request), res_type, res_id, version_id)
+    stored = crud.vread(_store(request), caller(request), res_type, res_id, version_id)
     return fhir_response(request, stored.content, 200, version_headers(request, stored), rendering)

@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from starlette.concurrency import run_in_threadpool
 
-from fhirfus.api.http import Prefer, base_url, fhir_response, read_json
+from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search
 from fhirfus.operations import bundles, history
@@ -26,7 +26,7 @@ def metadata(request: Request) -> Response:
 def history_system(request: Request) -> Response:
     settings = request.app.state.settings
     bundle = history.history_bundle(
-        request.app.state.store, base_url(request), request.query_params,
+        request.app.state.store, caller(request), base_url(request), request.query_params,
         default_count=settings.default_page_size, max_count=settings.max_page_size,
     )
     return fhir_response(request, bundle)
@@ -51,7 +51,7 @@ async def bundle(request: Request) -> Response:
     rendering = rendering_for(request)
     body = await read_json(request)
     settings = request.app.state.settings
-    context = bundles.Context(request.app.state.store, base_url(request), settings.default_page_size,
-                              settings.max_page_size)
+    context = bundles.Context(request.app.state.store, caller(request), base_url(request),
+                              settings.default_page_size, settings.max_page_size)
     response = await run_in_threadpool(bundles.process, context, body, Prefer.parse(request).return_)
     return fhir_response(request, response, rendering=rendering)

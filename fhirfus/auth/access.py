@@ -1,22 +1,30 @@
-"""Who is calling, and what they may do: set per request by the API, checked by the operations.
+"""Who is calling, and what they may do: the caller of every interaction, passed in explicitly.
 
-``current()`` is None when authentication is off (development): everything is allowed. The
-request's ``Access`` travels in a context variable, so it reaches code running in the thread pool
-and inside Bundle processing without being threaded through every signature.
+The API builds an ``Access`` per request (from the bearer token, or ``DEVELOPMENT`` when
+authentication is off) and hands it to the operations, which check scopes with ``require`` (403)
+and read the store through ``visibility`` (a site client's rows only). Work the server does on
+its own account — the CLI, imports, export jobs — runs as ``SERVER``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection
 
 from fhirfus.auth.scopes import Grant
 from fhirfus.fhir.errors import Forbidden
+from fhirfus.store.visibility import EVERYTHING, Visibility, site_label, with_site_label
 
 ROLES = ("site", "analyst", "admin")
-_current: ContextVar[Access | None] = ContextVar("fhirfus_access", default=None)
+_VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+
+
+class WriteAudit(Protocol):
+    """Records a write in the transaction that makes it (``fhirfus.auth.audit.RequestAudit``)."""
+
+    def record_in(self, conn: Connection, method: str | None = None, path: str | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,8 @@ class Access:
     role: str
     site: str | None
     grants: tuple[Grant, ...]
+    #: Set per request when authentication is on: every committed write carries its AuditEvent.
+    audit: WriteAudit | None = None
 
     def allows(self, res_type: str, permission: str) -> bool:
         if self.role == "analyst":
@@ -33,41 +43,47 @@ class Access:
             return False  # the audit trail is read by admins and written by the server only
         return any(g.allows(res_type, permission) for g in self.grants)
 
+    def require(self, res_type: str, permission: str) -> None:
+        """403 unless the scopes cover ``permission`` (one of c r u d s) on ``res_type``."""
+        if not self.allows(res_type, permission):
+            raise Forbidden(f"Client '{self.client_id}' ({self.role}) may not {_VERBS[permission]} {res_type}", res_type)
 
-def current() -> Access | None:
-    return _current.get()
+    def require_role(self, *roles: str) -> None:
+        if self.role not in roles:
+            raise Forbidden(f"Client '{self.client_id}' ({self.role}) may not do this (needs {' or '.join(roles)})")
+
+    def may_read(self, res_type: str) -> bool:
+        """Whether included resources of ``res_type`` may be shown (they are left out otherwise)."""
+        return self.allows(res_type, "r") or self.allows(res_type, "s")
+
+    @property
+    def visibility(self) -> Visibility:
+        """The stored rows this caller may see: its site's for a site client, all for the others."""
+        return Visibility(self.site) if self.role == "site" else EVERYTHING
+
+    @property
+    def chooses_ids(self) -> bool:
+        """Whether a PUT to an unused id creates it (update-as-create). Not for site clients: an id
+        another site uses would have to be refused, which would tell that it exists."""
+        return self.role != "site"
+
+    def labelled(self, resource: dict) -> dict:
+        """A site client's write carries its site's label (403 when it names another site); others
+        write the label they send (one site at most, 400 otherwise)."""
+        named = site_label(resource)
+        if self.role != "site":
+            return resource
+        if named not in (None, self.site):
+            raise Forbidden(f"A client of site {self.site} may not label data for site {named}",
+                            f"{resource.get('resourceType', 'Resource')}.meta.security")
+        return with_site_label(resource, self.site)
 
 
-@contextmanager
-def acting_as(access: Access | None) -> Iterator[None]:
-    token = _current.set(access)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+def unrestricted(client_id: str) -> Access:
+    return Access(client_id, "admin", None, (Grant("*", "cruds"),))
 
 
-def require(res_type: str, permission: str) -> None:
-    """403 unless the caller's scopes cover ``permission`` (one of c r u d s) on ``res_type``."""
-    access = current()
-    if access is not None and not access.allows(res_type, permission):
-        verb = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}[permission]
-        raise Forbidden(f"Client '{access.client_id}' ({access.role}) may not {verb} {res_type}", res_type)
-
-
-def require_role(*roles: str) -> None:
-    access = current()
-    if access is not None and access.role not in roles:
-        raise Forbidden(f"Client '{access.client_id}' ({access.role}) may not do this (needs {' or '.join(roles)})")
-
-
-def site() -> str | None:
-    """The site whose data the caller is confined to (None: all data)."""
-    access = current()
-    return access.site if access is not None and access.role == "site" else None
-
-
-def may_read(res_type: str) -> bool:
-    """Whether included resources of ``res_type`` may be shown (they are left out otherwise)."""
-    access = current()
-    return access is None or access.allows(res_type, "r") or access.allows(res_type, "s")
+#: The caller of every request when authentication is off (``make run``, most tests).
+DEVELOPMENT = unrestricted("anonymous")
+#: The server acting on its own account: the CLI, site imports, export jobs, the demo cohort.
+SERVER = unrestricted("fhirfus")

@@ -19,10 +19,12 @@ import signal
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
 from typing import Any
+
+from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
 from fhirfus.store import repository
@@ -76,6 +78,31 @@ def _subtype(method: str, parts: list[str]) -> str:
     return "read" if len(parts) == 2 else "search-type"
 
 
+class RequestAudit:
+    """The audit record of one request. A write records it in its own transaction (``record_in``),
+    so the write and its AuditEvent commit together; a request that wrote nothing is queued to the
+    audit writer by the gate (``written`` False), with its HTTP status."""
+
+    def __init__(self, record: AuditRecord) -> None:
+        self.record = record
+        self.written = False
+
+    def record_in(self, conn: Connection, method: str | None = None, path: str | None = None) -> None:
+        """Store the record in ``conn``'s transaction; ``method``/``path`` name a part of the request
+        (a batch entry) instead of the request itself."""
+        record = replace(self.record, status=COMMITTED, moment=datetime.now(UTC))
+        if method is not None and path is not None:
+            path, _, query = path.partition("?")
+            record = replace(record, method=method, path=path, query=query)
+        repository.create(conn, "AuditEvent", str(uuid.uuid4()), audit_event(record))
+        if method is None:
+            self.written = True
+
+
+#: The status of a record written with its write: committed (the HTTP status is not known yet).
+COMMITTED = 0
+
+
 def audit_event(record: AuditRecord) -> dict:
     parts = [p for p in record.path.removeprefix("/fhir").split("/") if p]
     outcome = "0" if record.status < 400 else ("4" if record.status < 500 else "8")
@@ -101,7 +128,7 @@ def audit_event(record: AuditRecord) -> dict:
         "action": ACTIONS.get(record.method, "E"),
         "recorded": format_instant(record.moment),
         "outcome": outcome,
-        "outcomeDesc": f"HTTP {record.status}",
+        "outcomeDesc": "committed" if record.status == COMMITTED else f"HTTP {record.status}",
         "agent": [agent],
         "source": {"observer": {"display": "fhirfus"}, "site": record.site or "fhirfus"},
         "entity": [entity],

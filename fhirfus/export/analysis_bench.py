@@ -117,7 +117,8 @@ def drop_database(url: str) -> None:
 
 def count_resources(url: str) -> dict[str, int]:
     from fhirfus.store.engine import make_engine
-    from fhirfus.store.tables import resources
+    from fhirfus.store.visibility import EVERYTHING
+    resources = EVERYTHING.resources()
 
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -158,7 +159,8 @@ def reference_runner(url: str, sample: int = 20000) -> dict[str, float]:
     from fhirfus.export.analysis_views import analysis_views
     from fhirfus.export.viewdef import compile_view
     from fhirfus.store.engine import make_engine
-    from fhirfus.store.tables import resources
+    from fhirfus.store.visibility import EVERYTHING
+    resources = EVERYTHING.resources()
 
     views = analysis_views()
     types = sorted({v.resource for v in views})

@@ -22,9 +22,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from fhirfus.export.analysis_views import AnalysisView
 from fhirfus.fhir.errors import BusinessRuleViolation
+from fhirfus.auth.access import SERVER
 from fhirfus.operations import crud
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resources
+from fhirfus.store.visibility import EVERYTHING
+
+#: An analysis reads every site's rows (and lets out only de-identified views of them).
+resources = EVERYTHING.resources()
 
 #: ``Group/_all``: every live Patient. FHIR ids cannot contain "_", so no real Group is shadowed.
 ALL_PATIENTS = "_all"
@@ -45,11 +49,14 @@ class Cohort:
 
 
 def resolve_cohort(store: Store, group_id: str | None) -> Cohort:
-    """A ``Group`` (type person, actual) or ``_all``; 404/410 for an unknown or deleted Group."""
+    """A ``Group`` (type person, actual) or ``_all``; 404/410 for an unknown or deleted Group.
+
+    The Group is read by the export itself (``SERVER``): an analyst may start an export of a cohort
+    without being allowed to read the Group, whose members are identifiable."""
     if not group_id or group_id == ALL_PATIENTS:
         return Cohort("all patients", None, None)
     with store.reading() as conn:
-        group = crud.read_in(conn, "Group", group_id).content or {}
+        group = crud.read_in(conn, SERVER, "Group", group_id).content or {}
     if group.get("type") != "person" or group.get("actual") is not True:
         raise BusinessRuleViolation(
             f"Group/{group_id} is not a cohort: an analysis needs type 'person' and actual true "

@@ -26,6 +26,7 @@ from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
 from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
 from fhirfus.store.search_compiler import Compiler
+from fhirfus.store.visibility import EVERYTHING, Visibility
 
 LEVELS = ("system", "patient", "group")
 #: ``_outputFormat`` values the spec says a server SHALL accept (plus '+' decoded as a space).
@@ -92,6 +93,7 @@ def parse_export_params(
     group_id: str | None = None,
     lenient: bool = False,
     base_url: str = "",
+    seen_by: Visibility = EVERYTHING,
     terminology: Lookup | None = None,
 ) -> ExportRequest:
     """Check the kick-off parameters of an export at ``level`` and normalise them (``terminology``:
@@ -115,7 +117,7 @@ def parse_export_params(
         elif name == "_since":
             since = _parse_since(value)
         elif name == "_typeFilter":
-            filters += _parse_type_filters(level, value, base_url, terminology)
+            filters += _parse_type_filters(level, value, base_url, seen_by, terminology)
         elif name == "patient":
             if level == "system":
                 raise InvalidRequest("patient applies to Patient- and Group-level exports only", "patient")
@@ -180,7 +182,9 @@ def _parse_since(value: str) -> str:
     return low.isoformat()
 
 
-def _parse_type_filters(level: str, value: str, base_url: str, terminology: Lookup | None = None) -> list[tuple[str, str]]:
+def _parse_type_filters(
+    level: str, value: str, base_url: str, seen_by: Visibility, terminology: Lookup | None = None,
+) -> list[tuple[str, str]]:
     """``Type?query`` items; each query must be a valid search of that type (checked now)."""
     filters = []
     for item in _TYPE_FILTER_SPLIT.split(value):
@@ -203,7 +207,7 @@ def _parse_type_filters(level: str, value: str, base_url: str, terminology: Look
         if not parsed.criteria:
             raise InvalidRequest(f"_typeFilter '{item}' has no search criteria", "_typeFilter")
         try:  # values (dates, numbers, references) are checked when compiled: do it now, not in the job
-            match_condition({res_type: parsed}, Compiler(base_url, terminology))
+            match_condition(seen_by.resources(), {res_type: parsed}, Compiler(base_url, seen_by, terminology))
         except InvalidRequest as exc:
             raise InvalidRequest(f"_typeFilter '{item}': {exc.message}", "_typeFilter") from exc
         filters.append((res_type, query))

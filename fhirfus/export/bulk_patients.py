@@ -15,14 +15,15 @@ from sqlalchemy import Connection, delete, insert, select
 from fhirfus.export.bulk_params import ExportRequest
 from fhirfus.fhir.errors import Gone, NotFound
 from fhirfus.store import repository
-from fhirfus.store.tables import export_job_patients, resources
+from fhirfus.store.tables import export_job_patients
+from fhirfus.store.visibility import Visibility
 
 _BATCH = 1000
 
 
-def group_members(conn: Connection, group_id: str, base_url: str) -> list[str]:
+def group_members(conn: Connection, seen_by: Visibility, group_id: str, base_url: str) -> list[str]:
     """Ids of the Patients that are active members of the Group (404/410 when it is gone)."""
-    stored = repository.current(conn, "Group", group_id)
+    stored = repository.current(conn, seen_by, "Group", group_id)
     if stored is None:
         raise NotFound(f"Group/{group_id} not found", "Group.id")
     if stored.deleted or stored.content is None:
@@ -55,7 +56,7 @@ def stage_patients(conn: Connection, job_id: str, request: ExportRequest) -> lis
     warnings: list[str] = []
     if request.level == "group":
         assert request.group_id is not None
-        members = group_members(conn, request.group_id, request.base_url)
+        members = group_members(conn, Visibility(request.site), request.group_id, request.base_url)
         if request.patients:
             member_set = set(members)
             for patient_id in request.patients:
@@ -66,7 +67,7 @@ def stage_patients(conn: Connection, job_id: str, request: ExportRequest) -> lis
             patients = members
     else:
         patients = list(request.patients)
-    live = _live_patients(conn, patients)
+    live = _live_patients(conn, Visibility(request.site), patients)
     for patient_id in patients:
         if patient_id not in live:
             warnings.append(f"Patient/{patient_id} does not exist (or was deleted); not exported")
@@ -79,9 +80,11 @@ def stage_patients(conn: Connection, job_id: str, request: ExportRequest) -> lis
     return warnings
 
 
-def _live_patients(conn: Connection, ids: Iterable[str]) -> set[str]:
+def _live_patients(conn: Connection, seen_by: Visibility, ids: Iterable[str]) -> set[str]:
+    """The ids of live Patients among ``ids`` (those the job's requester may see)."""
     wanted = list(ids)
     live: set[str] = set()
+    resources = seen_by.resources()
     for start in range(0, len(wanted), _BATCH):
         chunk = wanted[start:start + _BATCH]
         live.update(

@@ -24,17 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, ColumnElement, Connection, Row, func, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Row, func, select
 
 from fhirfus.export.bulk_params import ExportRequest
 from fhirfus.export.bulk_patients import stage_patients
 from fhirfus.export.bulk_select import selection, stage_type_filters
 from fhirfus.export.bulk_writer import NdjsonFileSet, WrittenFile
 from fhirfus.fhir.errors import Issue
-from fhirfus.store.scope import confined_to, site_condition
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import CONTENT_TEXT, resource_history, resources
+from fhirfus.store.visibility import Visibility, content_text
 
 PAGE_SIZE = 2000
 #: ``checkpoint(resources_written, fraction_done)``: called after every page; raising stops the run.
@@ -80,16 +79,18 @@ def run_export(
                 stage_type_filters(conn, job_id, request)
     elif request.level == "group" or request.patients:
         raise ValueError("a patient set is staged per job: job_id is required")
-    # the job runs on a worker thread: the caller's site travels with it
-    with confined_to(request.site), store.reading() as conn:
-        condition = and_(selection(request, job_id, repository.terminology_lookup(conn)), site_condition(resources))
+    seen_by = Visibility(request.site)  # the requester's rows only (a site client's job: its site's)
+    rows = seen_by.resources()
+    with store.reading() as conn:
+        condition = selection(rows, request, job_id, repository.terminology_lookup(conn, seen_by))
     output = NdjsonFileSet(directory, max_resources=limits.max_resources, max_bytes=limits.max_bytes)
     report = checkpoint or (lambda _written, _fraction: None)
     try:
         with store.reading() as conn:
-            highest = conn.execute(select(func.max(resources.c.pk))).scalar() or 0
-        _current_pass(store, condition, transaction_time, output, limits.page_size, highest, report)
-        _changed_pass(store, condition, request, transaction_time, output, limits.page_size, highest, report)
+            highest = conn.execute(select(func.max(rows.c.pk))).scalar() or 0
+        _current_pass(store, rows, condition, transaction_time, output, limits.page_size, highest, report)
+        _changed_pass(store, seen_by, rows, condition, request, transaction_time, output, limits.page_size,
+                      highest, report)
     except BaseException:
         output.abort()
         raise
@@ -103,17 +104,16 @@ def run_export(
 
 
 def _current_pass(
-    store: Store, condition: ColumnElement[bool], moment: datetime, output: NdjsonFileSet, page: int,
-    highest: int, report: Checkpoint,
+    store: Store, source: FromClause, condition: ColumnElement[bool], moment: datetime, output: NdjsonFileSet,
+    page: int, highest: int, report: Checkpoint,
 ) -> None:
     after = 0
     while True:
         with store.reading() as conn:
             rows = conn.execute(
-                select(resources.c.pk, resources.c.res_type, CONTENT_TEXT)
-                .where(condition, resources.c.deleted.is_(False), resources.c.last_updated <= moment,
-                       resources.c.pk > after)
-                .order_by(resources.c.pk)
+                select(source.c.pk, source.c.res_type, content_text(source))
+                .where(condition, source.c.deleted.is_(False), source.c.last_updated <= moment, source.c.pk > after)
+                .order_by(source.c.pk)
                 .limit(page)
             ).all()
         if not rows:
@@ -130,23 +130,23 @@ def _current_pass(
 
 
 def _changed_pass(
-    store: Store, condition: ColumnElement[bool], request: ExportRequest, moment: datetime,
-    output: NdjsonFileSet, page: int, highest: int, report: Checkpoint,
+    store: Store, seen_by: Visibility, source: FromClause, condition: ColumnElement[bool], request: ExportRequest,
+    moment: datetime, output: NdjsonFileSet, page: int, highest: int, report: Checkpoint,
 ) -> None:
     """Resources changed after ``moment`` (and existing before it): their version as of ``moment``."""
     since = request.since_instant
     after = 0
+    history = seen_by.history()
     while True:
         with store.reading() as conn:
             rows = conn.execute(
-                select(resources.c.pk, resources.c.res_type, resources.c.res_id)
-                .where(condition, resources.c.last_updated > moment, resources.c.pk <= highest,
-                       resources.c.pk > after)
-                .order_by(resources.c.pk)
+                select(source.c.pk, source.c.res_type, source.c.res_id)
+                .where(condition, source.c.last_updated > moment, source.c.pk <= highest, source.c.pk > after)
+                .order_by(source.c.pk)
                 .limit(page)
             ).all()
             for row in rows:
-                previous = _version_at(conn, row.res_type, row.res_id, moment)
+                previous = _version_at(conn, history, row.res_type, row.res_id, moment)
                 if previous is None or previous.content is None or previous.method == "DELETE":
                     continue
                 if since is not None and previous.last_updated <= since:
@@ -160,8 +160,7 @@ def _changed_pass(
             return
 
 
-def _version_at(conn: Connection, res_type: str, res_id: str, moment: datetime) -> Row[Any] | None:
-    h = resource_history
+def _version_at(conn: Connection, h: FromClause, res_type: str, res_id: str, moment: datetime) -> Row[Any] | None:
     return conn.execute(
         select(h.c.method, h.c.content, h.c.last_updated)
         .where(h.c.res_type == res_type, h.c.res_id == res_id, h.c.last_updated <= moment)

@@ -1,4 +1,5 @@
-"""Which resources an export contains, as one SQL condition on ``resources``.
+"""Which resources an export contains, as one SQL condition on the rows it reads from (the
+requester's visible ``resources``: ``Visibility.resources()``).
 
 The order of the Bulk Data v2 parameter processing: patients (level, group, ``patient``) →
 ``_type`` → ``_since`` → ``_typeFilter`` (types with filters keep only resources matching at least
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, false, insert, literal, or_, select, true
+from sqlalchemy import ColumnElement, Connection, FromClause, and_, delete, false, insert, literal, or_, select, true
 
 from fhirfus.export.bulk_params import ExportRequest, allowed_types
 from fhirfus.fhir.valuesets import Lookup
@@ -23,7 +24,8 @@ from fhirfus.operations.search import match_condition
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler, local_reference, params_rows
-from fhirfus.store.tables import export_job_matches, export_job_patients, resources, search_reference
+from fhirfus.store.tables import export_job_matches, export_job_patients, search_reference
+from fhirfus.store.visibility import Visibility
 
 
 def export_types(request: ExportRequest) -> list[str]:
@@ -31,20 +33,23 @@ def export_types(request: ExportRequest) -> list[str]:
     return sorted(request.types) if request.types else sorted(allowed_types(request.level))
 
 
-def selection(request: ExportRequest, job_id: str | None, terminology: Lookup) -> ColumnElement[bool]:
+def selection(
+    rows: FromClause, request: ExportRequest, job_id: str | None, terminology: Lookup,
+) -> ColumnElement[bool]:
     """Live-or-not resources the request selects (snapshot and deletion are the runner's job);
     ``terminology`` finds stored value sets for ``:in`` in unstaged ``_typeFilter``s."""
     conditions: list[ColumnElement[bool]] = []
     types = export_types(request)
     if request.types or request.level != "system":
-        conditions.append(resources.c.res_type.in_(types))
+        conditions.append(rows.c.res_type.in_(types))
     since = request.since_instant
     if since is not None:
-        conditions.append(resources.c.last_updated > since)
+        conditions.append(rows.c.last_updated > since)
     if request.level != "system":
-        conditions.append(_compartment_condition(types, job_id if _staged(request) else None, request.base_url))
+        conditions.append(_compartment_condition(rows, types, job_id if _staged(request) else None, request.base_url))
     if request.type_filters:
-        conditions.append(_staged_matches(request, job_id) if job_id else type_filter_condition(request, terminology))
+        conditions.append(_staged_matches(rows, request, job_id) if job_id
+                          else type_filter_condition(rows, request, terminology))
     return and_(true(), *conditions)
 
 
@@ -53,7 +58,7 @@ def _staged(request: ExportRequest) -> bool:
     return request.level == "group" or bool(request.patients)
 
 
-def _compartment_condition(types: list[str], job_id: str | None, base_url: str) -> ColumnElement[bool]:
+def _compartment_condition(rows: FromClause, types: list[str], job_id: str | None, base_url: str) -> ColumnElement[bool]:
     """In the compartment of any patient (``job_id`` None) or of the job's staged patients
     (patients of this server: ``base_url`` tells its absolute references from other servers').
 
@@ -65,28 +70,28 @@ def _compartment_condition(types: list[str], job_id: str | None, base_url: str) 
     params = [and_(link.c.res_type == t, params_rows(link, t, codes)) for t, codes in compartment().items() if t in types]
     param_condition = or_(*params) if params else false()
     probe = select(literal(1)).select_from(link).where(
-        link.c.resource_pk == resources.c.pk, link.c.target_type == "Patient", param_condition,
+        link.c.resource_pk == rows.c.pk, link.c.target_type == "Patient", param_condition,
         local_reference(link, base_url),
     )
-    patient_itself: ColumnElement[bool] = resources.c.res_type == "Patient"
+    patient_itself: ColumnElement[bool] = rows.c.res_type == "Patient"
     if job_id is not None:
         staged = export_job_patients
         probe = probe.join(staged, and_(staged.c.job_id == job_id, staged.c.patient_id == link.c.target_id))
         is_staged = (
-            select(literal(1)).where(staged.c.job_id == job_id, staged.c.patient_id == resources.c.res_id).limit(1)
+            select(literal(1)).where(staged.c.job_id == job_id, staged.c.patient_id == rows.c.res_id).limit(1)
         )
         patient_itself = and_(patient_itself, is_staged.scalar_subquery().is_not(None))
     member = probe.limit(1).scalar_subquery().is_not(None)
     return or_(patient_itself, member) if "Patient" in types else member
 
 
-def type_filter_condition(request: ExportRequest, terminology: Lookup) -> ColumnElement[bool]:
+def type_filter_condition(rows: FromClause, request: ExportRequest, terminology: Lookup) -> ColumnElement[bool]:
     """Resources of filtered types match one of their type's queries; other types pass."""
-    compiler = Compiler(request.base_url, terminology)
-    alternatives: list[ColumnElement[bool]] = [resources.c.res_type.not_in(_filtered_types(request))]
+    compiler = Compiler(request.base_url, Visibility(request.site), terminology)
+    alternatives: list[ColumnElement[bool]] = [rows.c.res_type.not_in(_filtered_types(request))]
     for res_type, query in request.type_filters:
         parsed = parse_query(res_type, parse_qsl(query, keep_blank_values=True), strict=True)
-        alternatives.append(match_condition({res_type: parsed}, compiler))
+        alternatives.append(match_condition(rows, {res_type: parsed}, compiler))
     return or_(*alternatives)
 
 
@@ -100,17 +105,19 @@ def stage_type_filters(conn: Connection, job_id: str, request: ExportRequest) ->
     """
     matches = export_job_matches
     conn.execute(delete(matches).where(matches.c.job_id == job_id))
-    rows = select(literal(job_id), resources.c.pk).where(
-        resources.c.res_type.in_(_filtered_types(request)),
-        type_filter_condition(request, repository.terminology_lookup(conn)),
+    seen_by = Visibility(request.site)
+    rows = seen_by.resources()
+    matching = select(literal(job_id), rows.c.pk).where(
+        rows.c.res_type.in_(_filtered_types(request)),
+        type_filter_condition(rows, request, repository.terminology_lookup(conn, seen_by)),
     )
-    return conn.execute(insert(matches).from_select(["job_id", "resource_pk"], rows)).rowcount
+    return conn.execute(insert(matches).from_select(["job_id", "resource_pk"], matching)).rowcount
 
 
-def _staged_matches(request: ExportRequest, job_id: str) -> ColumnElement[bool]:
+def _staged_matches(rows: FromClause, request: ExportRequest, job_id: str) -> ColumnElement[bool]:
     matches = export_job_matches
-    probe = select(literal(1)).where(matches.c.job_id == job_id, matches.c.resource_pk == resources.c.pk).limit(1)
-    return or_(resources.c.res_type.not_in(_filtered_types(request)), probe.scalar_subquery().is_not(None))
+    probe = select(literal(1)).where(matches.c.job_id == job_id, matches.c.resource_pk == rows.c.pk).limit(1)
+    return or_(rows.c.res_type.not_in(_filtered_types(request)), probe.scalar_subquery().is_not(None))
 
 
 def _filtered_types(request: ExportRequest) -> list[str]:

@@ -16,8 +16,8 @@ from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
 
+from fhirfus.auth.access import Access
 from fhirfus.export import bulk_jobs as jobs
-from fhirfus.auth import access
 from fhirfus.export.bulk_params import ExportRequest, parse_export_params
 from fhirfus.export.bulk_worker import ExportWorker
 from fhirfus.export.bulk_writer import WrittenFile
@@ -48,6 +48,7 @@ class StatusAnswer:
 
 def kick_off(
     worker: ExportWorker,
+    caller: Access,
     level: str,
     params: Sequence[tuple[str, str]],
     *,
@@ -57,32 +58,30 @@ def kick_off(
     lenient: bool = False,
 ) -> jobs.Job:
     """Check the request (400 for bad parameters, 404/410 for the Group) and queue the job (429 if busy)."""
+    caller.require_role("site", "admin")
     if level == "group":
         assert group_id is not None
-        crud.read(worker.store, "Group", group_id)
+        crud.read(worker.store, caller, "Group", group_id)
+    seen_by = caller.visibility
     with worker.store.reading() as conn:
         request = parse_export_params(level, params, group_id=group_id, lenient=lenient, base_url=base_url,
-                                      terminology=repository.terminology_lookup(conn))
-    return worker.submit(_for_caller(request), request_url)
+                                      seen_by=seen_by, terminology=repository.terminology_lookup(conn, seen_by))
+    return worker.submit(_for_caller(caller, request), request_url)
 
 
-def _for_caller(request: ExportRequest) -> ExportRequest:
+def _for_caller(caller: Access, request: ExportRequest) -> ExportRequest:
     """Check the caller may export these types (403) and confine a site client's job to its site."""
-    caller = access.current()
-    if caller is None:
-        return request
-    access.require_role("site", "admin")
     for res_type in request.types or ("*",):
-        access.require(res_type, "s")
-    return replace(request, site=access.site(), client_id=caller.client_id)
+        caller.require(res_type, "s")
+    return replace(request, site=caller.visibility.site, client_id=caller.client_id)
 
 
 def status_url(base_url: str, job_id: str) -> str:
     return f"{base_url}/{STATUS_SEGMENT}/{job_id}"
 
 
-def status(store: Store, job_id: str, base_url: str, *, requires_access_token: bool) -> StatusAnswer:
-    job = _visible_job(store, job_id)
+def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires_access_token: bool) -> StatusAnswer:
+    job = _visible_job(store, caller, job_id)
     if job.status in jobs.ACTIVE:
         return StatusAnswer(202, None, {"X-Progress": _progress(job), "Retry-After": str(_retry_after(job))})
     if job.status == jobs.FAILED:
@@ -109,9 +108,9 @@ def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requ
     }
 
 
-def cancel(store: Store, job_id: str) -> None:
+def cancel(store: Store, caller: Access, job_id: str) -> None:
     """DELETE on the status URL: a running job stops at its next page; files of a finished one go now."""
-    _visible_job(store, job_id)
+    _visible_job(store, caller, job_id)
     job = jobs.cancel(store, job_id)
     if job is None:
         raise _gone(job_id)
@@ -121,9 +120,9 @@ def cancel(store: Store, job_id: str) -> None:
         jobs.remove(store, job_id)
 
 
-def output_file(store: Store, job_id: str, name: str) -> tuple[Path, datetime | None]:
+def output_file(store: Store, caller: Access, job_id: str, name: str) -> tuple[Path, datetime | None]:
     """The file of a completed job named in its manifest (nothing else under the export directory)."""
-    job = _visible_job(store, job_id)
+    job = _visible_job(store, caller, job_id)
     listed = {f.name for f in jobs.files_of(store, job_id)} if job.status == jobs.COMPLETED else set()
     if name not in listed or not job.directory:
         raise NotFound(f"Export job {job_id} has no file '{name}'", "file")
@@ -133,14 +132,13 @@ def output_file(store: Store, job_id: str, name: str) -> tuple[Path, datetime | 
     return path, job.expires
 
 
-def _visible_job(store: Store, job_id: str) -> jobs.Job:
+def _visible_job(store: Store, caller: Access, job_id: str) -> jobs.Job:
     """The job, if the caller may see it: the client that kicked it off, or an admin. To anybody
     else it does not exist (404, as for an unknown id): its files hold the requester's data."""
     job = jobs.get(store, job_id)
     if job is None or job.status == jobs.CANCELLED or (job.expires is not None and job.expires <= jobs.now()):
         raise _gone(job_id)
-    caller = access.current()
-    if caller is not None and caller.role != "admin" and caller.client_id != job.request.client_id:
+    if caller.role != "admin" and caller.client_id != job.request.client_id:
         raise _gone(job_id)
     return job
 

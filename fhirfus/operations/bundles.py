@@ -16,21 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy import Connection, select, tuple_
+from sqlalchemy import Connection
 
 from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
-from fhirfus.auth.access import require
+from fhirfus.auth.access import Access
 from fhirfus.domain import rules
 from fhirfus.operations import conditional, crud, history, search
 from fhirfus.operations.derived import derived_keys, to_create_with
 from fhirfus.operations.crud import WriteResult
 from fhirfus.operations.preconditions import etag, parse_version_tag
+from fhirfus.operations.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored, format_instant
-from fhirfus.store.tables import resources
 
 #: Resources per multi-row INSERT when a transaction creates many (a 10,000-entry Bundle).
 CREATE_CHUNK = 1000
@@ -61,9 +61,10 @@ class Entry:
 
 @dataclass(frozen=True)
 class Context:
-    """What every entry needs: the store, the base URL and paging defaults for GET entries."""
+    """What every entry needs: the store, the caller, the base URL and paging defaults for GET entries."""
 
     store: Store
+    caller: Access
     base: str
     default_count: int = 50
     max_count: int = 1000
@@ -142,7 +143,7 @@ def _patch_operations(entry: Entry) -> list | None:
     return None
 
 
-def validate_entries(entries: list[Entry]) -> None:
+def validate_entries(caller: Access, entries: list[Entry]) -> None:
     """Every POST/PUT resource is checked before the transaction starts (nothing half-written)."""
     for entry in entries:
         if entry.method in ("POST", "PUT") and entry.res_type:
@@ -152,7 +153,7 @@ def validate_entries(entries: list[Entry]) -> None:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
             try:
                 rules.enforce(probe)
-                entry.resource = crud.label_for_site(probe)
+                entry.resource = caller.labelled(probe)
             except FhirError as exc:
                 raise _fail(entry, exc) from exc
 
@@ -160,8 +161,9 @@ def validate_entries(entries: list[Entry]) -> None:
 # --- reference resolution -------------------------------------------------------------------
 
 
-def assign_identities(conn: Connection, entries: list[Entry], base: str) -> dict[str, str]:
-    """fullUrl → ``Type/id`` for every entry that creates or updates (conditional creates resolved)."""
+def assign_identities(conn: Connection, caller: Access, entries: list[Entry], base: str) -> dict[str, str]:
+    """fullUrl → ``Type/id`` for every entry that creates or updates (conditional creates resolved
+    among the resources the caller may see)."""
     mapping: dict[str, str] = {}
     targets: dict[str, int] = {}
     for entry in entries:
@@ -170,7 +172,7 @@ def assign_identities(conn: Connection, entries: list[Entry], base: str) -> dict
         if entry.method == "POST":
             existing = None
             if entry.if_none_exist:
-                matches = conditional.matching_ids(conn, entry.res_type, entry.if_none_exist, base)
+                matches = conditional.matching_ids(conn, caller.visibility, entry.res_type, entry.if_none_exist, base)
                 if len(matches) > 1:
                     raise _fail(entry, InvalidRequest(
                         f"ifNoneExist '{entry.if_none_exist}' matches {len(matches)} resources", "request.ifNoneExist"))
@@ -178,7 +180,7 @@ def assign_identities(conn: Connection, entries: list[Entry], base: str) -> dict
             entry.res_id = existing or str(uuid.uuid4())
             entry.existing = existing is not None
         elif entry.res_id is None:
-            matches = conditional.matching_ids(conn, entry.res_type, entry.query, base)
+            matches = conditional.matching_ids(conn, caller.visibility, entry.res_type, entry.query, base)
             if len(matches) > 1:
                 raise _fail(entry, InvalidRequest(f"'{entry.url}' matches {len(matches)} resources", "request.url"))
             body_id = entry.resource.get("id")
@@ -193,7 +195,9 @@ def assign_identities(conn: Connection, entries: list[Entry], base: str) -> dict
     return mapping
 
 
-def resolve_references(conn: Connection, entries: list[Entry], mapping: dict[str, str], base: str) -> None:
+def resolve_references(
+    conn: Connection, caller: Access, entries: list[Entry], mapping: dict[str, str], base: str,
+) -> None:
     """Rewrite ``urn:uuid:`` / fullUrl and conditional references in every resource of the Bundle."""
     cache: dict[str, str] = {}
 
@@ -205,7 +209,7 @@ def resolve_references(conn: Connection, entries: list[Entry], mapping: dict[str
                 raise _fail(entry, InvalidRequest(f"Reference '{reference}' names no entry of this Bundle", "resource"))
             if "?" in reference:
                 if reference not in cache:
-                    cache[reference] = _conditional_reference(conn, entry, reference, base)
+                    cache[reference] = _conditional_reference(conn, caller, entry, reference, base)
                 return cache[reference]
             if reference.startswith(base + "/"):
                 return reference[len(base) + 1:]
@@ -217,11 +221,12 @@ def resolve_references(conn: Connection, entries: list[Entry], mapping: dict[str
             rewrite_references(entry.resource, resolve_for(entry))
 
 
-def _conditional_reference(conn: Connection, entry: Entry, reference: str, base: str) -> str:
+def _conditional_reference(conn: Connection, caller: Access, entry: Entry, reference: str, base: str) -> str:
+    """The one resource the caller may see that a ``Type?criteria`` reference names."""
     res_type, _, criteria = reference.partition("?")
     try:
         require_known_type(res_type)
-        matches = conditional.matching_ids(conn, res_type, criteria, base)
+        matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base)
     except FhirError as exc:
         raise _fail(entry, InvalidRequest(f"Conditional reference '{reference}': {exc.message}", "resource")) from exc
     if len(matches) != 1:
@@ -250,26 +255,27 @@ def _write_response(result: WriteResult | Stored, created_status: int = 201) -> 
 def run_entry(conn: Connection, entry: Entry, ctx: Context) -> dict:
     """Execute one entry inside ``conn``; returns its ``response`` (``_resource`` carried aside)."""
     assert entry.res_type is not None or entry.method in ("GET", "HEAD")
+    caller = ctx.caller
     if entry.method == "DELETE":
         if entry.res_id is not None:
-            stored = crud.delete_in(conn, entry.res_type, entry.res_id)  # type: ignore[arg-type]
+            stored = crud.delete_in(conn, caller, entry.res_type, entry.res_id)  # type: ignore[arg-type]
         else:
-            stored = crud.conditional_delete_in(conn, entry.res_type, entry.query, ctx.base)  # type: ignore[arg-type]
+            stored = crud.conditional_delete_in(conn, caller, entry.res_type, entry.query, ctx.base)  # type: ignore[arg-type]
         return {"status": STATUS_TEXT[204 if stored is None else 200],
                 **({"etag": etag(stored.version)} if stored else {})}
     if entry.method == "POST":
         if entry.existing:
-            return _write_response(crud.read_in(conn, entry.res_type, entry.res_id))  # type: ignore[arg-type]
+            return _write_response(crud.read_in(conn, caller, entry.res_type, entry.res_id))  # type: ignore[arg-type]
         resource = {k: v for k, v in entry.resource.items() if k != "id"}
-        return _write_response(crud.create_in(conn, entry.res_type, resource, res_id=entry.res_id))  # type: ignore[arg-type]
+        return _write_response(crud.create_in(conn, caller, entry.res_type, resource, res_id=entry.res_id))  # type: ignore[arg-type]
     if entry.method == "PUT":
-        resource = crud.check_update_body(entry.res_type, entry.res_id, entry.resource)  # type: ignore[arg-type]
-        return _write_response(crud.update_in(conn, entry.res_type, entry.res_id, resource, entry.if_match))  # type: ignore[arg-type]
+        resource = crud.check_update_body(caller, entry.res_type, entry.res_id, entry.resource)  # type: ignore[arg-type]
+        return _write_response(crud.update_in(conn, caller, entry.res_type, entry.res_id, resource, entry.if_match))  # type: ignore[arg-type]
     if entry.method == "PATCH":
         if entry.res_id is None:
             raise InvalidRequest("Conditional PATCH in a Bundle is not supported", "request.url")
         operations = _patch_operations(entry)
-        return _write_response(crud.patch_in(conn, entry.res_type, entry.res_id, operations, entry.if_match))  # type: ignore[arg-type]
+        return _write_response(crud.patch_in(conn, caller, entry.res_type, entry.res_id, operations, entry.if_match))  # type: ignore[arg-type]
     return _read_entry(conn, entry, ctx)
 
 
@@ -280,18 +286,18 @@ def _read_entry(conn: Connection, entry: Entry, ctx: Context) -> dict:
     if entry.res_type is None:
         raise InvalidRequest("GET entries need a resource type in request.url", "request.url")
     if entry.res_id is not None and len(path) == 2:
-        stored = crud.read_in(conn, entry.res_type, entry.res_id)
+        stored = crud.read_in(conn, ctx.caller, entry.res_type, entry.res_id)
         return {"status": "200 OK", "etag": etag(stored.version), "lastModified": format_instant(stored.last_updated),
                 "_resource": stored.content}
     if entry.res_id is not None and len(path) == 4 and path[2] == "_history":
-        stored = crud.vread_in(conn, entry.res_type, entry.res_id, path[3])
+        stored = crud.vread_in(conn, ctx.caller, entry.res_type, entry.res_id, path[3])
         return {"status": "200 OK", "etag": etag(stored.version), "_resource": stored.content}
     if len(path) == 1:
-        bundle = search.search_bundle(ctx.store, ctx.base, entry.res_type, params,
+        bundle = search.search_bundle(ctx.store, ctx.caller, ctx.base, entry.res_type, params,
                                       default_count=ctx.default_count, max_count=ctx.max_count)
         return {"status": "200 OK", "_resource": bundle}
     if path[-1] == "_history":
-        bundle = history.history_bundle(ctx.store, ctx.base, dict(params), default_count=ctx.default_count,
+        bundle = history.history_bundle(ctx.store, ctx.caller, ctx.base, dict(params), default_count=ctx.default_count,
                                         max_count=ctx.max_count, res_type=entry.res_type, res_id=entry.res_id)
         return {"status": "200 OK", "_resource": bundle}
     raise InvalidRequest(f"Unsupported request.url '{entry.url}'", "request.url")
@@ -329,16 +335,16 @@ def _transaction(
     ctx: Context, entries: list[Entry], before_commit: Callable[[Connection], None] | None = None
 ) -> dict[int, dict]:
     """All entries in one database transaction; ``before_commit`` joins it (e.g. a load journal)."""
-    validate_entries(entries)
+    validate_entries(ctx.caller, entries)
     responses: dict[int, dict] = {}
-    with ctx.store.writing() as conn:
-        mapping = assign_identities(conn, entries, ctx.base)
-        resolve_references(conn, entries, mapping, ctx.base)
+    with write_transaction(ctx.store, ctx.caller) as conn:
+        mapping = assign_identities(conn, ctx.caller, entries, ctx.base)
+        resolve_references(conn, ctx.caller, entries, mapping, ctx.base)
         ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
         for entry in (e for e in ordered if e.method == "DELETE"):
             responses[entry.index] = _run(conn, entry, ctx)
-        bulk = _bulk_creatable(conn, entries)
-        responses.update(_create_all(conn, bulk))
+        bulk = _bulk_creatable(conn, ctx.caller, entries)
+        responses.update(_create_all(conn, ctx.caller, bulk))
         for entry in (e for e in ordered if e.method != "DELETE" and e.index not in responses):
             responses[entry.index] = _run(conn, entry, ctx)
         if before_commit is not None:
@@ -353,24 +359,21 @@ def _run(conn: Connection, entry: Entry, ctx: Context) -> dict:
         raise _fail(entry, exc) from exc
 
 
-def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
-    """Entries that simply create: POSTs without a match, and PUTs to ids never used before.
+def _bulk_creatable(conn: Connection, caller: Access, entries: list[Entry]) -> list[Entry]:
+    """Entries that simply create: POSTs without a match, and PUTs to ids never used before (when
+    the caller may choose ids; a site client's PUTs take the one-by-one path, which refuses ids
+    its site does not own).
 
     A PUT of a QuestionnaireResponse whose score Observations' ids are already used (a tombstone
     of an earlier response with that id, or another entry of this Bundle) is left to the
     one-by-one path, which updates the scores in place (``derived.after_write``).
     """
     creates = [e for e in entries if e.method == "POST" and not e.existing]
-    puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None]
+    puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None] \
+        if caller.chooses_ids else []
     scores = {e.index: derived_keys(e.res_type, e.res_id) for e in puts}  # type: ignore[arg-type]
     wanted = [(e.res_type, e.res_id) for e in puts] + [key for keys in scores.values() for key in keys]
-    taken: set[tuple[str, str]] = set()
-    for start in range(0, len(wanted), 500):
-        keys = wanted[start:start + 500]
-        rows = conn.execute(
-            select(resources.c.res_type, resources.c.res_id).where(tuple_(resources.c.res_type, resources.c.res_id).in_(keys))
-        ).all()
-        taken.update((r.res_type, r.res_id) for r in rows)
+    taken = repository.taken(conn, wanted)  # type: ignore[arg-type]
     in_bundle = {(e.res_type, e.res_id) for e in entries if e.res_id is not None}
     for entry in puts:
         if (entry.res_type, entry.res_id) in taken:
@@ -385,11 +388,11 @@ def _bulk_creatable(conn: Connection, entries: list[Entry]) -> list[Entry]:
     return creates
 
 
-def _create_all(conn: Connection, creates: list[Entry]) -> dict[int, dict]:
+def _create_all(conn: Connection, caller: Access, creates: list[Entry]) -> dict[int, dict]:
     """Creating entries of a transaction in one bulk insert (after DELETEs, before updates)."""
     for entry in creates:
         try:
-            require(entry.res_type, "c")  # type: ignore[arg-type]
+            caller.require(entry.res_type, "c")  # type: ignore[arg-type]
         except FhirError as exc:
             raise _fail(entry, exc) from exc
     items = [
@@ -408,10 +411,10 @@ def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
     responses: dict[int, dict] = {}
     for entry in sorted(entries, key=lambda e: (ORDER[e.method], e.index)):
         try:
-            validate_entries([entry])
-            with ctx.store.writing() as conn:
-                mapping = assign_identities(conn, [entry], ctx.base)
-                resolve_references(conn, [entry], mapping, ctx.base)
+            validate_entries(ctx.caller, [entry])
+            with write_transaction(ctx.store, ctx.caller, method=entry.method, path="/fhir/" + entry.url.lstrip("/")) as conn:
+                mapping = assign_identities(conn, ctx.caller, [entry], ctx.base)
+                resolve_references(conn, ctx.caller, [entry], mapping, ctx.base)
                 responses[entry.index] = run_entry(conn, entry, ctx)
         except FhirError as exc:
             failed = _fail(entry, exc)

@@ -2,6 +2,8 @@
 
 They use the search engine itself, so every search parameter works as a condition; unknown
 parameters are an error here (ignoring one would widen the match and touch the wrong resource).
+Only resources the caller may see are candidates: another site's resources neither match nor
+count, so a condition tells nothing about them.
 """
 
 from __future__ import annotations
@@ -14,22 +16,26 @@ from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler
-from fhirfus.store.tables import resources
+from fhirfus.store.visibility import Visibility
 
 
-def matching_ids(conn: Connection, res_type: str, criteria: str, base_url: str = "", limit: int = 2) -> list[str]:
-    """Ids of live resources of ``res_type`` matching a search query string (at most ``limit``)."""
+def matching_ids(
+    conn: Connection, seen_by: Visibility, res_type: str, criteria: str, base_url: str = "", limit: int = 2,
+) -> list[str]:
+    """Ids of live resources of ``res_type`` that ``seen_by`` may see and that match a search query
+    string (at most ``limit``)."""
     pairs = [(k, v) for k, v in parse_qsl(criteria.lstrip("?"), keep_blank_values=True) if k not in ("_format", "_pretty")]
     if not pairs:
         raise InvalidRequest("Conditional criteria are empty", "If-None-Exist")
     query = parse_query(res_type, pairs, strict=True)
     if not query.criteria:
         raise InvalidRequest(f"Conditional criteria '{criteria}' select nothing", "If-None-Exist")
-    compiler = Compiler(base_url, repository.terminology_lookup(conn))
-    conditions = [compiler.criterion(resources, c) for c in query.criteria]
+    compiler = Compiler(base_url, seen_by, repository.terminology_lookup(conn, seen_by))
+    rows = seen_by.resources()
+    conditions = [compiler.criterion(rows, c) for c in query.criteria]
     statement = (
-        select(resources.c.res_id)
-        .where(resources.c.res_type == res_type, resources.c.deleted.is_(False), *conditions)
+        select(rows.c.res_id)
+        .where(rows.c.res_type == res_type, rows.c.deleted.is_(False), *conditions)
         .limit(limit)
     )
     return list(conn.execute(statement).scalars())

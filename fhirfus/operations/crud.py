@@ -17,7 +17,6 @@ from sqlalchemy import Connection
 
 from fhirfus.fhir.errors import (
     BusinessRuleViolation,
-    Forbidden,
     Gone,
     InvalidRequest,
     InvalidResource,
@@ -26,13 +25,13 @@ from fhirfus.fhir.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
-from fhirfus.auth.access import require
+from fhirfus.auth.access import Access
 from fhirfus.domain import rules
 from fhirfus.operations import conditional
 from fhirfus.operations.derived import after_write
+from fhirfus.operations.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
-from fhirfus.store.scope import SITE_SYSTEM, confined_site, labelled_for_site
 
 
 @dataclass(frozen=True)
@@ -45,56 +44,39 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def accept(body: Any, res_type: str) -> dict:
+def accept(caller: Access, body: Any, res_type: str) -> dict:
     """Edge validation of a write: base FHIR (400) then the fhirfus domain rules (422).
 
     A site client's writes are labelled with its site (and may not carry another site's label).
     """
     resource = validate_resource(body, res_type)
     rules.enforce(resource)
-    return label_for_site(resource)
+    return caller.labelled(resource)
 
 
-def label_for_site(resource: dict) -> dict:
-    site = confined_site()
-    if site is None:
-        return resource
-    meta = dict(resource.get("meta") or {})
-    labels = [dict(label) for label in meta.get("security") or []]
-    foreign = [lab for lab in labels if lab.get("system") == SITE_SYSTEM and lab.get("code") != site]
-    if foreign:
-        raise Forbidden(f"A client of site {site} may not label data for site {foreign[0].get('code')}",
-                        f"{resource['resourceType']}.meta.security")
-    if not any(lab.get("system") == SITE_SYSTEM for lab in labels):
-        labels.append({"system": SITE_SYSTEM, "code": site})
-    meta["security"] = labels
-    return {**resource, "meta": meta}
-
-
-def _visible(stored: Stored | None) -> Stored | None:
-    """The stored version, or None when a site client may not know it exists."""
-    if stored is None or stored.content is None:
-        return stored
-    return stored if labelled_for_site(stored.content) else None
+def _not_found(res_type: str, res_id: str) -> NotFound:
+    """The one answer for an id that was never used and for one the caller may not see."""
+    return NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
 
 
 # --- connection-level cores ------------------------------------------------------------------
 
 
 def create_in(
-    conn: Connection, res_type: str, resource: dict, if_none_exist: str | None = None, *,
+    conn: Connection, caller: Access, res_type: str, resource: dict, if_none_exist: str | None = None, *,
     res_id: str | None = None, base_url: str = "",
 ) -> WriteResult:
-    """Create (``resource`` already validated); with ``if_none_exist``, an existing match wins."""
-    require(res_type, "c")
+    """Create (``resource`` already accepted); with ``if_none_exist``, an existing match the caller
+    may see wins."""
+    caller.require(res_type, "c")
     if if_none_exist:
-        matches = conditional.matching_ids(conn, res_type, if_none_exist, base_url)
+        matches = conditional.matching_ids(conn, caller.visibility, res_type, if_none_exist, base_url)
         if len(matches) > 1:
             raise PreconditionFailed(
                 f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
             )
         if matches:
-            existing = repository.current(conn, res_type, matches[0])
+            existing = repository.current(conn, caller.visibility, res_type, matches[0])
             assert existing is not None
             return WriteResult(existing, created=False)
     stored = repository.create(conn, res_type, res_id or new_id(), resource)
@@ -102,21 +84,22 @@ def create_in(
     return WriteResult(stored, created=True)
 
 
-def read_in(conn: Connection, res_type: str, res_id: str) -> Stored:
-    require(res_type, "r")
-    stored = _visible(repository.current(conn, res_type, res_id))
+def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored:
+    caller.require(res_type, "r")
+    stored = repository.current(conn, caller.visibility, res_type, res_id)
     if stored is None:
-        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+        raise _not_found(res_type, res_id)
     if stored.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
     return stored
 
 
-def vread_in(conn: Connection, res_type: str, res_id: str, version_id: str) -> Stored:
-    require(res_type, "r")
-    if _visible(repository.current(conn, res_type, res_id)) is None:
-        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
-    stored = repository.version(conn, res_type, res_id, int(version_id)) if version_id.isdigit() else None
+def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
+    caller.require(res_type, "r")
+    if repository.current(conn, caller.visibility, res_type, res_id) is None:
+        raise _not_found(res_type, res_id)
+    stored = repository.version(conn, caller.visibility, res_type, res_id, int(version_id)) \
+        if version_id.isdigit() and len(version_id) <= 9 else None
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
@@ -124,12 +107,16 @@ def vread_in(conn: Connection, res_type: str, res_id: str, version_id: str) -> S
     return stored
 
 
-def update_in(conn: Connection, res_type: str, res_id: str, resource: dict, if_match: int | None = None) -> WriteResult:
-    """New version (the current row locked first), or update-as-create when the id is free."""
-    require(res_type, "u")
-    previous = repository.current(conn, res_type, res_id, for_update=True)
-    if previous is not None and _visible(previous) is None:
-        raise Forbidden(f"{res_type}/{res_id} belongs to another site", f"{res_type}.id")
+def update_in(
+    conn: Connection, caller: Access, res_type: str, res_id: str, resource: dict, if_match: int | None = None,
+) -> WriteResult:
+    """New version (the current row locked first), or update-as-create when the id is free and the
+    caller may choose ids (a site client updates only the ids its site owns)."""
+    caller.require(res_type, "u")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
+    if previous is None and not caller.chooses_ids:
+        raise NotFound(f"{res_type}/{res_id} not found (a site client creates with POST or a conditional "
+                       "update: the server assigns the id)", f"{res_type}.id")
     _check_if_match(res_type, res_id, previous, if_match)
     if previous is None:
         stored = repository.create(conn, res_type, res_id, resource, "PUT")
@@ -158,10 +145,12 @@ def unchanged(stored: dict | None, incoming: dict) -> bool:
 
 
 def conditional_update_in(
-    conn: Connection, res_type: str, criteria: str, body: Any, if_match: int | None = None, base_url: str = ""
+    conn: Connection, caller: Access, res_type: str, criteria: str, body: Any, if_match: int | None = None,
+    base_url: str = "",
 ) -> WriteResult:
-    """PUT [type]?criteria: no match → create, one → update it, several → 412."""
-    matches = conditional.matching_ids(conn, res_type, criteria, base_url)
+    """PUT [type]?criteria: no match → create, one → update it, several → 412 (matches among what
+    the caller may see: another site's resources are not candidates)."""
+    matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base_url)
     if len(matches) > 1:
         raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
     body_id = body.get("id") if isinstance(body, dict) else None
@@ -170,38 +159,40 @@ def conditional_update_in(
             raise InvalidRequest(
                 f"Resource id '{body_id}' differs from the matching resource '{matches[0]}'", f"{res_type}.id"
             )
-        resource = check_update_body(res_type, matches[0], body)
-        return update_in(conn, res_type, matches[0], resource, if_match)
+        resource = check_update_body(caller, res_type, matches[0], body)
+        return update_in(conn, caller, res_type, matches[0], resource, if_match)
     if body_id is not None:
-        return update_in(conn, res_type, body_id, check_update_body(res_type, body_id, body), if_match)
-    return create_in(conn, res_type, accept(body, res_type))
+        return update_in(conn, caller, res_type, body_id, check_update_body(caller, res_type, body_id, body), if_match)
+    return create_in(conn, caller, res_type, accept(caller, body, res_type))
 
 
-def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
+def patch_in(
+    conn: Connection, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
+) -> WriteResult:
     if not isinstance(operations, list):
         raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
-    require(res_type, "u")
-    previous = _visible(repository.current(conn, res_type, res_id, for_update=True))
+    caller.require(res_type, "u")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
-        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+        raise _not_found(res_type, res_id)
     if previous.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
     _check_if_match(res_type, res_id, previous, if_match)
     patched = _apply_patch(previous.content or {}, operations)
     if patched.get("resourceType") != res_type or patched.get("id") != res_id:
         raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
-    resource = accept(patched, res_type)
+    resource = accept(caller, patched, res_type)
     stored = repository.replace(conn, previous, resource, "PATCH")
     after_write(conn, stored)
     return WriteResult(stored, created=False)
 
 
-def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
+def delete_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored | None:
     """A tombstone version; deleting a deleted resource changes nothing (None)."""
-    require(res_type, "d")
-    previous = _visible(repository.current(conn, res_type, res_id, for_update=True))
+    caller.require(res_type, "d")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
-        raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+        raise _not_found(res_type, res_id)
     if previous.deleted:
         return None
     stored = repository.tombstone(conn, previous)
@@ -209,40 +200,44 @@ def delete_in(conn: Connection, res_type: str, res_id: str) -> Stored | None:
     return stored
 
 
-def conditional_delete_in(conn: Connection, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+def conditional_delete_in(
+    conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "",
+) -> Stored | None:
     """DELETE [type]?criteria: no match → nothing, one → delete it, several → 412."""
-    matches = conditional.matching_ids(conn, res_type, criteria, base_url)
+    matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base_url)
     if len(matches) > 1:
         raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
     if not matches:
         return None
-    return delete_in(conn, res_type, matches[0])
+    return delete_in(conn, caller, res_type, matches[0])
 
 
 # --- store-level interactions (one transaction each) -----------------------------------------
 
 
-def create(store: Store, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "") -> WriteResult:
+def create(
+    store: Store, caller: Access, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "",
+) -> WriteResult:
     """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
     require_known_type(res_type)
-    resource = accept(body, res_type)
-    with store.writing() as conn:
-        return create_in(conn, res_type, resource, if_none_exist, base_url=base_url)
+    resource = accept(caller, body, res_type)
+    with write_transaction(store, caller) as conn:
+        return create_in(conn, caller, res_type, resource, if_none_exist, base_url=base_url)
 
 
-def read(store: Store, res_type: str, res_id: str) -> Stored:
+def read(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
     require_known_type(res_type)
     with store.reading() as conn:
-        return read_in(conn, res_type, res_id)
+        return read_in(conn, caller, res_type, res_id)
 
 
-def vread(store: Store, res_type: str, res_id: str, version_id: str) -> Stored:
+def vread(store: Store, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
     require_known_type(res_type)
     with store.reading() as conn:
-        return vread_in(conn, res_type, res_id, version_id)
+        return vread_in(conn, caller, res_type, res_id, version_id)
 
 
-def check_update_body(res_type: str, res_id: str, body: Any) -> dict:
+def check_update_body(caller: Access, res_type: str, res_id: str, body: Any) -> dict:
     """Validate an update body; its id must be absent (taken from the URL) or equal the URL's."""
     require_valid_id(res_id, res_type)
     if isinstance(body, dict) and body.get("resourceType") == res_type:
@@ -253,24 +248,27 @@ def check_update_body(res_type: str, res_id: str, body: Any) -> dict:
             raise InvalidRequest(
                 f"Resource id '{body_id}' does not match the id '{res_id}' of the URL", f"{res_type}.id"
             )
-    return accept(body, res_type)
+    return accept(caller, body, res_type)
 
 
-def update(store: Store, res_type: str, res_id: str, body: Any, if_match: int | None = None) -> WriteResult:
+def update(
+    store: Store, caller: Access, res_type: str, res_id: str, body: Any, if_match: int | None = None,
+) -> WriteResult:
     """PUT [type]/[id]: new version, or update-as-create when the id is free (or deleted)."""
     require_known_type(res_type)
-    resource = check_update_body(res_type, res_id, body)
-    with store.writing() as conn:
-        return update_in(conn, res_type, res_id, resource, if_match)
+    resource = check_update_body(caller, res_type, res_id, body)
+    with write_transaction(store, caller) as conn:
+        return update_in(conn, caller, res_type, res_id, resource, if_match)
 
 
 def conditional_update(
-    store: Store, res_type: str, criteria: str, body: Any, if_match: int | None = None, base_url: str = ""
+    store: Store, caller: Access, res_type: str, criteria: str, body: Any, if_match: int | None = None,
+    base_url: str = "",
 ) -> WriteResult:
     require_known_type(res_type)
-    accept(body, res_type)
-    with store.writing() as conn:
-        return conditional_update_in(conn, res_type, criteria, body, if_match, base_url)
+    accept(caller, body, res_type)
+    with write_transaction(store, caller) as conn:
+        return conditional_update_in(conn, caller, res_type, criteria, body, if_match, base_url)
 
 
 def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_match: int | None) -> None:
@@ -284,11 +282,13 @@ def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_matc
         )
 
 
-def patch(store: Store, res_type: str, res_id: str, operations: Any, if_match: int | None = None) -> WriteResult:
+def patch(
+    store: Store, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
+) -> WriteResult:
     """PATCH [type]/[id] with a JSON Patch document; the result is validated like an update."""
     require_known_type(res_type)
-    with store.writing() as conn:
-        return patch_in(conn, res_type, res_id, operations, if_match)
+    with write_transaction(store, caller) as conn:
+        return patch_in(conn, caller, res_type, res_id, operations, if_match)
 
 
 def _apply_patch(document: dict, operations: list) -> dict:
@@ -303,31 +303,33 @@ def _apply_patch(document: dict, operations: list) -> dict:
         raise InvalidRequest(f"JSON Patch could not be applied: {exc}", "PATCH") from exc
 
 
-def delete(store: Store, res_type: str, res_id: str) -> Stored | None:
+def delete(store: Store, caller: Access, res_type: str, res_id: str) -> Stored | None:
     require_known_type(res_type)
-    with store.writing() as conn:
-        return delete_in(conn, res_type, res_id)
+    with write_transaction(store, caller) as conn:
+        return delete_in(conn, caller, res_type, res_id)
 
 
-def conditional_delete(store: Store, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+def conditional_delete(store: Store, caller: Access, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
     require_known_type(res_type)
-    with store.writing() as conn:
-        return conditional_delete_in(conn, res_type, criteria, base_url)
+    with write_transaction(store, caller) as conn:
+        return conditional_delete_in(conn, caller, res_type, criteria, base_url)
 
 
-def validate(store: Store, res_type: str, body: Any, res_id: str | None = None, mode: str | None = None) -> list[Issue]:
+def validate(
+    store: Store, caller: Access, res_type: str, body: Any, res_id: str | None = None, mode: str | None = None,
+) -> list[Issue]:
     """$validate: the issues a create (or an update of ``res_id``) would raise, nothing written."""
     require_known_type(res_type)
     if mode == "delete":
         if res_id is None:
             raise InvalidRequest("mode=delete needs an instance-level $validate", "mode")
-        read(store, res_type, res_id)
+        read(store, caller, res_type, res_id)
         return []
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
         body = _resource_parameter(body)
     if res_id is not None:
         try:
-            resource = check_update_body(res_type, res_id, body)
+            resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
         return rules.domain_issues(resource)

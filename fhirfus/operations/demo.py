@@ -12,11 +12,12 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
+from fhirfus.auth.access import SERVER
 from fhirfus.domain.demo_cohort import HEADER, cohort, twstrs_columns
 from fhirfus.operations import crud, search
 from fhirfus.operations.site_import import ImportReport, import_files
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resources
+from fhirfus.store.visibility import EVERYTHING
 
 GROUP_ID = "demo-cohort"
 STUDY_ID = "demo-study"
@@ -38,7 +39,7 @@ def write_site_files(directory: Path) -> list[tuple[str, Path]]:
 
 def is_empty(store: Store) -> bool:
     with store.reading() as conn:
-        return conn.execute(select(func.count()).select_from(resources)).scalar_one() == 0
+        return conn.execute(select(func.count()).select_from(EVERYTHING.resources())).scalar_one() == 0
 
 
 def load_demo(store: Store, directory: Path, progress: Callable[[int], None] | None = None) -> list[ImportReport]:
@@ -53,7 +54,7 @@ def _cohort_resources(store: Store) -> None:
     members = []
     for site in ("A", "B", "C"):
         bundle = search.search_bundle(
-            store, "", "Patient", [("identifier", f"https://fhirfus.org/fhir/sid/site-patient/{site}|"), ("_count", "1000")],
+            store, SERVER, "", "Patient", [("identifier", f"https://fhirfus.org/fhir/sid/site-patient/{site}|"), ("_count", "1000")],
             default_count=1000, max_count=1000,
         )
         members += [{"entity": {"reference": f"Patient/{e['resource']['id']}"}} for e in bundle.get("entry", [])]
@@ -61,5 +62,5 @@ def _cohort_resources(store: Store) -> None:
              "title": "Synthetic multicentre MRgFUS cohort in cervical dystonia (demo data)"}
     group = {"resourceType": "Group", "id": GROUP_ID, "type": "person", "actual": True,
              "name": "Demo cohort (3 sites)", "quantity": len(members), "member": members}
-    crud.update(store, "ResearchStudy", STUDY_ID, study)
-    crud.update(store, "Group", GROUP_ID, group)
+    crud.update(store, SERVER, "ResearchStudy", STUDY_ID, study)
+    crud.update(store, SERVER, "Group", GROUP_ID, group)

@@ -3,7 +3,7 @@
 A stored TWSTRS QuestionnaireResponse gets one score Observation per score that exists (total,
 severity, disability, pain), written in the same transaction with deterministic ids, so an update
 of the response updates its scores, a score that became incomplete disappears, and a deleted
-response takes its scores with it.
+response takes its scores with it. Scores belong to the response's site.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from fhirfus.domain import twstrs
 from fhirfus.store import repository
 from fhirfus.store.repository import Stored
+from fhirfus.store.visibility import EVERYTHING, site_label, with_site_label
 
 SCORE_CODES = ("total", "severity", "disability", "pain")
 
@@ -35,12 +36,14 @@ def derived_keys(res_type: str, res_id: str) -> list[tuple[str, str]]:
 
 
 def _scores(response_id: str, content: dict) -> dict[str, dict]:
-    """The score Observations of a TWSTRS response by id (none for other responses)."""
+    """The score Observations of a TWSTRS response by id (none for other responses), labelled with
+    the response's site."""
     if not twstrs.is_twstrs_response(content):
         return {}
     reference = f"QuestionnaireResponse/{response_id}"
+    site = site_label(content)
     return {
-        score_id(response_id, observation["code"]["coding"][0]["code"]): observation
+        score_id(response_id, observation["code"]["coding"][0]["code"]): with_site_label(observation, site)
         for observation in twstrs.score_observations(content, reference)
     }
 
@@ -51,7 +54,7 @@ def after_write(conn: Connection, stored: Stored) -> None:
         return
     wanted = {} if stored.deleted or stored.content is None else _scores(stored.res_id, stored.content)
     for _, obs_id in derived_keys(stored.res_type, stored.res_id):
-        current = repository.current(conn, "Observation", obs_id, for_update=True)
+        current = repository.current(conn, EVERYTHING, "Observation", obs_id, for_update=True)
         if obs_id in wanted:
             body = wanted[obs_id]
             if current is None:

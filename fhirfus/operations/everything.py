@@ -20,11 +20,11 @@ from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations import crud
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
-from fhirfus.auth.access import may_read, require
+from fhirfus.auth.access import Access
 from fhirfus.store.repository import Store
-from fhirfus.store.scope import site_condition
 from fhirfus.store.search_compiler import local_reference, params_rows
-from fhirfus.store.tables import CONTENT_TEXT, resources, search_reference
+from fhirfus.store.tables import search_reference
+from fhirfus.store.visibility import content_text
 
 COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
 
@@ -42,10 +42,10 @@ def compartment() -> Mapping[str, tuple[str, ...]]:
 
 
 def everything_bundle(
-    store: Store, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,
+    store: Store, caller: Access, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,
 ) -> dict:
     """One page of the patient's compartment; resources are ``orjson.Fragment``s of their stored JSON."""
-    require("Patient", "r")
+    caller.require("Patient", "r")
     count = page_size(params.get("_count"), default_count, max_count)
     types = [t for t in (params.get("_type") or "").split(",") if t]
     for t in types:
@@ -63,7 +63,7 @@ def everything_bundle(
             raise InvalidRequest("Invalid paging cursor", "_cursor")
         after = values[0]
 
-    wanted = {t: codes for t, codes in compartment().items() if (not types or t in types) and may_read(t)}
+    wanted = {t: codes for t, codes in compartment().items() if (not types or t in types) and caller.may_read(t)}
     link = search_reference
     members = select(link.c.resource_pk).where(
         link.c.target_type == "Patient",
@@ -71,20 +71,21 @@ def everything_bundle(
         local_reference(link, base),
         or_(*[and_(link.c.res_type == t, params_rows(link, t, codes)) for t, codes in wanted.items()]),
     )
-    selection = [resources.c.pk.in_(members)]
+    record = caller.visibility.resources()
+    selection = [record.c.pk.in_(members)]
     if not types or "Patient" in types:
-        selection.append(and_(resources.c.res_type == "Patient", resources.c.res_id == patient_id))
-    conditions = [resources.c.deleted.is_(False), site_condition(resources), or_(*selection)]
+        selection.append(and_(record.c.res_type == "Patient", record.c.res_id == patient_id))
+    conditions = [record.c.deleted.is_(False), or_(*selection)]
     if since is not None:
-        conditions.append(resources.c.last_updated >= since)
+        conditions.append(record.c.last_updated >= since)
     if after is not None:
-        conditions.append(resources.c.pk > after)
+        conditions.append(record.c.pk > after)
     with store.reading() as conn:
-        crud.read_in(conn, "Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
+        crud.read_in(conn, caller, "Patient", patient_id)  # 404 / 410 for an unknown or deleted patient
         rows = conn.execute(
-            select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT)
+            select(record.c.pk, record.c.res_type, record.c.res_id, content_text(record))
             .where(*conditions)
-            .order_by(resources.c.pk)
+            .order_by(record.c.pk)
             .limit(count + 1)
         ).all()
     more = len(rows) > count

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 from fhirfus.domain import twstrs
+from fhirfus.auth.access import Access
 from fhirfus.fhir.errors import BusinessRuleViolation, InvalidRequest
 from fhirfus.operations import crud
 from fhirfus.store.repository import Store
@@ -24,8 +25,8 @@ def _response_of(body: Any) -> dict:
     return body
 
 
-def extract(body: Any) -> dict:
-    response = crud.accept(_response_of(body), "QuestionnaireResponse")
+def extract(caller: Access, body: Any) -> dict:
+    response = crud.accept(caller, _response_of(body), "QuestionnaireResponse")
     if not twstrs.is_twstrs_response(response):
         raise BusinessRuleViolation(
             f"No extraction rules for questionnaire '{response.get('questionnaire')}'",
@@ -43,5 +44,5 @@ def extract(body: Any) -> dict:
     }
 
 
-def extract_stored(store: Store, response_id: str) -> dict:
-    return extract(crud.read(store, "QuestionnaireResponse", response_id).content)
+def extract_stored(store: Store, caller: Access, response_id: str) -> dict:
+    return extract(caller, crud.read(store, caller, "QuestionnaireResponse", response_id).content)

@@ -9,11 +9,9 @@ from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest, NotFound
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
-from sqlalchemy import Connection
 
-from fhirfus.auth.access import require
+from fhirfus.auth.access import Access
 from fhirfus.store import repository
-from fhirfus.store.scope import labelled_for_site
 from fhirfus.store.repository import HistoryCursor, Store, Stored, format_instant
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
@@ -41,12 +39,6 @@ def _cursor(params: Mapping[str, str]) -> HistoryCursor | None:
         raise InvalidRequest(f"Invalid paging cursor '{raw}'", "_cursor") from exc
 
 
-def _tombstone_label(conn: Connection, res_type: str, res_id: str) -> dict | None:
-    """A deleted resource's last content (its site label decides who may see its history)."""
-    entries, _, _ = repository.history(conn, res_type=res_type, res_id=res_id, count=50)
-    return next((e.content for e in entries if e.content is not None), None)
-
-
 def _entry(base: str, stored: Stored) -> dict:
     url = f"{base}/{stored.res_type}/{stored.res_id}"
     entry: dict = {"fullUrl": url}
@@ -64,6 +56,7 @@ def _entry(base: str, stored: Stored) -> dict:
 
 def history_bundle(
     store: Store,
+    caller: Access,
     base: str,
     params: Mapping[str, str],
     *,
@@ -72,20 +65,19 @@ def history_bundle(
     res_type: str | None = None,
     res_id: str | None = None,
 ) -> dict:
-    """One page of history, newest first, with ``self`` and ``next`` links."""
+    """One page of history, newest first, with ``self`` and ``next`` links: the versions of the ids
+    the caller may see (a site's ids keep their history after a delete, and only theirs)."""
     if res_type is not None:
         require_known_type(res_type)
-    require(res_type or "*", "r" if res_id is not None else "s")
+    caller.require(res_type or "*", "r" if res_id is not None else "s")
     count = page_size(params.get("_count"), default_count, max_count)
     since = _since(params)
     after = _cursor(params)
     with store.reading() as conn:
-        current = repository.current(conn, res_type or "", res_id) if res_id is not None else None
-        if res_id is not None and (current is None or not labelled_for_site(current.content or _tombstone_label(
-                conn, res_type or "", res_id))):
+        if res_id is not None and repository.current(conn, caller.visibility, res_type or "", res_id) is None:
             raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
         entries, total, has_more = repository.history(
-            conn, res_type=res_type, res_id=res_id, since=since, after=after, count=count
+            conn, caller.visibility, res_type=res_type, res_id=res_id, since=since, after=after, count=count
         )
     path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
     kept = {k: v for k, v in params.items() if k in ("_since", "_count")}

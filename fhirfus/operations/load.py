@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, insert, select
 
+from fhirfus.auth.access import SERVER
 from fhirfus.fhir.errors import FhirError, InvalidRequest
 from fhirfus.operations import bundles
 from fhirfus.store.repository import Store
@@ -123,7 +124,7 @@ def load_files(
 ) -> LoadReport:
     """Load every file; chunks already journaled are skipped."""
     report = LoadReport()
-    context = bundles.Context(store, base_url)
+    context = bundles.Context(store, SERVER, base_url)
     for path in ordered(paths):
         done: set[int] | None = None
         for chunk in chunks_of(path, chunk_size):

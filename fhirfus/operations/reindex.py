@@ -8,12 +8,14 @@ from sqlalchemy import delete, func, select
 
 from fhirfus.store import indexer
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import INDEX_TABLES, resources
+from fhirfus.store.tables import INDEX_TABLES
+from fhirfus.store.visibility import EVERYTHING
 
 CHUNK = 500
 
 
 def count_live(store: Store, res_type: str | None = None) -> int:
+    resources = EVERYTHING.resources()
     with store.reading() as conn:
         query = select(func.count()).select_from(resources).where(resources.c.deleted.is_(False))
         if res_type:
@@ -29,6 +31,7 @@ def reindex(store: Store, res_type: str | None = None, progress: Callable[[int],
     """
     done = 0
     after = 0
+    resources = EVERYTHING.resources()
     while True:
         with store.writing() as conn:
             query = select(resources.c.pk, resources.c.res_type, resources.c.content).where(

@@ -8,14 +8,14 @@ primary key, so ``next``/``previous`` links stay correct while data changes (no 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, FromClause, Select, and_, func, or_, select, true
 
 from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
@@ -23,12 +23,12 @@ from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations.paging import decode_cursor, encode_cursor, page_url
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
+from fhirfus.auth.access import Access
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
-from fhirfus.auth.access import may_read, require
-from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.search_compiler import TABLE_OF, Compiler, local_reference, param_rows
-from fhirfus.store.tables import CONTENT_TEXT, resources, search_reference
+from fhirfus.store.tables import search_reference
+from fhirfus.store.visibility import content_text
 
 MAX_INCLUDE_ROUNDS = 4
 _SENTINELS: dict[str, Any] = {
@@ -54,7 +54,7 @@ class Row:
         return orjson.loads(self.text)
 
 
-def _sort_column(key: SortKey, types: Sequence[str]) -> ColumnElement:
+def _sort_column(rows: FromClause, key: SortKey, types: Sequence[str]) -> ColumnElement:
     """The value a resource sorts by: its lowest value ascending, its highest descending.
 
     A parameter can have several values per resource (names, Periods); like HAPI FHIR, ascending
@@ -63,9 +63,9 @@ def _sort_column(key: SortKey, types: Sequence[str]) -> ColumnElement:
     """
     code = key.param.code
     if code == "_id":
-        return resources.c.res_id
+        return rows.c.res_id
     if code == "_lastUpdated":
-        return resources.c.last_updated
+        return rows.c.last_updated
     table = TABLE_OF[key.param.type]
     column = table.c[_VALUE_COLUMN[key.param.type]]
     aggregate = func.max(column) if key.descending else func.min(column)
@@ -75,7 +75,7 @@ def _sort_column(key: SortKey, types: Sequence[str]) -> ColumnElement:
         of_param = or_(*(and_(table.c.res_type == t, param_rows(table, t, code)) for t in types))
     else:
         of_param = param_rows(table, types[0] if types else ANY_TYPE, code)
-    value = select(aggregate).where(table.c.resource_pk == resources.c.pk, of_param).scalar_subquery()
+    value = select(aggregate).where(table.c.resource_pk == rows.c.pk, of_param).scalar_subquery()
     return func.coalesce(value, _SENTINELS[key.param.type])
 
 
@@ -131,14 +131,15 @@ def _keyset(keys: list[tuple[ColumnElement, bool]], values: list[Any], forward: 
     return or_(*alternatives)
 
 
-def match_condition(queries: dict[str | None, SearchQuery], compiler: Compiler) -> ColumnElement[bool]:
-    """Live resources matching the criteria, per type (``None``: any type, base parameters only)."""
+def match_condition(rows: FromClause, queries: dict[str | None, SearchQuery], compiler: Compiler) -> ColumnElement[bool]:
+    """Live resources of ``rows`` matching the criteria, per type (``None``: any type, base
+    parameters only)."""
     alternatives = []
     for res_type, query in queries.items():
-        criteria = [compiler.criterion(resources, c) for c in query.criteria]
-        type_filter = resources.c.res_type == res_type if res_type is not None else true()
+        criteria = [compiler.criterion(rows, c) for c in query.criteria]
+        type_filter = rows.c.res_type == res_type if res_type is not None else true()
         alternatives.append(and_(type_filter, *criteria))
-    return and_(resources.c.deleted.is_(False), site_condition(resources), or_(*alternatives))
+    return and_(rows.c.deleted.is_(False), or_(*alternatives))
 
 
 def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) -> Select | None:
@@ -148,7 +149,7 @@ def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) ->
     Sound because index rows exist only for live resources (a delete removes them) and carry the
     resource type; site confinement needs ``resources``, so confined callers take the general path.
     """
-    if len(queries) != 1 or confined_site() is not None:
+    if len(queries) != 1 or compiler.seen_by.confined:
         return None
     (res_type, query), = queries.items()
     if res_type is None or query.sort or len(query.criteria) != 1:
@@ -157,18 +158,20 @@ def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) ->
 
 
 def run_search(
-    conn: Connection, query: SearchQuery, match: ColumnElement[bool] | Select, count: int, types: Sequence[str],
+    conn: Connection, rows_from: FromClause, query: SearchQuery, match: ColumnElement[bool] | Select, count: int,
+    types: Sequence[str],
 ) -> tuple[list[Row], int | None, str | None, str | None]:
     """One page of matches, the total (unless ``_total=none``) and the next/previous cursors.
 
     ``types``: the types searched (none: a system search without ``_type``).
 
-    ``match`` is a condition on ``resources`` (``match_condition``) or a single index lookup
+    ``match`` is a condition on ``rows_from`` (``match_condition``) or a single index lookup
     (``single_lookup``); with the lookup the page's keys are picked and counted in the index
     table, and only the page's own resources are read: 21 lookups into ``resources`` instead of
     one per match (a name prefix can match thousands).
     """
-    keys = [(_sort_column(k, types), k.descending) for k in query.sort] + [(resources.c.pk, False)]
+    r = rows_from
+    keys = [(_sort_column(r, k, types), k.descending) for k in query.sort] + [(r.c.pk, False)]
     direction, position = "n", None
     if query.cursor:
         direction, position = _position(query.cursor, [_kind(k) for k in query.sort] + [int])
@@ -181,9 +184,9 @@ def run_search(
         picked = select(key).distinct()
         if position is not None:
             picked = picked.where(key > position[0] if forward else key < position[0])
-        conditions = [resources.c.deleted.is_(False),
-                      resources.c.pk.in_(picked.order_by(key if forward else key.desc()).limit(count + 1))]
-    page = select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT,
+        conditions = [r.c.deleted.is_(False),
+                      r.c.pk.in_(picked.order_by(key if forward else key.desc()).limit(count + 1))]
+    page = select(r.c.pk, r.c.res_type, r.c.res_id, content_text(r),
                   *[column.label(f"k{i}") for i, (column, _) in enumerate(keys)]).where(*conditions)
     if position is not None:
         page = page.where(_keyset(keys, position, forward))
@@ -200,7 +203,7 @@ def run_search(
         elif matched is not None:
             total = conn.execute(select(func.count(matched.c.resource_pk.distinct()))).scalar_one()
         else:
-            total = conn.execute(select(func.count()).select_from(resources).where(*conditions)).scalar_one()
+            total = conn.execute(select(func.count()).select_from(r).where(*conditions)).scalar_one()
     has_next = more if forward else True
     has_previous = (position is not None) if forward else more
     next_cursor = prev_cursor = None
@@ -215,19 +218,20 @@ def _keys_of(row: Any, n: int) -> list[Any]:
     return [getattr(row, f"k{i}") for i in range(n)]
 
 
-def _fetch(conn: Connection, condition: ColumnElement[bool], join_on: Any, extra: list) -> list[Row]:
-    pks = (
-        select(resources.c.pk)
-        .select_from(search_reference.join(resources, join_on))
-        .where(resources.c.deleted.is_(False), site_condition(resources), condition, *extra)
-    )
+def _fetch(
+    conn: Connection, caller: Access, condition: ColumnElement[bool], join_on: Callable[[FromClause], Any], extra: list,
+) -> list[Row]:
+    """Resources the caller may see and read, joined to the reference rows by ``join_on``."""
+    r = caller.visibility.resources()
+    pks = select(r.c.pk).select_from(search_reference.join(r, join_on(r))).where(r.c.deleted.is_(False), condition, *extra)
+    found = caller.visibility.resources()
     rows = conn.execute(
-        select(resources.c.pk, resources.c.res_type, resources.c.res_id, CONTENT_TEXT).where(resources.c.pk.in_(pks))
+        select(found.c.pk, found.c.res_type, found.c.res_id, content_text(found)).where(found.c.pk.in_(pks))
     ).all()
-    return [Row(r.pk, r.res_type, r.res_id, r.text) for r in rows if may_read(r.res_type)]
+    return [Row(row.pk, row.res_type, row.res_id, row.text) for row in rows if caller.may_read(row.res_type)]
 
 
-def _included(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
+def _included(conn: Connection, caller: Access, items: list[Row], include: Include, base: str) -> list[Row]:
     """Targets of the references of ``items`` named by an ``_include`` (on this server)."""
     sources = [r.pk for r in items if include.source in ("*", r.res_type)]
     if not sources:
@@ -238,11 +242,11 @@ def _included(conn: Connection, items: list[Row], include: Include, base: str) -
         extra.append(param_rows(link, include.source, include.param))
     if include.target:
         extra.append(link.c.target_type == include.target)
-    join_on = and_(resources.c.res_type == link.c.target_type, resources.c.res_id == link.c.target_id)
-    return _fetch(conn, link.c.resource_pk.in_(sources), join_on, extra)
+    return _fetch(conn, caller, link.c.resource_pk.in_(sources),
+                  lambda r: and_(r.c.res_type == link.c.target_type, r.c.res_id == link.c.target_id), extra)
 
 
-def _revincluded(conn: Connection, items: list[Row], include: Include, base: str) -> list[Row]:
+def _revincluded(conn: Connection, caller: Access, items: list[Row], include: Include, base: str) -> list[Row]:
     """Resources whose references named by a ``_revinclude`` point at ``items``."""
     link = search_reference
     by_type: dict[str, list[str]] = {}
@@ -255,10 +259,10 @@ def _revincluded(conn: Connection, items: list[Row], include: Include, base: str
     extra = [local_reference(link, base)] + ([link.c.res_type == include.source] if include.source != "*" else [])
     if include.param != "*":
         extra.append(param_rows(link, include.source, include.param))
-    return _fetch(conn, targets, resources.c.pk == link.c.resource_pk, extra)
+    return _fetch(conn, caller, targets, lambda r: r.c.pk == link.c.resource_pk, extra)
 
 
-def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, base: str) -> list[Row]:
+def resolve_includes(conn: Connection, caller: Access, matches: list[Row], query: SearchQuery, base: str) -> list[Row]:
     """``_include`` and ``_revinclude`` (``:iterate`` repeats on what was added), matches excluded."""
     seen = {(r.res_type, r.res_id) for r in matches}
     added: list[Row] = []
@@ -267,10 +271,10 @@ def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, b
         new: list[Row] = []
         for include in query.includes:
             if round_number == 0 or include.iterate:
-                new += _included(conn, frontier, include, base)
+                new += _included(conn, caller, frontier, include, base)
         for include in query.revincludes:
             if round_number == 0 or include.iterate:
-                new += _revincluded(conn, frontier, include, base)
+                new += _revincluded(conn, caller, frontier, include, base)
         fresh = []
         for row in new:
             if (row.res_type, row.res_id) not in seen:
@@ -285,6 +289,7 @@ def resolve_includes(conn: Connection, matches: list[Row], query: SearchQuery, b
 
 def search_bundle(
     store: Store,
+    caller: Access,
     base: str,
     res_type: str | None,
     params: Sequence[tuple[str, str]],
@@ -298,17 +303,19 @@ def search_bundle(
 
     ``raw``: matched resources are ``orjson.Fragment``s of their stored JSON, for a caller that only
     serialises the Bundle with orjson (the HTTP answer); others get dicts."""
-    queries = _queries(res_type, params, strict)
+    queries = _queries(caller, res_type, params, strict)
     query = next(iter(queries.values()))
     count = min(query.count if query.count is not None else default_count, max_count)
     if query.summary == "count":
         count = 0
     with store.reading() as conn:
-        compiler = Compiler(base, repository.terminology_lookup(conn))
+        seen_by = caller.visibility
+        compiler = Compiler(base, seen_by, repository.terminology_lookup(conn, seen_by))
+        searched = seen_by.resources()
         lookup = single_lookup(queries, compiler)
-        match = match_condition(queries, compiler) if lookup is None else lookup
-        rows, total, next_cursor, prev_cursor = run_search(conn, query, match, count, [t for t in queries if t])
-        included = resolve_includes(conn, rows, query, base) if rows and (query.includes or query.revincludes) else []
+        match = match_condition(searched, queries, compiler) if lookup is None else lookup
+        rows, total, next_cursor, prev_cursor = run_search(conn, searched, query, match, count, [t for t in queries if t])
+        included = resolve_includes(conn, caller, rows, query, base) if rows and (query.includes or query.revincludes) else []
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
     if res_type is None and None not in queries:
@@ -329,14 +336,16 @@ def search_bundle(
     return bundle
 
 
-def _queries(res_type: str | None, params: Sequence[tuple[str, str]], strict: bool) -> dict[str | None, SearchQuery]:
+def _queries(
+    caller: Access, res_type: str | None, params: Sequence[tuple[str, str]], strict: bool,
+) -> dict[str | None, SearchQuery]:
     """One parsed query per resource type searched (type search: just that type).
 
     A system search without ``_type`` evaluates the parameters every resource has (``_id``,
     ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``) over all types; others are unknown.
     """
     for searched in (res_type,) if res_type else [t for k, v in params if k == "_type" for t in v.split(",") if t]:
-        require(searched, "s")
+        caller.require(searched, "s")
     if res_type is not None:
         require_known_type(res_type)
         return {res_type: parse_query(res_type, params, strict=strict)}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fhirfus.auth.access import SERVER
 from fhirfus.fhir.errors import FhirError, InvalidRequest
 from fhirfus.mapping.engine import RECORD_SYSTEM, MappingResult, RowError, check_header, map_rows
 from fhirfus.mapping.spec import MappingSpec, load_spec
@@ -124,7 +125,7 @@ def import_files(
         report.patients_rejected += len(result.rejected_patients)
     if on_total:
         on_total(sum(len(r.bundles) for r in results))
-    context = bundles.Context(store, base_url)
+    context = bundles.Context(store, SERVER, base_url)
     started = datetime.now(UTC)
     seen: set[str] = set()
     targets: list[str] = []
@@ -145,10 +146,11 @@ def import_files(
 def _record_import(store: Store, provenance: dict) -> str:
     """Write the Provenance unless this very import (same file content) was recorded before."""
     with store.writing() as conn:
-        existing = repository.current(conn, "Provenance", provenance["id"])
+        existing = repository.current(conn, SERVER.visibility, "Provenance", provenance["id"])
         if existing is not None and not existing.deleted:
             return f"Provenance/{existing.res_id}/_history/{existing.version}"
-        stored = crud.update_in(conn, "Provenance", provenance["id"], crud.accept(provenance, "Provenance")).stored
+        resource = crud.accept(SERVER, provenance, "Provenance")
+        stored = crud.update_in(conn, SERVER, "Provenance", provenance["id"], resource).stored
     return f"Provenance/{stored.res_id}/_history/{stored.version}"
 
 

@@ -1,5 +1,8 @@
 """The versioned resource repository: current versions, history, tombstones.
 
+Every read takes the caller's ``Visibility`` (``fhirfus.store.visibility``): what it may not see
+comes back as None, exactly as an id never used. Writes record the id's owning site.
+
 Versions are assigned inside the writing transaction: the current row is locked
 (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite write transactions are ``BEGIN IMMEDIATE`` and
 therefore serial) and the update is guarded by the version it read, so concurrent writers can
@@ -23,9 +26,9 @@ from sqlalchemy.exc import IntegrityError
 
 from fhirfus.fhir.errors import Conflict
 from fhirfus.store import indexer, rows
-from fhirfus.store.scope import confined_site, site_condition
 from fhirfus.store.search_compiler import param_rows
 from fhirfus.store.tables import resource_history, resources, search_uri
+from fhirfus.store.visibility import Visibility, site_label, with_site_label
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Stored:
     content: dict | None
     method: str = ""
     pk: int | None = None
+    site: str | None = None
 
 
 def format_instant(moment: datetime) -> str:
@@ -100,43 +104,48 @@ _CURRENT_COLUMNS = (
     resources.c.last_updated,
     resources.c.deleted,
     resources.c.content,
+    resources.c.site,
 )
 
 
-def current(conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Stored | None:
-    """The current version (possibly a tombstone) or None if the id was never used."""
-    query = select(*_CURRENT_COLUMNS).where(resources.c.res_type == res_type, resources.c.res_id == res_id)
+def current(
+    conn: Connection, seen_by: Visibility, res_type: str, res_id: str, *, for_update: bool = False
+) -> Stored | None:
+    """The current version (possibly a tombstone), or None if the id was never used or ``seen_by``
+    may not see it (the two are one answer)."""
+    query = select(*_CURRENT_COLUMNS).where(
+        resources.c.res_type == res_type, resources.c.res_id == res_id, seen_by.rows_of(resources))
     if for_update:
         query = query.with_for_update()
     row = conn.execute(query).first()
     if row is None:
         return None
-    return Stored(row.res_type, row.res_id, row.version, row.last_updated, row.deleted, row.content, pk=row.pk)
+    return Stored(row.res_type, row.res_id, row.version, row.last_updated, row.deleted, row.content, pk=row.pk,
+                  site=row.site)
 
 
-def version(conn: Connection, res_type: str, res_id: str, version_id: int) -> Stored | None:
+def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, version_id: int) -> Stored | None:
+    """One version of a visible id (None: no such version, or not visible)."""
+    h = resource_history
     row = conn.execute(
-        select(resource_history).where(
-            resource_history.c.res_type == res_type,
-            resource_history.c.res_id == res_id,
-            resource_history.c.version == version_id,
-        )
+        select(h).where(h.c.res_type == res_type, h.c.res_id == res_id, h.c.version == version_id, seen_by.rows_of(h))
     ).first()
     if row is None:
         return None
     return Stored(
-        row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content, row.method
+        row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content, row.method,
+        site=row.site,
     )
 
 
-def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None:
+def by_canonical(conn: Connection, seen_by: Visibility, res_type: str, canonical: str) -> dict | None:
     """The newest live resource of ``res_type`` (a conformance resource) whose ``url`` is
-    ``canonical`` (``url|version`` also matches the version), among those the caller may see."""
+    ``canonical`` (``url|version`` also matches the version), among those ``seen_by`` may see."""
     url, _, wanted_version = canonical.partition("|")
     statement = (
         select(resources.c.content)
         .where(
-            resources.c.res_type == res_type, resources.c.deleted.is_(False), site_condition(resources),
+            resources.c.res_type == res_type, resources.c.deleted.is_(False), seen_by.rows_of(resources),
             resources.c.pk.in_(select(search_uri.c.resource_pk).where(
                 search_uri.c.res_type == res_type, param_rows(search_uri, res_type, "url"), search_uri.c.value == url)),
         )
@@ -150,19 +159,24 @@ def by_canonical(conn: Connection, res_type: str, canonical: str) -> dict | None
     return None
 
 
-def terminology_lookup(conn: Connection) -> Callable[[str, str], dict | None]:
+def terminology_lookup(conn: Connection, seen_by: Visibility) -> Callable[[str, str], dict | None]:
     """ValueSets and CodeSystems stored here, by canonical, for expanding ``:in`` value sets (each
     looked up once per connection use: a request's criteria often name the same value set)."""
-    return cache(partial(by_canonical, conn))
+    return cache(partial(by_canonical, conn, seen_by))
 
 
-def exists_live(conn: Connection, res_type: str, res_id: str) -> bool:
-    row = conn.execute(
-        select(resources.c.pk).where(
-            resources.c.res_type == res_type, resources.c.res_id == res_id, resources.c.deleted.is_(False)
-        )
-    ).first()
-    return row is not None
+def taken(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which (type, id) keys are used, by anyone, tombstones included.
+
+    Deliberately unconfined: ids are one namespace, and a writer that may choose ids (never a
+    site client) must know which are free to create them in bulk. Never an answer to a caller."""
+    found: set[tuple[str, str]] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        found.update((row.res_type, row.res_id) for row in conn.execute(
+            select(resources.c.res_type, resources.c.res_id).where(tuple_(resources.c.res_type, resources.c.res_id).in_(chunk))
+        ))
+    return found
 
 
 # --- writes ----------------------------------------------------------------------------------
@@ -181,6 +195,7 @@ def _history_row(stored: Stored) -> tuple:
     return (resource_history, [{
         "res_type": stored.res_type, "res_id": stored.res_id, "version": stored.version,
         "last_updated": stored.last_updated, "method": stored.method, "content": stored.content,
+        "site": stored.site,
     }])
 
 
@@ -191,17 +206,20 @@ def _insert_current(conn: Connection) -> Any:
 
 
 def create(conn: Connection, res_type: str, res_id: str, content: dict, method: str = "POST") -> Stored:
-    """Insert a brand-new resource (version 1). Raises Conflict if the id is taken meanwhile."""
+    """Insert a brand-new resource (version 1), owned by the site of its label. Raises Conflict if
+    the id is taken meanwhile."""
     moment = _next_moment(None)
     body = stamp(content, res_id, 1, moment)
+    site = site_label(body)
     pk = conn.execute(
         _insert_current(conn)
-        .values(res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body)
+        .values(res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body,
+                site=site)
         .returning(resources.c.pk)
     ).scalar()
     if pk is None:
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
-    stored = Stored(res_type, res_id, 1, moment, False, body, method, pk)
+    stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)
     indexer.index_resource(conn, pk, res_type, body, fresh=True, also=[_history_row(stored)])
     return stored
 
@@ -220,10 +238,11 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
         return []
     moment = _next_moment(None)
     bodies = [stamp(item.content, item.res_id, 1, moment) for item in items]
+    sites = [site_label(body) for body in bodies]
     current = [
         {"res_type": i.res_type, "res_id": i.res_id, "version": 1, "last_updated": moment, "deleted": False,
-         "content": body}
-        for i, body in zip(items, bodies, strict=True)
+         "content": body, "site": site}
+        for i, body, site in zip(items, bodies, sites, strict=True)
     ]
     try:
         with conn.begin_nested():
@@ -231,8 +250,8 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
     except IntegrityError as exc:
         raise Conflict("A resource id of this batch was created concurrently; retry") from exc
     stored = [
-        Stored(i.res_type, i.res_id, 1, moment, False, body, i.method, pk)
-        for i, body, pk in zip(items, bodies, pks, strict=True)
+        Stored(i.res_type, i.res_id, 1, moment, False, body, i.method, pk, site)
+        for i, body, pk, site in zip(items, bodies, pks, sites, strict=True)
     ]
     history = (resource_history, [_history_row(s)[1][0] for s in stored])
     indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored], also=[history])  # type: ignore[misc]
@@ -240,12 +259,20 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
 
 
 def replace(conn: Connection, previous: Stored, content: dict, method: str = "PUT") -> Stored:
-    """Write a new version over ``previous`` (which must come from ``current(for_update=True)``)."""
+    """Write a new version over ``previous`` (which must come from ``current(for_update=True)``).
+
+    The owner's site label is kept (added when ``content`` leaves it out; another site's is a 422).
+    An id of no site takes the site of ``content``'s label, and all its versions go with it."""
     moment = _next_moment(previous.last_updated)
     new_version = previous.version + 1
-    body = stamp(content, previous.res_id, new_version, moment)
-    _guarded_update(conn, previous, new_version, moment, False, body)
-    stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk)
+    site = previous.site or site_label(content)
+    body = stamp(with_site_label(content, site), previous.res_id, new_version, moment)
+    _guarded_update(conn, previous, new_version, moment, False, body, site)
+    if site != previous.site:
+        conn.execute(update(resource_history).where(
+            resource_history.c.res_type == previous.res_type, resource_history.c.res_id == previous.res_id,
+        ).values(site=site))
+    stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk, site)
     assert previous.pk is not None
     indexer.index_resource(
         conn, previous.pk, previous.res_type, body, previous=previous.content, also=[_history_row(stored)]
@@ -257,20 +284,22 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
     """Delete: a new version without content; index rows go away."""
     moment = _next_moment(previous.last_updated)
     new_version = previous.version + 1
-    _guarded_update(conn, previous, new_version, moment, True, None)
-    stored = Stored(previous.res_type, previous.res_id, new_version, moment, True, None, "DELETE", previous.pk)
+    _guarded_update(conn, previous, new_version, moment, True, None, previous.site)
+    stored = Stored(previous.res_type, previous.res_id, new_version, moment, True, None, "DELETE", previous.pk,
+                    previous.site)
     assert previous.pk is not None
     indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content, also=[_history_row(stored)])
     return stored
 
 
 def _guarded_update(
-    conn: Connection, previous: Stored, new_version: int, moment: datetime, deleted: bool, body: dict | None
+    conn: Connection, previous: Stored, new_version: int, moment: datetime, deleted: bool, body: dict | None,
+    site: str | None,
 ) -> None:
     result = conn.execute(
         update(resources)
         .where(resources.c.pk == previous.pk, resources.c.version == previous.version)
-        .values(version=new_version, last_updated=moment, deleted=deleted, content=body)
+        .values(version=new_version, last_updated=moment, deleted=deleted, content=body, site=site)
     )
     if result.rowcount != 1:
         raise Conflict(
@@ -293,6 +322,7 @@ class HistoryCursor:
 
 def history(
     conn: Connection,
+    seen_by: Visibility,
     *,
     res_type: str | None = None,
     res_id: str | None = None,
@@ -303,7 +333,7 @@ def history(
 ) -> tuple[list[Stored], int, bool]:
     """One page of history (newest first), the total number of matching versions, more pages?"""
     h = resource_history
-    conditions = []
+    conditions = [seen_by.rows_of(h)]
     if res_type is not None:
         conditions.append(h.c.res_type == res_type)
     if res_id is not None:
@@ -312,9 +342,6 @@ def history(
         conditions.append(h.c.last_updated >= since)
     if at_or_before is not None:
         conditions.append(h.c.last_updated <= at_or_before)
-    if confined_site() is not None:
-        visible = select(resources.c.res_type, resources.c.res_id).where(site_condition(resources))
-        conditions.append(tuple_(h.c.res_type, h.c.res_id).in_(visible))
     total = conn.execute(select(func.count()).select_from(h).where(and_(True, *conditions))).scalar_one()
     page_conditions = list(conditions)
     if after is not None:
@@ -337,7 +364,7 @@ def history(
     has_more = len(rows) > count
     rows = rows[:count]
     entries = [
-        Stored(r.res_type, r.res_id, r.version, r.last_updated, r.method == "DELETE", r.content, r.method)
+        Stored(r.res_type, r.res_id, r.version, r.last_updated, r.method == "DELETE", r.content, r.method, site=r.site)
         for r in rows
     ]
     return entries, total, has_more

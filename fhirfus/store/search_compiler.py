@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement, FromClause, Select, Table, and_, bindparam, exists, false, func, literal, not_, or_, select, true,
 )
-from sqlalchemy.orm import aliased
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
@@ -26,9 +25,8 @@ from fhirfus.fhir.searchparams import reference_subset, stored_under
 from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
-from fhirfus.store.scope import site_condition
+from fhirfus.store.visibility import Visibility
 from fhirfus.store.tables import (
-    resources,
     search_composite,
     search_date,
     search_number,
@@ -57,10 +55,13 @@ TABLE_OF = {
 class Compiler:
     """Compiles criteria for one request (knows the server's base URL for absolute references)."""
 
-    def __init__(self, base_url: str, terminology: Lookup | None = None) -> None:
-        """``terminology``: where ``:in`` finds the ValueSets and CodeSystems that are not part of
-        fhirfus's own terminology (``repository.terminology_lookup(conn)``: those stored here)."""
+    def __init__(self, base_url: str, seen_by: Visibility, terminology: Lookup | None = None) -> None:
+        """``seen_by``: whose request it is (a chain or ``_has`` must not match through resources
+        the caller may not see). ``terminology``: where ``:in`` finds the ValueSets and CodeSystems
+        that are not part of fhirfus's own terminology (``repository.terminology_lookup``: those
+        stored here)."""
         self.base_url = base_url.rstrip("/")
+        self.seen_by = seen_by
         self.terminology = terminology
 
     # --- entry points ------------------------------------------------------------------------
@@ -138,7 +139,7 @@ class Compiler:
 
     def _chain(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         """References whose target (of one of the chain's types) matches the chained criterion."""
-        target = aliased(resources)
+        target = self.seen_by.resources()  # a chain must not reveal targets the caller may not see
         link = search_reference
         per_type = [
             and_(link.c.target_type == target_type, self.condition(target, chained, values, name))
@@ -152,7 +153,6 @@ class Compiler:
                 param_rows(link, ref.res_type, ref.param.code),
                 local_reference(link, self.base_url),
                 target.c.deleted.is_(False),
-                site_condition(target),  # a chain must not reveal targets the caller may not see
                 or_(*per_type),
             )
         )
@@ -160,7 +160,7 @@ class Compiler:
 
     def _has(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
         assert ref.has_param is not None and ref.has_inner is not None
-        source = aliased(resources)
+        source = self.seen_by.resources()
         link = search_reference
         rows = (
             select(link.c.target_id)
@@ -171,7 +171,6 @@ class Compiler:
                 link.c.target_type == ref.res_type,
                 local_reference(link, self.base_url),
                 source.c.deleted.is_(False),
-                site_condition(source),
                 self.condition(source, ref.has_inner, values, name),
             )
         )

@@ -3,6 +3,9 @@
 - ``resources``: the current version of every resource (deleted ones keep a tombstone row so
   that a read answers 410 and version numbers continue after a re-create).
 - ``resource_history``: every version, including deletes (``content`` is NULL for those).
+- ``site`` on both: the site that owns the id (its ``meta.security`` site label), set when the id
+  is first written and never changed, tombstones included; NULL for data of no site. Every read
+  filters on it through ``fhirfus.store.visibility``.
 - ``search_*``: one table per search-parameter type, filled from the SearchParameter
   expressions when a resource is written, in the same transaction (``fhirfus.store.indexer``).
   Each row points at ``resources.pk`` and carries ``res_type`` and ``param`` so every lookup
@@ -45,13 +48,10 @@ resources = Table(
     Column("last_updated", UTCDateTime, nullable=False),
     Column("deleted", Boolean, nullable=False, default=False),
     Column("content", JsonDocument, nullable=True),
+    Column("site", String(64), nullable=True),
     UniqueConstraint("res_type", "res_id", name="uq_resources_type_id"),
     Index("ix_resources_type_updated", "res_type", "last_updated"),
 )
-
-#: The stored JSON as text: SQLite keeps orjson's compact text, PostgreSQL renders its JSONB (one
-#: line either way). Answers and NDJSON files write it as it is, without a parse in Python.
-CONTENT_TEXT = cast(resources.c.content, Text).label("text")
 
 resource_history = Table(
     "resource_history",
@@ -62,6 +62,7 @@ resource_history = Table(
     Column("last_updated", UTCDateTime, nullable=False),
     Column("method", String(8), nullable=False),
     Column("content", JsonDocument, nullable=True),
+    Column("site", String(64), nullable=True),
     Index("ix_history_updated", "last_updated"),
     Index("ix_history_type_updated", "res_type", "last_updated"),
 )
