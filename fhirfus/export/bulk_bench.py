@@ -33,13 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from fhirfus.operations.conformance import load_conformance
 from fhirfus.store import migrate
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store, create_many
+from fhirfus.store.visibility import EVERYTHING
 
 POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 CHUNK = 2000
@@ -221,7 +222,7 @@ def main() -> None:
         engine = make_engine(url)
         try:
             with engine.connect() as conn:
-                present = conn.execute(text("SELECT count(*) FROM resources")).scalar_one()
+                present = conn.execute(select(func.count()).select_from(EVERYTHING.resources())).scalar_one()
         except Exception:  # noqa: BLE001 - a fresh database has no tables yet
             present = 0
         finally:

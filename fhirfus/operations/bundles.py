@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection
 
-from fhirfus.fhir.errors import FhirError, InvalidRequest, Issue, NotFound
+from fhirfus.fhir.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
@@ -53,6 +53,7 @@ class Entry:
     if_none_exist: str | None = None
     if_match: int | None = None
     existing: bool = False  # a POST whose ifNoneExist matched: nothing is created
+    server_id: bool = False  # a conditional PUT that matched nothing: it creates, the server names it
 
     @property
     def where(self) -> str:
@@ -172,7 +173,7 @@ def assign_identities(conn: Connection, caller: Access, entries: list[Entry], ba
         if entry.method == "POST":
             existing = None
             if entry.if_none_exist:
-                matches = conditional.matching_ids(conn, caller.visibility, entry.res_type, entry.if_none_exist, base)
+                matches = conditional.matching_ids(conn, caller, entry.res_type, entry.if_none_exist, base)
                 if len(matches) > 1:
                     raise _fail(entry, InvalidRequest(
                         f"ifNoneExist '{entry.if_none_exist}' matches {len(matches)} resources", "request.ifNoneExist"))
@@ -180,10 +181,11 @@ def assign_identities(conn: Connection, caller: Access, entries: list[Entry], ba
             entry.res_id = existing or str(uuid.uuid4())
             entry.existing = existing is not None
         elif entry.res_id is None:
-            matches = conditional.matching_ids(conn, caller.visibility, entry.res_type, entry.query, base)
+            matches = conditional.matching_ids(conn, caller, entry.res_type, entry.query, base)
             if len(matches) > 1:
                 raise _fail(entry, InvalidRequest(f"'{entry.url}' matches {len(matches)} resources", "request.url"))
             body_id = entry.resource.get("id")
+            entry.server_id = not matches and not body_id
             entry.res_id = matches[0] if matches else (body_id or str(uuid.uuid4()))
         key = f"{entry.res_type}/{entry.res_id}"
         if key in targets:
@@ -226,7 +228,9 @@ def _conditional_reference(conn: Connection, caller: Access, entry: Entry, refer
     res_type, _, criteria = reference.partition("?")
     try:
         require_known_type(res_type)
-        matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base)
+        matches = conditional.matching_ids(conn, caller, res_type, criteria, base)
+    except Forbidden as exc:
+        raise _fail(entry, exc) from exc
     except FhirError as exc:
         raise _fail(entry, InvalidRequest(f"Conditional reference '{reference}': {exc.message}", "resource")) from exc
     if len(matches) != 1:
@@ -266,6 +270,9 @@ def run_entry(conn: Connection, entry: Entry, ctx: Context) -> dict:
     if entry.method == "POST":
         if entry.existing:
             return _write_response(crud.read_in(conn, caller, entry.res_type, entry.res_id))  # type: ignore[arg-type]
+        resource = {k: v for k, v in entry.resource.items() if k != "id"}
+        return _write_response(crud.create_in(conn, caller, entry.res_type, resource, res_id=entry.res_id))  # type: ignore[arg-type]
+    if entry.method == "PUT" and entry.server_id and entry.if_match is None:
         resource = {k: v for k, v in entry.resource.items() if k != "id"}
         return _write_response(crud.create_in(conn, caller, entry.res_type, resource, res_id=entry.res_id))  # type: ignore[arg-type]
     if entry.method == "PUT":
@@ -369,8 +376,8 @@ def _bulk_creatable(conn: Connection, caller: Access, entries: list[Entry]) -> l
     one-by-one path, which updates the scores in place (``derived.after_write``).
     """
     creates = [e for e in entries if e.method == "POST" and not e.existing]
-    puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None] \
-        if caller.chooses_ids else []
+    puts = [e for e in entries if e.method == "PUT" and e.if_match is None and e.res_id is not None
+            and (caller.chooses_ids or e.server_id)]
     scores = {e.index: derived_keys(e.res_type, e.res_id) for e in puts}  # type: ignore[arg-type]
     wanted = [(e.res_type, e.res_id) for e in puts] + [key for keys in scores.values() for key in keys]
     taken = repository.taken(conn, wanted)  # type: ignore[arg-type]

@@ -2,8 +2,10 @@
 
 They use the search engine itself, so every search parameter works as a condition; unknown
 parameters are an error here (ignoring one would widen the match and touch the wrong resource).
-Only resources the caller may see are candidates: another site's resources neither match nor
-count, so a condition tells nothing about them.
+Criteria are a search: the caller needs the search permission on the type (403 before anything
+is matched, since whether something matches is itself an answer). Only resources the caller may
+see are candidates: another site's resources neither match nor count, so a condition tells
+nothing about them.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection, select
 
+from fhirfus.auth.access import Access
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler
-from fhirfus.store.visibility import Visibility
 
 
 def matching_ids(
-    conn: Connection, seen_by: Visibility, res_type: str, criteria: str, base_url: str = "", limit: int = 2,
+    conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "", limit: int = 2,
 ) -> list[str]:
-    """Ids of live resources of ``res_type`` that ``seen_by`` may see and that match a search query
+    """Ids of live resources of ``res_type`` that the caller may see and that match a search query
     string (at most ``limit``)."""
+    caller.require(res_type, "s")
+    seen_by = caller.visibility
     pairs = [(k, v) for k, v in parse_qsl(criteria.lstrip("?"), keep_blank_values=True) if k not in ("_format", "_pretty")]
     if not pairs:
         raise InvalidRequest("Conditional criteria are empty", "If-None-Exist")

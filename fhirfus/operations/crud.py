@@ -70,7 +70,7 @@ def create_in(
     may see wins."""
     caller.require(res_type, "c")
     if if_none_exist:
-        matches = conditional.matching_ids(conn, caller.visibility, res_type, if_none_exist, base_url)
+        matches = conditional.matching_ids(conn, caller, res_type, if_none_exist, base_url)
         if len(matches) > 1:
             raise PreconditionFailed(
                 f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
@@ -150,7 +150,8 @@ def conditional_update_in(
 ) -> WriteResult:
     """PUT [type]?criteria: no match → create, one → update it, several → 412 (matches among what
     the caller may see: another site's resources are not candidates)."""
-    matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base_url)
+    caller.require(res_type, "u")
+    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url)
     if len(matches) > 1:
         raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
     body_id = body.get("id") if isinstance(body, dict) else None
@@ -203,8 +204,10 @@ def delete_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> S
 def conditional_delete_in(
     conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "",
 ) -> Stored | None:
-    """DELETE [type]?criteria: no match → nothing, one → delete it, several → 412."""
-    matches = conditional.matching_ids(conn, caller.visibility, res_type, criteria, base_url)
+    """DELETE [type]?criteria: no match → nothing, one → delete it, several → 412 (the permission is
+    checked first: whether anything matches is an answer too)."""
+    caller.require(res_type, "d")
+    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url)
     if len(matches) > 1:
         raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
     if not matches:
@@ -318,8 +321,10 @@ def conditional_delete(store: Store, caller: Access, res_type: str, criteria: st
 def validate(
     store: Store, caller: Access, res_type: str, body: Any, res_id: str | None = None, mode: str | None = None,
 ) -> list[Issue]:
-    """$validate: the issues a create (or an update of ``res_id``) would raise, nothing written."""
+    """$validate: the issues a create (or an update of ``res_id``) would raise, nothing written.
+    The caller needs the permission of the write it checks (create, update or delete)."""
     require_known_type(res_type)
+    caller.require(res_type, "d" if mode == "delete" else "c" if res_id is None else "u")
     if mode == "delete":
         if res_id is None:
             raise InvalidRequest("mode=delete needs an instance-level $validate", "mode")

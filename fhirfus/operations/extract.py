@@ -26,6 +26,9 @@ def _response_of(body: Any) -> dict:
 
 
 def extract(caller: Access, body: Any) -> dict:
+    """The score Observations of a response, as a transaction Bundle (a read-level operation on
+    QuestionnaireResponse: the caller needs that permission even though nothing stored is read)."""
+    caller.require("QuestionnaireResponse", "r")
     response = crud.accept(caller, _response_of(body), "QuestionnaireResponse")
     if not twstrs.is_twstrs_response(response):
         raise BusinessRuleViolation(

@@ -344,7 +344,8 @@ def _queries(
     A system search without ``_type`` evaluates the parameters every resource has (``_id``,
     ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``) over all types; others are unknown.
     """
-    for searched in (res_type,) if res_type else [t for k, v in params if k == "_type" for t in v.split(",") if t]:
+    named = [t for k, v in params if k == "_type" for t in v.split(",") if t]
+    for searched in (res_type,) if res_type else (named or ["*"]):  # no type named: every type is searched
         caller.require(searched, "s")
     if res_type is not None:
         require_known_type(res_type)
