@@ -1,16 +1,23 @@
-"""The cost of authentication on the read rate (issue: aim ≤ 10 % slower with FHIRFUS_AUTH=smart).
+"""The cost of authentication, site confinement and the audit trail (issue: aim ≤ 10 % each).
 
-One PostgreSQL database, 500 stored Observations, the real server in its own process, 4 keep-alive
-client threads reading by id: once with authentication off, once with bearer tokens (SMART backend
-services, an RS384-signed client assertion exchanged at /auth/token), alternating three times so
-drift on a shared machine hits both alike; the best run of each is reported. With auth on, every
-read is also written to the audit trail (by the server's audit writer process).
+One PostgreSQL database, the real server in its own process (``fhirfus serve``, one worker per
+core), 4 keep-alive client threads. Three modes, alternated ``ROUNDS`` times so drift on a shared
+machine hits all alike, the best run of each kept:
+
+- ``off``: ``FHIRFUS_AUTH=off``, no token, no audit;
+- ``admin``: a bearer token of an admin client (unconfined), every request audited;
+- ``site``: a bearer token of a site client: every read filtered to its site, every write labelled
+  and its AuditEvent written in the write's transaction.
+
+Two workloads: reads by id of 500 Observations owned by the site, and transaction Bundles of 100
+entries (the ingest path of ``bench_ingest``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 import time
 import uuid
@@ -21,22 +28,27 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 import bench  # tools/bench.py: tools/ leads sys.path when a tool runs as a script
+import bench_ingest
 from fhirfus.auth.clients import register
 from fhirfus.store import repository
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import NewResource, Store
+from fhirfus.store.visibility import SITE_SYSTEM
 
 CLIENTS, READS = 4, int(os.environ.get("BENCH_AUTH_READS", "6000"))
-ROUNDS = 3  # off/smart alternations: drift on a shared machine hits both alike; the best of each is kept
+BUNDLES = int(os.environ.get("BENCH_AUTH_BUNDLES", "40"))
+ROUNDS = 3
+MODES = ("off", "admin", "site")
+SITE = "B"
 SECRET = "bench-auth-secret-" + uuid.uuid4().hex
 
 
-def _token(base: str, client_id: str, key: object, kid: str) -> str:
+def _token(base: str, client_id: str, key: object) -> str:
     now = int(time.time())
     assertion = jwt.encode({"iss": client_id, "sub": client_id, "aud": base + "/auth/token", "exp": now + 240,
-                            "jti": str(uuid.uuid4())}, key, algorithm="RS384", headers={"kid": kid})
+                            "jti": str(uuid.uuid4())}, key, algorithm="RS384", headers={"kid": "k1"})
     response = httpx.post(base + "/auth/token", data={
-        "grant_type": "client_credentials", "scope": "system/*.rs", "client_assertion": assertion,
+        "grant_type": "client_credentials", "scope": "system/*.cruds", "client_assertion": assertion,
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"})
     response.raise_for_status()
     return response.json()["access_token"]
@@ -56,47 +68,87 @@ def _reads(base: str, ids: list[str], headers: dict[str, str], label: str) -> be
             session.close()
 
 
-def main() -> None:
-    with bench.postgres_databases(1) as (url,), tempfile.TemporaryDirectory(prefix="fhirfus-bench-") as tmp:
-        bench.migrated(url)
-        engine = make_engine(url)
-        try:
-            store = Store(engine)
-            ids = [str(uuid.uuid4()) for _ in range(500)]
-            with store.writing() as conn:
-                repository.create_many(conn, [NewResource("Observation", i, {
-                    "resourceType": "Observation", "status": "final", "code": {"text": "bench"},
-                    "valueQuantity": {"value": n}}) for n, i in enumerate(ids)])
+def _ingest(base: str, headers: dict[str, str], bundles: list, label: str) -> bench.Measurement:
+    sessions = [httpx.Client(base_url=base, headers={**bench.HEADERS, **headers}, timeout=300) for _ in range(CLIENTS)]
+
+    def operation(worker: int, job: int) -> str | None:
+        response = sessions[worker].post("", content=bundles[job].body)
+        return None if response.status_code == 200 else f"HTTP {response.status_code}: {response.text[:200]}"
+
+    try:
+        return bench.drive_threads(CLIENTS, len(bundles), operation, label, bench.Probe())
+    finally:
+        for session in sessions:
+            session.close()
+
+
+def _setup(url: str) -> tuple[list[str], dict[str, tuple[str, object]]]:
+    """500 Observations of the site; an admin and a site client with their keys."""
+    engine = make_engine(url)
+    try:
+        store = Store(engine)
+        ids = [str(uuid.uuid4()) for _ in range(500)]
+        with store.writing() as conn:
+            repository.create_many(conn, [NewResource("Observation", i, {
+                "resourceType": "Observation", "status": "final", "code": {"text": "bench"},
+                "meta": {"security": [{"system": SITE_SYSTEM, "code": SITE}]},
+                "valueQuantity": {"value": n}}) for n, i in enumerate(ids)])
+        clients = {}
+        for role in ("admin", "site"):
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "alg": "RS384"}
-            client = register(store, "bench", "admin", "system/*.rs", {"keys": [jwk]})
-        finally:
-            engine.dispose()
-        results: dict[str, list[bench.Measurement]] = {"off": [], "smart": []}
-        for mode in ("off", "smart") * ROUNDS:
+            client = register(store, f"bench {role}", role, "system/*.cruds", {"keys": [jwk]},
+                              SITE if role == "site" else None)
+            clients[role] = (client.client_id, key)
+        return ids, clients
+    finally:
+        engine.dispose()
+
+
+def _table(title: str, unit: str, best: dict[str, bench.Measurement], per_op: int = 1) -> list[str]:
+    lines = [title, f"{'mode':<8}{unit:>12}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'vs off':>9}"]
+    for mode, m in best.items():
+        cost = 100 * (1 - best[mode].rate / best["off"].rate)
+        lines.append(f"{mode:<8}{m.rate * per_op:>12.0f}{m.percentile_ms(0.50):>9.2f}{m.percentile_ms(0.95):>9.2f}"
+                     f"{m.errors:>8}{'' if mode == 'off' else f'{-cost:+.1f} %':>9}")
+    for mode in ("admin", "site"):
+        cost = 100 * (1 - best[mode].rate / best["off"].rate)
+        lines.append(f"{mode}: {cost:.1f} % slower than off (aim ≤ 10 %) {'✓' if cost <= 10 else '✗'}")
+    return lines
+
+
+def main() -> None:
+    rng = random.Random(bench_ingest.SEED)
+    with bench.postgres_databases(1) as (url,), tempfile.TemporaryDirectory(prefix="fhirfus-bench-") as tmp:
+        bench.migrated(url)
+        ids, clients = _setup(url)
+        reads: dict[str, list[bench.Measurement]] = {mode: [] for mode in MODES}
+        ingests: dict[str, list[bench.Measurement]] = {mode: [] for mode in MODES}
+        first = 1
+        for mode in MODES * ROUNDS:
             port = bench.free_port()
-            env = {**os.environ, "FHIRFUS_DATABASE_URL": url, "FHIRFUS_AUTH": mode, "FHIRFUS_TOKEN_SECRET": SECRET,
-                   "FHIRFUS_RATE_LIMIT": "0"}
+            env = {**os.environ, "FHIRFUS_DATABASE_URL": url, "FHIRFUS_AUTH": "off" if mode == "off" else "smart",
+                   "FHIRFUS_TOKEN_SECRET": SECRET, "FHIRFUS_RATE_LIMIT": "0"}
             command = [*bench.fhirfus_command(), "serve", "--port", str(port), "--no-migrate"]
             with bench.server_process(command, env, port, Path(tmp) / f"fhirfus-{port}.log") as server:
                 root = server.base.removesuffix("/fhir")
-                headers = {"Authorization": f"Bearer {_token(root, client.client_id, key, 'k1')}"} if mode == "smart" else {}
+                headers = {} if mode == "off" else {"Authorization": f"Bearer {_token(root, *clients[mode])}"}
                 _reads(server.base, ids, headers, "warm-up")
-                results[mode].append(_reads(server.base, ids, headers, mode))
-    best = {mode: max(runs, key=lambda m: m.rate) for mode, runs in results.items()}
-    print(f"\nAuthentication cost on reads (PostgreSQL, {CLIENTS} keep-alive clients, {READS} GET by id, "
-          f"load average {os.getloadavg()[0]:.1f})")
-    print(f"{'mode':<8}{'reads/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}")
-    for mode, m in best.items():
-        print(f"{mode:<8}{m.rate:>10.0f}{m.percentile_ms(0.50):>9.2f}{m.percentile_ms(0.95):>9.2f}{m.errors:>8}")
-    slower = 100 * (1 - best["smart"].rate / best["off"].rate)
-    print(f"bearer tokens: {slower:.1f} % slower (aim ≤ 10 %) {'✓' if slower <= 10 else '✗'}")
+                reads[mode].append(_reads(server.base, ids, headers, mode))
+                bundles = bench_ingest.make_bundles(BUNDLES, bench_ingest.BUNDLE_ENTRIES, rng, first)
+                first += BUNDLES * bench_ingest.BUNDLE_ENTRIES
+                ingests[mode].append(_ingest(server.base, headers, bundles, mode))
+    best_reads = {mode: max(runs, key=lambda m: m.rate) for mode, runs in reads.items()}
+    best_ingest = {mode: max(runs, key=lambda m: m.rate) for mode, runs in ingests.items()}
+    machine = f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores"
+    lines = [*_table(f"\nAuthentication, confinement and audit on reads (PostgreSQL, {CLIENTS} clients, "
+                     f"{READS} GET by id, {machine})", "reads/s", best_reads),
+             *_table(f"\n... on transaction ingest ({BUNDLES} Bundles of {bench_ingest.BUNDLE_ENTRIES} entries "
+                     f"per run)", "entries/s", best_ingest, bench_ingest.BUNDLE_ENTRIES)]
+    print("\n".join(lines))
     bench.RESULTS.parent.mkdir(exist_ok=True)
     with bench.RESULTS.open("a") as handle:
-        handle.write("\n### Authentication cost\n\n| mode | reads/s | p50 ms | p95 ms |\n|---|---|---|---|\n")
-        for mode, m in best.items():
-            handle.write(f"| {mode} | {m.rate:.0f} | {m.percentile_ms(0.50):.2f} | {m.percentile_ms(0.95):.2f} |\n")
-        handle.write(f"\nbearer tokens: {slower:.1f} % slower (aim ≤ 10 %)\n")
+        handle.write("\n### Authentication, confinement and audit\n\n```\n" + "\n".join(lines) + "\n```\n")
 
 
 if __name__ == "__main__":
