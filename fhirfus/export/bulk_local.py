@@ -15,6 +15,7 @@ from fhirfus.config import Settings
 from fhirfus.export.bulk_params import ExportRequest, parse_export_params
 from fhirfus.export.bulk_run import Checkpoint, ExportLimits, ExportResult, run_export
 from fhirfus.store.repository import Store, format_instant
+from fhirfus.store.visibility import EVERYTHING
 
 MANIFEST = "manifest.json"
 
@@ -24,7 +25,7 @@ def local_request(types: str | None, since: str | None) -> ExportRequest:
     params = [("_type", types)] if types else []
     if since:
         params.append(("_since", since))
-    return parse_export_params("system", params)
+    return parse_export_params("system", params, seen_by=EVERYTHING)  # the operator's export: every site
 
 
 def export_to_directory(

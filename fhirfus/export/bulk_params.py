@@ -26,7 +26,7 @@ from fhirfus.operations.everything import compartment
 from fhirfus.operations.search import match_condition
 from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
 from fhirfus.store.search_compiler import Compiler
-from fhirfus.store.visibility import EVERYTHING, Visibility
+from fhirfus.store.visibility import Visibility
 
 LEVELS = ("system", "patient", "group")
 #: ``_outputFormat`` values the spec says a server SHALL accept (plus '+' decoded as a space).
@@ -93,7 +93,7 @@ def parse_export_params(
     group_id: str | None = None,
     lenient: bool = False,
     base_url: str = "",
-    seen_by: Visibility = EVERYTHING,
+    seen_by: Visibility,
     terminology: Lookup | None = None,
 ) -> ExportRequest:
     """Check the kick-off parameters of an export at ``level`` and normalise them (``terminology``:
