@@ -11,6 +11,11 @@ machine hits all alike, the best run of each kept:
 
 Two workloads: reads by id of 500 Observations owned by the site, and transaction Bundles of 100
 entries (the ingest path of ``bench_ingest``).
+
+Then what confinement does not hide: a site client's search reads the index rows of every site
+that match, and filters on the site afterwards, so its time grows with another site's matches.
+``count oracle`` times site A's ``Observation?code=X`` when site B holds ``ORACLE_ROWS`` resources
+with code X, against a code nobody uses.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 import uuid
@@ -37,6 +43,8 @@ from fhirfus.store.visibility import SITE_SYSTEM
 
 CLIENTS, READS = 4, int(os.environ.get("BENCH_AUTH_READS", "6000"))
 BUNDLES = int(os.environ.get("BENCH_AUTH_BUNDLES", "40"))
+ORACLE_ROWS = (100, 1000, 4000)
+ORACLE_SAMPLES = 300
 ROUNDS = 3
 MODES = ("off", "admin", "site")
 SITE = "B"
@@ -94,15 +102,43 @@ def _setup(url: str) -> tuple[list[str], dict[str, tuple[str, object]]]:
                 "meta": {"security": [{"system": SITE_SYSTEM, "code": SITE}]},
                 "valueQuantity": {"value": n}}) for n, i in enumerate(ids)])
         clients = {}
-        for role in ("admin", "site"):
+        for name, role, site in (("admin", "admin", None), ("site", "site", SITE), ("other", "site", "A")):
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())) | {"kid": "k1", "alg": "RS384"}
-            client = register(store, f"bench {role}", role, "system/*.cruds", {"keys": [jwk]},
-                              SITE if role == "site" else None)
-            clients[role] = (client.client_id, key)
+            client = register(store, f"bench {name}", role, "system/*.cruds", {"keys": [jwk]}, site)
+            clients[name] = (client.client_id, key)
         return ids, clients
     finally:
         engine.dispose()
+
+
+def _count_oracle(base: str, clients: dict[str, tuple[str, object]]) -> list[tuple[int, float, float]]:
+    """(B's matching resources, A's median µs for code X, for an unused code) per size."""
+    root = base.removesuffix("/fhir")
+    b = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {_token(root, *clients['site'])}"}, timeout=300)
+    a = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {_token(root, *clients['other'])}"})
+    found = []
+    try:
+        held = 0
+        for rows in ORACLE_ROWS:
+            while held < rows:
+                batch = min(1000, rows - held)
+                entries = [{"resource": {"resourceType": "Observation", "status": "final",
+                                         "code": {"coding": [{"system": "urn:oracle", "code": "X"}]}},
+                            "request": {"method": "POST", "url": "Observation"}} for _ in range(batch)]
+                b.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).raise_for_status()
+                held += batch
+            timings: dict[str, list[float]] = {"X": [], "unused": []}
+            for i in range(ORACLE_SAMPLES):
+                for code in (("X", "unused") if i % 2 else ("unused", "X")):
+                    started = time.perf_counter()
+                    a.get("/Observation", params={"code": f"urn:oracle|{code}"}).raise_for_status()
+                    timings[code].append(time.perf_counter() - started)
+            found.append((rows, statistics.median(timings["X"]) * 1e6, statistics.median(timings["unused"]) * 1e6))
+    finally:
+        a.close()
+        b.close()
+    return found
 
 
 def _table(title: str, unit: str, best: dict[str, bench.Measurement], per_op: int = 1) -> list[str]:
@@ -138,13 +174,23 @@ def main() -> None:
                 bundles = bench_ingest.make_bundles(BUNDLES, bench_ingest.BUNDLE_ENTRIES, rng, first)
                 first += BUNDLES * bench_ingest.BUNDLE_ENTRIES
                 ingests[mode].append(_ingest(server.base, headers, bundles, mode))
+        port = bench.free_port()
+        env = {**os.environ, "FHIRFUS_DATABASE_URL": url, "FHIRFUS_AUTH": "smart", "FHIRFUS_TOKEN_SECRET": SECRET,
+               "FHIRFUS_RATE_LIMIT": "0"}
+        command = [*bench.fhirfus_command(), "serve", "--port", str(port), "--no-migrate"]
+        with bench.server_process(command, env, port, Path(tmp) / f"fhirfus-{port}.log") as server:
+            oracle = _count_oracle(server.base, clients)
     best_reads = {mode: max(runs, key=lambda m: m.rate) for mode, runs in reads.items()}
     best_ingest = {mode: max(runs, key=lambda m: m.rate) for mode, runs in ingests.items()}
     machine = f"load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores"
     lines = [*_table(f"\nAuthentication, confinement and audit on reads (PostgreSQL, {CLIENTS} clients, "
                      f"{READS} GET by id, {machine})", "reads/s", best_reads),
              *_table(f"\n... on transaction ingest ({BUNDLES} Bundles of {bench_ingest.BUNDLE_ENTRIES} entries "
-                     f"per run)", "entries/s", best_ingest, bench_ingest.BUNDLE_ENTRIES)]
+                     f"per run)", "entries/s", best_ingest, bench_ingest.BUNDLE_ENTRIES),
+             f"\nCount oracle: site A's Observation?code=X when site B holds n resources with code X "
+             f"(median of {ORACLE_SAMPLES}, µs; no aim, a known limit)",
+             f"{'n':>6}{'code X':>10}{'unused':>10}{'ratio':>8}",
+             *[f"{n:>6}{x:>10.0f}{u:>10.0f}{x / u:>8.2f}" for n, x, u in oracle]]
     print("\n".join(lines))
     bench.RESULTS.parent.mkdir(exist_ok=True)
     with bench.RESULTS.open("a") as handle:

@@ -59,6 +59,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError) -> Response:
+        if type(exc.orig).__name__ in ("DeadlockDetected", "SerializationFailure"):  # rolled back: nothing written
+            issue = Issue("The request met a concurrent write to the same resources and was rolled back; retry it",
+                          "conflict")
+            return outcome_response(request, 409, [issue], {"Retry-After": "1"})
         if type(exc.orig).__name__ == "QueryCanceled":  # the statement time limit (FHIRFUS_STATEMENT_TIMEOUT_MS)
             issue = Issue("The request took longer than the server allows; narrow it (e.g. more selective "
                           "search parameters, a smaller _count)", "too-costly")

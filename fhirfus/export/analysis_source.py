@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
 from fhirfus.export.analysis_views import AnalysisView
-from fhirfus.fhir.errors import BusinessRuleViolation
+from fhirfus.fhir.errors import BusinessRuleViolation, Gone
 from fhirfus.auth.access import SERVER
 from fhirfus.operations import crud
 from fhirfus.store.repository import Store
@@ -56,11 +56,14 @@ def resolve_cohort(store: Store, group_id: str | None) -> Cohort:
     if not group_id or group_id == ALL_PATIENTS:
         return Cohort("all patients", None, None)
     with store.reading() as conn:
-        group = crud.read_in(conn, SERVER, "Group", group_id).content or {}
+        try:
+            group = crud.read_in(conn, SERVER, "Group", group_id).content or {}
+        except Gone as exc:  # the answer names no version: the caller may not read the Group
+            raise Gone(f"Group/{group_id} was deleted", "Group.id") from exc
     if group.get("type") != "person" or group.get("actual") is not True:
         raise BusinessRuleViolation(
-            f"Group/{group_id} is not a cohort: an analysis needs type 'person' and actual true "
-            f"(got type {group.get('type')!r}, actual {group.get('actual')!r})", "Group.type")
+            f"Group/{group_id} is not a cohort: an analysis needs a Group of type 'person' with actual true",
+            "Group.type")
     members = set()
     for member in group.get("member", []):
         reference = (member.get("entity") or {}).get("reference", "")

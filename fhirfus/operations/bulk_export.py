@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from fhirfus.export.bulk_worker import ExportWorker
 from fhirfus.export.bulk_writer import WrittenFile
 from fhirfus.fhir.errors import FhirError, NotFound
 from fhirfus.operations import crud
+from fhirfus.search.query import criteria_types, parse_query
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, format_instant
 
@@ -70,9 +72,14 @@ def kick_off(
 
 
 def _for_caller(caller: Access, request: ExportRequest) -> ExportRequest:
-    """Check the caller may export these types (403) and confine a site client's job to its site."""
+    """Check the caller may export these types and search what their filters read (403), and
+    confine a site client's job to its site."""
     for res_type in request.types or ("*",):
         caller.require(res_type, "s")
+    for res_type, query in request.type_filters:
+        caller.require(res_type, "s")
+        for other in sorted(criteria_types(parse_query(res_type, parse_qsl(query, keep_blank_values=True)))):
+            caller.require(other, "s")
     return replace(request, site=caller.visibility.site, client_id=caller.client_id)
 
 

@@ -173,7 +173,8 @@ def assign_identities(conn: Connection, caller: Access, entries: list[Entry], ba
         if entry.method == "POST":
             existing = None
             if entry.if_none_exist:
-                matches = conditional.matching_ids(conn, caller, entry.res_type, entry.if_none_exist, base)
+                matches = conditional.matching_ids(conn, caller, entry.res_type, entry.if_none_exist, base,
+                                                   may_create=True)
                 if len(matches) > 1:
                     raise _fail(entry, InvalidRequest(
                         f"ifNoneExist '{entry.if_none_exist}' matches {len(matches)} resources", "request.ifNoneExist"))
@@ -181,7 +182,7 @@ def assign_identities(conn: Connection, caller: Access, entries: list[Entry], ba
             entry.res_id = existing or str(uuid.uuid4())
             entry.existing = existing is not None
         elif entry.res_id is None:
-            matches = conditional.matching_ids(conn, caller, entry.res_type, entry.query, base)
+            matches = conditional.matching_ids(conn, caller, entry.res_type, entry.query, base, may_create=True)
             if len(matches) > 1:
                 raise _fail(entry, InvalidRequest(f"'{entry.url}' matches {len(matches)} resources", "request.url"))
             body_id = entry.resource.get("id")
@@ -347,6 +348,8 @@ def _transaction(
     with write_transaction(ctx.store, ctx.caller) as conn:
         mapping = assign_identities(conn, ctx.caller, entries, ctx.base)
         resolve_references(conn, ctx.caller, entries, mapping, ctx.base)
+        repository.lock_current(conn, [(e.res_type, e.res_id) for e in entries  # type: ignore[misc]
+                                       if e.method in ("PUT", "PATCH", "DELETE") and e.res_type and e.res_id])
         ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
         for entry in (e for e in ordered if e.method == "DELETE"):
             responses[entry.index] = _run(conn, entry, ctx)

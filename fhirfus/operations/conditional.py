@@ -2,6 +2,9 @@
 
 They use the search engine itself, so every search parameter works as a condition; unknown
 parameters are an error here (ignoring one would widen the match and touch the wrong resource).
+Two conditional writes that create when nothing matches, with the same criteria, are serialised
+(one waits for the other's commit before it searches), so concurrent ones create one resource.
+
 Criteria are a search: the caller needs the search permission on the type (403 before anything
 is matched, since whether something matches is itself an answer). Only resources the caller may
 see are candidates: another site's resources neither match nor count, so a condition tells
@@ -16,13 +19,14 @@ from sqlalchemy import Connection, select
 
 from fhirfus.auth.access import Access
 from fhirfus.fhir.errors import InvalidRequest
-from fhirfus.search.query import parse_query
+from fhirfus.search.query import criteria_types, parse_query
 from fhirfus.store import repository
 from fhirfus.store.search_compiler import Compiler
 
 
 def matching_ids(
-    conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "", limit: int = 2,
+    conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "", limit: int = 2, *,
+    may_create: bool = False,
 ) -> list[str]:
     """Ids of live resources of ``res_type`` that the caller may see and that match a search query
     string (at most ``limit``)."""
@@ -34,6 +38,10 @@ def matching_ids(
     query = parse_query(res_type, pairs, strict=True)
     if not query.criteria:
         raise InvalidRequest(f"Conditional criteria '{criteria}' select nothing", "If-None-Exist")
+    for other in sorted(criteria_types(query)):
+        caller.require(other, "s")
+    if may_create:
+        repository.serialize_on(conn, f"{res_type}?{sorted(pairs)}")
     compiler = Compiler(base_url, seen_by, repository.terminology_lookup(conn, seen_by))
     rows = seen_by.resources()
     conditions = [compiler.criterion(rows, c) for c in query.criteria]

@@ -70,7 +70,7 @@ def create_in(
     may see wins."""
     caller.require(res_type, "c")
     if if_none_exist:
-        matches = conditional.matching_ids(conn, caller, res_type, if_none_exist, base_url)
+        matches = conditional.matching_ids(conn, caller, res_type, if_none_exist, base_url, may_create=True)
         if len(matches) > 1:
             raise PreconditionFailed(
                 f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
@@ -151,7 +151,7 @@ def conditional_update_in(
     """PUT [type]?criteria: no match → create, one → update it, several → 412 (matches among what
     the caller may see: another site's resources are not candidates)."""
     caller.require(res_type, "u")
-    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url)
+    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url, may_create=True)
     if len(matches) > 1:
         raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
     body_id = body.get("id") if isinstance(body, dict) else None

@@ -19,7 +19,7 @@ from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.operations import crud
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
+from fhirfus.operations.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 from fhirfus.auth.access import Access
 from fhirfus.store.repository import Store
 from fhirfus.store.search_compiler import local_reference, params_rows
@@ -59,7 +59,7 @@ def everything_bundle(
     after = None
     if params.get("_cursor"):
         values = decode_cursor(params["_cursor"])
-        if len(values) != 1 or not isinstance(values[0], int):
+        if len(values) != 1 or not fits(values[0], int):
             raise InvalidRequest("Invalid paging cursor", "_cursor")
         after = values[0]
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest, NotFound
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_size, page_url
+from fhirfus.operations.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 
 from fhirfus.auth.access import Access
 from fhirfus.store import repository
@@ -34,7 +34,9 @@ def _cursor(params: Mapping[str, str]) -> HistoryCursor | None:
     values = decode_cursor(raw)
     try:
         moment, res_type, res_id, version = values
-        return HistoryCursor(datetime.fromisoformat(moment), res_type, res_id, int(version))
+        if not (fits(moment, str) and fits(res_type, str) and fits(res_id, str) and fits(version, int)):
+            raise ValueError(values)
+        return HistoryCursor(datetime.fromisoformat(moment), res_type, res_id, version)
     except (ValueError, TypeError) as exc:
         raise InvalidRequest(f"Invalid paging cursor '{raw}'", "_cursor") from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,6 +26,23 @@ def decode_cursor(token: str, param: str = "_cursor") -> list[Any]:
     if not isinstance(values, list):
         raise InvalidRequest(f"Invalid paging cursor '{token}'", param)
     return values
+
+
+#: Bounds of a key a cursor may carry: what both databases can compare without an error.
+_INT_RANGE = (-(2 ** 63), 2 ** 63 - 1)
+_MAX_TEXT = 1024
+
+
+def fits(value: Any, kind: type) -> bool:
+    """Whether a decoded cursor value is of ``kind`` and within what the database can compare
+    (a forged cursor is a 400, never a database error)."""
+    if kind is int:
+        return type(value) is int and _INT_RANGE[0] <= value <= _INT_RANGE[1]
+    if kind is Decimal:
+        return isinstance(value, Decimal) and value.is_finite() and -100 < value.adjusted() < 100
+    if kind is str:
+        return isinstance(value, str) and len(value) <= _MAX_TEXT and "\x00" not in value
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def page_size(raw: str | None, default: int, maximum: int, param: str = "_count") -> int:

@@ -21,8 +21,8 @@ from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations.paging import decode_cursor, encode_cursor, page_url
-from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, parse_query
+from fhirfus.operations.paging import decode_cursor, encode_cursor, fits, page_url
+from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, criteria_types, parse_query
 from fhirfus.auth.access import Access
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
@@ -117,7 +117,7 @@ def _position(cursor: str, kinds: list[type]) -> tuple[str, list[Any]]:
         values = [_decode(v) for v in decoded[1]]
     except (ValueError, TypeError, ArithmeticError) as exc:
         raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor") from exc
-    if not all(isinstance(v, kind) and not isinstance(v, bool) for v, kind in zip(values, kinds)):
+    if not all(fits(v, kind) for v, kind in zip(values, kinds, strict=True)):
         raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor")
     return decoded[0], values
 
@@ -345,11 +345,22 @@ def _queries(
     ``_lastUpdated``, ``_tag``, ``_profile``, ``_security``) over all types; others are unknown.
     """
     named = [t for k, v in params if k == "_type" for t in v.split(",") if t]
+    queries: dict[str | None, SearchQuery]
     for searched in (res_type,) if res_type else (named or ["*"]):  # no type named: every type is searched
         caller.require(searched, "s")
     if res_type is not None:
         require_known_type(res_type)
-        return {res_type: parse_query(res_type, params, strict=strict)}
+        queries = {res_type: parse_query(res_type, params, strict=strict)}
+    else:
+        queries = _system_queries(params, strict)
+    for query in queries.values():
+        for other in sorted(criteria_types(query)):
+            caller.require(other, "s")
+    return queries
+
+
+def _system_queries(params: Sequence[tuple[str, str]], strict: bool) -> dict[str | None, SearchQuery]:
+    """A system search: one query per ``_type`` type, or one over the parameters of every type."""
     types = [t for k, v in params if k == "_type" for t in v.split(",") if t]
     for t in types:
         require_known_type(t)

@@ -100,6 +100,25 @@ class SearchQuery:
     kept: list[tuple[str, str]] = field(default_factory=list)   # what the self link shows
 
 
+def types_read(ref: ParamRef) -> set[str]:
+    """The resource types besides its own whose resources a criterion on ``ref`` matches against:
+    chain targets and ``_has`` sources, at every depth. A caller must be allowed to search each:
+    a criterion is an answer about them."""
+    found: set[str] = set()
+    for target, chained in ref.chains:
+        found |= {target} | types_read(chained)
+    if ref.has_source is not None:
+        found.add(ref.has_source)
+        if ref.has_inner is not None:
+            found |= types_read(ref.has_inner)
+    return found
+
+
+def criteria_types(query: SearchQuery) -> set[str]:
+    """Every type besides its own that ``query``'s criteria read (``types_read`` of each)."""
+    return set().union(*(types_read(c.ref) for c in query.criteria))
+
+
 class UnknownParameter(InvalidRequest):
     """An unknown or unsupported parameter (fatal only under ``Prefer: handling=strict``)."""
 

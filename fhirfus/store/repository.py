@@ -182,6 +182,32 @@ def taken(conn: Connection, keys: list[tuple[str, str]]) -> set[tuple[str, str]]
 # --- writes ----------------------------------------------------------------------------------
 
 
+def serialize_on(conn: Connection, key: str) -> None:
+    """Hold a lock on ``key`` until the transaction ends (PostgreSQL; SQLite writes are serial).
+
+    Conditional creates and updates search, then write: two at once with the same criteria would
+    both find nothing and both create. Whoever comes second waits here, then searches again in a
+    statement that sees the first one's commit."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(key, 0))))
+
+
+def lock_current(conn: Connection, keys: list[tuple[str, str]]) -> None:
+    """Lock the current rows of ``keys`` in one fixed order (type, id), before a transaction
+    updates or deletes them in the order of its entries: two transactions over the same resources
+    then queue instead of deadlocking."""
+    if conn.dialect.name != "postgresql" or not keys:
+        return
+    wanted = sorted(set(keys))
+    for start in range(0, len(wanted), 500):
+        conn.execute(
+            select(resources.c.pk)
+            .where(tuple_(resources.c.res_type, resources.c.res_id).in_(wanted[start:start + 500]))
+            .order_by(resources.c.res_type, resources.c.res_id)
+            .with_for_update()
+        ).all()
+
+
 def _next_moment(previous: datetime | None) -> datetime:
     """Now, but strictly after the previous version so history order is total."""
     now = datetime.now(UTC)
@@ -271,6 +297,7 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     if site != previous.site:
         conn.execute(update(resource_history).where(
             resource_history.c.res_type == previous.res_type, resource_history.c.res_id == previous.res_id,
+            resource_history.c.site.is_(None),
         ).values(site=site))
     stored = Stored(previous.res_type, previous.res_id, new_version, moment, False, body, method, previous.pk, site)
     assert previous.pk is not None

@@ -5,8 +5,11 @@ removes: a tombstone belonged to nobody, so its old versions could be read and i
 by another site. ``site`` is written when an id is first used and never changed (tombstones
 included), and every read filters on it (``fhirfus.store.visibility``).
 
-Existing data: a version's site is its own label; an id's owner is the label of its newest
-labelled version, which all its versions then carry (one owner per id).
+Existing data: a version keeps the site of its own label; a version without one (a delete, data
+of no site) takes the site of the version before it. The id's owner is the site of its newest
+labelled version. An id taken over by another site before this revision (delete, then a PUT by
+the other site) thus stays readable by its taker only, and the versions the first site wrote stay
+that site's: neither reads the other's (each site's reads filter every version on its own site).
 
 Revision ID: 0011
 Revises: 0010
@@ -47,9 +50,13 @@ _OWNER = """
         ORDER BY h.version DESC LIMIT 1)
 """
 
-_EVERY_VERSION = """
+_UNLABELLED_VERSIONS = """
     UPDATE resource_history SET site = (
-        SELECT r.site FROM resources r WHERE r.res_type = resource_history.res_type AND r.res_id = resource_history.res_id)
+        SELECT h.site FROM resource_history h
+        WHERE h.res_type = resource_history.res_type AND h.res_id = resource_history.res_id
+          AND h.version < resource_history.version AND h.site IS NOT NULL
+        ORDER BY h.version DESC LIMIT 1)
+    WHERE site IS NULL
 """
 
 
@@ -58,8 +65,8 @@ def upgrade() -> None:
     op.add_column("resource_history", sa.Column("site", sa.String(64), nullable=True))
     bind = op.get_bind()
     bind.execute(sa.text(_VERSION_LABEL[bind.dialect.name]), {"system": SITE_SYSTEM})
+    bind.execute(sa.text(_UNLABELLED_VERSIONS))
     bind.execute(sa.text(_OWNER))
-    bind.execute(sa.text(_EVERY_VERSION))
 
 
 def downgrade() -> None:
