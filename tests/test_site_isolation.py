@@ -274,3 +274,27 @@ def test_patch_in_a_batch_is_audited_per_entry(world: World) -> None:
     assert world.a.post("", json=batch).json()["entry"][0]["response"]["status"] == "200 OK"
     events = world.admin.get("/AuditEvent", params={"entity": f"Patient/{patient['id']}", "subtype": "patch"}).json()
     assert events["total"] == 1
+
+
+def test_a_site_client_without_a_site_sees_nothing() -> None:
+    """Confinement fails closed: a site caller naming no site (a bad token or registry row) sees no row."""
+    from fhirfus.auth.access import Access
+    from fhirfus.auth.scopes import Grant
+    from fhirfus.fhir.errors import Forbidden
+    from fhirfus.store.visibility import EVERYTHING
+
+    for site in (None, ""):
+        caller = Access("c", "site", site, (Grant("*", "cruds"),))
+        assert caller.visibility != EVERYTHING and caller.visibility.confined
+        with pytest.raises(Forbidden):
+            caller.labelled({"resourceType": "Patient"})
+
+
+def test_an_admin_gives_data_of_no_site_to_a_site_with_its_whole_history(world: World) -> None:
+    unlabelled = world.admin.post("/Patient", json={"resourceType": "Patient", "name": [{"family": world.marker}]}).json()
+    assert world.a.get(f"/Patient/{unlabelled['id']}").status_code == 404
+    claimed = {**unlabelled, "meta": {"security": [{"system": SITE, "code": world.site_a}]}}
+    assert world.admin.put(f"/Patient/{unlabelled['id']}", json=claimed).status_code == 200
+    assert world.a.get(f"/Patient/{unlabelled['id']}/_history/1").status_code == 200
+    assert world.a.get(f"/Patient/{unlabelled['id']}/_history").json()["total"] == 2
+    assert world.b.get(f"/Patient/{unlabelled['id']}/_history/1").status_code == 404

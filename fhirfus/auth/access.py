@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from fhirfus.auth.scopes import Grant
 from fhirfus.fhir.errors import Forbidden
-from fhirfus.store.visibility import EVERYTHING, Visibility, site_label, with_site_label
+from fhirfus.store.visibility import EVERYTHING, NOWHERE, Visibility, site_label, with_site_label
 
 ROLES = ("site", "analyst", "admin")
 _VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -58,8 +58,11 @@ class Access:
 
     @property
     def visibility(self) -> Visibility:
-        """The stored rows this caller may see: its site's for a site client, all for the others."""
-        return Visibility(self.site) if self.role == "site" else EVERYTHING
+        """The stored rows this caller may see: its site's for a site client (none if it names no
+        site: confinement fails closed), all for the others."""
+        if self.role == "site":
+            return Visibility(self.site) if self.site else NOWHERE
+        return EVERYTHING
 
     @property
     def chooses_ids(self) -> bool:
@@ -73,7 +76,7 @@ class Access:
         named = site_label(resource)
         if self.role != "site":
             return resource
-        if named not in (None, self.site):
+        if not self.site or named not in (None, self.site):
             raise Forbidden(f"A client of site {self.site} may not label data for site {named}",
                             f"{resource.get('resourceType', 'Resource')}.meta.security")
         return with_site_label(resource, self.site)

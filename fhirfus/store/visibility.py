@@ -63,6 +63,8 @@ class Visibility:
 
 #: Every row: for admins, development mode and the server's own work (imports, jobs, the CLI).
 EVERYTHING = Visibility(None)
+#: No row (no site is named ""): what a site client that names no site sees.
+NOWHERE = Visibility("")
 
 
 def content_text(rows: FromClause) -> ColumnElement[str]:
