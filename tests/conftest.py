@@ -13,7 +13,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -124,6 +126,17 @@ def run_server(settings: Settings, store: Store) -> tuple[uvicorn.Server, thread
             raise RuntimeError("test server did not start")
         time.sleep(0.02)
     return server, thread, port
+
+
+@contextmanager
+def serving(settings: Settings, store: Store) -> Iterator[tuple[str, Any]]:
+    """A server of one test's own: (root URL, the FastAPI app)."""
+    uv, thread, port = run_server(settings, store)
+    try:
+        yield f"http://127.0.0.1:{port}", uv.config.app
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,9 @@ configuration needs a valid bearer token (401 otherwise). The gate is a plain AS
 resolves the caller once, puts it in the request context (``fhirfus.auth.access``) where the
 operations check scopes (403) and the store confines site clients to their site's rows, applies a
 per-client rate limit (429), and queues an AuditEvent for every request it saw.
+
+The token endpoint takes a form no larger than ``max_body_bytes`` (read as it arrives, refused
+once past the limit) and answers every refusal with an RFC 6749 error body (``fhirfus.auth.oauth``).
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fhirfus.api.http import base_url, fhir_response
+from fhirfus.api.http import base_url, fhir_response, read_body
+from fhirfus.auth import oauth
 from fhirfus.auth.access import acting_as
 from fhirfus.auth.audit import AuditRecord
-from fhirfus.auth.tokens import ASSERTION_ALGORITHMS, OAuthError
-from fhirfus.fhir.errors import FhirError, TooManyRequests
+from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
+from fhirfus.auth.oauth import OAuthError
+from fhirfus.fhir.errors import FhirError, PayloadTooLarge, TooManyRequests
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.store.scope import confined_to
 
@@ -40,12 +46,17 @@ def token_url(request: Request) -> str:
 
 @router.post("/auth/token")
 async def token(request: Request) -> Response:
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    service = request.app.state.tokens
     try:
-        answer = service.issue(form, token_url(request))
+        oauth.check_content_type(request.headers.get("content-type"))
+        try:
+            body = await read_body(request)
+        except PayloadTooLarge as exc:
+            raise OAuthError("invalid_request", exc.message, 413) from exc
+        token_request = oauth.token_request(oauth.parse_form(body),
+                                            authorization_header="authorization" in request.headers)
+        answer = await run_in_threadpool(request.app.state.tokens.issue, token_request, token_url(request))
     except OAuthError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status, headers={"Cache-Control": "no-store"})
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.auth.access import ROLES
+from fhirfus.auth.jwks import InvalidJwks, registered_key_set
 from fhirfus.auth.scopes import parse_scopes
 from fhirfus.fhir.errors import InvalidRequest
 from fhirfus.store.repository import Store
@@ -32,8 +33,10 @@ def register(store: Store, name: str, role: str, scope: str, jwks: dict[str, Any
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", "role")
     if role == "site" and not site:
         raise InvalidRequest("a site client needs --site", "site")
-    if not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
-        raise InvalidRequest("the JWKS must hold at least one public key", "jwks")
+    try:
+        registered_key_set(jwks)
+    except InvalidJwks as exc:
+        raise InvalidRequest(str(exc), "jwks") from exc
     parse_scopes(scope)
     client = Client(str(uuid.uuid4()), name, role, site, scope, jwks)
     with store.writing() as conn:
