@@ -179,7 +179,8 @@ class SecureServer:
 @pytest.fixture(scope="session")
 def secure_server(database: Database) -> Iterator[SecureServer]:
     settings = Settings(database_url=database.url, auth="smart", token_secret="test-secret-" + uuid.uuid4().hex,
-                        default_page_size=20, rate_limit_per_minute=100_000)
+                        default_page_size=20, rate_limit_per_minute=100_000, token_rate_limit_per_minute=100_000,
+                        token_rate_limit_per_address=100_000)
     uv, thread, port = run_server(settings, Store(database.engine))
     try:
         yield SecureServer(f"http://127.0.0.1:{port}/fhir", database, uv.config.app)

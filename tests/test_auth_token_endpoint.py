@@ -17,7 +17,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from auth_helpers import ASSERTION_TYPE, DROP, TestClient, b64url, jws, make_client, new_key, public_jwk
+from conftest import serving
 from fhirfus.auth.clients import register
+from fhirfus.config import Settings
+from fhirfus.store import migrate
 from fhirfus.store.repository import Store
 
 FORM = "send the parameters as an application/x-www-form-urlencoded form"
@@ -374,3 +377,52 @@ def test_oversized_chunked_body_is_refused_once_past_the_limit(client) -> None:
                                                 "Transfer-Encoding": "chunked"}, chunks)
     assert status == 413 and body["error"] == "invalid_request", body
     assert "exceeds the limit" in body["error_description"]
+
+
+# --- rate limits ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_store(fresh_database) -> Store:
+    """A database of the test's own: rate-limit counts per remote address are shared by a deployment."""
+    migrate.upgrade(fresh_database.engine)
+    return Store(fresh_database.engine)
+
+
+def _limited(fresh_database, **limits: int) -> Settings:
+    return Settings(database_url=fresh_database.url, auth="smart", token_secret="t" * 32, **limits)
+
+
+def test_token_requests_per_client_are_limited(fresh_database, fresh_store) -> None:
+    with serving(_limited(fresh_database, token_rate_limit_per_minute=2), fresh_store) as (root, _):
+        first = make_client(fresh_store, root + "/auth/token", role="admin", scope="system/*.rs")
+        second = make_client(fresh_store, root + "/auth/token", role="admin", scope="system/*.rs")
+        assert [first.token_request().status_code for _ in range(2)] == [200, 200]
+        response = first.token_request()
+        refused(response, 429, "temporarily_unavailable", f"too many token requests from client '{first.client_id}'")
+        assert int(response.headers["Retry-After"]) >= 1
+        assert second.token_request().status_code == 200  # each client has its own count
+        # an assertion that does not verify is not counted against the client it names
+        forged = jws({"alg": "RS384", "kid": second.kid}, second.claims(), new_key(), "RS384")
+        assert [post_assertion(second, forged).status_code for _ in range(3)] == [401, 401, 401]
+        assert second.token_request().status_code == 200
+
+
+def test_token_requests_per_address_are_limited(fresh_database, fresh_store) -> None:
+    with serving(_limited(fresh_database, token_rate_limit_per_address=3), fresh_store) as (root, _):
+        client = make_client(fresh_store, root + "/auth/token", role="admin", scope="system/*.rs")
+        assert client.token_request().status_code == 200
+        garbage = [httpx.post(root + "/auth/token", json={}, timeout=30).status_code for _ in range(2)]
+        assert garbage == [400, 400]  # malformed requests count too: this is the brute-force guard
+        response = client.token_request()
+        refused(response, 429, "temporarily_unavailable", "too many token requests from 127.0.0.1")
+        assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_unreachable_redis_is_503_not_500(fresh_database, fresh_store) -> None:
+    settings = _limited(fresh_database, token_rate_limit_per_address=100)
+    settings = Settings(**{**settings.__dict__, "redis_url": "redis://127.0.0.1:9/0"})  # port 9: nobody listens
+    with serving(settings, fresh_store) as (root, _):
+        client = make_client(fresh_store, root + "/auth/token", role="admin", scope="system/*.rs")
+        response = client.token_request()
+        refused(response, 503, "temporarily_unavailable", "rate-limit counts are not available")

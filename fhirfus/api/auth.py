@@ -4,15 +4,16 @@ With ``FHIRFUS_AUTH=smart`` every ``/fhir`` request except ``/fhir/metadata`` an
 configuration needs a valid bearer token (401 otherwise). The gate is a plain ASGI middleware: it
 resolves the caller once, puts it in the request context (``fhirfus.auth.access``) where the
 operations check scopes (403) and the store confines site clients to their site's rows, applies a
-per-client rate limit (429), and queues an AuditEvent for every request it saw.
+per-client rate limit (429, ``fhirfus.auth.ratelimit``), and queues an AuditEvent for every
+request it saw.
 
 The token endpoint takes a form no larger than ``max_body_bytes`` (read as it arrives, refused
-once past the limit) and answers every refusal with an RFC 6749 error body (``fhirfus.auth.oauth``).
+once past the limit) from a remote address within its rate limit, and answers every refusal
+with an RFC 6749 error body (``fhirfus.auth.oauth``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -29,6 +30,7 @@ from fhirfus.auth.access import acting_as
 from fhirfus.auth.audit import AuditRecord
 from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
 from fhirfus.auth.oauth import OAuthError
+from fhirfus.auth.ratelimit import CountsUnavailable
 from fhirfus.fhir.errors import FhirError, PayloadTooLarge, TooManyRequests
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.store.scope import confined_to
@@ -46,7 +48,12 @@ def token_url(request: Request) -> str:
 
 @router.post("/auth/token")
 async def token(request: Request) -> Response:
+    state = request.app.state
+    address = request.client.host if request.client else "unknown"
     try:
+        wait = await run_in_threadpool(state.token_address_limit.retry_after, address)
+        if wait:
+            raise oauth.too_many(f"too many token requests from {address}", wait)
         oauth.check_content_type(request.headers.get("content-type"))
         try:
             body = await read_body(request)
@@ -54,9 +61,12 @@ async def token(request: Request) -> Response:
             raise OAuthError("invalid_request", exc.message, 413) from exc
         token_request = oauth.token_request(oauth.parse_form(body),
                                             authorization_header="authorization" in request.headers)
-        answer = await run_in_threadpool(request.app.state.tokens.issue, token_request, token_url(request))
+        answer = await run_in_threadpool(state.tokens.issue, token_request, token_url(request))
     except OAuthError as exc:
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+    except CountsUnavailable:
+        error = OAuthError("temporarily_unavailable", "rate-limit counts are not available", 503, retry_after=5)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
@@ -70,28 +80,6 @@ def smart_configuration(request: Request) -> Response:
         "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     })
-
-
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def retry_after(self, client: str) -> int:
-        """0 when the request may proceed, else seconds to wait."""
-        if self.rate <= 0:
-            return 0
-        now = time.monotonic()
-        tokens, last = self.buckets.get(client, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return max(1, int((1 - tokens) / self.rate) + 1)
-        self.buckets[client] = (tokens - 1, now)
-        return 0
 
 
 class AuthGate:

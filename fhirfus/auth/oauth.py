@@ -4,7 +4,7 @@ Errors follow RFC 6749 §5.2 with RFC 7521 §4.2 / RFC 7523 §3.2 for client ass
 that is malformed or lacks a parameter is ``invalid_request`` (400), any problem with the client's
 authentication — its assertion, its key, the client itself — is ``invalid_client`` (401), a grant
 other than ``client_credentials`` is ``unsupported_grant_type`` and scopes the client may not have
-are ``invalid_scope`` (400).
+are ``invalid_scope`` (400). Rate limits answer 429 ``temporarily_unavailable`` with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ def invalid_request(description: str) -> OAuthError:
 
 def invalid_client(description: str) -> OAuthError:
     return OAuthError("invalid_client", description, 401)
+
+
+def too_many(description: str, retry_after: int) -> OAuthError:
+    return OAuthError("temporarily_unavailable", description, 429, retry_after)
 
 
 @dataclass(frozen=True)

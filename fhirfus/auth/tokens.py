@@ -1,7 +1,8 @@
 """SMART Backend Services: client assertions in, short-lived bearer tokens out.
 
-The token endpoint authenticates the client by its signed assertion (``client_auth``), records the
-assertion's ``jti`` (replays are refused) and issues an access token: a JWT signed by the server
+The token endpoint authenticates the client by its signed assertion (``client_auth``), applies the
+per-client token rate limit, records the assertion's ``jti`` (replays are refused) and issues an
+access token: a JWT signed by the server
 (HS256, ``FHIRFUS_TOKEN_SECRET``) carrying client, role, site and granted scopes. Verifying it
 needs no database round trip, and verified tokens are cached, so authentication costs little per
 request.
@@ -23,7 +24,8 @@ from fhirfus.auth import clients
 from fhirfus.auth.access import Access
 from fhirfus.auth.client_auth import ClientAuthenticator
 from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
-from fhirfus.auth.oauth import ASSERTION_TYPE, OAuthError, TokenRequest, invalid_client
+from fhirfus.auth.oauth import ASSERTION_TYPE, OAuthError, TokenRequest, invalid_client, too_many
+from fhirfus.auth.ratelimit import ExactLimiter
 from fhirfus.auth.scopes import narrow, parse_scopes
 from fhirfus.fhir.errors import InvalidRequest, Unauthorized
 from fhirfus.store.repository import Store
@@ -34,13 +36,14 @@ _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer realm="fhirfus", error="invalid_to
 
 
 class TokenService:
-    def __init__(self, store: Store, secret: str | None, lifetime: int = 300, *,
+    def __init__(self, store: Store, secret: str | None, lifetime: int, *, client_limit: ExactLimiter,
                  authenticator: ClientAuthenticator | None = None, now: Callable[[], float] = time.time) -> None:
         if secret is not None and len(secret) < 32:
             raise ValueError("FHIRFUS_TOKEN_SECRET must be at least 32 characters (HS256 key length)")
         self.store = store
         self.secret = secret or secrets.token_urlsafe(32)
         self.lifetime = lifetime
+        self.client_limit = client_limit
         self.authenticator = authenticator or ClientAuthenticator(store, now=now)
         self.now = now
         self._verified: OrderedDict[str, tuple[Access, float]] = OrderedDict()
@@ -49,6 +52,9 @@ class TokenService:
 
     def issue(self, request: TokenRequest, token_url: str) -> dict[str, Any]:
         client, claims = self.authenticator.authenticate(request, token_url)
+        wait = self.client_limit.retry_after(client.client_id)
+        if wait:
+            raise too_many(f"too many token requests from client '{client.client_id}'", wait)
         if not clients.use_jti(self.store, client.client_id, claims.jti, datetime.fromtimestamp(claims.expires, UTC)):
             raise invalid_client("jti was already used (replay)")
         try:
