@@ -41,9 +41,6 @@ def serve(
     elif settings.auth != "smart":
         console.print(f"[red]FHIRFUS_AUTH must be 'smart' or 'off', got {settings.auth!r}[/red]")
         raise typer.Exit(2)
-    elif not settings.token_secret and workers > 1:
-        console.print("[red]Set FHIRFUS_TOKEN_SECRET when serving with several workers[/red]")
-        raise typer.Exit(2)
     console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,

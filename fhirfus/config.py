@@ -39,8 +39,8 @@ class Settings:
     export_expire_seconds: int = 24 * 3600
     #: Longest a single SQL statement of a request may run on PostgreSQL (milliseconds, 0: no limit).
     statement_timeout_ms: int = 30_000
-    #: SMART backend services: access-token signing secret (random per process when unset: set it
-    #: when running several workers), token lifetime, browser origins allowed by CORS (none: CORS off).
+    #: SMART backend services: access-token signing secret (unset: one generated per deployment and
+    #: kept in the database), token lifetime, browser origins allowed by CORS (none: CORS off).
     token_secret: str | None = None
     token_lifetime: int = 300
     cors_origins: tuple[str, ...] = ()

@@ -53,10 +53,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(resources.router)
     app.router.on_startup.append(freeze_start_up_heap)
     if settings.auth == "smart":
-        app.router.on_startup.append(app.state.rate_limiter.start)
+        app.router.on_startup.append(lambda: _start_auth(app))
         app.router.on_shutdown.append(app.state.rate_limiter.stop)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     app.router.on_shutdown.append(app.state.audit.stop)
     return app
+
+
+def _start_auth(app: FastAPI) -> None:
+    """Before the first request: the signing secret, the rate-limit reconciler."""
+    app.state.tokens.secret  # noqa: B018 - read (or generated) now, not on the first request's event loop
+    app.state.rate_limiter.start()

@@ -2,15 +2,15 @@
 
 The token endpoint authenticates the client by its signed assertion (``client_auth``), applies the
 per-client token rate limit, records the assertion's ``jti`` (replays are refused) and issues an
-access token: a JWT signed by the server
-(HS256, ``FHIRFUS_TOKEN_SECRET``) carrying client, role, site and granted scopes. Verifying it
+access token: a JWT signed by the server (HS256, ``FHIRFUS_TOKEN_SECRET`` or the deployment's
+shared secret, see ``signing_secret``) carrying client, role, site and granted scopes. Verifying it
 needs no database round trip, and verified tokens are cached, so authentication costs little per
 request.
 """
 
 from __future__ import annotations
 
-import secrets
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -27,6 +27,7 @@ from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
 from fhirfus.auth.oauth import ASSERTION_TYPE, OAuthError, TokenRequest, invalid_client, too_many
 from fhirfus.auth.ratelimit import ExactLimiter
 from fhirfus.auth.scopes import narrow, parse_scopes
+from fhirfus.auth.signing_secret import shared_secret
 from fhirfus.fhir.errors import InvalidRequest, Unauthorized
 from fhirfus.store.repository import Store
 
@@ -41,12 +42,22 @@ class TokenService:
         if secret is not None and len(secret) < 32:
             raise ValueError("FHIRFUS_TOKEN_SECRET must be at least 32 characters (HS256 key length)")
         self.store = store
-        self.secret = secret or secrets.token_urlsafe(32)
+        self._secret = secret
+        self._secret_lock = threading.Lock()
         self.lifetime = lifetime
         self.client_limit = client_limit
         self.authenticator = authenticator or ClientAuthenticator(store, now=now)
         self.now = now
         self._verified: OrderedDict[str, tuple[Access, float]] = OrderedDict()
+
+    @property
+    def secret(self) -> str:
+        """The signing secret: configured, or the deployment's (read from the database once)."""
+        if self._secret is None:
+            with self._secret_lock:
+                if self._secret is None:
+                    self._secret = shared_secret(self.store)
+        return self._secret
 
     # --- the token endpoint ----------------------------------------------------------------
 
