@@ -52,6 +52,9 @@ class Settings:
     token_rate_limit_per_address: int = 600
     rate_limit_sync_ms: int = 500
     redis_url: str | None = None
+    #: How often each process re-reads which clients are enabled (a disabled client's access tokens
+    #: stop working within this time).
+    client_recheck_ms: int = 5000
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +80,7 @@ class Settings:
             token_rate_limit_per_address=_int_env("FHIRFUS_TOKEN_RATE_LIMIT_ADDRESS", 600),
             rate_limit_sync_ms=_int_env("FHIRFUS_RATE_LIMIT_SYNC_MS", 500),
             redis_url=os.environ.get("FHIRFUS_REDIS_URL") or None,
+            client_recheck_ms=_int_env("FHIRFUS_CLIENT_RECHECK_MS", 5000),
         )
 
 
