@@ -366,7 +366,10 @@ def clients_list(as_json: bool = typer.Option(False, "--json", help="One JSON ar
     if as_json:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("client_id", "name", "role", "site", "scope", "keys", "status", title=f"{len(rows)} clients")
+    table = Table(title=f"{len(rows)} clients")
+    table.add_column("client_id", no_wrap=True, min_width=36)  # whole: it is what gets copied
+    for header in ("name", "role", "site", "scope", "keys", "status"):
+        table.add_column(header, overflow="fold")  # narrow terminals wrap, never cut
     for row in rows:
         table.add_row(row["client_id"], row["name"], row["role"], row["site"] or "", row["scope"], _keys_text(row),
                       "enabled" if row["enabled"] else "[red]disabled[/red]")
