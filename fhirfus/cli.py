@@ -41,9 +41,6 @@ def serve(
     elif settings.auth != "smart":
         console.print(f"[red]FHIRFUS_AUTH must be 'smart' or 'off', got {settings.auth!r}[/red]")
         raise typer.Exit(2)
-    elif not settings.token_secret and workers > 1:
-        console.print("[red]Set FHIRFUS_TOKEN_SECRET when serving with several workers[/red]")
-        raise typer.Exit(2)
     console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
@@ -291,27 +288,156 @@ def export_analysis_command(
     console.print(f"analysis files written to {target}")
 
 
+def _clients_store():  # noqa: ANN202 - a fhirfus.store.repository.Store
+    """The store of a ``clients`` command: migrated, without the FHIR start-up the data commands need."""
+    from fhirfus.store.engine import make_engine
+    from fhirfus.store.repository import Store
+
+    settings = get_settings()
+    _upgrade(settings.database_url, "head")
+    return Store(make_engine(settings.database_url))
+
+
+def _read_jwks(path: Path | None) -> dict | None:
+    import orjson
+
+    if path is None:
+        return None
+    try:
+        return orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        console.print(f"[red]{path} is not JSON: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _client_command(action, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - passes through
+    """Run a registry action; its typed errors become a message and exit code 1 (unknown client) or 2."""
+    from fhirfus.fhir.errors import FhirError, NotFound
+
+    try:
+        return action(*args, **kwargs)
+    except FhirError as exc:
+        console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1 if isinstance(exc, NotFound) else 2) from exc
+
+
+def _client_fields(client) -> dict:  # noqa: ANN001 - a fhirfus.auth.clients.Client
+    keys = [{"kid": k.get("kid"), "kty": k.get("kty"), "alg": k.get("alg")} for k in (client.jwks or {}).get("keys", [])]
+    return {
+        "client_id": client.client_id, "name": client.name, "role": client.role, "site": client.site,
+        "scope": client.scope, "enabled": client.enabled,
+        "disabled_at": client.disabled_at.isoformat() if client.disabled_at else None,
+        "jwks_url": client.jwks_url, "keys": keys,
+        "created_at": client.created_at.isoformat() if client.created_at else None,
+    }
+
+
+def _keys_text(fields: dict) -> str:
+    if fields["jwks_url"]:
+        return fields["jwks_url"]
+    return ", ".join(f"{k['kid'] or '(no kid)'} {k['alg'] or k['kty']}" for k in fields["keys"])
+
+
 @clients_app.command("add")
 def clients_add(
     name: str = typer.Option(..., "--name", help="Who the client is (shown in audit events)."),
     role: str = typer.Option(..., "--role", help="site, analyst or admin."),
     scope: str = typer.Option(..., "--scope", help='Allowed SMART scopes, e.g. "system/*.cruds".'),
-    jwks: Path = typer.Option(..., "--jwks", exists=True, dir_okay=False, help="The client's public keys (JWKS)."),
+    jwks: Path = typer.Option(None, "--jwks", exists=True, dir_okay=False, help="The client's public keys (JWKS)."),
+    jwks_url: str = typer.Option(None, "--jwks-url", help="Or: where the client publishes its JWKS (https)."),
     site: str = typer.Option(None, "--site", help="The site a site client belongs to."),
 ) -> None:
     """Register a client; prints its client_id."""
-    import orjson
-
     from fhirfus.auth.clients import register
-    from fhirfus.fhir.errors import FhirError
-    settings = get_settings()
-    _upgrade(settings.database_url, "head")
-    try:
-        client = register(_store(settings.database_url), name, role, scope, orjson.loads(jwks.read_bytes()), site)
-    except FhirError as exc:
-        console.print(f"[red]{exc.message}[/red]")
-        raise typer.Exit(2) from exc
+
+    client = _client_command(register, _clients_store(), name, role, scope, _read_jwks(jwks), site, jwks_url=jwks_url)
     typer.echo(client.client_id)
+
+
+@clients_app.command("list")
+def clients_list(as_json: bool = typer.Option(False, "--json", help="One JSON array instead of a table.")) -> None:
+    """The registered clients, oldest first."""
+    import orjson
+    from rich.table import Table
+
+    from fhirfus.auth.clients import all_clients
+
+    rows = [_client_fields(c) for c in all_clients(_clients_store())]
+    if as_json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"{len(rows)} clients")
+    table.add_column("client_id", no_wrap=True, min_width=36)  # whole: it is what gets copied
+    for header in ("name", "role", "site", "scope", "keys", "status"):
+        table.add_column(header, overflow="fold")  # narrow terminals wrap, never cut
+    for row in rows:
+        table.add_row(row["client_id"], row["name"], row["role"], row["site"] or "", row["scope"], _keys_text(row),
+                      "enabled" if row["enabled"] else "[red]disabled[/red]")
+    Console().print(table)
+
+
+@clients_app.command("show")
+def clients_show(client_id: str = typer.Argument(..., help="The client's id.")) -> None:
+    """One client: role, site, scopes, keys, status."""
+    from rich.table import Table
+
+    from fhirfus.auth.clients import get
+
+    fields = _client_fields(_client_command(get, _clients_store(), client_id))
+    table = Table("field", "value", show_header=False, title=f"client {client_id}")
+    for name, value in fields.items():
+        if name == "keys":
+            value = "\n".join(f"kid {k['kid'] or '-'}  kty {k['kty']}  alg {k['alg'] or '-'}" for k in value) or None
+        table.add_row(name, "" if value is None else str(value))
+    Console().print(table)
+
+
+@clients_app.command("disable")
+def clients_disable(client_id: str = typer.Argument(..., help="The client's id.")) -> None:
+    """Refuse the client's token requests now; its live access tokens stop working within
+    FHIRFUS_CLIENT_RECHECK_MS."""
+    from fhirfus.auth.clients import set_enabled
+
+    _client_command(set_enabled, _clients_store(), client_id, False)
+    console.print(f"client {client_id} disabled")
+
+
+@clients_app.command("enable")
+def clients_enable(client_id: str = typer.Argument(..., help="The client's id.")) -> None:
+    """Accept the client's token requests again."""
+    from fhirfus.auth.clients import set_enabled
+
+    _client_command(set_enabled, _clients_store(), client_id, True)
+    console.print(f"client {client_id} enabled")
+
+
+@clients_app.command("remove")
+def clients_remove(
+    client_id: str = typer.Argument(..., help="The client's id."),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+) -> None:
+    """Delete the client (its audit events stay); as for disable, its live tokens stop working."""
+    from fhirfus.auth.clients import get, remove
+
+    store = _clients_store()
+    client = _client_command(get, store, client_id)
+    if not yes:
+        typer.confirm(f"remove client {client_id} ({client.name})?", abort=True)
+    _client_command(remove, store, client_id)
+    console.print(f"client {client_id} removed")
+
+
+@clients_app.command("keys")
+def clients_keys(
+    client_id: str = typer.Argument(..., help="The client's id."),
+    jwks: Path = typer.Option(None, "--jwks", exists=True, dir_okay=False, help="The client's new public keys (JWKS)."),
+    jwks_url: str = typer.Option(None, "--jwks-url", help="Or: where the client publishes its JWKS (https)."),
+) -> None:
+    """Replace the client's keys (rotation): assertions signed with the old keys are refused from now on."""
+    from fhirfus.auth.clients import set_keys
+
+    client = _client_command(set_keys, _clients_store(), client_id, _read_jwks(jwks), jwks_url)
+    console.print(f"client {client_id} now uses {_keys_text(_client_fields(client))}")
 
 
 def main() -> None:

@@ -37,15 +37,24 @@ class Settings:
     export_file_max_resources: int = 100_000
     export_file_max_bytes: int = 256 * 1024 * 1024
     export_expire_seconds: int = 24 * 3600
-    #: SMART backend services: access-token signing secret (random per process when unset:
-    #: set it when running several workers), token lifetime, requests per minute per client,
-    #: browser origins allowed by CORS (none: CORS off).
     #: Longest a single SQL statement of a request may run on PostgreSQL (milliseconds, 0: no limit).
     statement_timeout_ms: int = 30_000
+    #: SMART backend services: access-token signing secret (unset: one generated per deployment and
+    #: kept in the database), token lifetime, browser origins allowed by CORS (none: CORS off).
     token_secret: str | None = None
     token_lifetime: int = 300
-    rate_limit_per_minute: int = 6000
     cors_origins: tuple[str, ...] = ()
+    #: Rate limits per minute (0: none): /fhir requests per client, token requests per client and
+    #: per remote address; counted per deployment in the database, or in Redis when ``redis_url`` is
+    #: set; each process shares its /fhir counts every ``rate_limit_sync_ms``.
+    rate_limit_per_minute: int = 6000
+    token_rate_limit_per_minute: int = 60
+    token_rate_limit_per_address: int = 600
+    rate_limit_sync_ms: int = 500
+    redis_url: str | None = None
+    #: How often each process re-reads which clients are enabled (a disabled client's access tokens
+    #: stop working within this time).
+    client_recheck_ms: int = 5000
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -65,8 +74,13 @@ class Settings:
             statement_timeout_ms=_int_env("FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000),
             token_secret=os.environ.get("FHIRFUS_TOKEN_SECRET") or None,
             token_lifetime=_int_env("FHIRFUS_TOKEN_LIFETIME", 300),
-            rate_limit_per_minute=_int_env("FHIRFUS_RATE_LIMIT", 6000),
             cors_origins=tuple(o for o in os.environ.get("FHIRFUS_CORS_ORIGINS", "").split(",") if o),
+            rate_limit_per_minute=_int_env("FHIRFUS_RATE_LIMIT", 6000),
+            token_rate_limit_per_minute=_int_env("FHIRFUS_TOKEN_RATE_LIMIT", 60),
+            token_rate_limit_per_address=_int_env("FHIRFUS_TOKEN_RATE_LIMIT_ADDRESS", 600),
+            rate_limit_sync_ms=_int_env("FHIRFUS_RATE_LIMIT_SYNC_MS", 500),
+            redis_url=os.environ.get("FHIRFUS_REDIS_URL") or None,
+            client_recheck_ms=_int_env("FHIRFUS_CLIENT_RECHECK_MS", 5000),
         )
 
 

@@ -13,7 +13,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -126,6 +128,17 @@ def run_server(settings: Settings, store: Store) -> tuple[uvicorn.Server, thread
     return server, thread, port
 
 
+@contextmanager
+def serving(settings: Settings, store: Store) -> Iterator[tuple[str, Any]]:
+    """A server of one test's own: (root URL, the FastAPI app)."""
+    uv, thread, port = run_server(settings, store)
+    try:
+        yield f"http://127.0.0.1:{port}", uv.config.app
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="session")
 def server(database: Database) -> Iterator[Server]:
     """fhirfus served over HTTP on the backend of ``database``."""
@@ -166,7 +179,8 @@ class SecureServer:
 @pytest.fixture(scope="session")
 def secure_server(database: Database) -> Iterator[SecureServer]:
     settings = Settings(database_url=database.url, auth="smart", token_secret="test-secret-" + uuid.uuid4().hex,
-                        default_page_size=20, rate_limit_per_minute=100_000)
+                        default_page_size=20, rate_limit_per_minute=100_000, token_rate_limit_per_minute=100_000,
+                        token_rate_limit_per_address=100_000)
     uv, thread, port = run_server(settings, Store(database.engine))
     try:
         yield SecureServer(f"http://127.0.0.1:{port}/fhir", database, uv.config.app)

@@ -104,3 +104,28 @@ def test_migration_0009_drops_the_subset_rows_and_keeps_the_holders(fresh_databa
     migrate.upgrade(fresh_database.engine)
     with fresh_database.engine.connect() as conn:
         assert conn.execute(select(search_reference.c.param)).scalars().all() == ["subject"]
+
+
+def test_migration_0012_keeps_clients_and_leaves_url_clients_an_empty_key_set(fresh_database) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from fhirfus.auth import clients
+    from fhirfus.store.repository import Store
+    from fhirfus.store.tables import auth_clients
+
+    jwks = {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}
+    migrate.upgrade(fresh_database.engine, "0010")
+    with fresh_database.engine.begin() as conn:
+        conn.execute(insert(auth_clients).values(client_id="old", name="old", role="admin", site=None,
+                                                 scope="system/*.rs", jwks=jwks, created_at=datetime.now(UTC)))
+    migrate.upgrade(fresh_database.engine)
+    old = clients.get(Store(fresh_database.engine), "old")
+    assert old.jwks == jwks and old.jwks_url is None and old.enabled
+    by_url = clients.register(Store(fresh_database.engine), "url", "admin", "system/*.rs",
+                              jwks_url="https://keys.example/jwks.json")
+    migrate.downgrade(fresh_database.engine, "0010")
+    with fresh_database.engine.connect() as conn:
+        rows = dict(conn.execute(select(auth_clients.c.client_id, auth_clients.c.jwks)).all())
+    assert rows == {"old": jwks, by_url.client_id: {"keys": []}}

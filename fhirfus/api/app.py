@@ -8,7 +8,9 @@ from starlette.middleware.cors import CORSMiddleware
 from fhirfus import __version__
 from fhirfus.api import analysis, auth, bulk, resources, system
 from fhirfus.api.errors import install_error_handlers
+from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
+from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.config import Settings, get_settings
 from fhirfus.heap import freeze_start_up_heap
@@ -32,8 +34,14 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     load_conformance()
     app.state.settings = settings
     app.state.store = store
-    app.state.tokens = TokenService(store, settings.token_secret, settings.token_lifetime)
-    app.state.rate_limiter = auth.RateLimiter(settings.rate_limit_per_minute)
+    counts = ratelimit.shared_counts(store, settings.redis_url)
+    app.state.rate_limiter = ratelimit.ReconciledLimiter(
+        counts, "fhir", settings.rate_limit_per_minute, settings.rate_limit_sync_ms / 1000)
+    app.state.token_address_limit = ratelimit.ExactLimiter(counts, "token-address", settings.token_rate_limit_per_address)
+    app.state.client_status = ClientStatus(store, settings.client_recheck_ms / 1000)
+    app.state.tokens = TokenService(
+        store, settings.token_secret, settings.token_lifetime, status=app.state.client_status,
+        client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
     install_error_handlers(app)
     app.add_middleware(auth.AuthGate, fastapi_app=app)
@@ -46,8 +54,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(resources.router)
     app.router.on_startup.append(freeze_start_up_heap)
+    if settings.auth == "smart":
+        app.router.on_startup.append(lambda: _start_auth(app))
+        app.router.on_shutdown.append(app.state.rate_limiter.stop)
+        app.router.on_shutdown.append(app.state.client_status.stop)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     app.router.on_shutdown.append(app.state.audit.stop)
     return app
+
+
+def _start_auth(app: FastAPI) -> None:
+    """Before the first request: the signing secret, the client snapshot, the rate-limit reconciler."""
+    app.state.tokens.secret  # noqa: B018 - read (or generated) now, not on the first request's event loop
+    app.state.client_status.start()
+    app.state.rate_limiter.start()

@@ -4,28 +4,36 @@ With ``FHIRFUS_AUTH=smart`` every ``/fhir`` request except ``/fhir/metadata`` an
 configuration needs a valid bearer token (401 otherwise). The gate is a plain ASGI middleware: it
 resolves the caller once and leaves it in the request scope (``fhirfus.api.http.caller``), from
 where the routes hand it to the operations, which check scopes (403) and read the store through
-the caller's visibility (a site client's rows only). It applies a per-client rate limit (429) and
-audits every request it saw: a write's AuditEvent commits in the write's own transaction
-(``fhirfus.operations.writes``); the others are queued to the batching audit writer.
+the caller's visibility (a site client's rows only). It applies a per-client rate limit (429,
+``fhirfus.auth.ratelimit``) and audits every request it saw: a write's AuditEvent commits in the
+write's own transaction (``fhirfus.operations.writes``); the others are queued to the batching
+audit writer.
+
+The token endpoint takes a form no larger than ``max_body_bytes`` (read as it arrives, refused
+once past the limit) from a remote address within its rate limit, and answers every refusal
+with an RFC 6749 error body (``fhirfus.auth.oauth``).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fhirfus.api.http import ACCESS_KEY, base_url, fhir_response
+from fhirfus.api.http import ACCESS_KEY, base_url, fhir_response, read_body
+from fhirfus.auth import oauth
 from fhirfus.auth.audit import AuditRecord, RequestAudit
-from fhirfus.auth.tokens import ASSERTION_ALGORITHMS, OAuthError
-from fhirfus.fhir.errors import FhirError, TooManyRequests
+from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
+from fhirfus.auth.oauth import OAuthError
+from fhirfus.auth.ratelimit import CountsUnavailable
+from fhirfus.fhir.errors import FhirError, PayloadTooLarge, TooManyRequests
 from fhirfus.fhir.outcome import operation_outcome
 
 router = APIRouter()
@@ -41,12 +49,25 @@ def token_url(request: Request) -> str:
 
 @router.post("/auth/token")
 async def token(request: Request) -> Response:
-    form = {k: str(v) for k, v in (await request.form()).items()}
-    service = request.app.state.tokens
+    state = request.app.state
+    address = request.client.host if request.client else "unknown"
     try:
-        answer = service.issue(form, token_url(request))
+        wait = await run_in_threadpool(state.token_address_limit.retry_after, address)
+        if wait:
+            raise oauth.too_many(f"too many token requests from {address}", wait)
+        oauth.check_content_type(request.headers.get("content-type"))
+        try:
+            body = await read_body(request)
+        except PayloadTooLarge as exc:
+            raise OAuthError("invalid_request", exc.message, 413) from exc
+        token_request = oauth.token_request(oauth.parse_form(body),
+                                            authorization_header="authorization" in request.headers)
+        answer = await run_in_threadpool(state.tokens.issue, token_request, token_url(request))
     except OAuthError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status, headers={"Cache-Control": "no-store"})
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+    except CountsUnavailable:
+        error = OAuthError("temporarily_unavailable", "rate-limit counts are not available", 503, retry_after=5)
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
     return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
@@ -60,28 +81,6 @@ def smart_configuration(request: Request) -> Response:
         "scopes_supported": ["system/*.cruds", "system/*.rs", "system/*.read", "system/*.write"],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
     })
-
-
-class RateLimiter:
-    """A token bucket per client: ``per_minute`` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(per_minute)
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def retry_after(self, client: str) -> int:
-        """0 when the request may proceed, else seconds to wait."""
-        if self.rate <= 0:
-            return 0
-        now = time.monotonic()
-        tokens, last = self.buckets.get(client, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return max(1, int((1 - tokens) / self.rate) + 1)
-        self.buckets[client] = (tokens - 1, now)
-        return 0
 
 
 class AuthGate:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 
@@ -77,3 +79,8 @@ def _sqlite_engine(url: str, *, echo: bool) -> Engine:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def upsert_insert(conn: Connection, table: Table) -> Any:
+    """An INSERT of the connection's dialect, which has ``on_conflict_do_update``/``_do_nothing``."""
+    return (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)

@@ -281,8 +281,12 @@ auth_clients = Table(
     Column("role", String(16), nullable=False),
     Column("site", String(64), nullable=True),
     Column("scope", Text, nullable=False),
-    Column("jwks", JsonDocument, nullable=False),
+    Column("jwks", JsonDocument, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
+    #: Where the client publishes its keys instead (SMART Backend Services); fetched and cached.
+    Column("jwks_url", Text, nullable=True),
+    #: When the client was disabled (NULL: enabled): its token requests and access tokens are refused.
+    Column("disabled_at", UTCDateTime, nullable=True),
 )
 
 #: Client-assertion ``jti`` values already used (replay protection), kept until they expire.
@@ -292,4 +296,27 @@ auth_jti = Table(
     Column("jti", String(255), primary_key=True),
     Column("client_id", String(64), nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
+)
+
+#: Rate-limit counts shared by every server process of a deployment (``fhirfus.auth.ratelimit``):
+#: requests of one caller (a client id, a remote address) under one limit (``name``: ``fhir``,
+#: ``token-client``, ``token-address``) in one minute-long window (``window_start`` = seconds since
+#: the epoch // 60). Rows older than the previous window are swept.
+auth_rate_counts = Table(
+    "auth_rate_counts",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+#: Secrets generated once per deployment and shared by its processes (``fhirfus.auth.signing_secret``):
+#: the access-token signing key when ``FHIRFUS_TOKEN_SECRET`` is not set.
+auth_secrets = Table(
+    "auth_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
 )
