@@ -24,7 +24,7 @@ def test_token_from_one_instance_works_on_another_without_a_configured_secret(da
         headers = {"Authorization": f"Bearer {client.token()}"}
         assert httpx.get(second + "/fhir/Patient", params={"_count": 1}, headers=headers, timeout=30).status_code == 200
     with store.reading() as conn:
-        stored = conn.execute(select(auth_secrets.c.value)).scalars().all()
+        stored = conn.execute(select(auth_secrets.c.value).where(auth_secrets.c.name == "access-token-hs256")).scalars().all()
     assert stored == [shared_secret(store)] and len(stored[0]) >= 32
 
 

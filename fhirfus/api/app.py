@@ -14,6 +14,7 @@ from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.config import Settings, get_settings
 from fhirfus.heap import freeze_start_up_heap
+from fhirfus.operations import paging
 from fhirfus.operations.conformance import load_conformance
 from fhirfus.store.engine import make_engine
 from fhirfus.store.repository import Store
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(resources.router)
+    app.router.on_startup.append(lambda: paging.sealer(store.engine))  # before a request holds a transaction
     app.router.on_startup.append(freeze_start_up_heap)
     if settings.auth == "smart":
         app.router.on_startup.append(lambda: _start_auth(app))

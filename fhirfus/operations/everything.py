@@ -58,7 +58,7 @@ def everything_bundle(
             raise InvalidRequest(f"_since must be an instant, got '{params['_since']}'", "_since") from exc
     after = None
     if params.get("_cursor"):
-        values = decode_cursor(params["_cursor"])
+        values = decode_cursor(store.engine, params["_cursor"])
         if len(values) != 1 or not fits(values[0], int):
             raise InvalidRequest("Invalid paging cursor", "_cursor")
         after = values[0]
@@ -94,7 +94,7 @@ def everything_bundle(
     kept = [(k, v) for k, v in params.items() if k in ("_since", "_type", "_count")]
     links = [{"relation": "self", "url": page_url(path, kept)}]
     if more and rows:
-        token = encode_cursor([rows[-1].pk])
+        token = encode_cursor(store.engine, [rows[-1].pk])
         next_params = [(k, v) for k, v in kept if k != "_count"] + [("_count", str(count)), ("_cursor", token)]
         links.append({"relation": "next", "url": page_url(path, next_params)})
     bundle: dict = {"resourceType": "Bundle", "type": "searchset", "link": links}

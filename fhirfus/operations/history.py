@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
+from sqlalchemy import Engine
+
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.errors import InvalidRequest, NotFound
 from fhirfus.fhir.validation import require_known_type
@@ -27,11 +29,11 @@ def _since(params: Mapping[str, str]) -> datetime | None:
         raise InvalidRequest(f"_since must be a FHIR instant, got '{raw}'", "_since") from exc
 
 
-def _cursor(params: Mapping[str, str]) -> HistoryCursor | None:
+def _cursor(engine: Engine, params: Mapping[str, str]) -> HistoryCursor | None:
     raw = params.get("_cursor")
     if not raw:
         return None
-    values = decode_cursor(raw)
+    values = decode_cursor(engine, raw)
     try:
         moment, res_type, res_id, version = values
         if not (fits(moment, str) and fits(res_type, str) and fits(res_id, str) and fits(version, int)):
@@ -74,7 +76,7 @@ def history_bundle(
     caller.require(res_type or "*", "r" if res_id is not None else "s")
     count = page_size(params.get("_count"), default_count, max_count)
     since = _since(params)
-    after = _cursor(params)
+    after = _cursor(store.engine, params)
     with store.reading() as conn:
         if res_id is not None and repository.current(conn, caller.visibility, res_type or "", res_id) is None:
             raise NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
@@ -86,7 +88,7 @@ def history_bundle(
     links = [{"relation": "self", "url": page_url(path, {**kept, **({"_cursor": params["_cursor"]} if after else {})})}]
     if has_more and entries:
         last = entries[-1]
-        token = encode_cursor([last.last_updated.isoformat(), last.res_type, last.res_id, last.version])
+        token = encode_cursor(store.engine, [last.last_updated.isoformat(), last.res_type, last.res_id, last.version])
         links.append({"relation": "next", "url": page_url(path, {**kept, "_count": str(count), "_cursor": token})})
     return {
         "resourceType": "Bundle",

@@ -1,27 +1,63 @@
-"""Opaque keyset cursors for paging links (never OFFSET: pages must not drift while data changes)."""
+"""Opaque keyset cursors for paging links (never OFFSET: pages must not drift while data changes).
+
+A cursor holds the position of the last row shown: its sort keys and its storage key, a counter
+shared by every site. Cursors are sealed (AES-GCM) with a key of the deployment (kept in the
+database, ``fhirfus.auth.signing_secret``, so every process and host opens the others'): a client
+cannot read a position, so the gap between two of its own cursors tells nothing of what other
+sites wrote, and an edited or forged cursor is a 400.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
+import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import Engine
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from fhirfus.auth.signing_secret import shared_secret
 from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.store.repository import Store
+
+CURSOR_SECRET = "paging-cursor"
+_NONCE = 12
+_sealers: weakref.WeakKeyDictionary[Engine, AESGCM] = weakref.WeakKeyDictionary()
+_sealers_lock = threading.Lock()
 
 
-def encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+def sealer(engine: Engine) -> AESGCM:
+    """The deployment's cursor cipher, its key read from the database once per engine (the server
+    reads it at start-up, before any request holds a transaction)."""
+    found = _sealers.get(engine)
+    if found is None:
+        with _sealers_lock:
+            found = _sealers.get(engine)
+            if found is None:
+                key = hashlib.sha256(shared_secret(Store(engine), CURSOR_SECRET).encode()).digest()
+                found = _sealers[engine] = AESGCM(key)
+    return found
 
 
-def decode_cursor(token: str, param: str = "_cursor") -> list[Any]:
+def encode_cursor(engine: Engine, values: list[Any]) -> str:
+    nonce = os.urandom(_NONCE)
+    sealed = nonce + sealer(engine).encrypt(nonce, orjson.dumps(values), None)
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def decode_cursor(engine: Engine, token: str, param: str = "_cursor") -> list[Any]:
     try:
-        padded = token + "=" * (-len(token) % 4)
-        values = orjson.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, orjson.JSONDecodeError) as exc:
+        sealed = base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode())
+        values = orjson.loads(sealer(engine).decrypt(sealed[:_NONCE], sealed[_NONCE:], None))
+    except (ValueError, InvalidTag, orjson.JSONDecodeError) as exc:
         raise InvalidRequest(f"Invalid paging cursor '{token}'", param) from exc
     if not isinstance(values, list):
         raise InvalidRequest(f"Invalid paging cursor '{token}'", param)

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, FromClause, Select, and_, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Engine, FromClause, Select, and_, func, or_, select, true
 
 from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.errors import InvalidRequest
@@ -104,13 +104,13 @@ def _kind(key: SortKey) -> type:
     return type(_SENTINELS[key.param.type])
 
 
-def _position(cursor: str, kinds: list[type]) -> tuple[str, list[Any]]:
+def _position(engine: Engine, cursor: str, kinds: list[type]) -> tuple[str, list[Any]]:
     """Direction and sort-key values of a cursor, checked against the query's sort keys.
 
     A cursor is client input: one that does not fit the query (edited, or from another query)
     is a 400, not a database error.
     """
-    decoded = decode_cursor(cursor)
+    decoded = decode_cursor(engine, cursor)
     if len(decoded) != 2 or decoded[0] not in ("n", "p") or not isinstance(decoded[1], list) or len(decoded[1]) != len(kinds):
         raise InvalidRequest(f"Invalid paging cursor '{cursor}'", "_cursor")
     try:
@@ -174,7 +174,7 @@ def run_search(
     keys = [(_sort_column(r, k, types), k.descending) for k in query.sort] + [(r.c.pk, False)]
     direction, position = "n", None
     if query.cursor:
-        direction, position = _position(query.cursor, [_kind(k) for k in query.sort] + [int])
+        direction, position = _position(conn.engine, query.cursor, [_kind(k) for k in query.sort] + [int])
     forward = direction == "n"
     matched = match.subquery() if isinstance(match, Select) else None
     if matched is None:
@@ -208,9 +208,9 @@ def run_search(
     has_previous = (position is not None) if forward else more
     next_cursor = prev_cursor = None
     if rows and has_next:
-        next_cursor = encode_cursor(["n", [_encode(v) for v in _keys_of(rows[-1], len(keys))]])
+        next_cursor = encode_cursor(conn.engine, ["n", [_encode(v) for v in _keys_of(rows[-1], len(keys))]])
     if rows and has_previous:
-        prev_cursor = encode_cursor(["p", [_encode(v) for v in _keys_of(rows[0], len(keys))]])
+        prev_cursor = encode_cursor(conn.engine, ["p", [_encode(v) for v in _keys_of(rows[0], len(keys))]])
     return [Row(r.pk, r.res_type, r.res_id, r.text) for r in rows], total, next_cursor, prev_cursor
 
 
