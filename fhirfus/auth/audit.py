@@ -1,10 +1,13 @@
-"""The audit trail: an AuditEvent for every request the auth gate saw (allowed or refused).
+"""The audit trail: every request the auth gate saw (allowed or refused) in an AuditEvent.
 
-Events are queued by the request and written in batches by a writer process of their own (bulk
-inserts through the repository), so auditing adds neither a database round trip nor Python work
-to a request. They are ordinary AuditEvent resources: durable, versioned, and searchable by admin
-clients (``altid`` = client id, ``date``, ``outcome``, ``entity``, ``subtype``). Queries are kept in ``entity.query`` — inside the
-database, never in application logs.
+A write's event is stored in the write's own transaction (``RequestAudit``). The others are
+queued by the request and written in batches by a writer process of their own (bulk inserts
+through the repository), so auditing adds neither a database round trip nor Python work to a
+request; in a batch, the requests of one client, kind and outcome share one event with an
+``entity`` per request (``grouped_events``). They are ordinary AuditEvent resources: durable,
+versioned, and searchable by admin clients (``altid`` = client id, ``date``, ``outcome``,
+``entity``, ``subtype``). Queries are kept in ``entity.query`` — inside the database, never in
+application logs.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ BATCH = 500
 SHIP_EVERY = 0.1
 #: Seconds the writer process waits for more records before it writes what it has.
 COLLECT_FOR = 0.3
+#: Requests told by one AuditEvent at most (those of one client, kind and outcome in one batch).
+GROUP_MOST = 100
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,31 @@ COMMITTED = 0
 
 
 def audit_event(record: AuditRecord) -> dict:
+    """The AuditEvent of one request."""
+    return audit_event_of([record])
+
+
+def _entity(record: AuditRecord) -> dict[str, Any]:
+    parts = [p for p in record.path.removeprefix("/fhir").split("/") if p]
+    entity: dict[str, Any] = {"description": f"{record.method} {record.path}"}
+    if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
+        entity["what"] = {"reference": f"{parts[0]}/{parts[1]}"}
+    if record.query:
+        entity["query"] = base64.b64encode(record.query.encode()).decode()
+    return entity
+
+
+def _group(record: AuditRecord) -> tuple:
+    """What requests must share to be told by one AuditEvent: who, from where, what kind, the outcome."""
+    parts = [p for p in record.path.removeprefix("/fhir").split("/") if p]
+    return (record.client_id, record.role, record.site, record.address, record.method, _subtype(record.method, parts),
+            record.status)
+
+
+def audit_event_of(records: list[AuditRecord]) -> dict:
+    """One AuditEvent for requests of one ``_group``: an entity per request (what it named, its
+    query); ``recorded`` is the last one's time and ``period`` spans them all when several."""
+    record = records[-1]
     parts = [p for p in record.path.removeprefix("/fhir").split("/") if p]
     outcome = "0" if record.status < 400 else ("4" if record.status < 500 else "8")
     agent: dict[str, Any] = {
@@ -115,24 +145,35 @@ def audit_event(record: AuditRecord) -> dict:
     }
     if record.address:
         agent["network"] = {"address": record.address, "type": "2"}
-    entity: dict[str, Any] = {"description": f"{record.method} {record.path}"}
-    if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
-        entity["what"] = {"reference": f"{parts[0]}/{parts[1]}"}
-    if record.query:
-        entity["query"] = base64.b64encode(record.query.encode()).decode()
-    return {
+    event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
                  "display": "RESTful Operation"},
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": _subtype(record.method, parts)}],
         "action": ACTIONS.get(record.method, "E"),
+    }
+    if len(records) > 1:
+        event["period"] = {"start": format_instant(records[0].moment), "end": format_instant(record.moment)}
+    return {
+        **event,
         "recorded": format_instant(record.moment),
         "outcome": outcome,
         "outcomeDesc": "committed" if record.status == COMMITTED else f"HTTP {record.status}",
         "agent": [agent],
         "source": {"observer": {"display": "fhirfus"}, "site": record.site or "fhirfus"},
-        "entity": [entity],
+        "entity": [_entity(r) for r in records],
     }
+
+
+def grouped_events(batch: list[AuditRecord], most: int = GROUP_MOST) -> list[dict]:
+    """The AuditEvents of a batch of records: requests of one ``_group`` share an event (at most
+    ``most`` each), so a client reading hundreds of resources a second costs a few events, not
+    hundreds (each event is indexed for search); every request still has its entity."""
+    groups: dict[tuple, list[AuditRecord]] = {}
+    for record in batch:
+        groups.setdefault(_group(record), []).append(record)
+    return [audit_event_of(records[start:start + most])
+            for records in groups.values() for start in range(0, len(records), most)]
 
 
 class AuditWriter:
@@ -284,6 +325,7 @@ def write_audit_records(database_url: str, records: Any, acks: Any) -> None:
 def _write(store: Store, batch: list[AuditRecord]) -> None:
     try:
         with store.writing() as conn:
-            repository.create_many(conn, [NewResource("AuditEvent", str(uuid.uuid4()), audit_event(r)) for r in batch])
+            repository.create_many(conn, [NewResource("AuditEvent", str(uuid.uuid4()), event)
+                                          for event in grouped_events(batch)])
     except Exception:  # noqa: BLE001 - auditing must never take the server down; the failure is logged
         log.exception("could not write %d audit events", len(batch))
