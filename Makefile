@@ -34,12 +34,12 @@ test: install
 BULK_RESOURCES ?= 1000000
 ANALYSIS_PATIENTS ?= 10000
 bench: install
-	$(BIN)/python tools/bench.py $(BENCH_ARGS)
-	$(BIN)/python tools/bench_search.py $(BENCH_ARGS)
-	$(BIN)/python tools/bench_ingest.py $(BENCH_ARGS)
-	$(BIN)/python tools/bench_auth.py
-	$(BIN)/python -m fhirfus.export.bulk_bench --resources $(BULK_RESOURCES)
-	$(BIN)/python -m fhirfus.export.analysis_bench --patients $(ANALYSIS_PATIENTS)
+	$(BIN)/python bench/crud.py $(BENCH_ARGS)
+	$(BIN)/python bench/search.py $(BENCH_ARGS)
+	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/auth.py
+	$(BIN)/python bench/bulk_export.py --resources $(BULK_RESOURCES)
+	$(BIN)/python bench/analysis_export.py --patients $(ANALYSIS_PATIENTS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from fhirfus.config import get_settings
+from fhirfus.settings import get_settings
 
 app = typer.Typer(help="fhirfus: FHIR R4 server for MRgFUS cervical-dystonia research.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -58,8 +58,8 @@ def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
     """The store of a data command, with fhirfus's own search parameters registered (as the server
     does at start-up), so what the command writes is indexed for them too."""
     from fhirfus.heap import freeze_start_up_heap
-    from fhirfus.operations.conformance import load_conformance
-    from fhirfus.store.engine import make_engine
+    from fhirfus.domain.conformance import load_conformance
+    from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import Store
 
     load_conformance()
@@ -68,8 +68,8 @@ def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
 
 
 def _upgrade(url: str, revision: str) -> None:
-    from fhirfus.store import migrate
-    from fhirfus.store.engine import make_engine
+    from fhirfus.db import migrate
+    from fhirfus.db.engine import make_engine
 
     engine = make_engine(url)
     try:
@@ -88,8 +88,8 @@ def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) 
 @db_app.command("downgrade")
 def db_downgrade(revision: str = typer.Argument(..., help="Target revision ('base' drops everything).")) -> None:
     """Revert migrations down to REVISION."""
-    from fhirfus.store import migrate
-    from fhirfus.store.engine import make_engine
+    from fhirfus.db import migrate
+    from fhirfus.db.engine import make_engine
 
     engine = make_engine(get_settings().database_url)
     try:
@@ -102,8 +102,8 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision ('bas
 @db_app.command("current")
 def db_current() -> None:
     """Print the current schema revision."""
-    from fhirfus.store import migrate
-    from fhirfus.store.engine import make_engine
+    from fhirfus.db import migrate
+    from fhirfus.db.engine import make_engine
 
     engine = make_engine(get_settings().database_url)
     try:
@@ -120,7 +120,7 @@ def demo(
     """Generate the synthetic 3-site cohort as site files and import them (the real import path)."""
     from rich.progress import Progress
 
-    from fhirfus.operations.demo import GROUP_ID, is_empty, load_demo
+    from fhirfus.ingest.demo import GROUP_ID, is_empty, load_demo
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -145,8 +145,8 @@ def load(
     """Load Bundle JSON and NDJSON files (transaction per chunk; a rerun skips what is stored)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from fhirfus.fhir.errors import FhirError
-    from fhirfus.operations.load import count_resources, load_files
+    from fhirfus.errors import FhirError
+    from fhirfus.ingest.load import count_resources, load_files
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -170,7 +170,7 @@ def load(
 @app.command("import")
 def import_(
     files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV/TSV files (site registry, REDCap export)."),
-    mapping: str = typer.Option(..., "--mapping", "-m", help="Mapping spec in mappings/inbound (e.g. site-registry, redcap)."),
+    mapping: str = typer.Option(..., "--mapping", "-m", help="Mapping spec in fhirfus/ig/inbound (e.g. site-registry, redcap)."),
     site: str = typer.Option(..., "--site", "-s", help="Site code: patient identifiers live in …/site-patient/SITE."),
     report_path: Path = typer.Option(None, "--report", help="Where to write the bad-row report (CSV)."),
 ) -> None:
@@ -178,8 +178,8 @@ def import_(
     from rich.progress import Progress
     from rich.table import Table
 
-    from fhirfus.fhir.errors import FhirError
-    from fhirfus.operations.site_import import import_files, write_report
+    from fhirfus.errors import FhirError
+    from fhirfus.ingest.site_import import import_files, write_report
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -215,8 +215,7 @@ def reindex(res_type: str = typer.Option(None, "--type", help="Only this resourc
     """Rebuild the search index (after search-parameter definitions change)."""
     from rich.progress import Progress
 
-    from fhirfus.operations import reindex as reindexing
-
+    from fhirfus.store import reindex as reindexing
     settings = get_settings()
     _upgrade(settings.database_url, "head")
     store = _store(settings.database_url)
@@ -236,8 +235,8 @@ def export_bulk(
     """Bulk Data export of the whole server into DIR (NDJSON per type, like $export)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from fhirfus.export.bulk_local import MANIFEST, export_to_directory, local_request
-    from fhirfus.fhir.errors import FhirError
+    from fhirfus.bulk.local import MANIFEST, export_to_directory, local_request
+    from fhirfus.errors import FhirError
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -264,13 +263,13 @@ def export_analysis_command(
     out: Path = typer.Option(..., "--out", file_okay=False, help="Directory for the analysis files."),
     group: str = typer.Option(None, "--group", help="Cohort Group id (default: every patient)."),
     fmt: str = typer.Option("csv", "--format", help="csv or parquet."),
-    policy: str = typer.Option(None, "--policy", help="De-identification policy in mappings/policies (default: safe-harbor)."),
+    policy: str = typer.Option(None, "--policy", help="De-identification policy in fhirfus/ig/policies (default: safe-harbor)."),
 ) -> None:
     """De-identified analysis dataset, data dictionary, statistics.json and report.html of a cohort."""
     from rich.progress import Progress
 
-    from fhirfus.export.analysis import export_analysis
-    from fhirfus.fhir.errors import FhirError
+    from fhirfus.analysis.export import export_analysis
+    from fhirfus.errors import FhirError
 
     settings = get_settings()
     _upgrade(settings.database_url, "head")
@@ -290,7 +289,7 @@ def export_analysis_command(
 
 def _clients_store():  # noqa: ANN202 - a fhirfus.store.repository.Store
     """The store of a ``clients`` command: migrated, without the FHIR start-up the data commands need."""
-    from fhirfus.store.engine import make_engine
+    from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import Store
 
     settings = get_settings()
@@ -312,7 +311,7 @@ def _read_jwks(path: Path | None) -> dict | None:
 
 def _client_command(action, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - passes through
     """Run a registry action; its typed errors become a message and exit code 1 (unknown client) or 2."""
-    from fhirfus.fhir.errors import FhirError, NotFound
+    from fhirfus.errors import FhirError, NotFound
 
     try:
         return action(*args, **kwargs)

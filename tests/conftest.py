@@ -24,11 +24,11 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from fhirfus.api.app import create_app
-from fhirfus.config import Settings
-from fhirfus.store import migrate
-from fhirfus.store.engine import make_engine
+from fhirfus.settings import Settings
+from fhirfus.db import migrate
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resource_history, resources
+from fhirfus.db.tables import resource_history, resources
 
 POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 BACKENDS = ("sqlite", "postgresql")

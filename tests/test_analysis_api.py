@@ -15,10 +15,10 @@ import orjson
 import pytest
 from auth_helpers import make_client
 
-from fhirfus.export.analysis_jobs import AnalysisJobs, JobState
-from fhirfus.export.analysis_synth import cohort_rows, write_site_file
-from fhirfus.operations.site_import import import_files
-from fhirfus.store.engine import make_engine
+from fhirfus.analysis.jobs import AnalysisJobs, JobState
+from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
+from fhirfus.ingest.site_import import import_files
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
 
 KEY = "api-test-key-0123456789abcdef"

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select
 
-from fhirfus.export.analysis import run_analysis
-from fhirfus.export.analysis_synth import cohort_rows, write_site_file
-from fhirfus.export.analysis_views import analysis_views
-from fhirfus.export.deid import (
+from fhirfus.ig import folder
+from fhirfus.analysis.export import run_analysis
+from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
+from fhirfus.analysis.views import analysis_views
+from fhirfus.analysis.deid.policy import (
     DeidentificationUnavailable,
     PolicyError,
     ViewColumn,
@@ -34,12 +35,12 @@ from fhirfus.export.deid import (
     namespace_for,
     zip3,
 )
-from fhirfus.operations.conformance import load_conformance
-from fhirfus.operations.site_import import import_files
-from fhirfus.store import migrate
-from fhirfus.store.engine import make_engine
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.ingest.site_import import import_files
+from fhirfus.db import migrate
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import deid_crosswalk, resources
+from fhirfus.db.tables import deid_crosswalk, resources
 
 KEY_A = "key-a-0123456789abcdefghijkl"
 KEY_B = "key-b-0123456789abcdefghijkl"
@@ -262,7 +263,7 @@ def _k_from_site_file(rows: list[dict[str, str]]) -> int:
 def test_dictionary_names_the_policy_and_its_file_hash(exports: dict[str, Path]) -> None:
     rows = list(csv.DictReader((exports["a"] / "dictionary.csv").open()))
     values = {r["column"]: r["value"] for r in rows if r["file"] == "export"}
-    policy_file = Path(__file__).resolve().parents[1] / "mappings" / "policies" / "safe-harbor.yaml"
+    policy_file = folder("policies") / "safe-harbor.yaml"
     assert values["policy"] == "safe-harbor"
     assert values["policy_sha256"] == hashlib.sha256(policy_file.read_bytes()).hexdigest()
     described = {(r["file"], r["column"]) for r in rows}

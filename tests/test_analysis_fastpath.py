@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from fhirfus.export.analysis_fastpath import compile_fast
-from fhirfus.export.analysis_views import VIEW_DIR, analysis_views
-from fhirfus.export.viewdef import (
+from fhirfus.sqlonfhir.fastpath import compile_fast
+from fhirfus.analysis.views import VIEW_DIR, analysis_views
+from fhirfus.sqlonfhir.runner import (
     ViewDefinitionError,
     ViewEvaluationError,
     compile_view,

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fhirfus.export.analysis import run_analysis
-from fhirfus.export.analysis_synth import cohort_rows, write_site_file
-from fhirfus.operations.conformance import load_conformance
-from fhirfus.operations.site_import import import_files
-from fhirfus.store import migrate
-from fhirfus.store.engine import make_engine
+from fhirfus.analysis.export import run_analysis
+from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.ingest.site_import import import_files
+from fhirfus.db import migrate
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
 
 KEY = "statistics-test-key-0123456789"

@@ -1,7 +1,7 @@
 """Attack pass on site confinement: each test here demonstrated one finding and failed until it was fixed.
 
 The timing finding (a confined search reads every site's matching index rows before the site
-filter, so its time grows with another site's matches) is measured by ``tools/bench_auth.py``
+filter, so its time grows with another site's matches) is measured by ``bench/auth.py``
 rather than asserted here: benchmarks are not timed tests.
 
 Attacker: a site-A client (``system/*.cruds``), a narrow ``system/Observation.rs`` client of site A,
@@ -30,10 +30,10 @@ from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, insert
 
 from auth_helpers import make_client
 from conftest import run_server
-from fhirfus.config import Settings
-from fhirfus.store import migrate
+from fhirfus.settings import Settings
+from fhirfus.db import migrate
 from fhirfus.store.repository import Store
-from fhirfus.store.types import JsonDocument, UTCDateTime
+from fhirfus.db.types import JsonDocument, UTCDateTime
 from test_site_isolation import SITE, World
 
 ASYNC = {"Prefer": "respond-async"}

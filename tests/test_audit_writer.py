@@ -9,9 +9,9 @@ from sqlalchemy import select
 
 from conftest import Database
 from fhirfus.auth.audit import AuditRecord, AuditWriter
-from fhirfus.store import migrate
+from fhirfus.db import migrate
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import resources
+from fhirfus.db.tables import resources
 
 
 def _record(marker: str) -> AuditRecord:

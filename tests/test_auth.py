@@ -220,7 +220,7 @@ def test_every_attempt_leaves_an_audit_event(sites, secure_server) -> None:
 def test_rate_limit_answers_429_with_retry_after(database) -> None:
     from conftest import run_server
 
-    from fhirfus.config import Settings
+    from fhirfus.settings import Settings
 
     settings = Settings(database_url=database.url, auth="smart", token_secret="rate-limit-test-secret-0123456789abcdef", rate_limit_per_minute=3)
     uv, thread, port = run_server(settings, Store(database.engine))

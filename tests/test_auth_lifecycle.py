@@ -27,7 +27,7 @@ from fhirfus.auth.jwks_remote import (
     fetch_jwks,
 )
 from fhirfus.cli import app as cli_app
-from fhirfus.config import Settings, get_settings
+from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
 
 

@@ -14,9 +14,9 @@ from sqlalchemy import func, select
 from auth_helpers import make_client
 from conftest import serving
 from fhirfus.auth.ratelimit import DatabaseCounts, ExactLimiter, ReconciledLimiter, RedisCounts, SharedCounts
-from fhirfus.config import Settings
+from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import auth_rate_counts
+from fhirfus.db.tables import auth_rate_counts
 
 REDIS_URL = os.environ.get("FHIRFUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -10,10 +10,10 @@ from sqlalchemy import select
 from auth_helpers import make_client
 from conftest import serving
 from fhirfus.auth.signing_secret import shared_secret
-from fhirfus.config import Settings
-from fhirfus.store import migrate
+from fhirfus.settings import Settings
+from fhirfus.db import migrate
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import auth_secrets
+from fhirfus.db.tables import auth_secrets
 
 
 def test_token_from_one_instance_works_on_another_without_a_configured_secret(database) -> None:

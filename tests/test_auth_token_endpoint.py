@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from auth_helpers import ASSERTION_TYPE, DROP, TestClient, b64url, jws, make_client, new_key, public_jwk
 from conftest import serving
 from fhirfus.auth.clients import register
-from fhirfus.config import Settings
-from fhirfus.store import migrate
+from fhirfus.settings import Settings
+from fhirfus.db import migrate
 from fhirfus.store.repository import Store
 
 FORM = "send the parameters as an application/x-www-form-urlencoded form"

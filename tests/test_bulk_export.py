@@ -22,13 +22,14 @@ from sqlalchemy import delete, insert
 from typer.testing import CliRunner
 
 from fhirfus import cli
-from fhirfus.config import Settings, get_settings
-from fhirfus.export import bulk_jobs, bulk_worker
-from fhirfus.export.bulk_params import ExportRequest
-from fhirfus.export.bulk_run import ExportLimits, run_export
-from fhirfus.export.bulk_worker import ExportWorker
+from fhirfus.settings import Settings, get_settings
+from fhirfus.bulk import jobs as bulk_jobs
+from fhirfus.bulk import worker as bulk_worker
+from fhirfus.bulk.params import ExportRequest
+from fhirfus.bulk.run import ExportLimits, run_export
+from fhirfus.bulk.worker import ExportWorker
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import export_jobs
+from fhirfus.db.tables import export_jobs
 from tests.conftest import Database, run_server
 
 KICK_OFF = {"Prefer": "respond-async", "Accept": "application/fhir+json"}

@@ -1,6 +1,6 @@
 """A bulk create writes the same rows as one create at a time.
 
-On PostgreSQL the two take different roads (``fhirfus.store.rows``): a single create goes in one
+On PostgreSQL the two take different roads (``fhirfus.db.rows``): a single create goes in one
 pipelined round trip of INSERTs, a bulk create by ``COPY`` (binary for tables with timestamps,
 text for the others). Values at the edges of what each road must carry (open Period ends, the
 first and last days of time, fractional seconds with zones, decimals, accents) must come back
@@ -14,9 +14,9 @@ import uuid
 from sqlalchemy import select
 
 from fhirfus.store import repository
-from fhirfus.store.migrate import upgrade
+from fhirfus.db.migrate import upgrade
 from fhirfus.store.repository import NewResource, Store
-from fhirfus.store.tables import INDEX_TABLES, resource_history, resources
+from fhirfus.db.tables import INDEX_TABLES, resource_history, resources
 
 EDGES = [
     {"resourceType": "Patient", "birthDate": "0001-01-01", "name": [{"family": "Müller-Łukasz", "given": ["Zoë"]}]},
@@ -51,7 +51,7 @@ def _rows(store: Store, res_ids: list[str]) -> dict[str, list[tuple]]:
 def test_a_bulk_create_writes_the_rows_of_single_creates(fresh_database) -> None:
     upgrade(fresh_database.engine)
     store = Store(fresh_database.engine)
-    copies = 12  # enough rows per table for COPY (fhirfus.store.rows.COPY_FROM, KEYED_COPY_FROM)
+    copies = 12  # enough rows per table for COPY (fhirfus.db.rows.COPY_FROM, KEYED_COPY_FROM)
     singles = [(f"s{n}-{uuid.uuid4().hex[:6]}", r) for n, r in enumerate(EDGES * copies)]
     bulk = [(f"b{n}-{uuid.uuid4().hex[:6]}", r) for n, r in enumerate(EDGES * copies)]
     for res_id, resource in singles:

@@ -113,8 +113,8 @@ def test_statement_over_the_time_limit_is_503_not_500(database) -> None:
         _pytest.skip("the statement time limit is a PostgreSQL setting")
     from conftest import run_server
 
-    from fhirfus.config import Settings
-    from fhirfus.store.engine import make_engine
+    from fhirfus.settings import Settings
+    from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import Store
 
     import uuid as _uuid

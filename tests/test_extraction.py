@@ -1,4 +1,4 @@
-"""Specification of search index extraction (fhirfus.fhir.extraction) and its parameter tables."""
+"""Specification of search index extraction (fhirfus.search.extraction) and its parameter tables."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from fhirpathpy.models import models
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
-from fhirfus.fhir.extraction import (
+from fhirfus.search.extraction import (
     CompositeValue,
     DateValue,
     IndexValues,
@@ -29,7 +29,7 @@ from fhirfus.fhir.extraction import (
     normalize_string,
     uses_fast_path,
 )
-from fhirfus.fhir.searchparams import (
+from fhirfus.search.registry import (
     SearchParam,
     add_custom_param,
     params_for,

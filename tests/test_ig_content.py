@@ -1,4 +1,4 @@
-"""The implementation-guide content under mappings/ is valid FHIR and keeps the contracts of domain.md."""
+"""The implementation-guide content under fhirfus/ig/ is valid FHIR and keeps the contracts of domain.md."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from fhirfus.fhir.validation import resource_issues
+from fhirfus.ig import IG_DIR
 
-MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+MAPPINGS = IG_DIR
 FOLDERS = ("questionnaires", "terminology", "profiles", "searchparameters")
 IG_FILES = sorted(path for folder in FOLDERS for path in (MAPPINGS / folder).glob("*.json"))
 BASE = "https://fhirfus.org/fhir"

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from sqlalchemy import func, select
 
-from fhirfus.store.tables import load_journal
+from fhirfus.db.tables import load_journal
 
 FHIRFUS = [sys.executable, "-m", "fhirfus.cli"]
 

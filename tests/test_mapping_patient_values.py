@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from fhirfus.domain.demo_cohort import SITES, patient_rows
-from fhirfus.mapping.engine import map_rows
-from fhirfus.mapping.spec import load_spec
+from fhirfus.ingest.mapping.engine import map_rows
+from fhirfus.ingest.mapping.spec import load_spec
 
 
 def rows_of_one_patient() -> list[dict[str, str]]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import inspect
 
-from fhirfus.store import migrate
-from fhirfus.store.tables import metadata
+from fhirfus.db import migrate
+from fhirfus.db.migrate import MIGRATIONS_DIR
+from fhirfus.db.tables import metadata
 
 
 def test_upgrade_creates_every_table(fresh_database) -> None:
@@ -31,7 +32,7 @@ def test_upgrade_after_downgrade_round_trips(fresh_database) -> None:
 
 
 def test_schema_matches_table_definitions(fresh_database) -> None:
-    """Migrations and ``fhirfus.store.tables`` describe the same columns."""
+    """Migrations and ``fhirfus.db.tables`` describe the same columns."""
     migrate.upgrade(fresh_database.engine)
     inspector = inspect(fresh_database.engine)
     for name, table in metadata.tables.items():
@@ -39,7 +40,7 @@ def test_schema_matches_table_definitions(fresh_database) -> None:
 
 
 def test_indexes_match_table_definitions(fresh_database) -> None:
-    """Migrations create the B-trees ``fhirfus.store.tables`` declares, column for column."""
+    """Migrations create the B-trees ``fhirfus.db.tables`` declares, column for column."""
     migrate.upgrade(fresh_database.engine)
     inspector = inspect(fresh_database.engine)
     for name, table in metadata.tables.items():
@@ -50,9 +51,8 @@ def test_indexes_match_table_definitions(fresh_database) -> None:
 
 def _migration(name: str):  # noqa: ANN202 - a module
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "migrations" / "versions" / f"{name}.py"
+    path = MIGRATIONS_DIR / "versions" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"migration_{name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -61,8 +61,8 @@ def _migration(name: str):  # noqa: ANN202 - a module
 
 
 def test_migration_0008_lists_every_parameter_whose_rows_are_all_shared() -> None:
-    from fhirfus.fhir.searchparams import _layout, params_for, resource_types
-    from fhirfus.store.search_compiler import TABLE_OF
+    from fhirfus.search.registry import _layout, params_for, resource_types
+    from fhirfus.search.compiler import TABLE_OF
 
     shared = {
         (TABLE_OF[params_for(t)[code].type].name, t, code)
@@ -74,7 +74,7 @@ def test_migration_0008_lists_every_parameter_whose_rows_are_all_shared() -> Non
 def test_migration_0008_drops_the_shared_rows_and_keeps_the_rest(fresh_database) -> None:
     from sqlalchemy import insert, select
 
-    from fhirfus.store.tables import search_token
+    from fhirfus.db.tables import search_token
 
     migrate.upgrade(fresh_database.engine, "0007")
     row = {"resource_pk": 1, "res_type": "Observation", "system": "s", "code": "c", "text": None}
@@ -86,7 +86,7 @@ def test_migration_0008_drops_the_shared_rows_and_keeps_the_rest(fresh_database)
 
 
 def test_migration_0009_lists_every_reference_parameter_stored_as_another_ones_rows() -> None:
-    from fhirfus.fhir.searchparams import _layout, resource_types
+    from fhirfus.search.registry import _layout, resource_types
 
     subsets = {(t, code) for t in resource_types() for code in _layout(t).reference_subsets}
     assert set(_migration("0009_reference_subset_rows").REDUNDANT) == subsets
@@ -95,7 +95,7 @@ def test_migration_0009_lists_every_reference_parameter_stored_as_another_ones_r
 def test_migration_0009_drops_the_subset_rows_and_keeps_the_holders(fresh_database) -> None:
     from sqlalchemy import insert, select
 
-    from fhirfus.store.tables import search_reference
+    from fhirfus.db.tables import search_reference
 
     migrate.upgrade(fresh_database.engine, "0008")
     row = {"resource_pk": 1, "res_type": "Observation", "target_type": "Patient", "target_id": "p", "url": "Patient/p"}
@@ -113,7 +113,7 @@ def test_migration_0012_keeps_clients_and_leaves_url_clients_an_empty_key_set(fr
 
     from fhirfus.auth import clients
     from fhirfus.store.repository import Store
-    from fhirfus.store.tables import auth_clients
+    from fhirfus.db.tables import auth_clients
 
     jwks = {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}
     migrate.upgrade(fresh_database.engine, "0010")

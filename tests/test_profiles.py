@@ -14,9 +14,9 @@ import pytest
 from test_twstrs_scoring import ANSWERS, nested
 
 from fhirfus.domain import profiles, rules, twstrs
-from fhirfus.fhir.errors import BusinessRuleViolation, Issue
-from fhirfus.mapping.engine import map_rows
-from fhirfus.mapping.spec import load_spec
+from fhirfus.errors import BusinessRuleViolation, Issue
+from fhirfus.ingest.mapping.engine import map_rows
+from fhirfus.ingest.mapping.spec import load_spec
 
 BASE = profiles.BASE
 PROCEDURE = f"{BASE}mrgfus-procedure"

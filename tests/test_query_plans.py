@@ -15,14 +15,15 @@ import pytest
 from sqlalchemy import Engine, select
 
 from conftest import database_url_for
-from fhirfus.operations.search import match_condition
+from fhirfus.interactions.search import match_condition
 from fhirfus.search.query import parse_query
-from fhirfus.store import migrate, repository
-from fhirfus.store.engine import make_engine
+from fhirfus.store import repository
+from fhirfus.db import migrate
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import NewResource, Store
-from fhirfus.store.search_compiler import Compiler
-from fhirfus.store.tables import search_reference
-from fhirfus.store.visibility import EVERYTHING, SITE_SYSTEM, Visibility
+from fhirfus.search.compiler import Compiler
+from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import EVERYTHING, SITE_SYSTEM, Visibility
 
 FOREIGN = "https://ehr.example.org/fhir"
 CANONICAL = "https://example.org/fhir/Questionnaire/q"

@@ -1,4 +1,4 @@
-"""REDCap longitudinal exports through ``mappings/inbound/redcap.yaml``, on both databases, over HTTP.
+"""REDCap longitudinal exports through ``fhirfus/ig/inbound/redcap.yaml``, on both databases, over HTTP.
 
 The export is generated here in REDCap's raw layout (one row per record and event, coded radio
 values, checkbox columns ``fus_ae___N``, demographics on the baseline row only, form-status columns
@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 
 from fhirfus.domain import profiles, twstrs
-from fhirfus.mapping.engine import map_rows
-from fhirfus.mapping.spec import load_spec
+from fhirfus.ingest.mapping.engine import map_rows
+from fhirfus.ingest.mapping.spec import load_spec
 
 TWSTRS = "https://fhirfus.org/fhir/CodeSystem/twstrs"
 TARGET = "https://fhirfus.org/fhir/CodeSystem/mrgfus-target"

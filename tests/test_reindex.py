@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 
 
-from fhirfus.operations.reindex import reindex
+from fhirfus.store.reindex import reindex
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import search_string
+from fhirfus.db.tables import search_string
 
 
 

@@ -1,5 +1,5 @@
 """Token ``:in`` / ``:not-in``: membership in a value set known to the server (fhirfus's own
-terminology from ``mappings/terminology``, or an R4 required-binding value set)."""
+terminology from ``fhirfus/ig/terminology``, or an R4 required-binding value set)."""
 
 from __future__ import annotations
 

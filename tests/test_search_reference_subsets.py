@@ -10,7 +10,7 @@ from rest_helpers import create
 from rest_helpers import entry_ids as ids
 from sqlalchemy import select
 
-from fhirfus.store.tables import resources, search_reference
+from fhirfus.db.tables import resources, search_reference
 
 
 def put(client: httpx.Client, resource: dict) -> str:
@@ -106,8 +106,8 @@ def test_a_custom_parameter_replacing_a_holder_asks_for_a_reindex(tmp_path, capl
     import json
     import logging
 
-    from fhirfus.fhir.searchparams import remove_custom_param, shares_rows
-    from fhirfus.operations.conformance import load_search_parameters
+    from fhirfus.search.registry import remove_custom_param, shares_rows
+    from fhirfus.domain.conformance import load_search_parameters
 
     assert shares_rows("Observation", "subject") and shares_rows("Observation", "patient")
     assert not shares_rows("Observation", "status")

@@ -280,8 +280,8 @@ def test_a_site_client_without_a_site_sees_nothing() -> None:
     """Confinement fails closed: a site caller naming no site (a bad token or registry row) sees no row."""
     from fhirfus.auth.access import Access
     from fhirfus.auth.scopes import Grant
-    from fhirfus.fhir.errors import Forbidden
-    from fhirfus.store.visibility import EVERYTHING
+    from fhirfus.errors import Forbidden
+    from fhirfus.db.visibility import EVERYTHING
 
     for site in (None, ""):
         caller = Access("c", "site", site, (Grant("*", "cruds"),))

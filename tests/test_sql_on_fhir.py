@@ -1,4 +1,4 @@
-"""The official SQL on FHIR v2 conformance suite against fhirfus.export.viewdef.
+"""The official SQL on FHIR v2 conformance suite against fhirfus.sqlonfhir.runner.
 
 One pytest case per suite test (id ``<file stem>/<title>``).  Each case records its outcome
 before asserting, and at the end of the session a report in the suite's ``test_report``
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fhirfus.export.viewdef import (
+from fhirfus.sqlonfhir.runner import (
     ViewDefinitionError,
     ViewEvaluationError,
     run_view,

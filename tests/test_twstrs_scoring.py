@@ -19,7 +19,7 @@ import fhirpathpy
 import pytest
 from fhirpathpy.models import models
 
-from fhirfus.domain.content import by_canonical
+from fhirfus.ig import by_canonical
 from fhirfus.domain.twstrs import (
     TWSTRS_URL,
     is_twstrs_response,
@@ -27,7 +27,7 @@ from fhirfus.domain.twstrs import (
     score_response,
     validate_response,
 )
-from fhirfus.fhir.errors import BusinessRuleViolation
+from fhirfus.errors import BusinessRuleViolation
 from fhirfus.fhir.validation import resource_issues
 
 CD_SUBTYPE = "https://fhirfus.org/fhir/CodeSystem/cd-subtype"

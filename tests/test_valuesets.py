@@ -98,9 +98,9 @@ def test_a_pinned_code_system_version_that_is_not_known_is_refused() -> None:
 def test_a_value_set_of_more_codes_than_bind_parameters_compiles_and_runs(fresh_database) -> None:
     from sqlalchemy import insert, select
 
-    from fhirfus.store import migrate
-    from fhirfus.store.search_compiler import valueset_condition
-    from fhirfus.store.tables import search_token
+    from fhirfus.db import migrate
+    from fhirfus.search.compiler import valueset_condition
+    from fhirfus.db.tables import search_token
 
     migrate.upgrade(fresh_database.engine)
     codes = [{"code": f"c{n}"} for n in range(70_000)]  # PostgreSQL binds at most 65,535 parameters
@@ -118,9 +118,9 @@ def test_a_value_set_of_more_codes_than_bind_parameters_compiles_and_runs(fresh_
 def test_two_large_code_lists_in_one_value_set_keep_their_own_codes(fresh_database) -> None:
     from sqlalchemy import insert, select
 
-    from fhirfus.store import migrate
-    from fhirfus.store.search_compiler import valueset_condition
-    from fhirfus.store.tables import search_token
+    from fhirfus.db import migrate
+    from fhirfus.search.compiler import valueset_condition
+    from fhirfus.db.tables import search_token
 
     migrate.upgrade(fresh_database.engine)
     big = {"resourceType": "ValueSet", "url": "urn:two", "compose": {"include": [

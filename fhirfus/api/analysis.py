@@ -2,7 +2,7 @@
 
 - ``GET /fhir/Group/{id}/$analysis-export`` (``Group/_all/...`` or ``GET /fhir/$analysis-export``:
   every patient) with ``Prefer: respond-async``; parameters ``_outputFormat`` (csv | parquet)
-  and ``policy`` (a file of ``mappings/policies``). Everything that would make the job fail for
+  and ``policy`` (a file of ``fhirfus/ig/policies``). Everything that would make the job fail for
   certain (unknown policy or group, no ``FHIRFUS_DEID_KEY``, bad format) is answered at once
   with an OperationOutcome; otherwise 202 with ``Content-Location`` = the status URL.
 - ``GET /fhir/_analysis/{job}``: 202 with ``X-Progress`` while running, 200 with the manifest
@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
 from fhirfus.api.http import base_url, caller, fhir_response
-from fhirfus.export.analysis_jobs import AnalysisJobs, JobState
-from fhirfus.export.analysis_source import ALL_PATIENTS, resolve_cohort
-from fhirfus.fhir.errors import InvalidRequest, Issue, NotFound
+from fhirfus.analysis.jobs import AnalysisJobs, JobState
+from fhirfus.analysis.source import ALL_PATIENTS, resolve_cohort
+from fhirfus.errors import InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import information, operation_outcome
 
 router = APIRouter(prefix="/fhir")
@@ -140,7 +140,7 @@ async def _kick_off(request: Request, group_id: str) -> Response:
     if unknown:
         raise InvalidRequest(f"Unknown parameter(s) {', '.join(unknown)}; supported: {', '.join(sorted(PARAMETERS))}",
                              unknown[0])
-    from fhirfus.export.analysis import output_format, prepare  # pandas & co. load on first use, not at start-up
+    from fhirfus.analysis.export import output_format, prepare  # pandas & co. load on first use, not at start-up
 
     fmt = output_format(params.get("_outputFormat"))
     policy = params.get("policy") or None

@@ -12,11 +12,11 @@ from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
-from fhirfus.config import Settings, get_settings
+from fhirfus.settings import Settings, get_settings
 from fhirfus.heap import freeze_start_up_heap
-from fhirfus.operations import paging
-from fhirfus.operations.conformance import load_conformance
-from fhirfus.store.engine import make_engine
+from fhirfus.interactions import paging
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
 
 

@@ -6,7 +6,7 @@ resolves the caller once and leaves it in the request scope (``fhirfus.api.http.
 where the routes hand it to the operations, which check scopes (403) and read the store through
 the caller's visibility (a site client's rows only). It applies a per-client rate limit (429,
 ``fhirfus.auth.ratelimit``) and audits every request it saw: a write's AuditEvent commits in the
-write's own transaction (``fhirfus.operations.writes``); the others are queued to the batching
+write's own transaction (``fhirfus.interactions.writes``); the others are queued to the batching
 audit writer.
 
 The token endpoint takes a form no larger than ``max_body_bytes`` (read as it arrives, refused
@@ -33,7 +33,7 @@ from fhirfus.auth.audit import AuditRecord, RequestAudit
 from fhirfus.auth.jwks import ALGORITHMS as ASSERTION_ALGORITHMS
 from fhirfus.auth.oauth import OAuthError
 from fhirfus.auth.ratelimit import CountsUnavailable
-from fhirfus.fhir.errors import FhirError, PayloadTooLarge, TooManyRequests
+from fhirfus.errors import FhirError, PayloadTooLarge, TooManyRequests
 from fhirfus.fhir.outcome import operation_outcome
 
 router = APIRouter()

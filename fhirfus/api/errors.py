@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirfus.api.negotiation import safe_rendering_for
-from fhirfus.fhir.errors import FhirError, Issue
+from fhirfus.errors import FhirError, Issue
 from fhirfus.fhir.outcome import operation_outcome
 
 log = logging.getLogger("fhirfus.api")

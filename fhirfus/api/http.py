@@ -11,10 +11,10 @@ from starlette.responses import Response
 
 from fhirfus.api.negotiation import Rendering, rendering_for, require_json_body
 from fhirfus.auth.access import DEVELOPMENT, Access
-from fhirfus.fhir.errors import InvalidRequest, PayloadTooLarge, Unauthorized
+from fhirfus.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
-from fhirfus.operations.preconditions import etag
+from fhirfus.interactions.preconditions import etag
 from fhirfus.store.repository import Stored
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import orjson
 from starlette.requests import Request
 
-from fhirfus.fhir.errors import NotAcceptable, UnsupportedMediaType
+from fhirfus.errors import NotAcceptable, UnsupportedMediaType
 
 FHIR_JSON = "application/fhir+json"
 JSON = "application/json"

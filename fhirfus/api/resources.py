@@ -11,11 +11,15 @@ from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body,
 from fhirfus.api.negotiation import rendering_for, require_json_body
 from urllib.parse import urlencode
 
-from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
-from fhirfus.operations import crud, everything, extract, history, search
-from fhirfus.operations.preconditions import parse_version_tag
+from fhirfus.interactions import crud
+from fhirfus.operations import everything
+from fhirfus.operations import extract
+from fhirfus.interactions import history
+from fhirfus.interactions import search
+from fhirfus.interactions.preconditions import parse_version_tag
 
 router = APIRouter(prefix="/fhir")
 

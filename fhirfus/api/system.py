@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search
-from fhirfus.operations import bundles, history
-from fhirfus.operations.capabilities import capability_statement
+from fhirfus.interactions import bundles
+from fhirfus.interactions import history
+from fhirfus.interactions.capabilities import capability_statement
 
 router = APIRouter(prefix="/fhir")
 

@@ -14,8 +14,8 @@ from typing import Protocol
 from sqlalchemy import Connection
 
 from fhirfus.auth.scopes import Grant
-from fhirfus.fhir.errors import Forbidden
-from fhirfus.store.visibility import EVERYTHING, NOWHERE, Visibility, site_label, with_site_label
+from fhirfus.errors import Forbidden
+from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, site_label, with_site_label
 
 ROLES = ("site", "analyst", "admin")
 _VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}

@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
 from fhirfus.store import repository
-from fhirfus.store.engine import make_engine
+from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import NewResource, Store, format_instant
 
 log = logging.getLogger("fhirfus.audit")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import auth_clients
+from fhirfus.db.tables import auth_clients
 
 log = logging.getLogger("fhirfus.auth")
 

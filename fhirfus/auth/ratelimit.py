@@ -32,9 +32,9 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from fhirfus.store.engine import upsert_insert
+from fhirfus.db.engine import upsert_insert
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import auth_rate_counts
+from fhirfus.db.tables import auth_rate_counts
 
 log = logging.getLogger("fhirfus.ratelimit")
 WINDOW = 60

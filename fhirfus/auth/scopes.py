@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.errors import InvalidRequest
 
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perms>\*|read|write|c?r?u?d?s?)$")

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
-from fhirfus.store.engine import upsert_insert
+from fhirfus.db.engine import upsert_insert
 from fhirfus.store.repository import Store
-from fhirfus.store.tables import auth_secrets
+from fhirfus.db.tables import auth_secrets
 
 ACCESS_TOKEN_SECRET = "access-token-hs256"
 

@@ -30,7 +30,7 @@ from fhirfus.auth.oauth import ASSERTION_TYPE, OAuthError, TokenRequest, invalid
 from fhirfus.auth.ratelimit import ExactLimiter
 from fhirfus.auth.scopes import narrow, parse_scopes
 from fhirfus.auth.signing_secret import shared_secret
-from fhirfus.fhir.errors import InvalidRequest, Unauthorized
+from fhirfus.errors import InvalidRequest, Unauthorized
 from fhirfus.store.repository import Store
 
 __all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "OAuthError", "TokenService"]

@@ -1,5 +1,4 @@
-"""Clinical domain rules beyond the base FHIR spec: TWSTRS scoring, Questionnaire-driven answer checks.
-
-The rules live in data under ``mappings/`` (Questionnaires, CodeSystems); this package reads them and
-reports problems as ``fhirfus.fhir.errors.Issue`` so the API can answer 422 with an OperationOutcome.
+"""The clinical domain: TWSTRS scoring and questionnaire checks, MRgFUS plausibility rules, the
+guide's profiles, derived score Observations, the guide's conformance resources put to work, and
+the synthetic cohorts of the demo and the tests.
 """

@@ -1,4 +1,4 @@
-"""Conformance to the fhirfus profiles (``mappings/profiles``): a compact differential validator.
+"""Conformance to the fhirfus profiles (``fhirfus/ig/profiles``): a compact differential validator.
 
 Why: a write that claims a fhirfus profile in ``meta.profile`` must honour it, and every resource
 the inbound mappings produce claims one. The profiles are differentials over R4, whose base rules
@@ -16,7 +16,7 @@ Checked, per instance of each differential element (paths may be nested, sliced,
 - choice types: the ``value[x]`` key used must be one of the element's ``type`` codes;
 - ``fixed[x]`` (exactly equal) and ``pattern[x]`` (the instance contains the pattern, so a
   ``patternCodeableConcept`` needs a coding with its system and code), on every repetition;
-- ``binding`` to a fhirfus ValueSet, enumerated from ``mappings/terminology``: a code from one of
+- ``binding`` to a fhirfus ValueSet, enumerated from ``fhirfus/ig/terminology``: a code from one of
   the ValueSet's systems must be in it (required and extensible); ``required`` also needs one
   coding from the ValueSet (``extensible``: a warning when there is none);
 - extension slices typed with a fhirfus extension profile: each such extension against it;
@@ -43,8 +43,8 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhirfus.domain.content import resources_in
-from fhirfus.fhir.errors import Issue
+from fhirfus.ig import resources_in
+from fhirfus.errors import Issue
 
 BASE = "https://fhirfus.org/fhir/StructureDefinition/"
 VALUESET_BASE = "https://fhirfus.org/fhir/ValueSet/"
@@ -247,7 +247,7 @@ def parse_profile(resource: Mapping[str, Any]) -> Profile:
 
 @cache
 def profiles() -> dict[str, Profile]:
-    """Every fhirfus StructureDefinition in ``mappings/profiles``, by canonical URL."""
+    """Every fhirfus StructureDefinition in ``fhirfus/ig/profiles``, by canonical URL."""
     return {
         r["url"]: parse_profile(r)
         for r in resources_in("profiles")
@@ -301,7 +301,7 @@ def expand(resource: Mapping[str, Any]) -> ValueSetCodes | None:
 
 @cache
 def valuesets() -> dict[str, ValueSetCodes | None]:
-    """Every fhirfus ValueSet in ``mappings/terminology``, enumerated (None: not enumerable)."""
+    """Every fhirfus ValueSet in ``fhirfus/ig/terminology``, enumerated (None: not enumerable)."""
     return {r["url"]: expand(r) for r in resources_in("terminology") if r.get("resourceType") == "ValueSet"}
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from fhirfus.fhir.errors import Issue
+from fhirfus.errors import Issue
 
 MIN_VALUE = "http://hl7.org/fhir/StructureDefinition/minValue"
 MAX_VALUE = "http://hl7.org/fhir/StructureDefinition/maxValue"
@@ -75,7 +75,7 @@ def _coding(coding: Mapping[str, Any]) -> tuple[str | None, str]:
 
 
 def parse_questionnaire(resource: Mapping[str, Any]) -> QuestionnaireDefinition:
-    """Index a Questionnaire resource (as loaded by ``fhirfus.domain.content``)."""
+    """Index a Questionnaire resource (as loaded by ``fhirfus.ig``)."""
     items: dict[str, ItemDefinition] = {}
 
     def visit(entries: list[Mapping[str, Any]], parent: str | None) -> None:

@@ -4,7 +4,7 @@
   wrong answer type, out-of-range answer → errors naming the linkId).
 - MRgFUS Procedures must code their lesion targets from the fhirfus target CodeSystem.
 - Treatment-parameter Observations must lie in the plausible ranges of
-  ``mappings/rules/plausibility.json`` (outside "hard": error; outside "soft": warning).
+  ``fhirfus/ig/rules/plausibility.json`` (outside "hard": error; outside "soft": warning).
 - A resource whose ``meta.profile`` claims a fhirfus profile must conform to it
   (``fhirfus.domain.profiles``); where a rule above already reports an element, the profile's
   issue on that element is left out, so one fault is reported once.
@@ -19,8 +19,8 @@ from functools import cache
 from typing import Any
 
 from fhirfus.domain import profiles, twstrs
-from fhirfus.domain.content import MAPPINGS_DIR, code_displays, load_json
-from fhirfus.fhir.errors import BusinessRuleViolation, Issue
+from fhirfus.ig import code_displays, folder, load_json
+from fhirfus.errors import BusinessRuleViolation, Issue
 
 PROCEDURE_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/procedure"
 TARGET_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/mrgfus-target"
@@ -28,7 +28,7 @@ TARGET_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/mrgfus-target"
 
 @cache
 def plausibility() -> Mapping[str, Any]:
-    return load_json(MAPPINGS_DIR / "rules" / "plausibility.json")
+    return load_json(folder("rules") / "plausibility.json")
 
 
 def _codings(concept: Any) -> list[dict]:

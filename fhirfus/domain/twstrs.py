@@ -1,7 +1,7 @@
 """TWSTRS: validate a QuestionnaireResponse, score it, and turn the scores into Observations.
 
 Scoring rules are data, keyed by Questionnaire version: every Questionnaire file under
-``mappings/questionnaires`` with the TWSTRS canonical is one version. In a version, each group coded
+``fhirfus/ig/questionnaires`` with the TWSTRS canonical is one version. In a version, each group coded
 from the twstrs CodeSystem (``severity``, ``disability``, ``pain``) is a subscale, and its score is the
 sum of its integer answers times their ``score-weight`` (1 when absent): the duration factor weighs 2,
 and pain severity ``(worst + best + 2 x usual) / 4`` is the weights 0.25 / 0.25 / 0.5. A subscale with
@@ -24,9 +24,9 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhirfus.domain.content import by_canonical, code_displays
+from fhirfus.ig import by_canonical, code_displays
 from fhirfus.domain.questionnaire import Answer, QuestionnaireDefinition, parse_questionnaire, read_answers
-from fhirfus.fhir.errors import BusinessRuleViolation, Issue
+from fhirfus.errors import BusinessRuleViolation, Issue
 
 TWSTRS_URL = "https://fhirfus.org/fhir/Questionnaire/twstrs"
 TWSTRS_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/twstrs"
@@ -86,7 +86,7 @@ def _rules(resource: Mapping[str, Any]) -> ScoringRules:
 
 @cache
 def versions() -> dict[str, ScoringRules]:
-    """Every TWSTRS version in ``mappings/questionnaires``, read once."""
+    """Every TWSTRS version in ``fhirfus/ig/questionnaires``, read once."""
     return {version: _rules(q) for version, q in by_canonical("questionnaires", "Questionnaire", TWSTRS_URL).items()}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from fhirfus.fhir.errors import Issue
+from fhirfus.errors import Issue
 
 
 def operation_outcome(issues: Iterable[Issue]) -> dict:

@@ -1,7 +1,7 @@
 """Value set expansion for the token modifiers ``:in`` and ``:not-in``.
 
 A value set is looked up by canonical URL among the ValueSets and CodeSystems registered with
-:func:`register` (fhirfus's own terminology from ``mappings/terminology``, at start-up), then through
+:func:`register` (fhirfus's own terminology from ``fhirfus/ig/terminology``, at start-up), then through
 the caller's lookup (the ValueSets and CodeSystems stored on the server), then among the R4 value
 sets of required bindings that can be enumerated (``fhirfus.fhir.bindings``). An
 expansion is, per code system, a set of codes or "every code of the system" (an include of a

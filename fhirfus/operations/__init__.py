@@ -1,4 +1,3 @@
-"""FHIR interactions and operations: the layer between HTTP (``fhirfus.api``) and ``fhirfus.store``.
-
-Nothing here knows about HTTP requests; everything here raises typed ``FhirError``s.
+"""FHIR operations, one module per ``$operation`` (``$everything``, ``$extract``). Bulk ``$export``
+lives in ``fhirfus.bulk`` and ``$analysis-export`` in ``fhirfus.analysis``.
 """

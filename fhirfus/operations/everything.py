@@ -7,39 +7,22 @@ primary key, so pages do not drift while the record grows.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from functools import cache
-from pathlib import Path
 
 import orjson
 from sqlalchemy import and_, or_, select
 
+from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
-from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
-from fhirfus.operations import crud
-from fhirfus.operations.paging import decode_cursor, encode_cursor, fits, page_size, page_url
+from fhirfus.interactions import crud
+from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 from fhirfus.auth.access import Access
 from fhirfus.store.repository import Store
-from fhirfus.store.search_compiler import local_reference, params_rows
-from fhirfus.store.tables import search_reference
-from fhirfus.store.visibility import content_text
-
-COMPARTMENT_FILE = Path(__file__).resolve().parents[1] / "fhir" / "data" / "compartment_patient.json"
-
-
-#: Types of the official compartment that are not part of a patient's record here: the audit
-#: trail (who looked at the patient) is the server's, readable by admins only.
-NOT_IN_RECORD = frozenset({"AuditEvent"})
-
-
-@cache
-def compartment() -> Mapping[str, tuple[str, ...]]:
-    """Resource type → the reference parameters that put it in a Patient's compartment."""
-    return {t: tuple(codes) for t, codes in json.loads(COMPARTMENT_FILE.read_text()).items()
-            if codes and t not in NOT_IN_RECORD}
-
+from fhirfus.search.compiler import local_reference, params_rows
+from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import content_text
 
 def everything_bundle(
     store: Store, caller: Access, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,

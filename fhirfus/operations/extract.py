@@ -1,7 +1,7 @@
 """``QuestionnaireResponse/$extract``: the resources a response implies (TWSTRS: score Observations).
 
 Answers a ``transaction`` Bundle the client may post back (SDC convention); nothing is stored here
-(stored responses get their scores on write, see ``fhirfus.operations.derived``).
+(stored responses get their scores on write, see ``fhirfus.domain.derived``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 from fhirfus.domain import twstrs
 from fhirfus.auth.access import Access
-from fhirfus.fhir.errors import BusinessRuleViolation, InvalidRequest
-from fhirfus.operations import crud
+from fhirfus.errors import BusinessRuleViolation, InvalidRequest
+from fhirfus.interactions import crud
 from fhirfus.store.repository import Store
 
 

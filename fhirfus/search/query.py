@@ -1,7 +1,7 @@
 """Parsing of FHIR search parameters into a ``SearchQuery``.
 
 Names are resolved against the official R4 SearchParameter definitions of the resource type
-(``fhirfus.fhir.searchparams``): modifiers, chains (``subject:Patient.name``), reverse chains
+(``fhirfus.search.registry``): modifiers, chains (``subject:Patient.name``), reverse chains
 (``_has:Observation:patient:code``) and the result parameters (``_sort``, ``_include``, …).
 Unknown parameters are collected in ``ignored`` (or refused in strict mode); malformed values
 are always a 400 naming the parameter.
@@ -14,9 +14,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fhirfus.fhir.errors import InvalidRequest
-from fhirfus.fhir.extraction import selects_identifiers
-from fhirfus.fhir.searchparams import SearchParam, params_for
+from fhirfus.errors import InvalidRequest
+from fhirfus.search.extraction import selects_identifiers
+from fhirfus.search.registry import SearchParam, params_for
 from fhirfus.fhir.validation import served_types
 
 #: Parameters that shape the result rather than select resources.

@@ -7,7 +7,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
 from fhirfus.fhir.dates import fhir_search_date
-from fhirfus.fhir.errors import InvalidRequest
+from fhirfus.errors import InvalidRequest
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 

@@ -1,1 +1,3 @@
-"""Storage: SQLAlchemy tables, engine, the versioned resource repository and the search index."""
+"""The versioned resource store: current versions, every version in history, tombstones,
+optimistic locking, and the index kept in step on every write (``fhirfus.search.index``).
+"""

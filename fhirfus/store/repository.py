@@ -1,6 +1,6 @@
 """The versioned resource repository: current versions, history, tombstones.
 
-Every read takes the caller's ``Visibility`` (``fhirfus.store.visibility``): what it may not see
+Every read takes the caller's ``Visibility`` (``fhirfus.db.visibility``): what it may not see
 comes back as None, exactly as an id never used. Writes record the id's owning site.
 
 Versions are assigned inside the writing transaction: the current row is locked
@@ -24,11 +24,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from fhirfus.fhir.errors import Conflict
-from fhirfus.store import indexer, rows
-from fhirfus.store.search_compiler import param_rows
-from fhirfus.store.tables import resource_history, resources, search_uri
-from fhirfus.store.visibility import Visibility, site_label, with_site_label
+from fhirfus.errors import Conflict
+from fhirfus.search import index as indexer
+from fhirfus.db import rows
+from fhirfus.search.compiler import param_rows
+from fhirfus.db.tables import resource_history, resources, search_uri
+from fhirfus.db.visibility import Visibility, site_label, with_site_label
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def _next_moment(previous: datetime | None) -> datetime:
 
 
 def _history_row(stored: Stored) -> tuple:
-    """The history row of a version, as a batch for ``fhirfus.store.rows.write``."""
+    """The history row of a version, as a batch for ``fhirfus.db.rows.write``."""
     return (resource_history, [{
         "res_type": stored.res_type, "res_id": stored.res_id, "version": stored.version,
         "last_updated": stored.last_updated, "method": stored.method, "content": stored.content,

@@ -1,0 +1,214 @@
+"""report.html: the paper-style summary table, overall and per target, and three plots.
+
+Self-contained (inline CSS, plots as PNG data URIs, no script, nothing fetched), so it can be
+mailed or archived as one file. Built from the de-identified tables and statistics only; it
+carries no calendar date (not even a generation time) and the PNGs carry no metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.collections import LineCollection  # noqa: E402
+
+from fhirfus.analysis.dataset import SCORES  # noqa: E402
+from fhirfus.analysis.stats import DAYS_PER_MONTH  # noqa: E402
+
+COLOURS = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#66409e", "#00798c"]
+MAX_POINTS = 3000  # scatter points per plot; lines are drawn for everyone
+LABELS = {"total": "Total (0–85)", "severity": "Severity (0–35)", "disability": "Disability (0–30)",
+          "pain": "Pain (0–20)"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:70rem;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2rem}table{border-collapse:collapse;margin:1rem 0}
+th,td{border-bottom:1px solid #ddd;padding:.3rem .7rem;text-align:right;white-space:nowrap}
+th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}
+tr.section td{font-weight:600;background:#f4f4f4;text-align:left}.note{color:#555;font-size:.9rem}
+figure{margin:1rem 0}img{max-width:100%}code{font-size:.85rem}
+"""
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _p(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _median(block: dict[str, Any]) -> str:
+    return "–" if block.get("median") is None else f"{_f(block['median'])} [{_f(block['q1'])}; {_f(block['q3'])}]"
+
+
+def _mean(block: dict[str, Any]) -> str:
+    return "–" if block.get("mean") is None else f"{_f(block['mean'])} ± {_f(block.get('sd'))}"
+
+
+def _rows(group: dict[str, Any]) -> list[tuple[str, str]]:
+    cohort = group.get("cohort") or {"patients": group["patients"], "excluded": group["excluded"]}
+    rows = [
+        ("Patients, n (excluded)", f"{cohort['patients']} ({cohort['excluded']})"),
+        ("Sessions per patient, median [Q1; Q3]", _median(group["sessions_per_patient"])),
+        ("Follow-up, months, mean ± SD", _mean(group["follow_up_months"])),
+    ]
+    for score in SCORES:
+        block = group["scores"][score]
+        rows += [
+            (f"§{LABELS[score]}", ""),
+            ("Patients with baseline and last, n", str(block["baseline"]["n"])),
+            ("Baseline, median [Q1; Q3]", _median(block["baseline"])),
+            ("Last follow-up, median [Q1; Q3]", _median(block["last"])),
+            ("Baseline, mean ± SD", _mean(block["baseline"])),
+            ("Last follow-up, mean ± SD", _mean(block["last"])),
+            ("Improvement %, median [Q1; Q3]", _median(block["improvement_percent"])),
+            ("Paired t-test, t (p)", f"{_f(block['paired_t']['statistic'], 2)} ({_p(block['paired_t']['p'])})"),
+            ("Wilcoxon signed-rank, W (p)", f"{_f(block['wilcoxon']['statistic'], 1)} ({_p(block['wilcoxon']['p'])})"),
+        ]
+    return rows
+
+
+def summary_table(statistics: dict[str, Any]) -> str:
+    groups = [("Overall", statistics)] + [(t, g) for t, g in statistics["by_target"].items()]
+    columns = [_rows(g) for _, g in groups]
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in groups)
+    body = []
+    for i, (label, _) in enumerate(columns[0]):
+        if label.startswith("§"):
+            body.append(f'<tr class="section"><td colspan="{len(groups) + 1}">TWSTRS {html.escape(label[1:])}</td></tr>')
+            continue
+        cells = "".join(f"<td>{html.escape(col[i][1])}</td>" for col in columns)
+        body.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    return f"<table><thead><tr><th></th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _png(figure: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    figure.subplots_adjust(left=0.13, right=0.97, top=0.92, bottom=0.14)
+    figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _colours(patients: pd.DataFrame) -> dict[str, str]:
+    targets = sorted(patients["target"].dropna().unique())
+    return {t: COLOURS[i % len(COLOURS)] for i, t in enumerate(targets)}
+
+
+def _legend(ax: plt.Axes, colours: dict[str, str]) -> None:
+    handles = [plt.Line2D([], [], color=c, lw=2, label=t) for t, c in colours.items()]
+    if handles:
+        ax.legend(handles=handles, fontsize=8, frameon=False)
+
+
+def paired_plot(patients: pd.DataFrame) -> str:
+    """Baseline → last total score, one line per included patient, coloured by target."""
+    data = patients[patients["included"]]
+    colours = _colours(patients)
+    figure, ax = plt.subplots(figsize=(5, 4.5))
+    segments = [[(0, b), (1, last)] for b, last in zip(data["total_baseline"], data["total_last"], strict=True)]
+    line_colours = [colours.get(t, "#888") for t in data["target"]]
+    ax.add_collection(LineCollection(segments, colors=line_colours, linewidths=0.8, alpha=0.5 if len(data) < 200 else 0.08))
+    for x, column in ((0, "total_baseline"), (1, "total_last")):
+        if len(data):
+            ax.plot([x - 0.08, x + 0.08], [data[column].median()] * 2, color="#222", lw=3)
+    ax.set_xlim(-0.3, 1.3)
+    ax.set_ylim(0, 85)
+    ax.set_xticks([0, 1], ["Baseline", "Last follow-up"])
+    ax.set_ylabel("TWSTRS total")
+    ax.set_title("Paired baseline → last (black: median)", fontsize=10)
+    _legend(ax, colours)
+    return _png(figure)
+
+
+def trajectory_plot(patients: pd.DataFrame, assessments: pd.DataFrame) -> str:
+    """TWSTRS total over months since the first session, one line per patient."""
+    colours = _colours(patients)
+    target_of = dict(zip(patients["pseudonym"], patients["target"], strict=True))
+    data = assessments.dropna(subset=["total", "day"]).astype({"day": "float64"})
+    data = data[data["phase"].notna()]
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    data = data.sort_values(["pseudonym", "day"], kind="stable")
+    names = data["pseudonym"].to_numpy()
+    points = np.column_stack([data["day"].to_numpy() / DAYS_PER_MONTH, data["total"].to_numpy(dtype=float)])
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else np.array([], dtype=int)
+    segments = np.split(points, starts[1:]) if len(names) else []
+    line_colours = [colours.get(target_of.get(names[i]), "#888") for i in starts]
+    ax.add_collection(LineCollection(segments, colors=line_colours, linewidths=0.8,
+                                     alpha=0.6 if len(segments) < 200 else 0.06))
+    if len(data):
+        month = np.rint(points[:, 0])
+        medians = pd.DataFrame({"month": month, "total": points[:, 1]}).groupby("month")["total"].agg(["median", "size"])
+        medians = medians[medians["size"] >= 3]
+        ax.plot(medians.index, medians["median"], color="#222", lw=2.5, label="median (by month, n ≥ 3)")
+    if len(data):
+        ax.set_xlim(min(-1.0, data["day"].min() / DAYS_PER_MONTH - 0.5), data["day"].max() / DAYS_PER_MONTH + 0.5)
+    ax.set_ylim(0, 85)
+    ax.axvline(0, color="#444", lw=0.8, ls="--")
+    ax.set_xlabel("Months since first MRgFUS session")
+    ax.set_ylabel("TWSTRS total")
+    ax.set_title("Score trajectories (black: monthly median)", fontsize=10)
+    _legend(ax, colours)
+    return _png(figure)
+
+
+def improvement_plot(patients: pd.DataFrame) -> str:
+    """Improvement % of the total score by target: box plot with the patients as points."""
+    data = patients[patients["included"]].dropna(subset=["total_improvement_percent", "target"])
+    colours = _colours(patients)
+    targets = list(colours)
+    figure, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(targets) + 2), 4.5))
+    groups = [data.loc[data["target"] == t, "total_improvement_percent"].to_numpy() for t in targets]
+    if targets:
+        ax.boxplot(groups, showfliers=False, widths=0.5)
+        rng = np.random.default_rng(0)
+        for i, (target, values) in enumerate(zip(targets, groups, strict=True), start=1):
+            shown = values if len(values) <= MAX_POINTS else rng.choice(values, MAX_POINTS, replace=False)
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(shown)), shown, s=10, color=colours[target],
+                       alpha=0.8 if len(shown) < 200 else 0.15)
+        ax.set_xticks(range(1, len(targets) + 1), targets, fontsize=8)
+    ax.axhline(0, color="#444", lw=0.8, ls="--")
+    ax.set_ylabel("Improvement of TWSTRS total, %")
+    ax.set_title("Improvement by target", fontsize=10)
+    return _png(figure)
+
+
+def render_report(title: str, statistics: dict[str, Any], patients: pd.DataFrame, assessments: pd.DataFrame,
+                  deidentification: dict[str, Any]) -> str:
+    k = deidentification["k_anonymity"]
+    figures = [
+        ("Paired baseline → last follow-up, TWSTRS total", paired_plot(patients)),
+        ("TWSTRS total over time", trajectory_plot(patients, assessments)),
+        ("Improvement of the TWSTRS total by target", improvement_plot(patients)),
+    ]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        "<p class='note'>Baseline: last TWSTRS assessment on or before the first MRgFUS session; last: latest "
+        "assessment after it. Median [Q1; Q3] with linear-interpolation quartiles, mean ± SD (sample SD). "
+        "Improvement % = 100 × (baseline − last) / baseline per patient. Patients without a session or without "
+        "both total scores are counted as excluded. Definitions: statistics.json, dictionary.</p>",
+        "<h2>Summary, overall and per target</h2>", summary_table(statistics),
+        *[f"<h2>{html.escape(caption)}</h2><figure><img alt='{html.escape(caption)}' src='{src}'></figure>"
+          for caption, src in figures],
+        "<h2>De-identification</h2>",
+        f"<p>Policy <code>{html.escape(deidentification['policy'])}</code>, sha256 "
+        f"<code>{html.escape(deidentification['policy_sha256'])}</code>. Smallest equivalence class over "
+        f"{html.escape(', '.join(k['quasi_identifiers']) or 'no quasi-identifier')}: k = {k['k']} "
+        f"(before suppression {k['k_before_suppression']}; policy minimum {k['min_k']}).</p>",
+        "</body></html>",
+    ]
+    return "".join(parts)

@@ -1,0 +1,174 @@
+"""One export run: the selected resources as of ``transactionTime``, streamed into NDJSON files.
+
+Rows are read with keyset paging over ``resources.pk`` (``PAGE_SIZE`` rows per query, each page
+its own short read transaction): memory stays bounded, no long transaction holds back SQLite's
+WAL checkpoints or PostgreSQL's vacuum, and writers are never blocked. The JSON is copied from
+the database as text, without parsing it in Python.
+
+Snapshot: ``transactionTime`` is taken when the run starts. The first pass exports resources
+last changed at or before it; a second pass finds those changed since (updated or deleted while
+the export ran) and exports the version that was current at ``transactionTime`` from the history
+table. Resources created afterwards are left out, as the spec asks. ``_typeFilter`` matches are
+staged when the run starts, so they are as of ``transactionTime`` too; membership in a patient
+compartment is judged by the search index when a row is read, so a resource deleted during a
+Patient- or Group-level export (its index rows are gone) is not recovered by the second pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import ColumnElement, Connection, FromClause, Row, func, select
+
+from fhirfus.bulk.params import ExportRequest
+from fhirfus.bulk.patients import stage_patients
+from fhirfus.bulk.select import selection, stage_type_filters
+from fhirfus.bulk.writer import NdjsonFileSet, WrittenFile
+from fhirfus.errors import Issue
+from fhirfus.store import repository
+from fhirfus.store.repository import Store
+from fhirfus.db.visibility import Visibility, content_text
+
+PAGE_SIZE = 2000
+#: ``checkpoint(resources_written, fraction_done)``: called after every page; raising stops the run.
+Checkpoint = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    transaction_time: datetime
+    files: list[WrittenFile]
+
+    @property
+    def count(self) -> int:
+        return sum(f.count for f in self.files if f.kind == "output")
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    max_resources: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+    page_size: int = PAGE_SIZE
+
+
+def run_export(
+    store: Store,
+    request: ExportRequest,
+    directory: Path,
+    *,
+    job_id: str | None = None,
+    limits: ExportLimits = ExportLimits(),
+    checkpoint: Checkpoint | None = None,
+) -> ExportResult:
+    """Export ``request`` into ``directory`` (created; files only, no manifest)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    transaction_time = datetime.now(UTC)
+    warnings = [*request.ignored]
+    staging = request.level == "group" or bool(request.patients) or bool(request.type_filters)
+    if staging and job_id is not None:
+        with store.writing() as conn:
+            if request.level == "group" or request.patients:
+                warnings += stage_patients(conn, job_id, request)
+            if request.type_filters:
+                stage_type_filters(conn, job_id, request)
+    elif request.level == "group" or request.patients:
+        raise ValueError("a patient set is staged per job: job_id is required")
+    seen_by = Visibility(request.site)  # the requester's rows only (a site client's job: its site's)
+    rows = seen_by.resources()
+    with store.reading() as conn:
+        condition = selection(rows, request, job_id, repository.terminology_lookup(conn, seen_by))
+    output = NdjsonFileSet(directory, max_resources=limits.max_resources, max_bytes=limits.max_bytes)
+    report = checkpoint or (lambda _written, _fraction: None)
+    try:
+        with store.reading() as conn:
+            highest = conn.execute(select(func.max(rows.c.pk))).scalar() or 0
+        _current_pass(store, rows, condition, transaction_time, output, limits.page_size, highest, report)
+        _changed_pass(store, seen_by, rows, condition, request, transaction_time, output, limits.page_size,
+                      highest, report)
+    except BaseException:
+        output.abort()
+        raise
+    files = output.close()
+    if warnings:
+        errors = NdjsonFileSet(directory, max_resources=limits.max_resources, max_bytes=limits.max_bytes,
+                               kind="error", prefix="error-")
+        errors.write("OperationOutcome", [_warning(message) for message in warnings])
+        files += errors.close()
+    return ExportResult(transaction_time, files)
+
+
+def _current_pass(
+    store: Store, source: FromClause, condition: ColumnElement[bool], moment: datetime, output: NdjsonFileSet,
+    page: int, highest: int, report: Checkpoint,
+) -> None:
+    after = 0
+    while True:
+        with store.reading() as conn:
+            rows = conn.execute(
+                select(source.c.pk, source.c.res_type, content_text(source))
+                .where(condition, source.c.deleted.is_(False), source.c.last_updated <= moment, source.c.pk > after)
+                .order_by(source.c.pk)
+                .limit(page)
+            ).all()
+        if not rows:
+            return
+        by_type: dict[str, list[bytes]] = defaultdict(list)
+        for row in rows:
+            by_type[row.res_type].append(row.text.encode())
+        for res_type, lines in by_type.items():
+            output.write(res_type, lines)
+        after = rows[-1].pk
+        report(output.total, min(after / highest, 1.0) if highest else 1.0)
+        if len(rows) < page:
+            return
+
+
+def _changed_pass(
+    store: Store, seen_by: Visibility, source: FromClause, condition: ColumnElement[bool], request: ExportRequest,
+    moment: datetime, output: NdjsonFileSet, page: int, highest: int, report: Checkpoint,
+) -> None:
+    """Resources changed after ``moment`` (and existing before it): their version as of ``moment``."""
+    since = request.since_instant
+    after = 0
+    history = seen_by.history()
+    while True:
+        with store.reading() as conn:
+            rows = conn.execute(
+                select(source.c.pk, source.c.res_type, source.c.res_id)
+                .where(condition, source.c.last_updated > moment, source.c.pk <= highest, source.c.pk > after)
+                .order_by(source.c.pk)
+                .limit(page)
+            ).all()
+            for row in rows:
+                previous = _version_at(conn, history, row.res_type, row.res_id, moment)
+                if previous is None or previous.content is None or previous.method == "DELETE":
+                    continue
+                if since is not None and previous.last_updated <= since:
+                    continue
+                output.write(row.res_type, [orjson.dumps(previous.content)])
+        if not rows:
+            return
+        after = rows[-1].pk
+        report(output.total, 1.0)
+        if len(rows) < page:
+            return
+
+
+def _version_at(conn: Connection, h: FromClause, res_type: str, res_id: str, moment: datetime) -> Row[Any] | None:
+    return conn.execute(
+        select(h.c.method, h.c.content, h.c.last_updated)
+        .where(h.c.res_type == res_type, h.c.res_id == res_id, h.c.last_updated <= moment)
+        .order_by(h.c.version.desc())
+        .limit(1)
+    ).first()
+
+
+def _warning(message: str) -> bytes:
+    issue = Issue(message, code="informational", severity="warning")
+    return orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue.to_fhir()]})

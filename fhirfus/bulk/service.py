@@ -1,0 +1,168 @@
+"""Bulk Data ``$export`` (FHIR Bulk Data Access v2): kick-off, status, manifest, cancel, files.
+
+HTTP-free: ``fhirfus.api.bulk`` maps requests onto these functions, the jobs themselves run in
+``fhirfus.bulk.worker``. Status answers follow the spec (and what the Inferno Bulk Data
+test kit checks): 202 with ``X-Progress`` and ``Retry-After`` while a job runs; 200 with the
+completion manifest (``application/json``, ``Expires``) when done; 500 with an OperationOutcome
+when the job failed; 404 with an OperationOutcome for unknown, cancelled or expired jobs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl
+from datetime import datetime
+from email.utils import format_datetime
+from pathlib import Path
+
+from fhirfus.auth.access import Access
+from fhirfus.bulk import jobs
+from fhirfus.bulk.params import ExportRequest, parse_export_params
+from fhirfus.bulk.worker import ExportWorker
+from fhirfus.bulk.writer import WrittenFile
+from fhirfus.errors import FhirError, NotFound
+from fhirfus.interactions import crud
+from fhirfus.search.query import criteria_types, parse_query
+from fhirfus.store import repository
+from fhirfus.store.repository import Store, format_instant
+
+#: Where status and files live below the FHIR base (``/fhir/_export/{job}[/{file}]``).
+STATUS_SEGMENT = "_export"
+
+
+class ExportFailed(FhirError):
+    """The export job ended in an error (the status URL answers 500 with the reason)."""
+
+    status = 500
+    issue_code = "exception"
+
+
+@dataclass(frozen=True)
+class StatusAnswer:
+    """What the status URL answers: 202 (in progress, no body) or 200 (the manifest)."""
+
+    status: int
+    manifest: dict | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def kick_off(
+    worker: ExportWorker,
+    caller: Access,
+    level: str,
+    params: Sequence[tuple[str, str]],
+    *,
+    request_url: str,
+    base_url: str,
+    group_id: str | None = None,
+    lenient: bool = False,
+) -> jobs.Job:
+    """Check the request (400 for bad parameters, 404/410 for the Group) and queue the job (429 if busy)."""
+    caller.require_role("site", "admin")
+    if level == "group":
+        assert group_id is not None
+        crud.read(worker.store, caller, "Group", group_id)
+    seen_by = caller.visibility
+    with worker.store.reading() as conn:
+        request = parse_export_params(level, params, group_id=group_id, lenient=lenient, base_url=base_url,
+                                      seen_by=seen_by, terminology=repository.terminology_lookup(conn, seen_by))
+    return worker.submit(_for_caller(caller, request), request_url)
+
+
+def _for_caller(caller: Access, request: ExportRequest) -> ExportRequest:
+    """Check the caller may export these types and search what their filters read (403), and
+    confine a site client's job to its site."""
+    for res_type in request.types or ("*",):
+        caller.require(res_type, "s")
+    for res_type, query in request.type_filters:
+        caller.require(res_type, "s")
+        for other in sorted(criteria_types(parse_query(res_type, parse_qsl(query, keep_blank_values=True)))):
+            caller.require(other, "s")
+    return replace(request, site=caller.visibility.site, client_id=caller.client_id)
+
+
+def status_url(base_url: str, job_id: str) -> str:
+    return f"{base_url}/{STATUS_SEGMENT}/{job_id}"
+
+
+def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires_access_token: bool) -> StatusAnswer:
+    job = _visible_job(store, caller, job_id)
+    if job.status in jobs.ACTIVE:
+        return StatusAnswer(202, None, {"X-Progress": _progress(job), "Retry-After": str(_retry_after(job))})
+    if job.status == jobs.FAILED:
+        raise ExportFailed(job.error or "The export failed")
+    files = jobs.files_of(store, job_id)
+    headers = {"Expires": format_datetime(job.expires, usegmt=True)} if job.expires else {}
+    return StatusAnswer(200, manifest(job, files, base_url, requires_access_token=requires_access_token), headers)
+
+
+def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requires_access_token: bool) -> dict:
+    """The completion manifest; file URLs are absolute (the v2 test kit requires it)."""
+    assert job.transaction_time is not None
+
+    def item(written: WrittenFile) -> dict:
+        return {"type": written.res_type, "url": f"{status_url(base_url, job.id)}/{written.name}",
+                "count": written.count}
+
+    return {
+        "transactionTime": format_instant(job.transaction_time),
+        "request": job.request_url,
+        "requiresAccessToken": requires_access_token,
+        "output": [item(f) for f in files if f.kind == "output"],
+        "error": [item(f) for f in files if f.kind == "error"],
+    }
+
+
+def cancel(store: Store, caller: Access, job_id: str) -> None:
+    """DELETE on the status URL: a running job stops at its next page; files of a finished one go now."""
+    _visible_job(store, caller, job_id)
+    job = jobs.cancel(store, job_id)
+    if job is None:
+        raise _gone(job_id)
+    if job.status not in jobs.ACTIVE:
+        if job.directory:
+            shutil.rmtree(job.directory, ignore_errors=True)
+        jobs.remove(store, job_id)
+
+
+def output_file(store: Store, caller: Access, job_id: str, name: str) -> tuple[Path, datetime | None]:
+    """The file of a completed job named in its manifest (nothing else under the export directory)."""
+    job = _visible_job(store, caller, job_id)
+    listed = {f.name for f in jobs.files_of(store, job_id)} if job.status == jobs.COMPLETED else set()
+    if name not in listed or not job.directory:
+        raise NotFound(f"Export job {job_id} has no file '{name}'", "file")
+    path = Path(job.directory) / name
+    if not path.is_file():
+        raise NotFound(f"The file '{name}' of export job {job_id} is no longer available", "file")
+    return path, job.expires
+
+
+def _visible_job(store: Store, caller: Access, job_id: str) -> jobs.Job:
+    """The job, if the caller may see it: the client that kicked it off, or an admin. To anybody
+    else it does not exist (404, as for an unknown id): its files hold the requester's data."""
+    job = jobs.get(store, job_id)
+    if job is None or job.status == jobs.CANCELLED or (job.expires is not None and job.expires <= jobs.now()):
+        raise _gone(job_id)
+    if caller.role != "admin" and caller.client_id != job.request.client_id:
+        raise _gone(job_id)
+    return job
+
+
+def _gone(job_id: str) -> NotFound:
+    return NotFound(f"No export job '{job_id}': unknown, cancelled or expired", "job")
+
+
+def _progress(job: jobs.Job) -> str:
+    if job.status == jobs.QUEUED:
+        text = "queued"
+    else:
+        text = f"{job.percent}% done, {job.progress} resources written"
+    return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
+
+
+def _retry_after(job: jobs.Job) -> int:
+    """Poll every second at first, then back off to at most every ten seconds."""
+    elapsed = (jobs.now() - job.created).total_seconds()
+    return max(1, min(10, int(elapsed // 10)))

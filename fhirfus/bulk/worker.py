@@ -1,0 +1,216 @@
+"""The export worker pool of one server process, and its supervisor.
+
+Jobs run on a small thread pool (``FHIRFUS_EXPORT_MAX_JOBS`` threads), never on the event loop,
+so exports do not hold up other requests. A process accepts a new job only while it owns fewer
+active jobs than that (else the kick-off gets 429 with ``Retry-After``).
+
+Restarts: a running job refreshes its heartbeat every second. The supervisor (once at start-up,
+then every few seconds) adopts jobs whose owner stopped beating for ``LEASE`` — a process that
+died — and **runs them again from scratch** under a new ``transactionTime``: nothing from the
+interrupted run was visible to the client, so a clean rerun is the simplest correct answer. A job
+interrupted ``MAX_ATTEMPTS`` times is marked failed instead (its status then answers 500 with an
+OperationOutcome saying so), so an export that kills its server cannot loop forever. An orderly
+shutdown hands jobs back unowned, and the next process to look picks them up at once.
+
+The supervisor also deletes expired jobs with their files, and the files of cancelled jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+from fhirfus.settings import Settings
+from fhirfus.bulk import jobs
+from fhirfus.bulk.params import ExportRequest
+from fhirfus.bulk.run import Checkpoint, ExportLimits, run_export
+from fhirfus.errors import FhirError, TooManyRequests
+from fhirfus.store.repository import Store
+
+log = logging.getLogger("fhirfus.export")
+
+LEASE = timedelta(seconds=30)
+HEARTBEAT_SECONDS = 1.0
+SUPERVISE_SECONDS = 5.0
+MAX_ATTEMPTS = 3
+BUSY_RETRY_AFTER = 30
+
+
+class Stopped(Exception):
+    """The job is no longer ours to run: cancelled, or adopted by another process."""
+
+
+class ShuttingDown(Exception):
+    """This process is stopping; the job is handed back."""
+
+
+class ExportWorker:
+    """Runs this process's export jobs and looks after jobs that lost their process."""
+
+    def __init__(self, store: Store, settings: Settings, *, lease: timedelta = LEASE,
+                 supervise_every: float = SUPERVISE_SECONDS) -> None:
+        self.store = store
+        self.settings = settings
+        self.lease = lease
+        self.supervise_every = supervise_every
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.root = Path(settings.export_dir).resolve()
+        self.max_jobs = max(1, settings.export_max_jobs)
+        self.limits = ExportLimits(settings.export_file_max_resources, settings.export_file_max_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=self.max_jobs, thread_name_prefix="fhirfus-export")
+        self._lock = threading.Lock()
+        self._running: set[str] = set()  # jobs of this process that a thread has taken on
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._supervisor is None:
+            self._supervisor = threading.Thread(target=self._supervise, name="fhirfus-export-supervisor", daemon=True)
+            self._supervisor.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking work, let running jobs notice at their next page, hand everything back."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            jobs.release_all(self.store, self.owner)
+        except Exception:  # noqa: BLE001 - the database may already be gone at shutdown
+            log.exception("could not hand back export jobs at shutdown")
+
+    # --- kick-off --------------------------------------------------------------------------------
+
+    def submit(self, request: ExportRequest, request_url: str) -> jobs.Job:
+        """Create and queue a job, or refuse with 429 while this process is at capacity."""
+        with self._lock:
+            if self._stopping.is_set() or jobs.count_active(self.store, self.owner) >= self.max_jobs:
+                raise TooManyRequests(
+                    f"The server is running {self.max_jobs} export job(s) already; retry later",
+                    headers={"Retry-After": str(BUSY_RETRY_AFTER)},
+                )
+            job = jobs.create(self.store, uuid.uuid4().hex, request, request_url, self.owner)
+            self._running.add(job.id)
+        self._executor.submit(self._run, job.id)
+        return job
+
+    # --- one job ---------------------------------------------------------------------------------
+
+    def _run(self, job_id: str) -> None:
+        try:
+            self._run_job(job_id)
+        except Exception:  # noqa: BLE001 - e.g. the database went away while recording the outcome
+            log.exception("export %s: could not record its outcome; the supervisor will retry it", job_id)
+        finally:
+            with self._lock:
+                self._running.discard(job_id)
+
+    def _run_job(self, job_id: str) -> None:
+        previous = jobs.get(self.store, job_id)
+        directory = self.root / f"{job_id}.{uuid.uuid4().hex[:8]}"
+        job = jobs.start(self.store, job_id, self.owner, str(directory))
+        if job is None:
+            self._discard_if_cancelled(job_id)
+            return
+        if previous is not None and previous.directory:
+            shutil.rmtree(previous.directory, ignore_errors=True)  # an interrupted earlier attempt
+        try:
+            result = run_export(self.store, job.request, directory, job_id=job_id, limits=self.limits,
+                                checkpoint=self._checkpoint(job_id))
+            if not jobs.complete(self.store, job_id, self.owner, result.transaction_time, result.files,
+                                 jobs.now() + self._ttl()):
+                raise Stopped
+            log.info("export %s: %d resources in %d files", job_id, result.count, len(result.files))
+        except Stopped:
+            shutil.rmtree(directory, ignore_errors=True)
+            self._discard_if_cancelled(job_id)
+        except ShuttingDown:
+            shutil.rmtree(directory, ignore_errors=True)
+        except FhirError as exc:
+            shutil.rmtree(directory, ignore_errors=True)
+            jobs.fail(self.store, job_id, self.owner, exc.message, jobs.now() + self._ttl())
+        except Exception:  # noqa: BLE001 - a job must end in a state the client can see
+            log.exception("export %s failed", job_id)
+            shutil.rmtree(directory, ignore_errors=True)
+            jobs.fail(self.store, job_id, self.owner, "The export failed with an internal error (see the server log)",
+                      jobs.now() + self._ttl())
+
+    def _checkpoint(self, job_id: str) -> Checkpoint:
+        last = time.monotonic()
+
+        def check(written: int, fraction: float) -> None:
+            nonlocal last
+            if self._stopping.is_set():
+                raise ShuttingDown
+            moment = time.monotonic()
+            if moment - last >= HEARTBEAT_SECONDS:
+                last = moment
+                if not jobs.beat(self.store, job_id, self.owner, written, int(fraction * 100)):
+                    raise Stopped
+
+        return check
+
+    def _discard_if_cancelled(self, job_id: str) -> None:
+        job = jobs.get(self.store, job_id)
+        if job is not None and job.status == jobs.CANCELLED:
+            if job.directory:
+                shutil.rmtree(job.directory, ignore_errors=True)
+            jobs.remove(self.store, job_id)
+
+    def _ttl(self) -> timedelta:
+        return timedelta(seconds=self.settings.export_expire_seconds)
+
+    # --- supervision -----------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.tend()
+            except Exception:  # noqa: BLE001 - keep supervising; the next round may succeed
+                log.exception("export supervisor round failed")
+            self._stopping.wait(self.supervise_every)
+
+    def tend(self) -> None:
+        """One supervisor round: keep queued jobs alive, adopt orphans, delete what expired."""
+        jobs.beat_queued(self.store, self.owner)
+        self._adopt_orphans()
+        self._purge()
+
+    def _adopt_orphans(self) -> None:
+        for job in jobs.orphans(self.store, self.lease):
+            if self._stopping.is_set():
+                return
+            with self._lock:
+                if job.id in self._running:
+                    continue  # ours and alive, only slow between two heartbeats
+                if job.attempts >= MAX_ATTEMPTS:
+                    if jobs.adopt(self.store, job, self.owner):
+                        if job.directory:
+                            shutil.rmtree(job.directory, ignore_errors=True)
+                        jobs.fail(self.store, job.id, self.owner,
+                                  f"The export was interrupted {job.attempts} times (server restarts); giving up",
+                                  jobs.now() + self._ttl())
+                    continue
+                if job.owner != self.owner and jobs.count_active(self.store, self.owner) >= self.max_jobs:
+                    return
+                if not jobs.adopt(self.store, job, self.owner):
+                    continue
+                self._running.add(job.id)
+            log.info("export %s: adopted after its server stopped (attempt %d follows)", job.id, job.attempts + 1)
+            self._executor.submit(self._run, job.id)
+
+    def _purge(self) -> None:
+        for job in jobs.finished_before(self.store, jobs.now(), self.lease):
+            if job.directory:
+                shutil.rmtree(job.directory, ignore_errors=True)
+            jobs.remove(self.store, job.id)

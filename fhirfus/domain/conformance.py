@@ -1,0 +1,59 @@
+"""fhirfus's own conformance resources from ``fhirfus/ig/`` that change server behaviour.
+
+Today: SearchParameter resources (``fhirfus/ig/searchparameters/*.json``), registered next to the
+official R4 parameters so they are indexed on write and searchable (e.g. Procedure ``target``);
+and the ValueSets and CodeSystems of ``fhirfus/ig/terminology``, which the token modifiers ``:in`` and
+``:not-in`` expand (``Procedure?code:in=https://fhirfus.org/fhir/ValueSet/procedure``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+
+from fhirfus.ig import folder, resources_in
+from fhirfus.fhir import valuesets
+from fhirfus.search.registry import SearchParam, add_custom_param, shares_rows
+from fhirfus.fhir.validation import validate_resource
+
+log = logging.getLogger("fhirfus.conformance")
+
+
+def load_search_parameters(directory: Path = folder("searchparameters")) -> list[str]:
+    """Register every SearchParameter file of ``directory``; returns ``Type.code`` of each."""
+    registered: list[str] = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        resource = validate_resource(orjson.loads(path.read_bytes()), "SearchParameter")
+        for base in resource.get("base", []):
+            expression = " | ".join(
+                part.strip() for part in resource.get("expression", "").split("|") if part.strip().startswith(base)
+            )
+            param = SearchParam(
+                code=resource["code"], type=resource["type"], expression=expression,
+                targets=tuple(resource.get("target", ())),
+            )
+            add_custom_param(base, param)
+            registered.append(f"{base}.{param.code}")
+            if shares_rows(base, param.code):
+                log.warning("custom search parameter %s.%s replaces a standard one whose index rows are shared "
+                            "with another parameter: run `fhirfus reindex --type %s`", base, param.code, base)
+    if registered:
+        log.info("custom search parameters: %s", ", ".join(registered))
+    return registered
+
+
+def load_terminology() -> None:
+    """Register every ValueSet and CodeSystem of ``fhirfus/ig/terminology`` for ``:in`` (the files
+    as ``fhirfus.ig`` reads them, once per process)."""
+    for resource in resources_in("terminology"):
+        if resource.get("resourceType") in ("ValueSet", "CodeSystem"):
+            valuesets.register(validate_resource(resource))
+
+
+def load_conformance() -> None:
+    """Everything of ``fhirfus/ig/`` that changes server behaviour: at start-up, and before a data
+    command writes (what it writes is indexed for the custom parameters too)."""
+    load_search_parameters()
+    load_terminology()

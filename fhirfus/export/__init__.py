@@ -1,1 +1,0 @@
-"""Analytics export: flatten FHIR resources into tables (SQL on FHIR v2 ViewDefinitions)."""

@@ -1,0 +1,1 @@
+"""FHIRPath: strict parsing and evaluation on fhirpathpy, with the SQL-on-FHIR functions."""

@@ -1,0 +1,349 @@
+"""Instance and type interactions: create, read, vread, update, patch, delete, $validate.
+
+Each interaction has a connection-level core (``*_in``) that Bundles reuse inside their own
+transaction, and a store-level function that validates at the edge (``fhirfus.fhir.validation``)
+before any SQL runs and then runs the core in one transaction, so a rejected request leaves the
+database unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+from sqlalchemy import Connection
+
+from fhirfus.errors import (
+    BusinessRuleViolation,
+    Gone,
+    InvalidRequest,
+    InvalidResource,
+    Issue,
+    NotFound,
+    PreconditionFailed,
+)
+from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.auth.access import Access
+from fhirfus.domain import rules
+from fhirfus.interactions import conditional
+from fhirfus.domain.derived import after_write
+from fhirfus.interactions.writes import write_transaction
+from fhirfus.store import repository
+from fhirfus.store.repository import Store, Stored
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    stored: Stored
+    created: bool
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def accept(caller: Access, body: Any, res_type: str) -> dict:
+    """Edge validation of a write: base FHIR (400) then the fhirfus domain rules (422).
+
+    A site client's writes are labelled with its site (and may not carry another site's label).
+    """
+    resource = validate_resource(body, res_type)
+    rules.enforce(resource)
+    return caller.labelled(resource)
+
+
+def _not_found(res_type: str, res_id: str) -> NotFound:
+    """The one answer for an id that was never used and for one the caller may not see."""
+    return NotFound(f"{res_type}/{res_id} not found", f"{res_type}.id")
+
+
+# --- connection-level cores ------------------------------------------------------------------
+
+
+def create_in(
+    conn: Connection, caller: Access, res_type: str, resource: dict, if_none_exist: str | None = None, *,
+    res_id: str | None = None, base_url: str = "",
+) -> WriteResult:
+    """Create (``resource`` already accepted); with ``if_none_exist``, an existing match the caller
+    may see wins."""
+    caller.require(res_type, "c")
+    if if_none_exist:
+        matches = conditional.matching_ids(conn, caller, res_type, if_none_exist, base_url, may_create=True)
+        if len(matches) > 1:
+            raise PreconditionFailed(
+                f"If-None-Exist criteria '{if_none_exist}' match {len(matches)} resources", "If-None-Exist"
+            )
+        if matches:
+            existing = repository.current(conn, caller.visibility, res_type, matches[0])
+            assert existing is not None
+            return WriteResult(existing, created=False)
+    stored = repository.create(conn, res_type, res_id or new_id(), resource)
+    after_write(conn, stored)
+    return WriteResult(stored, created=True)
+
+
+def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored:
+    caller.require(res_type, "r")
+    stored = repository.current(conn, caller.visibility, res_type, res_id)
+    if stored is None:
+        raise _not_found(res_type, res_id)
+    if stored.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
+    return stored
+
+
+def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
+    caller.require(res_type, "r")
+    if repository.current(conn, caller.visibility, res_type, res_id) is None:
+        raise _not_found(res_type, res_id)
+    stored = repository.version(conn, caller.visibility, res_type, res_id, int(version_id)) \
+        if version_id.isdigit() and len(version_id) <= 9 else None
+    if stored is None:
+        raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
+    if stored.deleted:
+        raise Gone(f"{res_type}/{res_id} version {version_id} is a deletion", "meta.versionId")
+    return stored
+
+
+def update_in(
+    conn: Connection, caller: Access, res_type: str, res_id: str, resource: dict, if_match: int | None = None,
+) -> WriteResult:
+    """New version (the current row locked first), or update-as-create when the id is free and the
+    caller may choose ids (a site client updates only the ids its site owns)."""
+    caller.require(res_type, "u")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
+    if previous is None and not caller.chooses_ids:
+        raise NotFound(f"{res_type}/{res_id} not found (a site client creates with POST or a conditional "
+                       "update: the server assigns the id)", f"{res_type}.id")
+    _check_if_match(res_type, res_id, previous, if_match)
+    if previous is None:
+        stored = repository.create(conn, res_type, res_id, resource, "PUT")
+        after_write(conn, stored)
+        return WriteResult(stored, created=True)
+    if not previous.deleted and unchanged(previous.content, resource):
+        return WriteResult(previous, created=False)  # no-op update: no new version (as HAPI does)
+    stored = repository.replace(conn, previous, resource, "PUT")
+    after_write(conn, stored)
+    return WriteResult(stored, created=previous.deleted)
+
+
+def _without_server_meta(content: dict | None) -> dict:
+    if not content:
+        return {}
+    meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    stripped = {k: v for k, v in content.items() if k != "meta"}
+    if meta:
+        stripped["meta"] = meta
+    return stripped
+
+
+def unchanged(stored: dict | None, incoming: dict) -> bool:
+    """True when an update would store the same content again (server-owned meta aside)."""
+    return _without_server_meta(stored) == _without_server_meta(incoming)
+
+
+def conditional_update_in(
+    conn: Connection, caller: Access, res_type: str, criteria: str, body: Any, if_match: int | None = None,
+    base_url: str = "",
+) -> WriteResult:
+    """PUT [type]?criteria: no match → create, one → update it, several → 412 (matches among what
+    the caller may see: another site's resources are not candidates)."""
+    caller.require(res_type, "u")
+    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url, may_create=True)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
+    body_id = body.get("id") if isinstance(body, dict) else None
+    if matches:
+        if body_id is not None and body_id != matches[0]:
+            raise InvalidRequest(
+                f"Resource id '{body_id}' differs from the matching resource '{matches[0]}'", f"{res_type}.id"
+            )
+        resource = check_update_body(caller, res_type, matches[0], body)
+        return update_in(conn, caller, res_type, matches[0], resource, if_match)
+    if body_id is not None:
+        return update_in(conn, caller, res_type, body_id, check_update_body(caller, res_type, body_id, body), if_match)
+    return create_in(conn, caller, res_type, accept(caller, body, res_type))
+
+
+def patch_in(
+    conn: Connection, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
+) -> WriteResult:
+    if not isinstance(operations, list):
+        raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
+    caller.require(res_type, "u")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
+    if previous is None:
+        raise _not_found(res_type, res_id)
+    if previous.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
+    _check_if_match(res_type, res_id, previous, if_match)
+    patched = _apply_patch(previous.content or {}, operations)
+    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
+        raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
+    resource = accept(caller, patched, res_type)
+    stored = repository.replace(conn, previous, resource, "PATCH")
+    after_write(conn, stored)
+    return WriteResult(stored, created=False)
+
+
+def delete_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored | None:
+    """A tombstone version; deleting a deleted resource changes nothing (None)."""
+    caller.require(res_type, "d")
+    previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
+    if previous is None:
+        raise _not_found(res_type, res_id)
+    if previous.deleted:
+        return None
+    stored = repository.tombstone(conn, previous)
+    after_write(conn, stored)
+    return stored
+
+
+def conditional_delete_in(
+    conn: Connection, caller: Access, res_type: str, criteria: str, base_url: str = "",
+) -> Stored | None:
+    """DELETE [type]?criteria: no match → nothing, one → delete it, several → 412 (the permission is
+    checked first: whether anything matches is an answer too)."""
+    caller.require(res_type, "d")
+    matches = conditional.matching_ids(conn, caller, res_type, criteria, base_url)
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Criteria '{criteria}' match {len(matches)} resources", "criteria")
+    if not matches:
+        return None
+    return delete_in(conn, caller, res_type, matches[0])
+
+
+# --- store-level interactions (one transaction each) -----------------------------------------
+
+
+def create(
+    store: Store, caller: Access, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "",
+) -> WriteResult:
+    """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
+    require_known_type(res_type)
+    resource = accept(caller, body, res_type)
+    with write_transaction(store, caller) as conn:
+        return create_in(conn, caller, res_type, resource, if_none_exist, base_url=base_url)
+
+
+def read(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
+    require_known_type(res_type)
+    with store.reading() as conn:
+        return read_in(conn, caller, res_type, res_id)
+
+
+def vread(store: Store, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
+    require_known_type(res_type)
+    with store.reading() as conn:
+        return vread_in(conn, caller, res_type, res_id, version_id)
+
+
+def check_update_body(caller: Access, res_type: str, res_id: str, body: Any) -> dict:
+    """Validate an update body; its id must be absent (taken from the URL) or equal the URL's."""
+    require_valid_id(res_id, res_type)
+    if isinstance(body, dict) and body.get("resourceType") == res_type:
+        body_id = body.get("id")
+        if body_id is None:
+            body = {**body, "id": res_id}
+        elif body_id != res_id:
+            raise InvalidRequest(
+                f"Resource id '{body_id}' does not match the id '{res_id}' of the URL", f"{res_type}.id"
+            )
+    return accept(caller, body, res_type)
+
+
+def update(
+    store: Store, caller: Access, res_type: str, res_id: str, body: Any, if_match: int | None = None,
+) -> WriteResult:
+    """PUT [type]/[id]: new version, or update-as-create when the id is free (or deleted)."""
+    require_known_type(res_type)
+    resource = check_update_body(caller, res_type, res_id, body)
+    with write_transaction(store, caller) as conn:
+        return update_in(conn, caller, res_type, res_id, resource, if_match)
+
+
+def conditional_update(
+    store: Store, caller: Access, res_type: str, criteria: str, body: Any, if_match: int | None = None,
+    base_url: str = "",
+) -> WriteResult:
+    require_known_type(res_type)
+    accept(caller, body, res_type)
+    with write_transaction(store, caller) as conn:
+        return conditional_update_in(conn, caller, res_type, criteria, body, if_match, base_url)
+
+
+def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_match: int | None) -> None:
+    if if_match is None:
+        return
+    current_version = None if previous is None or previous.deleted else previous.version
+    if current_version != if_match:
+        found = "it does not exist" if current_version is None else f"the current version is {current_version}"
+        raise PreconditionFailed(
+            f"If-Match version {if_match} does not match {res_type}/{res_id}: {found}", "If-Match"
+        )
+
+
+def patch(
+    store: Store, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
+) -> WriteResult:
+    """PATCH [type]/[id] with a JSON Patch document; the result is validated like an update."""
+    require_known_type(res_type)
+    with write_transaction(store, caller) as conn:
+        return patch_in(conn, caller, res_type, res_id, operations, if_match)
+
+
+def _apply_patch(document: dict, operations: list) -> dict:
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, dict) or "op" not in operation or "path" not in operation:
+            raise InvalidRequest(f"JSON Patch operation {index} needs 'op' and 'path'", f"PATCH[{index}]")
+    try:
+        return jsonpatch.apply_patch(document, operations)
+    except jsonpatch.JsonPatchTestFailed as exc:
+        raise PreconditionFailed(f"JSON Patch test failed: {exc}", "PATCH") from exc
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"JSON Patch could not be applied: {exc}", "PATCH") from exc
+
+
+def delete(store: Store, caller: Access, res_type: str, res_id: str) -> Stored | None:
+    require_known_type(res_type)
+    with write_transaction(store, caller) as conn:
+        return delete_in(conn, caller, res_type, res_id)
+
+
+def conditional_delete(store: Store, caller: Access, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+    require_known_type(res_type)
+    with write_transaction(store, caller) as conn:
+        return conditional_delete_in(conn, caller, res_type, criteria, base_url)
+
+
+def validate(
+    store: Store, caller: Access, res_type: str, body: Any, res_id: str | None = None, mode: str | None = None,
+) -> list[Issue]:
+    """$validate: the issues a create (or an update of ``res_id``) would raise, nothing written.
+    The caller needs the permission of the write it checks (create, update or delete)."""
+    require_known_type(res_type)
+    caller.require(res_type, "d" if mode == "delete" else "c" if res_id is None else "u")
+    if mode == "delete":
+        if res_id is None:
+            raise InvalidRequest("mode=delete needs an instance-level $validate", "mode")
+        read(store, caller, res_type, res_id)
+        return []
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
+        body = _resource_parameter(body)
+    if res_id is not None:
+        try:
+            resource = check_update_body(caller, res_type, res_id, body)
+        except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
+            return exc.issues
+        return rules.domain_issues(resource)
+    issues = resource_issues(body, res_type)
+    return issues or rules.domain_issues(body)
+
+
+def _resource_parameter(parameters: dict) -> Any:
+    for parameter in parameters.get("parameter") or []:
+        if isinstance(parameter, dict) and parameter.get("name") == "resource":
+            return parameter.get("resource")
+    raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")
