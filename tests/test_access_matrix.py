@@ -273,9 +273,16 @@ def b_versions(world: World) -> dict[str, int]:
 
 
 def call(world: World, who: str, key: tuple[str, str], targets: Targets) -> httpx.Response:
+    """One request; an export kick-off refused because the server's job slots are busy (429) is
+    sent again after its Retry-After, as a client would."""
     method, _ = key
     url, kwargs = RECIPES[key].build(targets)
-    return world.sessions[who].request(method, url, **kwargs)
+    for _ in range(30):
+        answer = world.sessions[who].request(method, url, **kwargs)
+        if answer.status_code != 429 or "export" not in url:
+            return answer
+        time.sleep(float(answer.headers.get("Retry-After", "1")))
+    return answer
 
 
 def _follow(world: World, who: str, answer: httpx.Response) -> list[httpx.Response]:
