@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -33,7 +32,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from fhirfus.settings import test_postgres_url
+
+POSTGRES_URL = test_postgres_url()
 PER_SITE = 1000
 BENCH_KEY = "analysis-bench-key-not-a-secret"
 
@@ -134,10 +135,9 @@ def export_child(url: str, out: str, fmt: str) -> None:
     from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import Store
 
-    os.environ["FHIRFUS_DEID_KEY"] = BENCH_KEY
     started = time.perf_counter()
     engine = make_engine(url)
-    result = run_analysis(Store(engine), None, Path(out), fmt)
+    result = run_analysis(Store(engine), None, Path(out), fmt, key=BENCH_KEY)
     wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"wall": wall, "stages": result.seconds, "figures": result.figures, "peak_mib": peak_kib / 1024,

@@ -36,13 +36,14 @@ import httpx
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
+from fhirfus.settings import test_postgres_url
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import NewResource, Store, create_many
 from fhirfus.db.visibility import EVERYTHING
 
-POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = test_postgres_url()
 CHUNK = 2000
 
 

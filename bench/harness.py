@@ -36,6 +36,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from fhirfus.settings import test_postgres_url
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resources
@@ -45,7 +46,7 @@ RESULTS = REPO / "bench-results" / "bench.md"
 #: ``fhirfus serve --workers``: one process per core, as a Python server is deployed (one process
 #: runs Python on one core at a time).
 DEFAULT_WORKERS = os.cpu_count() or 1
-POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = test_postgres_url()
 RES_TYPE = "Observation"
 SEED = 20260101
 BATCH_ROWS = 500

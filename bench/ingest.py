@@ -50,7 +50,9 @@ import orjson
 from rich.markup import escape
 from sqlalchemy import insert
 
-from fhirfus.settings import DEFAULT_MAX_BODY_BYTES
+from fhirfus.settings import Settings
+
+DEFAULT_MAX_BODY_BYTES = Settings().max_body_bytes
 from fhirfus.domain import twstrs
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.auth.access import SERVER

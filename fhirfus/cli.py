@@ -280,7 +280,7 @@ def export_analysis_command(
             progress.update(task, description=f"analysis export: {stage}", completed=done, total=total or None)
 
         try:
-            target = export_analysis(group, out, fmt, policy, settings.database_url, report)
+            target = export_analysis(settings, group, out, fmt, policy, report)
         except FhirError as exc:
             console.print(f"[red]{exc.message}[/red]")
             raise typer.Exit(2) from exc

@@ -1,89 +1,146 @@
-"""Settings from environment variables (the contract in design.md §2), read once per process."""
+"""Every setting of fhirfus, declared once: its environment variable, default and help.
+
+``Settings`` is built once, where a process starts (``fhirfus serve``, a CLI command, a test), and
+passed to whoever needs a value; nothing else reads the environment. The README's configuration
+table is ``markdown_table()`` (a test keeps the two equal), so a new setting is documented by
+declaring it.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
+from typing import Any, get_type_hints
 
-DEFAULT_DATABASE_URL = "sqlite:///./var/fhirfus.db"
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-DEFAULT_EXPORT_DIR = "./var/exports"
+_DOCS = "help"
+_ENV = "env"
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise SystemExit(f"{name} must be an integer, got {raw!r}") from exc
+def setting(env: str, default: Any, help: str) -> Any:  # noqa: A002 - the word the table uses
+    """A field of ``Settings`` read from ``env`` (absent or empty: ``default``)."""
+    if isinstance(default, tuple | dict | list):
+        return field(default_factory=lambda: default, metadata={_ENV: env, _DOCS: help})
+    return field(default=default, metadata={_ENV: env, _DOCS: help})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything configurable; see README 'Configuration'."""
+    """Everything configurable (see the README's Configuration table, made from these fields)."""
 
-    database_url: str = DEFAULT_DATABASE_URL
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    default_page_size: int = 50
-    max_page_size: int = 1000
-    auth: str = "smart"
-    base_url: str | None = None
-    #: Bulk Data $export: where job files go, jobs per process, file split, time to live.
-    export_dir: str = DEFAULT_EXPORT_DIR
-    export_max_jobs: int = 2
-    export_file_max_resources: int = 100_000
-    export_file_max_bytes: int = 256 * 1024 * 1024
-    export_expire_seconds: int = 24 * 3600
-    #: Longest a single SQL statement of a request may run on PostgreSQL (milliseconds, 0: no limit).
-    statement_timeout_ms: int = 30_000
-    #: SMART backend services: access-token signing secret (unset: one generated per deployment and
-    #: kept in the database), token lifetime, browser origins allowed by CORS (none: CORS off).
-    token_secret: str | None = None
-    token_lifetime: int = 300
-    cors_origins: tuple[str, ...] = ()
-    #: Rate limits per minute (0: none): /fhir requests per client, token requests per client and
-    #: per remote address; counted per deployment in the database, or in Redis when ``redis_url`` is
-    #: set; each process shares its /fhir counts every ``rate_limit_sync_ms``.
-    rate_limit_per_minute: int = 6000
-    token_rate_limit_per_minute: int = 60
-    token_rate_limit_per_address: int = 600
-    rate_limit_sync_ms: int = 500
-    redis_url: str | None = None
-    #: How often each process re-reads which clients are enabled (a disabled client's access tokens
-    #: stop working within this time).
-    client_recheck_ms: int = 5000
-    extra: dict[str, str] = field(default_factory=dict)
+    database_url: str = setting(
+        "FHIRFUS_DATABASE_URL", "sqlite:///./var/fhirfus.db",
+        "SQLAlchemy URL; PostgreSQL: `postgresql+psycopg://postgres@127.0.0.1:5432/fhirfus`")
+    auth: str = setting(
+        "FHIRFUS_AUTH", "smart",
+        "`smart`: every `/fhir` request except `/metadata` and `/.well-known/smart-configuration` needs a bearer "
+        "token; `off`: development only (`make run`)")
+    token_secret: str | None = setting(
+        "FHIRFUS_TOKEN_SECRET", None,
+        "HS256 key (≥ 32 characters) that signs access tokens; unset: one is generated once per deployment and "
+        "kept in the database, so every worker and host verifies the others' tokens")
+    token_lifetime: int = setting("FHIRFUS_TOKEN_LIFETIME", 300, "access-token lifetime in seconds")
+    rate_limit_per_minute: int = setting(
+        "FHIRFUS_RATE_LIMIT", 6000,
+        "`/fhir` requests per minute per client, counted once per deployment (0: no limit); beyond it 429 with "
+        "`Retry-After`")
+    token_rate_limit_per_minute: int = setting(
+        "FHIRFUS_TOKEN_RATE_LIMIT", 60, "token requests per minute per client, counted exactly (0: no limit)")
+    token_rate_limit_per_address: int = setting(
+        "FHIRFUS_TOKEN_RATE_LIMIT_ADDRESS", 600,
+        "token requests per minute per remote address (behind a proxy: run uvicorn with `--proxy-headers`)")
+    rate_limit_sync_ms: int = setting(
+        "FHIRFUS_RATE_LIMIT_SYNC_MS", 500,
+        "how often each process shares its `/fhir` counts (a client may exceed its limit by what the other "
+        "processes admit for it within two intervals)")
+    redis_url: str | None = setting(
+        "FHIRFUS_REDIS_URL", None,
+        "count rate limits in this Redis database (`redis://127.0.0.1:6379/0`; one database per deployment) "
+        "instead of in the database")
+    client_recheck_ms: int = setting(
+        "FHIRFUS_CLIENT_RECHECK_MS", 5000,
+        "how often each process re-reads which clients are enabled: a disabled or removed client's access tokens "
+        "stop working within this time")
+    statement_timeout_ms: int = setting(
+        "FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000,
+        "longest a single SQL statement of a request may run on PostgreSQL; beyond it the request gets 503 "
+        "`too-costly` (0: no limit)")
+    deid_key: str | None = setting(
+        "FHIRFUS_DEID_KEY", None,
+        "secret (≥ 16 characters) naming the pseudonym namespace of analysis exports; unset: analysis exports are "
+        "refused (503)")
+    cors_origins: tuple[str, ...] = setting(
+        "FHIRFUS_CORS_ORIGINS", (), "comma-separated browser origins allowed by CORS (CORS is off without it)")
+    max_body_bytes: int = setting("FHIRFUS_MAX_BODY_BYTES", 16 * 1024 * 1024, "request bodies above this get 413")
+    default_page_size: int = setting("FHIRFUS_PAGE_SIZE", 50, "default `_count`")
+    max_page_size: int = setting("FHIRFUS_MAX_PAGE_SIZE", 1000, "largest `_count`")
+    base_url: str | None = setting(
+        "FHIRFUS_BASE_URL", None, "absolute base used in `Location`, `fullUrl` and paging links (unset: from the request)")
+    export_dir: str = setting(
+        "FHIRFUS_EXPORT_DIR", "./var/exports",
+        "where `$export` and `$analysis-export` jobs write their files (shared by all server processes of a "
+        "deployment)")
+    export_max_jobs: int = setting(
+        "FHIRFUS_EXPORT_MAX_JOBS", 2,
+        "export jobs one server process runs at once; a kick-off beyond that gets 429 with `Retry-After`")
+    export_file_max_resources: int = setting(
+        "FHIRFUS_EXPORT_FILE_RESOURCES", 100_000,
+        "an NDJSON file is closed and the next of its type started at this many resources")
+    export_file_max_bytes: int = setting(
+        "FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024, "... or at this many bytes")
+    export_expire_seconds: int = setting(
+        "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
+        "seconds a finished job and its files are kept (the manifest's `Expires` header)")
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        return cls(
-            database_url=os.environ.get("FHIRFUS_DATABASE_URL", DEFAULT_DATABASE_URL),
-            max_body_bytes=_int_env("FHIRFUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
-            default_page_size=_int_env("FHIRFUS_PAGE_SIZE", 50),
-            max_page_size=_int_env("FHIRFUS_MAX_PAGE_SIZE", 1000),
-            auth=os.environ.get("FHIRFUS_AUTH", "smart"),
-            base_url=os.environ.get("FHIRFUS_BASE_URL") or None,
-            export_dir=os.environ.get("FHIRFUS_EXPORT_DIR") or DEFAULT_EXPORT_DIR,
-            export_max_jobs=_int_env("FHIRFUS_EXPORT_MAX_JOBS", 2),
-            export_file_max_resources=_int_env("FHIRFUS_EXPORT_FILE_RESOURCES", 100_000),
-            export_file_max_bytes=_int_env("FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024),
-            export_expire_seconds=_int_env("FHIRFUS_EXPORT_EXPIRES", 24 * 3600),
-            statement_timeout_ms=_int_env("FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000),
-            token_secret=os.environ.get("FHIRFUS_TOKEN_SECRET") or None,
-            token_lifetime=_int_env("FHIRFUS_TOKEN_LIFETIME", 300),
-            cors_origins=tuple(o for o in os.environ.get("FHIRFUS_CORS_ORIGINS", "").split(",") if o),
-            rate_limit_per_minute=_int_env("FHIRFUS_RATE_LIMIT", 6000),
-            token_rate_limit_per_minute=_int_env("FHIRFUS_TOKEN_RATE_LIMIT", 60),
-            token_rate_limit_per_address=_int_env("FHIRFUS_TOKEN_RATE_LIMIT_ADDRESS", 600),
-            rate_limit_sync_ms=_int_env("FHIRFUS_RATE_LIMIT_SYNC_MS", 500),
-            redis_url=os.environ.get("FHIRFUS_REDIS_URL") or None,
-            client_recheck_ms=_int_env("FHIRFUS_CLIENT_RECHECK_MS", 5000),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of ``environ`` (the process environment by default); a malformed value exits."""
+        environ = os.environ if environ is None else environ
+        types = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = environ.get(item.metadata[_ENV], "")
+            if raw.strip():
+                values[item.name] = _parse(item.metadata[_ENV], raw, types[item.name])
+        return cls(**values)
+
+
+def _parse(env: str, raw: str, kind: Any) -> Any:
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError as exc:
+            raise SystemExit(f"{env} must be an integer, got {raw!r}") from exc
+    if kind == tuple[str, ...]:
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return raw
+
+
+#: Settings of the tests and benchmarks, not of the server (declared here so the table has them all).
+TEST_POSTGRES_URL = ("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                     "server the tests and benchmarks create their throw-away databases on")
+
+
+def test_postgres_url(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get(TEST_POSTGRES_URL[0]) or TEST_POSTGRES_URL[1]
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+
+    def shown(item: Any) -> str:
+        value = item.default_factory() if item.default is MISSING else item.default
+        return "none" if value is None or value == () else f"`{value}`"
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{item.metadata[_ENV]}` | {shown(item)} | {item.metadata[_DOCS]} |" for item in fields(Settings)]
+    rows.append(f"| `{TEST_POSTGRES_URL[0]}` | `{TEST_POSTGRES_URL[1]}` | {TEST_POSTGRES_URL[2]} |")
+    return "\n".join(rows)
 
 
 @cache
 def get_settings() -> Settings:
+    """The process's settings from its environment, read once (entry points only)."""
     return Settings.from_env()

@@ -7,7 +7,6 @@ server on a free loopback port. Tests talk to it with httpx or a FHIR client lib
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import time
@@ -24,14 +23,16 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from fhirfus.api.app import create_app
-from fhirfus.settings import Settings
+from fhirfus.settings import Settings, test_postgres_url
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.store.repository import Store
 from fhirfus.db.tables import resource_history, resources
 
-POSTGRES_URL = os.environ.get("FHIRFUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = test_postgres_url()
 BACKENDS = ("sqlite", "postgresql")
+#: The de-identification key the test servers run with.
+TEST_DEID_KEY = "test-deid-key-0123456789abcdef"
 
 
 @dataclass
@@ -142,7 +143,8 @@ def serving(settings: Settings, store: Store) -> Iterator[tuple[str, Any]]:
 @pytest.fixture(scope="session")
 def server(database: Database) -> Iterator[Server]:
     """fhirfus served over HTTP on the backend of ``database``."""
-    settings = Settings(database_url=database.url, max_body_bytes=1024 * 1024, default_page_size=20, auth="off")
+    settings = Settings(database_url=database.url, max_body_bytes=1024 * 1024, default_page_size=20, auth="off",
+                        deid_key=TEST_DEID_KEY)
     uv, thread, port = run_server(settings, Store(database.engine))
     try:
         yield Server(f"http://127.0.0.1:{port}/fhir", database)
@@ -179,6 +181,7 @@ class SecureServer:
 @pytest.fixture(scope="session")
 def secure_server(database: Database) -> Iterator[SecureServer]:
     settings = Settings(database_url=database.url, auth="smart", token_secret="test-secret-" + uuid.uuid4().hex,
+                        deid_key=TEST_DEID_KEY,
                         default_page_size=20, rate_limit_per_minute=100_000, token_rate_limit_per_minute=100_000,
                         token_rate_limit_per_address=100_000)
     uv, thread, port = run_server(settings, Store(database.engine))

@@ -14,14 +14,15 @@ import httpx
 import orjson
 import pytest
 from auth_helpers import make_client
+from conftest import TEST_DEID_KEY, serving
 
 from fhirfus.analysis.jobs import AnalysisJobs, JobState
 from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
 from fhirfus.ingest.site_import import import_files
 from fhirfus.db.engine import make_engine
+from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
-KEY = "api-test-key-0123456789abcdef"
 ASYNC = {"Prefer": "respond-async"}
 
 
@@ -50,9 +51,9 @@ def wait_for(client: httpx.Client, url: str, timeout: float = 30) -> httpx.Respo
 
 
 @pytest.fixture
-def deid_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("FHIRFUS_DEID_KEY", KEY)
-    return KEY
+def deid_key() -> str:
+    """The key the test servers run with (``conftest.TEST_DEID_KEY``)."""
+    return TEST_DEID_KEY
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,7 @@ def cohort_group(server, tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def finished(server, cohort_group: str) -> Iterator[tuple[httpx.Response, dict]]:
     """(kick-off response, manifest) of one completed CSV export of ``cohort_group``."""
-    with pytest.MonkeyPatch.context() as patch, server.client() as client:
-        patch.setenv("FHIRFUS_DEID_KEY", KEY)
+    with server.client() as client:
         kick = client.get(f"/Group/{cohort_group}/$analysis-export", headers=ASYNC)
         done = wait_for(client, kick.headers["Content-Location"])
         assert done.status_code == 200, done.text
@@ -118,10 +118,10 @@ def test_deleted_job_is_gone_with_its_files(client: httpx.Client, cohort_group: 
     assert client.get(manifest["output"][0]["url"]).status_code == 404
 
 
-def test_without_deid_key_the_export_is_refused_with_503(server, client: httpx.Client,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FHIRFUS_DEID_KEY", raising=False)
-    response = client.get("/$analysis-export", headers=ASYNC)
+def test_without_deid_key_the_export_is_refused_with_503(database) -> None:
+    settings = Settings(database_url=database.url, auth="off", deid_key=None)
+    with serving(settings, Store(database.engine)) as (root, _):
+        response = httpx.get(root + "/fhir/$analysis-export", headers=ASYNC, timeout=30)
     assert response.status_code == 503
     issue = response.json()["issue"][0]
     assert response.json()["resourceType"] == "OperationOutcome"
@@ -184,7 +184,8 @@ def test_with_authentication_only_analysts_start_exports_and_only_their_own_jobs
 
 
 def test_finished_jobs_older_than_the_expiry_are_swept_with_their_files(tmp_path: Path) -> None:
-    jobs = AnalysisJobs(Store(make_engine(f"sqlite:///{tmp_path / 'unused.db'}")), tmp_path / "jobs", expire_seconds=60)
+    jobs = AnalysisJobs(Store(make_engine(f"sqlite:///{tmp_path / 'unused.db'}")), tmp_path / "jobs", key=None,
+                        expire_seconds=60)
     old, fresh = (JobState(uuid.uuid4().hex, "completed", "r", None, "csv", None, "", "") for _ in range(2))
     for job in (old, fresh):
         jobs._write(job)

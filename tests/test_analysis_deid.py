@@ -117,7 +117,6 @@ def planted(server, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list
 def test_planted_identifiers_dates_and_free_text_appear_in_no_output_file(
     planted: tuple[str, list[str]], client: httpx.Client, monkeypatch: pytest.MonkeyPatch, fmt: str
 ) -> None:
-    monkeypatch.setenv("FHIRFUS_DEID_KEY", KEY_A)
     group, values = planted
     kick = client.get(f"/Group/{group}/$analysis-export", params={"_outputFormat": fmt}, headers=ASYNC)
     status = kick.headers["Content-Location"]
@@ -151,9 +150,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, list[dict[s
 
 
 def _export(store: Store, out: Path, key: str, policy: str | None = None) -> Path:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FHIRFUS_DEID_KEY", key)
-        run_analysis(store, None, out, "csv", policy)
+    run_analysis(store, None, out, "csv", policy, key=key)
     return out
 
 
@@ -275,9 +272,8 @@ def test_dictionary_names_the_policy_and_its_file_hash(exports: dict[str, Path])
 def test_without_a_key_nothing_is_read_and_the_error_says_what_to_set(cohort, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store, _, _ = cohort
-    monkeypatch.delenv("FHIRFUS_DEID_KEY", raising=False)
     with pytest.raises(DeidentificationUnavailable, match="FHIRFUS_DEID_KEY") as error:
-        run_analysis(store, None, tmp_path / "none", "csv")
+        run_analysis(store, None, tmp_path / "none", "csv", key=None)
     assert error.value.status == 503
     assert not (tmp_path / "none").exists()
 

@@ -88,9 +88,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]
     site_file = write_site_file(root / "site.csv", cohort_rows(PATIENTS, seed=7))
     report = import_files(store, "site-registry", "ST", [site_file])
     assert report.ok, report.errors[:3]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FHIRFUS_DEID_KEY", KEY)
-        run_analysis(store, None, root / "out", "csv")
+    run_analysis(store, None, root / "out", "csv", key=KEY)
     engine.dispose()
     return json.loads((root / "out" / "statistics.json").read_text()), expected_patients(site_file)
 

@@ -208,7 +208,6 @@ def test_concurrent_transactions_over_the_same_ids_answer_no_5xx(world: World) -
 def test_analysis_kick_off_does_not_echo_group_content(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Analysts read no resources; the kick-off reads the Group as the server and its errors quote
     the Group's ``type`` and ``actual`` (422) and how many versions a deleted Group had (410)."""
-    monkeypatch.setenv("FHIRFUS_DEID_KEY", "a test key of sixteen characters or more")
     device = world.b.post("/Group", json={"resourceType": "Group", "type": "device", "actual": False}).json()
     deleted = world.b.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True}).json()
     for name in ("one", "two"):

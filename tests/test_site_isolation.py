@@ -232,7 +232,6 @@ def test_a_resource_names_at_most_one_site(world: World) -> None:
 
 
 def test_an_analyst_exports_a_cohort_group_without_reading_the_group(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FHIRFUS_DEID_KEY", "a test key of sixteen characters or more")
     patient = world.patient(world.b)
     group = world.admin.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True,
                                              "member": [{"entity": {"reference": f"Patient/{patient['id']}"}}]}).json()

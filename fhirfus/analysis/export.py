@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from fhirfus.settings import get_settings
+from fhirfus.settings import Settings
 from fhirfus.analysis.dataset import build_dataset
 from fhirfus.analysis.deid.rows import deidentify
 from fhirfus.analysis.files import (
@@ -39,7 +39,7 @@ from fhirfus.analysis.source import (
 from fhirfus.analysis.views import analysis_views
 from fhirfus.analysis.deid.policy import (
     check_policy,
-    deid_key,
+    checked_key,
     k_anonymize,
     load_policy,
     namespace_for,
@@ -81,18 +81,20 @@ def output_format(value: str | None) -> str:
     return fmt
 
 
-def prepare(policy_name: str | None) -> tuple[Any, str]:
-    """The checked policy and the key, or the error that makes an export impossible (before any work)."""
+def prepare(policy_name: str | None, key: str | None) -> tuple[Any, str]:
+    """The checked policy and key (``Settings.deid_key``), or the error that makes an export
+    impossible (before any work)."""
     policy = load_policy(policy_name)
     check_policy(policy, [column for view in analysis_views() for column in view.columns])
-    return policy, deid_key()
+    return policy, checked_key(key)
 
 
 def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "csv", policy_name: str | None = None,
-                 progress: Progress | None = None) -> AnalysisResult:
-    """Export the cohort ``group_id`` (``_all`` or None: every patient) into ``out_dir``."""
+                 progress: Progress | None = None, *, key: str | None) -> AnalysisResult:
+    """Export the cohort ``group_id`` (``_all`` or None: every patient) into ``out_dir``, with
+    pseudonyms in the namespace of ``key``."""
     fmt = output_format(fmt)
-    policy, key = prepare(policy_name)
+    policy, key = prepare(policy_name, key)
     views = analysis_views()
     clock = _Clock()
     cohort = resolve_cohort(store, group_id)
@@ -172,8 +174,8 @@ class _Clock:
         self.last = now
 
 
-def export_analysis(group_id: str | None, out_dir: Path, fmt: str = "csv", policy: str | None = None,
-                    database_url: str | None = None, progress: Progress | None = None) -> Path:
+def export_analysis(settings: Settings, group_id: str | None, out_dir: Path, fmt: str = "csv",
+                    policy: str | None = None, progress: Progress | None = None) -> Path:
     """``fhirfus export analysis``: write the analysis files of a cohort into ``out_dir`` and return it.
 
     ``group_id`` None or ``_all`` exports every patient. ``progress(stage, done, total)`` is
@@ -181,9 +183,9 @@ def export_analysis(group_id: str | None, out_dir: Path, fmt: str = "csv", polic
     Raises ``fhirfus.errors.FhirError`` subclasses with a clear message (no key, unknown
     policy or group, bad format).
     """
-    engine = make_engine(database_url or get_settings().database_url)
+    engine = make_engine(settings.database_url)
     try:
-        run_analysis(Store(engine), group_id, Path(out_dir), fmt, policy, progress)
+        run_analysis(Store(engine), group_id, Path(out_dir), fmt, policy, progress, key=settings.deid_key)
     finally:
         engine.dispose()
     return Path(out_dir)

@@ -89,7 +89,10 @@ def _now() -> str:
 class AnalysisJobs:
     """Submit, poll, serve and delete analysis jobs under ``root``."""
 
-    def __init__(self, store: Store, root: Path, workers: int = 1, expire_seconds: int = 24 * 3600) -> None:
+    def __init__(self, store: Store, root: Path, *, key: str | None, workers: int = 1,
+                 expire_seconds: int = 24 * 3600) -> None:
+        """``key``: the de-identification key of the deployment (``Settings.deid_key``)."""
+        self.key = key
         self.store = store
         self.root = root
         self.expire_seconds = expire_seconds
@@ -151,7 +154,7 @@ class AnalysisJobs:
 
         try:
             result = _run_analysis(self.store, job.group_id, self.root / job.id / "files", job.format, job.policy,
-                                  progress)
+                                  progress, key=self.key)
         except _Cancelled:
             return
         except FhirError as exc:

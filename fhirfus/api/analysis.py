@@ -49,7 +49,8 @@ def analysis_jobs(app: FastAPI) -> AnalysisJobs:
         if jobs is None:
             settings = app.state.settings
             root = Path(settings.export_dir) / "analysis"
-            jobs = AnalysisJobs(app.state.store, root.resolve(), expire_seconds=settings.export_expire_seconds)
+            jobs = AnalysisJobs(app.state.store, root.resolve(), key=settings.deid_key,
+                                expire_seconds=settings.export_expire_seconds)
             app.state.analysis_jobs = jobs
         return jobs
 
@@ -147,7 +148,7 @@ async def _kick_off(request: Request, group_id: str) -> Response:
     store = request.app.state.store
 
     def check() -> None:
-        prepare(policy)
+        prepare(policy, request.app.state.settings.deid_key)
         resolve_cohort(store, group_id)
 
     await run_in_threadpool(check)

@@ -25,11 +25,12 @@ def shared_secret(store: Store, name: str = ACCESS_TOKEN_SECRET,
                   generate: Callable[[], str] = lambda: secrets.token_urlsafe(48)) -> str:
     """The deployment's secret called ``name``, generated and stored by the first caller."""
     query = select(auth_secrets.c.value).where(auth_secrets.c.name == name)
-    with store.reading() as conn:
-        value = conn.execute(query).scalar_one_or_none()
-    if value is not None:
-        return value
     with store.writing() as conn:  # two processes may race here: the first insert wins, both read it
+        if conn.dialect.name == "postgresql":  # start-up work: not bound by the requests' statement time limit
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        value = conn.execute(query).scalar_one_or_none()
+        if value is not None:
+            return value
         conn.execute(upsert_insert(conn, auth_secrets).values(name=name, value=generate(), created_at=datetime.now(UTC))
                      .on_conflict_do_nothing(index_elements=["name"]))
         return conn.execute(query).scalar_one()

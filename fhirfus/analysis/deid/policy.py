@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 from collections import Counter
@@ -67,10 +66,9 @@ class PolicyError(FhirError):
 # --- the key ---------------------------------------------------------------------------------
 
 
-def deid_key() -> str:
-    """The de-identification key from the environment, or a clear refusal."""
-    key = os.environ.get(KEY_VARIABLE, "")
-    if not key.strip():
+def checked_key(key: str | None) -> str:
+    """The de-identification key (``Settings.deid_key``), or a clear refusal."""
+    if not key or not key.strip():
         raise DeidentificationUnavailable(
             f"De-identified exports are disabled: {KEY_VARIABLE} is not set. Set it to a secret of at least "
             f"{MIN_KEY_LENGTH} characters; it selects the pseudonym namespace, so keep it to get the same "
