@@ -23,8 +23,10 @@ run: install
 	$(BIN)/fhirfus demo --if-empty
 	FHIRFUS_AUTH=off $(BIN)/fhirfus serve --host $(HOST) --port $(PORT)
 
-## make test: the whole suite, against SQLite and PostgreSQL.
+## make test: lint (ruff) and types (mypy), then the whole suite against SQLite and PostgreSQL.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 ## make bench: the figures the issues ask for, on SQLite and PostgreSQL (not a test): CRUD over HTTP,

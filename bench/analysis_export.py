@@ -51,12 +51,12 @@ def _resolve(value: object, mapping: dict[str, str]) -> object:
 
 def _load_site(url: str, site: str, patients: int, seed: int) -> int:
     """Map one synthetic site through site-registry and bulk-insert what an import would write."""
+    from fhirfus.db.engine import make_engine
+    from fhirfus.domain.conformance import load_conformance
+    from fhirfus.domain.derived import to_create_with
     from fhirfus.domain.synthetic_cohort import cohort_rows
     from fhirfus.ingest.mapping.engine import map_rows
     from fhirfus.ingest.mapping.spec import load_spec
-    from fhirfus.domain.conformance import load_conformance
-    from fhirfus.domain.derived import to_create_with
-    from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import NewResource, Store, create_many
 
     load_conformance()
@@ -157,9 +157,9 @@ def run_export(url: str, fmt: str) -> dict:
 def reference_runner(url: str, sample: int = 20000) -> dict[str, float]:
     """Rows/s of the fhirpathpy reference runner vs the compiled path, on the same resources."""
     from fhirfus.analysis.views import analysis_views
-    from fhirfus.sqlonfhir.runner import compile_view
     from fhirfus.db.engine import make_engine
     from fhirfus.db.visibility import EVERYTHING
+    from fhirfus.sqlonfhir.runner import compile_view
     resources = EVERYTHING.resources()
 
     views = analysis_views()

@@ -29,17 +29,17 @@ import time
 import uuid
 from pathlib import Path
 
+import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
 import httpx
+import ingest as bench_ingest
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
-import ingest as bench_ingest
 from fhirfus.auth.clients import register
-from fhirfus.store import repository
 from fhirfus.db.engine import make_engine
-from fhirfus.store.repository import NewResource, Store
 from fhirfus.db.visibility import SITE_SYSTEM
+from fhirfus.store import repository
+from fhirfus.store.repository import NewResource, Store
 
 CLIENTS, READS = 4, int(os.environ.get("BENCH_AUTH_READS", "6000"))
 BUNDLES = int(os.environ.get("BENCH_AUTH_BUNDLES", "40"))

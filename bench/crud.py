@@ -37,49 +37,47 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
+    AIM_CREATE_RATE,
+    AIM_READ_P95_MS,
+    AIM_READ_SHARE,
+    BATCH_ROWS,
+    FULL,
+    NOISY_SHARE,
+    QUICK,
+    REPO,
+    RES_TYPE,
+    RESULTS,
+    SEED,
+    BenchError,
+    Counts,
+    HttpCall,
+    LoadGenerator,
+    Measurement,
+    Options,
+    Probe,
+    _machine_ticks,
+    _pg_name,
+    backend_databases,
+    bare_server,
+    console,
+    cpu_meter,
+    drive_threads,
+    fhirfus_server,
+    load_generator,
+    migrated,
+    observation,
+    payloads,
+    updated,
+)
 from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from fhirfus.db.engine import make_engine
-from fhirfus.store.repository import Store, stamp
 from fhirfus.db.tables import resources
-
-from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
-    _machine_ticks,
-    _pg_name,
-    AIM_CREATE_RATE,
-    AIM_READ_P95_MS,
-    AIM_READ_SHARE,
-    backend_databases,
-    bare_server,
-    BATCH_ROWS,
-    BenchError,
-    console,
-    Counts,
-    cpu_meter,
-    drive_threads,
-    fhirfus_server,
-    FULL,
-    HttpCall,
-    load_generator,
-    LoadGenerator,
-    Measurement,
-    migrated,
-    NOISY_SHARE,
-    observation,
-    Options,
-    payloads,
-    Probe,
-    QUICK,
-    REPO,
-    RES_TYPE,
-    RESULTS,
-    SEED,
-    updated,
-)
-
+from fhirfus.store.repository import Store, stamp
 
 # --- the raw-database baseline ---------------------------------------------------------------
 

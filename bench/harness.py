@@ -36,10 +36,10 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from fhirfus.settings import test_postgres_url
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resources
+from fhirfus.settings import test_postgres_url
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results" / "bench.md"
@@ -321,7 +321,7 @@ def drive_threads(
             start = time.perf_counter()
             try:
                 problem = operation(worker, job)
-            except Exception as exc:  # noqa: BLE001 - reported with the phase, see above
+            except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             own_latencies.append(time.perf_counter() - start)
             if problem is not None:

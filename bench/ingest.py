@@ -45,26 +45,24 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
 import httpx
 import orjson
 from rich.markup import escape
 from sqlalchemy import insert
 
+from fhirfus.auth.access import SERVER
+from fhirfus.db.engine import make_engine
+from fhirfus.db.tables import resources
+from fhirfus.domain import twstrs
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.fhir.references import rewrite_references
+from fhirfus.heap import freeze_start_up_heap
+from fhirfus.interactions import bundles
 from fhirfus.settings import Settings
+from fhirfus.store.repository import Store, stamp
 
 DEFAULT_MAX_BODY_BYTES = Settings().max_body_bytes
-from fhirfus.domain import twstrs
-from fhirfus.fhir.references import rewrite_references
-from fhirfus.auth.access import SERVER
-from fhirfus.interactions import bundles
-from fhirfus.heap import freeze_start_up_heap
-from fhirfus.domain.conformance import load_conformance
-from fhirfus.db.engine import make_engine
-from fhirfus.store.repository import Store, stamp
-from fhirfus.db.tables import resources
-
-
-import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
 
 console = bench.console
 

@@ -60,25 +60,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
 import httpx
 import orjson
 from rich.markup import escape
 from sqlalchemy import Engine, event, text
 
-from fhirfus.search.extraction import normalize_string
 from fhirfus.auth.access import SERVER
-from fhirfus.interactions import bundles
-from fhirfus.interactions import search
-from fhirfus.heap import freeze_start_up_heap
-from fhirfus.domain.conformance import load_conformance
-from fhirfus.store import repository
-from fhirfus.search import index as indexer
 from fhirfus.db import rows
 from fhirfus.db.engine import make_engine
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.heap import freeze_start_up_heap
+from fhirfus.interactions import bundles, search
+from fhirfus.search import index as indexer
+from fhirfus.search.extraction import normalize_string
+from fhirfus.store import repository
 from fhirfus.store.repository import NewResource, Store
-
-
-import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
 
 console = bench.console
 
@@ -115,27 +112,9 @@ QUICK = Sizes(resources=50_000, ingest_sample=10_000, requests=200, warmup=20, c
 #: Surnames of many origins; a patient's family name is one of them (Zipf-skewed: a few very
 #: common, a long tail), sometimes with a suffix or double-barrelled, so prefix searches range
 #: from a handful of matches to a few thousand, as on a real patient index.
-FAMILY_BASES = (
-    "Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez Gonzalez "
-    "Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris Sanchez Clark "
-    "Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill Flores Green Adams "
-    "Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Müller Schmidt Schneider Fischer Weber "
-    "Meyer Wagner Becker Schulz Hoffmann Schäfer Koch Bauer Richter Klein Wolf Schröder Neumann Rossi "
-    "Russo Ferrari Esposito Bianchi Romano Colombo Ricci Marino Greco Dubois Bernard Petit Durand Leroy "
-    "Moreau Lefèvre Fournier Girard Bonnet Nowak Kowalski Wiśniewski Wójcik Kowalczyk Novák Svoboda "
-    "Dvořák Horváth Nagy Kovács Tóth Jansen Bakker Visser Smit Andersson Johansson Karlsson Nilsson "
-    "Hansen Nielsen Jensen Pedersen Kim Park Choi Chen Wang Li Zhang Liu Yang Huang Tran Pham Singh "
-    "Kumar Patel Shah Khan Ahmed Ali Hassan Yilmaz Kaya Demir Şahin Sato Suzuki Takahashi Tanaka "
-    "Watanabe Ivanov Smirnov Kuznetsov Popov Silva Santos Oliveira Souza Pereira Costa Fernandes "
-    "O'Brien Murphy Kelly Walsh MacDonald Stewart Papadopoulos Cohen Levi Mizrahi Haddad Mansour "
-    "Okafor Mensah Mwangi Diallo Traoré Kariuki Abebe"
-).split()
+FAMILY_BASES = ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright", "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green", "Adams", "Nelson", "Baker", "Hall", "Rivera", "Campbell", "Mitchell", "Carter", "Roberts", "Müller", "Schmidt", "Schneider", "Fischer", "Weber", "Meyer", "Wagner", "Becker", "Schulz", "Hoffmann", "Schäfer", "Koch", "Bauer", "Richter", "Klein", "Wolf", "Schröder", "Neumann", "Rossi", "Russo", "Ferrari", "Esposito", "Bianchi", "Romano", "Colombo", "Ricci", "Marino", "Greco", "Dubois", "Bernard", "Petit", "Durand", "Leroy", "Moreau", "Lefèvre", "Fournier", "Girard", "Bonnet", "Nowak", "Kowalski", "Wiśniewski", "Wójcik", "Kowalczyk", "Novák", "Svoboda", "Dvořák", "Horváth", "Nagy", "Kovács", "Tóth", "Jansen", "Bakker", "Visser", "Smit", "Andersson", "Johansson", "Karlsson", "Nilsson", "Hansen", "Nielsen", "Jensen", "Pedersen", "Kim", "Park", "Choi", "Chen", "Wang", "Li", "Zhang", "Liu", "Yang", "Huang", "Tran", "Pham", "Singh", "Kumar", "Patel", "Shah", "Khan", "Ahmed", "Ali", "Hassan", "Yilmaz", "Kaya", "Demir", "Şahin", "Sato", "Suzuki", "Takahashi", "Tanaka", "Watanabe", "Ivanov", "Smirnov", "Kuznetsov", "Popov", "Silva", "Santos", "Oliveira", "Souza", "Pereira", "Costa", "Fernandes", "O'Brien", "Murphy", "Kelly", "Walsh", "MacDonald", "Stewart", "Papadopoulos", "Cohen", "Levi", "Mizrahi", "Haddad", "Mansour", "Okafor", "Mensah", "Mwangi", "Diallo", "Traoré", "Kariuki", "Abebe"]
 FAMILY_SUFFIXES = ("s", "son", "sen", "er", "mann", "ini", "ová", "ski", "el", "ian", "y")
-GIVEN_NAMES = (
-    "Anna Maria Sofia Emma Olivia Lena Julia Sara Laura Eva Noor Aisha Mei Yuki Ingrid Chiara Lucía "
-    "Zoe Amira Hana James John Robert Michael David Daniel Luca Jonas Lukas Noah Omar Ali Wei Kenji "
-    "Mateo Pierre Jan Piotr Ivan Samuel Kwame Tomás Erik Mohammed Leon Felix Elias Ahmet"
-).split()
+GIVEN_NAMES = ["Anna", "Maria", "Sofia", "Emma", "Olivia", "Lena", "Julia", "Sara", "Laura", "Eva", "Noor", "Aisha", "Mei", "Yuki", "Ingrid", "Chiara", "Lucía", "Zoe", "Amira", "Hana", "James", "John", "Robert", "Michael", "David", "Daniel", "Luca", "Jonas", "Lukas", "Noah", "Omar", "Ali", "Wei", "Kenji", "Mateo", "Pierre", "Jan", "Piotr", "Ivan", "Samuel", "Kwame", "Tomás", "Erik", "Mohammed", "Leon", "Felix", "Elias", "Ahmet"]
 CITIES = ("Berlin", "Munich", "Vienna", "Zurich", "Lyon", "Milan", "Madrid", "Leeds", "Utrecht", "Oslo",
           "Kraków", "Brno", "Toronto", "Boston", "Seattle", "Osaka", "Seoul", "Melbourne")
 

@@ -54,12 +54,12 @@ def _safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _store(url: str):  # noqa: ANN202 - a fhirfus.store.repository.Store
+def _store(url: str):
     """The store of a data command, with fhirfus's own search parameters registered (as the server
     does at start-up), so what the command writes is indexed for them too."""
-    from fhirfus.heap import freeze_start_up_heap
-    from fhirfus.domain.conformance import load_conformance
     from fhirfus.db.engine import make_engine
+    from fhirfus.domain.conformance import load_conformance
+    from fhirfus.heap import freeze_start_up_heap
     from fhirfus.store.repository import Store
 
     load_conformance()
@@ -276,7 +276,7 @@ def export_analysis_command(
     with Progress(console=console) as progress:
         task = progress.add_task("analysis export", total=None)
 
-        def report(stage: str, done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int | None) -> None:
             progress.update(task, description=f"analysis export: {stage}", completed=done, total=total or None)
 
         try:
@@ -287,7 +287,7 @@ def export_analysis_command(
     console.print(f"analysis files written to {target}")
 
 
-def _clients_store():  # noqa: ANN202 - a fhirfus.store.repository.Store
+def _clients_store():
     """The store of a ``clients`` command: migrated, without the FHIR start-up the data commands need."""
     from fhirfus.db.engine import make_engine
     from fhirfus.store.repository import Store
@@ -309,7 +309,7 @@ def _read_jwks(path: Path | None) -> dict | None:
         raise typer.Exit(2) from exc
 
 
-def _client_command(action, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - passes through
+def _client_command(action, *args, **kwargs):
     """Run a registry action; its typed errors become a message and exit code 1 (unknown client) or 2."""
     from fhirfus.errors import FhirError, NotFound
 
@@ -320,7 +320,7 @@ def _client_command(action, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, A
         raise typer.Exit(1 if isinstance(exc, NotFound) else 2) from exc
 
 
-def _client_fields(client) -> dict:  # noqa: ANN001 - a fhirfus.auth.clients.Client
+def _client_fields(client) -> dict:
     keys = [{"kid": k.get("kid"), "kty": k.get("kty"), "alg": k.get("alg")} for k in (client.jwks or {}).get("keys", [])]
     return {
         "client_id": client.client_id, "name": client.name, "role": client.role, "site": client.site,

@@ -18,7 +18,7 @@ _DOCS = "help"
 _ENV = "env"
 
 
-def setting(env: str, default: Any, help: str) -> Any:  # noqa: A002 - the word the table uses
+def setting(env: str, default: Any, help: str) -> Any:
     """A field of ``Settings`` read from ``env`` (absent or empty: ``default``)."""
     if isinstance(default, tuple | dict | list):
         return field(default_factory=lambda: default, metadata={_ENV: env, _DOCS: help})

@@ -23,11 +23,11 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from fhirfus.api.app import create_app
-from fhirfus.settings import Settings, test_postgres_url
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import resource_history, resources
+from fhirfus.settings import Settings, test_postgres_url
+from fhirfus.store.repository import Store
 
 POSTGRES_URL = test_postgres_url()
 BACKENDS = ("sqlite", "postgresql")

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -44,7 +44,7 @@ UCUM = "http://unitsofmeasure.org"
 ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 VS_BASE = f"http://example.org/{RUN}/fhir/ValueSet"
 
-UTC = timezone.utc
+UTC = UTC
 UTC_MIN = datetime.min.replace(tzinfo=UTC)
 UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
@@ -530,7 +530,7 @@ def _effective(resource: dict) -> list[tuple[datetime, datetime]]:
 DATES: dict[tuple[str, str], Callable[[dict], list[tuple[datetime, datetime]]]] = {
     ("Patient", "birthdate"): lambda r: [date_range(r["birthDate"])] if "birthDate" in r else [],
     ("Observation", "date"): _effective,
-    ("Encounter", "date"): lambda r: [date_range(r["period"]["start"])[0:1] + (UTC_MAX,)],
+    ("Encounter", "date"): lambda r: [(*date_range(r["period"]["start"])[0:1], UTC_MAX)],
 }
 
 QUANTITIES: dict[tuple[str, str], Callable[[dict], list[tuple[Decimal, str | None, str | None, str | None]]]] = {
@@ -594,7 +594,7 @@ def token_matches(tokens: list[Token], raw: str, modifier: str | None) -> bool:
 def quantity_matches(quantities: list[tuple[Decimal, str | None, str | None, str | None]], raw: str) -> bool:
     number, *rest = raw.split("|")
     prefix, text = split_prefix(number)
-    system, code = (rest + ["", ""])[:2]
+    system, code = ([*rest, "", ""])[:2]
     return any(
         compare_numbers(prefix, value, text)
         and (not system or q_system == system)

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
-
 from auth_helpers import make_client
 from test_domain_writes import response_for
+
 from fhirfus.store.repository import Store
 
 ASYNC = {"Prefer": "respond-async"}

@@ -17,9 +17,9 @@ from auth_helpers import make_client
 from conftest import TEST_DEID_KEY, serving
 
 from fhirfus.analysis.jobs import AnalysisJobs, JobState
+from fhirfus.db.engine import make_engine
 from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
 from fhirfus.ingest.site_import import import_files
-from fhirfus.db.engine import make_engine
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 

@@ -17,11 +17,11 @@ import pytest
 from scipy import stats
 
 from fhirfus.analysis.export import run_analysis
-from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
-from fhirfus.domain.conformance import load_conformance
-from fhirfus.ingest.site_import import import_files
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
+from fhirfus.domain.conformance import load_conformance
+from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
+from fhirfus.ingest.site_import import import_files
 from fhirfus.store.repository import Store
 
 KEY = "statistics-test-key-0123456789"

@@ -128,7 +128,7 @@ def test_no_module_import_cycle() -> None:
         if node in done:
             return
         if node in visiting:
-            cycles.append(path[path.index(node):] + [node])
+            cycles.append([*path[path.index(node):], node])
             return
         visiting.add(node)
         for target in sorted(graph.get(node, ())):

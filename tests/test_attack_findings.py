@@ -15,6 +15,7 @@ answers 5xx.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import uuid
@@ -26,15 +27,15 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
-from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, insert
-
 from auth_helpers import make_client
 from conftest import run_server
-from fhirfus.settings import Settings
-from fhirfus.db import migrate
-from fhirfus.store.repository import Store
-from fhirfus.db.types import JsonDocument, UTCDateTime
+from sqlalchemy import Boolean, Column, Integer, MetaData, String, Table, insert
 from test_site_isolation import SITE, World
+
+from fhirfus.db import migrate
+from fhirfus.db.types import JsonDocument, UTCDateTime
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -167,10 +168,8 @@ def test_concurrent_conditional_creates_create_one_resource(world: World) -> Non
 
     def create(_: int) -> int:
         with fresh(world.a) as http:
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 barrier.wait(timeout=10)
-            except threading.BrokenBarrierError:
-                pass
             return http.post("/Patient", json=body, headers={"If-None-Exist": f"identifier=urn:attack:race|{value}"}).status_code
 
     with ThreadPoolExecutor(8) as pool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from conftest import Database
 from sqlalchemy import select
 
-from conftest import Database
 from fhirfus.auth.audit import AuditRecord, AuditWriter
 from fhirfus.db import migrate
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import resources
+from fhirfus.store.repository import Store
 
 
 def _record(marker: str) -> AuditRecord:

@@ -7,8 +7,8 @@ import uuid
 
 import httpx
 import pytest
-
 from auth_helpers import make_client
+
 from fhirfus.store.repository import Store
 
 SITE = "https://fhirfus.org/fhir/CodeSystem/site"

@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from typer.testing import CliRunner
-
 from auth_helpers import TestClient, make_client, new_key, public_jwk
 from conftest import serving
+from typer.testing import CliRunner
+
 from fhirfus.auth import clients
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.jwks import InvalidJwks
@@ -63,7 +63,7 @@ def _jwks_file(directory: Path, kid: str, algorithm: str = "RS384", **extra: obj
     return path
 
 
-def _listed(cli) -> list[dict]:  # noqa: ANN001
+def _listed(cli) -> list[dict]:
     result = cli("clients", "list", "--json")
     assert result.exit_code == 0, result.output
     return orjson.loads(result.stdout)
@@ -216,7 +216,7 @@ class JwksHost:
         host = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server interface
+            def do_GET(self) -> None:
                 host.fetches += 1
                 self.send_response(host.status)
                 for name, value in host.headers.items():

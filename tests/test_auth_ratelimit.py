@@ -9,14 +9,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import func, select
-
 from auth_helpers import make_client
 from conftest import serving
+from sqlalchemy import func, select
+
 from fhirfus.auth.ratelimit import DatabaseCounts, ExactLimiter, ReconciledLimiter, RedisCounts, SharedCounts
+from fhirfus.db.tables import auth_rate_counts
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
-from fhirfus.db.tables import auth_rate_counts
 
 REDIS_URL = os.environ.get("FHIRFUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import uuid
 
 import httpx
-from sqlalchemy import select
-
 from auth_helpers import make_client
 from conftest import serving
+from sqlalchemy import select
+
 from fhirfus.auth.signing_secret import shared_secret
-from fhirfus.settings import Settings
 from fhirfus.db import migrate
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import auth_secrets
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store
 
 
 def test_token_from_one_instance_works_on_another_without_a_configured_secret(database) -> None:

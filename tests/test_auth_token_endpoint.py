@@ -14,13 +14,13 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-
 from auth_helpers import ASSERTION_TYPE, DROP, TestClient, b64url, jws, make_client, new_key, public_jwk
 from conftest import serving
+from cryptography.hazmat.primitives import serialization
+
 from fhirfus.auth.clients import register
-from fhirfus.settings import Settings
 from fhirfus.db import migrate
+from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
 FORM = "send the parameters as an application/x-www-form-urlencoded form"

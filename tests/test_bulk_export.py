@@ -22,14 +22,14 @@ from sqlalchemy import delete, insert
 from typer.testing import CliRunner
 
 from fhirfus import cli
-from fhirfus.settings import Settings, get_settings
 from fhirfus.bulk import jobs as bulk_jobs
 from fhirfus.bulk import worker as bulk_worker
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.run import ExportLimits, run_export
 from fhirfus.bulk.worker import ExportWorker
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import export_jobs
+from fhirfus.settings import Settings, get_settings
+from fhirfus.store.repository import Store
 from tests.conftest import Database, run_server
 
 KICK_OFF = {"Prefer": "respond-async", "Accept": "application/fhir+json"}

@@ -13,10 +13,10 @@ import uuid
 
 from sqlalchemy import select
 
-from fhirfus.store import repository
 from fhirfus.db.migrate import upgrade
-from fhirfus.store.repository import NewResource, Store
 from fhirfus.db.tables import INDEX_TABLES, resource_history, resources
+from fhirfus.store import repository
+from fhirfus.store.repository import NewResource, Store
 
 EDGES = [
     {"resourceType": "Patient", "birthDate": "0001-01-01", "name": [{"family": "Müller-Łukasz", "given": ["Zoë"]}]},

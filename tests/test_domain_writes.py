@@ -10,7 +10,6 @@ import copy
 
 import httpx
 import pytest
-
 from test_twstrs_scoring import nested
 
 TWSTRS = "https://fhirfus.org/fhir/CodeSystem/twstrs"

@@ -111,15 +111,14 @@ def test_statement_over_the_time_limit_is_503_not_500(database) -> None:
     import pytest as _pytest
     if database.backend != "postgresql":
         _pytest.skip("the statement time limit is a PostgreSQL setting")
-    from conftest import run_server
-
-    from fhirfus.settings import Settings
-    from fhirfus.db.engine import make_engine
-    from fhirfus.store.repository import Store
-
     import uuid as _uuid
 
+    from conftest import run_server
+
+    from fhirfus.db.engine import make_engine
+    from fhirfus.settings import Settings
     from fhirfus.store import repository
+    from fhirfus.store.repository import Store
 
     with Store(database.engine).writing() as conn:  # enough rows that reading them takes well over 1 ms
         repository.create_many(conn, [repository.NewResource("Basic", str(_uuid.uuid4()), {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ UCUM = "http://unitsofmeasure.org"
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=timezone.utc)
+    return datetime(*parts, tzinfo=UTC)
 
 
 def values_of(values: list[Any], param: str) -> list[Any]:
@@ -525,7 +525,7 @@ def _fhirpathpy_rejects(resource: dict[str, Any], expression: str) -> bool:
     """fhirpathpy raises on ``as`` over several items, which R4 search expressions rely on."""
     try:
         fhirpathpy.evaluate(resource, expression, {"resource": resource}, models["r4"], _RESOLVE_STUB)
-    except Exception:  # noqa: BLE001 - any failure means fhirpathpy cannot be the reference here
+    except Exception:
         return True
     return False
 

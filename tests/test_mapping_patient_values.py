@@ -15,7 +15,7 @@ def rows_of_one_patient() -> list[dict[str, str]]:
     return rows
 
 
-def resource_of(result, key: str, res_type: str) -> dict:  # noqa: ANN001
+def resource_of(result, key: str, res_type: str) -> dict:
     return next(e["resource"] for e in result.bundles[key]["entry"] if e["resource"]["resourceType"] == res_type)
 
 

@@ -49,7 +49,7 @@ def test_indexes_match_table_definitions(fresh_database) -> None:
         assert created == declared, name
 
 
-def _migration(name: str):  # noqa: ANN202 - a module
+def _migration(name: str):
     import importlib.util
 
     path = MIGRATIONS_DIR / "versions" / f"{name}.py"
@@ -61,8 +61,8 @@ def _migration(name: str):  # noqa: ANN202 - a module
 
 
 def test_migration_0008_lists_every_parameter_whose_rows_are_all_shared() -> None:
-    from fhirfus.search.registry import _layout, params_for, resource_types
     from fhirfus.search.compiler import TABLE_OF
+    from fhirfus.search.registry import _layout, params_for, resource_types
 
     shared = {
         (TABLE_OF[params_for(t)[code].type].name, t, code)
@@ -112,8 +112,8 @@ def test_migration_0012_keeps_clients_and_leaves_url_clients_an_empty_key_set(fr
     from sqlalchemy import insert, select
 
     from fhirfus.auth import clients
-    from fhirfus.store.repository import Store
     from fhirfus.db.tables import auth_clients
+    from fhirfus.store.repository import Store
 
     jwks = {"keys": [{"kty": "RSA", "kid": "k1", "n": "AQAB", "e": "AQAB"}]}
     migrate.upgrade(fresh_database.engine, "0010")

@@ -12,18 +12,18 @@ import random
 from collections.abc import Iterator
 
 import pytest
+from conftest import database_url_for
 from sqlalchemy import Engine, select
 
-from conftest import database_url_for
-from fhirfus.interactions.search import match_condition
-from fhirfus.search.query import parse_query
-from fhirfus.store import repository
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
-from fhirfus.store.repository import NewResource, Store
-from fhirfus.search.compiler import Compiler
 from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import EVERYTHING, SITE_SYSTEM, Visibility
+from fhirfus.interactions.search import match_condition
+from fhirfus.search.compiler import Compiler
+from fhirfus.search.query import parse_query
+from fhirfus.store import repository
+from fhirfus.store.repository import NewResource, Store
 
 FOREIGN = "https://ehr.example.org/fhir"
 CANONICAL = "https://example.org/fhir/Questionnaire/q"
@@ -93,7 +93,7 @@ def seeded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine
         next(generator, None)
 
 
-def _plan(engine: Engine, statement) -> str:  # noqa: ANN001
+def _plan(engine: Engine, statement) -> str:
     compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
     with engine.connect() as conn:
         rows = conn.exec_driver_sql("EXPLAIN " + compiled.string, compiled.params).all()

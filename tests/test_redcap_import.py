@@ -43,7 +43,7 @@ def twstrs_items() -> dict[str, tuple[str, int]]:
 def assessment(seed: int, *, without: tuple[str, ...] = ()) -> Row:
     """TWSTRS answers within range (deterministic); ``without`` leaves fields blank (a partial response)."""
     row = {name: str((seed + i) % (top + 1)) for i, (name, (_, top)) in enumerate(twstrs_items().items())}
-    row.update({name: "" for name in without})
+    row.update(dict.fromkeys(without, ""))
     if row["twstrs_sev_antero_retro"] not in ("", "0"):
         row["twstrs_sev_ar_direction"] = "2"
     return {**row, "twstrs_complete": "2"}
@@ -83,7 +83,7 @@ def export_rows() -> list[Row]:
     rows = []
     for record, (demographics, events) in records.items():
         for event, day, values in events:
-            row = {name: "" for name in header}
+            row = dict.fromkeys(header, "")
             baseline = {**demographics, "demographics_complete": "2"} if event.startswith("baseline") else {}
             row.update({"record_id": record, "redcap_event_name": event, "visit_date": day, **baseline, **values})
             rows.append(row)

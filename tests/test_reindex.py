@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-
+from fhirfus.db.tables import search_string
 from fhirfus.store.reindex import reindex
 from fhirfus.store.repository import Store
-from fhirfus.db.tables import search_string
-
 
 
 def test_reindex_restores_lost_index_rows(client: httpx.Client, server, unique: str) -> None:

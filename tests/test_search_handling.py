@@ -9,7 +9,6 @@ import uuid
 import httpx
 import pytest
 from fhirpy import SyncFHIRClient
-
 from search_data import (
     DATES,
     LOINC,
@@ -29,7 +28,7 @@ STRICT = {"Prefer": "handling=strict"}
 
 
 @pytest.fixture
-def data(server) -> Dataset:  # noqa: ANN001
+def data(server) -> Dataset:
     return load(server)
 
 
@@ -178,7 +177,7 @@ def test_fhir_pyrate_reruns_a_multi_page_query_sorted_by_id_with_the_same_answer
     assert len(first.pages) > 3
 
 
-def test_fhirpy_count_uses_count_zero_and_total_method(server, data: Dataset) -> None:  # noqa: ANN001
+def test_fhirpy_count_uses_count_zero_and_total_method(server, data: Dataset) -> None:
     fhir = SyncFHIRClient(server.base)
     assert fhir.resources("Patient").search(_tag=RUN_TAG).count() == len(data.of("Patient"))
     assert fhir.resources("Patient").search(_tag=RUN_TAG, gender="female").count() == len(
@@ -186,7 +185,7 @@ def test_fhirpy_count_uses_count_zero_and_total_method(server, data: Dataset) ->
     )
 
 
-def test_fhirpy_fetch_all_follows_next_links(server, data: Dataset) -> None:  # noqa: ANN001
+def test_fhirpy_fetch_all_follows_next_links(server, data: Dataset) -> None:
     fhir = SyncFHIRClient(server.base)
     fetched = fhir.resources("Observation").search(_tag=RUN_TAG, status="final").limit(13).fetch_all()
     assert sorted(r.id for r in fetched) == sorted(o["id"] for o in data.of("Observation") if o["status"] == "final")

@@ -8,12 +8,11 @@ import uuid
 
 import httpx
 import pytest
-
 from search_data import RUN_TAG, TAG_SYSTEM, Dataset, link, load, query_of, search
 
 
 @pytest.fixture
-def data(server) -> Dataset:  # noqa: ANN001
+def data(server) -> Dataset:
     return load(server)
 
 
@@ -31,7 +30,7 @@ def match_ids(bundle: dict) -> list[str]:
 def test_pages_cover_every_match_once_in_order(client: httpx.Client, data: Dataset, sort: str) -> None:
     params = [("_tag", RUN_TAG), ("_count", "300")] + ([("_sort", sort)] if sort else [])
     whole = search(client, "/Patient", params).ids()
-    paged = search(client, "/Patient", [*params[:1], ("_count", "7")] + params[2:])
+    paged = search(client, "/Patient", [*params[:1], ("_count", "7"), *params[2:]])
     assert paged.ids() == whole
     assert len(whole) == len(data.of("Patient"))
     assert [len(match_ids(p)) for p in paged.pages] == [7] * 8 + [4]

@@ -38,7 +38,7 @@ def cohort(client: httpx.Client, unique: str) -> tuple[str, str, str, str, str]:
 
 
 def test_patient_matches_the_subjects_that_are_patients_only(client: httpx.Client, unique: str) -> None:
-    shared_id, system, of_patient, of_group, _ = cohort(client, unique)
+    shared_id, _system, of_patient, of_group, _ = cohort(client, unique)
     assert ids(client, "/Observation", patient=shared_id) == [of_patient]
     assert set(ids(client, "/Observation", subject=shared_id)) == {of_patient, of_group}
 
@@ -106,8 +106,8 @@ def test_a_custom_parameter_replacing_a_holder_asks_for_a_reindex(tmp_path, capl
     import json
     import logging
 
-    from fhirfus.search.registry import remove_custom_param, shares_rows
     from fhirfus.domain.conformance import load_search_parameters
+    from fhirfus.search.registry import remove_custom_param, shares_rows
 
     assert shares_rows("Observation", "subject") and shares_rows("Observation", "patient")
     assert not shares_rows("Observation", "status")

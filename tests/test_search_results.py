@@ -12,7 +12,6 @@ from datetime import datetime
 
 import httpx
 import pytest
-
 from search_data import (
     CONFIDENTIALITY,
     DATES,
@@ -43,11 +42,11 @@ SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
 
 
 @pytest.fixture
-def data(server) -> Dataset:  # noqa: ANN001
+def data(server) -> Dataset:
     return load(server)
 
 
-def run(client: httpx.Client, path: str, params: dict | list[tuple[str, str]], **kwargs: object):  # noqa: ANN201
+def run(client: httpx.Client, path: str, params: dict | list[tuple[str, str]], **kwargs: object):
     """A search restricted to this run's data, with pages big enough for the whole data set."""
     pairs = list(params.items()) if isinstance(params, dict) else list(params)
     return search(client, path, [*pairs, ("_tag", RUN_TAG), ("_count", "300")], **kwargs)  # type: ignore[arg-type]
@@ -150,7 +149,7 @@ def _organizations_named(data: Dataset, value: str) -> set[str]:
 def test_chain_one_level_with_type_modifier(client: httpx.Client, data: Dataset) -> None:
     patients = _patients_where(data, lambda p: string_matches(STRINGS[("Patient", "family")](p), "mull", None))
     expected = ids(referring(data, "Observation", "subject", patients), lambda r: True)
-    assert 0 < len(expected)
+    assert len(expected) > 0
     assert matched(client, "Observation", {"subject:Patient.family": "mull"}) == expected
 
 
@@ -164,7 +163,7 @@ def test_chain_without_type_searches_every_target_type_with_that_parameter(clien
     """``subject`` may be a Patient, Group, Device or Location: ``subject.name`` searches all that have ``name`` (as HAPI)."""
     patients = _patients_where(data, lambda p: string_matches(STRINGS[("Patient", "name")](p), "zoe", None))
     expected = ids(referring(data, "Observation", "subject", patients), lambda r: True)
-    assert 0 < len(expected)
+    assert len(expected) > 0
     assert matched(client, "Observation", {"subject.name": "zoe"}) == expected
 
 
@@ -185,7 +184,7 @@ def test_chain_two_levels(client: httpx.Client, data: Dataset) -> None:
     organizations = _organizations_named(data, "klinikum")
     patients = {f"Patient/{p['id']}" for p in referring(data, "Patient", "organization", organizations)}
     expected = ids(referring(data, "Observation", "subject", patients), lambda r: True)
-    assert 0 < len(expected)
+    assert len(expected) > 0
     assert matched(client, "Observation", {"subject:Patient.organization.name": "klinikum"}) == expected
 
 
@@ -194,7 +193,7 @@ def test_chain_three_levels(client: httpx.Client, data: Dataset) -> None:
     organizations = {f"Organization/{o['id']}" for o in referring(data, "Organization", "partof", parents)}
     patients = {f"Patient/{p['id']}" for p in referring(data, "Patient", "organization", organizations)}
     expected = ids(referring(data, "Observation", "patient", patients), lambda r: True)
-    assert 0 < len(expected)
+    assert len(expected) > 0
     assert matched(client, "Observation", {"patient.organization.partof.name": "hopital"}) == expected
 
 
@@ -223,7 +222,7 @@ def test_has_nested(client: httpx.Client, data: Dataset) -> None:
     patients = targets(data, "Observation", "patient", observations)
     organizations = targets(data, "Patient", "organization", [data.get(p) for p in patients])  # type: ignore[misc]
     expected = {o.split("/")[1] for o in organizations}
-    assert 0 < len(expected)
+    assert len(expected) > 0
     found = matched(client, "Organization", {"_has:Patient:organization:_has:Observation:patient:code": f"{LOINC}|8480-6"})
     assert found == expected
 

@@ -26,7 +26,7 @@ def observations(client: httpx.Client, system: str) -> tuple[str, str, str]:
 
 def test_combo_code_matches_the_code_and_the_component_codes(client: httpx.Client, unique: str) -> None:
     system = f"urn:combo:{unique}"
-    own, component, other = observations(client, system)
+    own, component, _other = observations(client, system)
     assert set(ids(client, "/Observation", **{"combo-code": f"{system}|a"})) == {own, component}
     assert ids(client, "/Observation", code=f"{system}|a") == [own]
     assert ids(client, "/Observation", **{"component-code": f"{system}|a"}) == [component]
@@ -34,7 +34,7 @@ def test_combo_code_matches_the_code_and_the_component_codes(client: httpx.Clien
 
 def test_combo_code_not_excludes_a_match_in_either_part(client: httpx.Client, unique: str) -> None:
     system = f"urn:combo:{unique}"
-    own, component, other = observations(client, system)
+    _own, _component, other = observations(client, system)
     assert ids(client, "/Observation", **{"combo-code:not": f"{system}|a", "identifier": f"{system}|"}) == [other]
 
 

@@ -7,12 +7,11 @@ small reference implementation of the R4 rules, and compared as a set of ids.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
-
 from search_data import (
     ACME,
     DATES,
@@ -45,7 +44,7 @@ from search_data import (
 
 
 @pytest.fixture
-def data(server) -> Dataset:  # noqa: ANN001
+def data(server) -> Dataset:
     return load(server)
 
 
@@ -295,7 +294,7 @@ def test_date_ap_includes_the_range_and_its_surroundings(client: httpx.Client, d
     """
     res_type, param = ("Patient", "birthdate") if value < "2000" else ("Observation", "date")
     low, high = _search_range(value)
-    margin = max(abs(datetime.now(timezone.utc) - low) / 10, timedelta(days=1))
+    margin = max(abs(datetime.now(UTC) - low) / 10, timedelta(days=1))
     values = DATES[(res_type, param)]
     must = ids(data.of(res_type), lambda r: any(overlaps(v, low - timedelta(days=1), high + timedelta(days=1)) for v in values(r)))
     may = ids(data.of(res_type), lambda r: any(overlaps(v, low - margin * 1.1, high + margin * 1.1) for v in values(r)))

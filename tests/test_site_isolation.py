@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from auth_helpers import make_client
 from test_domain_writes import response_for
+
 from fhirfus.store.repository import Store
 
 SITE = "https://fhirfus.org/fhir/CodeSystem/site"
@@ -279,8 +279,8 @@ def test_a_site_client_without_a_site_sees_nothing() -> None:
     """Confinement fails closed: a site caller naming no site (a bad token or registry row) sees no row."""
     from fhirfus.auth.access import Access
     from fhirfus.auth.scopes import Grant
-    from fhirfus.errors import Forbidden
     from fhirfus.db.visibility import EVERYTHING
+    from fhirfus.errors import Forbidden
 
     for site in (None, ""):
         caller = Access("c", "site", site, (Grant("*", "cruds"),))

@@ -19,7 +19,6 @@ import fhirpathpy
 import pytest
 from fhirpathpy.models import models
 
-from fhirfus.ig import by_canonical
 from fhirfus.domain.twstrs import (
     TWSTRS_URL,
     is_twstrs_response,
@@ -29,6 +28,7 @@ from fhirfus.domain.twstrs import (
 )
 from fhirfus.errors import BusinessRuleViolation
 from fhirfus.fhir.validation import resource_issues
+from fhirfus.ig import by_canonical
 
 CD_SUBTYPE = "https://fhirfus.org/fhir/CodeSystem/cd-subtype"
 

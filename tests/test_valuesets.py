@@ -99,8 +99,8 @@ def test_a_value_set_of_more_codes_than_bind_parameters_compiles_and_runs(fresh_
     from sqlalchemy import insert, select
 
     from fhirfus.db import migrate
-    from fhirfus.search.compiler import valueset_condition
     from fhirfus.db.tables import search_token
+    from fhirfus.search.compiler import valueset_condition
 
     migrate.upgrade(fresh_database.engine)
     codes = [{"code": f"c{n}"} for n in range(70_000)]  # PostgreSQL binds at most 65,535 parameters
@@ -119,8 +119,8 @@ def test_two_large_code_lists_in_one_value_set_keep_their_own_codes(fresh_databa
     from sqlalchemy import insert, select
 
     from fhirfus.db import migrate
-    from fhirfus.search.compiler import valueset_condition
     from fhirfus.db.tables import search_token
+    from fhirfus.search.compiler import valueset_condition
 
     migrate.upgrade(fresh_database.engine)
     big = {"resourceType": "ValueSet", "url": "urn:two", "compose": {"include": [

@@ -116,7 +116,7 @@ def build_dataset(deid: DeidentifiedRows) -> Dataset:
 
     assessments = assessments.merge(
         patients[["day_zero"]], left_on=KEY, right_index=True, how="left")
-    assessments["phase"] = np.where(assessments["day_zero"] != DAY_ZERO_SESSION, None,
+    assessments["phase"] = np.where(assessments["day_zero"] != DAY_ZERO_SESSION, None,  # type: ignore[call-overload]
                                     np.where(assessments["day"] <= 0, "before", "after"))
     assessments.loc[assessments["day"].isna(), "phase"] = None
     assessments = assessments.rename(columns={KEY: "pseudonym"})

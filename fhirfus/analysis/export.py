@@ -20,23 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from fhirfus.settings import Settings
 from fhirfus.analysis.dataset import build_dataset
-from fhirfus.analysis.deid.rows import deidentify
-from fhirfus.analysis.files import (
-    FORMATS,
-    MEDIA_TYPES,
-    dictionary,
-    write_json,
-    write_table,
-)
-from fhirfus.analysis.source import (
-    ALL_PATIENTS,
-    Progress,
-    read_cohort,
-    resolve_cohort,
-)
-from fhirfus.analysis.views import analysis_views
 from fhirfus.analysis.deid.policy import (
     check_policy,
     checked_key,
@@ -45,10 +29,26 @@ from fhirfus.analysis.deid.policy import (
     namespace_for,
     pseudonyms,
 )
+from fhirfus.analysis.deid.rows import deidentify
+from fhirfus.analysis.files import (
+    FORMATS,
+    MEDIA_TYPES,
+    dictionary,
+    write_json,
+    write_table,
+)
 from fhirfus.analysis.report import render_report
+from fhirfus.analysis.source import (
+    ALL_PATIENTS,
+    Progress,
+    read_cohort,
+    resolve_cohort,
+)
 from fhirfus.analysis.stats import cohort_statistics
-from fhirfus.errors import InvalidRequest
+from fhirfus.analysis.views import analysis_views
 from fhirfus.db.engine import make_engine
+from fhirfus.errors import InvalidRequest
+from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
 __all__ = ["ALL_PATIENTS", "AnalysisResult", "OutputFile", "export_analysis", "prepare", "run_analysis"]

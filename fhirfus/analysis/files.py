@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 
 from fhirfus.analysis.dataset import SCORES
-from fhirfus.analysis.views import AnalysisView
 from fhirfus.analysis.deid.policy import Policy
+from fhirfus.analysis.views import AnalysisView
 
 FORMATS = ("csv", "parquet")
 MEDIA_TYPES = {

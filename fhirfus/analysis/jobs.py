@@ -33,7 +33,7 @@ from fhirfus.errors import FhirError, Issue, NotFound
 from fhirfus.store.repository import Store
 
 
-def _run_analysis(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - same signature as run_analysis
+def _run_analysis(*args, **kwargs):
     """The pipeline, imported on first use: pandas, scipy and matplotlib cost ~150 MB the server
     does not need until somebody asks for an analysis export."""
     from fhirfus.analysis.export import run_analysis

@@ -16,13 +16,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.collections import LineCollection
 
-from fhirfus.analysis.dataset import SCORES  # noqa: E402
-from fhirfus.analysis.stats import DAYS_PER_MONTH  # noqa: E402
+from fhirfus.analysis.dataset import SCORES
+from fhirfus.analysis.stats import DAYS_PER_MONTH
 
 COLOURS = ["#1b6ca8", "#d1495b", "#2e933c", "#edae49", "#66409e", "#00798c"]
 MAX_POINTS = 3000  # scatter points per plot; lines are drawn for everyone
@@ -145,7 +145,7 @@ def trajectory_plot(patients: pd.DataFrame, assessments: pd.DataFrame) -> str:
     points = np.column_stack([data["day"].to_numpy() / DAYS_PER_MONTH, data["total"].to_numpy(dtype=float)])
     starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else np.array([], dtype=int)
     segments = np.split(points, starts[1:]) if len(names) else []
-    line_colours = [colours.get(target_of.get(names[i]), "#888") for i in starts]
+    line_colours = [colours.get(str(target_of.get(names[i])), "#888") for i in starts]
     ax.add_collection(LineCollection(segments, colors=line_colours, linewidths=0.8,
                                      alpha=0.6 if len(segments) < 200 else 0.06))
     if len(data):

@@ -21,11 +21,11 @@ from sqlalchemy import ColumnElement, and_, case, func, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import JSONB
 
 from fhirfus.analysis.views import AnalysisView
-from fhirfus.errors import BusinessRuleViolation, Gone
 from fhirfus.auth.access import SERVER
+from fhirfus.db.visibility import EVERYTHING
+from fhirfus.errors import BusinessRuleViolation, Gone
 from fhirfus.interactions import crud
 from fhirfus.store.repository import Store
-from fhirfus.db.visibility import EVERYTHING
 
 #: An analysis reads every site's rows (and lets out only de-identified views of them).
 resources = EVERYTHING.resources()
@@ -156,10 +156,10 @@ def _read_pages(store: Store, by_type: dict[str, list[AnalysisView]], members: f
     work and the transfer (which release the GIL) overlap with the views (which hold it)."""
     def fetch(after: int) -> list:
         with store.reading() as conn:
-            return conn.execute(
+            return list(conn.execute(
                 select(resources.c.pk, resources.c.res_type, content)
                 .where(resources.c.pk > after).order_by(resources.c.pk).limit(page)
-            ).all()
+            ).all())
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fhirfus-analysis-read") as reader:
         pending = reader.submit(fetch, 0)

@@ -44,7 +44,7 @@ def summary(values: np.ndarray) -> dict[str, Any]:
         return {"n": 0, "median": None, "q1": None, "q3": None, "mean": None, "sd": None}
     q1, median, q3 = np.percentile(values, [25, 50, 75])
     return {
-        "n": int(len(values)), "median": _number(median), "q1": _number(q1), "q3": _number(q3),
+        "n": len(values), "median": _number(median), "q1": _number(q1), "q3": _number(q3),
         "mean": _number(np.mean(values)), "sd": _number(np.std(values, ddof=1)) if len(values) > 1 else None,
     }
 
@@ -53,7 +53,7 @@ def quartiles(values: np.ndarray) -> dict[str, Any]:
     if len(values) == 0:
         return {"n": 0, "median": None, "q1": None, "q3": None}
     q1, median, q3 = np.percentile(values, [25, 50, 75])
-    return {"n": int(len(values)), "median": _number(median), "q1": _number(q1), "q3": _number(q3)}
+    return {"n": len(values), "median": _number(median), "q1": _number(q1), "q3": _number(q3)}
 
 
 def _test(fn: Any, baseline: np.ndarray, last: np.ndarray) -> dict[str, float | None]:
@@ -91,11 +91,11 @@ def group_statistics(patients: pd.DataFrame) -> dict[str, Any]:
     sessions = patients.loc[patients["sessions"] > 0, "sessions"].to_numpy(dtype=float)
     return {
         "cohort": {
-            "patients": int(len(patients)), "excluded": int(len(patients) - len(included)),
+            "patients": len(patients), "excluded": int(len(patients) - len(included)),
             "excluded_by_reason": {str(k): int(v) for k, v in reasons.items()},
         },
         "follow_up_months": {
-            "n": int(len(months)), "mean": _number(np.mean(months)) if len(months) else None,
+            "n": len(months), "mean": _number(np.mean(months)) if len(months) else None,
             "sd": _number(np.std(months, ddof=1)) if len(months) > 1 else None,
         },
         "sessions_per_patient": summary(sessions),

@@ -20,9 +20,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fhirfus.analysis.deid.policy import ViewColumn
 from fhirfus.ig import code_displays, folder
 from fhirfus.sqlonfhir.fastpath import FastView, compile_fast
-from fhirfus.analysis.deid.policy import ViewColumn
 
 VIEW_DIR = folder("views")
 PREFILTER_URL = "https://fhirfus.org/fhir/StructureDefinition/view-store-prefilter"

@@ -29,9 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from fhirfus.api.http import base_url, caller, fhir_response
 from fhirfus.analysis.jobs import AnalysisJobs, JobState
 from fhirfus.analysis.source import ALL_PATIENTS, resolve_cohort
+from fhirfus.api.http import base_url, caller, fhir_response
 from fhirfus.errors import InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import information, operation_outcome
 

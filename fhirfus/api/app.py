@@ -12,11 +12,11 @@ from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
-from fhirfus.settings import Settings, get_settings
+from fhirfus.db.engine import make_engine
+from fhirfus.domain.conformance import load_conformance
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
-from fhirfus.domain.conformance import load_conformance
-from fhirfus.db.engine import make_engine
+from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
 
 

@@ -22,13 +22,13 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
+from fhirfus.bulk import service as bulk_export
 from fhirfus.bulk.params import parameters_resource_pairs
+from fhirfus.bulk.service import STATUS_SEGMENT
 from fhirfus.bulk.worker import ExportWorker
 from fhirfus.errors import InvalidRequest, UnsupportedMediaType
 from fhirfus.fhir.outcome import information
 from fhirfus.fhir.validation import parse_json
-from fhirfus.bulk import service as bulk_export
-from fhirfus.bulk.service import STATUS_SEGMENT
 
 router = APIRouter(prefix="/fhir")
 

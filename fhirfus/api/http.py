@@ -17,7 +17,6 @@ from fhirfus.fhir.validation import parse_json
 from fhirfus.interactions.preconditions import etag
 from fhirfus.store.repository import Stored
 
-
 #: Where the auth gate leaves the caller of a request (``fhirfus.api.auth.AuthGate``).
 ACCESS_KEY = "fhirfus.access"
 
@@ -73,7 +72,7 @@ class Prefer:
     respond_async: bool = False
 
     @classmethod
-    def parse(cls, request: Request) -> "Prefer":
+    def parse(cls, request: Request) -> Prefer:
         values: dict[str, str] = {}
         respond_async = False
         for header in request.headers.getlist("prefer"):

@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body, read_json, version_headers, write_response
+from fhirfus.api.http import (
+    Prefer,
+    base_url,
+    caller,
+    fhir_response,
+    read_body,
+    read_json,
+    version_headers,
+    write_response,
+)
 from fhirfus.api.negotiation import rendering_for, require_json_body
-from urllib.parse import urlencode
-
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
-from fhirfus.interactions import crud
-from fhirfus.operations import everything
-from fhirfus.operations import extract
-from fhirfus.interactions import history
-from fhirfus.interactions import search
+from fhirfus.interactions import crud, history, search
 from fhirfus.interactions.preconditions import parse_version_tag
+from fhirfus.operations import everything, extract
 
 router = APIRouter(prefix="/fhir")
 
 
-def _store(request: Request):  # noqa: ANN202 - the Store lives on app.state
+def _store(request: Request):
     return request.app.state.store
 
 
-def _settings(request: Request):  # noqa: ANN202
+def _settings(request: Request):
     return request.app.state.settings
 
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-
-from starlette.concurrency import run_in_threadpool
 
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search
-from fhirfus.interactions import bundles
-from fhirfus.interactions import history
+from fhirfus.interactions import bundles, history
 from fhirfus.interactions.capabilities import capability_statement
 
 router = APIRouter(prefix="/fhir")

@@ -14,8 +14,8 @@ from typing import Protocol
 from sqlalchemy import Connection
 
 from fhirfus.auth.scopes import Grant
-from fhirfus.errors import Forbidden
 from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, site_label, with_site_label
+from fhirfus.errors import Forbidden
 
 ROLES = ("site", "analyst", "admin")
 _VERBS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
@@ -39,7 +39,7 @@ class Access:
     def allows(self, res_type: str, permission: str) -> bool:
         if self.role == "analyst":
             return False  # analysts reach de-identified exports only, never resources
-        if res_type == "AuditEvent" and (self.role != "admin" or permission != "r" and permission != "s"):
+        if res_type == "AuditEvent" and (self.role != "admin" or (permission != "r" and permission != "s")):
             return False  # the audit trail is read by admins and written by the server only
         return any(g.allows(res_type, permission) for g in self.grants)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import auth_clients
+from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.auth")
 
@@ -70,5 +70,5 @@ class ClientStatus:
         while not self._stop.wait(self.interval):
             try:
                 self.refresh()
-            except Exception:  # noqa: BLE001 - keep the last snapshot; the next round tries again
+            except Exception:
                 log.warning("could not re-read client status", exc_info=True)

@@ -19,9 +19,9 @@ from fhirfus.auth.access import ROLES
 from fhirfus.auth.jwks import InvalidJwks, registered_key_set
 from fhirfus.auth.jwks_remote import check_jwks_url
 from fhirfus.auth.scopes import parse_scopes
+from fhirfus.db.tables import auth_clients, auth_jti
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.store.repository import Store
-from fhirfus.db.tables import auth_clients, auth_jti
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from sqlalchemy import Connection, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhirfus.db.engine import upsert_insert
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import auth_rate_counts
+from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.ratelimit")
 WINDOW = 60
@@ -238,7 +238,7 @@ class DatabaseCounts:
         self._swept_window = window
         counts: dict[str, list[int]] = {}
         for row in found:
-            counts.setdefault(row.key, [0, 0])[0 if row.window_start == window else 1] = row.count
+            counts.setdefault(row.key, [0, 0])[0 if row.window_start == window else 1] = row._mapping["count"]
         return {caller: (current, previous) for caller, (current, previous) in counts.items()}
 
     def add(self, name: str, window: int, caller: str, amount: int) -> tuple[int, int]:

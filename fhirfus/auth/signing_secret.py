@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from fhirfus.db.engine import upsert_insert
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import auth_secrets
+from fhirfus.store.repository import Store
 
 ACCESS_TOKEN_SECRET = "access-token-hs256"
 

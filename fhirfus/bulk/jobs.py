@@ -17,8 +17,8 @@ from sqlalchemy import Connection, Row, case, delete, func, insert, or_, select,
 
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.writer import WrittenFile
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import export_files, export_job_matches, export_job_patients, export_jobs
+from fhirfus.store.repository import Store
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -43,7 +43,7 @@ class Job:
     expires: datetime | None
 
     @classmethod
-    def from_row(cls, row: Row) -> "Job":
+    def from_row(cls, row: Row) -> Job:
         return cls(
             row.id, row.status, ExportRequest.from_json(row.params), row.request_url, row.transaction_time,
             row.progress, row.percent, row.error, row.attempts, row.owner, row.heartbeat, row.directory, row.created,
@@ -91,7 +91,7 @@ def files_of(store: Store, job_id: str) -> list[WrittenFile]:
             select(export_files).where(export_files.c.job_id == job_id)
             .order_by(export_files.c.kind.desc(), export_files.c.res_type, export_files.c.seq)
         ).all()
-    return [WrittenFile(r.name, r.kind, r.res_type, r.seq, r.count, r.size) for r in rows]
+    return [WrittenFile(r.name, r.kind, r.res_type, r.seq, r._mapping["count"], r.size) for r in rows]
 
 
 def start(store: Store, job_id: str, owner: str, directory: str) -> Job | None:

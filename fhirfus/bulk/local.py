@@ -11,11 +11,11 @@ from pathlib import Path
 
 import orjson
 
-from fhirfus.settings import Settings
 from fhirfus.bulk.params import ExportRequest, parse_export_params
 from fhirfus.bulk.run import Checkpoint, ExportLimits, ExportResult, run_export
-from fhirfus.store.repository import Store, format_instant
 from fhirfus.db.visibility import EVERYTHING
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store, format_instant
 
 MANIFEST = "manifest.json"
 

@@ -18,15 +18,15 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from fhirfus.fhir.dates import parse_date_range
-from fhirfus.errors import InvalidRequest
-from fhirfus.fhir.valuesets import Lookup
-from fhirfus.fhir.validation import served_types
-from fhirfus.fhir.compartment import compartment
-from fhirfus.interactions.search import match_condition
-from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
-from fhirfus.search.compiler import Compiler
 from fhirfus.db.visibility import Visibility
+from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.compartment import compartment
+from fhirfus.fhir.dates import parse_date_range
+from fhirfus.fhir.validation import served_types
+from fhirfus.fhir.valuesets import Lookup
+from fhirfus.interactions.search import match_condition
+from fhirfus.search.compiler import Compiler
+from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
 
 LEVELS = ("system", "patient", "group")
 #: ``_outputFormat`` values the spec says a server SHALL accept (plus '+' decoded as a space).
@@ -60,7 +60,7 @@ class ExportRequest:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "ExportRequest":
+    def from_json(cls, data: Mapping[str, Any]) -> ExportRequest:
         return cls(
             level=data.get("level", "system"),
             group_id=data.get("group_id"),

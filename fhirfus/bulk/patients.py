@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from sqlalchemy import Connection, delete, insert, select
 
 from fhirfus.bulk.params import ExportRequest
-from fhirfus.errors import Gone, NotFound
-from fhirfus.store import repository
 from fhirfus.db.tables import export_job_patients
 from fhirfus.db.visibility import Visibility
+from fhirfus.errors import Gone, NotFound
+from fhirfus.store import repository
 
 _BATCH = 1000
 

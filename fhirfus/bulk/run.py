@@ -30,10 +30,10 @@ from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.patients import stage_patients
 from fhirfus.bulk.select import selection, stage_type_filters
 from fhirfus.bulk.writer import NdjsonFileSet, WrittenFile
+from fhirfus.db.visibility import Visibility, content_text
 from fhirfus.errors import Issue
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
-from fhirfus.db.visibility import Visibility, content_text
 
 PAGE_SIZE = 2000
 #: ``checkpoint(resources_written, fraction_done)``: called after every page; raising stops the run.
@@ -161,12 +161,13 @@ def _changed_pass(
 
 
 def _version_at(conn: Connection, h: FromClause, res_type: str, res_id: str, moment: datetime) -> Row[Any] | None:
+    """The version of ``res_type/res_id`` current at ``moment`` (method, content, time)."""
     return conn.execute(
         select(h.c.method, h.c.content, h.c.last_updated)
         .where(h.c.res_type == res_type, h.c.res_id == res_id, h.c.last_updated <= moment)
         .order_by(h.c.version.desc())
         .limit(1)
-    ).first()
+    ).first()  # type: ignore[return-value]
 
 
 def _warning(message: str) -> bytes:

@@ -18,14 +18,14 @@ from urllib.parse import parse_qsl
 from sqlalchemy import ColumnElement, Connection, FromClause, and_, delete, false, insert, literal, or_, select, true
 
 from fhirfus.bulk.params import ExportRequest, allowed_types
-from fhirfus.fhir.valuesets import Lookup
-from fhirfus.fhir.compartment import compartment
-from fhirfus.interactions.search import match_condition
-from fhirfus.search.query import parse_query
-from fhirfus.store import repository
-from fhirfus.search.compiler import Compiler, local_reference, params_rows
 from fhirfus.db.tables import export_job_matches, export_job_patients, search_reference
 from fhirfus.db.visibility import Visibility
+from fhirfus.fhir.compartment import compartment
+from fhirfus.fhir.valuesets import Lookup
+from fhirfus.interactions.search import match_condition
+from fhirfus.search.compiler import Compiler, local_reference, params_rows
+from fhirfus.search.query import parse_query
+from fhirfus.store import repository
 
 
 def export_types(request: ExportRequest) -> list[str]:

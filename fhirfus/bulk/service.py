@@ -12,10 +12,10 @@ from __future__ import annotations
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 from fhirfus.auth.access import Access
 from fhirfus.bulk import jobs
@@ -155,10 +155,7 @@ def _gone(job_id: str) -> NotFound:
 
 
 def _progress(job: jobs.Job) -> str:
-    if job.status == jobs.QUEUED:
-        text = "queued"
-    else:
-        text = f"{job.percent}% done, {job.progress} resources written"
+    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} resources written"
     return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
 
 

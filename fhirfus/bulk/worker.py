@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
-from fhirfus.settings import Settings
 from fhirfus.bulk import jobs
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.run import Checkpoint, ExportLimits, run_export
 from fhirfus.errors import FhirError, TooManyRequests
+from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.export")
@@ -86,7 +86,7 @@ class ExportWorker:
         self._executor.shutdown(wait=True, cancel_futures=True)
         try:
             jobs.release_all(self.store, self.owner)
-        except Exception:  # noqa: BLE001 - the database may already be gone at shutdown
+        except Exception:
             log.exception("could not hand back export jobs at shutdown")
 
     # --- kick-off --------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ class ExportWorker:
     def _run(self, job_id: str) -> None:
         try:
             self._run_job(job_id)
-        except Exception:  # noqa: BLE001 - e.g. the database went away while recording the outcome
+        except Exception:
             log.exception("export %s: could not record its outcome; the supervisor will retry it", job_id)
         finally:
             with self._lock:
@@ -139,7 +139,7 @@ class ExportWorker:
         except FhirError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             jobs.fail(self.store, job_id, self.owner, exc.message, jobs.now() + self._ttl())
-        except Exception:  # noqa: BLE001 - a job must end in a state the client can see
+        except Exception:
             log.exception("export %s failed", job_id)
             shutil.rmtree(directory, ignore_errors=True)
             jobs.fail(self.store, job_id, self.owner, "The export failed with an internal error (see the server log)",
@@ -176,7 +176,7 @@ class ExportWorker:
         while not self._stopping.is_set():
             try:
                 self.tend()
-            except Exception:  # noqa: BLE001 - keep supervising; the next round may succeed
+            except Exception:
                 log.exception("export supervisor round failed")
             self._stopping.wait(self.supervise_every)
 

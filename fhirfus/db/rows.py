@@ -137,7 +137,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
             conn.execute(insert(table), rows)
         return
     raw = conn.connection.dbapi_connection
-    assert raw is not None
+    assert isinstance(raw, psycopg.Connection)
     small = [(table, rows) for table, rows in inserts if len(rows) < COPY_FROM]
     large = [(table, rows) for table, rows in inserts if len(rows) >= COPY_FROM]
     with raw.cursor() as cursor:

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
-    ForeignKey,
-    Numeric,
-    Text,
     Boolean,
     Column,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     Table,
+    Text,
     UniqueConstraint,
     text,
 )

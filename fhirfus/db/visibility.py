@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, FromClause, Text, cast, select, true
 
-from fhirfus.errors import BusinessRuleViolation, InvalidResource
 from fhirfus.db.tables import resource_history, resources
+from fhirfus.errors import BusinessRuleViolation, InvalidResource
 
 SITE_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/site"
 

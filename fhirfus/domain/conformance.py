@@ -13,15 +13,18 @@ from pathlib import Path
 
 import orjson
 
-from fhirfus.ig import folder, resources_in
 from fhirfus.fhir import valuesets
-from fhirfus.search.registry import SearchParam, add_custom_param, shares_rows
 from fhirfus.fhir.validation import validate_resource
+from fhirfus.ig import folder, resources_in
+from fhirfus.search.registry import SearchParam, add_custom_param, shares_rows
 
 log = logging.getLogger("fhirfus.conformance")
 
 
-def load_search_parameters(directory: Path = folder("searchparameters")) -> list[str]:
+SEARCH_PARAMETERS = folder("searchparameters")
+
+
+def load_search_parameters(directory: Path = SEARCH_PARAMETERS) -> list[str]:
     """Register every SearchParameter file of ``directory``; returns ``Type.code`` of each."""
     registered: list[str] = []
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:

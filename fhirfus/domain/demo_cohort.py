@@ -18,8 +18,7 @@ SUBTYPES = ("torticollis", "laterocollis", "anterocollis", "retrocollis", "torti
             "torticollis+retrocollis")
 TARGETS = ("PTT", "Vo", "PTT+Vo")
 ADVERSE = ("headache", "vertigo", "nausea", "dysarthria", "paresthesia", "ataxia", "dysphagia")
-HEADER = ("site_patient_id,sex,birth_date,cd_subtype,visit_date,visit_type,session_number,target,side,sonications,"
-          "max_power_w,max_energy_j,max_temp_c,sdr,adverse_events").split(",")
+HEADER = ["site_patient_id", "sex", "birth_date", "cd_subtype", "visit_date", "visit_type", "session_number", "target", "side", "sonications", "max_power_w", "max_energy_j", "max_temp_c", "sdr", "adverse_events"]
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ import hashlib
 
 from sqlalchemy import Connection
 
+from fhirfus.db.visibility import EVERYTHING, site_label, with_site_label
 from fhirfus.domain import twstrs
 from fhirfus.store import repository
 from fhirfus.store.repository import Stored
-from fhirfus.db.visibility import EVERYTHING, site_label, with_site_label
 
 SCORE_CODES = ("total", "severity", "disability", "pain")
 

@@ -43,8 +43,8 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhirfus.ig import resources_in
 from fhirfus.errors import Issue
+from fhirfus.ig import resources_in
 
 BASE = "https://fhirfus.org/fhir/StructureDefinition/"
 VALUESET_BASE = "https://fhirfus.org/fhir/ValueSet/"
@@ -508,7 +508,7 @@ class _Check:
             for node in self.nodes(rule.id):
                 try:
                     result = evaluate(node.value)
-                except Exception as exc:  # noqa: BLE001 - fhirpathpy raises bare exceptions on odd data
+                except Exception as exc:
                     self.issue(rule, f"invariant {invariant.key} could not be evaluated: {exc}", "invariant", node.expr)
                     continue
                 if result == [False]:

@@ -19,8 +19,8 @@ from functools import cache
 from typing import Any
 
 from fhirfus.domain import profiles, twstrs
-from fhirfus.ig import code_displays, folder, load_json
 from fhirfus.errors import BusinessRuleViolation, Issue
+from fhirfus.ig import code_displays, folder, load_json
 
 PROCEDURE_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/procedure"
 TARGET_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/mrgfus-target"

@@ -64,7 +64,7 @@ def patient_rows(rng: random.Random, key: str, options: Options = Options()) -> 
     start_level = rng.uniform(0.35, 0.7)
     if rng.random() >= options.p_no_baseline:
         baselines = 2 if rng.random() < options.p_two_baselines else 1
-        for offset in sorted(rng.sample(range(0, 60), baselines), reverse=True):
+        for offset in sorted(rng.sample(range(60), baselines), reverse=True):
             level = start_level + rng.uniform(-0.05, 0.05)
             rows.append({**blank, **person, "visit_date": (first - timedelta(days=offset)).isoformat(),
                          "visit_type": "baseline", **_answers(rng, level, False)})

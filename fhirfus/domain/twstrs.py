@@ -24,9 +24,9 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from fhirfus.ig import by_canonical, code_displays
 from fhirfus.domain.questionnaire import Answer, QuestionnaireDefinition, parse_questionnaire, read_answers
 from fhirfus.errors import BusinessRuleViolation, Issue
+from fhirfus.ig import by_canonical, code_displays
 
 TWSTRS_URL = "https://fhirfus.org/fhir/Questionnaire/twstrs"
 TWSTRS_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/twstrs"

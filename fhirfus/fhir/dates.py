@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-UTC_MIN = datetime.min.replace(tzinfo=timezone.utc)
-UTC_MAX = datetime.max.replace(tzinfo=timezone.utc)
+UTC_MIN = datetime.min.replace(tzinfo=UTC)
+UTC_MAX = datetime.max.replace(tzinfo=UTC)
 
 _EXPECTED = "expected YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss[.fff]][Z|+hh:mm|-hh:mm]"
 
@@ -72,7 +72,7 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
         # The common case (a dateTime to the second or finer, with its zone) by the C parser:
         # indexing parses a date or two per resource, and the general path costs ~5× as much.
         try:
-            moment = datetime.fromisoformat(text).astimezone(timezone.utc)
+            moment = datetime.fromisoformat(text).astimezone(UTC)
         except (ValueError, OverflowError):
             pass  # leap second, edge of time: the general path knows what to do
         else:
@@ -82,7 +82,7 @@ def parse_date_range(text: str) -> tuple[datetime, datetime]:
     if day is not None:
         # The other common case, a whole day: a fifth of the general path's cost.
         try:
-            low = datetime(int(day[1]), int(day[2]), int(day[3]), tzinfo=timezone.utc)
+            low = datetime(int(day[1]), int(day[2]), int(day[3]), tzinfo=UTC)
             return low, (low + _ONE_DAY if low.date() < UTC_MAX.date() else UTC_MAX)
         except ValueError:
             pass  # 2021-02-30: the general path names the error
@@ -198,6 +198,6 @@ def _shift(naive: datetime, delta: timedelta) -> datetime:
     if naive == datetime.max:
         return UTC_MAX
     try:
-        return (naive + delta).replace(tzinfo=timezone.utc)
+        return (naive + delta).replace(tzinfo=UTC)
     except OverflowError:
         return UTC_MIN if delta < timedelta(0) else UTC_MAX

@@ -18,8 +18,8 @@ import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from fhirfus.fhir.bindings import check_required_bindings, resource_types
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
+from fhirfus.fhir.bindings import check_required_bindings, resource_types
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 

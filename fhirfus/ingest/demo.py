@@ -13,12 +13,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from fhirfus.auth.access import SERVER
-from fhirfus.domain.demo_cohort import HEADER, cohort, twstrs_columns
-from fhirfus.interactions import crud
-from fhirfus.interactions import search
-from fhirfus.ingest.site_import import ImportReport, import_files
-from fhirfus.store.repository import Store
 from fhirfus.db.visibility import EVERYTHING
+from fhirfus.domain.demo_cohort import HEADER, cohort, twstrs_columns
+from fhirfus.ingest.site_import import ImportReport, import_files
+from fhirfus.interactions import crud, search
+from fhirfus.store.repository import Store
 
 GROUP_ID = "demo-cohort"
 STUDY_ID = "demo-study"

@@ -21,10 +21,10 @@ import orjson
 from sqlalchemy import Connection, insert, select
 
 from fhirfus.auth.access import SERVER
+from fhirfus.db.tables import load_journal
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.interactions import bundles
 from fhirfus.store.repository import Store
-from fhirfus.db.tables import load_journal
 
 CHUNK_SIZE = 1000
 #: Types referenced by others come first (unknown types keep their name order after these).

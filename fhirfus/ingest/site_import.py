@@ -20,8 +20,7 @@ from fhirfus.auth.access import SERVER
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.ingest.mapping.engine import RECORD_SYSTEM, MappingResult, RowError, check_header, map_rows
 from fhirfus.ingest.mapping.spec import MappingSpec, load_spec
-from fhirfus.interactions import bundles
-from fhirfus.interactions import crud
+from fhirfus.interactions import bundles, crud
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
 
@@ -132,7 +131,7 @@ def import_files(
     targets: list[str] = []
     site_org: str | None = None
     for result in results:
-        for _key, bundle in result.bundles.items():
+        for bundle in result.bundles.values():
             response = bundles.process(context, bundle, "minimal")
             targets += _count(response, report, started, seen)
             site_org = site_org or _site_org(bundle, response)
@@ -173,4 +172,4 @@ def write_report(report: ImportReport, path: Path) -> None:
             writer.writerow([error.line, error.patient or "", error.column, error.value, error.reason])
 
 
-__all__ = ["ImportReport", "import_files", "write_report", "RECORD_SYSTEM", "FhirError"]
+__all__ = ["RECORD_SYSTEM", "FhirError", "ImportReport", "import_files", "write_report"]

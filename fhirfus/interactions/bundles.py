@@ -18,17 +18,14 @@ from urllib.parse import parse_qsl
 
 from sqlalchemy import Connection
 
+from fhirfus.auth.access import Access
+from fhirfus.domain import rules
+from fhirfus.domain.derived import derived_keys, to_create_with
 from fhirfus.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
-from fhirfus.auth.access import Access
-from fhirfus.domain import rules
-from fhirfus.interactions import conditional
-from fhirfus.interactions import crud
-from fhirfus.interactions import history
-from fhirfus.interactions import search
-from fhirfus.domain.derived import derived_keys, to_create_with
+from fhirfus.interactions import conditional, crud, history, search
 from fhirfus.interactions.crud import WriteResult
 from fhirfus.interactions.preconditions import etag, parse_version_tag
 from fhirfus.interactions.writes import write_transaction
@@ -211,7 +208,7 @@ def resolve_references(
         def resolve(reference: str) -> str | None:
             if reference in mapping:
                 return mapping[reference]
-            if reference.startswith("urn:uuid:") or reference.startswith("urn:oid:"):
+            if reference.startswith(("urn:uuid:", "urn:oid:")):
                 raise _fail(entry, InvalidRequest(f"Reference '{reference}' names no entry of this Bundle", "resource"))
             if "?" in reference:
                 if reference not in cache:
@@ -331,10 +328,7 @@ def process(
 ) -> dict:
     """Process a batch or transaction Bundle and build the response Bundle."""
     kind, entries = parse_bundle(body)  # entries hold the parsed body itself: it is rewritten in place
-    if kind == "transaction":
-        responses = _transaction(ctx, entries, before_commit)
-    else:
-        responses = _batch(ctx, entries)
+    responses = _transaction(ctx, entries, before_commit) if kind == "transaction" else _batch(ctx, entries)
     return {
         "resourceType": "Bundle",
         "type": f"{kind}-response",
@@ -351,7 +345,7 @@ def _transaction(
     with write_transaction(ctx.store, ctx.caller) as conn:
         mapping = assign_identities(conn, ctx.caller, entries, ctx.base)
         resolve_references(conn, ctx.caller, entries, mapping, ctx.base)
-        repository.lock_current(conn, [(e.res_type, e.res_id) for e in entries  # type: ignore[misc]
+        repository.lock_current(conn, [(e.res_type, e.res_id) for e in entries
                                        if e.method in ("PUT", "PATCH", "DELETE") and e.res_type and e.res_id])
         ordered = sorted(entries, key=lambda e: (ORDER[e.method], e.index))
         for entry in (e for e in ordered if e.method == "DELETE"):

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 from functools import cache
 
 from fhirfus import FHIR_VERSION, __version__
-from fhirfus.search.registry import params_for
 from fhirfus.fhir.validation import served_types
 from fhirfus.search.query import UNSUPPORTED
+from fhirfus.search.registry import params_for
 
 #: Interactions implemented for every served resource type (see fhirfus.api.resources).
 TYPE_INTERACTIONS = (

@@ -19,9 +19,9 @@ from sqlalchemy import Connection, select
 
 from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest
+from fhirfus.search.compiler import Compiler
 from fhirfus.search.query import criteria_types, parse_query
 from fhirfus.store import repository
-from fhirfus.search.compiler import Compiler
 
 
 def matching_ids(

@@ -15,6 +15,9 @@ from typing import Any
 import jsonpatch
 from sqlalchemy import Connection
 
+from fhirfus.auth.access import Access
+from fhirfus.domain import rules
+from fhirfus.domain.derived import after_write
 from fhirfus.errors import (
     BusinessRuleViolation,
     Gone,
@@ -25,10 +28,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
-from fhirfus.auth.access import Access
-from fhirfus.domain import rules
 from fhirfus.interactions import conditional
-from fhirfus.domain.derived import after_write
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored

@@ -7,12 +7,11 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from fhirfus.fhir.dates import parse_date_range
+from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
+from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
-
-from fhirfus.auth.access import Access
 from fhirfus.store import repository
 from fhirfus.store.repository import HistoryCursor, Store, Stored, format_instant
 

@@ -21,8 +21,8 @@ from urllib.parse import urlencode
 
 import orjson
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Engine
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Engine
 
 from fhirfus.auth.signing_secret import shared_secret
 from fhirfus.errors import InvalidRequest

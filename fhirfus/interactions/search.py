@@ -17,18 +17,18 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, Connection, Engine, FromClause, Select, and_, func, or_, select, true
 
-from fhirfus.fhir.dates import UTC_MIN
+from fhirfus.auth.access import Access
+from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import content_text
 from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_url
+from fhirfus.search.compiler import TABLE_OF, Compiler, local_reference, param_rows
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, criteria_types, parse_query
-from fhirfus.auth.access import Access
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
-from fhirfus.search.compiler import TABLE_OF, Compiler, local_reference, param_rows
-from fhirfus.db.tables import search_reference
-from fhirfus.db.visibility import content_text
 
 MAX_INCLUDE_ROUNDS = 4
 _SENTINELS: dict[str, Any] = {
@@ -177,6 +177,7 @@ def run_search(
         direction, position = _position(conn.engine, query.cursor, [_kind(k) for k in query.sort] + [int])
     forward = direction == "n"
     matched = match.subquery() if isinstance(match, Select) else None
+    conditions: list[Any]
     if matched is None:
         conditions = [match]
     else:
@@ -191,7 +192,7 @@ def run_search(
     if position is not None:
         page = page.where(_keyset(keys, position, forward))
     order = [(c.desc() if d == forward else c.asc()) for c, d in keys]
-    rows = conn.execute(page.order_by(*order).limit(count + 1)).all() if count > 0 else []
+    rows = list(conn.execute(page.order_by(*order).limit(count + 1)).all()) if count > 0 else []
     more = len(rows) > count
     rows = rows[:count]
     if not forward:
@@ -378,8 +379,8 @@ def _require_common(queries: dict[str | None, SearchQuery]) -> None:
     Ignoring it for the others would return all their resources, applying it to some only would
     hide that; one that no type knows is simply unknown (ignored unless strict).
     """
-    ignored = [set(q.ignored) for q in queries.values()]
-    partial = sorted(set().union(*ignored) - set.intersection(*ignored))
+    ignored: list[set[str]] = [set(q.ignored) for q in queries.values()]
+    partial = sorted(set[str]().union(*ignored) - ignored[0].intersection(*ignored[1:]))
     if partial:
         lacking = [str(t) for t, q in queries.items() if partial[0] in q.ignored]
         raise InvalidRequest(

@@ -10,19 +10,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import orjson
-from sqlalchemy import and_, or_, select
+from sqlalchemy import ColumnElement, and_, or_, select
 
+from fhirfus.auth.access import Access
+from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import content_text
+from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
-from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.interactions import crud
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
-from fhirfus.auth.access import Access
-from fhirfus.store.repository import Store
 from fhirfus.search.compiler import local_reference, params_rows
-from fhirfus.db.tables import search_reference
-from fhirfus.db.visibility import content_text
+from fhirfus.store.repository import Store
+
 
 def everything_bundle(
     store: Store, caller: Access, base: str, patient_id: str, params: Mapping[str, str], *, default_count: int, max_count: int,
@@ -55,7 +56,7 @@ def everything_bundle(
         or_(*[and_(link.c.res_type == t, params_rows(link, t, codes)) for t, codes in wanted.items()]),
     )
     record = caller.visibility.resources()
-    selection = [record.c.pk.in_(members)]
+    selection: list[ColumnElement[bool]] = [record.c.pk.in_(members)]
     if not types or "Patient" in types:
         selection.append(and_(record.c.res_type == "Patient", record.c.res_id == patient_id))
     conditions = [record.c.deleted.is_(False), or_(*selection)]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fhirfus.domain import twstrs
 from fhirfus.auth.access import Access
+from fhirfus.domain import twstrs
 from fhirfus.errors import BusinessRuleViolation, InvalidRequest
 from fhirfus.interactions import crud
 from fhirfus.store.repository import Store

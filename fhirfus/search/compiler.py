@@ -15,17 +15,22 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
-    ColumnElement, FromClause, Select, Table, and_, bindparam, exists, false, func, literal, not_, or_, select, true,
+    ColumnElement,
+    FromClause,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    literal,
+    not_,
+    or_,
+    select,
+    true,
 )
 
-from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
-from fhirfus.errors import InvalidRequest
-from fhirfus.search.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string, reference_target
-from fhirfus.search.registry import reference_subset, stored_under
-from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
-from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
-from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
-from fhirfus.db.visibility import Visibility
 from fhirfus.db.tables import (
     search_composite,
     search_date,
@@ -36,6 +41,14 @@ from fhirfus.db.tables import (
     search_token,
     search_uri,
 )
+from fhirfus.db.visibility import Visibility
+from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
+from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
+from fhirfus.search.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string, reference_target
+from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
+from fhirfus.search.registry import reference_subset, stored_under
+from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
 
 #: Modifiers that match the resources having *no* index row that matches the value.
 NEGATING = ("not", "not-in")
@@ -159,7 +172,7 @@ class Compiler:
         return alias.c.pk.in_(rows)
 
     def _has(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
-        assert ref.has_param is not None and ref.has_inner is not None
+        assert ref.has_source is not None and ref.has_param is not None and ref.has_inner is not None
         source = self.seen_by.resources()
         link = search_reference
         rows = (
@@ -224,7 +237,7 @@ class Compiler:
             raise InvalidRequest(
                 f"'{value}' is not a value for '{name}': expected {len(kinds)} components separated by '$'", name
             )
-        return and_(*[self._component(table, n, kind, part, name) for n, (kind, part) in enumerate(zip(kinds, parts))])
+        return and_(*[self._component(table, n, kind, part, name) for n, (kind, part) in enumerate(zip(kinds, parts, strict=False))])
 
     def _component(self, table: Table, position: int, kind: str, value: str, name: str) -> ColumnElement[bool]:
         c = table.c
@@ -417,7 +430,7 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def date_condition(prefix: str, low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+def date_condition(prefix: str, low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:
     """FHIR date comparison of a stored range [low, high) with a search range [q_low, q_high)."""
     # The extra conjuncts (``low < q_high``, ``high > q_low``) follow from the others; they are
     # there so PostgreSQL can answer with a range scan on the (…, low) or (…, high) index.
@@ -436,7 +449,7 @@ def date_condition(prefix: str, low: ColumnElement, high: ColumnElement, q_low, 
     return conditions[prefix]()
 
 
-def point_condition(prefix: str, moment: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+def point_condition(prefix: str, moment: ColumnElement, q_low, q_high) -> ColumnElement[bool]:
     """Date comparison of a stored instant (a point, e.g. ``meta.lastUpdated``) with a search range."""
     inside = and_(moment >= q_low, moment < q_high)
     conditions: dict[str, Callable[[], ColumnElement[bool]]] = {
@@ -453,7 +466,7 @@ def point_condition(prefix: str, moment: ColumnElement, q_low, q_high) -> Column
     return conditions[prefix]()
 
 
-def _approximately(low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:  # noqa: ANN001
+def _approximately(low: ColumnElement, high: ColumnElement, q_low, q_high) -> ColumnElement[bool]:
     """``ap``: overlap with the search range widened by 10 % of its distance from now (≥ 1 day)."""
     distance = abs(datetime.now(UTC) - q_low)
     margin = max(distance / 10, timedelta(days=1))
@@ -468,7 +481,7 @@ def _shifted(moment: datetime, delta: timedelta) -> datetime:
         return UTC_MAX if delta > timedelta(0) else UTC_MIN
 
 
-def number_condition(column: ColumnElement, query) -> ColumnElement[bool]:  # noqa: ANN001
+def number_condition(column: ColumnElement, query) -> ColumnElement[bool]:
     """Numbers: ``eq``/``ne`` use the implicit precision range, the others the value itself."""
     value: Decimal = query.value
     conditions: dict[str, Callable[[], ColumnElement[bool]]] = {

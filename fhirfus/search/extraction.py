@@ -42,7 +42,12 @@ from fhirpathpy.parser import parse as _fhirpath_parse
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN, parse_date_range
 from fhirfus.search.registry import (
-    SearchParam, own_expression, params_for, resource_types, split_top_level, split_union,
+    SearchParam,
+    own_expression,
+    params_for,
+    resource_types,
+    split_top_level,
+    split_union,
 )
 
 log = logging.getLogger(__name__)
@@ -367,7 +372,7 @@ def _to_references(param: str, value: Any) -> list[ReferenceValue]:
         return [ReferenceValue(param, None, None, value)] if value else []
     if not isinstance(value, dict):
         return []
-    identifier = value.get("identifier") if isinstance(value.get("identifier"), dict) else {}
+    identifier: dict[str, Any] = value["identifier"] if isinstance(value.get("identifier"), dict) else {}
     system, code = _text(identifier.get("system")), _text(identifier.get("value"))
     url = _text(value.get("reference"))
     if not url and not code:
@@ -459,7 +464,7 @@ def _parse_branch(text: str) -> list[tuple[str, ...]] | None:
     operator = _AS_OPERATOR.fullmatch(text)
     if operator is not None:
         head = _parse_branch(operator["path"])
-        return None if head is None else head + [("as", operator["type"])]
+        return None if head is None else [*head, ("as", operator["type"])]
     return _parse_segments(text)
 
 
@@ -828,14 +833,14 @@ def _fhirpath_evaluator(expression: str) -> Evaluator:
     """Evaluate with fhirpathpy; an expression it cannot parse or evaluate yields nothing."""
     try:
         compiled = _compile_fhirpath(expression)
-    except Exception as exc:  # noqa: BLE001 - a bad custom expression must not fail every write
+    except Exception as exc:
         log.warning("search expression %r is not valid FHIRPath: %s", expression, exc)
         return _nothing
 
     def evaluate(node: Any, root: dict[str, Any]) -> list[Any]:
         try:
             return list(compiled(node, {"resource": root}))
-        except Exception as exc:  # noqa: BLE001 - one bad expression must not fail a write
+        except Exception as exc:
             log.debug("fhirpathpy could not evaluate %r: %s", expression, exc)
             return []
 
@@ -846,7 +851,7 @@ def _fhirpath_on_node(expression: str, node: ResourceNode, root: dict[str, Any])
     """Evaluate a component expression with fhirpathpy on a node that knows its model path."""
     try:
         return list(fhirpathpy.apply_parsed_path(node, _parse_fhirpath(expression), {"resource": root}, _MODEL, _OPTIONS))
-    except Exception as exc:  # noqa: BLE001 - one bad expression must not fail a write
+    except Exception as exc:
         log.debug("fhirpathpy could not evaluate component %r: %s", expression, exc)
         return []
 
@@ -917,7 +922,7 @@ def _component_converters(param: SearchParam, params: Mapping[str, SearchParam])
 
 def _convert_components(raws: list[list[Any]], converters: list[tuple[str, Converter]]) -> list[list[Any]]:
     """Index values of each component, converted only once every component has a raw value."""
-    return [[v for raw in values for v in convert(code, raw)] for values, (code, convert) in zip(raws, converters)]
+    return [[v for raw in values for v in convert(code, raw)] for values, (code, convert) in zip(raws, converters, strict=False)]
 
 
 def _combine(param: str, per_component: list[list[Any]]) -> list[CompositeValue]:
@@ -954,7 +959,7 @@ def _fhirpath_composite(param: SearchParam, converters: list[tuple[str, Converte
     """Composite with fhirpathpy: branch by branch, so nodes keep their model path."""
     try:
         branches = [_compile_fhirpath(branch, raw=True) for branch in split_union(param.expression)]
-    except Exception as exc:  # noqa: BLE001 - a bad custom expression must not fail every write
+    except Exception as exc:
         log.warning("search expression %r is not valid FHIRPath: %s", param.expression, exc)
         branches = []
 
@@ -963,7 +968,7 @@ def _fhirpath_composite(param: SearchParam, converters: list[tuple[str, Converte
         for select in branches:
             try:
                 nodes = select(resource, {"resource": resource})
-            except Exception as exc:  # noqa: BLE001 - one bad expression must not fail a write
+            except Exception as exc:
                 log.debug("fhirpathpy could not evaluate %r: %s", param.expression, exc)
                 continue
             for node in nodes:

@@ -7,8 +7,22 @@ one COPY (or multi-row INSERT) per index table.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection, Table
 
+from fhirfus.db import rows
+from fhirfus.db.tables import (
+    INDEX_TABLES,
+    search_composite,
+    search_date,
+    search_number,
+    search_quantity,
+    search_reference,
+    search_string,
+    search_token,
+    search_uri,
+)
 from fhirfus.search.extraction import (
     CompositeValue,
     DateValue,
@@ -23,18 +37,6 @@ from fhirfus.search.extraction import (
     normalize_string,
 )
 from fhirfus.search.registry import reference_subsets
-from fhirfus.db import rows
-from fhirfus.db.tables import (
-    INDEX_TABLES,
-    search_composite,
-    search_date,
-    search_number,
-    search_quantity,
-    search_reference,
-    search_string,
-    search_token,
-    search_uri,
-)
 
 #: Longer values are cut: B-tree entries must stay small, and nobody searches by page-long text.
 MAX_TEXT = 512
@@ -89,6 +91,7 @@ def _composite_rows(pk: int, res_type: str, value: CompositeValue) -> list[tuple
     if isinstance(second, QuantityValue):
         return [(*head, _cut(system), _cut(code), second.value, None, None, None, number3)
                 for system, code in _quantity_units(second)]
+    tail: tuple[Any, ...]
     if isinstance(second, TokenValue):
         tail = (_cut(second.system), _cut(second.code), None, None, None, None)
     elif isinstance(second, NumberValue):
@@ -154,7 +157,7 @@ def index_resource(
 
 def index_many(conn: Connection, items: list[tuple[int, str, dict]], also: list[rows.Batch] | None = None) -> None:
     """Index freshly created resources: one multi-row INSERT per index table for all of them."""
-    batches: dict[str, tuple[Table, list[dict]]] = {}
+    batches: dict[str, tuple[Table, list[Any]]] = {}
     for pk, res_type, content in items:
         for table, table_rows in index_rows(pk, res_type, extract_index_values(content)):
             batches.setdefault(table.name, (table, []))[1].extend(table_rows)

@@ -10,14 +10,13 @@ are always a 400 naming the parameter.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.validation import served_types
 from fhirfus.search.extraction import selects_identifiers
 from fhirfus.search.registry import SearchParam, params_for
-from fhirfus.fhir.validation import served_types
 
 #: Parameters that shape the result rather than select resources.
 RESULT_PARAMETERS = frozenset(
@@ -306,9 +305,9 @@ def _apply_result_parameter(query: SearchQuery, name: str, value: str) -> None:
     elif base == "_sort":
         query.sort = _parse_sort(query.res_type, value)
     elif base == "_include":
-        query.includes.append(_parse_include(value, name, name.endswith(":iterate") or name.endswith(":recurse")))
+        query.includes.append(_parse_include(value, name, name.endswith((":iterate", ":recurse"))))
     elif base == "_revinclude":
-        query.revincludes.append(_parse_include(value, name, name.endswith(":iterate") or name.endswith(":recurse")))
+        query.revincludes.append(_parse_include(value, name, name.endswith((":iterate", ":recurse"))))
     elif base == "_summary":
         if value not in ("true", "false", "count", "data", "text"):
             raise InvalidRequest(f"_summary must be true, false, count, data or text, got '{value}'", "_summary")

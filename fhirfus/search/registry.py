@@ -214,7 +214,7 @@ def _layout_of(params: Mapping[str, SearchParam]) -> _Layout:
         for other in order:
             theirs = whole[other]
             if other == code or other in own or shape[other] != shape[code] or not theirs <= mine \
-                    or theirs == whole[code] and other > code:
+                    or (theirs == whole[code] and other > code):
                 continue
             contained.append(other)
             mine -= theirs

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 
-from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.dates import fhir_search_date
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhirfus.fhirpath.engine import FhirPathSyntaxError, R4_MODEL, parse, reference_key
+from fhirfus.fhirpath.engine import R4_MODEL, FhirPathSyntaxError, parse, reference_key
 from fhirfus.sqlonfhir.runner import CompiledView, coerce, compile_view
 
 __all__ = ["FastView", "compile_fast", "run_view_fast"]
@@ -150,8 +150,8 @@ class _ExpressionCompiler:
         if kind in ("AndExpression", "OrExpression"):
             return self.logic(node, context)
         if kind == "UnionExpression":
-            left, right = (self.node(c, context).fn for c in children)
-            return _Compiled(lambda focus, root: _dedupe(left(focus, root) + right(focus, root)), None)
+            first, second = (self.node(c, context).fn for c in children)
+            return _Compiled(lambda focus, root: _dedupe(first(focus, root) + second(focus, root)), None)
         raise Unsupported(f"{kind} is not compiled")
 
     def term(self, node: Mapping[str, Any], context: str | None) -> _Compiled:

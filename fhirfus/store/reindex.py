@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 from sqlalchemy import delete, func, select
 
-from fhirfus.search import index as indexer
-from fhirfus.store.repository import Store
 from fhirfus.db.tables import INDEX_TABLES
 from fhirfus.db.visibility import EVERYTHING
+from fhirfus.search import index as indexer
+from fhirfus.store.repository import Store
 
 CHUNK = 500
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cache, partial
 from datetime import UTC, datetime, timedelta
-
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_, update
@@ -24,12 +23,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
-from fhirfus.errors import Conflict
-from fhirfus.search import index as indexer
 from fhirfus.db import rows
-from fhirfus.search.compiler import param_rows
 from fhirfus.db.tables import resource_history, resources, search_uri
 from fhirfus.db.visibility import Visibility, site_label, with_site_label
+from fhirfus.errors import Conflict
+from fhirfus.search import index as indexer
+from fhirfus.search.compiler import param_rows
 
 
 @dataclass(frozen=True)

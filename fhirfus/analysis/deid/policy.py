@@ -29,10 +29,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from fhirfus.db.tables import deid_crosswalk
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.ig import folder
 from fhirfus.store.repository import Store
-from fhirfus.db.tables import deid_crosswalk
 
 POLICY_DIR = folder("policies")
 DEFAULT_POLICY = "safe-harbor"
@@ -352,9 +352,9 @@ def pseudonyms(store: Store, namespace: str, patient_ids: Sequence[str], policy:
             dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
             for start in range(0, len(missing), chunk):
                 part = missing[start:start + chunk]
-                rows = [{"namespace": namespace, "patient_id": pid, "pseudonym": new_pseudonym(policy), "created": now}
-                        for pid in part]
-                conn.execute(dialect_insert(table).on_conflict_do_nothing(), rows)
+                fresh = [{"namespace": namespace, "patient_id": pid, "pseudonym": new_pseudonym(policy),
+                          "created": now} for pid in part]
+                conn.execute(dialect_insert(table).on_conflict_do_nothing(), fresh)
             for start in range(0, len(missing), chunk):
                 part = missing[start:start + chunk]
                 got = conn.execute(select(table.c.patient_id, table.c.pseudonym)

@@ -17,8 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from fhirfus.analysis.source import PATIENT_KEY, SourceRows
-from fhirfus.analysis.views import AnalysisView
 from fhirfus.analysis.deid.policy import (
     DateReference,
     Policy,
@@ -31,6 +29,8 @@ from fhirfus.analysis.deid.policy import (
     parse_day,
     zip3,
 )
+from fhirfus.analysis.source import PATIENT_KEY, SourceRows
+from fhirfus.analysis.views import AnalysisView
 
 DAY_ZERO_SESSION = "first-session"
 DAY_ZERO_ASSESSMENT = "first-assessment"

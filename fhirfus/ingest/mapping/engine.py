@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from functools import cache
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class

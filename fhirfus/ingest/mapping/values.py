@@ -65,6 +65,7 @@ def _plain(bound: float | None) -> str:
 
 
 def _one(spec: ColumnSpec, text: str) -> Any:
+    value: Any
     if spec.type in ("integer", "decimal"):
         value = _number(text, spec.type)
         _range(spec, value)
