@@ -15,6 +15,7 @@ import pytest
 from fhirpathpy.models import models
 
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
+from fhirfus.fhirpath.paths import uses_fast_path
 from fhirfus.search.extraction import (
     CompositeValue,
     DateValue,
@@ -27,7 +28,6 @@ from fhirfus.search.extraction import (
     UriValue,
     extract_index_values,
     normalize_string,
-    uses_fast_path,
 )
 from fhirfus.search.registry import (
     SearchParam,

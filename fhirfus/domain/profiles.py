@@ -44,6 +44,7 @@ from functools import cache
 from typing import Any
 
 from fhirfus.errors import Issue
+from fhirfus.fhirpath.engine import compile_expression, evaluate
 from fhirfus.ig import resources_in
 
 BASE = "https://fhirfus.org/fhir/StructureDefinition/"
@@ -306,11 +307,10 @@ def valuesets() -> dict[str, ValueSetCodes | None]:
 
 
 @cache
-def _invariant(expression: str) -> Callable[..., list]:
-    import fhirpathpy  # the FHIRPath engine loads only when a claimed profile has invariants
-    from fhirpathpy.models import models
-
-    return fhirpathpy.compile(expression, models["r4"])
+def _invariant(expression: str) -> Callable[[Any], list]:
+    """An invariant's expression compiled once (``fhirfus.fhirpath``), evaluated on an element."""
+    compiled = compile_expression(expression)
+    return lambda value: evaluate(compiled, value)
 
 
 # --------------------------------------------------------------------------- walking

@@ -1,9 +1,14 @@
-"""Finding and rewriting references inside resources (Bundle processing needs both)."""
+"""References: finding and rewriting them inside resources (Bundle processing), and the type and id a
+literal reference names."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
+
+from fhirfus.fhir.bindings import resource_types
 
 
 def iter_references(node: Any) -> Iterator[dict]:
@@ -25,3 +30,26 @@ def rewrite_references(resource: dict, resolve: Callable[[str], str | None]) -> 
         replacement = resolve(reference["reference"])
         if replacement is not None:
             reference["reference"] = replacement
+
+
+_REFERENCE_RE = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
+)
+
+
+@lru_cache(maxsize=16_384)
+def reference_target(reference: str) -> tuple[str | None, str | None]:
+    """Type and id of a literal reference (``Patient/1``, ``http://x/fhir/Patient/1/_history/2``).
+
+    ``urn:uuid:``/``urn:oid:`` and ``#contained`` references, and URLs whose
+    second-to-last segment is not a resource type, have none.
+
+    Remembered: a resource's references are parsed two or three times while it is indexed (the
+    ``where(resolve() is T)`` filters, then the values), and a patient's resources all name it.
+    """
+    if reference.startswith(("urn:", "#")):
+        return None, None
+    match = _REFERENCE_RE.search(reference)
+    if match is None or match["type"] not in resource_types():
+        return None, None
+    return match["type"], match["id"]

@@ -1,1 +1,4 @@
-"""FHIRPath: strict parsing and evaluation on fhirpathpy, with the SQL-on-FHIR functions."""
+"""The one FHIRPath layer: search-parameter paths compiled to direct lookups with fhirpathpy behind
+them (``paths``), strict parsing and evaluation with the SQL-on-FHIR functions (``engine``). Used by
+indexing, the ViewDefinition runner and the profiles' invariants.
+"""

@@ -313,6 +313,14 @@ def compile_expression(text: str) -> Expression:
     return Expression(text)
 
 
+def evaluate(expression: Expression, value: Any) -> list:
+    """``expression`` on one JSON value (a resource or one of its elements) as plain Python values,
+    ``%context`` being that value: how profile invariants are checked."""
+    reset_clock()
+    return [to_python(item) for item in expression([value], {**STANDARD_VARIABLES, "context": value})
+            if is_value(item)]
+
+
 def resource_node(resource: Mapping[str, Any]) -> ResourceNode:
     """Wrap a resource so member access tracks FHIR types (choice types, ofType)."""
     return ResourceNode.create_node(resource, resource.get("resourceType"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.validation import served_types
-from fhirfus.search.extraction import selects_identifiers
+from fhirfus.fhirpath.paths import selects_identifiers
 from fhirfus.search.registry import SearchParam, params_for
 
 #: Parameters that shape the result rather than select resources.

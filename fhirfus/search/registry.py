@@ -19,6 +19,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from fhirfus.fhirpath.paths import split_union
+
 #: The generated FHIR data (``tools/gen_search_parameters.py``) lives with the rest of it in ``fhirfus.fhir``.
 DATA_DIR = Path(str(files("fhirfus.fhir"))) / "data"
 
@@ -107,31 +109,6 @@ def remove_custom_param(resource_type: str, code: str) -> None:
     with _lock:
         _custom.get(resource_type, {}).pop(code, None)
         _views.pop(resource_type, None)
-
-
-def split_union(expression: str) -> list[str]:
-    """Split FHIRPath on top-level ``|`` (bars inside parentheses or quotes are kept)."""
-    return [b.strip() for b in split_top_level(expression, "|") if b.strip()]
-
-
-def split_top_level(text: str, separator: str) -> list[str]:
-    """Split on a one-character separator outside parentheses, brackets and quotes."""
-    parts: list[str] = []
-    depth, quoted, start = 0, False, 0
-    for index, char in enumerate(text):
-        if char == "'":
-            quoted = not quoted
-        elif quoted:
-            continue
-        elif char in "([":
-            depth += 1
-        elif char in ")]":
-            depth -= 1
-        elif char == separator and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    parts.append(text[start:])
-    return parts
 
 
 # --- rows shared between parameters ------------------------------------------------------------
