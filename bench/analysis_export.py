@@ -29,10 +29,10 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 from fhirfus.settings import test_postgres_url
+from fhirfus.testing import scratch_postgres
 
 POSTGRES_URL = test_postgres_url()
 PER_SITE = 1000
@@ -93,13 +93,7 @@ def load(url: str, patients: int) -> float:
     return seconds
 
 
-def create_database() -> str:
-    name = f"fhirfus_analysis_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+def migrated(url: str) -> str:
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
@@ -107,13 +101,6 @@ def create_database() -> str:
     migrate.upgrade(engine)
     engine.dispose()
     return url
-
-
-def drop_database(url: str) -> None:
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def count_resources(url: str) -> dict[str, int]:
@@ -201,36 +188,39 @@ def main() -> None:
     if args.child:
         export_child(*args.child)
         return
-    url = args.database or create_database()
-    try:
-        load_seconds = None
-        if not args.database:
-            load_seconds = load(url, args.patients)
-        counts = count_resources(url)
-        total = sum(counts.values())
-        print("## Analysis export (PostgreSQL)\n")
-        print(f"- cohort: {counts.get('Patient', 0)} patients, {total} resources "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
-        if load_seconds is not None:
-            print(f"- load (site-registry mapping, bulk inserts): {load_seconds:.0f} s")
-        for fmt in ("csv", "parquet"):
-            figures = run_export(url, fmt)
-            stages = ", ".join(f"{k} {v:.2f} s" for k, v in figures["stages"].items())
-            print(f"- export ({fmt}): {figures['wall']:.1f} s end to end in the exporting process "
-                  f"({figures['process_wall']:.1f} s with interpreter start), peak RSS {figures['peak_mib']:.0f} MiB, "
-                  f"{figures['bytes'] / 1e6:.1f} MB written; {stages}")
-            print(f"  - view rows: {figures['figures']['view_rows']} at {figures['figures']['view_rows_per_second']:,} rows/s "
-                  f"({figures['figures']['view_resources_per_second']:,} resources/s, "
-                  f"{figures['figures']['view_fallbacks']} fallbacks); reading {figures['figures']['read_seconds']:.1f} s")
-        runner = reference_runner(url)
-        print(f"- ViewDefinition runner on 20,000 of these resources: reference (fhirpathpy) "
-              f"{runner['reference']:,.0f} rows/s ({runner['reference_resources_per_s']:,.0f} resources/s), "
-              f"compiled fast path {runner['compiled']:,.0f} rows/s ({runner['compiled_resources_per_s']:,.0f} resources/s)")
-    finally:
-        if args.keep or args.database:
+    if args.database:
+        report(args.database, loaded=False)
+        return
+    keep = f"fhirfus_analysis_bench_{uuid.uuid4().hex[:8]}" if args.keep else None
+    with scratch_postgres(prefix="fhirfus_analysis_bench", keep=keep) as (url,):
+        report(migrated(url), loaded=True, patients=args.patients)
+        if keep:
             print(f"\ndatabase kept: {url}", file=sys.stderr)
-        else:
-            drop_database(url)
+
+
+def report(url: str, *, loaded: bool, patients: int = 0) -> None:
+    """Load (unless the database is already loaded), then export twice and time the runner."""
+    load_seconds = load(url, patients) if loaded else None
+    counts = count_resources(url)
+    total = sum(counts.values())
+    print("## Analysis export (PostgreSQL)\n")
+    print(f"- cohort: {counts.get('Patient', 0)} patients, {total} resources "
+          f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    if load_seconds is not None:
+        print(f"- load (site-registry mapping, bulk inserts): {load_seconds:.0f} s")
+    for fmt in ("csv", "parquet"):
+        figures = run_export(url, fmt)
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in figures["stages"].items())
+        print(f"- export ({fmt}): {figures['wall']:.1f} s end to end in the exporting process "
+              f"({figures['process_wall']:.1f} s with interpreter start), peak RSS {figures['peak_mib']:.0f} MiB, "
+              f"{figures['bytes'] / 1e6:.1f} MB written; {stages}")
+        print(f"  - view rows: {figures['figures']['view_rows']} at {figures['figures']['view_rows_per_second']:,} rows/s "
+              f"({figures['figures']['view_resources_per_second']:,} resources/s, "
+              f"{figures['figures']['view_fallbacks']} fallbacks); reading {figures['figures']['read_seconds']:.1f} s")
+    runner = reference_runner(url)
+    print(f"- ViewDefinition runner on 20,000 of these resources: reference (fhirpathpy) "
+          f"{runner['reference']:,.0f} rows/s ({runner['reference_resources_per_s']:,.0f} resources/s), "
+          f"compiled fast path {runner['compiled']:,.0f} rows/s ({runner['compiled_resources_per_s']:,.0f} resources/s)")
 
 
 if __name__ == "__main__":

@@ -26,15 +26,13 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, text
 
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
@@ -42,6 +40,7 @@ from fhirfus.db.visibility import EVERYTHING
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.settings import test_postgres_url
 from fhirfus.store.repository import NewResource, Store, create_many
+from fhirfus.testing import free_port, scratch_postgres
 
 POSTGRES_URL = test_postgres_url()
 CHUNK = 2000
@@ -115,19 +114,9 @@ def load(url: str, count: int) -> float:
 
 @contextmanager
 def database(keep: str | None) -> Iterator[str]:
-    name = keep or f"fhirfus_bulk_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-        if not exists:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        if keep is None:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    """A throw-away database, or the one named ``keep`` (created if missing, reused, never dropped)."""
+    with scratch_postgres(prefix="fhirfus_bulk_bench", keep=keep) as (url,):
+        yield url
 
 
 def _rss_kb(pid: int, field: str = "VmRSS") -> int:
@@ -182,7 +171,7 @@ def export(base: str, pid: int, path: str, export_dir: Path) -> Figures:
 
 @contextmanager
 def server(url: str, export_dir: Path) -> Iterator[tuple[str, int]]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FHIRFUS_DATABASE_URL=url, FHIRFUS_AUTH="off", FHIRFUS_EXPORT_DIR=str(export_dir))
     script = Path(sys.executable).with_name("fhirfus")
     command = [str(script)] if script.exists() else [sys.executable, "-m", "fhirfus.cli"]
@@ -204,14 +193,6 @@ def server(url: str, export_dir: Path) -> Iterator[tuple[str, int]]:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def main() -> None:

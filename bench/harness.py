@@ -15,12 +15,10 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,8 +29,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 from rich.console import Console
-from rich.markup import escape
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,6 +37,7 @@ from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resources
 from fhirfus.settings import test_postgres_url
+from fhirfus.testing import free_port, scratch_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results" / "bench.md"
@@ -478,12 +476,6 @@ def load_generator(kind: str, base: str, clients: int) -> Iterator[LoadGenerator
 # --- subprocesses ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM if the bench is killed hard, so no server outlives it."""
     if sys.platform == "linux":
@@ -611,42 +603,16 @@ def serve_bare(port: int, database_url: str, res_id: str) -> None:
 # --- databases -------------------------------------------------------------------------------
 
 
-def _postgres_admin_url() -> str:
-    url = make_url(POSTGRES_URL)
-    if url.drivername == "postgresql":
-        url = url.set(drivername="postgresql+psycopg")
-    return url.render_as_string(hide_password=False)
-
-
 @contextmanager
 def postgres_databases(count: int) -> Iterator[list[str]]:
-    """``count`` throw-away databases with random names, dropped (WITH FORCE) afterwards."""
-    admin = create_engine(_postgres_admin_url(), isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    created: list[str] = []
+    """``count`` throw-away databases (``fhirfus.testing.scratch_postgres``), a clear error if PostgreSQL is not usable."""
     try:
-        try:
-            with admin.connect() as conn:
-                for _ in range(count):
-                    name = f"fhirfus_bench_{uuid.uuid4().hex[:12]}"
-                    conn.execute(text(f'CREATE DATABASE "{name}"'))
-                    created.append(name)
-        except SQLAlchemyError as exc:
-            safe = make_url(POSTGRES_URL).render_as_string(hide_password=True)
-            cause = getattr(exc, "orig", None) or exc
-            raise BenchError(f"PostgreSQL at {safe} is not usable: {type(cause).__name__}: {cause}") from exc
-        yield [make_url(_postgres_admin_url()).set(database=n).render_as_string(hide_password=False) for n in created]
-    finally:
-        _drop_postgres(admin, created)
-        admin.dispose()
-
-
-def _drop_postgres(admin: Engine, names: list[str]) -> None:
-    for name in names:
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        except SQLAlchemyError as exc:
-            console.print(f"[red]could not drop database {name}: {escape(str(exc))}[/red]")
+        with scratch_postgres(count, prefix="fhirfus_bench") as urls:
+            yield urls
+    except SQLAlchemyError as exc:
+        safe = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+        cause = getattr(exc, "orig", None) or exc
+        raise BenchError(f"PostgreSQL at {safe} is not usable: {type(cause).__name__}: {cause}") from exc
 
 
 @contextmanager

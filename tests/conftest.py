@@ -7,7 +7,6 @@ server on a free loopback port. Tests talk to it with httpx or a FHIR client lib
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -19,8 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import Engine, create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, func, select
 
 from fhirfus.api.app import create_app
 from fhirfus.db import migrate
@@ -28,6 +26,7 @@ from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resource_history, resources
 from fhirfus.settings import Settings, test_postgres_url
 from fhirfus.store.repository import Store
+from fhirfus.testing import free_port, scratch_postgres
 
 POSTGRES_URL = test_postgres_url()
 BACKENDS = ("sqlite", "postgresql")
@@ -50,16 +49,8 @@ class Database:
 
 
 def _postgres_database() -> Iterator[str]:
-    name = f"fhirfus_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres() as (url,):
+        yield url
 
 
 def database_url_for(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -97,12 +88,6 @@ def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         next(generator, None)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     base: str
@@ -113,7 +98,7 @@ class Server:
 
 
 def run_server(settings: Settings, store: Store) -> tuple[uvicorn.Server, threading.Thread, int]:
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(settings, store), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
         access_log=False,
