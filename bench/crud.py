@@ -25,13 +25,11 @@ import argparse
 import os
 import platform
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,6 @@ from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmar
     FULL,
     NOISY_SHARE,
     QUICK,
-    REPO,
     RES_TYPE,
     RESULTS,
     SEED,
@@ -56,8 +53,13 @@ from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmar
     Measurement,
     Options,
     Probe,
+    Report,
+    _fmt,
+    _git_revision,
     _machine_ticks,
+    _mark,
     _pg_name,
+    _terminate_on_sigterm,
     backend_databases,
     bare_server,
     console,
@@ -71,7 +73,6 @@ from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmar
     updated,
 )
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import insert, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -271,35 +272,6 @@ def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResul
 # --- reporting -------------------------------------------------------------------------------
 
 
-@dataclass
-class Report:
-    """A table rendered both for the terminal (rich) and for a closing note (Markdown)."""
-
-    title: str
-    columns: list[str]
-    rows: list[list[str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def rich(self) -> Table:
-        table = Table(title=self.title, title_justify="left")
-        for index, column in enumerate(self.columns):
-            table.add_column(column, justify="left" if index == 0 else "right")
-        for row in self.rows:
-            table.add_row(*(escape(cell) for cell in row))
-        return table
-
-    def markdown(self) -> str:
-        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
-        lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in self.rows]
-        lines += [""] + [f"- {note}" for note in self.notes]
-        return "\n".join(lines).rstrip() + "\n"
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}"
-
-
 def _share(part: float, whole: float) -> str:
     return "—" if whole <= 0 else f"{100 * part / whole:.0f}%"
 
@@ -377,21 +349,6 @@ def summary_report(results: list[BackendResult]) -> Report:
     return report
 
 
-def _mark(ok: bool) -> str:
-    return "✓" if ok else "✗"
-
-
-def _git_revision() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
-
-
 def write_markdown(
     reports: list[Report], options: Options, seconds: float, skipped: list[str], background: float | None
 ) -> None:
@@ -427,15 +384,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.clients < 1:
         parser.error("--clients must be at least 1")
     return args
-
-
-def _terminate_on_sigterm() -> None:
-    """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops servers and drops databases."""
-
-    def handler(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def background_load(sample_s: float = 1.0) -> float | None:
