@@ -66,6 +66,10 @@ class Settings:
         "FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000,
         "longest a single SQL statement of a request may run on PostgreSQL; beyond it the request gets 503 "
         "`too-costly` (0: no limit)")
+    referential_integrity: str = setting(
+        "FHIRFUS_REFERENTIAL_INTEGRITY", "on",
+        "`on`: a write whose local references name no resource (for the caller) is 400, deleting a resource "
+        "that others refer to is 409; `off`: neither is checked")
     deid_key: str | None = setting(
         "FHIRFUS_DEID_KEY", None,
         "secret (≥ 16 characters) naming the pseudonym namespace of analysis exports; unset: analysis exports are "

@@ -301,15 +301,25 @@ def _load(base: str) -> Dataset:
 
 
 def _layers(resources: list[dict]) -> Iterator[list[dict]]:
-    """Resources grouped by type, in generation order (parallel PUTs within a group)."""
+    """Resources grouped by type, in generation order (parallel PUTs within a group); a resource
+    that refers to another of its own group goes to a later group (references must resolve)."""
     group: list[dict] = []
     for resource in resources:
         if group and group[-1]["resourceType"] != resource["resourceType"]:
-            yield group
+            yield from _by_dependency(group)
             group = []
         group.append(resource)
     if group:
-        yield group
+        yield from _by_dependency(group)
+
+
+def _by_dependency(group: list[dict]) -> Iterator[list[dict]]:
+    ids = {f"{r['resourceType']}/{r['id']}" for r in group}
+    first = [r for r in group if (r.get("partOf") or {}).get("reference") not in ids]
+    later = [r for r in group if r not in first]
+    yield first
+    if later:
+        yield from _by_dependency(later) if len(later) < len(group) else iter([later])
 
 
 # --------------------------------------------------------------------------- HTTP helpers

@@ -330,6 +330,7 @@ def test_domain_issues_report_a_profile_violation_once() -> None:
 
 
 def test_write_claiming_a_profile_is_checked(client: httpx.Client) -> None:
+    client.put("/Patient/p1", json={"resourceType": "Patient", "id": "p1"})  # the procedures' subject
     resource = procedure()
     del resource["bodySite"]
     refused = client.post("/Procedure", json=resource)

@@ -12,8 +12,9 @@ def observation(subject: dict) -> dict:
 def test_reference_identifier_finds_logical_references(client: httpx.Client, unique: str) -> None:
     system = f"urn:mrn:{unique}"
     logical = client.post("/Observation", json=observation({"identifier": {"system": system, "value": "7"}})).json()
+    patient = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
     both = client.post("/Observation", json=observation(
-        {"reference": "Patient/p-unknown", "identifier": {"system": system, "value": "8"}})).json()
+        {"reference": f"Patient/{patient}", "identifier": {"system": system, "value": "8"}})).json()
     client.post("/Observation", json=observation({"identifier": {"system": system, "value": "9"}}))
     found = client.get("/Observation", params={"subject:identifier": f"{system}|7,{system}|8"}).json()
     assert {e["resource"]["id"] for e in found["entry"]} == {logical["id"], both["id"]}

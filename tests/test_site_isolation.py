@@ -189,8 +189,10 @@ def test_transaction_conditional_reference_does_not_resolve_to_another_sites_pat
 
 def test_chains_and_has_do_not_match_through_another_sites_resources(world: World) -> None:
     b = world.patient(world.b)
-    own_obs = world.a.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                                                 "subject": {"reference": f"Patient/{b['id']}"}}).json()
+    own_obs = world.admin.post("/Observation", json={  # A's observation of B's patient: only an admin can link them
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "meta": {"security": [{"system": SITE, "code": world.site_a}]},
+        "subject": {"reference": f"Patient/{b['id']}"}}).json()
     assert world.a.get("/Observation", params={"_id": own_obs["id"], "subject:Patient.family": world.marker}).json()["total"] == 0
     world.b.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": world.marker},
                                        "subject": {"reference": f"Patient/{b['id']}"}})
@@ -297,3 +299,14 @@ def test_an_admin_gives_data_of_no_site_to_a_site_with_its_whole_history(world: 
     assert world.a.get(f"/Patient/{unlabelled['id']}/_history/1").status_code == 200
     assert world.a.get(f"/Patient/{unlabelled['id']}/_history").json()["total"] == 2
     assert world.b.get(f"/Patient/{unlabelled['id']}/_history/1").status_code == 404
+
+
+def test_a_reference_to_another_sites_resource_is_refused_as_one_to_nothing(world: World) -> None:
+    b = world.patient(world.b)
+    on_b = world.a.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                                              "subject": {"reference": f"Patient/{b['id']}"}})
+    unknown = str(uuid.uuid4())
+    on_unknown = world.a.post("/Observation", json={"resourceType": "Observation", "status": "final",
+                                                    "code": {"text": "x"}, "subject": {"reference": f"Patient/{unknown}"}})
+    assert on_b.status_code == on_unknown.status_code == 400
+    assert on_b.text.replace(b["id"], "ID") == on_unknown.text.replace(unknown, "ID")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from urllib.parse import urlencode
 
 from fastapi import APIRouter
@@ -36,6 +37,11 @@ def _store(request: Request):
 
 def _settings(request: Request):
     return request.app.state.settings
+
+
+def _integrity(request: Request) -> bool:
+    """Whether writes check their references (``Settings.referential_integrity``)."""
+    return bool(_settings(request).referential_integrity != "off")
 
 
 def run_search(request: Request, res_type: str | None, params: list[tuple[str, str]]) -> Response:
@@ -76,7 +82,8 @@ async def create(request: Request, res_type: str) -> Response:
     if not if_none_exist and request.url.query:
         # fhirpy sends conditional-create criteria in the query string
         if_none_exist = request.url.query
-    result = await run_in_threadpool(crud.create, _store(request), caller(request), res_type, body, if_none_exist, base_url(request))
+    result = await run_in_threadpool(partial(crud.create, integrity=_integrity(request)), _store(request),
+                                     caller(request), res_type, body, if_none_exist, base_url(request))
     if result.created:
         return write_response(request, result.stored, 201, f"Created {res_type}/{result.stored.res_id}")
     return write_response(request, result.stored, 200, "Resource already exists; nothing created")
@@ -89,7 +96,8 @@ async def conditional_update(request: Request, res_type: str) -> Response:
     body = await read_json(request)
     if_match = parse_version_tag(request.headers.get("if-match"))
     result = await run_in_threadpool(
-        crud.conditional_update, _store(request), caller(request), res_type, criteria, body, if_match, base_url(request)
+        partial(crud.conditional_update, integrity=_integrity(request)), _store(request), caller(request), res_type,
+        criteria, body, if_match, base_url(request),
     )
     status = 201 if result.created else 200
     return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{result.stored.res_id}")
@@ -98,7 +106,8 @@ async def conditional_update(request: Request, res_type: str) -> Response:
 @router.delete("/{res_type}")
 def conditional_delete(request: Request, res_type: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.conditional_delete(_store(request), caller(request), res_type, _criteria(request), base_url(request))
+    stored = crud.conditional_delete(_store(request), caller(request), res_type, _criteria(request), base_url(request),
+                                     integrity=_integrity(request))
     if stored is None:
         return fhir_response(request, information("No resource matched; nothing deleted"), 200, rendering=rendering)
     headers = {"ETag": f'W/"{stored.version}"'}
@@ -180,7 +189,8 @@ async def update(request: Request, res_type: str, res_id: str) -> Response:
     rendering_for(request)
     body = await read_json(request)
     if_match = parse_version_tag(request.headers.get("if-match"))
-    result = await run_in_threadpool(crud.update, _store(request), caller(request), res_type, res_id, body, if_match)
+    result = await run_in_threadpool(partial(crud.update, integrity=_integrity(request)), _store(request),
+                                     caller(request), res_type, res_id, body, if_match, base_url(request))
     status = 201 if result.created else 200
     return write_response(request, result.stored, status, f"{'Created' if result.created else 'Updated'} {res_type}/{res_id}")
 
@@ -190,14 +200,16 @@ async def patch(request: Request, res_type: str, res_id: str) -> Response:
     rendering_for(request)
     operations = await read_json(request, patch=True)
     if_match = parse_version_tag(request.headers.get("if-match"))
-    result = await run_in_threadpool(crud.patch, _store(request), caller(request), res_type, res_id, operations, if_match)
+    result = await run_in_threadpool(partial(crud.patch, integrity=_integrity(request)), _store(request),
+                                     caller(request), res_type, res_id, operations, if_match, base_url(request))
     return write_response(request, result.stored, 200, f"Patched {res_type}/{res_id}")
 
 
 @router.delete("/{res_type}/{res_id}")
 def delete(request: Request, res_type: str, res_id: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.delete(_store(request), caller(request), res_type, res_id)
+    stored = crud.delete(_store(request), caller(request), res_type, res_id, base_url(request),
+                         integrity=_integrity(request))
     if stored is None:
         return fhir_response(request, information(f"{res_type}/{res_id} was already deleted"), 200, rendering=rendering)
     headers = {"ETag": f'W/"{stored.version}"'}

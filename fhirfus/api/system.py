@@ -51,6 +51,7 @@ async def bundle(request: Request) -> Response:
     body = await read_json(request)
     settings = request.app.state.settings
     context = bundles.Context(request.app.state.store, caller(request), base_url(request),
-                              settings.default_page_size, settings.max_page_size)
+                              settings.default_page_size, settings.max_page_size,
+                              integrity=settings.referential_integrity != "off")
     response = await run_in_threadpool(bundles.process, context, body, Prefer.parse(request).return_)
     return fhir_response(request, response, rendering=rendering)

@@ -25,7 +25,7 @@ from fhirfus.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
-from fhirfus.interactions import conditional, crud, history, search
+from fhirfus.interactions import conditional, crud, history, references, search
 from fhirfus.interactions.crud import WriteResult
 from fhirfus.interactions.preconditions import etag, parse_version_tag
 from fhirfus.interactions.writes import write_transaction
@@ -69,6 +69,9 @@ class Context:
     base: str
     default_count: int = 50
     max_count: int = 1000
+    #: References of what a Bundle writes must resolve, what it deletes must not be referenced
+    #: (``fhirfus.interactions.references``); off for loads of whole exports in chunks.
+    integrity: bool = True
 
 
 def _fail(entry: Entry, error: FhirError) -> FhirError:
@@ -354,9 +357,27 @@ def _transaction(
         responses.update(_create_all(conn, ctx.caller, bulk))
         for entry in (e for e in ordered if e.method != "DELETE" and e.index not in responses):
             responses[entry.index] = _run(conn, entry, ctx)
+        if ctx.integrity:
+            _check_integrity(conn, ctx, entries, responses)
         if before_commit is not None:
             before_commit(conn)
     return responses
+
+
+def _check_integrity(conn: Connection, ctx: Context, entries: list[Entry], responses: dict[int, dict]) -> None:
+    """References of what ``entries`` wrote resolve; what they deleted nobody refers to (at the end
+    of the transaction, so entries may refer to each other in any order)."""
+    written = [(e, responses[e.index]["_resource"]) for e in entries
+               if e.method in ("POST", "PUT", "PATCH") and isinstance(responses[e.index].get("_resource"), dict)]
+    missing = references.missing_targets(conn, ctx.caller, written, ctx.base)
+    if missing:
+        raise _fail(missing[0][0], references.dangling([m for m in missing if m[0] is missing[0][0]]))
+    for entry in entries:
+        if entry.method == "DELETE" and entry.res_type and entry.res_id and responses[entry.index].get("etag"):
+            try:
+                references.check_deleted(conn, ctx.caller, [(entry.res_type, entry.res_id)], ctx.base)
+            except FhirError as exc:
+                raise _fail(entry, exc) from exc
 
 
 def _run(conn: Connection, entry: Entry, ctx: Context) -> dict:
@@ -423,6 +444,8 @@ def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
                 mapping = assign_identities(conn, ctx.caller, [entry], ctx.base)
                 resolve_references(conn, ctx.caller, [entry], mapping, ctx.base)
                 responses[entry.index] = run_entry(conn, entry, ctx)
+                if ctx.integrity:
+                    _check_integrity(conn, ctx, [entry], responses)
         except FhirError as exc:
             failed = _fail(entry, exc)
             responses[entry.index] = {

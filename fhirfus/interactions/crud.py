@@ -28,7 +28,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
-from fhirfus.interactions import conditional
+from fhirfus.interactions import conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
@@ -220,12 +220,17 @@ def conditional_delete_in(
 
 def create(
     store: Store, caller: Access, res_type: str, body: Any, if_none_exist: str | None = None, base_url: str = "",
+    *, integrity: bool = True,
 ) -> WriteResult:
-    """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead."""
+    """POST [type]: server-assigned id; with If-None-Exist, return the existing match instead.
+    ``integrity``: its local references must resolve (``fhirfus.interactions.references``)."""
     require_known_type(res_type)
     resource = accept(caller, body, res_type)
     with write_transaction(store, caller) as conn:
-        return create_in(conn, caller, res_type, resource, if_none_exist, base_url=base_url)
+        result = create_in(conn, caller, res_type, resource, if_none_exist, base_url=base_url)
+        if integrity and result.created:
+            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        return result
 
 
 def read(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
@@ -256,22 +261,29 @@ def check_update_body(caller: Access, res_type: str, res_id: str, body: Any) -> 
 
 def update(
     store: Store, caller: Access, res_type: str, res_id: str, body: Any, if_match: int | None = None,
+    base_url: str = "", *, integrity: bool = True,
 ) -> WriteResult:
     """PUT [type]/[id]: new version, or update-as-create when the id is free (or deleted)."""
     require_known_type(res_type)
     resource = check_update_body(caller, res_type, res_id, body)
     with write_transaction(store, caller) as conn:
-        return update_in(conn, caller, res_type, res_id, resource, if_match)
+        result = update_in(conn, caller, res_type, res_id, resource, if_match)
+        if integrity:
+            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        return result
 
 
 def conditional_update(
     store: Store, caller: Access, res_type: str, criteria: str, body: Any, if_match: int | None = None,
-    base_url: str = "",
+    base_url: str = "", *, integrity: bool = True,
 ) -> WriteResult:
     require_known_type(res_type)
     accept(caller, body, res_type)
     with write_transaction(store, caller) as conn:
-        return conditional_update_in(conn, caller, res_type, criteria, body, if_match, base_url)
+        result = conditional_update_in(conn, caller, res_type, criteria, body, if_match, base_url)
+        if integrity:
+            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        return result
 
 
 def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_match: int | None) -> None:
@@ -287,11 +299,15 @@ def _check_if_match(res_type: str, res_id: str, previous: Stored | None, if_matc
 
 def patch(
     store: Store, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
+    base_url: str = "", *, integrity: bool = True,
 ) -> WriteResult:
     """PATCH [type]/[id] with a JSON Patch document; the result is validated like an update."""
     require_known_type(res_type)
     with write_transaction(store, caller) as conn:
-        return patch_in(conn, caller, res_type, res_id, operations, if_match)
+        result = patch_in(conn, caller, res_type, res_id, operations, if_match)
+        if integrity:
+            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        return result
 
 
 def _apply_patch(document: dict, operations: list) -> dict:
@@ -306,16 +322,27 @@ def _apply_patch(document: dict, operations: list) -> dict:
         raise InvalidRequest(f"JSON Patch could not be applied: {exc}", "PATCH") from exc
 
 
-def delete(store: Store, caller: Access, res_type: str, res_id: str) -> Stored | None:
+def delete(
+    store: Store, caller: Access, res_type: str, res_id: str, base_url: str = "", *, integrity: bool = True,
+) -> Stored | None:
+    """DELETE [type]/[id]; with ``integrity``, 409 while a resource the caller may see refers to it."""
     require_known_type(res_type)
     with write_transaction(store, caller) as conn:
-        return delete_in(conn, caller, res_type, res_id)
+        stored = delete_in(conn, caller, res_type, res_id)
+        if integrity and stored is not None:
+            references.check_deleted(conn, caller, [(res_type, res_id)], base_url)
+        return stored
 
 
-def conditional_delete(store: Store, caller: Access, res_type: str, criteria: str, base_url: str = "") -> Stored | None:
+def conditional_delete(
+    store: Store, caller: Access, res_type: str, criteria: str, base_url: str = "", *, integrity: bool = True,
+) -> Stored | None:
     require_known_type(res_type)
     with write_transaction(store, caller) as conn:
-        return conditional_delete_in(conn, caller, res_type, criteria, base_url)
+        stored = conditional_delete_in(conn, caller, res_type, criteria, base_url)
+        if integrity and stored is not None:
+            references.check_deleted(conn, caller, [(res_type, stored.res_id)], base_url)
+        return stored
 
 
 def validate(

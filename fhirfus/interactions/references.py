@@ -1,0 +1,122 @@
+"""Referential integrity: local references resolve, and a resource others reference is not deleted.
+
+Checked at the end of each write transaction, over everything it wrote, the way a database checks
+a deferred foreign key: entries of one transaction may reference each other in any order, and a
+transaction may delete a resource together with the ones that reference it.
+
+- A *local* reference (``Patient/1``, or an absolute URL under this server's base) in a written
+  resource must name a live resource the caller may see — another site's resource is as absent
+  as one never written, so the check tells nothing about it. References to other servers,
+  ``urn:``, contained (``#x``) and canonical references are not checked here.
+- A deleted resource must not be referenced by a live resource the caller may see (409, naming
+  the first referrer). The referrers are found through the reference index, i.e. the elements that
+  search parameters cover.
+
+``Settings.referential_integrity`` turns both off (``fhirfus load`` of a complete export turns it
+off too: the references of a whole export resolve, those of one of its chunks need not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, and_, or_, select, tuple_
+
+from fhirfus.auth.access import Access
+from fhirfus.db.tables import search_reference
+from fhirfus.errors import Conflict, InvalidResource, Issue
+from fhirfus.fhir.references import reference_target
+from fhirfus.search.compiler import local_reference
+
+_CHUNK = 500
+T = TypeVar("T")
+
+
+def local_target(reference: str, base: str) -> tuple[str, str] | None:
+    """(type, id) of a reference into this server; None for another server's, ``urn:``, ``#x``."""
+    if reference.startswith(("urn:", "#")):
+        return None
+    if "://" in reference:
+        prefix = base.rstrip("/") + "/"
+        if not base or not reference.startswith(prefix):
+            return None
+        reference = reference[len(prefix):]
+    res_type, res_id = reference_target(reference)
+    return (res_type, res_id) if res_type and res_id else None
+
+
+def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(element path, reference) of every Reference in ``node``, depth first; contained resources
+    are skipped (their references are checked as the container's own ``#`` references are not)."""
+    if isinstance(node, dict):
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            yield path, reference
+        for key, value in node.items():
+            if key != "contained" and isinstance(value, dict | list):
+                yield from _references(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _references(item, f"{path}[{index}]")
+
+
+def missing_targets(
+    conn: Connection, caller: Access, written: Iterable[tuple[T, dict]], base: str,
+) -> list[tuple[T, str, str]]:
+    """(tag, element path, ``Type/id``) of each local reference of the ``written`` resources (tagged
+    by the caller) that names no live resource the caller may see (the transaction's own writes
+    included: they are in ``conn`` already)."""
+    wanted: dict[tuple[str, str], list[tuple[T, str]]] = {}
+    for tag, resource in written:
+        res_type = resource.get("resourceType", "Resource")
+        for path, reference in _references(resource, res_type):
+            target = local_target(reference, base)
+            if target is not None and target != (res_type, resource.get("id")):
+                wanted.setdefault(target, []).append((tag, path))
+    if not wanted:
+        return []
+    rows = caller.visibility.resources()
+    found: set[tuple[str, str]] = set()
+    keys = list(wanted)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start:start + _CHUNK]
+        found.update((r.res_type, r.res_id) for r in conn.execute(
+            select(rows.c.res_type, rows.c.res_id)
+            .where(tuple_(rows.c.res_type, rows.c.res_id).in_(chunk), rows.c.deleted.is_(False))))
+    return [(tag, path, f"{t}/{i}") for (t, i) in keys if (t, i) not in found for tag, path in wanted[(t, i)]]
+
+
+def check_written(conn: Connection, caller: Access, written: Iterable[dict], base: str) -> None:
+    """400 naming every reference of ``written`` to a resource that does not exist (for the caller)."""
+    missing = missing_targets(conn, caller, ((None, resource) for resource in written), base)
+    if missing:
+        raise dangling(missing)
+
+
+def dangling(missing: list[tuple[Any, str, str]]) -> InvalidResource:
+    issues = [Issue(f"{path} refers to {target}, which does not exist", "not-found", "error", (path,))
+              for _tag, path, target in missing]
+    return InvalidResource(issues[0].diagnostics, issues=issues)
+
+
+def check_deleted(conn: Connection, caller: Access, deleted: Iterable[tuple[str, str]], base: str) -> None:
+    """409 if a live resource the caller may see still references one of ``deleted``."""
+    keys = [key for key in deleted if key]
+    if not keys:
+        return
+    link = search_reference
+    rows = caller.visibility.resources()
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start:start + _CHUNK]
+        row = conn.execute(
+            select(link.c.target_type, link.c.target_id, rows.c.res_type, rows.c.res_id, link.c.param)
+            .join(rows, rows.c.pk == link.c.resource_pk)
+            .where(or_(*[and_(link.c.target_type == t, link.c.target_id == i) for t, i in chunk]),
+                   local_reference(link, base), rows.c.deleted.is_(False))
+            .limit(1)
+        ).first()
+        if row is not None:
+            raise Conflict(
+                f"{row.target_type}/{row.target_id} cannot be deleted: {row.res_type}/{row.res_id} refers to it "
+                f"({row.res_type}.{row.param}); delete or change that resource first", f"{row.target_type}.id")

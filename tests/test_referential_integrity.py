@@ -1,0 +1,103 @@
+"""Referential integrity: what a write refers to exists, what others refer to is not deleted.
+
+Over HTTP on both databases (``FHIRFUS_REFERENTIAL_INTEGRITY=on``, the default), and with the
+setting off; across sites, another site's resource is as absent as one never written.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from conftest import serving
+
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store
+
+
+def observation(subject: str, **extra: object) -> dict:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": subject}, **extra}
+
+
+def patient(client: httpx.Client) -> str:
+    return client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+
+
+@pytest.mark.parametrize("write", ["create", "update", "patch", "conditional-update", "batch", "transaction"])
+def test_a_reference_to_a_resource_that_does_not_exist_is_refused_naming_the_element(
+    client: httpx.Client, write: str,
+) -> None:
+    missing = f"Patient/{uuid.uuid4()}"
+    existing = client.post("/Observation", json=observation(f"Patient/{patient(client)}")).json()
+    body = observation(missing)
+    if write == "create":
+        answer = client.post("/Observation", json=body)
+    elif write == "update":
+        answer = client.put(f"/Observation/{existing['id']}", json={**body, "id": existing["id"]})
+    elif write == "patch":
+        answer = client.patch(f"/Observation/{existing['id']}", json=[
+            {"op": "replace", "path": "/subject/reference", "value": missing}],
+            headers={"Content-Type": "application/json-patch+json"})
+    elif write == "conditional-update":
+        answer = client.put("/Observation", params={"identifier": f"urn:x|{uuid.uuid4()}"}, json=body)
+    else:
+        bundle = {"resourceType": "Bundle", "type": write,
+                  "entry": [{"resource": body, "request": {"method": "POST", "url": "Observation"}}]}
+        answer = client.post("", json=bundle)
+        if write == "batch":
+            assert answer.status_code == 200
+            answer_entry = answer.json()["entry"][0]["response"]
+            assert answer_entry["status"] == "400"
+            assert answer_entry["outcome"]["issue"][0]["expression"] == ["Bundle.entry[0].resource.subject"]
+            return
+    assert answer.status_code == 400, answer.text
+    issue = answer.json()["issue"][0]
+    assert missing in issue["diagnostics"] and issue["expression"][0].endswith("subject")
+    assert client.get(f"/Observation/{existing['id']}").json()["subject"]["reference"] != missing
+
+
+def test_entries_of_one_transaction_may_refer_to_each_other_in_any_order(client: httpx.Client) -> None:
+    pid = str(uuid.uuid4())
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(f"Patient/{pid}"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Patient", "id": pid}, "request": {"method": "PUT", "url": f"Patient/{pid}"}},
+    ]}
+    assert client.post("", json=bundle).status_code == 200
+
+
+def test_absolute_references_under_this_base_are_checked_and_other_servers_are_not(server, client: httpx.Client) -> None:
+    assert client.post("/Observation", json=observation(f"{server.base}/Patient/{uuid.uuid4()}")).status_code == 400
+    assert client.post("/Observation", json=observation(f"{server.base}/Patient/{patient(client)}")).status_code == 201
+    assert client.post("/Observation", json=observation("https://ehr.example.org/fhir/Patient/1")).status_code == 201
+    assert client.post("/Observation", json=observation("urn:uuid:4c0c8f49-9b9b-4c7a-9c2e-1f0b0e0a0a0a")).status_code == 201
+
+
+def test_a_deleted_resource_is_no_target(client: httpx.Client) -> None:
+    pid = patient(client)
+    assert client.delete(f"/Patient/{pid}").status_code == 200
+    assert client.post("/Observation", json=observation(f"Patient/{pid}")).status_code == 400
+
+
+def test_a_referenced_resource_is_not_deleted_until_its_referrers_are(client: httpx.Client) -> None:
+    pid = patient(client)
+    obs = client.post("/Observation", json=observation(f"Patient/{pid}")).json()
+    refused = client.delete(f"/Patient/{pid}")
+    assert refused.status_code == 409, refused.text
+    assert f"Observation/{obs['id']}" in refused.json()["issue"][0]["diagnostics"]
+    assert client.get(f"/Patient/{pid}").status_code == 200
+    both = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": f"Patient/{pid}"}},
+        {"request": {"method": "DELETE", "url": f"Observation/{obs['id']}"}}]}
+    assert client.post("", json=both).status_code == 200
+    assert client.get(f"/Patient/{pid}").status_code == 410
+
+
+def test_with_the_setting_off_nothing_is_checked(database) -> None:
+    settings = Settings(database_url=database.url, auth="off", referential_integrity="off")
+    with serving(settings, Store(database.engine)) as (root, _), httpx.Client(base_url=root + "/fhir") as http:
+        assert http.post("/Observation", json=observation(f"Patient/{uuid.uuid4()}")).status_code == 201
+        pid = http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+        http.post("/Observation", json=observation(f"Patient/{pid}"))
+        assert http.delete(f"/Patient/{pid}").status_code == 200
