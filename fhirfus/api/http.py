@@ -59,7 +59,10 @@ async def read_body(request: Request) -> bytes:
 
 
 async def read_json(request: Request, *, patch: bool = False) -> Any:
+    """The JSON body, after the headers that shape the answer are checked: a malformed ``Prefer``
+    found only when a write answers would be a 400 for a write that was committed."""
     require_json_body(request, patch=patch)
+    Prefer.parse(request)
     return parse_json(await read_body(request))
 
 
