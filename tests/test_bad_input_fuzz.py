@@ -247,12 +247,12 @@ def body_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
     for path, value in rng.sample([(p, v) for p in _paths(patient) for v in WRONG_VALUES], 25):
         yield Request("POST", "/fhir/Patient", headers, json.dumps(_replaced(patient, path, value)).encode())
     for depth in (50, 401, 1100):
+        deep = _nested(depth)
         yield Request("POST", "/fhir/Patient", headers, (
-            '{"resourceType":"Patient","extension":[{"url":"http://x","valueString":"x","x":%s}]}' % _nested(depth)
-        ).encode())
+            '{"resourceType":"Patient","extension":[{"url":"http://x","valueString":"x","x":' + deep + "}]}").encode())
         yield Request("POST", "/fhir", headers, (
-            '{"resourceType":"Bundle","type":"batch","entry":[{"resource":%s,"request":{"method":"POST","url":"Patient"}}]}'
-            % _nested(depth)).encode())
+            '{"resourceType":"Bundle","type":"batch","entry":[{"resource":' + deep
+            + ',"request":{"method":"POST","url":"Patient"}}]}').encode())
         yield Request("GET", "/fhir/Patient?_elements=" + "a." * depth)
     for number in (b"1e400", b"-1e400", b"123456789012345678901234567890", b"NaN", b"Infinity"):
         yield Request("POST", "/fhir/Observation", headers,
