@@ -263,7 +263,8 @@ def test_duplicate_full_urls_in_a_transaction_are_400(http: httpx.Client, server
     assert server.database.counts() == before
 
 
-@pytest.mark.parametrize("entries", [{"request": {"method": "POST", "url": "Patient"}}, "x", 5, True])
+@pytest.mark.parametrize("entries", [{"request": {"method": "POST", "url": "Patient"}}, {}, "x", "", 5, 0, True, False,
+                                     None])
 def test_bundle_entry_not_given_as_an_array_is_400(http: httpx.Client, server: Server, entries: object) -> None:
     before = server.database.counts()
     for kind in ("transaction", "batch"):
@@ -403,3 +404,15 @@ def test_a_url_beyond_the_request_line_limit_is_414(http: httpx.Client) -> None:
     outcome = refused(http.get("/Patient", params={"name": "x" * MAX_URL_LENGTH}), 414)
     assert outcome["issue"][0]["code"] == "too-costly"
     refused(http.get("/Patient/" + "x" * MAX_URL_LENGTH), 414)
+
+
+def test_the_readme_documents_every_limit() -> None:
+    from pathlib import Path
+
+    from fhirfus.api.limits import MAX_URL_LENGTH
+    from fhirfus.search.limits import LIMITS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert f"| characters of the URL (path and query, as sent) | {MAX_URL_LENGTH} | 414 |" in readme
+    for text, value in LIMITS:
+        assert f"| {text} | {value} | 400 |" in readme, text

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -190,9 +191,12 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     return entry
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _printable(text: str) -> bool:
     """No control characters (a NUL cannot be stored, and no URL or id holds one)."""
-    return not any(ord(char) < 32 or ord(char) == 127 for char in text)
+    return _CONTROL.search(text) is None
 
 
 def _parse_url(where: str, method: str, url: str) -> tuple[str, str | None, str]:
