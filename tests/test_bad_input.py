@@ -18,6 +18,8 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 from conftest import Server
+from test_bad_input_fuzz import Request as RawRequest
+from test_bad_input_fuzz import send_raw
 
 from fhirfus.search.limits import (
     MAX_CHAIN_DEPTH,
@@ -398,12 +400,16 @@ def test_search_limits_apply_to_system_search_and_bundle_entries(http: httpx.Cli
 # --- long URLs ----------------------------------------------------------------------------------
 
 
-def test_a_url_beyond_the_request_line_limit_is_414(http: httpx.Client) -> None:
+def test_a_url_beyond_the_request_line_limit_is_414(http: httpx.Client, server: Server) -> None:
     from fhirfus.api.limits import MAX_URL_LENGTH
 
     outcome = refused(http.get("/Patient", params={"name": "x" * MAX_URL_LENGTH}), 414)
     assert outcome["issue"][0]["code"] == "too-costly"
     refused(http.get("/Patient/" + "x" * MAX_URL_LENGTH), 414)
+
+    # beyond the HTTP parser's own limit (and httpx's: sent over a socket as written)
+    answer = send_raw(server.base.removesuffix("/fhir"), RawRequest("GET", "/fhir/Patient?name=" + "x" * 100_000))
+    assert answer.status == 414 and json.loads(answer.body)["resourceType"] == "OperationOutcome"
 
 
 def test_the_readme_documents_every_limit() -> None:

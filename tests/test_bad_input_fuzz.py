@@ -269,9 +269,20 @@ def body_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
                       json.dumps(ops).encode())
 
 
+def unparsable_requests() -> Iterator[Request]:
+    """Requests the HTTP parser itself refuses: they are answered with an OperationOutcome too."""
+    yield Request("GET", "/fhir/Patient/a b")
+    yield Request("GET", "/fhir/Patient/a\x00b")
+    yield Request("GET", "/fhir/Patient?name=" + "x" * 70_000)
+    yield Request("GET", "/fhir/Patient", {"Bad Header": "x"})
+    yield Request("GET", "/fhir/Patient", {"X-Nul": "a\x00b"})
+    yield Request("POST", "/fhir/Patient", {"Content-Type": "application/fhir+json", "Transfer-Encoding": "chunked"},
+                  b"zz\r\n")
+
+
 def corpus(targets: Targets) -> list[Request]:
     rng = random.Random(SEED)
-    return [*url_requests(rng, targets), *query_requests(rng), *header_requests(targets), *body_requests(rng, targets)]
+    return [*url_requests(rng, targets), *unparsable_requests(), *query_requests(rng), *header_requests(targets), *body_requests(rng, targets)]
 
 
 # --- the checks -----------------------------------------------------------------------------------

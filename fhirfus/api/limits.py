@@ -1,7 +1,10 @@
-"""The request-line limit: a URL longer than ``MAX_URL_LENGTH`` is answered 414 before routing.
+"""The request-line limit: a URL longer than ``MAX_URL_LENGTH`` is answered 414, before routing.
 
-Checked in front of everything else (authentication included), so a long URL costs no token
-check, no routing and no search parsing; the answer is an OperationOutcome like every error.
+Two places see a request line. ``UrlLimit`` (ASGI middleware, in front of everything, so a long
+URL costs no token check, routing or search parsing) answers what the HTTP parser could read;
+``FhirHttpProtocol`` (the HTTP/1.1 protocol ``fhirfus serve`` runs uvicorn with) answers what it
+could not — a URL beyond the parser's own limit, a malformed request line — with an
+OperationOutcome too, instead of uvicorn's plain-text 400.
 """
 
 from __future__ import annotations
@@ -10,12 +13,24 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from fhirfus.errors import UriTooLong
+from fhirfus.errors import FhirError, InvalidRequest, UriTooLong
 from fhirfus.fhir.outcome import operation_outcome
 
 #: Characters of the request target: path plus query string, as sent (percent-encoded).
 MAX_URL_LENGTH = 8192
+
+
+def _too_long(length: int) -> UriTooLong:
+    return UriTooLong(f"The URL has {length} characters or more; the limit is {MAX_URL_LENGTH} characters "
+                      "(send a long search as POST [type]/_search)", "url")
+
+
+def _outcome(error: FhirError) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    body = orjson.dumps(operation_outcome(error.issues))
+    return [(b"content-type", b"application/fhir+json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode())], body
 
 
 class UrlLimit:
@@ -28,12 +43,23 @@ class UrlLimit:
         if scope["type"] == "http":
             length = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string", b""))
             if length > MAX_URL_LENGTH:
-                error = UriTooLong(f"The URL has {length} characters; the limit is {MAX_URL_LENGTH} characters "
-                                   "(send long searches as POST [type]/_search)", "url")
-                body = orjson.dumps(operation_outcome(error.issues))
-                await send({"type": "http.response.start", "status": error.status, "headers": [
-                    (b"content-type", b"application/fhir+json; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode())]})
+                error = _too_long(length)
+                headers, body = _outcome(error)
+                await send({"type": "http.response.start", "status": error.status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class FhirHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering requests it cannot parse with an OperationOutcome."""
+
+    def send_400_response(self, msg: str) -> None:
+        received = len(getattr(self, "url", b""))
+        error: FhirError = _too_long(received) if received > MAX_URL_LENGTH else InvalidRequest(
+            "The request is not valid HTTP/1.1 (request line or headers malformed)", "request")
+        headers, body = _outcome(error)
+        head = [STATUS_LINE[error.status]]
+        head += [name + b": " + value + b"\r\n" for name, value in [*self.server_state.default_headers, *headers]]
+        self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", body]))
+        self.transport.close()
