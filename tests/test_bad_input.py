@@ -422,3 +422,26 @@ def test_the_readme_documents_every_limit() -> None:
     assert f"| characters of the URL (path and query, as sent) | {MAX_URL_LENGTH} | 414 |" in readme
     for text, value in LIMITS:
         assert f"| {text} | {value} | 400 |" in readme, text
+
+
+# --- found by the family test (tests/test_bad_input_fuzz.py) -------------------------------------
+
+
+def test_a_malformed_prefer_header_is_refused_before_anything_is_written(http: httpx.Client, server: Server) -> None:
+    before = server.database.counts()
+    pid = patient(http)
+    after_create = server.database.counts()
+    headers = {"Prefer": "return=nonsense"}
+    refused(http.post("/Patient", json={"resourceType": "Patient"}, headers=headers))
+    refused(http.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True}, headers=headers))
+    refused(http.patch(f"/Patient/{pid}", content=b'[{"op":"add","path":"/active","value":true}]',
+                       headers={**headers, "Content-Type": "application/json-patch+json"}))
+    assert server.database.counts() == after_create != before
+
+
+@pytest.mark.parametrize("parameter", [-1, "x", {"name": "resource"}, [5], [{"name": 5}],
+                                       [{"name": "patient", "valueReference": {"reference": 5}}]])
+def test_a_parameters_body_of_the_wrong_shape_is_400(http: httpx.Client, parameter: object) -> None:
+    body = {"resourceType": "Parameters", "parameter": parameter}
+    refused(http.post("/Patient/$export", json=body, headers={"Prefer": "respond-async"}))
+    refused(http.post("/Patient/$validate", json=body), (400, 422))

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from conftest import Server
+from test_domain_writes import mrgfus, response_for
 
 SEED = 16
 #: Replacements for any element: each JSON type, and the values that broke servers before.
@@ -235,7 +236,7 @@ def body_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
     headers = {"Content-Type": "application/fhir+json"}
     bundle = _transaction(targets)
     cases = [(path, value) for path in _paths(bundle) for value in WRONG_VALUES]
-    for path, value in rng.sample(cases, 160):
+    for path, value in rng.sample(cases, 120):
         mutated = _replaced(bundle, path, value)
         yield Request("POST", "/fhir", headers, json.dumps(mutated).encode())
         if rng.random() < 0.4:
@@ -280,9 +281,41 @@ def unparsable_requests() -> Iterator[Request]:
                   b"zz\r\n")
 
 
+def domain_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
+    """The fhirfus domain rules and operations on mutated input: a TWSTRS QuestionnaireResponse (stored,
+    ``$extract``, ``$validate``), an MRgFUS Procedure, Bulk kick-off parameters, form searches."""
+    headers = {"Content-Type": "application/fhir+json"}
+    response = response_for(targets.patient)
+    procedure = mrgfus(targets.patient, "vo-complex")
+    response_cases = [(p, v) for p in _paths(response) for v in WRONG_VALUES]
+    for path, value in rng.sample(response_cases, 50):
+        body = json.dumps(_replaced(response, path, value)).encode()
+        yield Request(rng.choice(("POST", "PUT")), "/fhir/QuestionnaireResponse" + (
+            "" if rng.random() < 0.5 else f"/fuzz-{rng.randrange(10**6)}"), headers, body)
+    for path, value in rng.sample(response_cases, 20):
+        yield Request("POST", "/fhir/QuestionnaireResponse/$extract", headers,
+                      json.dumps(_replaced(response, path, value)).encode())
+    for path, value in rng.sample([(p, v) for p in _paths(procedure) for v in WRONG_VALUES], 25):
+        changed = json.dumps(_replaced(procedure, path, value)).encode()
+        yield Request("POST", "/fhir/Procedure", headers, changed)
+        yield Request("POST", "/fhir/Procedure/$validate", headers, changed)
+    parameters = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient"}, {"name": "patient", "valueReference": {"reference": "Patient/x"}}]}
+    for path, value in rng.sample([(p, v) for p in _paths(parameters) for v in WRONG_VALUES], 20):
+        yield Request("POST", "/fhir/Patient/$export", {**headers, "Prefer": "respond-async"},
+                      json.dumps(_replaced(parameters, path, value)).encode())
+    wrapped = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {"resourceType": "Patient"}}]}
+    for path, value in rng.sample([(p, v) for p in _paths(wrapped) for v in WRONG_VALUES], 15):
+        yield Request("POST", "/fhir/Patient/$validate", headers, json.dumps(_replaced(wrapped, path, value)).encode())
+    for piece in rng.sample(QUERY_PIECES, 15):
+        yield Request("POST", "/fhir/Observation/_search", {"Content-Type": "application/x-www-form-urlencoded"},
+                      piece.encode())
+
+
 def corpus(targets: Targets) -> list[Request]:
     rng = random.Random(SEED)
-    return [*url_requests(rng, targets), *unparsable_requests(), *query_requests(rng), *header_requests(targets), *body_requests(rng, targets)]
+    return [*url_requests(rng, targets), *unparsable_requests(), *query_requests(rng), *header_requests(targets), *body_requests(rng, targets),
+            *domain_requests(rng, targets)]
 
 
 # --- the checks -----------------------------------------------------------------------------------
@@ -332,7 +365,7 @@ def _batch_problems(request: Request, answer: Answer) -> list[str]:
 def test_no_malformed_request_gets_a_5xx_or_writes_anything(server: Server, targets: Targets) -> None:
     root = server.base.removesuffix("/fhir")
     requests = corpus(targets)
-    assert 300 <= len(requests) <= 800, len(requests)
+    assert 300 <= len(requests) <= 900, len(requests)
     problems: list[str] = []
     refused = 0
     for request in requests:

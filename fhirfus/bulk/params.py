@@ -22,7 +22,7 @@ from fhirfus.db.visibility import Visibility
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import parse_date_range
-from fhirfus.fhir.validation import served_types
+from fhirfus.fhir.validation import served_types, validate_resource
 from fhirfus.fhir.valuesets import Lookup
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler
@@ -234,6 +234,7 @@ def parameters_resource_pairs(body: Any) -> list[tuple[str, str]]:
     """Name/value pairs of a kick-off ``Parameters`` body (the v2 way to POST a kick-off)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("A POST kick-off body must be a Parameters resource", "Parameters")
+    validate_resource(body, "Parameters")  # a valid Parameters resource: what is read below has its types
     pairs: list[tuple[str, str]] = []
     for index, parameter in enumerate(body.get("parameter") or []):
         name = parameter.get("name") if isinstance(parameter, dict) else None

@@ -421,7 +421,8 @@ def validate(
 
 
 def _resource_parameter(parameters: dict) -> Any:
-    for parameter in parameters.get("parameter") or []:
+    items = parameters.get("parameter")
+    for parameter in items if isinstance(items, list) else []:
         if isinstance(parameter, dict) and parameter.get("name") == "resource":
             return parameter.get("resource")
     raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")
