@@ -445,3 +445,7 @@ def test_a_parameters_body_of_the_wrong_shape_is_400(http: httpx.Client, paramet
     body = {"resourceType": "Parameters", "parameter": parameter}
     refused(http.post("/Patient/$export", json=body, headers={"Prefer": "respond-async"}))
     refused(http.post("/Patient/$validate", json=body), (400, 422))
+
+
+def test_sort_keys_beyond_the_or_list_limit_are_400(http: httpx.Client) -> None:
+    limit_refused(http.get("/Patient", params={"_sort": ",".join(["name"] * (MAX_OR_VALUES + 1))}), "values")

@@ -152,6 +152,8 @@ _SHAPES = {
 }
 #: Methods whose ``request.url`` may be ``Type?criteria`` alone (conditional update and delete).
 _CONDITIONAL = frozenset({"PUT", "DELETE"})
+#: Methods whose ``request.url`` may be the type alone.
+_TYPE_LEVEL = frozenset(method for method, shapes in _SHAPES.items() if () in shapes)
 
 
 def _parse_entry(index: int, raw: Any) -> Entry:
@@ -209,9 +211,9 @@ def _parse_url(where: str, method: str, url: str) -> tuple[str, str | None, str]
     res_type, rest = parts[0], parts[1:]
     if res_type not in served_types():
         raise NotFound(f"{where}: unknown resource type {shown(res_type)}", expression)
-    shape = tuple(p if p in ("_history",) else "vid" if i == 2 else "id" for i, p in enumerate(rest))
-    if not rest and method in _CONDITIONAL and query:
-        return res_type, None, query
+    if not rest and (method in _TYPE_LEVEL or (method in _CONDITIONAL and query)):
+        return res_type, None, query  # the common case (every POST) decided without building a shape
+    shape = tuple(p if p == "_history" else "vid" if i == 2 else "id" for i, p in enumerate(rest))
     if shape not in _SHAPES[method]:
         raise InvalidRequest(f"{where}.request.url {shown(url)}: a {method} entry supports "
                              f"{_shapes_text(method)}", expression)

@@ -31,7 +31,7 @@ LIMITS = (
     ("characters of a parameter name or of one value", MAX_VALUE_LENGTH),
     ("parameters of one search", MAX_PARAMETERS),
     ("repeats of one parameter", MAX_REPEATS),
-    ("comma-separated values of one parameter", MAX_OR_VALUES),
+    ("comma-separated values of one parameter (`_sort` keys too)", MAX_OR_VALUES),
     ("links of a chain or `_has`", MAX_CHAIN_DEPTH),
 )
 

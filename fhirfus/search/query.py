@@ -307,6 +307,7 @@ def _apply_result_parameter(query: SearchQuery, name: str, value: str) -> None:
     if base == "_count":
         query.count = _parse_count(value)
     elif base == "_sort":
+        check_or_values(name, value.split(","))
         query.sort = _parse_sort(query.res_type, value)
     elif base == "_include":
         query.includes.append(_parse_include(value, name, name.endswith((":iterate", ":recurse"))))
