@@ -449,3 +449,26 @@ def test_a_parameters_body_of_the_wrong_shape_is_400(http: httpx.Client, paramet
 
 def test_sort_keys_beyond_the_or_list_limit_are_400(http: httpx.Client) -> None:
     limit_refused(http.get("/Patient", params={"_sort": ",".join(["name"] * (MAX_OR_VALUES + 1))}), "values")
+
+
+def test_a_search_beyond_a_limit_runs_no_sql(http: httpx.Client, server: Server) -> None:
+    """Refused on its parameters alone: no statement reads resources or the search index."""
+    from sqlalchemy import event
+
+    statements: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if "resources" in statement or "search_" in statement:
+            statements.append(statement)
+
+    event.listen(server.database.engine, "before_cursor_execute", record)
+    try:
+        for params in ([("name", "x")] * (MAX_REPEATS + 1), [("name", "x" * (MAX_VALUE_LENGTH + 1))],
+                       [("subject:Patient." + "link:Patient." * MAX_CHAIN_DEPTH + "name", "x")],
+                       [(f"p{i}", "x") for i in range(MAX_PARAMETERS + 1)]):
+            refused(http.get("/Observation", params=params))
+        assert statements == []
+        assert http.get("/Observation", params={"code": "x"}).status_code == 200
+        assert statements  # the recorder sees the statements of a search that runs
+    finally:
+        event.remove(server.database.engine, "before_cursor_execute", record)
