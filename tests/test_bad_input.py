@@ -472,3 +472,17 @@ def test_a_search_beyond_a_limit_runs_no_sql(http: httpx.Client, server: Server)
         assert statements  # the recorder sees the statements of a search that runs
     finally:
         event.remove(server.database.engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("line", [b'{"resourceType":"Patient","name":[{"family":"a\\u0000b"}]}',
+                                  b'{"resourceType":"Patient","id":"a b"}', b"[1]", b"{"])
+def test_fhirfus_load_refuses_a_bad_ndjson_line_and_writes_nothing(server: Server, tmp_path, line: bytes) -> None:
+    from test_load import _run
+
+    path = tmp_path / "Patient.ndjson"
+    path.write_bytes(b'{"resourceType":"Patient"}\n' + line + b"\n")
+    before = server.database.counts()
+    result = _run(server.database.url, str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert server.database.counts() == before
