@@ -149,6 +149,7 @@ QUERY_PIECES = (
     "subject=Patient/%00", "subject:Patient=%00", "subject=" + "x" * 1100, "_tag:not=%00", "_profile=%00",
     "name=" + ",".join("x" * 5 for _ in range(150)), "given:contains=%25", "gender:in=http://x%00",
     "_security=|%00", "combo-code-value-quantity=a$b$c$d", "code-value-quantity=$", "_since=nonsense",
+    "name=%ED%A0%80", "subject:Patient.name=%ED%A0%80", "_id=%ED%A0%80",
 )
 
 
@@ -258,7 +259,8 @@ def body_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
     for number in (b"1e400", b"-1e400", b"123456789012345678901234567890", b"NaN", b"Infinity"):
         yield Request("POST", "/fhir/Observation", headers,
                       b'{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":' + number + b"}}")
-    for raw in (b"\x00", b"\xff\xfe", b"{\"resourceType\":\"Patient\"" + b" " * 10, b"[]", b"null", b"\"Patient\"",
+    for raw in (b"\x00", b"\xff\xfe", b'{"resourceType":"Patient","name":[{"family":"\\ud800"}]}',
+                b'{"resourceType":"Patient","name":[{"family":"\xed\xa0\x80"}]}', b"{\"resourceType\":\"Patient\"" + b" " * 10, b"[]", b"null", b"\"Patient\"",
                 b"{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":{}}"):
         yield Request("POST", "/fhir", headers, raw)
         yield Request("POST", "/fhir/Patient", headers, raw)
