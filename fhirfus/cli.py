@@ -30,8 +30,6 @@ def serve(
     """Serve the FHIR API on http://HOST:PORT/fhir."""
     import uvicorn
 
-    from fhirfus.api.limits import FhirHttpProtocol
-
     settings = get_settings()
     if migrate:
         _upgrade(settings.database_url, "head")
@@ -46,7 +44,8 @@ def serve(
     console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info", access_log=False, http=FhirHttpProtocol,
+        log_level="info", access_log=False,
+        http="fhirfus.api.limits:FhirHttpProtocol",  # an import string, like the app: cli does not import api
     )
 
 
