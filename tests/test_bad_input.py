@@ -486,3 +486,18 @@ def test_fhirfus_load_refuses_a_bad_ndjson_line_and_writes_nothing(server: Serve
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("patient_ref", ["Patient/a\u0000b", "Patient/a b", "Patient/" + "x" * 65])
+def test_an_export_for_a_patient_id_outside_the_r4_rule_is_400(http: httpx.Client, server: Server,
+                                                               patient_ref: str) -> None:
+    outcome = refused(http.post("/Patient/$export", content=urlencode({"patient": patient_ref}),
+                                headers={"Prefer": "respond-async", "Content-Type": "application/x-www-form-urlencoded"}))
+    assert expressions(outcome) == ["patient"]
+
+
+def test_an_export_with_too_many_type_filters_is_400(http: httpx.Client) -> None:
+    filters = [("_typeFilter", f"Patient?name=x{i}") for i in range(MAX_OR_VALUES + 1)]
+    outcome = refused(http.post("/$export", content=urlencode(filters),
+                                headers={"Prefer": "respond-async", "Content-Type": "application/x-www-form-urlencoded"}))
+    assert "_typeFilter" in expressions(outcome)
