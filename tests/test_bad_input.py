@@ -501,3 +501,12 @@ def test_an_export_with_too_many_type_filters_is_400(http: httpx.Client) -> None
     outcome = refused(http.post("/$export", content=urlencode(filters),
                                 headers={"Prefer": "respond-async", "Content-Type": "application/x-www-form-urlencoded"}))
     assert "_typeFilter" in expressions(outcome)
+
+
+@pytest.mark.parametrize("target", ["/ValueSet/$expand?url=a%00b", "/CodeSystem/$lookup?system=%00&code=x",
+                                    "/Patient?name=a%00b", "/Patient/$export?_type=Pati%00ent"])
+def test_a_nul_in_any_query_parameter_is_400_naming_it(http: httpx.Client, target: str) -> None:
+    """One check for every route that reads parameters (terminology operations included)."""
+    outcome = refused(http.get(target, headers={"Prefer": "respond-async"}))
+    name = target.split("?")[1].split("=")[0]
+    assert expressions(outcome) == [name] and "NUL" in diagnostics(outcome)

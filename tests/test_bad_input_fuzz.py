@@ -125,11 +125,14 @@ def url_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
         ("GET", "/fhir/Group/{}/$export", {"Prefer": "respond-async"}, None),
         ("GET", "/fhir/Group/{}/$analysis-export", {"Prefer": "respond-async"}, None),
         ("GET", "/fhir/QuestionnaireResponse/{}/$extract", {}, None), ("GET", "/fhir/{}", {}, None),
+        ("GET", "/fhir/ValueSet/{}/$expand", {}, None), ("GET", "/fhir/CodeSystem/{}/$validate-code?code=x", {}, None),
+        ("GET", "/fhir/ConceptMap/{}/$translate?code=x&system=http://x", {}, None),
+        ("GET", "/fhir/ValueSet/$expand?url={}", {}, None), ("GET", "/fhir/CodeSystem/$lookup?system={}&code={}", {}, None),
         ("GET", "/fhir/{}/" + targets.patient, {}, None),
     ]
     for bad in URL_IDS:
-        for method, path, headers, body in rng.sample(templates, 8):
-            yield Request(method, path.format(bad), dict(headers), body)
+        for method, path, headers, body in rng.sample(templates, 9):
+            yield Request(method, path.replace("{}", bad), dict(headers), body)
     for version in VERSION_IDS:
         yield Request("GET", f"/fhir/Patient/{targets.patient}/_history/{version}")
     for path in ("/fhir/%00", "/fhir/Patient/_history/1", f"/fhir/Patient/{targets.patient}/_history/1/x",

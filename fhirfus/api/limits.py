@@ -1,4 +1,5 @@
-"""The request-line limit: a URL longer than ``MAX_URL_LENGTH`` is answered 414, before routing.
+"""The request line: a URL longer than ``MAX_URL_LENGTH`` is answered 414, a query parameter
+holding a NUL 400, before routing.
 
 Two places see a request line. ``UrlLimit`` (ASGI middleware, in front of everything, so a long
 URL costs no token check, routing or search parsing) answers what the HTTP parser could read;
@@ -10,6 +11,7 @@ OperationOutcome too, instead of uvicorn's plain-text 400.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -33,17 +35,32 @@ def _outcome(error: FhirError) -> tuple[list[tuple[bytes, bytes]], bytes]:
             (b"content-length", str(len(body)).encode())], body
 
 
+def url_error(raw_path: bytes, query: bytes) -> FhirError | None:
+    """What is wrong with a request target, checked on the bytes as sent: too long (414), or a
+    query parameter holding a NUL (400 naming it: no parameter name or value may hold one, and
+    PostgreSQL text cannot store one; refused here once rather than by every route that reads
+    parameters). Ids in the path are the routes' to check (the R4 id rule names the element)."""
+    length = len(raw_path) + len(query)
+    if length > MAX_URL_LENGTH:
+        return _too_long(length)
+    if b"%00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in name or "\x00" in value:
+                return InvalidRequest(f"The parameter {name.replace(chr(0), '%00')!r} holds a NUL character (%00)",
+                                      name.replace("\x00", "") or "url")
+    return None
+
+
 class UrlLimit:
-    """ASGI middleware refusing request targets beyond ``MAX_URL_LENGTH`` with 414."""
+    """ASGI middleware answering a request target that ``url_error`` refuses, before routing."""
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            length = len(scope.get("raw_path") or scope.get("path", "").encode()) + len(scope.get("query_string", b""))
-            if length > MAX_URL_LENGTH:
-                error = _too_long(length)
+            error = url_error(scope.get("raw_path") or scope.get("path", "").encode(), scope.get("query_string", b""))
+            if error is not None:
                 headers, body = _outcome(error)
                 await send({"type": "http.response.start", "status": error.status, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
