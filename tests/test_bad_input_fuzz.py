@@ -312,6 +312,14 @@ def domain_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
     wrapped = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {"resourceType": "Patient"}}]}
     for path, value in rng.sample([(p, v) for p in _paths(wrapped) for v in WRONG_VALUES], 15):
         yield Request("POST", "/fhir/Patient/$validate", headers, json.dumps(_replaced(wrapped, path, value)).encode())
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for target in ("/fhir/ValueSet/$expand", "/fhir/CodeSystem/$lookup", "/fhir/ConceptMap/$translate",
+                   "/fhir/ValueSet/$validate-code", "/fhir/CodeSystem/$subsumes"):
+        yield Request("POST", target, form, b"url=a%00b&system=%00&code=%00&codeA=%00&codeB=x")
+        lookup = {"resourceType": "Parameters", "parameter": [{"name": "url", "valueUri": "http://x"},
+                                                              {"name": "code", "valueCode": "x"}]}
+        path, value = rng.choice([(p, v) for p in _paths(lookup) for v in WRONG_VALUES])
+        yield Request("POST", target, headers, json.dumps(_replaced(lookup, path, value)).encode())
     for piece in rng.sample(QUERY_PIECES, 15):
         yield Request("POST", "/fhir/Observation/_search", {"Content-Type": "application/x-www-form-urlencoded"},
                       piece.encode())
