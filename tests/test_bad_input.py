@@ -193,13 +193,19 @@ def test_a_non_string_full_url_is_refused(http: httpx.Client, server: Server, fu
 
 
 def test_a_bundle_inside_a_batch_is_a_per_entry_error(http: httpx.Client, server: Server) -> None:
+    """A batch or transaction Bundle is work, not content: stored it would look like work to do.
+    A collection is content and is stored."""
     inner = bundle("batch", post_entry({"resourceType": "Patient"}))
+    collection = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Patient"}}]}
     response = http.post("", json=bundle("batch", post_entry(inner, "Bundle"),
-                                         post_entry({"resourceType": "Patient"})))
+                                         post_entry({"resourceType": "Patient"}), post_entry(collection, "Bundle")))
     assert response.status_code == 200, response.text
-    first, second = response.json()["entry"]
+    first, second, third = response.json()["entry"]
     assert first["response"]["status"].startswith("4"), first
+    assert first["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[0].resource.type"]
     assert second["response"]["status"].startswith("201")
+    assert third["response"]["status"].startswith("201"), third
+    refused(http.post("/Bundle", json=inner))
     before = server.database.counts()
     refused(http.post("", json=bundle("transaction", post_entry(inner, "Bundle"))))
     assert server.database.counts() == before

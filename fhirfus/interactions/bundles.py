@@ -88,7 +88,10 @@ class Context:
 
 
 def _fail(entry: Entry, error: FhirError) -> FhirError:
-    """Re-anchor an error's expressions at the entry (``Patient.gender`` → ``Bundle.entry[3].resource.gender``)."""
+    """Re-anchor an error's expressions at the entry (``Patient.gender`` → ``Bundle.entry[3].resource.gender``);
+    an error already anchored passes unchanged (a Bundle entry's ``Bundle.type`` would anchor twice)."""
+    if all(issue.diagnostics.startswith(f"{entry.where}: ") for issue in error.issues):
+        return error
     issues = []
     for issue in error.issues:
         expressions = tuple(_anchor(entry, e) for e in issue.expression) or (entry.where,)
