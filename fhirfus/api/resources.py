@@ -26,7 +26,7 @@ from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
 from fhirfus.interactions import crud, history, search
-from fhirfus.interactions.preconditions import parse_version_tag
+from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
 from fhirfus.operations import everything, extract
 
 router = APIRouter(prefix="/fhir")
@@ -179,7 +179,8 @@ def read(request: Request, res_type: str, res_id: str) -> Response:
     stored = crud.read(_store(request), caller(request), res_type, res_id)
     headers = version_headers(request, stored)
     if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
-    if if_none_match == stored.version:
+    if if_none_match == stored.version or (
+            if_none_match is None and not_modified_since(request.headers.get("if-modified-since"), stored.last_updated)):
         return Response(status_code=304, headers=headers)
     if res_type == "Binary" and binary.wants_content(request, stored):
         return binary.content_response(request, stored, headers)

@@ -18,7 +18,9 @@ router = APIRouter(prefix="/fhir")
 
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
-    return fhir_response(request, capability_statement(base_url(request)))
+    settings = request.app.state.settings
+    return fhir_response(request, capability_statement(
+        base_url(request), integrity=settings.referential_integrity != "off", cors=bool(settings.cors_origins)))
 
 
 @router.get("/_history")
