@@ -239,3 +239,21 @@ def test_a_batch_read_of_a_binary_honours_its_security_context(sites: Sites) -> 
         {"request": {"method": "GET", "url": f"Binary/{binary['id']}"}}]})
     assert batch.status_code == 200, batch.text
     assert batch.json()["entry"][0]["response"]["status"].startswith("403")
+
+
+def test_searches_and_histories_leave_out_binaries_whose_security_context_the_caller_cannot_read(sites: Sites) -> None:
+    patient = sites.patient("a")
+    guarded = upload(sites.http["a"], b"mri", "image/png", **{"X-Security-Context": f"Patient/{patient}"}).json()
+    plain = upload(sites.http["a"], b"leaflet", "text/plain").json()
+    ids = f"{guarded['id']},{plain['id']}"
+
+    def found(name: str, path: str, **params: str) -> set[str]:
+        answer = sites.http[name].get(path, params=params)
+        assert answer.status_code == 200, answer.text
+        return {e["resource"]["id"] for e in answer.json().get("entry", []) if "resource" in e}
+
+    assert found("a", "/Binary", _id=ids) == {guarded["id"], plain["id"]}
+    assert found("a_binary_only", "/Binary", _id=ids) == {plain["id"]}
+    assert guarded["id"] in found("a", f"/Binary/{guarded['id']}/_history")
+    assert found("a_binary_only", f"/Binary/{guarded['id']}/_history") == set()
+    assert guarded["id"] not in found("a_binary_only", "/Binary/_history", _count="1000")

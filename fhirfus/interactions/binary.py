@@ -9,6 +9,9 @@ The Binary's own site still confines it first, like any resource.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
@@ -16,6 +19,8 @@ from fhirfus.errors import NotFound
 from fhirfus.fhir.references import reference_target
 from fhirfus.store import repository
 from fhirfus.store.repository import Stored
+
+T = TypeVar("T")
 
 
 def security_context(content: dict | None) -> str | None:
@@ -25,17 +30,35 @@ def security_context(content: dict | None) -> str | None:
     return reference if isinstance(reference, str) else None
 
 
-def require_readable(conn: Connection, caller: Access, stored: Stored) -> None:
-    """Refuse to show ``stored`` (a Binary version) unless the caller may read its securityContext.
-
-    Relative references (``Patient/1``) are checked; absolute and ``urn:`` ones name nothing the
-    server can look up, and leave the Binary to its own site's confinement."""
-    reference = security_context(stored.content)
+def _target(content: dict | None) -> tuple[str, str] | None:
+    """(type, id) named by the securityContext. Relative references (``Patient/1``) only: absolute
+    and ``urn:`` ones name nothing the server can look up, and leave the Binary to its own site's
+    confinement."""
+    reference = security_context(content)
     if reference is None or "://" in reference:
-        return
+        return None
     res_type, res_id = reference_target(reference)
-    if res_type is None or res_id is None:
+    return (res_type, res_id) if res_type and res_id else None
+
+
+def require_readable(conn: Connection, caller: Access, stored: Stored) -> None:
+    """Refuse to show ``stored`` (a Binary version) unless the caller may read its securityContext."""
+    target = _target(stored.content)
+    if target is None:
         return
-    caller.require(res_type, "r")
-    if repository.current(conn, caller.visibility, res_type, res_id) is None:
+    caller.require(target[0], "r")
+    if repository.current(conn, caller.visibility, *target) is None:
         raise NotFound(f"Binary/{stored.res_id} not found", "Binary.id")
+
+
+def may_read(conn: Connection, caller: Access, content: dict | None) -> bool:
+    """``require_readable`` as a yes/no, for Binaries among search and history results."""
+    target = _target(content)
+    return target is None or (caller.allows(target[0], "r")
+                              and repository.current(conn, caller.visibility, *target) is not None)
+
+
+def readable(conn: Connection, caller: Access, items: list[T], content_of: Callable[[T], dict | None]) -> list[T]:
+    """``items`` (search rows, history versions) without the Binaries the caller may not read."""
+    return [item for item in items
+            if getattr(item, "res_type", None) != "Binary" or may_read(conn, caller, content_of(item))]
