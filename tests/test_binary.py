@@ -168,6 +168,7 @@ class Sites:
             "b": make_client(store, token_url, role="site", site=self.site_b, scope="system/*.cruds"),
             "admin": make_client(store, token_url, role="admin", scope="system/*.cruds"),
         }
+        self.client_ids = {name: client.client_id for name, client in clients.items()}
         self.http = {name: client.http(secure_server.base) for name, client in clients.items()}
 
     def patient(self, name: str) -> str:
@@ -257,3 +258,22 @@ def test_searches_and_histories_leave_out_binaries_whose_security_context_the_ca
     assert guarded["id"] in found("a", f"/Binary/{guarded['id']}/_history")
     assert found("a_binary_only", f"/Binary/{guarded['id']}/_history") == set()
     assert guarded["id"] not in found("a_binary_only", "/Binary/_history", _count="1000")
+
+
+def test_a_native_upload_commits_with_its_audit_event(sites: Sites) -> None:
+    query = {"altid": sites.client_ids["a"], "subtype": "create", "_summary": "count"}
+    before = sites.http["admin"].get("/AuditEvent", params=query).json()["total"]
+    assert upload(sites.http["a"], b"audited", "application/pdf").status_code == 201
+    # no flush of the batching writer: the write's own transaction stored its event
+    assert sites.http["admin"].get("/AuditEvent", params=query).json()["total"] == before + 1
+
+
+def test_a_native_put_cannot_reach_another_sites_binary(sites: Sites) -> None:
+    b_binary = upload(sites.http["b"], b"B's original", "text/plain").json()
+    path = f"/Binary/{b_binary['id']}"
+    on_b = sites.http["a"].put(path, content=b"overwritten by A", headers={"Content-Type": "text/plain"})
+    unknown = uuid.uuid4().hex
+    on_unknown = sites.http["a"].put(f"/Binary/{unknown}", content=b"x", headers={"Content-Type": "text/plain"})
+    assert on_b.status_code == on_unknown.status_code == 404
+    assert on_b.text.replace(b_binary["id"], "ID") == on_unknown.text.replace(unknown, "ID")
+    assert sites.http["b"].get(path).content == b"B's original"
