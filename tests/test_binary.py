@@ -7,7 +7,9 @@ SMART authentication on (two sites, narrow scopes).
 from __future__ import annotations
 
 import base64
+import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -277,3 +279,26 @@ def test_a_native_put_cannot_reach_another_sites_binary(sites: Sites) -> None:
     assert on_b.status_code == on_unknown.status_code == 404
     assert on_b.text.replace(b_binary["id"], "ID") == on_unknown.text.replace(unknown, "ID")
     assert sites.http["b"].get(path).content == b"B's original"
+
+
+def test_a_sites_export_leaves_out_a_binary_whose_security_context_it_cannot_see(sites: Sites) -> None:
+    b_patient = sites.patient("b")
+    filed = sites.http["admin"].post("/Binary", json={
+        "resourceType": "Binary", "contentType": "text/plain", "data": base64.b64encode(b"B's report").decode(),
+        "securityContext": {"reference": f"Patient/{b_patient}"},
+        "meta": {"security": [{"system": SITE, "code": sites.site_a}]}}).json()
+    a_patient = sites.patient("a")
+    own = upload(sites.http["a"], b"A's scan", "image/png", **{"X-Security-Context": f"Patient/{a_patient}"}).json()
+    kicked = sites.http["a"].get("/$export", params={"_type": "Binary"}, headers={"Prefer": "respond-async"})
+    assert kicked.status_code == 202, kicked.text
+    deadline = time.monotonic() + 60
+    while (status := sites.http["a"].get(kicked.headers["Content-Location"])).status_code == 202:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert status.status_code == 200, status.text
+    exported = set()
+    for output in status.json()["output"]:
+        lines = sites.http["a"].get(output["url"]).text.splitlines()
+        exported |= {json.loads(line)["id"] for line in lines}
+    assert own["id"] in exported
+    assert filed["id"] not in exported

@@ -15,6 +15,7 @@ from typing import TypeVar
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
+from fhirfus.db.visibility import Visibility
 from fhirfus.errors import NotFound
 from fhirfus.fhir.references import reference_target
 from fhirfus.store import repository
@@ -54,8 +55,14 @@ def require_readable(conn: Connection, caller: Access, stored: Stored) -> None:
 def may_read(conn: Connection, caller: Access, content: dict | None) -> bool:
     """``require_readable`` as a yes/no, for Binaries among search and history results."""
     target = _target(content)
-    return target is None or (caller.allows(target[0], "r")
-                              and repository.current(conn, caller.visibility, *target) is not None)
+    return target is None or (caller.allows(target[0], "r") and context_visible(conn, caller.visibility, content))
+
+
+def context_visible(conn: Connection, seen_by: Visibility, content: dict | None) -> bool:
+    """Whether the rows ``seen_by`` holds the securityContext's resource (an export job knows its
+    site, not its requester's scopes: it checks this part of ``may_read`` only)."""
+    target = _target(content)
+    return target is None or repository.current(conn, seen_by, *target) is not None
 
 
 def readable(conn: Connection, caller: Access, items: list[T], content_of: Callable[[T], dict | None]) -> list[T]:
