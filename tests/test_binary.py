@@ -129,6 +129,40 @@ def test_an_invalid_content_type_header_is_refused_naming_the_element(client: ht
     assert server.database.counts() == before
 
 
+@pytest.mark.parametrize("content_type", ["a", "*/*", "image/*", "image/png;;", "text/plain; x"])
+def test_a_content_type_that_is_not_a_media_type_is_refused(client: httpx.Client, server, content_type: str) -> None:
+    before = server.database.counts()
+    answer = upload(client, b"x", content_type)
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["Content-Type"]
+    assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("context", ["not a reference", "Patient/", "Patient/a b", "Foo/1", "Patient/%00", "#x",
+                                     "Patient/" + "a" * 65, "urn:uuid:1"])
+def test_a_security_context_header_that_is_not_a_literal_reference_is_refused(
+        client: httpx.Client, server, context: str) -> None:
+    before = server.database.counts()
+    answer = upload(client, b"x", "text/plain", **{"X-Security-Context": context})
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["X-Security-Context"]
+    assert server.database.counts() == before
+
+
+def test_a_security_context_on_another_server_is_kept_as_it_is(client: httpx.Client) -> None:
+    binary = upload(client, b"x", "text/plain", **{"X-Security-Context": "https://ehr.example/fhir/Patient/1"}).json()
+    assert binary["securityContext"] == {"reference": "https://ehr.example/fhir/Patient/1"}
+
+
+def test_a_binary_of_a_json_type_is_answered_natively_when_asked_for_exactly(client: httpx.Client) -> None:
+    binary = upload(client, b'{"@context": "x"}', "application/ld+json").json()
+    path = f"/Binary/{binary['id']}"
+    assert client.get(path, headers={"Accept": "application/ld+json"}).content == b'{"@context": "x"}'
+    assert client.get(path, headers={"Accept": "application/json"}).json()["resourceType"] == "Binary"
+    preferred = client.get(path, headers={"Accept": "application/fhir+json;q=0.5, application/ld+json"})
+    assert preferred.headers["content-type"] == "application/ld+json"
+
+
 def test_the_body_limit_applies_to_native_uploads(client: httpx.Client, server) -> None:
     before = server.database.counts()
     answer = upload(client, b"\0" * (1024 * 1024 + 1), "application/octet-stream")  # the test server's limit is 1 MiB

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from fhirfus.api.http import read_body
 from fhirfus.api.negotiation import FHIR_JSON, JSON, media_ranges
-from fhirfus.errors import InvalidResource, NotAcceptable
+from fhirfus.errors import InvalidRequest, InvalidResource, NotAcceptable
+from fhirfus.fhir.validation import ID_PATTERN, served_types
 from fhirfus.interactions.binary import security_context
 from fhirfus.store.repository import Stored
 
@@ -29,6 +31,11 @@ _FHIR_BODIES = {FHIR_JSON, JSON, "application/json+fhir", "text/json", "applicat
 _FHIR_ANSWERS = {FHIR_JSON, JSON, "application/json+fhir", "text/json"}
 
 
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}(\s*;\s*{_TOKEN}=({_TOKEN}|\"[^\"\\]*\"))*$")
+_ABSOLUTE = re.compile(r"^https?://\S+$")
+
+
 def _media_type(value: str) -> str:
     return value.split(";")[0].strip().lower()
 
@@ -38,15 +45,36 @@ def is_native_upload(request: Request, res_type: str) -> bool:
     return res_type == "Binary" and _media_type(request.headers.get("content-type", "")) not in _FHIR_BODIES
 
 
+def _content_type(request: Request) -> str:
+    """The upload's media type (RFC 9110 §8.3: ``type/subtype`` and parameters, no wildcard)."""
+    value = request.headers["content-type"].strip()
+    if not _MEDIA_TYPE.match(value) or "*" in value.split(";")[0]:
+        raise InvalidRequest(f"Content-Type '{value}' is not a media type (type/subtype)", "Content-Type")
+    return value
+
+
+def _security_context(request: Request) -> str | None:
+    """``X-Security-Context``: a literal reference, ``Type/id`` of this server or an absolute URL."""
+    value = request.headers.get(SECURITY_CONTEXT_HEADER)
+    if value is None:
+        return None
+    value = value.strip()
+    res_type, _, res_id = value.partition("/")
+    if not (_ABSOLUTE.match(value) or (res_type in served_types() and ID_PATTERN.match(res_id))):
+        raise InvalidRequest(f"{SECURITY_CONTEXT_HEADER} '{value[:100]}' is not a reference like Patient/123",
+                             SECURITY_CONTEXT_HEADER)
+    return value
+
+
 async def native_binary(request: Request, res_id: str | None = None) -> dict:
     """The Binary resource a native upload stands for (the body limit applies as to any body)."""
+    content_type, context = _content_type(request), _security_context(request)
     raw = await read_body(request)
-    resource: dict = {"resourceType": "Binary", "contentType": request.headers["content-type"].strip()}
+    resource: dict = {"resourceType": "Binary", "contentType": content_type}
     if res_id is not None:
         resource["id"] = res_id
-    context = request.headers.get(SECURITY_CONTEXT_HEADER)
     if context is not None:
-        resource["securityContext"] = {"reference": context.strip()}
+        resource["securityContext"] = {"reference": context}
     if raw:
         resource["data"] = base64.b64encode(raw).decode("ascii")
     return resource
