@@ -346,6 +346,19 @@ def test_transaction_and_batch_and_system_search_and_history_are_declared_and_wo
     assert history.status_code == 200 and history.json()["type"] == "history"
 
 
+def test_versioned_update_update_as_create_and_read_history_are_real(client: httpx.Client, unique: str) -> None:
+    patient = next(e for e in rest(client)["resource"] if e["type"] == "Patient")
+    assert (patient["versioning"], patient["updateCreate"], patient["readHistory"]) == ("versioned-update", True, True)
+    path = f"/Patient/cap-{unique}"
+    assert client.put(path, json={"resourceType": "Patient", "id": f"cap-{unique}"}).status_code == 201
+    assert client.put(path, json={"resourceType": "Patient", "id": f"cap-{unique}", "active": True},
+                      headers={"If-Match": 'W/"1"'}).status_code == 200
+    stale = client.put(path, json={"resourceType": "Patient", "id": f"cap-{unique}", "active": False},
+                       headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert "active" not in client.get(f"{path}/_history/1").json()
+
+
 def test_conditional_read_honours_if_modified_since(client: httpx.Client) -> None:
     patient = client.post("/Patient", json={"resourceType": "Patient"})
     path = f"/Patient/{patient.json()['id']}"
