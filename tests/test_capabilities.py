@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,7 +309,38 @@ def operation_works(http: httpx.Client, level: str | None, name: str, patient: s
     if name == "analysis-export":
         path = {None: "/$analysis-export", "Group": f"/Group/{group}/$analysis-export"}[level]
         return _cancel(http, http.get(path, headers=ASYNC))
+    if level in TERMINOLOGY and name in TERMINOLOGY[level]:
+        params, check = TERMINOLOGY[level][name]
+        answer = http.get(f"/{level}/${name}", params=params)
+        return answer.status_code == 200 and check(answer.json())
     raise AssertionError(f"the statement declares ${name} on {level or 'the system'}, which this test cannot run")
+
+
+def _result(parameters: dict, name: str = "result") -> Any:
+    part = next(p for p in parameters["parameter"] if p["name"] == name)
+    return next((part[k] for k in ("valueBoolean", "valueCode", "valueString") if k in part), None)
+
+
+TARGET_CS = "https://fhirfus.org/fhir/CodeSystem/mrgfus-target"
+#: type → operation → (query, what a right answer holds), over the guide's terminology
+TERMINOLOGY: dict[str, dict[str, tuple[dict[str, str], Callable[[dict], bool]]]] = {
+    "ValueSet": {
+        "expand": ({"url": "https://fhirfus.org/fhir/ValueSet/mrgfus-target"},
+                   lambda vs: "vo-complex" in {c["code"] for c in vs["expansion"]["contains"]}),
+        "validate-code": ({"url": "https://fhirfus.org/fhir/ValueSet/mrgfus-target", "system": TARGET_CS,
+                           "code": "vo-complex"}, lambda p: _result(p) is True),
+    },
+    "CodeSystem": {
+        "lookup": ({"system": TARGET_CS, "code": "vo-complex"}, lambda p: bool(_result(p, "display"))),
+        "validate-code": ({"url": TARGET_CS, "code": "vo-complex"}, lambda p: _result(p) is True),
+        "subsumes": ({"system": TARGET_CS, "codeA": "vo-complex", "codeB": "vo-complex"},
+                     lambda p: _result(p, "outcome") == "equivalent"),
+    },
+    "ConceptMap": {
+        "translate": ({"system": "https://fhirfus.org/fhir/CodeSystem/cd-subtype", "code": "anterocollis",
+                       "targetsystem": "http://hl7.org/fhir/sid/icd-10"}, lambda p: _result(p) is True),
+    },
+}
 
 
 def test_every_declared_operation_runs(client: httpx.Client) -> None:
@@ -323,7 +355,8 @@ def test_every_declared_operation_runs(client: httpx.Client) -> None:
     sample = {op for op in declared_ops if op[1] != "validate"} | {("Patient", "validate")}
     failing = sorted((str(level), name) for level, name in sample if not operation_works(client, level, name, patient, group))
     assert not failing, failing
-    assert {name for _, name in declared_ops} >= {"validate", "everything", "extract", "export", "analysis-export"}
+    assert {name for _, name in declared_ops} >= {"validate", "everything", "extract", "export", "analysis-export",
+                                                   "expand", "lookup", "validate-code", "subsumes", "translate"}
 
 
 def test_transaction_and_batch_and_system_search_and_history_are_declared_and_work(client: httpx.Client, unique: str) -> None:
@@ -416,8 +449,9 @@ def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
     }
     if (method, path) in table:
         return table[(method, path)]
-    if path.startswith("/fhir/QuestionnaireResponse/") and path.endswith("$extract"):
-        return ("QuestionnaireResponse", "$extract")
+    operation = re.fullmatch(r"/fhir/([A-Z][A-Za-z]+)/(\{res_id\}/)?(\$[a-z-]+)", path)
+    if operation and operation[3] != "$export":
+        return (operation[1], operation[3])  # $everything, $extract, the terminology operations
     for prefix, level in (("/fhir/Patient/", "Patient"), ("/fhir/Group/", "Group"), ("/fhir/", None)):
         for operation in ("$export", "$analysis-export"):
             if path.startswith(prefix) and path.endswith(operation):

@@ -36,11 +36,19 @@ EXPORT_OPERATIONS = {
 ANALYSIS_EXPORT = {"name": "analysis-export", "definition": "https://fhirfus.org/fhir/OperationDefinition/analysis-export"}
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 #: Operations of one type beyond $validate and $export: (operation, the permission it needs).
-TYPE_OPERATIONS: dict[str, tuple[dict, str | None]] = {
-    "Patient": ({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}, "r"),
-    "QuestionnaireResponse": ({"name": "extract", "definition":
-                               "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"}, "r"),
-    "Group": (ANALYSIS_EXPORT, None),  # by role (analysts and admins), not by scope
+_CORE = "http://hl7.org/fhir/OperationDefinition"
+TYPE_OPERATIONS: dict[str, tuple[tuple[dict, str | None], ...]] = {
+    "Patient": (({"name": "everything", "definition": f"{_CORE}/Patient-everything"}, "r"),),
+    "QuestionnaireResponse": (({"name": "extract", "definition":
+                                "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"}, "r"),),
+    "Group": ((ANALYSIS_EXPORT, None),),  # by role (analysts and admins), not by scope
+    # the terminology operations (``fhirfus.api.terminology``)
+    "ValueSet": (({"name": "expand", "definition": f"{_CORE}/ValueSet-expand"}, "r"),
+                 ({"name": "validate-code", "definition": f"{_CORE}/ValueSet-validate-code"}, "r")),
+    "CodeSystem": (({"name": "lookup", "definition": f"{_CORE}/CodeSystem-lookup"}, "r"),
+                   ({"name": "validate-code", "definition": f"{_CORE}/CodeSystem-validate-code"}, "r"),
+                   ({"name": "subsumes", "definition": f"{_CORE}/CodeSystem-subsumes"}, "r")),
+    "ConceptMap": (({"name": "translate", "definition": f"{_CORE}/ConceptMap-translate"}, "r"),),
 }
 SEARCHABLE_TYPES = frozenset({"string", "token", "date", "reference", "number", "quantity", "uri", "composite"})
 #: Search parameters of every type (``Resource``'s), declared once at system level.
@@ -79,9 +87,8 @@ def allowed(res_type: str, permission: str) -> bool:
 
 def _operations(res_type: str) -> list[dict]:
     operations = [VALIDATE] if allowed(res_type, "c") else []
-    operation, permission = TYPE_OPERATIONS.get(res_type, (None, None))
-    if operation is not None and (permission is None or allowed(res_type, permission)):
-        operations.append(operation)
+    operations += [operation for operation, permission in TYPE_OPERATIONS.get(res_type, ())
+                   if permission is None or allowed(res_type, permission)]
     if res_type in EXPORT_OPERATIONS:
         operations.append(EXPORT_OPERATIONS[res_type])
     return operations
