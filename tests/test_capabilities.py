@@ -295,8 +295,9 @@ def _cancel(http: httpx.Client, kicked: httpx.Response) -> bool:
 
 def operation_works(http: httpx.Client, level: str | None, name: str, patient: str, group: str) -> bool:
     """Run one declared operation (``level`` None: system level) the way a client would."""
-    if name == "validate":
-        return http.post(f"/{level}/$validate", json={"resourceType": level}).status_code == 200
+    if name == "validate":  # at system level (POST /fhir/$validate) the body names its type
+        return http.post(f"/{level or ''}/$validate".replace("//", "/"),
+                         json={"resourceType": level or "Patient"}).status_code == 200
     if name == "everything":
         answer = http.get(f"/Patient/{patient}/$everything")
         return answer.status_code == 200 and patient in {e["resource"]["id"] for e in answer.json()["entry"]}
@@ -449,6 +450,9 @@ def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
     }
     if (method, path) in table:
         return table[(method, path)]
+    system_operation = re.fullmatch(r"/fhir/(\$[a-z-]+)", path)
+    if system_operation:
+        return (None, system_operation[1])
     operation = re.fullmatch(r"/fhir/([A-Z][A-Za-z]+)/(\{res_id\}/)?(\$[a-z-]+)", path)
     if operation and operation[3] != "$export":
         return (operation[1], operation[3])  # $everything, $extract, the terminology operations
