@@ -142,6 +142,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     **{(method, "/fhir/ConceptMap/{res_id}/$translate"): Recipe(
         lambda t: (f"/fhir/ConceptMap/{t.conceptmap}/$translate", {"params": {"system": t.codesystem_url, "code": "c1"}}))
        for method in ("GET", "POST")},
+    **{(method, path): Recipe(lambda t, path=path: (path.replace("{view_id}", "analysis_patient"), {"params": {
+        **({} if "{view_id}" in path else {"viewReference": "analysis_patient"}), "_format": "json"}}),
+        targeted=False)
+       for method in ("GET", "POST")
+       for path in ("/fhir/$viewdefinition-run", "/fhir/ViewDefinition/$run", "/fhir/ViewDefinition/{view_id}/$run")},
     ("GET", "/fhir/{res_type}"): Recipe(lambda t: ("/fhir/Patient", {"params": {"_id": t.patient,
                                                                                 "_revinclude": "Observation:subject"}})),
     ("POST", "/fhir/{res_type}/_search"): Recipe(lambda t: ("/fhir/Observation/_search",

@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from fhirfus.api.http import caller, fhir_response, read_json
 from fhirfus.operations import terminology
+from fhirfus.operations.parameters import inputs
 
 router = APIRouter(prefix="/fhir")
 BOTH = ["GET", "POST"]
@@ -26,7 +27,7 @@ async def _answer(request: Request, kind: str, operation: Callable[..., dict], *
     who = caller(request)
     who.require(kind, "r")
     body = await read_json(request) if request.method == "POST" and (await request.body()).strip() else None
-    given = terminology.inputs(request.query_params.multi_items(), body)
+    given = inputs(request.query_params.multi_items(), body)
     result = await run_in_threadpool(operation, request.app.state.store, who, given, *args)
     return fhir_response(request, result)
 

@@ -11,42 +11,23 @@ that the caller may read (it needs ``r`` on the operation's type).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.interactions import crud
+from fhirfus.operations.parameters import Inputs
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, format_instant
 from fhirfus.terminology import codesystems, conceptmaps, expansion
 from fhirfus.terminology.expansion import UnknownValueSet, ValueSetError
 from fhirfus.terminology.sources import Lookup
 
-Inputs = dict[str, Any]
 MAX_EXPANSION = 10_000  # concepts one $expand answer lists at most; beyond, use count/offset
 
 _UNKNOWN = (UnknownValueSet, codesystems.UnknownCodeSystem, conceptmaps.UnknownConceptMap)
-
-
-def inputs(query: Iterable[tuple[str, str]], body: Any) -> Inputs:
-    """The operation's parameters: the query string's, then a Parameters body's (``value[x]``,
-    or ``resource`` for an inline ValueSet)."""
-    found: Inputs = dict(query)
-    if body is None:
-        return found
-    if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
-        raise InvalidRequest("The body of a terminology operation must be a Parameters resource", "resourceType")
-    for index, parameter in enumerate(body.get("parameter") or ()):
-        if not isinstance(parameter, Mapping) or not isinstance(parameter.get("name"), str):
-            raise InvalidRequest("Every parameter needs a name", f"Parameters.parameter[{index}]")
-        values = [v for k, v in parameter.items() if k.startswith("value") or k == "resource"]
-        if len(values) != 1:
-            raise InvalidRequest(f"Parameter '{parameter['name']}' needs exactly one value",
-                                 f"Parameters.parameter[{index}]")
-        found[parameter["name"]] = values[0]
-    return found
 
 
 def _text(given: Inputs, name: str, required: bool = False) -> str | None:
