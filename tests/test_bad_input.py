@@ -443,6 +443,7 @@ def test_a_malformed_prefer_header_is_refused_before_anything_is_written(http: h
     refused(http.put(f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid, "active": True}, headers=headers))
     refused(http.patch(f"/Patient/{pid}", content=b'[{"op":"add","path":"/active","value":true}]',
                        headers={**headers, "Content-Type": "application/json-patch+json"}))
+    refused(http.post("/Binary", content=b"native content", headers={**headers, "Content-Type": "text/plain"}))
     assert server.database.counts() == after_create != before
 
 

@@ -125,6 +125,9 @@ def url_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
         ("GET", "/fhir/Group/{}/$export", {"Prefer": "respond-async"}, None),
         ("GET", "/fhir/Group/{}/$analysis-export", {"Prefer": "respond-async"}, None),
         ("GET", "/fhir/QuestionnaireResponse/{}/$extract", {}, None), ("GET", "/fhir/{}", {}, None),
+        ("GET", "/fhir/Binary/{}", {"Accept": "*/*"}, None),
+        ("PUT", "/fhir/Binary/{}", {"Content-Type": "text/plain"}, b"native"),
+        ("GET", "/fhir/ViewDefinition/{}/$run", {}, None),
         ("GET", "/fhir/ValueSet/{}/$expand", {}, None), ("GET", "/fhir/CodeSystem/{}/$validate-code?code=x", {}, None),
         ("GET", "/fhir/ConceptMap/{}/$translate?code=x&system=http://x", {}, None),
         ("GET", "/fhir/ValueSet/$expand?url={}", {}, None), ("GET", "/fhir/CodeSystem/$lookup?system={}&code={}", {}, None),
@@ -184,6 +187,7 @@ HEADER_CASES = (
 def header_requests(targets: Targets) -> Iterator[Request]:
     patient = json.dumps({"resourceType": "Patient", "name": [{"family": "Header"}]}).encode()
     for headers in HEADER_CASES:
+        yield Request("POST", "/fhir/Binary", {"Content-Type": "application/octet-stream", **headers}, b"\x00\xff")
         sent = {"Content-Type": "application/fhir+json", **headers}
         yield Request("POST", "/fhir/Patient", sent, patient)
         yield Request("PUT", f"/fhir/Patient/{targets.patient}", sent,

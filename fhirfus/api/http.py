@@ -43,7 +43,12 @@ def base_url(request: Request) -> str:
 
 
 async def read_body(request: Request) -> bytes:
-    """The raw body, refused with 413 beyond the configured limit (checked before and while reading)."""
+    """The raw body, refused with 413 beyond the configured limit (checked before and while reading).
+
+    The headers that shape the answer are checked first: every write reads its body before it
+    writes, and a malformed ``Prefer`` found only when the answer is made would be a 400 for a
+    write that was committed."""
+    Prefer.parse(request)
     limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -59,10 +64,7 @@ async def read_body(request: Request) -> bytes:
 
 
 async def read_json(request: Request, *, patch: bool = False) -> Any:
-    """The JSON body, after the headers that shape the answer are checked: a malformed ``Prefer``
-    found only when a write answers would be a 400 for a write that was committed."""
     require_json_body(request, patch=patch)
-    Prefer.parse(request)
     return parse_json(await read_body(request))
 
 
