@@ -153,7 +153,7 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
         "implementation": {"description": "fhirfus FHIR R4 server", "url": base},
         "fhirVersion": FHIR_VERSION,
         "implementationGuide": [GUIDE_URL],
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
         "patchFormat": ["application/json-patch+json"],
         "rest": [
             {
