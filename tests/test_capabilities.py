@@ -412,7 +412,7 @@ def test_conditional_read_honours_if_modified_since(client: httpx.Client) -> Non
 def test_the_statement_tells_formats_profiles_and_reference_policy(client: httpx.Client) -> None:
     statement = client.get("/metadata").json()
     assert "application/fhir+json" in statement["format"]
-    assert statement["patchFormat"] == ["application/json-patch+json"]
+    assert statement["patchFormat"] == ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
     entries = {entry["type"]: entry for entry in statement["rest"][0]["resource"]}
     ig = Path(__file__).resolve().parents[1] / "fhirfus" / "ig" / "profiles"
     for path in sorted(ig.glob("StructureDefinition-*.json")):

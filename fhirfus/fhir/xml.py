@@ -13,17 +13,15 @@ Parsing is hardened: no DTD, no entities, no network, bounded size and depth. Er
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from functools import cache
 from typing import Any, Final
 
 from lxml import etree
 
 from fhirfus.errors import InvalidRequest, InvalidResource
-from fhirfus.fhir.bindings import DATA_FILE
+from fhirfus.fhir.elements import Element, element_model
 
 FHIR_NS: Final = "http://hl7.org/fhir"
 XHTML_NS: Final = "http://www.w3.org/1999/xhtml"
@@ -31,43 +29,6 @@ MAX_DEPTH: Final = 64
 _NUMBERS: Final = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 _DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]*")
-
-
-@dataclass(frozen=True, slots=True)
-class _Element:
-    name: str  # JSON name (choice types resolved: valueQuantity)
-    order: int
-    many: bool
-    type: str  # the type of this JSON name
-    table: str | None  # nested table, "Resource" for a nested resource, None for a primitive
-
-
-@dataclass(frozen=True, slots=True)
-class _Model:
-    tables: Mapping[str, Mapping[str, _Element]]
-    resources: frozenset[str]
-
-
-@cache
-def _model() -> _Model:
-    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))
-    keys = frozenset(raw["types"])
-    tables: dict[str, dict[str, _Element]] = {}
-    for key, specs in raw["types"].items():
-        table: dict[str, _Element] = {}
-        for name, spec in specs.items():
-            types: list[str] = spec["t"] or ["string"]
-            for type_code in types:
-                if "p" in spec:
-                    nested: str | None = spec["p"]
-                elif type_code == "Resource":
-                    nested = "Resource"
-                else:
-                    nested = type_code if type_code in keys else None
-                json_name = name[:-3] + type_code[0].upper() + type_code[1:] if name.endswith("[x]") else name
-                table[json_name] = _Element(json_name, spec.get("o", 0), "m" in spec, type_code, nested)
-        tables[key] = table
-    return _Model(tables, frozenset(raw["resources"]))
 
 
 # --- JSON → XML -------------------------------------------------------------------------------
@@ -79,9 +40,9 @@ def to_xml(resource: Mapping[str, Any]) -> bytes:
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
 
 
-def _resource_element(resource: Mapping[str, Any]) -> etree._Element:
+def _resource_element(resource: Mapping[str, Any]) -> etree.Element:
     res_type = resource.get("resourceType")
-    model = _model()
+    model = element_model()
     if not isinstance(res_type, str) or res_type not in model.tables:
         raise InvalidResource(f"Cannot write a {res_type!r} as XML", "resourceType")
     element = etree.Element(f"{{{FHIR_NS}}}{res_type}", nsmap={None: FHIR_NS})
@@ -89,8 +50,8 @@ def _resource_element(resource: Mapping[str, Any]) -> etree._Element:
     return element
 
 
-def _write_object(parent: etree._Element, obj: Mapping[str, Any], table_key: str, *, is_resource: bool) -> None:
-    table = _model().tables[table_key]
+def _write_object(parent: etree.Element, obj: Mapping[str, Any], table_key: str, *, is_resource: bool) -> None:
+    table = element_model().tables[table_key]
     if not is_resource:
         if isinstance(obj.get("id"), str):
             parent.set("id", obj["id"])
@@ -117,7 +78,7 @@ def _write_object(parent: etree._Element, obj: Mapping[str, Any], table_key: str
             _write_value(parent, element, value, shadow)
 
 
-def _write_value(parent: etree._Element, element: _Element, value: Any, shadow: Any) -> None:
+def _write_value(parent: etree.Element, element: Element, value: Any, shadow: Any) -> None:
     if element.type == "xhtml":
         parent.append(_parse_xhtml(value))
         return
@@ -144,7 +105,7 @@ def _primitive_text(value: Any) -> str:
     return str(value)
 
 
-def _parse_xhtml(value: Any) -> etree._Element:
+def _parse_xhtml(value: Any) -> etree.Element:
     if not isinstance(value, str):
         raise InvalidResource("Narrative.div must be XHTML text", "Narrative.div")
     try:
@@ -176,26 +137,26 @@ def from_xml(body: bytes) -> dict:
     return _read_resource(root, 0)
 
 
-def _local(element: etree._Element, where: str) -> str:
+def _local(element: etree.Element, where: str) -> str:
     tag = element.tag
     if not isinstance(tag, str) or not tag.startswith(f"{{{FHIR_NS}}}"):
         raise InvalidResource(f"{where}: element {tag!r} is not in the FHIR namespace {FHIR_NS}", where)
     return tag[len(FHIR_NS) + 2:]
 
 
-def _read_resource(element: etree._Element, depth: int) -> dict:
+def _read_resource(element: etree.Element, depth: int) -> dict:
     res_type = _local(element, "resourceType")
-    if res_type not in _model().resources:
+    if res_type not in element_model().resources:
         raise InvalidResource(f"Unknown resource type '{res_type}'", "resourceType")
     found: dict[str, Any] = {"resourceType": res_type}
     found.update(_read_object(element, res_type, res_type, depth + 1, is_resource=True))
     return found
 
 
-def _read_object(element: etree._Element, table_key: str, where: str, depth: int, *, is_resource: bool) -> dict:
+def _read_object(element: etree.Element, table_key: str, where: str, depth: int, *, is_resource: bool) -> dict:
     if depth > MAX_DEPTH:
         raise InvalidResource(f"{where}: nested deeper than {MAX_DEPTH} levels", where)
-    table = _model().tables[table_key]
+    table = element_model().tables[table_key]
     found: dict[str, Any] = {}
     for attribute, text in element.attrib.items():
         if not is_resource and attribute == "id":
@@ -241,7 +202,7 @@ def _read_object(element: etree._Element, table_key: str, where: str, depth: int
     return found
 
 
-def _read_value(child: etree._Element, spec: _Element, path: str, depth: int) -> tuple[Any, Any]:
+def _read_value(child: etree.Element, spec: Element, path: str, depth: int) -> tuple[Any, Any]:
     if spec.table == "Resource":
         inner = [c for c in child if isinstance(c.tag, str)]
         if len(inner) != 1:

@@ -154,7 +154,7 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
         "fhirVersion": FHIR_VERSION,
         "implementationGuide": [GUIDE_URL],
         "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",
