@@ -234,13 +234,16 @@ def _shapes_text(method: str) -> str:
     return ", ".join(shapes)
 
 
-def _patch_operations(entry: Entry) -> list:
-    """JSON Patch in a Bundle travels as a Binary with the patch document base64-encoded in ``data``
-    (the R4 convention); strict base64, and the document must be a JSON array."""
+def _patch_operations(entry: Entry) -> list | dict:
+    """A FHIRPath Patch is the entry's Parameters resource; a JSON Patch travels as a Binary with the
+    patch document base64-encoded in ``data`` (the R4 convention): strict base64, a JSON array."""
     expression = f"{entry.where}.resource"
     resource = entry.resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return resource
     if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
-        raise InvalidRequest(f"{entry.where} (PATCH) needs a Binary resource holding a JSON Patch", expression)
+        raise InvalidRequest(f"{entry.where} (PATCH) needs a JSON Patch as a Binary or a FHIRPath Patch as "
+                             "Parameters", expression)
     data = resource.get("data")
     if not isinstance(data, str) or not data:
         raise InvalidRequest(f"{entry.where} (PATCH): Binary.data must hold the base64 JSON Patch",

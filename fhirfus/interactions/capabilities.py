@@ -153,8 +153,8 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
         "implementation": {"description": "fhirfus FHIR R4 server", "url": base},
         "fhirVersion": FHIR_VERSION,
         "implementationGuide": [GUIDE_URL],
-        "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",

@@ -36,6 +36,7 @@ from fhirfus.fhir.validation import (
     resource_issues,
     validate_resource,
 )
+from fhirfus.fhirpath import patch as fhirpath_patch
 from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
@@ -186,8 +187,9 @@ def conditional_update_in(
 def patch_in(
     conn: Connection, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
 ) -> WriteResult:
-    if not isinstance(operations, list):
-        raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
+    if not isinstance(operations, list) and not fhirpath_patch.is_fhirpath_patch(operations):
+        raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
+                             "(a Parameters resource)", "PATCH")
     caller.require(res_type, "u")
     require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
@@ -196,7 +198,10 @@ def patch_in(
     if previous.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
     _check_if_match(res_type, res_id, previous, if_match)
-    patched = _apply_patch(previous.content or {}, operations)
+    if isinstance(operations, list):
+        patched = _apply_patch(previous.content or {}, operations)
+    else:
+        patched = fhirpath_patch.apply(previous.content or {}, operations)
     _require_fixed_by_patch(res_type, previous.content or {}, patched)
     resource = accept(caller, patched, res_type)
     stored = repository.replace(conn, previous, resource, "PATCH")
