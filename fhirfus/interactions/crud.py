@@ -28,7 +28,14 @@ from fhirfus.errors import (
     NotFound,
     PreconditionFailed,
 )
-from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.fhir.validation import (
+    parse_version_id,
+    require_known_type,
+    require_storable,
+    require_valid_id,
+    resource_issues,
+    validate_resource,
+)
 from fhirfus.fhirpath import patch as fhirpath_patch
 from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
@@ -52,6 +59,7 @@ def accept(caller: Access, body: Any, res_type: str) -> dict:
     A site client's writes are labelled with its site (and may not carry another site's label).
     """
     resource = validate_resource(body, res_type)
+    require_storable(resource)
     rules.enforce(resource)
     return caller.labelled(resource)
 
@@ -88,6 +96,7 @@ def create_in(
 
 def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored:
     caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
     stored = repository.current(conn, caller.visibility, res_type, res_id)
     if stored is None:
         raise _not_found(res_type, res_id)
@@ -100,10 +109,11 @@ def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Sto
 
 def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
     caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
+    version = parse_version_id(version_id)
     if repository.current(conn, caller.visibility, res_type, res_id) is None:
         raise _not_found(res_type, res_id)
-    stored = repository.version(conn, caller.visibility, res_type, res_id, int(version_id)) \
-        if version_id.isdigit() and len(version_id) <= 9 else None
+    stored = repository.version(conn, caller.visibility, res_type, res_id, version)
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
@@ -119,6 +129,7 @@ def update_in(
     """New version (the current row locked first), or update-as-create when the id is free and the
     caller may choose ids (a site client updates only the ids its site owns)."""
     caller.require(res_type, "u")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None and not caller.chooses_ids:
         raise NotFound(f"{res_type}/{res_id} not found (a site client creates with POST or a conditional "
@@ -180,6 +191,7 @@ def patch_in(
         raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
                              "(a Parameters resource)", "PATCH")
     caller.require(res_type, "u")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
         raise _not_found(res_type, res_id)
@@ -190,17 +202,29 @@ def patch_in(
         patched = _apply_patch(previous.content or {}, operations)
     else:
         patched = fhirpath_patch.apply(previous.content or {}, operations)
-    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
-        raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
+    _require_fixed_by_patch(res_type, previous.content or {}, patched)
     resource = accept(caller, patched, res_type)
     stored = repository.replace(conn, previous, resource, "PATCH")
     after_write(conn, stored)
     return WriteResult(stored, created=False)
 
 
+#: What a JSON Patch may not change: the identity of the resource and its ``meta`` (versionId and
+#: lastUpdated are the server's; tags, profiles and security labels change with a PUT).
+_FIXED_BY_PATCH = ("resourceType", "id", "meta")
+
+
+def _require_fixed_by_patch(res_type: str, before: dict, after: dict) -> None:
+    for name in _FIXED_BY_PATCH:
+        if before.get(name) != after.get(name):
+            expression = "resourceType" if name == "resourceType" else f"{res_type}.{name}"
+            raise InvalidRequest(f"A JSON Patch must not change {name}", expression)
+
+
 def delete_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored | None:
     """A tombstone version; deleting a deleted resource changes nothing (None)."""
     caller.require(res_type, "d")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
         raise _not_found(res_type, res_id)
@@ -406,7 +430,8 @@ def validate(
 
 
 def _resource_parameter(parameters: dict) -> Any:
-    for parameter in parameters.get("parameter") or []:
+    items = parameters.get("parameter")
+    for parameter in items if isinstance(items, list) else []:
         if isinstance(parameter, dict) and parameter.get("name") == "resource":
             return parameter.get("resource")
     raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")
