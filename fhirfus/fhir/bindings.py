@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["BindingViolation", "check_required_bindings", "enumerated_valueset", "resource_types"]
+__all__ = ["BindingViolation", "check_required_bindings", "element_tables", "enumerated_valueset", "resource_types"]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
 RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
@@ -130,6 +130,12 @@ def _model() -> _Model:
 def resource_types() -> frozenset[str]:
     """All concrete FHIR R4 resource type names known from the definitions."""
     return _model().resources
+
+
+def element_tables() -> Mapping[str, Table]:
+    """Resource type, datatype or backbone path → its JSON properties (choice types expanded), for
+    the other walkers of resources (the invariants)."""
+    return _model().tables
 
 
 def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolation]:

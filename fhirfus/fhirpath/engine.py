@@ -266,6 +266,15 @@ def _datetime_boundary(value: str, low: bool) -> FP_DateTime | None:
     return FP_DateTime(f"{date_part}T{time_part}{timezone}")
 
 
+def _has_value(ctx: dict, data: list) -> list:
+    """FHIR's ``hasValue()``: a single primitive that has a value (fhirpathpy lacks it; the R4
+    invariants per-1, age-1, bdl-10 use it)."""
+    if len(data) != 1:
+        return [False]
+    value = _data(data[0])
+    return [value is not None and not isinstance(value, Mapping | list)]
+
+
 FUNCTIONS: dict[str, dict[str, Any]] = {
     "getResourceKey": {"fn": _get_resource_key},
     "getReferenceKey": {"fn": _get_reference_key, "arity": {0: [], 1: ["TypeSpecifier"]}},
@@ -273,10 +282,15 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "extension": {"fn": _extension, "arity": {1: ["String"]}},
     "lowBoundary": {"fn": _low_boundary},  # the optional precision argument is not supported
     "highBoundary": {"fn": _high_boundary},
+    "hasValue": {"fn": _has_value},
 }
 
 
 # --- evaluation ----------------------------------------------------------------------------
+
+
+def _no_trace(label: str, items: Any) -> None:
+    return None
 
 
 class Expression:
@@ -298,6 +312,7 @@ class Expression:
             "vars": env,
             "model": R4_MODEL,
             "userInvocationTable": FUNCTIONS,
+            "traceFn": _no_trace,  # trace() must not print to a server's stdout
         }
         try:
             return do_eval(ctx, focus, self._root)

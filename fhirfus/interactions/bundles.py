@@ -25,6 +25,7 @@ from fhirfus.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
 from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
+from fhirfus.fhirpath.invariants import invariant_errors
 from fhirfus.interactions import conditional, crud, history, references, search
 from fhirfus.interactions.crud import WriteResult
 from fhirfus.interactions.preconditions import etag, parse_version_tag
@@ -152,7 +153,7 @@ def validate_entries(caller: Access, entries: list[Entry]) -> None:
     for entry in entries:
         if entry.method in ("POST", "PUT") and entry.res_type:
             probe = entry.resource
-            issues = resource_issues(probe, entry.res_type)
+            issues = resource_issues(probe, entry.res_type) or invariant_errors(probe)
             if issues:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
             try:

@@ -28,6 +28,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.fhirpath.invariants import invariant_errors, invariant_issues
 from fhirfus.interactions import conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
@@ -50,6 +51,8 @@ def accept(caller: Access, body: Any, res_type: str) -> dict:
     A site client's writes are labelled with its site (and may not carry another site's label).
     """
     resource = validate_resource(body, res_type)
+    if broken := invariant_errors(resource):
+        raise InvalidResource(broken[0].diagnostics, issues=broken)
     rules.enforce(resource)
     return caller.labelled(resource)
 
@@ -364,9 +367,11 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return rules.domain_issues(resource)
-    issues = resource_issues(body, res_type)
-    return issues or rules.domain_issues(body)
+        return invariant_issues(resource) + rules.domain_issues(resource)
+    issues = resource_issues(body, res_type) or invariant_issues(body)
+    if any(issue.severity in ("error", "fatal") for issue in issues):
+        return issues
+    return issues + rules.domain_issues(body)
 
 
 def _resource_parameter(parameters: dict) -> Any:

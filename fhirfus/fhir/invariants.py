@@ -1,0 +1,206 @@
+"""The R4 core invariants (the FHIRPath ``constraint``s of the core StructureDefinitions) and where
+they apply in a resource.
+
+Why: structure and bindings say nothing about rules between elements (obs-6: no
+``dataAbsentReason`` beside a value; per-1: start before end). ``data/fhir_invariants.json`` is
+generated from the official definitions (``tools/gen_invariants.py``); this module only knows
+*which* constraints sit on *which* element instance of a resource (``sites``). Evaluating them is
+FHIRPath's job (``fhirfus.fhirpath.invariants``), so this layer stays free of an engine.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Final
+
+from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables
+
+DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_invariants.json"
+
+#: Constraints that fhirfus does not evaluate as FHIRPath, each with the reason. Every other
+#: constraint of the data file is evaluated; a test checks this list names real keys only.
+NOT_EVALUATED: Final[Mapping[str, str]] = {
+    "txt-1": "XHTML content rules: checked by the narrative parser, not by FHIRPath (htmlChecks() is "
+             "a validator-specific function no FHIRPath engine defines)",
+    "txt-2": "the same htmlChecks() function: the narrative parser checks for non-whitespace content",
+    "ctm-1": "needs resolve() of CareTeam.participant.member to any server resource; the reference "
+             "checks of writes cover existence, not the target's type here",
+}
+
+#: Resources that are not DomainResources (dom-* do not apply to them).
+NOT_DOMAIN: Final = frozenset({"Bundle", "Binary", "Parameters"})
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """One invariant as the definitions state it."""
+
+    key: str
+    severity: str  # "error" or "warning"
+    human: str
+    expression: str
+    best_practice: bool
+    path: str  # the element path it is defined on, e.g. "Observation.referenceRange"
+
+    @property
+    def rejects(self) -> bool:
+        """Whether a failure refuses a write (errors only; best practice and warnings inform)."""
+        return self.severity == "error" and not self.best_practice
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """An element instance and the constraints sitting on it."""
+
+    constraints: tuple[Constraint, ...]
+    value: Any  # the JSON value (object or primitive)
+    type: str  # fhirpathpy model path of the value's type ("Quantity", "Observation.referenceRange")
+    expression: str  # where it is, e.g. "Observation.referenceRange[0].low"
+    resource: Mapping[str, Any]  # the nearest enclosing resource (%resource)
+    root: Mapping[str, Any]  # the outermost resource (%rootResource)
+
+
+@cache
+def constraints() -> Mapping[str, tuple[Constraint, ...]]:
+    """Element path → its evaluated constraints (the ``NOT_EVALUATED`` ones left out)."""
+    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))["constraints"]
+    return {
+        path: tuple(
+            Constraint(c["key"], c["severity"], c["human"], c["expression"], bool(c.get("bestPractice")), path)
+            for c in found
+            if c["key"] not in NOT_EVALUATED
+        )
+        for path, found in raw.items()
+    }
+
+
+def all_keys() -> frozenset[str]:
+    """Every constraint key of the definitions, the ones not evaluated included."""
+    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))["constraints"]
+    return frozenset(c["key"] for found in raw.values() for c in found)
+
+
+@cache
+def _on(path: str, table: str | None) -> tuple[Constraint, ...]:
+    """Constraints of an element at ``path`` whose value is walked with ``table`` (its datatype or
+    backbone path): the element's own, then those of its type."""
+    table_map = constraints()
+    own = table_map.get(path, ())
+    if table is None or table in (path, RESOURCE_TABLE):
+        return own
+    keys = {c.key for c in own}
+    return own + tuple(c for c in table_map.get(table, ()) if c.key not in keys)
+
+
+@cache
+def _resource_constraints(resource_type: str) -> tuple[Constraint, ...]:
+    base = () if resource_type in NOT_DOMAIN else constraints().get("DomainResource", ())
+    return base + constraints().get(resource_type, ())
+
+
+def sites(resource: Mapping[str, Any]) -> Iterator[Site]:
+    """Every element instance of ``resource`` that carries constraints, resources inside it
+    (``contained``, ``Bundle.entry.resource``, ``Parameters.parameter.resource``) included.
+    Unknown elements and resource types are skipped: structure validation reports them."""
+    resource_type = resource.get("resourceType")
+    if isinstance(resource_type, str) and resource_type in element_tables():
+        yield from _resource_sites(resource, resource_type, resource_type, resource)
+
+
+def _resource_sites(resource: Mapping[str, Any], resource_type: str, expr: str, root: Mapping[str, Any]) -> Iterator[Site]:
+    found = _resource_constraints(resource_type)
+    if found:
+        yield Site(found, resource, resource_type, expr, resource, root)
+    yield from _walk(resource, resource_type, expr, resource, root)
+
+
+def _walk(
+    obj: Mapping[str, Any], table: str, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any]
+) -> Iterator[Site]:
+    tables = element_tables()
+    columns = tables[table]
+    for key, value in obj.items():
+        element = columns.get(key)
+        if element is None:
+            continue
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                yield from _visit(item, element.path, element.table, f"{expr}.{key}[{index}]", resource, root)
+        else:
+            yield from _visit(value, element.path, element.table, f"{expr}.{key}", resource, root)
+
+
+def _visit(
+    value: Any, path: str, table: str | None, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any]
+) -> Iterator[Site]:
+    if table == RESOURCE_TABLE:
+        nested_type = value.get("resourceType") if isinstance(value, Mapping) else None
+        if isinstance(nested_type, str) and nested_type in element_tables():
+            # %rootResource is the container of a contained resource; a Bundle's or Parameters'
+            # resources are roots of their own
+            nested_root = root if path.endswith(".contained") else value
+            yield from _resource_sites(value, nested_type, expr, nested_root)
+        return
+    found = _on(path, table)
+    if found:
+        yield Site(found, value, table or path, expr, resource, root)
+    if table is not None and isinstance(value, Mapping):
+        yield from _walk(value, table, expr, resource, root)
+
+
+def empty_elements(resource: Mapping[str, Any]) -> Iterator[str]:
+    """ele-1 (``hasValue() or (children().count() > id.count())``) for JSON: the expressions of
+    the objects in ``resource`` that hold nothing but, at most, an ``id``. Checked natively,
+    being the one invariant of every element."""
+    yield from _empty(resource, str(resource.get("resourceType", "")))
+
+
+def _empty(value: Any, expr: str) -> Iterator[str]:
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            if isinstance(child, list):
+                for index, item in enumerate(child):
+                    yield from _empty_child(item, f"{expr}.{key}[{index}]")
+            elif key != "resourceType":
+                yield from _empty_child(child, f"{expr}.{key}")
+
+
+def _empty_child(child: Any, expr: str) -> Iterator[str]:
+    if isinstance(child, Mapping):
+        if not child or (len(child) == 1 and "id" in child):
+            yield expr
+        else:
+            yield from _empty(child, expr)
+
+
+def unreferenced_contained(resource: Mapping[str, Any]) -> Iterator[str]:
+    """dom-3 for JSON: the expressions of contained resources that nothing refers to. A contained
+    resource is referenced when some string of the container is ``#`` + its id, or when it refers
+    back to its container (``#``). Checked natively: the FHIRPath form walks ``descendants()`` four
+    times, and its ``as(canonical)`` on a collection is an error in current FHIRPath engines."""
+    contained = resource.get("contained")
+    if not isinstance(contained, list) or not contained:
+        return
+    pointers = set(_strings_with_hash(resource))
+    for index, item in enumerate(contained):
+        if not isinstance(item, Mapping):
+            continue
+        if f"#{item.get('id')}" in pointers or "#" in set(_strings_with_hash(item)):
+            continue
+        yield f"{resource.get('resourceType')}.contained[{index}]"
+
+
+def _strings_with_hash(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        if value.startswith("#"):
+            yield value
+    elif isinstance(value, Mapping):
+        for child in value.values():
+            yield from _strings_with_hash(child)
+    elif isinstance(value, list):
+        for child in value:
+            yield from _strings_with_hash(child)
