@@ -31,6 +31,16 @@ NOT_EVALUATED: Final[Mapping[str, str]] = {
              "checks of writes cover existence, not the target's type here",
 }
 
+#: Constraints whose published R4 expression is wrong (spec errata), with the expression evaluated
+#: instead and the reason. The reference validator applies the same corrections.
+CORRECTED: Final[Mapping[str, tuple[str, str]]] = {
+    "que-12": (
+        "enableWhen.count() > 1 implies enableBehavior.exists()",
+        "R4 publishes 'enableWhen.count() > 2', contradicting its human text ('more than one "
+        "enableWhen'); corrected to '> 1' in R4B and R5",
+    ),
+}
+
 #: Resources that are not DomainResources (dom-* do not apply to them).
 NOT_DOMAIN: Final = frozenset({"Bundle", "Binary", "Parameters"})
 
@@ -70,7 +80,8 @@ def constraints() -> Mapping[str, tuple[Constraint, ...]]:
     raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))["constraints"]
     return {
         path: tuple(
-            Constraint(c["key"], c["severity"], c["human"], c["expression"], bool(c.get("bestPractice")), path)
+            Constraint(c["key"], c["severity"], c["human"], CORRECTED.get(c["key"], (c["expression"],))[0],
+                       bool(c.get("bestPractice")), path)
             for c in found
             if c["key"] not in NOT_EVALUATED
         )

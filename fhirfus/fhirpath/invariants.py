@@ -122,14 +122,25 @@ NATIVE: dict[str, Evaluator] = {
 }
 
 
+#: Expressions restated for fhirpathpy, with the reason (same meaning under FHIRPath's rules).
+RESTATED: dict[str, tuple[str, str]] = {
+    "que-7": (
+        "operator = 'exists' implies (answer is boolean)",
+        "'answer is Boolean' names the System type, which a FHIR boolean is; fhirpathpy compares "
+        "type names and answers false for answerBoolean",
+    ),
+}
+
+
 def _evaluator(constraint: Constraint, type_name: str) -> Evaluator:
     """Compiled closures when the subset covers the expression, the engine otherwise."""
     if constraint.key in NATIVE:
         return NATIVE[constraint.key]
-    engine = _engine_evaluator(constraint.expression)
+    text = RESTATED.get(constraint.key, (constraint.expression,))[0]
+    engine = _engine_evaluator(text)
     context = type_name if "." in type_name or type_name[:1].isupper() else None
     try:
-        compiled = ExpressionCompiler(type_name.split(".")[0]).compile(constraint.expression, context)
+        compiled = ExpressionCompiler(type_name.split(".")[0]).compile(text, context)
     except Unsupported:
         return engine
 
@@ -153,7 +164,8 @@ class _Check:
 @cache
 def _check(constraint: Constraint, type_name: str) -> _Check:
     run = _evaluator(constraint, type_name)
-    reads = None if constraint.key in NATIVE else _reads(parse(constraint.expression)).names
+    text = RESTATED.get(constraint.key, (constraint.expression,))[0]
+    reads = None if constraint.key in NATIVE else _reads(parse(text)).names
     check = _Check(constraint, run, reads, None)
     if reads is not None:
         empty: dict[str, Any] = {}
@@ -224,6 +236,8 @@ def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
     """Every invariant ``resource`` breaks, as issues: errors for the constraints that refuse a
     write, warnings for best practice and warning-level ones (and for expressions that could not
     be evaluated on this data, which never refuse a write)."""
+    if not isinstance(resource, dict):
+        return []  # not a resource: structure validation says so
     reset_clock()
     issues = []
     for constraint, expression, error in _failures(resource):
