@@ -367,11 +367,19 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return invariant_issues(resource) + rules.domain_issues(resource)
+        return _worst_first(invariant_issues(resource) + rules.domain_issues(resource))
     issues = resource_issues(body, res_type) or invariant_issues(body)
     if any(issue.severity in ("error", "fatal") for issue in issues):
-        return issues
-    return issues + rules.domain_issues(body)
+        return _worst_first(issues)
+    return _worst_first(issues + rules.domain_issues(body))
+
+
+_SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+
+
+def _worst_first(issues: list[Issue]) -> list[Issue]:
+    """Errors before warnings (best-practice warnings are on nearly every resource)."""
+    return sorted(issues, key=lambda issue: _SEVERITY_RANK.get(issue.severity, 4))
 
 
 def _resource_parameter(parameters: dict) -> Any:
