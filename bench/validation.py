@@ -1,0 +1,148 @@
+"""`make bench`: what validating a resource costs, per resource type, in-process (no HTTP, no database).
+
+A script, not a test: it prints figures, it asserts nothing. For every resource of a corpus (the
+entries of the ingest benchmark's transaction Bundles, the Synthea patients of ``../shared/data``
+when present, and the official R4 examples) it times, per resource type,
+
+- the base validation a write ran before invariants (structure, datatypes, required bindings:
+  ``fhir.validation.resource_issues``): the baseline;
+- the R4 core invariants (``fhirpath.invariants.invariant_errors``);
+
+each resource measured ``--rounds`` times and the median taken. The invariants' caches
+(compiled expressions, outcomes of the same children) are warmed on a separate part of the
+corpus first, as a running server's are. Results are printed and appended to
+``bench-results/bench.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchmark runs as a script
+import ingest  # the ingest benchmark's realistic transaction Bundles
+from rich.markup import escape
+
+from fhirfus.fhir.validation import resource_issues
+from fhirfus.fhirpath.invariants import invariant_errors
+
+console = bench.console
+SHARED = bench.REPO.parent / "shared" / "data"
+if not SHARED.is_dir():
+    SHARED = Path("/work/shared/data")
+SEED = 20260601
+#: Types with fewer resources than this in the corpus are summed up as "other types".
+MIN_PER_TYPE = 20
+
+
+def _entries(bundle: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for entry in bundle.get("entry", ()):
+        if isinstance(entry.get("resource"), dict):
+            yield entry["resource"]
+
+
+def corpus(bundles: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(warm-up resources, measured resources): ingest-bench Bundles and Synthea, then examples."""
+    rng = random.Random(SEED)
+    warm = [r for b in ingest.make_bundles(2, ingest.BUNDLE_ENTRIES, rng, 0) for r in _entries(b.document)]
+    measured = [r for b in ingest.make_bundles(bundles, ingest.BUNDLE_ENTRIES, rng, 1_000_000)
+                for r in _entries(b.document)]
+    synthea = sorted((SHARED / "synthea-r4-transaction-bundles").glob("*_*.json"))
+    for index, path in enumerate(synthea):
+        resources = list(_entries(json.loads(path.read_bytes())))
+        (warm if index % 4 == 0 else measured).extend(resources)
+    examples = sorted((SHARED / "fhir-r4-examples").glob("*/*.json"))
+    measured += [r for r in (json.loads(p.read_bytes()) for p in examples) if isinstance(r, dict) and not resource_issues(r)]
+    return warm, measured
+
+
+def _median_us(check: Callable[[Any], Any], resource: dict[str, Any], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter_ns()
+        check(resource)
+        times.append(time.perf_counter_ns() - started)
+    return statistics.median(times) / 1000
+
+
+def measure(warm: list[dict[str, Any]], measured: list[dict[str, Any]], rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """resource type → (baseline µs, invariants µs) per resource."""
+    for resource in warm:
+        resource_issues(resource)
+        invariant_errors(resource)
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for resource in measured:
+        base = _median_us(resource_issues, resource, rounds)
+        invariants = _median_us(invariant_errors, resource, rounds)
+        out[resource["resourceType"]].append((base, invariants))
+    return out
+
+
+def report(costs: dict[str, list[tuple[float, float]]]) -> bench.Report:
+    table = bench.Report(
+        "Validation cost per resource (µs, median of rounds, mean over resources)",
+        ["type", "resources", "base validation (before)", "invariants", "total now", "added"],
+    )
+    rows = sorted(costs.items(), key=lambda item: -len(item[1]))
+    other: list[tuple[float, float]] = []
+    everything: list[tuple[float, float]] = []
+    for name, pairs in rows:
+        everything += pairs
+        if len(pairs) < MIN_PER_TYPE:
+            other += pairs
+            continue
+        table.rows.append(_row(name, pairs))
+    if other:
+        table.rows.append(_row(f"other types ({sum(1 for p in costs.values() if len(p) < MIN_PER_TYPE)})", other))
+    table.rows.append(_row("all", everything))
+    table.notes.append("base validation: structure, datatypes and required bindings (fhir.validation.resource_issues); "
+                       "invariants: the R4 core constraints (fhirpath.invariants.invariant_errors)")
+    table.notes.append("corpus: the ingest benchmark's Bundles, Synthea patients (3 of 4), the official R4 examples; "
+                       "caches warmed on other Bundles and the remaining Synthea patients")
+    return table
+
+
+def _row(name: str, pairs: list[tuple[float, float]]) -> list[str]:
+    base = statistics.fmean(p[0] for p in pairs)
+    invariants = statistics.fmean(p[1] for p in pairs)
+    return [name, f"{len(pairs):,}", f"{base:,.0f}", f"{invariants:,.0f}", f"{base + invariants:,.0f}",
+            f"+{invariants / base:.0%}" if base else "—"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--bundles", type=int, default=10, help="ingest-benchmark Bundles of 100 entries (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="timings per resource, the median kept (default 5)")
+    parser.add_argument("--output", type=Path, default=bench.RESULTS, help="Markdown file to append to")
+    args = parser.parse_args(argv)
+    bench._terminate_on_sigterm()
+    started = time.perf_counter()
+    warm, measured = corpus(args.bundles)
+    console.rule(f"bench_validation: {len(measured):,} resources, {args.rounds} rounds each; "
+                 f"load average {os.getloadavg()[0]:.2f}")
+    table = report(measure(warm, measured, args.rounds))
+    console.print(table.rich())
+    for note in table.notes:
+        console.print(f"  [dim]{escape(note)}[/dim]")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with args.output.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n## `make bench`: validation cost per resource type (bench/validation.py)\n\n"
+                     f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {bench._git_revision()}, "
+                     f"load average {os.getloadavg()[0]:.2f}, run time {time.perf_counter() - started:.0f} s\n\n"
+                     + table.markdown())
+    console.print(f"appended to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
