@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -304,6 +305,15 @@ class Expression:
         self._root = ast["children"][0]
         self.variables = referenced_variables(ast)
 
+    @classmethod
+    def of_node(cls, node: dict[str, Any], text: str) -> Expression:
+        """A part of a parsed expression (its AST node), to be evaluated on its own."""
+        expression = cls.__new__(cls)
+        expression.text = text
+        expression._root = node
+        expression.variables = referenced_variables(node)
+        return expression
+
     def __call__(self, focus: list, env: dict[str, Any]) -> list:
         """Evaluate on ``focus`` (a list of nodes); ``env`` holds %variables. Returns raw nodes."""
         ctx = {
@@ -353,6 +363,37 @@ def typed_value(value: Any, fhir_type: str) -> Any:
     if fhir_type in _TEMPORAL_TYPES:
         return ResourceNode.create_node(value, fhir_type)
     return value
+
+
+_DATETIME_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2}))?$")
+
+
+def compare_datetimes(first: str, second: str) -> int | None:
+    """FHIRPath's ordering of two FHIR dateTime values (-1, 0, 1), or None when their precisions
+    leave it undecided (``2020`` against ``2020-03-01``) or either is not a dateTime. Written out
+    because fhirpathpy's FP_DateTime takes a hundred microseconds per comparison."""
+    a, b = _DATETIME_RE.match(first), _DATETIME_RE.match(second)
+    if a is None or b is None:
+        return None
+    if a.group(4) and b.group(4):  # both instants on the time line (a time carries its zone)
+        try:
+            x = datetime.fromisoformat(first.replace("Z", "+00:00"))
+            y = datetime.fromisoformat(second.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (x > y) - (x < y)
+    parts_a = [int(p) for p in a.groups()[:3] if p]
+    parts_b = [int(p) for p in b.groups()[:3] if p]
+    for x, y in zip(parts_a, parts_b, strict=False):
+        if x != y:
+            if a.group(4) or b.group(4):  # a local date against an instant: a day apart may be zones apart
+                dates = [date(*(parts + [1] * (3 - len(parts)))) for parts in (parts_a, parts_b)]
+                if len(parts_a) == len(parts_b) == 3 and abs((dates[0] - dates[1]).days) <= 1:
+                    return None
+            return -1 if x < y else 1
+    if len(parts_a) == len(parts_b) and not a.group(4) and not b.group(4):
+        return 0
+    return None
 
 
 def reset_clock() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any, TypeGuard
 
 import orjson
@@ -24,7 +23,9 @@ from fhirfus.fhir.invariants import Constraint, Site, empty_elements, sites, unr
 from fhirfus.fhirpath.compiler import ExpressionCompiler, Undecided, Unsupported
 from fhirfus.fhirpath.engine import (
     STANDARD_VARIABLES,
+    Expression,
     FhirPathEvaluationError,
+    compare_datetimes,
     compile_expression,
     parse,
     reset_clock,
@@ -80,8 +81,10 @@ Evaluator = Callable[[Any, str, Site], list]
 
 
 def _engine_evaluator(text: str) -> Evaluator:
-    expression = compile_expression(text)
+    return _engine_evaluator_of(compile_expression(text))
 
+
+def _engine_evaluator_of(expression: Expression) -> Evaluator:
     def run(value: Any, type_name: str, site: Site) -> list:
         node = ResourceNode.create_node(value, type_name)
         env = {
@@ -115,10 +118,38 @@ def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _local_reference_resolves(value: Any, _type: str, site: Site) -> list:
+    """ref-1 (``reference.startsWith('#').not() or (reference.substring(1) in
+    %rootResource.contained.id)``) on a Reference's JSON, with the R4 technical correction that a
+    contained resource may refer to its container as ``#``. It sits on every Reference, and the
+    engine form costs a hundred microseconds for what is nearly always a string test."""
+    reference = value.get("reference") if isinstance(value, dict) else None
+    if not isinstance(reference, str) or not reference.startswith("#"):
+        return [True]
+    if reference == "#" and site.root is not site.resource:
+        return [True]
+    contained = site.root.get("contained")
+    ids = {c.get("id") for c in contained if isinstance(c, dict)} if isinstance(contained, list) else set()
+    return [reference[1:] in ids]
+
+
+def _period_ordered(value: Any, _type: str, _site: Site) -> list:
+    """per-1 (``start.hasValue().not() or end.hasValue().not() or (start <= end)``) with the
+    engine's dateTime ordering, without building an evaluation context: it sits on every Period,
+    and its memo never hits (every period has its own dates)."""
+    start, end = (value.get(end) if isinstance(value, dict) else None for end in ("start", "end"))
+    if not isinstance(start, str) or not isinstance(end, str):
+        return [True]
+    order = compare_datetimes(start, end)
+    return [] if order is None else [order <= 0]
+
+
 #: Constraints evaluated by a JSON walk that gives the expression's result (see each function).
 NATIVE: dict[str, Evaluator] = {
     "dom-3": lambda value, _type, _site: [not any(unreferenced_contained(value))],
     "rng-2": _range_ordered,
+    "ref-1": _local_reference_resolves,
+    "per-1": _period_ordered,
 }
 
 
@@ -159,18 +190,94 @@ class _Check:
     run: Evaluator
     reads: frozenset[str] | None
     when_absent: bool | None  # the outcome on an element without any of ``reads``
+    enough_absent: tuple[str, ...]  # the constraint holds when any of these children is absent
 
 
-@cache
+_checks: dict[tuple[int, str], _Check] = {}
+
+
 def _check(constraint: Constraint, type_name: str) -> _Check:
+    """The compiled check of a constraint on values of a type (kept for the process: constraints
+    live as long, so their id is a stable key)."""
+    found = _checks.get((id(constraint), type_name))
+    if found is None:
+        found = _checks[(id(constraint), type_name)] = _new_check(constraint, type_name)
+    return found
+
+
+def _new_check(constraint: Constraint, type_name: str) -> _Check:
     run = _evaluator(constraint, type_name)
-    text = RESTATED.get(constraint.key, (constraint.expression,))[0]
-    reads = None if constraint.key in NATIVE else _reads(parse(text)).names
-    check = _Check(constraint, run, reads, None)
+    if constraint.key in NATIVE:
+        return _Check(constraint, run, None, None, ())
+    ast = parse(RESTATED.get(constraint.key, (constraint.expression,))[0])
+    reads = _reads(ast).names
+    check = _Check(constraint, run, reads, None, _enough_absent(ast["children"][0], type_name))
     if reads is not None:
         empty: dict[str, Any] = {}
         check.when_absent = _passes(run(empty, type_name, Site((), empty, type_name, "", empty, empty)))
     return check
+
+
+#: Functions whose result on an empty input does not depend on their arguments (or the focus).
+_EMPTY_DECIDED = frozenset({
+    "where", "select", "all", "exists", "empty", "not", "count", "first", "last", "tail", "single",
+    "hasValue", "ofType", "as", "is", "distinct", "isDistinct", "startsWith", "endsWith", "matches",
+    "contains", "length", "substring", "upper", "lower", "toInteger", "toString", "trace",
+    "children", "descendants", "allTrue", "anyTrue", "allFalse", "anyFalse",
+})
+
+
+def _enough_absent(node: Mapping[str, Any], type_name: str) -> tuple[str, ...]:
+    """Children whose absence alone makes the expression true: the heads of the disjuncts of a
+    top-level ``or`` that are plain chains (``component.code.where(...).empty()``) and are true
+    on an element without that child. A chain from an absent child is empty from its start, so
+    what follows cannot depend on the data."""
+    heads = []
+    for disjunct in _disjuncts(node):
+        head = _chain_head(disjunct)
+        if head is None:
+            continue
+        empty: dict[str, Any] = {}
+        try:
+            result = _engine_evaluator_of(compile_disjunct(disjunct))(empty, type_name, Site((), empty, type_name, "", empty, empty))
+        except FhirPathEvaluationError:
+            continue
+        if result == [True]:
+            heads.append(head)
+    return tuple(heads)
+
+
+def _disjuncts(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    kind = node.get("type")
+    if kind == "OrExpression" and node.get("terminalNodeText") == ["or"]:
+        return _disjuncts(node["children"][0]) + _disjuncts(node["children"][1])
+    if kind == "TermExpression" and node["children"][0].get("type") == "ParenthesizedTerm":
+        return _disjuncts(node["children"][0]["children"][0])
+    return [node]
+
+
+def _chain_head(node: Mapping[str, Any]) -> str | None:
+    """``x`` of ``x.a.where(...).empty()`` (members and ``_EMPTY_DECIDED`` functions only)."""
+    kind = node.get("type")
+    if kind == "InvocationExpression":
+        left, right = node["children"]
+        if right.get("type") == "FunctionInvocation":
+            name = right["children"][0]["children"][0].get("text")
+            if name not in _EMPTY_DECIDED:
+                return None
+        elif right.get("type") != "MemberInvocation":
+            return None
+        return _chain_head(left)
+    if kind == "TermExpression":
+        term = node["children"][0]
+        if term.get("type") == "InvocationTerm" and term["children"][0].get("type") == "MemberInvocation":
+            text = str(term["children"][0]["children"][0].get("text", "")).strip("`")
+            return text if text[:1].islower() else None
+    return None
+
+
+def compile_disjunct(node: Mapping[str, Any]) -> Expression:
+    return Expression.of_node(dict(node), "(part of an invariant)")
 
 
 def _passes(result: list) -> bool:
@@ -179,29 +286,43 @@ def _passes(result: list) -> bool:
     return not (len(result) == 1 and result[0] is False)
 
 
+_stems: dict[str, tuple[str, str]] = {}
+
+
+def _names(value: Mapping[str, Any]) -> set[str]:
+    """The element names ``value`` has children for: ``valueQuantity`` counts as ``value`` and
+    ``valueQuantity``, ``_start`` as ``start`` (an extension makes an element present)."""
+    present: set[str] = set()
+    for key in value:
+        stems = _stems.get(key)
+        if stems is None:
+            base = key[1:] if key.startswith("_") else key
+            cut = next((i for i, c in enumerate(base) if c.isupper()), len(base))
+            stems = _stems[key] = (base, base[:cut])
+        present.update(stems)
+    return present
+
+
 def _projection(value: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
-    """The children of ``value`` that an expression reading ``names`` can see (choice members
-    ``valueQuantity`` for ``value``, primitive extensions ``_start`` for ``start``)."""
-    out = {}
-    for key, child in value.items():
-        base = key[1:] if key.startswith("_") else key
-        if base in names or any(base.startswith(n) and base[len(n):len(n) + 1].isupper() for n in names):
-            out[key] = child
-    return out
+    """The children of ``value`` that an expression reading ``names`` can see."""
+    return {key: child for key, child in value.items() if not names.isdisjoint(_stems[key])}
 
 
 _outcomes: dict[tuple[int, str, bytes], bool] = {}
 
 
-def _outcome(check: _Check, site: Site) -> bool:
-    """Whether the constraint holds on the site; raises FhirPathEvaluationError."""
+def _outcome(check: _Check, site: Site, present: set[str] | None) -> bool:
+    """Whether the constraint holds on the site; raises FhirPathEvaluationError. ``present``: the
+    names of the site's children (``_names``), None when its value is not an object."""
+    if present is not None and check.enough_absent and not present.issuperset(check.enough_absent):
+        return True
     value, reads = site.value, check.reads
-    if reads is None or not isinstance(value, dict):
+    if reads is None or present is None:
         return _passes(check.run(value, site.type, site))
-    seen = _projection(value, reads)
-    if not seen:
+    if reads.isdisjoint(present):
         assert check.when_absent is not None
         return check.when_absent
+    seen = _projection(value, reads)
     try:
         key = orjson.dumps(seen)
     except TypeError:
@@ -223,10 +344,11 @@ def _failures(resource: Mapping[str, Any]) -> Iterator[tuple[Constraint, str, st
     for expression in empty_elements(resource):
         yield ELE_1, expression, None
     for site in sites(resource):
+        present = _names(site.value) if isinstance(site.value, dict) else None
         for constraint in site.constraints:
             check = _check(constraint, site.type)
             try:
-                if not _outcome(check, site):
+                if not _outcome(check, site, present):
                     yield constraint, site.expression, None
             except (FhirPathEvaluationError, RecursionError) as exc:
                 yield constraint, site.expression, str(exc)
