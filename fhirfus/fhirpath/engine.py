@@ -377,11 +377,11 @@ def compare_datetimes(first: str, second: str) -> int | None:
         return None
     if a.group(4) and b.group(4):  # both instants on the time line (a time carries its zone)
         try:
-            x = datetime.fromisoformat(first.replace("Z", "+00:00"))
-            y = datetime.fromisoformat(second.replace("Z", "+00:00"))
+            left = datetime.fromisoformat(first.replace("Z", "+00:00"))
+            right = datetime.fromisoformat(second.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return (x > y) - (x < y)
+        return (left > right) - (left < right)
     parts_a = [int(p) for p in a.groups()[:3] if p]
     parts_b = [int(p) for p in b.groups()[:3] if p]
     for x, y in zip(parts_a, parts_b, strict=False):
