@@ -113,79 +113,105 @@ def _resource_constraints(resource_type: str) -> tuple[Constraint, ...]:
     return base + constraints().get(resource_type, ())
 
 
-def sites(resource: Mapping[str, Any]) -> Iterator[Site]:
+def element_constraint() -> Constraint:
+    """ele-1, the one constraint of every element (``hasValue() or (children().count() > id.count())``)."""
+    return constraints()["Element"][0]
+
+
+def sites(resource: Mapping[str, Any]) -> list[Site]:
     """Every element instance of ``resource`` that carries constraints, resources inside it
-    (``contained``, ``Bundle.entry.resource``, ``Parameters.parameter.resource``) included.
-    Unknown elements and resource types are skipped: structure validation reports them."""
+    (``contained``, ``Bundle.entry.resource``, ``Parameters.parameter.resource``) included. Of
+    ele-1, which every element carries, only the instances that may break it (objects holding at
+    most an ``id``) are listed. Unknown elements and resource types are skipped: structure
+    validation reports them."""
+    out: list[Site] = []
     resource_type = resource.get("resourceType")
-    if isinstance(resource_type, str) and resource_type in element_tables():
-        yield from _resource_sites(resource, resource_type, resource_type, resource)
+    tables = element_tables()
+    if isinstance(resource_type, str) and resource_type in tables:
+        _resource_sites(resource, resource_type, resource_type, resource, tables, out)
+    return out
 
 
-def _resource_sites(resource: Mapping[str, Any], resource_type: str, expr: str, root: Mapping[str, Any]) -> Iterator[Site]:
+def empty_elements(resource: Mapping[str, Any]) -> list[str]:
+    """The expressions of the elements of ``resource`` that may break ele-1."""
+    ele_1 = element_constraint()
+    return [site.expression for site in sites(resource) if site.constraints == (ele_1,)]
+
+
+Tables = Mapping[str, Mapping[str, Any]]
+
+
+def _resource_sites(
+    resource: Mapping[str, Any], resource_type: str, expr: str, root: Mapping[str, Any], tables: Tables, out: list[Site]
+) -> None:
     found = _resource_constraints(resource_type)
     if found:
-        yield Site(found, resource, resource_type, expr, resource, root)
-    yield from _walk(resource, resource_type, expr, resource, root)
+        out.append(Site(found, resource, resource_type, expr, resource, root))
+    _walk(resource, tables[resource_type], expr, resource, root, tables, out)
+
+
+#: id of an element → its constraints, or None for a primitive without any (not visited at all).
+_plans: dict[int, tuple[Constraint, ...] | None] = {}
+
+
+def _plan(element: Any) -> tuple[Constraint, ...] | None:
+    try:
+        return _plans[id(element)]
+    except KeyError:
+        found = _on(element.path, element.table)
+        plan = _plans[id(element)] = None if element.table is None and not found else found
+        return plan
 
 
 def _walk(
-    obj: Mapping[str, Any], table: str, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any]
-) -> Iterator[Site]:
-    tables = element_tables()
-    columns = tables[table]
+    obj: Mapping[str, Any], columns: Mapping[str, Any], expr: str, resource: Mapping[str, Any],
+    root: Mapping[str, Any], tables: Tables, out: list[Site],
+) -> None:
     for key, value in obj.items():
         element = columns.get(key)
         if element is None:
+            if key[:1] == "_":  # a primitive's id and extensions: ele-1 only
+                _primitive_extras(value, f"{expr}.{key}", resource, root, out)
             continue
-        if isinstance(value, list):
+        found = _plan(element)
+        if found is None:
+            continue
+        if type(value) is list:
             for index, item in enumerate(value):
-                yield from _visit(item, element.path, element.table, f"{expr}.{key}[{index}]", resource, root)
+                _visit(item, element, found, f"{expr}.{key}[{index}]", resource, root, tables, out)
         else:
-            yield from _visit(value, element.path, element.table, f"{expr}.{key}", resource, root)
+            _visit(value, element, found, f"{expr}.{key}", resource, root, tables, out)
 
 
 def _visit(
-    value: Any, path: str, table: str | None, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any]
-) -> Iterator[Site]:
+    value: Any, element: Any, found: tuple[Constraint, ...], expr: str, resource: Mapping[str, Any],
+    root: Mapping[str, Any], tables: Tables, out: list[Site],
+) -> None:
+    table = element.table
     if table == RESOURCE_TABLE:
         nested_type = value.get("resourceType") if isinstance(value, Mapping) else None
-        if isinstance(nested_type, str) and nested_type in element_tables():
+        if isinstance(nested_type, str) and nested_type in tables:
             # %rootResource is the container of a contained resource; a Bundle's or Parameters'
             # resources are roots of their own
-            nested_root = root if path.endswith(".contained") else value
-            yield from _resource_sites(value, nested_type, expr, nested_root)
+            nested_root = root if element.path.endswith(".contained") else value
+            _resource_sites(value, nested_type, expr, nested_root, tables, out)
         return
-    found = _on(path, table)
     if found:
-        yield Site(found, value, table or path, expr, resource, root)
-    if table is not None and isinstance(value, Mapping):
-        yield from _walk(value, table, expr, resource, root)
+        out.append(Site(found, value, table or element.path, expr, resource, root))
+    if table is not None and type(value) is dict:
+        if not value or (len(value) == 1 and "id" in value):
+            out.append(Site((element_constraint(),), value, "Element", expr, resource, root))
+            return
+        _walk(value, tables[table], expr, resource, root, tables, out)
 
 
-def empty_elements(resource: Mapping[str, Any]) -> Iterator[str]:
-    """ele-1 (``hasValue() or (children().count() > id.count())``) for JSON: the expressions of
-    the objects in ``resource`` that hold nothing but, at most, an ``id``. Checked natively,
-    being the one invariant of every element."""
-    yield from _empty(resource, str(resource.get("resourceType", "")))
-
-
-def _empty(value: Any, expr: str) -> Iterator[str]:
-    if isinstance(value, Mapping):
-        for key, child in value.items():
-            if isinstance(child, list):
-                for index, item in enumerate(child):
-                    yield from _empty_child(item, f"{expr}.{key}[{index}]")
-            elif key != "resourceType":
-                yield from _empty_child(child, f"{expr}.{key}")
-
-
-def _empty_child(child: Any, expr: str) -> Iterator[str]:
-    if isinstance(child, Mapping):
-        if not child or (len(child) == 1 and "id" in child):
-            yield expr
-        else:
-            yield from _empty(child, expr)
+def _primitive_extras(value: Any, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any], out: list[Site]) -> None:
+    """``_birthDate: {}`` (or an item of ``_given: [...]``) holds neither value nor children."""
+    items = enumerate(value) if type(value) is list else ((None, value),)
+    for index, item in items:
+        if type(item) is dict and (not item or (len(item) == 1 and "id" in item)):
+            where = expr if index is None else f"{expr}[{index}]"
+            out.append(Site((element_constraint(),), item, "Element", where, resource, root))
 
 
 def unreferenced_contained(resource: Mapping[str, Any]) -> Iterator[str]:

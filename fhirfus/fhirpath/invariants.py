@@ -19,7 +19,7 @@ import orjson
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhirfus.errors import Issue
-from fhirfus.fhir.invariants import Constraint, Site, empty_elements, sites, unreferenced_contained
+from fhirfus.fhir.invariants import Constraint, Site, sites, unreferenced_contained
 from fhirfus.fhirpath.compiler import ExpressionCompiler, Undecided, Unsupported
 from fhirfus.fhirpath.engine import (
     STANDARD_VARIABLES,
@@ -32,11 +32,6 @@ from fhirfus.fhirpath.engine import (
     to_python,
 )
 
-#: The one invariant of every element, checked natively (``fhir.invariants.empty_elements``).
-ELE_1 = Constraint(
-    "ele-1", "error", "All FHIR elements must have a @value or children",
-    "hasValue() or (children().count() > id.count())", False, "Element",
-)
 #: Variables that read beyond the element itself.
 _WIDE_VARIABLES = frozenset({"resource", "rootResource", "context"})
 #: Outcomes remembered per (constraint, children read); cleared when full.
@@ -146,6 +141,7 @@ def _period_ordered(value: Any, _type: str, _site: Site) -> list:
 
 #: Constraints evaluated by a JSON walk that gives the expression's result (see each function).
 NATIVE: dict[str, Evaluator] = {
+    "ele-1": lambda value, _type, _site: [not (type(value) is dict and (not value or (len(value) == 1 and "id" in value)))],
     "dom-3": lambda value, _type, _site: [not any(unreferenced_contained(value))],
     "rng-2": _range_ordered,
     "ref-1": _local_reference_resolves,
@@ -341,8 +337,6 @@ def _outcome(check: _Check, site: Site, present: set[str] | None) -> bool:
 
 def _failures(resource: Mapping[str, Any]) -> Iterator[tuple[Constraint, str, str | None]]:
     """(constraint, element expression, evaluation error or None) of every constraint not met."""
-    for expression in empty_elements(resource):
-        yield ELE_1, expression, None
     for site in sites(resource):
         present = _names(site.value) if isinstance(site.value, dict) else None
         for constraint in site.constraints:
