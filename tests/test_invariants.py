@@ -171,6 +171,13 @@ def test_invariants_of_resources_inside_a_bundle_are_checked_there() -> None:
     assert failed(bundle) == {("obs-6", "Bundle.entry[0].resource")}
 
 
+def test_invariants_of_contained_resources_and_parameters_resources_are_checked_there() -> None:
+    contact = {"resourceType": "Patient", "id": "p", "contact": [{"gender": "male"}]}
+    assert failed(observation(subject={"reference": "#p"}, contained=[contact])) == {("pat-1", "Observation.contained[0].contact[0]")}
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": contact}]}
+    assert ("pat-1", "Parameters.parameter[0].resource.contact[0]") in failed(parameters)
+
+
 def test_ext_1_an_extension_has_a_value_or_extensions_not_both() -> None:
     both = {"url": "http://example.org/x", "valueString": "a", "extension": [{"url": "y", "valueString": "b"}]}
     assert failed({"resourceType": "Patient", "extension": [both]}) == {("ext-1", "Patient.extension[0]")}
@@ -320,6 +327,20 @@ def test_a_transaction_with_one_entry_breaking_an_invariant_writes_nothing(clien
     assert response.status_code == 400
     assert "obs-6" in json.dumps(response.json())
     assert server.database.counts() == before
+
+
+def test_a_batch_entry_breaking_an_invariant_fails_alone(client: httpx.Client) -> None:
+    bad = {"resourceType": "Patient", "contact": [{"gender": "male"}]}
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": {"resourceType": "Patient", "name": [{"family": "Doe"}]}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": bad, "request": {"method": "POST", "url": "Patient"}},
+    ]}
+    response = client.post("/", json=bundle)
+    assert response.status_code == 200
+    first, second = (entry["response"] for entry in response.json()["entry"])
+    assert first["status"].startswith("201")
+    assert second["status"].startswith("400")
+    assert "pat-1" in json.dumps(second["outcome"])
 
 
 def test_validate_reports_warnings_and_errors_of_invariants(client: httpx.Client) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables
 
@@ -62,9 +62,8 @@ class Constraint:
         return self.severity == "error" and not self.best_practice
 
 
-@dataclass(frozen=True, slots=True)
-class Site:
-    """An element instance and the constraints sitting on it."""
+class Site(NamedTuple):
+    """An element instance and the constraints sitting on it (a tuple: a resource has dozens)."""
 
     constraints: tuple[Constraint, ...]
     value: Any  # the JSON value (object or primitive)
@@ -147,35 +146,40 @@ def _resource_sites(
     found = _resource_constraints(resource_type)
     if found:
         out.append(Site(found, resource, resource_type, expr, resource, root))
-    _walk(resource, tables[resource_type], expr, resource, root, tables, out)
+    _walk(resource, resource_type, expr, resource, root, tables, out)
 
 
-#: id of an element → its constraints, or None for a primitive without any (not visited at all).
-_plans: dict[int, tuple[Constraint, ...] | None] = {}
+#: A primitive element without constraints: not visited at all.
+_SKIP: Final = None
+#: table → JSON key → (element, its constraints) or ``_SKIP``.
+_plans: dict[str, dict[str, tuple[Any, tuple[Constraint, ...]] | None]] = {}
 
 
-def _plan(element: Any) -> tuple[Constraint, ...] | None:
-    try:
-        return _plans[id(element)]
-    except KeyError:
-        found = _on(element.path, element.table)
-        plan = _plans[id(element)] = None if element.table is None and not found else found
-        return plan
+def _columns(table: str, tables: Tables) -> dict[str, tuple[Any, tuple[Constraint, ...]] | None]:
+    found = _plans.get(table)
+    if found is None:
+        found = _plans[table] = {}
+        for key, element in tables[table].items():
+            on = _on(element.path, element.table)
+            found[key] = _SKIP if element.table is None and not on else (element, on)
+    return found
 
 
 def _walk(
-    obj: Mapping[str, Any], columns: Mapping[str, Any], expr: str, resource: Mapping[str, Any],
+    obj: Mapping[str, Any], table: str, expr: str, resource: Mapping[str, Any],
     root: Mapping[str, Any], tables: Tables, out: list[Site],
 ) -> None:
+    columns = _columns(table, tables)
     for key, value in obj.items():
-        element = columns.get(key)
-        if element is None:
+        try:
+            planned = columns[key]
+        except KeyError:
             if key[:1] == "_":  # a primitive's id and extensions: ele-1 only
                 _primitive_extras(value, f"{expr}.{key}", resource, root, out)
             continue
-        found = _plan(element)
-        if found is None:
+        if planned is None:
             continue
+        element, found = planned
         if type(value) is list:
             for index, item in enumerate(value):
                 _visit(item, element, found, f"{expr}.{key}[{index}]", resource, root, tables, out)
@@ -202,7 +206,7 @@ def _visit(
         if not value or (len(value) == 1 and "id" in value):
             out.append(Site((element_constraint(),), value, "Element", expr, resource, root))
             return
-        _walk(value, tables[table], expr, resource, root, tables, out)
+        _walk(value, table, expr, resource, root, tables, out)
 
 
 def _primitive_extras(value: Any, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any], out: list[Site]) -> None:

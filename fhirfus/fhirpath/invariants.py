@@ -187,6 +187,7 @@ class _Check:
     reads: frozenset[str] | None
     when_absent: bool | None  # the outcome on an element without any of ``reads``
     enough_absent: tuple[str, ...]  # the constraint holds when any of these children is absent
+    presence_only: bool  # the outcome depends on which children are present, not on their values
 
 
 _checks: dict[tuple[int, str], _Check] = {}
@@ -204,10 +205,11 @@ def _check(constraint: Constraint, type_name: str) -> _Check:
 def _new_check(constraint: Constraint, type_name: str) -> _Check:
     run = _evaluator(constraint, type_name)
     if constraint.key in NATIVE:
-        return _Check(constraint, run, None, None, ())
+        return _Check(constraint, run, None, None, (), False)
     ast = parse(RESTATED.get(constraint.key, (constraint.expression,))[0])
     reads = _reads(ast).names
-    check = _Check(constraint, run, reads, None, _enough_absent(ast["children"][0], type_name))
+    check = _Check(constraint, run, reads, None, _enough_absent(ast["children"][0], type_name),
+                   reads is not None and _presence_only(ast))
     if reads is not None:
         empty: dict[str, Any] = {}
         check.when_absent = _passes(run(empty, type_name, Site((), empty, type_name, "", empty, empty)))
@@ -241,6 +243,30 @@ def _enough_absent(node: Mapping[str, Any], type_name: str) -> tuple[str, ...]:
         if result == [True]:
             heads.append(head)
     return tuple(heads)
+
+
+def _presence_only(ast: Mapping[str, Any]) -> bool:
+    """Whether every child the expression names is only tested for presence (``answer.exists()``,
+    ``item.empty()``), as in qrs-1. Called on an expression whose reads are known (no ``$this``,
+    no wide variable, no function of the focus itself)."""
+    tested: set[int] = set()
+    members: list[int] = []
+    stack = [ast]
+    while stack:
+        node = stack.pop()
+        kind = node.get("type")
+        if kind == "MemberInvocation":
+            members.append(id(node))
+        if kind == "InvocationExpression":
+            left, right = node["children"]
+            if left.get("type") == "TermExpression" and right.get("type") == "FunctionInvocation":
+                term = left["children"][0]
+                functn = right["children"][0]
+                if term.get("type") == "InvocationTerm" and term["children"][0].get("type") == "MemberInvocation" \
+                        and functn["children"][0].get("text") in ("exists", "empty") and len(functn["children"]) == 1:
+                    tested.add(id(term["children"][0]))
+        stack.extend(node.get("children", ()))
+    return all(member in tested for member in members)
 
 
 def _disjuncts(node: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -282,42 +308,41 @@ def _passes(result: list) -> bool:
     return not (len(result) == 1 and result[0] is False)
 
 
-_stems: dict[str, tuple[str, str]] = {}
+_stems: dict[str, tuple[str, str, str]] = {}
 
 
-def _names(value: Mapping[str, Any]) -> set[str]:
+def _names(value: Mapping[str, Any]) -> frozenset[str]:
     """The element names ``value`` has children for: ``valueQuantity`` counts as ``value`` and
-    ``valueQuantity``, ``_start`` as ``start`` (an extension makes an element present)."""
+    ``valueQuantity``, ``_start`` as ``start`` and ``_start`` (an extension makes an element
+    present, and an element with only extensions is told apart). ``null`` and ``[]`` are absent."""
     present: set[str] = set()
-    for key in value:
+    for key, child in value.items():
+        if child is None or child == []:
+            continue
         stems = _stems.get(key)
         if stems is None:
             base = key[1:] if key.startswith("_") else key
             cut = next((i for i, c in enumerate(base) if c.isupper()), len(base))
-            stems = _stems[key] = (base, base[:cut])
+            stems = _stems[key] = (base, base[:cut], key)
         present.update(stems)
-    return present
+    return frozenset(present)
 
 
 def _projection(value: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
     """The children of ``value`` that an expression reading ``names`` can see."""
-    return {key: child for key, child in value.items() if not names.isdisjoint(_stems[key])}
+    return {key: child for key, child in value.items() if key in _stems and not names.isdisjoint(_stems[key])}
 
 
 _outcomes: dict[tuple[int, str, bytes], bool] = {}
 
 
-def _outcome(check: _Check, site: Site, present: set[str] | None) -> bool:
-    """Whether the constraint holds on the site; raises FhirPathEvaluationError. ``present``: the
-    names of the site's children (``_names``), None when its value is not an object."""
-    if present is not None and check.enough_absent and not present.issuperset(check.enough_absent):
-        return True
+def _outcome(check: _Check, site: Site, present: frozenset[str] | None) -> bool:
+    """Whether the constraint holds on the site (its children's values looked at); raises
+    FhirPathEvaluationError. ``present``: the names of the site's children, None when its value
+    is not an object."""
     value, reads = site.value, check.reads
     if reads is None or present is None:
         return _passes(check.run(value, site.type, site))
-    if reads.isdisjoint(present):
-        assert check.when_absent is not None
-        return check.when_absent
     seen = _projection(value, reads)
     try:
         key = orjson.dumps(seen)
@@ -335,17 +360,68 @@ def _outcome(check: _Check, site: Site, present: set[str] | None) -> bool:
     return known
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """For the constraints of one kind of site with one set of children present: what to
+    evaluate on each value, and what fails whatever the values."""
+
+    run: tuple[_Check, ...]
+    failing: tuple[Constraint, ...]
+
+
+_plans: dict[tuple[int, str, frozenset[str]], _Plan] = {}
+
+
+def _plan(site: Site, present: frozenset[str]) -> _Plan:
+    """Decided by the children present: a check whose enough-absent child is missing holds, one
+    reading none of the children present has its outcome on an empty element, and one testing
+    presence only is evaluated once, on this site, for all sites with the same children."""
+    key = (id(site.constraints), site.type, present)
+    found = _plans.get(key)
+    if found is not None:
+        return found
+    run: list[_Check] = []
+    failing: list[Constraint] = []
+    for constraint in site.constraints:
+        check = _check(constraint, site.type)
+        if check.enough_absent and not present.issuperset(check.enough_absent):
+            continue
+        if check.reads is not None and check.reads.isdisjoint(present):
+            if not check.when_absent:
+                failing.append(constraint)
+            continue
+        if check.presence_only:
+            try:
+                if not _passes(check.run(site.value, site.type, site)):
+                    failing.append(constraint)
+                continue
+            except (FhirPathEvaluationError, RecursionError):
+                pass  # evaluated (and reported) per site
+        run.append(check)
+    if len(_plans) >= _KEPT:
+        _plans.clear()
+    found = _plans[key] = _Plan(tuple(run), tuple(failing))
+    return found
+
+
 def _failures(resource: Mapping[str, Any]) -> Iterator[tuple[Constraint, str, str | None]]:
     """(constraint, element expression, evaluation error or None) of every constraint not met."""
     for site in sites(resource):
-        present = _names(site.value) if isinstance(site.value, dict) else None
-        for constraint in site.constraints:
-            check = _check(constraint, site.type)
+        if type(site.value) is not dict:
+            checks: tuple[_Check, ...] = tuple(_check(c, site.type) for c in site.constraints)
+            present = None
+        else:
+            present = _names(site.value)
+            plan = _plan(site, present)
+            for constraint in plan.failing:
+                yield constraint, site.expression, None
+            checks = plan.run
+        for check in checks:
             try:
                 if not _outcome(check, site, present):
-                    yield constraint, site.expression, None
+                    yield check.constraint, site.expression, None
             except (FhirPathEvaluationError, RecursionError) as exc:
-                yield constraint, site.expression, str(exc)
+                yield check.constraint, site.expression, str(exc)
 
 
 def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
