@@ -184,6 +184,16 @@ def test_ext_1_an_extension_has_a_value_or_extensions_not_both() -> None:
     assert ("ext-1", "Patient.extension[0]") in failed({"resourceType": "Patient", "extension": [{"url": "http://example.org/x"}]})
 
 
+def test_a_resource_nested_too_deeply_to_walk_is_refused_not_crashed() -> None:
+    item: dict[str, Any] = {"linkId": "0"}
+    deepest = item
+    for depth in range(1, 2000):
+        deepest["item"] = [{"linkId": str(depth)}]
+        deepest = deepest["item"][0]
+    [issue] = invariant_errors({"resourceType": "QuestionnaireResponse", "status": "completed", "item": [item]})
+    assert issue.code == "too-costly" and issue.expression == ("QuestionnaireResponse",)
+
+
 def test_best_practice_and_warning_constraints_warn_and_never_refuse() -> None:
     """dom-6 (narrative) is best practice: reported, not refused."""
     issues = invariant_issues({"resourceType": "Patient"})

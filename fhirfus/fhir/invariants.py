@@ -157,11 +157,12 @@ _plans: dict[str, dict[str, tuple[Any, tuple[Constraint, ...]] | None]] = {}
 
 def _columns(table: str, tables: Tables) -> dict[str, tuple[Any, tuple[Constraint, ...]] | None]:
     found = _plans.get(table)
-    if found is None:
-        found = _plans[table] = {}
+    if found is None:  # built whole before it is shared: request threads walk concurrently
+        found = {}
         for key, element in tables[table].items():
             on = _on(element.path, element.table)
             found[key] = _SKIP if element.table is None and not on else (element, on)
+        _plans[table] = found
     return found
 
 

@@ -334,6 +334,9 @@ def _projection(value: Mapping[str, Any], names: frozenset[str]) -> dict[str, An
 
 
 _outcomes: dict[tuple[int, str, bytes], bool] = {}
+#: What evaluating an expression on unusual data may raise: reported as a warning on that element,
+#: never a failed request (the structure was validated before).
+_DATA_ERRORS = (FhirPathEvaluationError, RecursionError, TypeError, ValueError, KeyError, AttributeError, IndexError)
 
 
 def _outcome(check: _Check, site: Site, present: frozenset[str] | None) -> bool:
@@ -395,7 +398,7 @@ def _plan(site: Site, present: frozenset[str]) -> _Plan:
                 if not _passes(check.run(site.value, site.type, site)):
                     failing.append(constraint)
                 continue
-            except (FhirPathEvaluationError, RecursionError):
+            except _DATA_ERRORS:
                 pass  # evaluated (and reported) per site
         run.append(check)
     if len(_plans) >= _KEPT:
@@ -420,8 +423,8 @@ def _failures(resource: Mapping[str, Any]) -> Iterator[tuple[Constraint, str, st
             try:
                 if not _outcome(check, site, present):
                     yield check.constraint, site.expression, None
-            except (FhirPathEvaluationError, RecursionError) as exc:
-                yield check.constraint, site.expression, str(exc)
+            except _DATA_ERRORS as exc:
+                yield check.constraint, site.expression, f"{type(exc).__name__}: {exc}"
 
 
 def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
@@ -431,8 +434,13 @@ def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
     if not isinstance(resource, dict):
         return []  # not a resource: structure validation says so
     reset_clock()
+    try:
+        failures = list(_failures(resource))
+    except RecursionError:
+        return [Issue("The resource is nested too deeply to check its invariants", "too-costly", "error",
+                      (str(resource.get("resourceType")),))]
     issues = []
-    for constraint, expression, error in _failures(resource):
+    for constraint, expression, error in failures:
         if error is not None:
             issues.append(Issue(
                 f"Constraint {constraint.key} could not be evaluated ({constraint.expression}): {error}",
