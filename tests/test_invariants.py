@@ -319,6 +319,52 @@ def test_every_constraint_evaluates_on_the_official_data_without_an_engine_error
     assert errors == {}
 
 
+def _corpus() -> list[dict[str, Any]]:
+    cases = Path(__file__).parent / "data" / "validator-cases"
+    found = []
+    for path in [*EXAMPLES, *SYNTHEA, *sorted(cases.rglob("*.json"))]:
+        try:
+            resource = json.loads(path.read_bytes())
+        except ValueError:
+            continue
+        if isinstance(resource, dict) and resource.get("resourceType") and not resource_issues(resource):
+            found.append(resource)
+    for bundle in [r for r in found if r["resourceType"] == "Bundle"]:  # entries as posted on their own
+        found += [e["resource"] for e in bundle.get("entry", ()) if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+    return found
+
+
+def test_remembered_outcomes_give_the_issues_of_a_fresh_evaluation() -> None:
+    """The caches (outcomes per children read, plans per children present, children of a
+    resource seen before) never change an answer: each resource checked with every cache emptied
+    gives what it gives with the caches full of the other resources."""
+    from fhirfus.fhirpath import invariants as evaluation
+
+    empty, contact = {}, {"gender": "male"}
+    crafted = [  # the same child JSON under other keys, at other places, in other types
+        {"resourceType": "Patient", "name": [{"family": "a"}, empty]},
+        {"resourceType": "Patient", "name": [empty]},
+        {"resourceType": "Patient", "contact": [contact], "name": [{"family": "a"}]},
+        {"resourceType": "Patient", "contact": [{"name": {"family": "b"}}, contact]},
+        {"resourceType": "Person", "name": [empty]},
+        observation(valueQuantity={"value": 1, "code": "mg"}),
+        observation(valueQuantity={"value": 1, "code": "mg", "system": "http://unitsofmeasure.org"}),
+        observation(subject={"reference": "#p"}),
+        observation(subject={"reference": "#p"}, contained=[{"resourceType": "Patient", "id": "p"}]),
+    ]
+    corpus = crafted + _corpus() + crafted
+    assert len(corpus) > 1000
+    warm = [invariant_issues(resource) for resource in corpus]
+    fresh = []
+    for resource in corpus:
+        evaluation._outcomes.clear()
+        evaluation._plans.clear()
+        evaluation._child_outcomes.clear()
+        fresh.append(invariant_issues(resource))
+    assert warm == fresh
+    assert [invariant_issues(resource) for resource in corpus] == fresh  # and again, caches full
+
+
 @pytest.mark.skipif(not SYNTHEA, reason="Synthea bundles not found under ../shared/data")
 def test_the_synthea_bundles_keep_every_invariant() -> None:
     assert {path.name: failed(json.loads(path.read_bytes())) for path in SYNTHEA} == {path.name: set() for path in SYNTHEA}

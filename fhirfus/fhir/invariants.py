@@ -131,6 +131,50 @@ def sites(resource: Mapping[str, Any]) -> list[Site]:
     return out
 
 
+def resource_site(resource: Mapping[str, Any]) -> Site | None:
+    """The constraints on ``resource`` itself (its type's and DomainResource's), None for an
+    unknown type or one without any."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or resource_type not in element_tables():
+        return None
+    found = _resource_constraints(resource_type)
+    return Site(found, resource, resource_type, resource_type, resource, resource) if found else None
+
+
+def children(resource: Mapping[str, Any]) -> list[tuple[str, int | None, Any]]:
+    """(key, index in its list or None, value) of each child of ``resource`` that ``child_sites``
+    walks: together they give what ``sites`` gives beside ``resource_site``. A caller may remember
+    the outcome of a child it has seen before instead of walking it again."""
+    resource_type = resource.get("resourceType")
+    tables = element_tables()
+    if not isinstance(resource_type, str) or resource_type not in tables:
+        return []
+    columns = _columns(resource_type, tables)
+    out: list[tuple[str, int | None, Any]] = []
+    for key, value in resource.items():
+        if columns.get(key, _SKIP) is _SKIP and key[:1] != "_":
+            continue
+        if type(value) is list:
+            out.extend((key, index, item) for index, item in enumerate(value))
+        else:
+            out.append((key, None, value))
+    return out
+
+
+def child_sites(resource: Mapping[str, Any], key: str, index: int | None, value: Any) -> list[Site]:
+    """The sites within one child of ``resource`` (as listed by ``children``)."""
+    resource_type = str(resource["resourceType"])
+    tables = element_tables()
+    expr = f"{resource_type}.{key}" if index is None else f"{resource_type}.{key}[{index}]"
+    out: list[Site] = []
+    planned = _columns(resource_type, tables).get(key)
+    if planned is None:
+        _primitive_extras(value, expr, resource, resource, out)
+    else:
+        _visit(value, planned[0], planned[1], expr, resource, resource, tables, out)
+    return out
+
+
 def empty_elements(resource: Mapping[str, Any]) -> list[str]:
     """The expressions of the elements of ``resource`` that may break ele-1."""
     ele_1 = element_constraint()

@@ -19,7 +19,7 @@ import orjson
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhirfus.errors import Issue
-from fhirfus.fhir.invariants import Constraint, Site, sites, unreferenced_contained
+from fhirfus.fhir.invariants import Constraint, Site, child_sites, children, resource_site, unreferenced_contained
 from fhirfus.fhirpath.compiler import ExpressionCompiler, Undecided, Unsupported
 from fhirfus.fhirpath.engine import (
     STANDARD_VARIABLES,
@@ -407,24 +407,70 @@ def _plan(site: Site, present: frozenset[str]) -> _Plan:
     return found
 
 
-def _failures(resource: Mapping[str, Any]) -> Iterator[tuple[Constraint, str, str | None]]:
-    """(constraint, element expression, evaluation error or None) of every constraint not met."""
-    for site in sites(resource):
-        if type(site.value) is not dict:
-            checks: tuple[_Check, ...] = tuple(_check(c, site.type) for c in site.constraints)
-            present = None
-        else:
-            present = _names(site.value)
-            plan = _plan(site, present)
-            for constraint in plan.failing:
-                yield constraint, site.expression, None
-            checks = plan.run
-        for check in checks:
-            try:
-                if not _outcome(check, site, present):
-                    yield check.constraint, site.expression, None
-            except _DATA_ERRORS as exc:
-                yield check.constraint, site.expression, f"{type(exc).__name__}: {exc}"
+Failure = tuple[Constraint, str, str | None]
+#: Natives whose outcome depends on the element alone (ref-1 too when no reference is local).
+_CONTEXT_FREE = frozenset({"ele-1", "rng-2", "per-1"})
+#: (resource type, key, index, child's JSON) → the child's failures, for children seen before.
+_child_outcomes: dict[tuple[str, str, int | None, bytes], list[Failure]] = {}
+
+
+def _failures(resource: Mapping[str, Any]) -> Iterator[Failure]:
+    """(constraint, element expression, evaluation error or None) of every constraint not met.
+    A child of the resource whose checks depend on nothing outside it is remembered by its JSON:
+    the same coding, the same questionnaire answer, recur across resources."""
+    site = resource_site(resource)
+    if site is not None:
+        yield from _site_failures(site, [])
+    resource_type = str(resource.get("resourceType"))
+    for key, index, value in children(resource):
+        memo = _child_key(resource_type, key, index, value)
+        if memo is not None and (known := _child_outcomes.get(memo)) is not None:
+            yield from known
+            continue
+        found: list[Failure] = []
+        wide: list[bool] = []
+        for inner in child_sites(resource, key, index, value):
+            found.extend(_site_failures(inner, wide))
+        if memo is not None and not wide:
+            if len(_child_outcomes) >= _KEPT:
+                _child_outcomes.clear()
+            _child_outcomes[memo] = found
+        yield from found
+
+
+def _child_key(resource_type: str, key: str, index: int | None, value: Any) -> tuple[str, str, int | None, bytes] | None:
+    if type(value) is not dict:
+        return None
+    try:
+        blob = orjson.dumps(value)
+    except TypeError:
+        return None
+    if len(blob) > _KEY_MAX or b'"#' in blob:  # a local reference depends on the container (ref-1)
+        return None
+    return resource_type, key, index, blob
+
+
+def _site_failures(site: Site, wide: list[bool]) -> Iterator[Failure]:
+    """The failures at one site; appends to ``wide`` when an outcome depended on more than the
+    site's own element (or could not be evaluated)."""
+    if type(site.value) is not dict:
+        checks: tuple[_Check, ...] = tuple(_check(c, site.type) for c in site.constraints)
+        present = None
+    else:
+        present = _names(site.value)
+        plan = _plan(site, present)
+        for constraint in plan.failing:
+            yield constraint, site.expression, None
+        checks = plan.run
+    for check in checks:
+        if check.reads is None and check.constraint.key not in _CONTEXT_FREE and check.constraint.key != "ref-1":
+            wide.append(True)
+        try:
+            if not _outcome(check, site, present):
+                yield check.constraint, site.expression, None
+        except _DATA_ERRORS as exc:
+            wide.append(True)
+            yield check.constraint, site.expression, f"{type(exc).__name__}: {exc}"
 
 
 def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
