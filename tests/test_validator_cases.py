@@ -2,7 +2,7 @@
 
 The cases (``tests/data/validator-cases``, vendored by ``tools/vendor_validator_cases.py`` with
 their licence and the commit in ``manifest.json``) are the R4 JSON ones that need no profile,
-package, terminology server or fetch. A case agrees when fhirfus accepts what the reference finds
+package, terminology server or fetch (the harness's standalone resolver, which fetches nothing, is allowed). A case agrees when fhirfus accepts what the reference finds
 no error in, and refuses what it finds an error in. fhirfus must never refuse what the reference
 accepts; each case where it accepts what the reference refuses is listed below with its kind.
 """
@@ -20,7 +20,7 @@ from fhirfus.fhirpath.invariants import invariant_errors
 
 CASES = Path(__file__).parent / "data" / "validator-cases"
 #: The measured agreement, as a floor: raise it when a rule lands, never lower it.
-AGREEMENT_FLOOR = 61 / 79
+AGREEMENT_FLOOR = 65 / 83
 
 #: Cases the reference refuses and fhirfus accepts: what the reference checks, and who owns it.
 NOT_YET_REFUSED: dict[str, str] = {

@@ -26,6 +26,8 @@ HARMLESS = frozenset({
     "name", "file", "version", "module", "java", "description", "explanation", "documentation", "comment",
     "firely-sdk-current", "firely-sdk-wip", "brianpos", "dotnet-brianpos", "tags", "use-test", "debug", "txLog",
 })
+#: Options that are harmless with one value: the harness's own resolver, which fetches nothing.
+HARMLESS_VALUES = {"fetcher": "standalone"}
 #: Modules that need a terminology server.
 TERMINOLOGY = frozenset({"tx", "tx-advanced"})
 MAX_BYTES = 256 * 1024
@@ -68,7 +70,7 @@ def select(repo: str, commit: str) -> tuple[dict[str, Any], dict[str, str]]:
         if case.get("version") not in R4 or not case["file"].endswith(".json"):
             continue
         name = case["file"]
-        extra = sorted(set(case) - HARMLESS)
+        extra = sorted(k for k in set(case) - HARMLESS if HARMLESS_VALUES.get(k) != case[k])
         if case.get("use-test") is False:
             left_out[name] = "disabled in the manifest"
         elif extra:
