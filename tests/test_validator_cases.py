@@ -2,8 +2,9 @@
 
 The cases (``tests/data/validator-cases``, vendored by ``tools/vendor_validator_cases.py`` with
 their licence and the commit in ``manifest.json``) are the R4 JSON ones that need no profile,
-package, terminology server or fetch (the harness's standalone resolver, which fetches nothing, is allowed). A case agrees when fhirfus accepts what the reference finds
-no error in, and refuses what it finds an error in. fhirfus must never refuse what the reference
+package, terminology server or fetch (the harness's standalone resolver, which fetches nothing,
+is allowed). A case agrees when fhirfus accepts what the reference finds no error in, and
+refuses what it finds an error in. fhirfus must never refuse what the reference
 accepts; each case where it accepts what the reference refuses is listed below with its kind.
 """
 

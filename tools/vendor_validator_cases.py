@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
             continue
         (OUTPUT / name).parent.mkdir(parents=True, exist_ok=True)
         (OUTPUT / name).write_bytes(content)
-    (OUTPUT / "LICENSE.txt").write_bytes(_show(repo, commit, "LICENSE.txt"))
+    (OUTPUT / "LICENSE.txt").write_bytes(_show(repo, commit, "LICENSE.txt"))  # README.md is written by hand
     manifest = {"source": "https://github.com/FHIR/fhir-test-cases", "commit": commit,
                 "cases": kept, "leftOut": left_out}
     (OUTPUT / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
