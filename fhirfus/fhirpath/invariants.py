@@ -1,13 +1,16 @@
 """The R4 core invariants evaluated on a resource: each constraint compiled once, run on every
-element instance it sits on (``fhirfus.fhir.invariants.sites``).
+element instance it sits on (``fhirfus.fhir.invariants``).
 
-Why this shape: a write checks a few dozen constraint instances, and interpreting each through
-fhirpathpy costs tens of microseconds. So an expression is compiled to closures when the views'
-compiler (``fhirpath.compiler``) covers it, and goes to the engine otherwise (or when the compiled
-form cannot decide on this data). Most constraints read only a few named children of their
-element; when the element has none of them, the result is the one computed once on an empty
-element, and when it has them, the outcome of the same children seen before is reused.
-"""
+Why this shape: a write meets dozens of constraint instances, and fhirpathpy builds a context and
+walks an AST for each. So an expression is compiled to closures when the views' compiler
+(``fhirpath.compiler``) covers it, and goes to the engine otherwise (or when the compiled form
+cannot decide on this data); a few are written out natively (``NATIVE``). Most constraints read
+only a few named children of their element, so the children present decide much: a constraint
+holds when a child that makes one of its disjuncts true is absent, one reading none of the
+children present has its outcome on an empty element, one testing presence only is evaluated
+once per set of children (``_plan``). Otherwise the outcome of the same children seen before is
+reused, and so are the failures of a whole child of the resource seen before, when they depend
+on nothing outside it."""
 
 from __future__ import annotations
 
@@ -117,7 +120,7 @@ def _local_reference_resolves(value: Any, _type: str, site: Site) -> list:
     """ref-1 (``reference.startsWith('#').not() or (reference.substring(1) in
     %rootResource.contained.id)``) on a Reference's JSON, with the R4 technical correction that a
     contained resource may refer to its container as ``#``. It sits on every Reference, and the
-    engine form costs a hundred microseconds for what is nearly always a string test."""
+    engine form builds a context for what is nearly always a string test."""
     reference = value.get("reference") if isinstance(value, dict) else None
     if not isinstance(reference, str) or not reference.startswith("#"):
         return [True]
