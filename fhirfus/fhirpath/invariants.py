@@ -317,10 +317,11 @@ _stems: dict[str, tuple[str, str, str]] = {}
 def _names(value: Mapping[str, Any]) -> frozenset[str]:
     """The element names ``value`` has children for: ``valueQuantity`` counts as ``value`` and
     ``valueQuantity``, ``_start`` as ``start`` and ``_start`` (an extension makes an element
-    present, and an element with only extensions is told apart). ``null`` and ``[]`` are absent."""
+    present, and an element with only extensions is told apart). ``null``, ``[]`` and ``[null]``
+are absent."""
     present: set[str] = set()
     for key, child in value.items():
-        if child is None or child == []:
+        if child is None or (type(child) is list and all(item is None for item in child)):
             continue
         stems = _stems.get(key)
         if stems is None:
