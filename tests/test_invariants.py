@@ -14,7 +14,7 @@ import pytest
 from fhirfus.fhir import invariants as definitions
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.fhirpath.engine import compile_expression
-from fhirfus.fhirpath.invariants import NATIVE, invariant_errors, invariant_issues
+from fhirfus.fhirpath.invariants import NATIVE, RESTATED, invariant_errors, invariant_issues
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not SHARED.is_dir():
@@ -217,6 +217,8 @@ def test_every_constraint_not_evaluated_is_named_with_a_reason() -> None:
     keys = definitions.all_keys()
     assert set(definitions.NOT_EVALUATED) <= keys
     assert set(definitions.CORRECTED) <= keys
+    assert set(RESTATED) <= keys and set(NATIVE) <= keys
+    assert all(reason for _, reason in [*definitions.CORRECTED.values(), *RESTATED.values()])
     assert all(reason for reason in definitions.NOT_EVALUATED.values())
     evaluated = {c.key for found in definitions.constraints().values() for c in found}
     assert evaluated | set(definitions.NOT_EVALUATED) == keys
