@@ -107,6 +107,12 @@ def _on(path: str, table: str | None) -> tuple[Constraint, ...]:
 
 
 @cache
+def resource_constraints(resource_type: str) -> tuple[Constraint, ...]:
+    """The constraints on a resource of this type itself (DomainResource's, then its own)."""
+    return _resource_constraints(resource_type)
+
+
+@cache
 def _resource_constraints(resource_type: str) -> tuple[Constraint, ...]:
     base = () if resource_type in NOT_DOMAIN else constraints().get("DomainResource", ())
     return base + constraints().get(resource_type, ())
@@ -128,50 +134,6 @@ def sites(resource: Mapping[str, Any]) -> list[Site]:
     tables = element_tables()
     if isinstance(resource_type, str) and resource_type in tables:
         _resource_sites(resource, resource_type, resource_type, resource, tables, out)
-    return out
-
-
-def resource_site(resource: Mapping[str, Any]) -> Site | None:
-    """The constraints on ``resource`` itself (its type's and DomainResource's), None for an
-    unknown type or one without any."""
-    resource_type = resource.get("resourceType")
-    if not isinstance(resource_type, str) or resource_type not in element_tables():
-        return None
-    found = _resource_constraints(resource_type)
-    return Site(found, resource, resource_type, resource_type, resource, resource) if found else None
-
-
-def children(resource: Mapping[str, Any]) -> list[tuple[str, int | None, Any]]:
-    """(key, index in its list or None, value) of each child of ``resource`` that ``child_sites``
-    walks: together they give what ``sites`` gives beside ``resource_site``. A caller may remember
-    the outcome of a child it has seen before instead of walking it again."""
-    resource_type = resource.get("resourceType")
-    tables = element_tables()
-    if not isinstance(resource_type, str) or resource_type not in tables:
-        return []
-    columns = _columns(resource_type, tables)
-    out: list[tuple[str, int | None, Any]] = []
-    for key, value in resource.items():
-        if columns.get(key, _SKIP) is _SKIP and key[:1] != "_":
-            continue
-        if type(value) is list:
-            out.extend((key, index, item) for index, item in enumerate(value))
-        else:
-            out.append((key, None, value))
-    return out
-
-
-def child_sites(resource: Mapping[str, Any], key: str, index: int | None, value: Any) -> list[Site]:
-    """The sites within one child of ``resource`` (as listed by ``children``)."""
-    resource_type = str(resource["resourceType"])
-    tables = element_tables()
-    expr = f"{resource_type}.{key}" if index is None else f"{resource_type}.{key}[{index}]"
-    out: list[Site] = []
-    planned = _columns(resource_type, tables).get(key)
-    if planned is None:
-        _primitive_extras(value, expr, resource, resource, out)
-    else:
-        _visit(value, planned[0], planned[1], expr, resource, resource, tables, out)
     return out
 
 
@@ -197,6 +159,13 @@ def _resource_sites(
 _SKIP: Final = None
 #: table → JSON key → (element, its constraints) or ``_SKIP``.
 _plans: dict[str, dict[str, tuple[Any, tuple[Constraint, ...]] | None]] = {}
+
+
+def columns(table: str) -> Mapping[str, tuple[Any, tuple[Constraint, ...]] | None]:
+    """JSON key of an object walked with ``table`` → (its element, the constraints on its values),
+    or None for a primitive element without constraints (nothing to visit). Keys not listed are
+    unknown elements or ``_x`` siblings of primitives (see ``primitive_extras``)."""
+    return _columns(table, element_tables())
 
 
 def _columns(table: str, tables: Tables) -> dict[str, tuple[Any, tuple[Constraint, ...]] | None]:
@@ -252,6 +221,13 @@ def _visit(
             out.append(Site((element_constraint(),), value, "Element", expr, resource, root))
             return
         _walk(value, table, expr, resource, root, tables, out)
+
+
+def primitive_extras(value: Any, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any]) -> list[Site]:
+    """The ele-1 sites of a ``_x`` sibling of a primitive."""
+    out: list[Site] = []
+    _primitive_extras(value, expr, resource, root, out)
+    return out
 
 
 def _primitive_extras(value: Any, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any], out: list[Site]) -> None:

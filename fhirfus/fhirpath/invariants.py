@@ -22,7 +22,16 @@ import orjson
 from fhirpathpy.engine.nodes import ResourceNode
 
 from fhirfus.errors import Issue
-from fhirfus.fhir.invariants import Constraint, Site, child_sites, children, resource_site, unreferenced_contained
+from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables
+from fhirfus.fhir.invariants import (
+    Constraint,
+    Site,
+    columns,
+    element_constraint,
+    primitive_extras,
+    resource_constraints,
+    unreferenced_contained,
+)
 from fhirfus.fhirpath.compiler import ExpressionCompiler, Undecided, Unsupported
 from fhirfus.fhirpath.engine import (
     STANDARD_VARIABLES,
@@ -413,45 +422,115 @@ def _plan(site: Site, present: frozenset[str]) -> _Plan:
 
 Failure = tuple[Constraint, str, str | None]
 #: Natives whose outcome depends on the element alone (ref-1 too when no reference is local).
-_CONTEXT_FREE = frozenset({"ele-1", "rng-2", "per-1"})
-#: (resource type, key, index, child's JSON) → the child's failures, for children seen before.
-_child_outcomes: dict[tuple[str, str, int | None, bytes], list[Failure]] = {}
+_CONTEXT_FREE = frozenset({"ele-1", "rng-2", "per-1", "ref-1"})
+#: (element, its JSON) → failures within it, expressions relative to it, for elements seen before.
+_subtrees: dict[tuple[int, bytes], list[Failure]] = {}
 
 
-def _failures(resource: Mapping[str, Any]) -> Iterator[Failure]:
-    """(constraint, element expression, evaluation error or None) of every constraint not met.
-    A child of the resource whose checks depend on nothing outside it is remembered by its JSON:
-    the same coding, the same questionnaire answer, recur across resources."""
-    site = resource_site(resource)
-    if site is not None:
-        yield from _site_failures(site, [])
-    resource_type = str(resource.get("resourceType"))
-    for key, index, value in children(resource):
-        memo = _child_key(resource_type, key, index, value)
-        if memo is not None and (known := _child_outcomes.get(memo)) is not None:
-            yield from known
+def _failures(resource: Mapping[str, Any]) -> list[Failure]:
+    """(constraint, element expression, evaluation error or None) of every constraint not met,
+    walking the resource as ``fhir.invariants.sites`` does. An element whose failures depend on
+    nothing outside it is remembered by its JSON (the same coding, the same questionnaire item
+    recur across resources) when its JSON is small."""
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str) or resource_type not in element_tables():
+        return []
+    return _resource_failures(resource, resource_type, resource_type, resource, [])
+
+
+def _resource_failures(
+    resource: Mapping[str, Any], resource_type: str, expr: str, root: Mapping[str, Any], wide: list[bool]
+) -> list[Failure]:
+    out: list[Failure] = []
+    found = resource_constraints(resource_type)
+    if found:
+        out.extend(_site_failures(Site(found, resource, resource_type, expr, resource, root), wide))
+    out.extend(_object_failures(resource, resource_type, expr, resource, root, wide))
+    return out
+
+
+def _object_failures(
+    obj: Mapping[str, Any], table: str, expr: str, resource: Mapping[str, Any], root: Mapping[str, Any],
+    wide: list[bool],
+) -> list[Failure]:
+    out: list[Failure] = []
+    known = columns(table)
+    for key, value in obj.items():
+        planned = known.get(key, _UNKNOWN)
+        if planned is _UNKNOWN:
+            if key[:1] == "_":  # a primitive's id and extensions: ele-1 only
+                for site in primitive_extras(value, f"{expr}.{key}", resource, root):
+                    out.extend(_site_failures(site, wide))
             continue
-        found: list[Failure] = []
-        wide: list[bool] = []
-        for inner in child_sites(resource, key, index, value):
-            found.extend(_site_failures(inner, wide))
-        if memo is not None and not wide:
-            if len(_child_outcomes) >= _KEPT:
-                _child_outcomes.clear()
-            _child_outcomes[memo] = found
-        yield from found
+        if planned is None:
+            continue
+        element, found = planned
+        if type(value) is list:
+            for index, item in enumerate(value):
+                out.extend(_element_failures(item, element, found, f"{expr}.{key}[{index}]", resource, root, wide))
+        else:
+            out.extend(_element_failures(value, element, found, f"{expr}.{key}", resource, root, wide))
+    return out
 
 
-def _child_key(resource_type: str, key: str, index: int | None, value: Any) -> tuple[str, str, int | None, bytes] | None:
-    if type(value) is not dict:
-        return None
+_UNKNOWN: Any = object()
+
+
+def _element_failures(
+    value: Any, element: Any, found: tuple[Constraint, ...], expr: str, resource: Mapping[str, Any],
+    root: Mapping[str, Any], wide: list[bool],
+) -> list[Failure]:
+    table = element.table
+    if table == RESOURCE_TABLE:
+        nested_type = value.get("resourceType") if isinstance(value, Mapping) else None
+        if not isinstance(nested_type, str) or nested_type not in element_tables():
+            return []
+        # %rootResource is the container of a contained resource; a Bundle's or Parameters'
+        # resources are roots of their own
+        nested_root = root if element.path.endswith(".contained") else value
+        return _resource_failures(value, nested_type, expr, nested_root, wide)
+    if table is not None and type(value) is dict:
+        key = _subtree_key(element, value)
+        if key is not None:
+            known = _subtrees.get(key)
+            if known is not None:
+                return [(constraint, expr + suffix, error) for constraint, suffix, error in known]
+            inner: list[bool] = []  # its parts are tried too: a new group of known answers
+            out = _element_here(value, element, found, expr, resource, root, inner)
+            if inner:
+                wide.append(True)
+            else:
+                if len(_subtrees) >= _KEPT:
+                    _subtrees.clear()
+                _subtrees[key] = [(constraint, where[len(expr):], error) for constraint, where, error in out]
+            return out
+    return _element_here(value, element, found, expr, resource, root, wide)
+
+
+def _element_here(
+    value: Any, element: Any, found: tuple[Constraint, ...], expr: str, resource: Mapping[str, Any],
+    root: Mapping[str, Any], wide: list[bool],
+) -> list[Failure]:
+    table = element.table
+    out: list[Failure] = []
+    if found:
+        out.extend(_site_failures(Site(found, value, table or element.path, expr, resource, root), wide))
+    if table is not None and type(value) is dict:
+        if not value or (len(value) == 1 and "id" in value):
+            out.extend(_site_failures(Site((element_constraint(),), value, "Element", expr, resource, root), wide))
+        else:
+            out.extend(_object_failures(value, table, expr, resource, root, wide))
+    return out
+
+
+def _subtree_key(element: Any, value: dict) -> tuple[int, bytes] | None:
     try:
         blob = orjson.dumps(value)
     except TypeError:
         return None
     if len(blob) > _KEY_MAX or b'"#' in blob:  # a local reference depends on the container (ref-1)
         return None
-    return resource_type, key, index, blob
+    return id(element), blob
 
 
 def _site_failures(site: Site, wide: list[bool]) -> Iterator[Failure]:
@@ -467,7 +546,7 @@ def _site_failures(site: Site, wide: list[bool]) -> Iterator[Failure]:
             yield constraint, site.expression, None
         checks = plan.run
     for check in checks:
-        if check.reads is None and check.constraint.key not in _CONTEXT_FREE and check.constraint.key != "ref-1":
+        if check.reads is None and check.constraint.key not in _CONTEXT_FREE:
             wide.append(True)
         try:
             if not _outcome(check, site, present):
@@ -485,7 +564,7 @@ def invariant_issues(resource: Mapping[str, Any]) -> list[Issue]:
         return []  # not a resource: structure validation says so
     reset_clock()
     try:
-        failures = list(_failures(resource))
+        failures = _failures(resource)
     except RecursionError:
         return [Issue("The resource is nested too deeply to check its invariants", "too-costly", "error",
                       (str(resource.get("resourceType")),))]
