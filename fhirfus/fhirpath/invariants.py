@@ -47,7 +47,7 @@ from fhirfus.fhirpath.engine import (
 #: Variables that read beyond the element itself.
 _WIDE_VARIABLES = frozenset({"resource", "rootResource", "context"})
 #: Outcomes remembered per (constraint, children read); cleared when full.
-_KEPT = 50_000
+_KEPT = 20_000  # with keys of at most _KEY_MAX bytes: bounded memory per worker
 #: Children larger than this are evaluated every time rather than remembered.
 _KEY_MAX = 1024
 
