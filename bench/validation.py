@@ -11,8 +11,11 @@ when present, and the official R4 examples) it times, per resource type,
 each resource measured once: both have caches of outcomes (QuestionnaireResponse items, the
 children a constraint reads), and a server sees each resource once. Expressions are compiled
 once per process: the warm-up (other Bundles and patients, and the examples, which are measured
-too) does that first, as a running server has. Results are printed and appended to
-``bench-results/bench.md``.
+too) does that first, as a running server has. Then, on a throw-away PostgreSQL database, it
+processes the ingest benchmark's transaction Bundles in this process (``bundles.process``),
+alternately with and without the invariants, and compares the CPU time per Bundle: what the
+invariants cost the transaction path, measured where the shared machine's noise cancels out.
+Results are printed and appended to ``bench-results/bench.md``.
 """
 
 from __future__ import annotations
@@ -34,8 +37,13 @@ import harness as bench  # bench/harness.py: bench/ leads sys.path when a benchm
 import ingest  # the ingest benchmark's realistic transaction Bundles
 from rich.markup import escape
 
+from fhirfus.auth.access import SERVER
+from fhirfus.db.engine import make_engine
+from fhirfus.domain.conformance import load_conformance
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.fhirpath.invariants import invariant_errors
+from fhirfus.interactions import bundles
+from fhirfus.store.repository import Store
 
 console = bench.console
 SHARED = bench.REPO.parent / "shared" / "data"
@@ -115,25 +123,65 @@ def _row(name: str, pairs: list[tuple[float, float]]) -> list[str]:
             f"+{invariants / base:.0%}" if base else "—"]
 
 
+def transaction_cpu(count: int) -> bench.Report:
+    """CPU milliseconds per 100-entry transaction Bundle, with and without the invariants, the two
+    alternating Bundle by Bundle (the check is swapped out of ``bundles`` for the other half)."""
+    load_conformance()
+    rng = random.Random(SEED + 1)
+    documents = [b.document for b in ingest.make_bundles(count + 1, ingest.BUNDLE_ENTRIES, rng, 7_000_000)]
+    cpu: dict[bool, list[float]] = {True: [], False: []}
+    with bench.postgres_databases(1) as (url,):
+        bench.migrated(url)
+        engine = make_engine(url)
+        context = bundles.Context(Store(engine), SERVER, "http://bench.local/fhir")
+        try:
+            bundles.process(context, documents[0])  # first-use caches
+            for index, document in enumerate(documents[1:]):
+                checked = index % 2 == 0
+                bundles.invariant_errors = invariant_errors if checked else (lambda resource: [])
+                started = time.process_time()
+                bundles.process(context, document)
+                cpu[checked].append((time.process_time() - started) * 1000)
+        finally:
+            bundles.invariant_errors = invariant_errors
+            engine.dispose()
+    table = bench.Report("Transaction Bundles in process: CPU per Bundle of 100 entries (ms, median)",
+                         ["invariants", "Bundles", "CPU ms", "per resource µs"])
+    for checked in (False, True):
+        median = statistics.median(cpu[checked])
+        table.rows.append(["on" if checked else "off", str(len(cpu[checked])), f"{median:.1f}",
+                           f"{median * 1000 / ingest.BUNDLE_ENTRIES:.0f}"])
+    added = statistics.median(cpu[True]) / statistics.median(cpu[False]) - 1
+    table.notes.append(f"the invariants add {added:+.0%} CPU to the server's side of a transaction (this process; "
+                       "PostgreSQL's own CPU not included)")
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--bundles", type=int, default=10, help="ingest-benchmark Bundles of 100 entries (default 10)")
+    parser.add_argument("--transactions", type=int, default=60, help="transaction Bundles timed, half with invariants (default 60)")
     parser.add_argument("--output", type=Path, default=bench.RESULTS, help="Markdown file to append to")
     args = parser.parse_args(argv)
     bench._terminate_on_sigterm()
     started = time.perf_counter()
     warm, measured = corpus(args.bundles)
     console.rule(f"bench_validation: {len(measured):,} resources; load average {os.getloadavg()[0]:.2f}")
-    table = report(measure(warm, measured))
-    console.print(table.rich())
-    for note in table.notes:
-        console.print(f"  [dim]{escape(note)}[/dim]")
+    tables = [report(measure(warm, measured))]
+    try:
+        tables.append(transaction_cpu(args.transactions))
+    except bench.BenchError as exc:
+        console.print(f"[red]transaction CPU not measured: {escape(str(exc))}[/red]")
+    for table in tables:
+        console.print(table.rich())
+        for note in table.notes:
+            console.print(f"  [dim]{escape(note)}[/dim]")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     with args.output.open("a", encoding="utf-8") as handle:
         handle.write(f"\n## `make bench`: validation cost per resource type (bench/validation.py)\n\n"
                      f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {bench._git_revision()}, "
                      f"load average {os.getloadavg()[0]:.2f}, run time {time.perf_counter() - started:.0f} s\n\n"
-                     + table.markdown())
+                     + "\n".join(table.markdown() for table in tables))
     console.print(f"appended to {args.output}")
     return 0
 
