@@ -310,3 +310,30 @@ def test_a_reference_to_another_sites_resource_is_refused_as_one_to_nothing(worl
                                                     "code": {"text": "x"}, "subject": {"reference": f"Patient/{unknown}"}})
     assert on_b.status_code == on_unknown.status_code == 400
     assert on_b.text.replace(b["id"], "ID") == on_unknown.text.replace(unknown, "ID")
+
+
+def test_a_cascading_delete_reaches_only_the_callers_site(world: World) -> None:
+    b = world.patient(world.b)
+    a_label = {"security": [{"system": SITE, "code": world.site_a}]}
+    on_a = world.admin.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"}, "meta": a_label,
+        "subject": {"reference": f"Patient/{b['id']}"}})
+    assert on_a.status_code == 201, on_a.text
+    answer = world.b.delete(f"/Patient/{b['id']}", params={"_cascade": "delete"})
+    assert answer.status_code == 200, answer.text
+    assert on_a.json()["id"] not in answer.text
+    assert world.a.get(f"/Observation/{on_a.json()['id']}").status_code == 200
+
+
+def test_terminology_operations_see_only_the_callers_stored_code_systems(world: World) -> None:
+    url = f"urn:test:{world.suffix}:cs"
+    stored = world.b.post("/CodeSystem", json={"resourceType": "CodeSystem", "url": url, "status": "active",
+                                               "content": "complete", "concept": [{"code": "c", "display": world.marker}]})
+    assert stored.status_code == 201
+    assert world.b.get("/CodeSystem/$lookup", params={"system": url, "code": "c"}).status_code == 200
+    on_b = world.a.get("/CodeSystem/$lookup", params={"system": url, "code": "c"})
+    unknown = f"urn:test:{uuid.uuid4()}"
+    on_unknown = world.a.get("/CodeSystem/$lookup", params={"system": unknown, "code": "c"})
+    assert on_b.status_code == on_unknown.status_code == 404
+    assert on_b.text.replace(url, "URL") == on_unknown.text.replace(unknown, "URL")
+    assert world.marker not in world.a.get("/ValueSet/$expand", params={"url": f"{url}-vs"}).text

@@ -9,11 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirfus.api.negotiation import Rendering, rendering_for, require_json_body
+from fhirfus.api.negotiation import Rendering, body_is_xml, rendering_for, require_json_body
 from fhirfus.auth.access import DEVELOPMENT, Access
 from fhirfus.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
+from fhirfus.fhir.xml import from_xml
 from fhirfus.interactions.preconditions import etag
 from fhirfus.store.repository import Stored
 
@@ -59,8 +60,10 @@ async def read_body(request: Request) -> bytes:
 
 
 async def read_json(request: Request, *, patch: bool = False) -> Any:
+    """The request's resource (or JSON Patch) as JSON, from a FHIR JSON or FHIR XML body."""
     require_json_body(request, patch=patch)
-    return parse_json(await read_body(request))
+    body = await read_body(request)
+    return from_xml(body) if body_is_xml(request) else parse_json(body)
 
 
 @dataclass(frozen=True)

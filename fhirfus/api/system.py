@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -10,15 +12,24 @@ from starlette.responses import Response
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search
+from fhirfus.errors import InvalidRequest
 from fhirfus.interactions import bundles, history
 from fhirfus.interactions.capabilities import capability_statement
+from fhirfus.terminology.capabilities import terminology_capabilities
 
 router = APIRouter(prefix="/fhir")
 
 
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
-    return fhir_response(request, capability_statement(base_url(request)))
+    mode = request.query_params.get("mode", "full")
+    if mode == "terminology":
+        return fhir_response(request, terminology_capabilities(base_url(request), datetime.now(UTC)))
+    if mode not in ("full", "normative"):
+        raise InvalidRequest(f"mode must be full, normative or terminology, not {mode!r}", "mode")
+    settings = request.app.state.settings
+    return fhir_response(request, capability_statement(
+        base_url(request), integrity=settings.referential_integrity != "off", cors=bool(settings.cors_origins)))
 
 
 @router.get("/_history")

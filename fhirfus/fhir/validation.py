@@ -19,7 +19,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
-from fhirfus.fhir.bindings import check_required_bindings, resource_types
+from fhirfus.fhir.bindings import check_elements, resource_types
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -186,7 +186,7 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
     if issues:
         return issues
     return [
-        Issue(v.message, "code-invalid", "error", (v.expression,)) for v in check_required_bindings(data)
+        Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)
     ]
 
 

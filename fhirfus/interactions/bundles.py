@@ -128,17 +128,21 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     if method in ("POST", "PUT") and not isinstance(entry.resource, dict):
         raise InvalidRequest(f"{where} ({method}) needs a resource", f"{where}.resource")
     if method == "PATCH" and not _patch_operations(entry):
-        raise InvalidRequest(f"{where} (PATCH) needs a Binary or Parameters-free JSON Patch", f"{where}.resource")
+        raise InvalidRequest(f"{where} (PATCH) needs a JSON Patch as a Binary or a FHIRPath Patch as Parameters",
+                             f"{where}.resource")
     return entry
 
 
-def _patch_operations(entry: Entry) -> list | None:
-    """JSON Patch in a Bundle travels as a Binary (base64 data) — the R4 convention."""
+def _patch_operations(entry: Entry) -> list | dict | None:
+    """JSON Patch in a Bundle travels as a Binary (base64 data) — the R4 convention; a FHIRPath
+    Patch as the entry's Parameters resource."""
     import base64
 
     import orjson
 
     resource = entry.resource
+    if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+        return resource
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary" and resource.get("data"):
         try:
             operations = orjson.loads(base64.b64decode(resource["data"]))

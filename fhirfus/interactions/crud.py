@@ -20,6 +20,7 @@ from fhirfus.domain import rules
 from fhirfus.domain.derived import after_write
 from fhirfus.errors import (
     BusinessRuleViolation,
+    Conflict,
     Gone,
     InvalidRequest,
     InvalidResource,
@@ -28,8 +29,9 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.fhirpath import patch as fhirpath_patch
 from fhirfus.fhirpath.invariants import invariant_errors, invariant_issues
-from fhirfus.interactions import conditional, references
+from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
@@ -94,6 +96,8 @@ def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Sto
         raise _not_found(res_type, res_id)
     if stored.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
+    if res_type == "Binary":
+        binary.require_readable(conn, caller, stored)
     return stored
 
 
@@ -107,6 +111,8 @@ def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, versi
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
         raise Gone(f"{res_type}/{res_id} version {version_id} is a deletion", "meta.versionId")
+    if res_type == "Binary":
+        binary.require_readable(conn, caller, stored)
     return stored
 
 
@@ -173,8 +179,9 @@ def conditional_update_in(
 def patch_in(
     conn: Connection, caller: Access, res_type: str, res_id: str, operations: Any, if_match: int | None = None,
 ) -> WriteResult:
-    if not isinstance(operations, list):
-        raise InvalidRequest("A JSON Patch body must be an array of operations", "PATCH")
+    if not isinstance(operations, list) and not fhirpath_patch.is_fhirpath_patch(operations):
+        raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
+                             "(a Parameters resource)", "PATCH")
     caller.require(res_type, "u")
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
@@ -182,7 +189,10 @@ def patch_in(
     if previous.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted", f"{res_type}.id")
     _check_if_match(res_type, res_id, previous, if_match)
-    patched = _apply_patch(previous.content or {}, operations)
+    if isinstance(operations, list):
+        patched = _apply_patch(previous.content or {}, operations)
+    else:
+        patched = fhirpath_patch.apply(previous.content or {}, operations)
     if patched.get("resourceType") != res_type or patched.get("id") != res_id:
         raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
     resource = accept(caller, patched, res_type)
@@ -327,14 +337,40 @@ def _apply_patch(document: dict, operations: list) -> dict:
 
 def delete(
     store: Store, caller: Access, res_type: str, res_id: str, base_url: str = "", *, integrity: bool = True,
-) -> Stored | None:
-    """DELETE [type]/[id]; with ``integrity``, 409 while a resource the caller may see refers to it."""
+    cascade: bool = False,
+) -> tuple[Stored | None, list[str]]:
+    """DELETE [type]/[id]; with ``integrity``, 409 while a resource the caller may see refers to it.
+
+    With ``cascade`` (``_cascade=delete``, as HAPI FHIR), the resources that refer to it are deleted
+    too, transitively, in the same transaction; returns the deleted one and the ``Type/id`` of those.
+    """
     require_known_type(res_type)
     with write_transaction(store, caller) as conn:
         stored = delete_in(conn, caller, res_type, res_id)
+        cascaded = _cascade_delete(conn, caller, (res_type, res_id), base_url) if cascade and stored else []
         if integrity and stored is not None:
             references.check_deleted(conn, caller, [(res_type, res_id)], base_url)
-        return stored
+        return stored, cascaded
+
+
+CASCADE_MOST = 1000  # resources one cascading delete may remove; beyond, nothing is deleted (409)
+
+
+def _cascade_delete(conn: Connection, caller: Access, deleted: tuple[str, str], base_url: str) -> list[str]:
+    """Delete, round after round, every live resource (the caller may see) that refers to one deleted
+    in the round before; each needs the caller's delete permission on its type."""
+    cascaded: list[str] = []
+    frontier = [deleted]
+    while frontier:
+        found = references.referrers(conn, caller, frontier, base_url, CASCADE_MOST + 1 - len(cascaded))
+        frontier = list(dict.fromkeys((row[2], row[3]) for row in found))
+        if len(cascaded) + len(frontier) > CASCADE_MOST:
+            raise Conflict(f"_cascade=delete would delete more than {CASCADE_MOST} resources; nothing was deleted",
+                           "_cascade")
+        for res_type, res_id in frontier:
+            delete_in(conn, caller, res_type, res_id)
+            cascaded.append(f"{res_type}/{res_id}")
+    return cascaded
 
 
 def conditional_delete(
