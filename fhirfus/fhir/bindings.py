@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["BindingViolation", "check_required_bindings", "enumerated_valueset", "resource_types"]
+__all__ = ["BindingViolation", "check_required_bindings", "element_tables", "enumerated_valueset", "resource_types"]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
 RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
@@ -130,6 +130,11 @@ def _model() -> _Model:
 def resource_types() -> frozenset[str]:
     """All concrete FHIR R4 resource type names known from the definitions."""
     return _model().resources
+
+
+def element_tables() -> Mapping[str, Table]:
+    """JSON property → element, per resource type, datatype and backbone path (``fhirfus.fhir.walk``)."""
+    return _model().tables
 
 
 def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolation]:

@@ -1,0 +1,28 @@
+"""The R4 rules a structurally valid resource must still follow, gathered in one walk.
+
+Why: the JSON representation, narrative, extension and Bundle rules each look at part of the
+resource; ``fhirfus.fhir.validation.resource_issues`` calls this once, and one typed walk
+(``fhirfus.fhir.walk``) feeds the families that need element types. Issues carry their severity:
+errors refuse a write, warnings are only reported by ``$validate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fhirfus.errors import Issue
+from fhirfus.fhir import bundle_rules, extensions, narrative, representation
+from fhirfus.fhir.walk import walk
+
+
+def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
+    """Issues of every rule family, errors and warnings alike."""
+    issues = representation.shape_issues(resource, resource_type)
+    nodes = list(walk(resource))
+    issues += representation.node_issues(nodes)
+    issues += narrative.narrative_issues(nodes)
+    issues += extensions.extension_issues(nodes)
+    if resource_type == "Bundle":
+        issues += bundle_rules.bundle_issues(resource)
+    return issues

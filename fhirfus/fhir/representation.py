@@ -1,0 +1,192 @@
+"""The R4 JSON representation rules (https://hl7.org/fhir/R4/json.html) and primitive formats.
+
+Why: the ``fhir.resources`` models read JSON leniently (``"active": "true"`` and ``"value": "1.5"``
+pass, as do ``[]``, ``{}``, ``null`` and a ``_given`` that does not line up with ``given``), and
+they do not check ``uri``, ``oid``, ``uuid`` or strict base64. What they let through, this module
+reports, each issue naming the element:
+
+- no empty arrays, objects or strings; ``null`` only to keep a primitive array and its ``_x``
+  partner aligned (same length, never null at the same index in both);
+- primitives of the right JSON type and within their ranges and formats (R4 datatypes page);
+- base64 of the base64 alphabet with correct padding (whitespace, which R4's own examples
+  contain, is a warning); an ``Attachment.size`` equal to the
+  length of the decoded ``data`` and an ``Attachment.hash`` equal to its SHA-1, when both are given.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from fhirfus.errors import Issue
+from fhirfus.fhir.walk import Node
+
+INT32 = (-(2**31), 2**31 - 1)
+STRING_MAX = 1024 * 1024
+
+_YEAR = r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)"
+_MONTH = r"(0[1-9]|1[0-2])"
+_DAY = r"(0[1-9]|[1-2][0-9]|3[0-1])"
+_TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?"
+_ZONE = r"(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+
+#: The R4 regular expressions of the string-valued primitives (base64Binary is stricter than R4's,
+#: which allows whitespace: the issue asks for strict base64).
+PATTERNS: Mapping[str, re.Pattern[str]] = {
+    name: re.compile(f"(?:{pattern})\\Z")
+    for name, pattern in {
+        "id": r"[A-Za-z0-9\-\.]{1,64}",
+        "code": r"[^\s]+(\s[^\s]+)*",
+        "uri": r"\S*",
+        "url": r"\S*",
+        "canonical": r"\S*",
+        "oid": r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+",
+        "uuid": r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "base64Binary": r"([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
+        "date": f"{_YEAR}(-{_MONTH}(-{_DAY})?)?",
+        "dateTime": f"{_YEAR}(-{_MONTH}(-{_DAY}(T{_TIME}{_ZONE})?)?)?",
+        "instant": f"{_YEAR}-{_MONTH}-{_DAY}T{_TIME}{_ZONE}",
+        "time": _TIME,
+    }.items()
+}
+_WHITESPACE = re.compile(r"\s+")
+STRING_TYPES = frozenset({"string", "markdown", "xhtml", *PATTERNS})
+INTEGER_MINIMUM = {"integer": INT32[0], "unsignedInt": 0, "positiveInt": 1}
+
+
+def _issue(message: str, expr: str, code: str = "value") -> Issue:
+    return Issue(message, code, "error", (expr,))
+
+
+# --------------------------------------------------------------------------- JSON shape
+
+
+def shape_issues(resource: Mapping[str, Any], root: str) -> list[Issue]:
+    """Empty values, misplaced ``null`` and unaligned ``x`` / ``_x`` arrays, anywhere in the JSON."""
+    out: list[Issue] = []
+    _object(resource, root, out)
+    return out
+
+
+def _object(obj: Mapping[str, Any], expr: str, out: list[Issue]) -> None:
+    for key, value in obj.items():
+        where = f"{expr}.{key}"
+        if value is None:
+            out.append(_issue(f"'{key}' is null: absent elements are left out in FHIR JSON", where, "structure"))
+        elif isinstance(value, list):
+            _array(obj, key, value, where, out)
+        else:
+            _value(value, where, out)
+
+
+def _array(obj: Mapping[str, Any], key: str, items: list[Any], expr: str, out: list[Issue]) -> None:
+    if not items:
+        out.append(_issue(f"'{key}' is an empty array: an element without values is left out", expr, "structure"))
+        return
+    partner_key = key[1:] if key.startswith("_") else f"_{key}"
+    partner = obj.get(partner_key)
+    if isinstance(partner, list) and len(partner) != len(items) and not key.startswith("_"):
+        out.append(_issue(f"'{key}' has {len(items)} values but '{partner_key}' has {len(partner)}: they must align",
+                          f"{expr.rsplit('.', 1)[0]}.{partner_key}", "structure"))
+    for index, item in enumerate(items):
+        where = f"{expr}[{index}]"
+        if item is None:
+            other = partner[index] if isinstance(partner, list) and index < len(partner) else None
+            if other is None:
+                out.append(_issue(f"null in '{key}' is only allowed where '{partner_key}' has a value at the same index",
+                                  where, "structure"))
+        else:
+            _value(item, where, out)
+
+
+def _value(value: Any, expr: str, out: list[Issue]) -> None:
+    if isinstance(value, dict):
+        if not value:
+            out.append(_issue("Empty object: an element without content is left out", expr, "structure"))
+        else:
+            _object(value, expr, out)
+    elif isinstance(value, str) and value == "":
+        out.append(_issue("Empty string: an element without a value is left out", expr, "structure"))
+
+
+# --------------------------------------------------------------------------- primitives
+
+
+def _primitive(node: Node) -> Issue | None:
+    value, kind = node.value, node.type
+    if kind == "boolean":
+        return None if isinstance(value, bool) else _issue(f"A boolean must be JSON true or false, not {value!r}", node.expr)
+    if kind in INTEGER_MINIMUM:
+        if not isinstance(value, int) or isinstance(value, bool):
+            return _issue(f"A {kind} must be a JSON integer, not {value!r}", node.expr)
+        if not INTEGER_MINIMUM[kind] <= value <= INT32[1]:
+            return _issue(f"{value} is outside the range of {kind} ({INTEGER_MINIMUM[kind]}..{INT32[1]})", node.expr)
+        return None
+    if kind == "decimal":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return None if ok else _issue(f"A decimal must be a JSON number, not {value!r}", node.expr)
+    if kind not in STRING_TYPES:
+        return None
+    if not isinstance(value, str):
+        return _issue(f"A {kind} must be a JSON string, not {value!r}", node.expr)
+    if len(value) > STRING_MAX:
+        return _issue(f"A {kind} may not exceed 1 MB", node.expr)
+    pattern = PATTERNS.get(kind)
+    if kind == "base64Binary" and _WHITESPACE.search(value) and PATTERNS[kind].match(_WHITESPACE.sub("", value)):
+        return Issue("base64 should not contain whitespace (RFC 4648)", "value", "warning", (node.expr,))
+    if pattern is not None and value and not pattern.match(value):
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        return _issue(f"{shown!r} is not a valid {kind}", node.expr)
+    return None
+
+
+def _decoded(data: Any) -> bytes | None:
+    if not isinstance(data, str):
+        return None
+    data = _WHITESPACE.sub("", data)
+    if not PATTERNS["base64Binary"].match(data):
+        return None
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _attachment(node: Node, out: list[Issue]) -> None:
+    attachment = node.value
+    data = _decoded(attachment.get("data"))
+    if data is None:
+        return
+    size = attachment.get("size")
+    if isinstance(size, int) and not isinstance(size, bool) and size != len(data):
+        out.append(_issue(f"size is {size} but data holds {len(data)} bytes", f"{node.expr}.size"))
+    claimed = attachment.get("hash")
+    if isinstance(claimed, str):
+        digest = _decoded(claimed)
+        if digest is not None and digest != hashlib.sha1(data).digest():
+            out.append(_issue("hash is not the base64 SHA-1 of data", f"{node.expr}.hash"))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def node_issues(nodes: Iterable[Node]) -> list[Issue]:
+    """Primitive formats and attachment consistency of the walked nodes."""
+    out: list[Issue] = []
+    append: Callable[[Issue], None] = out.append
+    for node in nodes:
+        if node.primitive:
+            continue
+        value = node.value
+        if isinstance(value, Mapping):
+            if node.type == "Attachment":
+                _attachment(node, out)
+        elif value is not None:
+            issue = _primitive(node)
+            if issue is not None:
+                append(issue)
+    return out
