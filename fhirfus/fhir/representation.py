@@ -54,6 +54,8 @@ PATTERNS: Mapping[str, re.Pattern[str]] = {
     }.items()
 }
 _WHITESPACE = re.compile(r"\s+")
+_URI_UUID = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+URI_TYPES = frozenset({"uri", "url", "canonical"})
 STRING_TYPES = frozenset({"string", "markdown", "xhtml", *PATTERNS})
 INTEGER_MINIMUM = {"integer": INT32[0], "unsignedInt": 0, "positiveInt": 1}
 
@@ -138,6 +140,9 @@ def _primitive(node: Node) -> Issue | None:
     pattern = PATTERNS.get(kind)
     if kind == "base64Binary" and _WHITESPACE.search(value) and PATTERNS[kind].match(_WHITESPACE.sub("", value)):
         return Issue("base64 should not contain whitespace (RFC 4648)", "value", "warning", (node.expr,))
+    if kind in URI_TYPES and value.startswith(("urn:oid:", "urn:uuid:")):
+        # as the reference validator does; the case of a uuid in a uri is not checked (R4's examples use both)
+        pattern = PATTERNS["oid"] if value.startswith("urn:oid:") else _URI_UUID
     if pattern is not None and value and not pattern.match(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
         return _issue(f"{shown!r} is not a valid {kind}", node.expr)
