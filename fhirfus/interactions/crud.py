@@ -364,9 +364,10 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return rules.domain_issues(resource)
-    issues = resource_issues(body, res_type)
-    return issues or rules.domain_issues(body)
+        return resource_issues(resource, res_type, warnings=True) + rules.domain_issues(resource)
+    issues = resource_issues(body, res_type, warnings=True)
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    return issues if errors else issues + rules.domain_issues(body)
 
 
 def _resource_parameter(parameters: dict) -> Any:
