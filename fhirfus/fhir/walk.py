@@ -13,16 +13,14 @@ validator reports them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables, resource_types
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
-    """One value of a resource."""
+class Node(NamedTuple):
+    """One value of a resource (a tuple: a walk makes one per value, a frozen dataclass costs 3x)."""
 
     expr: str  # where it is, with indexes: ``Patient.name[0].given[1]``
     path: str  # its element path from the resource root, no indexes: ``Patient.name.given``
@@ -33,41 +31,44 @@ class Node:
     in_array: bool = False  # one item of a repeating element
 
 
-def walk(resource: Mapping[str, Any]) -> Iterator[Node]:
+def walk(resource: Mapping[str, Any]) -> list[Node]:
     """Every node of ``resource`` (itself first), depth first, contained resources included."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in resource_types():
-        return
-    yield Node(resource_type, resource_type, resource_type, resource, resource_type)
-    yield from _children(resource, resource_type, resource_type, resource_type)
+        return []
+    out = [Node(resource_type, resource_type, resource_type, resource, resource_type)]
+    _children(resource, resource_type, resource_type, resource_type, element_tables(), out)
+    return out
 
 
-def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str) -> Iterator[Node]:
-    tables = element_tables()
+def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tables: Mapping[str, Any],
+              out: list[Node]) -> None:
+    """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node)."""
     table = tables.get(table_key, {})
+    append = out.append
     for key, value in obj.items():
-        partner = key.startswith("_")
-        element = table.get(key[1:] if partner else key)
+        partner = key[0] == "_"
+        name = key[1:] if partner else key
+        element = table.get(name)
         if element is None:
             continue
-        name = key[1:] if partner else key
         child_path = f"{path}.{name}"
         definition = f"{table_key}.{name}"
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            child_expr = f"{expr}.{name}" if index is None else f"{expr}.{name}[{index}]"
+        repeated = isinstance(value, list)
+        for index, item in enumerate(value) if repeated else ((None, value),):
+            child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
             if partner:
                 if isinstance(item, Mapping):
-                    yield Node(child_expr, child_path, element.type, item, definition, True, index is not None)
-                    yield from _children(item, "Element", child_expr, child_path)
+                    append(Node(child_expr, child_path, element.type, item, definition, True, repeated))
+                    _children(item, "Element", child_expr, child_path, tables, out)
                 continue
-            yield Node(child_expr, child_path, element.type, item, definition, False, index is not None)
+            append(Node(child_expr, child_path, element.type, item, definition, False, repeated))
             if not isinstance(item, Mapping):
                 continue
             if element.table == RESOURCE_TABLE:
                 nested = item.get("resourceType")
                 if isinstance(nested, str) and nested in resource_types():
-                    yield Node(child_expr, nested, nested, item, nested)
-                    yield from _children(item, nested, child_expr, nested)
+                    append(Node(child_expr, nested, nested, item, nested))
+                    _children(item, nested, child_expr, nested, tables, out)
             elif element.table is not None:
-                yield from _children(item, element.table, child_expr, child_path)
+                _children(item, element.table, child_expr, child_path, tables, out)
