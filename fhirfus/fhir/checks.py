@@ -19,7 +19,7 @@ from fhirfus.fhir.walk import walk
 def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
     """Issues of every rule family, errors and warnings alike."""
     issues = representation.shape_issues(resource, resource_type)
-    nodes = walk(resource)
+    nodes = walk(resource, representation.keep_primitive)
     issues += representation.node_issues(nodes)
     issues += narrative.narrative_issues(nodes)
     issues += extensions.extension_issues(nodes)

@@ -147,7 +147,7 @@ def extension_issues(nodes: Iterable[Node]) -> list[Issue]:
     for node in nodes:
         by_expr[node.expr] = node
         value = node.value
-        if node.type != "Extension" or node.primitive or not isinstance(value, Mapping):
+        if node.type != "Extension" or node.primitive or not isinstance(value, dict):
             continue
         has_value = _value_key(value) is not None
         if has_value == bool(value.get("extension")):

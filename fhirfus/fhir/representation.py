@@ -118,35 +118,41 @@ def _value(value: Any, expr: str, out: list[Issue]) -> None:
 # --------------------------------------------------------------------------- primitives
 
 
-def _primitive(node: Node) -> Issue | None:
-    value, kind = node.value, node.type
+def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
+    """(message, severity) when ``value`` is not a valid ``kind`` primitive in JSON, else None."""
     if kind == "boolean":
-        return None if isinstance(value, bool) else _issue(f"A boolean must be JSON true or false, not {value!r}", node.expr)
+        return None if isinstance(value, bool) else (f"A boolean must be JSON true or false, not {value!r}", "error")
     if kind in INTEGER_MINIMUM:
         if not isinstance(value, int) or isinstance(value, bool):
-            return _issue(f"A {kind} must be a JSON integer, not {value!r}", node.expr)
+            return f"A {kind} must be a JSON integer, not {value!r}", "error"
         if not INTEGER_MINIMUM[kind] <= value <= INT32[1]:
-            return _issue(f"{value} is outside the range of {kind} ({INTEGER_MINIMUM[kind]}..{INT32[1]})", node.expr)
+            return f"{value} is outside the range of {kind} ({INTEGER_MINIMUM[kind]}..{INT32[1]})", "error"
         return None
     if kind == "decimal":
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return None if ok else _issue(f"A decimal must be a JSON number, not {value!r}", node.expr)
+        return None if ok else (f"A decimal must be a JSON number, not {value!r}", "error")
     if kind not in STRING_TYPES:
         return None
     if not isinstance(value, str):
-        return _issue(f"A {kind} must be a JSON string, not {value!r}", node.expr)
+        return f"A {kind} must be a JSON string, not {value!r}", "error"
     if len(value) > STRING_MAX:
-        return _issue(f"A {kind} may not exceed 1 MB", node.expr)
+        return f"A {kind} may not exceed 1 MB", "error"
     pattern = PATTERNS.get(kind)
     if kind == "base64Binary" and _WHITESPACE.search(value) and PATTERNS[kind].match(_WHITESPACE.sub("", value)):
-        return Issue("base64 should not contain whitespace (RFC 4648)", "value", "warning", (node.expr,))
+        return "base64 should not contain whitespace (RFC 4648)", "warning"
     if kind in URI_TYPES and value.startswith(("urn:oid:", "urn:uuid:")):
         # as the reference validator does; the case of a uuid in a uri is not checked (R4's examples use both)
         pattern = PATTERNS["oid"] if value.startswith("urn:oid:") else _URI_UUID
     if pattern is not None and value and not pattern.match(value):
         shown = value if len(value) <= 80 else value[:77] + "..."
-        return _issue(f"{shown!r} is not a valid {kind}", node.expr)
+        return f"{shown!r} is not a valid {kind}", "error"
     return None
+
+
+def keep_primitive(kind: str, value: Any) -> bool:
+    """Which primitives a walk must hand on: narrative, and those with a problem (most have none,
+    and not making a node for them is most of the walk's cost)."""
+    return kind == "xhtml" or primitive_problem(kind, value) is not None
 
 
 def _decoded(data: Any) -> bytes | None:
@@ -187,11 +193,11 @@ def node_issues(nodes: Iterable[Node]) -> list[Issue]:
         if node.primitive:
             continue
         value = node.value
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             if node.type == "Attachment":
                 _attachment(node, out)
         elif value is not None:
-            issue = _primitive(node)
-            if issue is not None:
-                append(issue)
+            problem = primitive_problem(node.type, value)
+            if problem is not None:
+                append(Issue(problem[0], "value", problem[1], (node.expr,)))
     return out

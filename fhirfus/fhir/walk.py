@@ -13,7 +13,7 @@ validator reports them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables, resource_types
@@ -31,18 +31,23 @@ class Node(NamedTuple):
     in_array: bool = False  # one item of a repeating element
 
 
-def walk(resource: Mapping[str, Any]) -> list[Node]:
-    """Every node of ``resource`` (itself first), depth first, contained resources included."""
+#: Which primitive values (type code, value) become nodes; objects always do.
+Keep = Callable[[str, Any], bool]
+
+
+def walk(resource: Mapping[str, Any], keep: Keep = lambda kind, value: True) -> list[Node]:
+    """Every object of ``resource`` (itself first) and the primitives ``keep`` asks for, depth first,
+    contained resources included."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in resource_types():
         return []
     out = [Node(resource_type, resource_type, resource_type, resource, resource_type)]
-    _children(resource, resource_type, resource_type, resource_type, element_tables(), out)
+    _children(resource, resource_type, resource_type, resource_type, element_tables(), keep, out)
     return out
 
 
 def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tables: Mapping[str, Any],
-              out: list[Node]) -> None:
+              keep: Keep, out: list[Node]) -> None:
     """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node)."""
     table = tables.get(table_key, {})
     append = out.append
@@ -52,23 +57,25 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
         element = table.get(name)
         if element is None:
             continue
-        child_path = f"{path}.{name}"
-        definition = f"{table_key}.{name}"
+        kind = element.type
         repeated = isinstance(value, list)
         for index, item in enumerate(value) if repeated else ((None, value),):
-            child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
-            if partner:
-                if isinstance(item, Mapping):
-                    append(Node(child_expr, child_path, element.type, item, definition, True, repeated))
-                    _children(item, "Element", child_expr, child_path, tables, out)
+            if not isinstance(item, dict) and (partner or not keep(kind, item)):
                 continue
-            append(Node(child_expr, child_path, element.type, item, definition, False, repeated))
-            if not isinstance(item, Mapping):
+            child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
+            child_path = f"{path}.{name}"
+            definition = f"{table_key}.{name}"
+            if partner:
+                append(Node(child_expr, child_path, kind, item, definition, True, repeated))
+                _children(item, "Element", child_expr, child_path, tables, keep, out)
+                continue
+            append(Node(child_expr, child_path, kind, item, definition, False, repeated))
+            if not isinstance(item, dict):
                 continue
             if element.table == RESOURCE_TABLE:
                 nested = item.get("resourceType")
                 if isinstance(nested, str) and nested in resource_types():
                     append(Node(child_expr, nested, nested, item, nested))
-                    _children(item, nested, child_expr, nested, tables, out)
+                    _children(item, nested, child_expr, nested, tables, keep, out)
             elif element.table is not None:
-                _children(item, element.table, child_expr, child_path, tables, out)
+                _children(item, element.table, child_expr, child_path, tables, keep, out)
