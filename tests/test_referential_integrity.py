@@ -10,6 +10,7 @@ import uuid
 
 import httpx
 import pytest
+from auth_helpers import make_client
 from conftest import serving
 
 from fhirfus.settings import Settings
@@ -101,3 +102,42 @@ def test_with_the_setting_off_nothing_is_checked(database) -> None:
         pid = http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
         http.post("/Observation", json=observation(f"Patient/{pid}"))
         assert http.delete(f"/Patient/{pid}").status_code == 200
+
+
+def test_cascade_delete_removes_the_referrers_transitively_in_one_transaction(client: httpx.Client) -> None:
+    pid = patient(client)
+    encounter = client.post("/Encounter", json={"resourceType": "Encounter", "status": "finished",
+                                                "class": {"code": "AMB"}, "subject": {"reference": f"Patient/{pid}"}}).json()
+    obs = client.post("/Observation", json=observation(
+        f"Patient/{pid}", encounter={"reference": f"Encounter/{encounter['id']}"})).json()
+    on_obs = client.post("/Observation", json=observation(
+        f"Patient/{pid}", hasMember=[{"reference": f"Observation/{obs['id']}"}])).json()
+    answer = client.delete(f"/Patient/{pid}", params={"_cascade": "delete"})
+    assert answer.status_code == 200, answer.text
+    message = answer.json()["issue"][0]["diagnostics"]
+    for gone in (f"Encounter/{encounter['id']}", f"Observation/{obs['id']}", f"Observation/{on_obs['id']}"):
+        assert gone in message
+        assert client.get(f"/{gone}").status_code == 410
+    assert client.get(f"/Patient/{pid}").status_code == 410
+
+
+def test_cascade_delete_needs_delete_permission_on_every_type_it_reaches(secure_server) -> None:
+    token_url = secure_server.root + "/auth/token"
+    store = Store(secure_server.database.engine)
+    writer = make_client(store, token_url, role="admin", scope="system/*.cruds")
+    patients_only = make_client(store, token_url, role="admin", scope="system/*.crus system/Patient.d")
+    with writer.http(secure_server.base) as http, patients_only.http(secure_server.base) as limited:
+        pid = patient(http)
+        obs = http.post("/Observation", json=observation(f"Patient/{pid}")).json()
+        refused = limited.delete(f"/Patient/{pid}", params={"_cascade": "delete"})
+        assert refused.status_code == 403, refused.text
+        assert http.get(f"/Patient/{pid}").status_code == 200
+        assert http.get(f"/Observation/{obs['id']}").status_code == 200
+
+
+def test_an_unknown_cascade_mode_is_400(client: httpx.Client) -> None:
+    pid = patient(client)
+    answer = client.delete(f"/Patient/{pid}", params={"_cascade": "yes"})
+    assert answer.status_code == 400
+    assert answer.json()["issue"][0]["expression"] == ["_cascade"]
+    assert client.get(f"/Patient/{pid}").status_code == 200

@@ -310,3 +310,16 @@ def test_a_reference_to_another_sites_resource_is_refused_as_one_to_nothing(worl
                                                     "code": {"text": "x"}, "subject": {"reference": f"Patient/{unknown}"}})
     assert on_b.status_code == on_unknown.status_code == 400
     assert on_b.text.replace(b["id"], "ID") == on_unknown.text.replace(unknown, "ID")
+
+
+def test_a_cascading_delete_reaches_only_the_callers_site(world: World) -> None:
+    b = world.patient(world.b)
+    a_label = {"security": [{"system": SITE, "code": world.site_a}]}
+    on_a = world.admin.post("/Observation", json={
+        "resourceType": "Observation", "status": "final", "code": {"text": "x"}, "meta": a_label,
+        "subject": {"reference": f"Patient/{b['id']}"}})
+    assert on_a.status_code == 201, on_a.text
+    answer = world.b.delete(f"/Patient/{b['id']}", params={"_cascade": "delete"})
+    assert answer.status_code == 200, answer.text
+    assert on_a.json()["id"] not in answer.text
+    assert world.a.get(f"/Observation/{on_a.json()['id']}").status_code == 200

@@ -29,7 +29,8 @@ Output layout (compact JSON, sorted keys so diffs stay stable)::
 
 Element keys: ``t`` type codes, ``p`` path of the nested element table
 (BackboneElement / Element children, or the target of a ``contentReference``),
-``b`` canonical URL (version stripped) of an enumerable required value set.
+``b`` canonical URL (version stripped) of an enumerable required value set, ``r`` the resource
+types a Reference element may name (absent: any).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ Expansion = dict[str, set[str]]
 FHIR_TYPE_EXT = "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"
 TERMINOLOGY_FILES = ("valuesets.json", "v3-codesystems.json", "v2-tables.json")
 CORE_VALUESET_PREFIX = "http://hl7.org/fhir/ValueSet/"
+CORE_STRUCTURE_PREFIX = "http://hl7.org/fhir/StructureDefinition"
 OUTPUT = Path(__file__).resolve().parent.parent / "fhirfus" / "fhir" / "data" / "fhir_elements.json"
 
 
@@ -245,7 +247,28 @@ def element_spec(el: JsonObj, by_path: dict[str, JsonObj], has_children: bool, b
         spec["p"] = el["path"]
     if binding:
         spec["b"] = binding
+    targets = reference_targets(el)
+    if targets:
+        spec["r"] = targets
     return spec
+
+
+def reference_targets(el: JsonObj) -> list[str]:
+    """Resource types a Reference element may point to; empty when any type will do (``Resource``,
+    no target profile) or when a target is a profile outside the core (it cannot be checked)."""
+    targets: set[str] = set()
+    for type_ in el.get("type", []):
+        if type_["code"] != "Reference":
+            continue
+        profiles = type_.get("targetProfile", [])
+        if not profiles:
+            return []
+        for profile in profiles:
+            base, _, name = profile.rpartition("/")
+            if base != CORE_STRUCTURE_PREFIX or name == "Resource":
+                return []
+            targets.add(name)
+    return sorted(targets)
 
 
 def required_bindings(sds: Iterable[JsonObj]) -> dict[str, str]:

@@ -212,12 +212,21 @@ async def patch(request: Request, res_type: str, res_id: str) -> Response:
 @router.delete("/{res_type}/{res_id}")
 def delete(request: Request, res_type: str, res_id: str) -> Response:
     rendering = rendering_for(request)
-    stored = crud.delete(_store(request), caller(request), res_type, res_id, base_url(request),
-                         integrity=_integrity(request))
+    stored, cascaded = crud.delete(_store(request), caller(request), res_type, res_id, base_url(request),
+                                   integrity=_integrity(request), cascade=_cascade(request))
     if stored is None:
         return fhir_response(request, information(f"{res_type}/{res_id} was already deleted"), 200, rendering=rendering)
     headers = {"ETag": f'W/"{stored.version}"'}
-    return fhir_response(request, information(f"Deleted {res_type}/{res_id}"), 200, headers, rendering)
+    also = f"; cascaded to {len(cascaded)}: {', '.join(cascaded)}" if cascaded else ""
+    return fhir_response(request, information(f"Deleted {res_type}/{res_id}{also}"), 200, headers, rendering)
+
+
+def _cascade(request: Request) -> bool:
+    """``_cascade=delete`` (HAPI FHIR's parameter) deletes what refers to the resource too."""
+    value = request.query_params.get("_cascade")
+    if value not in (None, "delete"):
+        raise InvalidRequest(f"_cascade must be 'delete', not {value!r}", "_cascade")
+    return value == "delete"
 
 
 @router.get("/{res_type}/{res_id}/_history")

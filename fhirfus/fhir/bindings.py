@@ -1,11 +1,16 @@
-"""Required terminology binding checks for FHIR R4 resources.
+"""Element rules of FHIR R4 that the models do not check: required bindings and reference targets.
 
 Why: the ``fhir.resources`` pydantic models validate structure only, so values
-such as ``Patient.gender = "banana"`` pass.  This module walks raw resource JSON
-type-aware, using element/binding tables generated from the official definitions
-by ``tools/gen_bindings.py`` (``data/fhir_elements.json``), and reports codes that
-violate *required* bindings whose value sets can be enumerated.  Structure
-problems (unknown keys, wrong JSON types) are deliberately ignored: they are
+such as ``Patient.gender = "banana"`` or ``Observation.subject = Medication/1`` pass.  This module
+walks raw resource JSON type-aware, using element tables generated from the official definitions
+by ``tools/gen_bindings.py`` (``data/fhir_elements.json``), and reports
+
+- codes that violate *required* bindings whose value sets can be enumerated;
+- references that name a resource type the element does not allow (its ``targetProfile``s), by
+  ``reference`` or by ``type``;
+- contained references (``#id``) that name no contained resource of the resource.
+
+Structure problems (unknown keys, wrong JSON types) are deliberately ignored: they are
 reported by the structural validator.
 """
 
@@ -18,7 +23,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["BindingViolation", "check_required_bindings", "element_tables", "enumerated_valueset", "resource_types"]
+from fhirfus.fhir.reference_syntax import named_type
+
+__all__ = ["BindingViolation", "check_elements", "check_required_bindings", "element_tables", "enumerated_valueset",
+           "resource_types"]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
 RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
@@ -26,10 +34,11 @@ RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resourc
 
 @dataclass(frozen=True)
 class BindingViolation:
-    """A code that is not allowed by a required binding."""
+    """A code that a required binding does not allow, or a reference its element does not allow."""
 
     expression: str  # FHIRPath-like location, e.g. "Patient.contact[0].gender"
     message: str
+    code: str = "code-invalid"  # OperationOutcome issue type
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,7 @@ class _Element:
     type: str  # concrete type for this JSON key (choice types resolved)
     table: str | None  # table to recurse into, RESOURCE_TABLE, or None for primitives
     valueset: _ValueSet | None
+    targets: frozenset[str] | None = None  # resource types a Reference may name (None: any)
 
 
 Table = Mapping[str, _Element]
@@ -87,14 +97,16 @@ def _build_table(
     table: dict[str, _Element] = {}
     for name, spec in specs.items():
         valueset = valuesets.get(spec["b"]) if "b" in spec else None
+        targets = frozenset(spec["r"]) if "r" in spec else None
         path = f"{key}.{name}"
         types: list[str] = spec["t"] or [""]
         if name.endswith("[x]"):
             for type_code in types:
                 target = _target_table(spec, type_code, table_keys)
-                table[_choice_key(name[:-3], type_code)] = _Element(path, type_code, target, valueset)
+                table[_choice_key(name[:-3], type_code)] = _Element(
+                    path, type_code, target, valueset, targets if type_code == "Reference" else None)
         else:
-            table[name] = _Element(path, types[0], _target_table(spec, types[0], table_keys), valueset)
+            table[name] = _Element(path, types[0], _target_table(spec, types[0], table_keys), valueset, targets)
     return table
 
 
@@ -138,7 +150,12 @@ def element_tables() -> Mapping[str, Table]:
 
 
 def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolation]:
-    """Report every code in ``resource`` that violates an enumerable required binding.
+    """Every code in ``resource`` that violates an enumerable required binding."""
+    return [v for v in check_elements(resource) if v.code == "code-invalid"]
+
+
+def check_elements(resource: Mapping[str, Any]) -> list[BindingViolation]:
+    """Every binding and reference violation in ``resource``.
 
     A resource of unknown ``resourceType`` yields no violations: that is a
     structural error, reported elsewhere.
@@ -147,11 +164,32 @@ def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolatio
     resource_type = resource.get("resourceType")
     model = _model()
     if isinstance(resource_type, str) and resource_type in model.resources:
-        _walk(resource, model.tables[resource_type], resource_type, model, out)
+        _walk(resource, model.tables[resource_type], resource_type, model, _Container.of(resource), out)
     return out
 
 
-def _walk(obj: Mapping[str, Any], table: Table, expr: str, model: _Model, out: list[BindingViolation]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Container:
+    """What ``#id`` references inside a resource (and inside its contained resources) can name."""
+
+    type: str  # ``#`` alone names the container itself
+    contained: Mapping[str, str]  # id -> resourceType of each contained resource
+
+    @classmethod
+    def of(cls, resource: Mapping[str, Any]) -> _Container:
+        contained = resource.get("contained")
+        ids = {
+            item["id"]: str(item.get("resourceType", ""))
+            for item in (contained if isinstance(contained, list) else ())
+            if isinstance(item, Mapping) and isinstance(item.get("id"), str)
+        }
+        return cls(str(resource.get("resourceType")), ids)
+
+
+def _walk(
+    obj: Mapping[str, Any], table: Table, expr: str, model: _Model, container: _Container,
+    out: list[BindingViolation],
+) -> None:
     """Visit the known properties of one JSON object (``_x`` extension siblings never match)."""
     for key, value in obj.items():
         element = table.get(key)
@@ -159,23 +197,64 @@ def _walk(obj: Mapping[str, Any], table: Table, expr: str, model: _Model, out: l
             continue
         if isinstance(value, list):
             for index, item in enumerate(value):
-                _visit(item, element, f"{expr}.{key}[{index}]", model, out)
+                _visit(item, element, f"{expr}.{key}[{index}]", model, container, out)
         else:
-            _visit(value, element, f"{expr}.{key}", model, out)
+            _visit(value, element, f"{expr}.{key}", model, container, out)
 
 
-def _visit(value: Any, element: _Element, expr: str, model: _Model, out: list[BindingViolation]) -> None:
-    """Check one value against its element's binding, then descend into it."""
+def _visit(
+    value: Any, element: _Element, expr: str, model: _Model, container: _Container, out: list[BindingViolation],
+) -> None:
+    """Check one value against its element's binding and targets, then descend into it."""
     if element.valueset is not None:
         _check_binding(value, element, element.valueset, expr, out)
     if element.table is None or not isinstance(value, Mapping):
         return
+    if element.type == "Reference":
+        _check_reference(value, element, expr, model, container, out)
     if element.table != RESOURCE_TABLE:
-        _walk(value, model.tables[element.table], expr, model, out)
+        _walk(value, model.tables[element.table], expr, model, container, out)
         return
     nested_type = value.get("resourceType")
     if isinstance(nested_type, str) and nested_type in model.resources:
-        _walk(value, model.tables[nested_type], expr, model, out)
+        # contained resources refer to their container's other contained resources; any other
+        # nested resource (a Bundle entry, a Parameters part) is a container of its own
+        inner = container if element.path.endswith(".contained") else _Container.of(value)
+        _walk(value, model.tables[nested_type], expr, model, inner, out)
+
+
+def _check_reference(
+    value: Mapping[str, Any], element: _Element, expr: str, model: _Model, container: _Container,
+    out: list[BindingViolation],
+) -> None:
+    """A ``#id`` reference names a contained resource; the type named is one the element allows."""
+    reference = value.get("reference")
+    named: str | None = None
+    if isinstance(reference, str):
+        if reference.startswith("#"):
+            named = container.type if reference == "#" else container.contained.get(reference[1:])
+            if named is None:
+                out.append(BindingViolation(
+                    f"{expr}.reference", f"{reference!r} names no contained resource", "not-found"))
+                return
+        else:
+            named = named_type(reference)
+            if named is not None and named not in model.resources:
+                named = None  # not a FHIR resource URL (e.g. another kind of server): not judged here
+        if named is not None:
+            _check_target(named, element, f"{expr}.reference", out)
+    declared = value.get("type")
+    if isinstance(declared, str):
+        declared = declared.removeprefix("http://hl7.org/fhir/StructureDefinition/")
+        if declared != named and declared in model.resources:
+            _check_target(declared, element, f"{expr}.type", out)
+
+
+def _check_target(named: str, element: _Element, expr: str, out: list[BindingViolation]) -> None:
+    if element.targets is not None and named not in element.targets:
+        allowed = ", ".join(sorted(element.targets))
+        out.append(BindingViolation(
+            expr, f"{element.path} cannot refer to a {named} (allowed: {allowed})", "invalid"))
 
 
 def _check_binding(value: Any, element: _Element, valueset: _ValueSet, expr: str, out: list[BindingViolation]) -> None:

@@ -3,12 +3,12 @@ literal reference names."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
 from fhirfus.fhir.bindings import resource_types
+from fhirfus.fhir.reference_syntax import split_literal
 
 
 def iter_references(node: Any) -> Iterator[dict]:
@@ -32,11 +32,6 @@ def rewrite_references(resource: dict, resolve: Callable[[str], str | None]) -> 
             reference["reference"] = replacement
 
 
-_REFERENCE_RE = re.compile(
-    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[A-Za-z0-9\-.]{1,64})?$"
-)
-
-
 @lru_cache(maxsize=16_384)
 def reference_target(reference: str) -> tuple[str | None, str | None]:
     """Type and id of a literal reference (``Patient/1``, ``http://x/fhir/Patient/1/_history/2``).
@@ -47,9 +42,7 @@ def reference_target(reference: str) -> tuple[str | None, str | None]:
     Remembered: a resource's references are parsed two or three times while it is indexed (the
     ``where(resolve() is T)`` filters, then the values), and a patient's resources all name it.
     """
-    if reference.startswith(("urn:", "#")):
+    literal = split_literal(reference)
+    if literal is None or literal[0] not in resource_types():
         return None, None
-    match = _REFERENCE_RE.search(reference)
-    if match is None or match["type"] not in resource_types():
-        return None, None
-    return match["type"], match["id"]
+    return literal

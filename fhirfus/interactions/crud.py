@@ -20,6 +20,7 @@ from fhirfus.domain import rules
 from fhirfus.domain.derived import after_write
 from fhirfus.errors import (
     BusinessRuleViolation,
+    Conflict,
     Gone,
     InvalidRequest,
     InvalidResource,
@@ -324,14 +325,40 @@ def _apply_patch(document: dict, operations: list) -> dict:
 
 def delete(
     store: Store, caller: Access, res_type: str, res_id: str, base_url: str = "", *, integrity: bool = True,
-) -> Stored | None:
-    """DELETE [type]/[id]; with ``integrity``, 409 while a resource the caller may see refers to it."""
+    cascade: bool = False,
+) -> tuple[Stored | None, list[str]]:
+    """DELETE [type]/[id]; with ``integrity``, 409 while a resource the caller may see refers to it.
+
+    With ``cascade`` (``_cascade=delete``, as HAPI FHIR), the resources that refer to it are deleted
+    too, transitively, in the same transaction; returns the deleted one and the ``Type/id`` of those.
+    """
     require_known_type(res_type)
     with write_transaction(store, caller) as conn:
         stored = delete_in(conn, caller, res_type, res_id)
+        cascaded = _cascade_delete(conn, caller, (res_type, res_id), base_url) if cascade and stored else []
         if integrity and stored is not None:
             references.check_deleted(conn, caller, [(res_type, res_id)], base_url)
-        return stored
+        return stored, cascaded
+
+
+CASCADE_MOST = 1000  # resources one cascading delete may remove; beyond, nothing is deleted (409)
+
+
+def _cascade_delete(conn: Connection, caller: Access, deleted: tuple[str, str], base_url: str) -> list[str]:
+    """Delete, round after round, every live resource (the caller may see) that refers to one deleted
+    in the round before; each needs the caller's delete permission on its type."""
+    cascaded: list[str] = []
+    frontier = [deleted]
+    while frontier:
+        found = references.referrers(conn, caller, frontier, base_url, CASCADE_MOST + 1 - len(cascaded))
+        frontier = list(dict.fromkeys((row[2], row[3]) for row in found))
+        if len(cascaded) + len(frontier) > CASCADE_MOST:
+            raise Conflict(f"_cascade=delete would delete more than {CASCADE_MOST} resources; nothing was deleted",
+                           "_cascade")
+        for res_type, res_id in frontier:
+            delete_in(conn, caller, res_type, res_id)
+            cascaded.append(f"{res_type}/{res_id}")
+    return cascaded
 
 
 def conditional_delete(

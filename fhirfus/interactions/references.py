@@ -100,23 +100,34 @@ def dangling(missing: list[tuple[Any, str, str]]) -> InvalidResource:
     return InvalidResource(issues[0].diagnostics, issues=issues)
 
 
-def check_deleted(conn: Connection, caller: Access, deleted: Iterable[tuple[str, str]], base: str) -> None:
-    """409 if a live resource the caller may see still references one of ``deleted``."""
-    keys = [key for key in deleted if key]
-    if not keys:
-        return
+def referrers(
+    conn: Connection, caller: Access, targets: Iterable[tuple[str, str]], base: str, most: int,
+) -> list[tuple[str, str, str, str, str]]:
+    """Up to ``most`` (target type, target id, referrer type, referrer id, search parameter) of live
+    resources the caller may see that refer to one of ``targets``."""
+    keys = [key for key in targets if key]
     link = search_reference
     rows = caller.visibility.resources()
+    found: list[tuple[str, str, str, str, str]] = []
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start:start + _CHUNK]
-        row = conn.execute(
+        found.extend(tuple(row) for row in conn.execute(
             select(link.c.target_type, link.c.target_id, rows.c.res_type, rows.c.res_id, link.c.param)
             .join(rows, rows.c.pk == link.c.resource_pk)
             .where(or_(*[and_(link.c.target_type == t, link.c.target_id == i) for t, i in chunk]),
                    local_reference(link, base), rows.c.deleted.is_(False))
-            .limit(1)
-        ).first()
-        if row is not None:
-            raise Conflict(
-                f"{row.target_type}/{row.target_id} cannot be deleted: {row.res_type}/{row.res_id} refers to it "
-                f"({row.res_type}.{row.param}); delete or change that resource first", f"{row.target_type}.id")
+            .distinct()
+            .limit(most - len(found))
+        ))
+        if len(found) >= most:
+            break
+    return found
+
+
+def check_deleted(conn: Connection, caller: Access, deleted: Iterable[tuple[str, str]], base: str) -> None:
+    """409 if a live resource the caller may see still references one of ``deleted``."""
+    for target_type, target_id, res_type, res_id, param in referrers(conn, caller, deleted, base, 1):
+        raise Conflict(
+            f"{target_type}/{target_id} cannot be deleted: {res_type}/{res_id} refers to it "
+            f"({res_type}.{param}); delete or change that resource first, or delete with _cascade=delete",
+            f"{target_type}.id")
