@@ -58,6 +58,17 @@ def test_sub_extensions_are_checked_by_their_definition() -> None:
     assert [e for _, _, e in issues(patient(wrong_type))] == [("Patient.extension[0].extension[0].valueString",)]
 
 
+def test_a_modifier_extension_goes_in_modifier_extension_and_only_there() -> None:
+    birth_place = {"url": f"{CORE}patient-birthPlace", "valueAddress": {"city": "Bern"}}
+    assert [e for _, _, e in issues({"resourceType": "Patient", "modifierExtension": [birth_place]})] == [
+        ("Patient.modifierExtension[0]",)]
+    do_not = {"url": f"{CORE}request-doNotPerform", "valueBoolean": True}
+    order = {"resourceType": "NutritionOrder", "status": "active", "intent": "order", "patient": {"reference": "Patient/p"},
+             "dateTime": "2024-01-01"}
+    assert issues({**order, "modifierExtension": [do_not]}) == []
+    assert [e for _, _, e in issues({**order, "extension": [do_not]})] == [("NutritionOrder.extension[0]",)]
+
+
 @pytest.mark.parametrize("extension", [
     {"url": "https://example.org/x", "valueString": "a", "extension": [{"url": "https://example.org/y", "valueString": "b"}]},
     {"url": "https://example.org/x"},

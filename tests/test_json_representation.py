@@ -40,6 +40,8 @@ def test_null_keeps_a_primitive_array_aligned_with_its_extensions() -> None:
 
 @pytest.mark.parametrize(("resource", "where"), [
     ({"resourceType": "Patient", "active": "true"}, "Patient.active"),
+    ({"resourceType": "Patient", "name": [{"family": "Do\u0000e"}]}, "Patient.name[0].family"),
+    ({"resourceType": "Patient", "name": [{"text": "bell\u0007"}]}, "Patient.name[0].text"),
     ({**OBS, "valueQuantity": {"value": "1.5"}}, "Observation.valueQuantity.value"),
     ({**OBS, "valueQuantity": {"value": True}}, "Observation.valueQuantity.value"),
     ({**OBS, "valueInteger": 1.5}, "Observation.valueInteger"),
@@ -77,6 +79,16 @@ def test_attachment_size_and_hash_must_match_the_data() -> None:
     assert located(attachment(b"hello", size=6)) == [("DocumentReference.content[0].attachment.size",)]
     wrong_hash = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
     assert located(attachment(b"hello", hash=wrong_hash)) == [("DocumentReference.content[0].attachment.hash",)]
+
+
+def test_tabs_and_line_breaks_are_fine_in_strings() -> None:
+    assert located({"resourceType": "Patient", "name": [{"text": "a\tb\r\nc"}]}) == []
+
+
+def test_a_nul_in_a_string_is_a_400_on_both_databases(client: httpx.Client) -> None:
+    response = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Do\u0000e"}]})
+    assert response.status_code == 400
+    assert response.json()["issue"][0]["expression"] == ["Patient.name[0].family"]
 
 
 def test_a_bad_value_over_http_is_a_400_naming_the_element(client: httpx.Client) -> None:

@@ -6,7 +6,7 @@ reader will misread. The definitions are compacted by ``tools/gen_extensions.py`
 ``data/extensions.json``. Checked per extension:
 
 - ext-1: an extension has a value or sub-extensions, not both and not neither;
-- a known url: its context (the element it sits on, by type, path or definition path, or a parent
+- a known url: whether it is a modifier (``modifierExtension``) or not (``extension``), its context (the element it sits on, by type, path or definition path, or a parent
   extension; elsewhere within the same resource or datatype only a warning, as R4's own examples
   do that), how many times it may appear on one element, its value[x] type, and its declared
   sub-extensions (their urls, cardinality and value types);
@@ -177,6 +177,10 @@ def extension_issues(nodes: Iterable[Node]) -> list[Issue]:
         if rule.get("ctx") is not None and parent is not None and not _context_matches(rule["ctx"], parent):
             issues.append(_error(f"Extension {url} is not allowed on {parent.path} (contexts: {', '.join(rule['ctx'])})",
                                  node.expr, severity="warning" if _same_root(rule["ctx"], parent) else "error"))
+        in_modifier_slot = node.path.endswith(".modifierExtension")
+        if in_modifier_slot != bool(rule.get("modifier")):
+            issues.append(_error(f"Extension {url} is {'not ' if in_modifier_slot else ''}a modifier extension: it "
+                                 f"belongs in {'extension' if in_modifier_slot else 'modifierExtension'}", node.expr))
         issues += _value_issues(value, rule, url, node.expr)
         issues += _sub_issues(value, rule, url, node.expr)
     return issues

@@ -7,7 +7,8 @@ reports, each issue naming the element:
 
 - no empty arrays, objects or strings; ``null`` only to keep a primitive array and its ``_x``
   partner aligned (same length, never null at the same index in both);
-- primitives of the right JSON type and within their ranges and formats (R4 datatypes page);
+- primitives of the right JSON type and within their ranges and formats (R4 datatypes page),
+  strings without control characters other than tab, CR and LF;
 - base64 of the base64 alphabet with correct padding (whitespace, which R4's own examples
   contain, is a warning); an ``Attachment.size`` equal to the
   length of the decoded ``data`` and an ``Attachment.hash`` equal to its SHA-1, when both are given.
@@ -54,6 +55,8 @@ PATTERNS: Mapping[str, re.Pattern[str]] = {
     }.items()
 }
 _WHITESPACE = re.compile(r"\s+")
+#: R4 strings are ``[ \r\n\t\S]+``: no other control character (a NUL breaks PostgreSQL's text too).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _URI_UUID = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 URI_TYPES = frozenset({"uri", "url", "canonical"})
 STRING_TYPES = frozenset({"string", "markdown", "xhtml", *PATTERNS})
@@ -137,6 +140,9 @@ def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
         return f"A {kind} must be a JSON string, not {value!r}", "error"
     if len(value) > STRING_MAX:
         return f"A {kind} may not exceed 1 MB", "error"
+    control = _CONTROL.search(value)
+    if control is not None:
+        return f"A {kind} cannot contain the control character U+{ord(control.group()):04X}", "error"
     pattern = PATTERNS.get(kind)
     if kind == "base64Binary" and _WHITESPACE.search(value) and PATTERNS[kind].match(_WHITESPACE.sub("", value)):
         return "base64 should not contain whitespace (RFC 4648)", "warning"
