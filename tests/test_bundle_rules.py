@@ -24,20 +24,26 @@ def test_a_well_formed_collection_passes() -> None:
     assert where(bundle("collection", *entries, link=[{"relation": "self", "url": "https://ehr.example/x"}])) == []
 
 
-@pytest.mark.parametrize("full_url", ["Patient/p1", "p1", "urn:uuid:not-a-uuid", "https://ehr.example/fhir/Patient/p2",
+def test_any_absolute_uri_is_a_full_url() -> None:
+    assert where(bundle("collection", {"fullUrl": "urn:isbn:0451450523", "resource": {"resourceType": "Binary", "contentType": "x"}})) == []
+
+
+@pytest.mark.parametrize("full_url", ["Patient/p1", "p1", "urn:uuid:not-a-uuid", "urn:oid:1.x", "https://ehr.example/fhir/Patient/p2",
                                       "https://ehr.example/fhir/Observation/p1",
                                       "https://ehr.example/fhir/Patient/p1/_history/2"])
 def test_full_url_is_absolute_and_names_the_entrys_resource(full_url: str) -> None:
     assert where(bundle("collection", {"fullUrl": full_url, "resource": PATIENT})) == [("Bundle.entry[0].fullUrl",)]
 
 
-def test_full_urls_are_unique_except_versions_in_a_history() -> None:
+def test_full_urls_are_unique_except_for_different_versions_and_in_a_history() -> None:
     url = "https://ehr.example/fhir/Patient/p1"
     twice = [{"fullUrl": url, "resource": PATIENT}, {"fullUrl": url, "resource": PATIENT}]
     assert where(bundle("collection", *twice)) == [("Bundle.entry[1].fullUrl",)]
-    versions = [{"fullUrl": url, "resource": {**PATIENT, "meta": {"versionId": v}}, "request": {"method": "PUT", "url": "Patient/p1"},
-                 "response": {"status": "200"}} for v in ("1", "2")]
-    assert where(bundle("history", *versions)) == []
+    versions = [{"fullUrl": url, "resource": {**PATIENT, "meta": {"versionId": v}}} for v in ("1", "2")]
+    assert where(bundle("collection", *versions)) == []
+    same = [{"fullUrl": url, "resource": {**PATIENT, "meta": {"versionId": "1"}}, "request": {"method": "PUT", "url": "Patient/p1"},
+             "response": {"status": "200"}}] * 2
+    assert where(bundle("history", *same)) == []
 
 
 def test_self_link_at_most_once() -> None:

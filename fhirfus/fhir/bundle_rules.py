@@ -5,8 +5,8 @@ first entry is not its Composition, two entries claiming one fullUrl, or a searc
 transaction are ambiguous to every reader. Checked, each issue naming the entry:
 
 - ``fullUrl`` absolute (or ``urn:uuid:`` / ``urn:oid:``), not version specific, and naming the
-  entry's resource (type and id) when it is a RESTful URL; unique, except for different versions
-  of one resource in a history;
+  entry's resource (type and id) when it is a RESTful URL; unique unless the entries hold
+  different versions (bdl-7; a history may repeat them);
 - ``link`` with relation ``self`` at most once;
 - ``entry.request`` required in batch, transaction and history, forbidden elsewhere;
   ``entry.response`` required in batch-response, transaction-response and history, forbidden
@@ -28,7 +28,7 @@ REQUEST_TYPES = frozenset({"batch", "transaction", "history"})
 RESPONSE_TYPES = frozenset({"batch-response", "transaction-response", "history"})
 TOTAL_TYPES = frozenset({"searchset", "history"})
 FIRST_RESOURCE = {"document": "Composition", "message": "MessageHeader"}
-_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s/]+\S*\Z")
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+\Z")  # any scheme (RFC 3986), as the reference checks
 _URN = re.compile(r"urn:(uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
                   r"|oid:[0-2](\.(0|[1-9][0-9]*))+)\Z")
 _RESTFUL = re.compile(r"(?:.*/)?([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[^/]+)?\Z")
@@ -41,7 +41,7 @@ def _issue(message: str, expr: str, code: str = "invalid") -> Issue:
 def _full_url_issues(full_url: Any, resource: Any, expr: str) -> list[Issue]:
     if not isinstance(full_url, str):
         return []
-    if not (_ABSOLUTE.match(full_url) or _URN.match(full_url)):
+    if not _ABSOLUTE.match(full_url) or (full_url.startswith(("urn:uuid:", "urn:oid:")) and not _URN.match(full_url)):
         return [_issue(f"fullUrl '{full_url}' must be an absolute URL, a urn:uuid or a urn:oid", f"{expr}.fullUrl")]
     restful = _RESTFUL.match(full_url) if not full_url.startswith("urn:") else None
     if restful is None:
@@ -71,6 +71,10 @@ def _entry_issues(bundle_type: str, entry: Mapping[str, Any], expr: str) -> list
 
 
 def _unique_full_urls(bundle_type: str, entries: list[Any]) -> list[Issue]:
+    """bdl-7: a fullUrl names one entry, unless the entries hold different versions of it (a history
+    lists every version of a resource, and may repeat one)."""
+    if bundle_type == "history":
+        return []
     seen: dict[tuple[str, Any], int] = {}
     issues = []
     for index, entry in enumerate(entries):
@@ -78,12 +82,11 @@ def _unique_full_urls(bundle_type: str, entries: list[Any]) -> list[Issue]:
         if not isinstance(full_url, str):
             continue
         resource = entry.get("resource")
-        version = resource.get("meta", {}).get("versionId") if isinstance(resource, Mapping) and isinstance(
-            resource.get("meta"), Mapping) else None
-        key = (full_url, version if bundle_type == "history" else None)
+        meta = resource.get("meta") if isinstance(resource, Mapping) else None
+        key = (full_url, meta.get("versionId") if isinstance(meta, Mapping) else None)
         if key in seen:
             issues.append(_issue(f"fullUrl '{full_url}' is also used by entry {seen[key]}"
-                                 + (" (same version)" if bundle_type == "history" else ""),
+                                 + (" (same version)" if key[1] is not None else ""),
                                  f"Bundle.entry[{index}].fullUrl"))
         else:
             seen[key] = index
