@@ -46,6 +46,8 @@ def test_null_keeps_a_primitive_array_aligned_with_its_extensions() -> None:
     ({**OBS, "valueQuantity": {"value": True}}, "Observation.valueQuantity.value"),
     ({**OBS, "valueInteger": 1.5}, "Observation.valueInteger"),
     ({"resourceType": "Patient", "implicitRules": "http://a b"}, "Patient.implicitRules"),
+    ({"resourceType": "Patient", "contained": [{"resourceType": "Organization", "id": "x" * 65}]},
+     "Patient.contained[0].id"),
     ({"resourceType": "Patient", "identifier": [{"system": "urn:oid:1.2.a"}]}, "Patient.identifier[0].system"),
     ({"resourceType": "Patient", "identifier": [{"system": "urn:uuid:not-a-uuid"}]}, "Patient.identifier[0].system"),
     ({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8*"}, "Binary.data"),

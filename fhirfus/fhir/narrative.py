@@ -3,14 +3,13 @@
 Why: narrative is served back to browsers; a ``<script>``, an ``onclick`` or a ``javascript:`` link
 stored in ``text.div`` would run in every viewer of the record. The div is parsed with a real XML
 parser (defusedxml: no DTD, no entity expansion) and every element and attribute is checked
-against the XHTML subset of R4 — the lists the reference validator uses. HTML named entities
-(``&nbsp;``) are accepted as the reference validator accepts them: they are turned into numeric
-character references before parsing, the markup itself is left to the parser.
+against the XHTML subset of R4 — the lists the reference validator uses. Only XML's own entities
+(``&lt;``, ``&amp;``, …) and character references exist: HTML's named ones (``&nbsp;``, ``&reg;``)
+are not XHTML without a DTD, and the reference validator refuses them too.
 """
 
 from __future__ import annotations
 
-import html.entities
 import re
 from collections.abc import Iterable
 from xml.etree.ElementTree import Element, ParseError
@@ -37,19 +36,7 @@ ELEMENT_ATTRIBUTES = frozenset(
 )
 URL_ATTRIBUTES = frozenset({"href", "src", "longdesc", "usemap", "cite"})
 SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:text/html")
-XML_ENTITIES = frozenset({"lt", "gt", "amp", "quot", "apos"})
-_ENTITY = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
 _INVISIBLE = re.compile(r"[\x00-\x20]+")
-
-
-def _numeric_entities(text: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name in XML_ENTITIES or name not in html.entities.name2codepoint:
-            return match.group(0)
-        return f"&#{html.entities.name2codepoint[name]};"
-
-    return _ENTITY.sub(replace, text) if "&" in text else text
 
 
 def _error(message: str, expr: str, code: str = "invalid") -> Issue:
@@ -59,7 +46,7 @@ def _error(message: str, expr: str, code: str = "invalid") -> Issue:
 def div_issues(div: str, expr: str) -> list[Issue]:
     """What is wrong with one ``Narrative.div`` (empty list when it is acceptable)."""
     try:
-        root = fromstring(_numeric_entities(div), forbid_dtd=True)
+        root = fromstring(div, forbid_dtd=True)
     except (ParseError, DefusedXmlException, ValueError) as exc:
         return [_error(f"txt-1: the narrative is not well-formed XHTML ({exc})", expr, "structure")]
     if root.tag != f"{XHTML}div":

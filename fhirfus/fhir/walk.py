@@ -57,7 +57,7 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
         element = table.get(name)
         if element is None:
             continue
-        kind = element.type
+        kind = "id" if name == "id" and table_key in resource_types() else element.type  # a resource's id is an id
         repeated = isinstance(value, list)
         for index, item in enumerate(value) if repeated else ((None, value),):
             if not isinstance(item, dict) and (partner or not keep(kind, item)):
