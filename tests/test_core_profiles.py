@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import httpx
 import pytest
 
-from fhirfus.domain.profiles import core_profiles, profile_issues
+from fhirfus.domain.profiles import core_profiles, implied_profiles, profile_issues
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_DATA = sorted((SHARED / "synthea-r4-transaction-bundles").glob("*.json")) + sorted(
+    (SHARED / "fhir-r4-examples").glob("*/*.json"))
 
 CORE = "http://hl7.org/fhir/StructureDefinition/"
 VITAL_SIGNS = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}
@@ -87,3 +93,31 @@ def test_a_non_conformant_vital_sign_is_not_stored(client: httpx.Client) -> None
     response = client.post("/Observation", json=bad)
     assert response.status_code == 422
     assert ["Observation.component"] in [i["expression"] for i in response.json()["issue"]]
+
+
+def test_a_vital_sign_meets_its_profile_without_claiming_it() -> None:
+    unclaimed = {k: v for k, v in copy.deepcopy(HEART_RATE).items() if k != "meta"}
+    assert profile_issues(unclaimed) == []
+    unclaimed["valueQuantity"]["code"] = "Hz"  # the heartrate profile, implied by LOINC 8867-4
+    assert errors(unclaimed) == [("Observation.valueQuantity.code",)]
+
+
+def test_the_vital_signs_category_implies_the_vital_signs_profile() -> None:
+    observation = {"resourceType": "Observation", "status": "final", "category": [VITAL_SIGNS], "code": {"text": "x"},
+                   "effectiveDateTime": "2024-05-01", "valueQuantity": {"value": 1}}
+    assert errors(observation) == [("Observation.subject",)]
+    assert errors({**observation, "category": [{"text": "other"}]}) == []
+
+
+@pytest.mark.skipif(not REAL_DATA, reason=f"shared data absent under {SHARED}")
+def test_real_vital_signs_meet_the_profiles_they_imply() -> None:
+    observations = []
+    for path in REAL_DATA:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+            observations += [e.get("resource") for e in document.get("entry", []) if isinstance(e, dict)]
+        elif isinstance(document, dict):
+            observations.append(document)
+    vital = [o for o in observations if isinstance(o, dict) and implied_profiles(o)]
+    assert len(vital) > 100
+    assert [(o.get("id"), i.diagnostics) for o in vital for i in profile_issues(o) if i.severity == "error"] == []

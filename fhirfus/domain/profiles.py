@@ -293,6 +293,47 @@ def _core_chain(url: str) -> list[Profile | None]:
     return chain
 
 
+VITAL_SIGNS = f"{CORE}vitalsigns"
+LOINC = "http://loinc.org"
+CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+@cache
+def _vital_sign_profiles() -> dict[str, str]:
+    """LOINC code → the R4 vital signs profile that fixes it (``8867-4`` → ``heartrate``)."""
+    found = {}
+    for url, definition in core_profile_definitions().items():
+        if definition.get("baseDefinition") != VITAL_SIGNS:
+            continue
+        for element in definition["differential"]["element"]:
+            if element["id"].startswith("Observation.code.coding:") and element["id"].endswith(".code") \
+                    and "fixedCode" in element:
+                found[element["fixedCode"]] = url
+    return found
+
+
+def implied_profiles(resource: Mapping[str, Any]) -> list[str]:
+    """The R4 profiles an Observation must meet without claiming them (observation-vitalsigns.html):
+    a vital-signs category brings the vital signs profile, a vital sign's LOINC code its own."""
+    if resource.get("resourceType") != "Observation":
+        return []
+    implied = []
+    if any(c.get("system") == CATEGORY_SYSTEM and c.get("code") == "vital-signs"
+           for concept in _list(resource.get("category")) for c in _codings(concept)):
+        implied.append(VITAL_SIGNS)
+    implied += [_vital_sign_profiles()[c["code"]] for c in _codings(resource.get("code"))
+                if c.get("system") == LOINC and c.get("code") in _vital_sign_profiles()]
+    return implied
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _codings(concept: Any) -> list[Mapping[str, Any]]:
+    return [c for c in _list(concept.get("coding")) if isinstance(c, Mapping)] if isinstance(concept, Mapping) else []
+
+
 def _concept_codes(concepts: Iterable[Mapping[str, Any]]) -> Iterable[str]:
     for concept in concepts:
         yield concept["code"]
@@ -624,15 +665,19 @@ def claimed_issues(resource: Mapping[str, Any], canonical: str) -> list[Issue]:
 
 
 def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
-    """Issues of ``resource`` against every fhirfus or R4 core profile its ``meta.profile`` claims."""
+    """Issues of ``resource`` against every fhirfus or R4 core profile its ``meta.profile`` claims,
+    and the R4 vital signs profiles it must meet unclaimed (``implied_profiles``)."""
     meta = resource.get("meta")
     claimed = meta.get("profile") if isinstance(meta, Mapping) else None
-    if not isinstance(claimed, list) or not claimed:
+    claimed = claimed if isinstance(claimed, list) else []
+    implied = implied_profiles(resource)
+    if not claimed and not implied:
         return []
     issues: list[Issue] = []
     seen: set[str] = set()
-    for index, canonical in enumerate(claimed):
-        chosen, problems = _claim_issues(resource, index, canonical)
+    for index, canonical in [*enumerate(claimed), *((None, url) for url in implied)]:
+        chosen, problems = _claim_issues(resource, index, canonical) if index is not None else (
+            [p for p in _core_chain(canonical) if p is not None], [])
         issues += problems
         for profile in chosen:
             if profile.url not in seen:
