@@ -59,6 +59,14 @@ def test_primitives_must_have_their_json_type_and_format(resource: dict, where: 
     assert (where,) in located(resource)
 
 
+@pytest.mark.parametrize("system", ["snomed", "http://hl7.org/fhir/ValueSet/administrative-gender"])
+def test_a_coding_system_is_an_absolute_uri_of_a_code_system(system: str) -> None:
+    concept = {"coding": [{"system": system, "code": "x"}]}
+    assert located({"resourceType": "Patient", "maritalStatus": concept}) == [("Patient.maritalStatus.coding[0].system",)]
+    concept["coding"][0]["system"] = "urn:oid:2.16.840.1.113883.6.96"
+    assert located({"resourceType": "Patient", "maritalStatus": concept}) == []
+
+
 @pytest.mark.parametrize("value", [-(2**31), 2**31 - 1])
 def test_integers_within_32_bits_are_accepted(value: int) -> None:
     assert located({**OBS, "valueInteger": value}) == []

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fhirfus.errors import Issue
-from fhirfus.fhir import bundle_rules, extensions, narrative, representation
+from fhirfus.fhir import bundle_rules, codings, extensions, narrative, representation
 from fhirfus.fhir.walk import walk
 
 
@@ -23,6 +23,7 @@ def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
     issues += representation.node_issues(nodes)
     issues += narrative.narrative_issues(nodes)
     issues += extensions.extension_issues(nodes)
+    issues += codings.coding_issues(nodes)
     if resource_type == "Bundle":
         issues += bundle_rules.bundle_issues(resource)
     return issues
