@@ -22,6 +22,8 @@ def located(resource: dict) -> list[tuple[str, ...]]:
     ({"resourceType": "Patient", "name": [{}]}, "Patient.name[0]"),
     ({"resourceType": "Patient", "name": [{"family": ""}]}, "Patient.name[0].family"),
     ({"resourceType": "Patient", "gender": None}, "Patient.gender"),
+    ({"resourceType": "Patient", "name": [{"resourceType": "HumanName", "family": "Doe"}]}, "Patient.name[0].resourceType"),
+    ({"resourceType": "Patient", "contained": [{"id": "o"}]}, "Patient.contained[0].resourceType"),
     ({"resourceType": "Patient", "name": [{"given": ["Ann", None]}]}, "Patient.name[0].given[1]"),
     ({"resourceType": "Patient", "name": [{"given": ["Ann", "Bo"], "_given": [{"id": "a"}]}]},
      "Patient.name[0]._given"),

@@ -5,7 +5,7 @@ pass, as do ``[]``, ``{}``, ``null`` and a ``_given`` that does not line up with
 they do not check ``uri``, ``oid``, ``uuid`` or strict base64. What they let through, this module
 reports, each issue naming the element:
 
-- no empty arrays, objects or strings; ``null`` only to keep a primitive array and its ``_x``
+- no empty arrays, objects or strings; ``resourceType`` on resources only, and on every one; ``null`` only to keep a primitive array and its ``_x``
   partner aligned (same length, never null at the same index in both);
 - primitives of the right JSON type and within their ranges and formats (R4 datatypes page),
   strings without control characters other than tab, CR and LF;
@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fhirfus.errors import Issue
+from fhirfus.fhir.bindings import element_tables, resource_types
 from fhirfus.fhir.walk import Node
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -121,13 +122,22 @@ def _value(value: Any, expr: str, out: list[Issue]) -> None:
 # --------------------------------------------------------------------------- primitives
 
 
+def _table_of(node: Node) -> Mapping[str, Any]:
+    tables = element_tables()
+    return tables.get(node.definition) or tables.get(node.type) or {}
+
+
+def _article(word: str) -> str:
+    return "An" if word[0] in "aeiouAEIOU" else "A"
+
+
 def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
     """(message, severity) when ``value`` is not a valid ``kind`` primitive in JSON, else None."""
     if kind == "boolean":
         return None if isinstance(value, bool) else (f"A boolean must be JSON true or false, not {value!r}", "error")
     if kind in INTEGER_MINIMUM:
         if not isinstance(value, int) or isinstance(value, bool):
-            return f"A {kind} must be a JSON integer, not {value!r}", "error"
+            return f"{_article(kind)} {kind} must be a JSON integer, not {value!r}", "error"
         if not INTEGER_MINIMUM[kind] <= value <= INT32[1]:
             return f"{value} is outside the range of {kind} ({INTEGER_MINIMUM[kind]}..{INT32[1]})", "error"
         return None
@@ -137,12 +147,12 @@ def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
     if kind not in STRING_TYPES:
         return None
     if not isinstance(value, str):
-        return f"A {kind} must be a JSON string, not {value!r}", "error"
+        return f"{_article(kind)} {kind} must be a JSON string, not {value!r}", "error"
     if len(value) > STRING_MAX:
-        return f"A {kind} may not exceed 1 MB", "error"
+        return f"{_article(kind)} {kind} may not exceed 1 MB", "error"
     control = _CONTROL.search(value)
     if control is not None:
-        return f"A {kind} cannot contain the control character U+{ord(control.group()):04X}", "error"
+        return f"{_article(kind)} {kind} cannot contain the control character U+{ord(control.group()):04X}", "error"
     pattern = PATTERNS.get(kind)
     if kind == "base64Binary" and _WHITESPACE.search(value) and PATTERNS[kind].match(_WHITESPACE.sub("", value)):
         return "base64 should not contain whitespace (RFC 4648)", "warning"
@@ -202,6 +212,12 @@ def node_issues(nodes: Iterable[Node]) -> list[Issue]:
         if isinstance(value, dict):
             if node.type == "Attachment":
                 _attachment(node, out)
+            elif node.type == "Resource" and not isinstance(value.get("resourceType"), str):
+                append(Issue("A resource here needs its resourceType", "required", "error", (f"{node.expr}.resourceType",)))
+            elif "resourceType" in value and node.type not in resource_types() and node.type != "Resource" \
+                    and "resourceType" not in _table_of(node):  # ExampleScenario.instance has one
+                append(Issue(f"Unknown element 'resourceType' in a {node.type}: only resources have one", "structure",
+                             "error", (f"{node.expr}.resourceType",)))
         elif value is not None:
             problem = primitive_problem(node.type, value)
             if problem is not None:
