@@ -107,3 +107,13 @@ def test_a_bad_value_over_http_is_a_400_naming_the_element(client: httpx.Client)
     response = client.post("/Patient", json={"resourceType": "Patient", "name": [{"given": []}]})
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["Patient.name[0].given"]
+
+
+def test_json_nested_beyond_the_checks_recursion_is_an_error_not_a_crash() -> None:
+    from fhirfus.fhir.checks import rule_issues
+
+    extension: dict = {"url": "https://x.org/a", "valueString": "x"}
+    for _ in range(3000):
+        extension = {"url": "https://x.org/a", "extension": [extension]}
+    issues = rule_issues({"resourceType": "Patient", "extension": [extension]}, "Patient")
+    assert [(i.severity, i.code) for i in issues] == [("error", "too-costly")]

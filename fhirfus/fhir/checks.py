@@ -17,7 +17,15 @@ from fhirfus.fhir.walk import walk
 
 
 def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
-    """Issues of every rule family, errors and warnings alike."""
+    """Issues of every rule family, errors and warnings alike (a 400, never a crash, for JSON
+    nested beyond what the recursive checks can follow)."""
+    try:
+        return _rule_issues(resource, resource_type)
+    except RecursionError:
+        return [Issue("The resource is nested too deeply to be checked", "too-costly", "error", (resource_type,))]
+
+
+def _rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
     issues = representation.shape_issues(resource, resource_type)
     nodes = walk(resource, representation.keep_primitive)
     issues += representation.node_issues(nodes)
