@@ -47,6 +47,10 @@ class Targets:
     analysis_job: str
     analysis_file: str
     identifier: str
+    codesystem: str
+    valueset: str
+    conceptmap: str
+    codesystem_url: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,18 @@ def _batch(t: Targets) -> dict[str, Any]:
         {"request": {"method": "GET", "url": f"Patient?_id={t.patient}"}},
         {"request": {"method": "GET", "url": f"Patient/{t.deleted}/_history"}},
     ]})
+
+
+#: terminology operations at type level: the guide's resources (stored ones: test_site_isolation)
+_TERMINOLOGY: dict[str, dict[str, str]] = {
+    "ValueSet/$expand": {"url": "https://fhirfus.org/fhir/ValueSet/mrgfus-target"},
+    "ValueSet/$validate-code": {"url": "https://fhirfus.org/fhir/ValueSet/mrgfus-target", "code": "vim"},
+    "CodeSystem/$lookup": {"system": "https://fhirfus.org/fhir/CodeSystem/cd-subtype", "code": "laterocollis"},
+    "CodeSystem/$validate-code": {"url": "https://fhirfus.org/fhir/CodeSystem/cd-subtype", "code": "laterocollis"},
+    "CodeSystem/$subsumes": {"system": "https://fhirfus.org/fhir/CodeSystem/cd-subtype", "codeA": "laterocollis",
+                             "codeB": "laterocollis"},
+    "ConceptMap/$translate": {"system": "https://fhirfus.org/fhir/CodeSystem/cd-subtype", "code": "laterocollis"},
+}
 
 
 #: (method, route path) → how to call it. Every route of the app must be here.
@@ -113,6 +129,24 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("DELETE", "/fhir/_analysis/{job_id}"): Recipe(lambda t: (f"/fhir/_analysis/{t.analysis_job}", {})),
     ("GET", "/fhir/_analysis/{job_id}/{name}"): Recipe(
         lambda t: (f"/fhir/_analysis/{t.analysis_job}/{t.analysis_file}", {})),
+    **{(method, f"/fhir/{path}"): Recipe(lambda t, path=path, params=params: (f"/fhir/{path}", {"params": params}),
+                                         targeted=False)
+       for method in ("GET", "POST") for path, params in _TERMINOLOGY.items()},
+    **{(method, "/fhir/ValueSet/{res_id}/$expand"): Recipe(lambda t: (f"/fhir/ValueSet/{t.valueset}/$expand", {}))
+       for method in ("GET", "POST")},
+    **{(method, "/fhir/ValueSet/{res_id}/$validate-code"): Recipe(
+        lambda t: (f"/fhir/ValueSet/{t.valueset}/$validate-code", {"params": {"code": "c1"}})) for method in ("GET", "POST")},
+    **{(method, "/fhir/CodeSystem/{res_id}/$validate-code"): Recipe(
+        lambda t: (f"/fhir/CodeSystem/{t.codesystem}/$validate-code", {"params": {"code": "c1"}}))
+       for method in ("GET", "POST")},
+    **{(method, "/fhir/ConceptMap/{res_id}/$translate"): Recipe(
+        lambda t: (f"/fhir/ConceptMap/{t.conceptmap}/$translate", {"params": {"system": t.codesystem_url, "code": "c1"}}))
+       for method in ("GET", "POST")},
+    **{(method, path): Recipe(lambda t, path=path: (path.replace("{view_id}", "analysis_patient"), {"params": {
+        **({} if "{view_id}" in path else {"viewReference": "analysis_patient"}), "_format": "json"}}),
+        targeted=False)
+       for method in ("GET", "POST")
+       for path in ("/fhir/$viewdefinition-run", "/fhir/ViewDefinition/$run", "/fhir/ViewDefinition/{view_id}/$run")},
     ("GET", "/fhir/{res_type}"): Recipe(lambda t: ("/fhir/Patient", {"params": {"_id": t.patient,
                                                                                 "_revinclude": "Observation:subject"}})),
     ("POST", "/fhir/{res_type}/_search"): Recipe(lambda t: ("/fhir/Observation/_search",
@@ -210,9 +244,25 @@ def _site_data(http: httpx.Client, marker: str, system: str) -> dict[str, str]:
     assert kick.status_code == 202, kick.text
     manifest = _wait(http, kick.headers["Content-Location"]).json()
     job = kick.headers["Content-Location"].rsplit("/", 1)[1]
-    return {"patient": patient["id"], "deleted": deleted["id"], "group": group["id"],
+    terminology = _terminology(http, marker, f"{system}:cs:{uuid.uuid4().hex}")
+    return {**terminology, "patient": patient["id"], "deleted": deleted["id"], "group": group["id"],
             "response": response.json()["id"], "export_job": job,
             "export_file": manifest["output"][0]["url"].rsplit("/", 1)[1], "identifier": f"{system}|{value}"}
+
+
+def _terminology(http: httpx.Client, marker: str, url: str) -> dict[str, str]:
+    """A CodeSystem, a ValueSet of it and a ConceptMap from it, stored by the site."""
+    codesystem = http.post("/CodeSystem", json={"resourceType": "CodeSystem", "url": url, "status": "active",
+                                                "content": "complete", "name": marker,
+                                                "concept": [{"code": "c1", "display": marker}]}).json()
+    valueset = http.post("/ValueSet", json={"resourceType": "ValueSet", "url": f"{url}:vs", "status": "active",
+                                            "compose": {"include": [{"system": url}]}}).json()
+    conceptmap = http.post("/ConceptMap", json={"resourceType": "ConceptMap", "url": f"{url}:cm", "status": "active",
+                                                "group": [{"source": url, "target": "urn:x", "element": [
+                                                    {"code": "c1", "target": [{"code": "x1", "equivalence": "equal"}]}]}]})
+    assert conceptmap.status_code == 201, conceptmap.text
+    return {"codesystem": codesystem["id"], "valueset": valueset["id"], "conceptmap": conceptmap.json()["id"],
+            "codesystem_url": url}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +290,8 @@ def world(secure_server) -> Iterator[World]:
                 "analysis_file": manifest["output"][0]["url"].rsplit("/", 1)[1]}
 
     def unknown() -> Targets:
-        never = {k: uuid.uuid4().hex for k in ("patient", "deleted", "group", "response", "export_job", "analysis_job")}
+        never = {k: uuid.uuid4().hex for k in ("patient", "deleted", "group", "response", "export_job", "analysis_job",
+                                               "codesystem", "valueset", "conceptmap", "codesystem_url")}
         return Targets("unknown", export_file="Patient.1.ndjson", analysis_file=analysis["analysis_file"],
                        identifier=f"{system}|{uuid.uuid4().hex}", **never)
 
@@ -344,7 +395,8 @@ def test_a_sites_own_reads_work_through_every_recipe(world: World, key: tuple[st
 
 
 def _without_ids(text: str, targets: Targets) -> str:
-    for name in ("patient", "deleted", "group", "response", "export_job", "analysis_job", "identifier"):
+    for name in ("patient", "deleted", "group", "response", "export_job", "analysis_job", "identifier",
+                 "codesystem", "valueset", "conceptmap", "codesystem_url"):
         text = text.replace(getattr(targets, name), f"<{name}>")
     return text
 

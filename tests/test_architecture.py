@@ -51,7 +51,7 @@ def test_the_caller_is_passed_in_not_read_from_a_context_variable() -> None:
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors", "settings", "heap"}),   # the error hierarchy, every setting
     frozenset({"fhir", "ig", "testing"}),                    # FHIR knowledge, the guide's data; test helpers
-    frozenset({"fhirpath"}),                                 # FHIRPath: paths compiled, the engine
+    frozenset({"fhirpath", "terminology"}),                  # FHIRPath: paths compiled, the engine; code systems, value sets, concept maps
     frozenset({"db", "sqlonfhir"}),                          # schema, engine, rows, confinement; the view runner
     frozenset({"search"}),                                   # parameters, extraction, index rows, SQL
     frozenset({"store"}),                                    # versioned resources and history

@@ -323,3 +323,17 @@ def test_a_cascading_delete_reaches_only_the_callers_site(world: World) -> None:
     assert answer.status_code == 200, answer.text
     assert on_a.json()["id"] not in answer.text
     assert world.a.get(f"/Observation/{on_a.json()['id']}").status_code == 200
+
+
+def test_terminology_operations_see_only_the_callers_stored_code_systems(world: World) -> None:
+    url = f"urn:test:{world.suffix}:cs"
+    stored = world.b.post("/CodeSystem", json={"resourceType": "CodeSystem", "url": url, "status": "active",
+                                               "content": "complete", "concept": [{"code": "c", "display": world.marker}]})
+    assert stored.status_code == 201
+    assert world.b.get("/CodeSystem/$lookup", params={"system": url, "code": "c"}).status_code == 200
+    on_b = world.a.get("/CodeSystem/$lookup", params={"system": url, "code": "c"})
+    unknown = f"urn:test:{uuid.uuid4()}"
+    on_unknown = world.a.get("/CodeSystem/$lookup", params={"system": unknown, "code": "c"})
+    assert on_b.status_code == on_unknown.status_code == 404
+    assert on_b.text.replace(url, "URL") == on_unknown.text.replace(unknown, "URL")
+    assert world.marker not in world.a.get("/ValueSet/$expand", params={"url": f"{url}-vs"}).text

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, resources, system
+from fhirfus.api import analysis, auth, bulk, resources, system, terminology, views
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
@@ -14,6 +14,7 @@ from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.db.engine import make_engine
 from fhirfus.domain.conformance import load_conformance
+from fhirfus.domain.publication import publish
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
 from fhirfus.settings import Settings, get_settings
@@ -53,8 +54,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
+    app.include_router(terminology.router)  # before resources: ValueSet/$expand is no id
+    app.include_router(views.router)  # likewise ViewDefinition/$run
     app.include_router(resources.router)
     app.router.on_startup.append(lambda: paging.sealer(store.engine))  # before a request holds a transaction
+    app.router.on_startup.append(lambda: publish(store))  # the guide, readable from the first request
     app.router.on_startup.append(freeze_start_up_heap)
     if settings.auth == "smart":
         app.router.on_startup.append(lambda: _start_auth(app))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -10,14 +12,21 @@ from starlette.responses import Response
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search, run_validate
+from fhirfus.errors import InvalidRequest
 from fhirfus.interactions import bundles, history
 from fhirfus.interactions.capabilities import capability_statement
+from fhirfus.terminology.capabilities import terminology_capabilities
 
 router = APIRouter(prefix="/fhir")
 
 
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
+    mode = request.query_params.get("mode", "full")
+    if mode == "terminology":
+        return fhir_response(request, terminology_capabilities(base_url(request), datetime.now(UTC)))
+    if mode not in ("full", "normative"):
+        raise InvalidRequest(f"mode must be full, normative or terminology, not {mode!r}", "mode")
     return fhir_response(request, capability_statement(base_url(request)))
 
 

@@ -14,7 +14,7 @@ from typing import Protocol
 from sqlalchemy import Connection
 
 from fhirfus.auth.scopes import Grant
-from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, site_label, with_site_label
+from fhirfus.db.visibility import EVERYTHING, NOWHERE, PUBLISHED, Visibility, site_label, with_site_label
 from fhirfus.errors import Forbidden
 
 ROLES = ("site", "analyst", "admin")
@@ -74,6 +74,9 @@ class Access:
         """A site client's write carries its site's label (403 when it names another site); others
         write the label they send (one site at most, 400 otherwise)."""
         named = site_label(resource)
+        if named == PUBLISHED:
+            raise Forbidden(f"Only the server publishes (site label {PUBLISHED!r})",
+                            f"{resource.get('resourceType', 'Resource')}.meta.security")
         if self.role != "site":
             return resource
         if not self.site or named not in (None, self.site):

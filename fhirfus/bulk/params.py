@@ -23,10 +23,10 @@ from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.validation import served_types
-from fhirfus.fhir.valuesets import Lookup
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler
 from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
+from fhirfus.terminology.expansion import Lookup
 
 LEVELS = ("system", "patient", "group")
 #: ``_outputFormat`` values the spec says a server SHALL accept (plus '+' decoded as a space).

@@ -21,11 +21,11 @@ from fhirfus.bulk.params import ExportRequest, allowed_types
 from fhirfus.db.tables import export_job_matches, export_job_patients, search_reference
 from fhirfus.db.visibility import Visibility
 from fhirfus.fhir.compartment import compartment
-from fhirfus.fhir.valuesets import Lookup
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler, local_reference, params_rows
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
+from fhirfus.terminology.expansion import Lookup
 
 
 def export_types(request: ExportRequest) -> list[str]:

@@ -10,7 +10,9 @@ Ownership is the ``site`` column of ``resources`` and ``resource_history``: the 
 site to another — a tombstone keeps it, so a deleted id stays its site's — and the label of
 every later version is the owner's (added when a writer leaves it out, refused when it names
 another site). Data of no site (NULL) is seen by unconfined callers only; one of them may give it
-to a site, which then owns its whole history.
+to a site, which then owns its whole history. What the server publishes (its implementation
+guide: Questionnaire, profiles, terminology) is owned by ``PUBLISHED``: every caller with a site
+sees it, only the publisher changes it.
 
 Outside ``fhirfus.store`` the resource tables are reached only through ``Visibility.resources()``
 and ``Visibility.history()`` (checked by ``tests/test_architecture.py``), so a new read path
@@ -27,44 +29,59 @@ from fhirfus.db.tables import resource_history, resources
 from fhirfus.errors import BusinessRuleViolation, InvalidResource
 
 SITE_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/site"
+#: The owner of what the server publishes (its implementation guide): every caller reads it, only
+#: the publisher writes it. No client and no label may name it.
+PUBLISHED = "*"
 
 
 @dataclass(frozen=True)
 class Visibility:
-    """The rows a caller may see: those owned by ``site``, or every row when ``site`` is None."""
+    """The rows a caller may see: those owned by ``site`` and the published ones, or every row when
+    ``site`` is None. ``publishes``: the server publishing its guide, the one writer of published rows."""
 
     site: str | None
+    publishes: bool = False
 
     @property
     def confined(self) -> bool:
         return self.site is not None
 
+    def _sites(self) -> tuple[str, ...]:
+        return (self.site, PUBLISHED) if self.site else ("",)  # a client of no site sees nothing at all
+
     def rows_of(self, table: FromClause) -> ColumnElement[bool]:
         """The condition on ``table`` (``resources``, ``resource_history`` or an alias of either)."""
-        return true() if self.site is None else table.c.site == self.site
+        return true() if self.site is None else table.c.site.in_(self._sites())
 
     def resources(self) -> FromClause:
         """The visible rows of ``resources``, to select from. A fresh alias per call, so one statement
         can hold two (a chain's targets beside its sources)."""
         if self.site is None:
             return resources.alias()
-        return select(resources).where(resources.c.site == self.site).subquery()
+        return select(resources).where(resources.c.site.in_(self._sites())).subquery()
 
     def history(self) -> FromClause:
         """The visible rows of ``resource_history`` (every version of every visible id)."""
         if self.site is None:
             return resource_history.alias()
-        return select(resource_history).where(resource_history.c.site == self.site).subquery()
+        return select(resource_history).where(resource_history.c.site.in_(self._sites())).subquery()
 
     def sees(self, site: str | None) -> bool:
         """Whether a row owned by ``site`` is visible."""
-        return self.site is None or site == self.site
+        return self.site is None or site in self._sites()
+
+    def may_change(self, site: str | None) -> bool:
+        """Whether a visible row owned by ``site`` may get a new version (published ones: only by
+        the publisher)."""
+        return site != PUBLISHED or self.publishes
 
 
 #: Every row: for admins, development mode and the server's own work (imports, jobs, the CLI).
 EVERYTHING = Visibility(None)
 #: No row (no site is named ""): what a site client that names no site sees.
 NOWHERE = Visibility("")
+#: Every row, and the one writer of the published ones.
+PUBLISHER = Visibility(None, publishes=True)
 
 
 def content_text(rows: FromClause) -> ColumnElement[str]:

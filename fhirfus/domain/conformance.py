@@ -2,8 +2,8 @@
 
 Today: SearchParameter resources (``fhirfus/ig/searchparameters/*.json``), registered next to the
 official R4 parameters so they are indexed on write and searchable (e.g. Procedure ``target``);
-and the ValueSets and CodeSystems of ``fhirfus/ig/terminology``, which the token modifiers ``:in`` and
-``:not-in`` expand (``Procedure?code:in=https://fhirfus.org/fhir/ValueSet/procedure``).
+and a check of the CodeSystems, ValueSets and ConceptMaps of ``fhirfus/ig/terminology`` (served by
+``fhirfus.terminology``: ``:in``, ``$expand``, ``$translate``, …).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import orjson
 
-from fhirfus.fhir import valuesets
 from fhirfus.fhir.validation import validate_resource
 from fhirfus.ig import folder, resources_in
 from fhirfus.search.registry import SearchParam, add_custom_param, shares_rows
@@ -48,11 +47,10 @@ def load_search_parameters(directory: Path = SEARCH_PARAMETERS) -> list[str]:
 
 
 def load_terminology() -> None:
-    """Register every ValueSet and CodeSystem of ``fhirfus/ig/terminology`` for ``:in`` (the files
-    as ``fhirfus.ig`` reads them, once per process)."""
+    """Check every resource of ``fhirfus/ig/terminology`` at start-up (``terminology.sources`` serves
+    them by canonical URL): a broken guide fails loudly here, not in the middle of a search."""
     for resource in resources_in("terminology"):
-        if resource.get("resourceType") in ("ValueSet", "CodeSystem"):
-            valuesets.register(validate_resource(resource))
+        validate_resource(resource)
 
 
 def load_conformance() -> None:

@@ -41,7 +41,7 @@ checked). An unknown fhirfus canonical, an unknown version
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from functools import cache
@@ -51,6 +51,7 @@ from fhirfus.errors import Issue
 from fhirfus.fhir.core_profiles import CORE, core_profile_definitions
 from fhirfus.fhirpath.engine import compile_expression, element_node, evaluate
 from fhirfus.ig import resources_in
+from fhirfus.terminology.expansion import ValueSetError, expand
 
 BASE = "https://fhirfus.org/fhir/StructureDefinition/"
 VALUESET_BASE = "https://fhirfus.org/fhir/ValueSet/"
@@ -334,54 +335,21 @@ def _codings(concept: Any) -> list[Mapping[str, Any]]:
     return [c for c in _list(concept.get("coding")) if isinstance(c, Mapping)] if isinstance(concept, Mapping) else []
 
 
-def _concept_codes(concepts: Iterable[Mapping[str, Any]]) -> Iterable[str]:
-    for concept in concepts:
-        yield concept["code"]
-        yield from _concept_codes(concept.get("concept", []))
-
-
-@cache
-def _code_system(url: str) -> frozenset[str] | None:
-    """All codes of a complete fhirfus CodeSystem (None when unknown or not complete)."""
-    for resource in resources_in("terminology"):
-        if resource.get("resourceType") == "CodeSystem" and resource.get("url") == url:
-            if resource.get("content") != "complete":
-                return None
-            return frozenset(_concept_codes(resource.get("concept", [])))
-    return None
-
-
-def _component(part: Mapping[str, Any]) -> tuple[str, frozenset[str]] | None:
-    system = part.get("system")
-    if not isinstance(system, str) or "filter" in part or "valueSet" in part:
+def _enumerated(url: str) -> ValueSetCodes | None:
+    """The codes of a ValueSet by system, from the one terminology layer (None: not enumerable)."""
+    try:
+        systems = expand(url).systems
+    except ValueSetError:
         return None
-    if "concept" in part:
-        return system, frozenset(c["code"] for c in part["concept"])
-    codes = _code_system(system)
-    return None if codes is None else (system, codes)
-
-
-def expand(resource: Mapping[str, Any]) -> ValueSetCodes | None:
-    """The codes of a ValueSet composed of whole systems and concept lists (None: not enumerable here)."""
-    by_system: dict[str, frozenset[str]] = {}
-    compose = resource.get("compose", {})
-    for part in compose.get("include", []):
-        component = _component(part)
-        if component is None:
-            return None
-        by_system[component[0]] = by_system.get(component[0], frozenset()) | component[1]
-    for part in compose.get("exclude", []):
-        component = _component(part)
-        if component is None:
-            return None
-        by_system[component[0]] = by_system.get(component[0], frozenset()) - component[1]
-    return ValueSetCodes(resource["url"], by_system)
+    if any(codes is None for codes in systems.values()):
+        return None
+    return ValueSetCodes(url, {system: codes or frozenset() for system, codes in systems.items()})
 
 
 @cache
 def valuesets() -> dict[str, ValueSetCodes | None]:
     """Every fhirfus ValueSet in ``fhirfus/ig/terminology``, enumerated (None: not enumerable)."""
-    return {r["url"]: expand(r) for r in resources_in("terminology") if r.get("resourceType") == "ValueSet"}
+    return {r["url"]: _enumerated(r["url"]) for r in resources_in("terminology") if r.get("resourceType") == "ValueSet"}
 
 
 @cache

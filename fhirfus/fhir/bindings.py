@@ -25,8 +25,10 @@ from typing import Any, Final
 
 from fhirfus.fhir.reference_syntax import named_type
 
-__all__ = ["BindingViolation", "check_elements", "check_required_bindings", "element_tables", "enumerated_valueset",
-           "resource_types"]
+__all__ = [
+    "BindingViolation", "check_elements", "check_required_bindings", "element_tables", "enumerated_valueset",
+    "r4_system_codes", "resource_types",
+]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
 RESOURCE_TABLE: Final = "<Resource>"  # marker: recurse using the nested resource's own resourceType
@@ -123,6 +125,20 @@ def enumerated_valueset(url: str) -> Mapping[str, frozenset[str]] | None:
     """system -> codes of an R4 value set of a required binding (None if it is not one of them)."""
     valueset = _model().valuesets.get(url)
     return None if valueset is None else valueset.by_system
+
+
+def r4_system_codes(system: str) -> frozenset[str]:
+    """Every code of an R4 code system that the value sets of required bindings enumerate."""
+    return _system_codes().get(system, frozenset())
+
+
+@cache
+def _system_codes() -> dict[str, frozenset[str]]:
+    found: dict[str, set[str]] = {}
+    for valueset in _model().valuesets.values():
+        for system, codes in valueset.by_system.items():
+            found.setdefault(system, set()).update(codes)
+    return {system: frozenset(codes) for system, codes in found.items()}
 
 
 @cache

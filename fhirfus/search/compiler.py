@@ -45,11 +45,11 @@ from fhirfus.db.visibility import Visibility
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.dates import UTC_MAX, UTC_MIN
 from fhirfus.fhir.references import reference_target
-from fhirfus.fhir.valuesets import Lookup, ValueSetError, expand
 from fhirfus.search.extraction import NOT_EXTRACTED, OF_TYPE, normalize_string
 from fhirfus.search.query import ANY_TYPE, Criterion, ParamRef, component_types, split_composite, unescape_dollar
 from fhirfus.search.registry import reference_subset, stored_under
 from fhirfus.search.values import ANY, parse_date, parse_number, parse_quantity, parse_token
+from fhirfus.terminology.expansion import Lookup, ValueSetError, expand
 
 #: Modifiers that match the resources having *no* index row that matches the value.
 NEGATING = ("not", "not-in")

@@ -293,9 +293,26 @@ def parse_query(res_type: str, params: Sequence[tuple[str, str]], *, strict: boo
                 raise UnknownParameter(exc.message, name) from exc
             query.ignored.append(name)
             continue
-        query.criteria.append(Criterion(name, ref, split_or(value)))
+        versioned = _versioned_canonical(res_type, ref, value)
+        if versioned is not None:
+            url, version = versioned
+            query.criteria.append(Criterion(name, ref, (url,)))
+            query.criteria.append(Criterion("version", parse_name(res_type, "version"), (version,)))
+        else:
+            query.criteria.append(Criterion(name, ref, split_or(value)))
         query.kept.append((name, value))
     return query
+
+
+def _versioned_canonical(res_type: str, ref: ParamRef, value: str) -> tuple[str, str] | None:
+    """``url=http://…|1.0`` on a canonical resource: that url, and that ``version`` (R4 search.html,
+    "Searching by canonical URL"); None for anything else."""
+    if ref.param.code != "url" or ref.param.type != "uri" or ref.modifier or ref.chains or "," in value:
+        return None
+    url, bar, version = value.rpartition("|")
+    if not bar or not url or not version or "version" not in params_of(res_type):
+        return None
+    return url, version
 
 
 def _apply_result_parameter(query: SearchQuery, name: str, value: str) -> None:

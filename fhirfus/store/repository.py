@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from fhirfus.db import rows
 from fhirfus.db.tables import resource_history, resources, search_uri
 from fhirfus.db.visibility import Visibility, site_label, with_site_label
-from fhirfus.errors import Conflict
+from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
 
@@ -112,7 +112,8 @@ def current(
     conn: Connection, seen_by: Visibility, res_type: str, res_id: str, *, for_update: bool = False
 ) -> Stored | None:
     """The current version (possibly a tombstone), or None if the id was never used or ``seen_by``
-    may not see it (the two are one answer)."""
+    may not see it (the two are one answer). ``for_update``: the caller is about to write it, which
+    a published resource refuses (403) but to its publisher."""
     query = select(*_CURRENT_COLUMNS).where(
         resources.c.res_type == res_type, resources.c.res_id == res_id, seen_by.rows_of(resources))
     if for_update:
@@ -120,6 +121,9 @@ def current(
     row = conn.execute(query).first()
     if row is None:
         return None
+    if for_update and not seen_by.may_change(row.site):
+        raise Forbidden(f"{res_type}/{res_id} is published by the server from its implementation guide; "
+                        "clients cannot change or delete it", f"{res_type}.id")
     return Stored(row.res_type, row.res_id, row.version, row.last_updated, row.deleted, row.content, pk=row.pk,
                   site=row.site)
 

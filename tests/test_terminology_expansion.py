@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fhirfus.fhir import valuesets
-from fhirfus.fhir.valuesets import ValueSetError, expand
+from fhirfus.terminology import expansion as valuesets
+from fhirfus.terminology.expansion import ValueSetError, expand
 
 BASE = "urn:test:valuesets"
 

@@ -1,8 +1,7 @@
-"""Value set expansion for the token modifiers ``:in`` and ``:not-in``.
+"""Value set expansion: the codes per system (the token modifiers ``:in`` and ``:not-in``).
 
-A value set is looked up by canonical URL among the ValueSets and CodeSystems registered with
-:func:`register` (fhirfus's own terminology from ``fhirfus/ig/terminology``, at start-up), then through
-the caller's lookup (the ValueSets and CodeSystems stored on the server), then among the R4 value
+A value set is looked up by canonical URL through ``sources`` (registered, the guide's, then the
+caller's lookup: the ValueSets and CodeSystems stored on the server), then among the R4 value
 sets of required bindings that can be enumerated (``fhirfus.fhir.bindings``). An
 expansion is, per code system, a set of codes or "every code of the system" (an include of a
 system whose concepts are not known here).
@@ -15,12 +14,14 @@ supported: such a value set is refused, never expanded wrongly.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fhirfus.fhir.bindings import enumerated_valueset
+from fhirfus.terminology.sources import Lookup, finder, register
+
+__all__ = ["Codes", "Expansion", "Lookup", "ValueSetError", "expand", "register"]
 
 
 class ValueSetError(ValueError):
@@ -40,35 +41,11 @@ class Expansion:
         return frozenset().union(*(c for c in self.systems.values() if c is not None))
 
 
-_registered: dict[tuple[str, str], dict] = {}
-_lock = threading.Lock()
-
-
-def register(resource: Mapping[str, Any]) -> None:
-    """Make a ValueSet or CodeSystem resource available to expansions, by its canonical URL."""
-    kind, url = resource.get("resourceType"), resource.get("url")
-    if kind in ("ValueSet", "CodeSystem") and isinstance(url, str):
-        copy, version = dict(resource), resource.get("version")
-        with _lock:
-            _registered[(kind, url)] = copy
-            if isinstance(version, str):
-                _registered[(kind, f"{url}|{version}")] = copy
-
-
-#: A further source of ValueSets and CodeSystems: (resource type, canonical) -> resource or None.
-Lookup = Callable[[str, str], "Mapping[str, Any] | None"]
-
-
 def expand(url: str, lookup: Lookup | None = None) -> Expansion:
     """The codes of the value set ``url`` (``|version`` allowed); ``ValueSetError`` if it is
-    unknown or uses what is not supported. ``lookup`` is asked for what is not registered (the
-    ValueSets and CodeSystems stored on the server)."""
-
-    def find(kind: str, canonical: str) -> Mapping[str, Any] | None:
-        registered = _registered.get((kind, canonical))
-        return registered if registered is not None or lookup is None else lookup(kind, canonical)
-
-    return Expansion(_expand(find, url, ()))
+    unknown or uses what is not supported. ``lookup`` is asked for what is neither registered nor
+    in the guide (the ValueSets and CodeSystems stored on the server)."""
+    return Expansion(_expand(finder(lookup), url, ()))
 
 
 def _expand(find: Lookup, url: str, seen: tuple[str, ...]) -> dict[str, frozenset[str] | None]:
@@ -175,3 +152,102 @@ def _minus(a: Codes, b: Codes, url: str) -> dict[str, frozenset[str] | None]:
             raise ValueSetError(f"ValueSet '{url}' excludes from a whole code system, which this server cannot expand")
         result[system] = result[system] - codes  # type: ignore[operator]
     return result
+
+
+class UnknownValueSet(ValueSetError):
+    """The canonical names no value set known here (404 rather than 400)."""
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept of an expansion."""
+
+    system: str
+    code: str
+    display: str | None = None
+
+
+def concepts(url: str, lookup: Lookup | None = None, *, language: str | None = None) -> list[Concept]:
+    """The concepts of the value set ``url`` in a stable order (each code system's own order, then
+    by code), with their displays (in ``language`` where a designation gives one). A value set that
+    includes every code of a system whose content is not known here cannot be listed."""
+    find = finder(lookup)
+    if find("ValueSet", url) is None and enumerated_valueset(url.partition("|")[0]) is None:
+        raise UnknownValueSet(f"ValueSet '{url}' is not known to this server")
+    codes = _expand(find, url, ())
+    for system, listed in codes.items():
+        if listed is None:
+            raise ValueSetError(f"ValueSet '{url}' includes every code of {system}, whose codes this server does "
+                                "not know: it cannot be listed")
+    names = _displays(find, url, language, ())
+    found: list[Concept] = []
+    for system, listed in codes.items():
+        order = _system_order(find, system)
+        for code in sorted(listed or (), key=lambda c: (order.get(c, len(order)), c)):
+            found.append(Concept(system, code, names.get((system, code))))
+    return found
+
+
+def matching(found: Iterable[Concept], text: str) -> list[Concept]:
+    """The concepts whose code or display contains every word of ``text`` (case-insensitive), as
+    ``$expand``'s ``filter`` asks."""
+    words = text.lower().split()
+    return [c for c in found if all(w in f"{c.code} {c.display or ''}".lower() for w in words)]
+
+
+def display_of(concept: Mapping[str, Any], language: str | None) -> str | None:
+    """A concept's display, or its designation in ``language`` when there is one."""
+    if language:
+        for designation in concept.get("designation") or ():
+            if isinstance(designation, Mapping) and str(designation.get("language", "")).lower().startswith(
+                    language.lower()) and isinstance(designation.get("value"), str):
+                return str(designation["value"])
+    display = concept.get("display")
+    return display if isinstance(display, str) else None
+
+
+def _system_order(find: Lookup, system: str) -> dict[str, int]:
+    codesystem = find("CodeSystem", system)
+    codes = list(_concept_codes(codesystem.get("concept", []))) if codesystem else []
+    return {code: index for index, code in enumerate(codes)}
+
+
+def _displays(find: Lookup, url: str, language: str | None, seen: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    """(system, code) → display from the value set's own concept lists, else its code systems."""
+    names: dict[tuple[str, str], str] = {}
+    valueset = find("ValueSet", url)
+    if valueset is None or url in seen:
+        return names
+    for entry in _flat(((valueset.get("expansion") or {}).get("contains")) or []):
+        if isinstance(entry.get("display"), str):
+            names[(str(entry.get("system")), str(entry.get("code")))] = entry["display"]
+    for include in (valueset.get("compose") or {}).get("include", []):
+        system = include.get("system")
+        if isinstance(system, str):
+            codesystem = find("CodeSystem", system)
+            for concept in _flat_concepts(codesystem.get("concept", []) if codesystem else []):
+                shown = display_of(concept, language)
+                if shown:
+                    names.setdefault((system, concept["code"]), shown)
+            for concept in include.get("concept") or []:
+                shown = display_of(concept, language) if isinstance(concept, Mapping) else None
+                if shown:
+                    names[(system, concept["code"])] = shown
+        for other in include.get("valueSet", []):
+            for key, value in _displays(find, str(other), language, (*seen, url)).items():
+                names.setdefault(key, value)
+    return names
+
+
+def _flat(contains: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
+    for entry in contains:
+        if isinstance(entry, Mapping):
+            yield entry
+            yield from _flat(entry.get("contains", []))
+
+
+def _flat_concepts(concepts: Iterable[Any]) -> Iterable[Mapping[str, Any]]:
+    for concept in concepts:
+        if isinstance(concept, Mapping) and isinstance(concept.get("code"), str):
+            yield concept
+            yield from _flat_concepts(concept.get("concept", []))

@@ -1,0 +1,273 @@
+"""``$viewdefinition-run`` (SQL on FHIR v2, R4 mode: ``[base]/$viewdefinition-run``; also the
+earlier name ``ViewDefinition/$run``): a ViewDefinition — given inline (``viewResource``) or one of
+the guide's (``viewReference``: its canonical URL, name or id) — run over the server's resources
+that the caller may read, as NDJSON, CSV, JSON or Parquet.
+
+``_limit`` caps the rows, ``_since`` keeps resources changed since an instant, ``patient`` and
+``group`` keep the Patient compartments of those patients. A site client's run sees its site's
+rows only (``caller.visibility``); analysts read de-identified exports only, never views of raw
+data. Rows stream as they are made, so a resource whose data breaks a column contract (several
+values in a scalar column) is skipped rather than failing the answer half-way.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, false, literal, select
+
+from fhirfus.auth.access import Access
+from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import content_text
+from fhirfus.errors import Forbidden, InvalidRequest, NotFound
+from fhirfus.fhir.compartment import compartment
+from fhirfus.fhir.dates import fhir_search_date
+from fhirfus.fhir.references import reference_target
+from fhirfus.fhir.validation import served_types
+from fhirfus.ig import folder
+from fhirfus.interactions import crud
+from fhirfus.operations.parameters import Inputs
+from fhirfus.search.compiler import local_reference, params_rows
+from fhirfus.sqlonfhir.runner import CompiledView, ViewDefinitionError, ViewEvaluationError, compile_view
+from fhirfus.store.repository import Store
+
+FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "json": "application/json",
+           "parquet": "application/vnd.apache.parquet"}
+_ALIASES = {"application/x-ndjson": "ndjson", "application/ndjson": "ndjson", "text/csv": "csv",
+            "application/json": "json", "application/vnd.apache.parquet": "parquet"}
+REPEATED = frozenset({"patient", "group"})
+PAGE = 1000  # resources read per statement
+
+
+@dataclass(frozen=True)
+class ViewRun:
+    """What to run: the compiled view, over which rows, into which format."""
+
+    view: CompiledView
+    resource_type: str
+    format: str
+    header: bool
+    limit: int | None
+    since: datetime | None
+    patients: frozenset[str] | None  # None: every patient
+
+    @property
+    def media_type(self) -> str:
+        return FORMATS[self.format]
+
+
+def guide_view(reference: str) -> dict:
+    """One of the guide's ViewDefinitions by canonical URL, name or file id."""
+    key = reference.removeprefix("ViewDefinition/")
+    for path in sorted(folder("views").glob("*.json")):
+        view = orjson.loads(path.read_bytes())
+        if key in (view.get("url"), view.get("name"), path.stem, view.get("id")):
+            return dict(view)
+    raise NotFound(f"ViewDefinition '{reference}' is not known to this server", "viewReference")
+
+
+def prepare(store: Store, caller: Access, given: Inputs, view_id: str | None = None) -> ViewRun:
+    """Check the caller and every input before a row is read: errors here are 4xx, not a broken stream."""
+    if caller.role == "analyst":
+        raise Forbidden("Analysts read de-identified data only: use Group/{id}/$analysis-export", "viewResource")
+    view = _view(given, view_id)
+    try:
+        compiled = compile_view(view)
+    except ViewDefinitionError as exc:
+        raise InvalidRequest(f"Invalid ViewDefinition: {exc}", "viewResource") from exc
+    resource_type = str(view.get("resource"))
+    if resource_type not in served_types():
+        raise InvalidRequest(f"ViewDefinition.resource '{resource_type}' is not a resource type served here",
+                             "viewResource")
+    caller.require(resource_type, "s")
+    return ViewRun(compiled, resource_type, _format(given), _flag(given, "header", True), _limit(given),
+                   _since(given), _patients(store, caller, given, resource_type))
+
+
+def _view(given: Inputs, view_id: str | None) -> dict:
+    inline, reference = given.get("viewResource"), given.get("viewReference")
+    if view_id is not None:
+        reference = view_id
+    if (inline is None) == (reference is None):
+        raise InvalidRequest("Give exactly one ViewDefinition: viewResource or viewReference", "viewResource")
+    if inline is not None:
+        if not isinstance(inline, Mapping) or inline.get("resourceType") != "ViewDefinition":
+            raise InvalidRequest("viewResource must be a ViewDefinition resource", "viewResource")
+        return dict(inline)
+    if isinstance(reference, Mapping):
+        reference = reference.get("reference")
+    if not isinstance(reference, str) or not reference:
+        raise InvalidRequest("viewReference must name a ViewDefinition", "viewReference")
+    return guide_view(reference)
+
+
+def _format(given: Inputs) -> str:
+    value = str(given.get("_format") or "ndjson").lower().split(";")[0].strip()
+    value = _ALIASES.get(value, value)
+    if value not in FORMATS:
+        raise InvalidRequest(f"_format must be one of {', '.join(FORMATS)}, not {value!r}", "_format")
+    return value
+
+
+def _flag(given: Inputs, name: str, default: bool) -> bool:
+    value = given.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false", name)
+    return str(value).lower() == "true"
+
+
+def _limit(given: Inputs) -> int | None:
+    value = given.get("_limit")
+    if value is None:
+        return None
+    try:
+        limit = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"_limit must be a whole number, not {value!r}", "_limit") from exc
+    if limit < 1:
+        raise InvalidRequest("_limit must be at least 1", "_limit")
+    return limit
+
+
+def _since(given: Inputs) -> datetime | None:
+    value = given.get("_since")
+    if value is None:
+        return None
+    try:
+        return fhir_search_date(str(value)).low
+    except ValueError as exc:
+        raise InvalidRequest(f"_since must be an instant, not {value!r}", "_since") from exc
+
+
+def _patients(store: Store, caller: Access, given: Inputs, resource_type: str) -> frozenset[str] | None:
+    patients, groups = given.get("patient"), given.get("group")
+    if not patients and not groups:
+        return None
+    if resource_type != "Patient" and resource_type not in compartment():
+        raise InvalidRequest(f"{resource_type} is not in the Patient compartment: patient and group do not apply",
+                             "patient")
+    ids: set[str] = set()
+    for value in patients or ():
+        ids.add(_patient_id(value, "patient"))
+    for value in groups or ():
+        group_id = _reference_id(value, "Group", "group")
+        members = (crud.read(store, caller, "Group", group_id).content or {}).get("member") or []
+        for member in members:
+            target = reference_target(str((member.get("entity") or {}).get("reference", "")))
+            if target[0] == "Patient" and target[1]:
+                ids.add(target[1])
+    return frozenset(ids)
+
+
+def _patient_id(value: Any, name: str) -> str:
+    return _reference_id(value, "Patient", name)
+
+
+def _reference_id(value: Any, res_type: str, name: str) -> str:
+    if isinstance(value, Mapping):
+        value = value.get("reference")
+    text = str(value or "")
+    if "/" not in text:
+        text = f"{res_type}/{text}"
+    found_type, found_id = reference_target(text)
+    if found_type != res_type or not found_id:
+        raise InvalidRequest(f"{name} must name a {res_type} (id or {res_type}/id), not {value!r}", name)
+    return found_id
+
+
+# --- running ----------------------------------------------------------------------------------
+
+
+def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict[str, Any]]:
+    """The view's rows over the caller's resources, page by page (one short read per page)."""
+    produced, after = 0, 0
+    while True:
+        with store.reading() as conn:
+            page = conn.execute(_page(caller, run, base, after)).all()
+        for pk, text in page:
+            after = pk
+            try:
+                for row in run.view.rows(orjson.loads(text)):
+                    yield row
+                    produced += 1
+                    if run.limit is not None and produced >= run.limit:
+                        return
+            except ViewEvaluationError:
+                continue  # data breaking a column contract (several values in a scalar column): no row
+        if len(page) < PAGE:
+            return
+
+
+def _page(caller: Access, run: ViewRun, base: str, after: int) -> Any:
+    visible = caller.visibility.resources()
+    conditions = [visible.c.res_type == run.resource_type, visible.c.deleted.is_(False), visible.c.pk > after]
+    if run.since is not None:
+        conditions.append(visible.c.last_updated >= run.since)
+    if run.patients is not None:
+        if run.resource_type == "Patient":
+            conditions.append(visible.c.res_id.in_(sorted(run.patients)))
+        else:
+            link = search_reference
+            codes = compartment().get(run.resource_type, ())
+            probe = select(literal(1)).select_from(link).where(
+                link.c.resource_pk == visible.c.pk, link.c.target_type == "Patient",
+                link.c.target_id.in_(sorted(run.patients)),
+                and_(link.c.res_type == run.resource_type, params_rows(link, run.resource_type, codes))
+                if codes else false(),
+                local_reference(link, base))
+            conditions.append(probe.limit(1).scalar_subquery().is_not(None))
+    return (select(visible.c.pk, content_text(visible)).where(*conditions)
+            .order_by(visible.c.pk).limit(PAGE))
+
+
+def encode(run: ViewRun, produced: Iterator[dict[str, Any]]) -> Iterator[bytes]:
+    """The rows in the run's format, chunk by chunk (Parquet: one file at the end)."""
+    names = [c["name"] for c in run.view.columns]
+    if run.format == "ndjson":
+        for row in produced:
+            yield orjson.dumps(row) + b"\n"
+    elif run.format == "json":
+        yield b"["
+        for index, row in enumerate(produced):
+            yield (b"," if index else b"") + orjson.dumps(row)
+        yield b"]"
+    elif run.format == "csv":
+        if run.header:
+            yield _csv_line(names)
+        for row in produced:
+            yield _csv_line([_cell(row.get(name)) for name in names])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([{n: _cell(r.get(n)) if isinstance(r.get(n), list | dict) else r.get(n)
+                                       for n in names} for r in produced], schema=None)
+        if table.num_columns == 0:
+            table = pa.table({name: pa.array([], pa.string()) for name in names})
+        sink = io.BytesIO()
+        pq.write_table(table, sink)
+        yield sink.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return orjson.dumps(value).decode()
+    if value is None:
+        return ""
+    return value
+
+
+def _csv_line(cells: list[Any]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow(cells)
+    return out.getvalue().encode()
