@@ -45,7 +45,7 @@ class Rendering:
         return f"{self.media_type}; charset=utf-8"
 
 
-def _media_ranges(accept: str) -> list[tuple[str, float]]:
+def media_ranges(accept: str) -> list[tuple[str, float]]:
     ranges = []
     for part in accept.split(","):
         fields = [f.strip() for f in part.split(";")]
@@ -74,7 +74,7 @@ def rendering_for(request: Request) -> Rendering:
     accept = request.headers.get("accept", "")
     if not accept.strip():
         return Rendering(FHIR_JSON, pretty)
-    acceptable = [(media, q) for media, q in _media_ranges(accept) if q > 0 and media in _JSON_LIKE]
+    acceptable = [(media, q) for media, q in media_ranges(accept) if q > 0 and media in _JSON_LIKE]
     if not acceptable:
         raise NotAcceptable(f"Cannot produce any of '{accept}'; fhirfus serves application/fhir+json", "Accept")
     best = max(acceptable, key=lambda item: item[1])[0]

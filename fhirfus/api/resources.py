@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhirfus.api import binary
 from fhirfus.api.http import (
     Prefer,
     base_url,
@@ -25,7 +26,7 @@ from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
 from fhirfus.interactions import crud, history, search
-from fhirfus.interactions.preconditions import parse_version_tag
+from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
 from fhirfus.operations import everything, extract, validate
 
 router = APIRouter(prefix="/fhir")
@@ -77,9 +78,10 @@ async def search_type_post(request: Request, res_type: str) -> Response:
 @router.post("/{res_type}")
 async def create(request: Request, res_type: str) -> Response:
     rendering_for(request)
-    body = await read_json(request)
+    native = binary.is_native_upload(request, res_type)
+    body = await binary.native_binary(request) if native else await read_json(request)
     if_none_exist = request.headers.get("if-none-exist")
-    if not if_none_exist and request.url.query:
+    if not if_none_exist and request.url.query and not native:
         # fhirpy sends conditional-create criteria in the query string
         if_none_exist = request.url.query
     result = await run_in_threadpool(partial(crud.create, integrity=_integrity(request)), _store(request),
@@ -177,12 +179,16 @@ def history_type(request: Request, res_type: str) -> Response:
 
 @router.api_route("/{res_type}/{res_id}", methods=["GET", "HEAD"])
 def read(request: Request, res_type: str, res_id: str) -> Response:
-    rendering = rendering_for(request)
+    rendering = None if res_type == "Binary" else rendering_for(request)  # a Binary may answer its content
     stored = crud.read(_store(request), caller(request), res_type, res_id)
     headers = version_headers(request, stored)
     if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
-    if if_none_match == stored.version:
+    if if_none_match == stored.version or (
+            if_none_match is None and not_modified_since(request.headers.get("if-modified-since"), stored.last_updated)):
         return Response(status_code=304, headers=headers)
+    if res_type == "Binary" and binary.wants_content(request, stored):
+        return binary.content_response(request, stored, headers)
+    rendering = rendering or rendering_for(request)
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=rendering.content_type)
     return fhir_response(request, stored.content, 200, headers, rendering)
@@ -191,7 +197,8 @@ def read(request: Request, res_type: str, res_id: str) -> Response:
 @router.put("/{res_type}/{res_id}")
 async def update(request: Request, res_type: str, res_id: str) -> Response:
     rendering_for(request)
-    body = await read_json(request)
+    native = binary.is_native_upload(request, res_type)
+    body = await binary.native_binary(request, res_id) if native else await read_json(request)
     if_match = parse_version_tag(request.headers.get("if-match"))
     result = await run_in_threadpool(partial(crud.update, integrity=_integrity(request)), _store(request),
                                      caller(request), res_type, res_id, body, if_match, base_url(request))
@@ -242,6 +249,8 @@ def history_instance(request: Request, res_type: str, res_id: str) -> Response:
 
 @router.get("/{res_type}/{res_id}/_history/{version_id}")
 def vread(request: Request, res_type: str, res_id: str, version_id: str) -> Response:
-    rendering = rendering_for(request)
+    rendering = None if res_type == "Binary" else rendering_for(request)
     stored = crud.vread(_store(request), caller(request), res_type, res_id, version_id)
+    if res_type == "Binary" and binary.wants_content(request, stored):
+        return binary.content_response(request, stored, version_headers(request, stored))
     return fhir_response(request, stored.content, 200, version_headers(request, stored), rendering)

@@ -27,7 +27,9 @@ def metadata(request: Request) -> Response:
         return fhir_response(request, terminology_capabilities(base_url(request), datetime.now(UTC)))
     if mode not in ("full", "normative"):
         raise InvalidRequest(f"mode must be full, normative or terminology, not {mode!r}", "mode")
-    return fhir_response(request, capability_statement(base_url(request)))
+    settings = request.app.state.settings
+    return fhir_response(request, capability_statement(
+        base_url(request), integrity=settings.referential_integrity != "off", cors=bool(settings.cors_origins)))
 
 
 @router.get("/_history")

@@ -3,7 +3,8 @@
 Rows are read with keyset paging over ``resources.pk`` (``PAGE_SIZE`` rows per query, each page
 its own short read transaction): memory stays bounded, no long transaction holds back SQLite's
 WAL checkpoints or PostgreSQL's vacuum, and writers are never blocked. The JSON is copied from
-the database as text, without parsing it in Python.
+the database as text, without parsing it in Python (but for Binaries: one whose securityContext
+names a resource the job's site cannot see is left out, as its read would be refused).
 
 Snapshot: ``transactionTime`` is taken when the run starts. The first pass exports resources
 last changed at or before it; a second pass finds those changed since (updated or deleted while
@@ -32,6 +33,7 @@ from fhirfus.bulk.select import selection, stage_type_filters
 from fhirfus.bulk.writer import NdjsonFileSet, WrittenFile
 from fhirfus.db.visibility import Visibility, content_text
 from fhirfus.errors import Issue
+from fhirfus.interactions import binary
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
 
@@ -88,7 +90,7 @@ def run_export(
     try:
         with store.reading() as conn:
             highest = conn.execute(select(func.max(rows.c.pk))).scalar() or 0
-        _current_pass(store, rows, condition, transaction_time, output, limits.page_size, highest, report)
+        _current_pass(store, seen_by, rows, condition, transaction_time, output, limits.page_size, highest, report)
         _changed_pass(store, seen_by, rows, condition, request, transaction_time, output, limits.page_size,
                       highest, report)
     except BaseException:
@@ -104,8 +106,8 @@ def run_export(
 
 
 def _current_pass(
-    store: Store, source: FromClause, condition: ColumnElement[bool], moment: datetime, output: NdjsonFileSet,
-    page: int, highest: int, report: Checkpoint,
+    store: Store, seen_by: Visibility, source: FromClause, condition: ColumnElement[bool], moment: datetime,
+    output: NdjsonFileSet, page: int, highest: int, report: Checkpoint,
 ) -> None:
     after = 0
     while True:
@@ -116,11 +118,14 @@ def _current_pass(
                 .order_by(source.c.pk)
                 .limit(page)
             ).all()
+            hidden = {row.pk for row in rows
+                      if row.res_type == "Binary" and not binary.context_visible(conn, seen_by, orjson.loads(row.text))}
         if not rows:
             return
         by_type: dict[str, list[bytes]] = defaultdict(list)
         for row in rows:
-            by_type[row.res_type].append(row.text.encode())
+            if row.pk not in hidden:
+                by_type[row.res_type].append(row.text.encode())
         for res_type, lines in by_type.items():
             output.write(res_type, lines)
         after = rows[-1].pk
@@ -150,6 +155,8 @@ def _changed_pass(
                 if previous is None or previous.content is None or previous.method == "DELETE":
                     continue
                 if since is not None and previous.last_updated <= since:
+                    continue
+                if row.res_type == "Binary" and not binary.context_visible(conn, seen_by, previous.content):
                     continue
                 output.write(row.res_type, [orjson.dumps(previous.content)])
         if not rows:

@@ -29,7 +29,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
-from fhirfus.interactions import conditional, references
+from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
 from fhirfus.store.repository import Store, Stored
@@ -92,6 +92,8 @@ def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Sto
         raise _not_found(res_type, res_id)
     if stored.deleted:
         raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
+    if res_type == "Binary":
+        binary.require_readable(conn, caller, stored)
     return stored
 
 
@@ -105,6 +107,8 @@ def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, versi
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
         raise Gone(f"{res_type}/{res_id} version {version_id} is a deletion", "meta.versionId")
+    if res_type == "Binary":
+        binary.require_readable(conn, caller, stored)
     return stored
 
 

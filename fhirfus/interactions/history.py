@@ -11,6 +11,7 @@ from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.fhir.dates import parse_date_range
 from fhirfus.fhir.validation import require_known_type
+from fhirfus.interactions import binary
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 from fhirfus.store import repository
 from fhirfus.store.repository import HistoryCursor, Store, Stored, format_instant
@@ -82,6 +83,7 @@ def history_bundle(
         entries, total, has_more = repository.history(
             conn, caller.visibility, res_type=res_type, res_id=res_id, since=since, after=after, count=count
         )
+        shown = binary.readable(conn, caller, entries, lambda stored: stored.content)
     path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
     kept = {k: v for k, v in params.items() if k in ("_since", "_count")}
     links = [{"relation": "self", "url": page_url(path, {**kept, **({"_cursor": params["_cursor"]} if after else {})})}]
@@ -94,6 +96,6 @@ def history_bundle(
         "type": "history",
         "total": total,
         "link": links,
-        "entry": [_entry(base, e) for e in entries],
+        "entry": [_entry(base, e) for e in shown],
     }
 

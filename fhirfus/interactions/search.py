@@ -24,6 +24,7 @@ from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.dates import UTC_MIN
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
+from fhirfus.interactions import binary
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_url
 from fhirfus.search.compiler import TABLE_OF, Compiler, local_reference, param_rows
 from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, criteria_types, parse_query
@@ -317,6 +318,7 @@ def search_bundle(
         match = match_condition(searched, queries, compiler) if lookup is None else lookup
         rows, total, next_cursor, prev_cursor = run_search(conn, searched, query, match, count, [t for t in queries if t])
         included = resolve_includes(conn, caller, rows, query, base) if rows and (query.includes or query.revincludes) else []
+        rows, included = binary.readable(conn, caller, rows, Row.document), binary.readable(conn, caller, included, Row.document)
     path = f"{base}/{res_type}" if res_type else base
     kept = list(query.kept)
     if res_type is None and None not in queries:
