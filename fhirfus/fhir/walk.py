@@ -20,7 +20,7 @@ from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables, resource_types
 
 
 class Node(NamedTuple):
-    """One value of a resource (a tuple: a walk makes one per value, a frozen dataclass costs 3x)."""
+    """One value of a resource (a tuple: a walk makes many, and tuples are the cheapest to make)."""
 
     expr: str  # where it is, with indexes: ``Patient.name[0].given[1]``
     path: str  # its element path from the resource root, no indexes: ``Patient.name.given``
@@ -28,7 +28,6 @@ class Node(NamedTuple):
     value: Any
     definition: str = ""  # the element's definition path: ``HumanName.given``, ``Patient.contact.name``
     primitive: bool = False  # the ``_x`` object (id, extension) of a primitive of type ``type``
-    in_array: bool = False  # one item of a repeating element
 
 
 #: Which primitive values (type code, value) become nodes; objects always do.
@@ -66,10 +65,10 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
             child_path = f"{path}.{name}"
             definition = f"{table_key}.{name}"
             if partner:
-                append(Node(child_expr, child_path, kind, item, definition, True, repeated))
+                append(Node(child_expr, child_path, kind, item, definition, True))
                 _children(item, "Element", child_expr, child_path, tables, keep, out)
                 continue
-            append(Node(child_expr, child_path, kind, item, definition, False, repeated))
+            append(Node(child_expr, child_path, kind, item, definition))
             if not isinstance(item, dict):
                 continue
             if element.table == RESOURCE_TABLE:
