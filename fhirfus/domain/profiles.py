@@ -634,7 +634,7 @@ def claimed_issues(resource: Mapping[str, Any], canonical: str) -> list[Issue]:
 
 def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
     """Issues of ``resource`` against every fhirfus or R4 core profile its ``meta.profile`` claims,
-    and the R4 vital signs profiles it must meet unclaimed (``implied_profiles``)."""
+    and, as warnings, against the R4 vital signs profiles it should meet unclaimed (``implied_profiles``)."""
     meta = resource.get("meta")
     claimed = meta.get("profile") if isinstance(meta, Mapping) else None
     claimed = claimed if isinstance(claimed, list) else []
@@ -643,12 +643,17 @@ def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
         return []
     issues: list[Issue] = []
     seen: set[str] = set()
-    for index, canonical in [*enumerate(claimed), *((None, url) for url in implied)]:
-        chosen, problems = _claim_issues(resource, index, canonical) if index is not None else (
-            [p for p in _core_chain(canonical) if p is not None], [])
+    for index, canonical in enumerate(claimed):
+        chosen, problems = _claim_issues(resource, index, canonical)
         issues += problems
         for profile in chosen:
             if profile.url not in seen:
                 seen.add(profile.url)
                 issues += validate(resource, profile)
+    for url in implied:  # reported, not refused: EHRs send vital signs without the category the profile wants
+        for implied_profile in _core_chain(url):
+            if implied_profile is not None and implied_profile.url not in seen:
+                seen.add(implied_profile.url)
+                issues += [replace(i, severity="warning") if i.severity in ("error", "fatal") else i
+                           for i in validate(resource, implied_profile)]
     return issues
