@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 
 def test_validate_valid_resource_has_no_errors(client: httpx.Client) -> None:
@@ -95,3 +96,19 @@ def test_an_unknown_mode_is_a_400_naming_mode(client: httpx.Client) -> None:
 
 def test_mode_delete_of_a_missing_resource_is_404(client: httpx.Client, unique: str) -> None:
     assert client.post(f"/Patient/none-{unique}/$validate", params={"mode": "delete"}).status_code == 404
+
+
+@pytest.mark.parametrize(("path", "params", "body"), [
+    ("/$validate", {}, []),
+    ("/$validate", {}, "Patient"),
+    ("/$validate", {}, {"resourceType": "Parameters", "parameter": [{"name": "mode", "valueCode": "create"}]}),
+    ("/$validate", {"mode": "delete"}, {"resourceType": "Patient"}),
+    ("/$validate", {}, {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": {"resourceType": "Patient"}}, {"name": "profile", "valueInteger": 3}]}),
+    ("/Patient/$validate", {"mode": "delete"}, {"resourceType": "Patient"}),
+    ("/$validate", {}, {"resourceType": "NoSuchType"}),
+])
+def test_an_unusable_validate_request_is_a_4xx_outcome(client: httpx.Client, path: str, params: dict, body: object) -> None:
+    response = client.post(path, params=params, json=body)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
