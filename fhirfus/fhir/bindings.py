@@ -162,7 +162,7 @@ def resource_types() -> frozenset[str]:
 
 def element_tables() -> Mapping[str, Table]:
     """Resource type, datatype or backbone path → its JSON properties (choice types expanded), for
-    the other walkers of resources (the invariants)."""
+    the other walkers of resources (``fhirfus.fhir.walk``, the invariants)."""
     return _model().tables
 
 

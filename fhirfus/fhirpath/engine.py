@@ -351,6 +351,12 @@ def resource_node(resource: Mapping[str, Any]) -> ResourceNode:
     return ResourceNode.create_node(resource, resource.get("resourceType"))
 
 
+def element_node(value: Any, path: str) -> ResourceNode:
+    """Wrap an element whose definition path is known (``Observation.component``), so its choice
+    elements resolve (``value`` finds ``valueQuantity``) as they do under a resource."""
+    return ResourceNode.create_node(value, path)
+
+
 _TEMPORAL_TYPES = frozenset({"date", "dateTime", "instant", "time"})
 
 

@@ -427,8 +427,11 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return _worst_first(invariant_issues(resource) + rules.domain_issues(resource))
-    issues = resource_issues(body, res_type) or invariant_issues(body)
+        return _worst_first(resource_issues(resource, res_type, warnings=True) + invariant_issues(resource)
+                            + rules.domain_issues(resource))
+    issues = resource_issues(body, res_type, warnings=True)
+    if not any(issue.severity in ("error", "fatal") for issue in issues):
+        issues = issues + invariant_issues(body)
     if any(issue.severity in ("error", "fatal") for issue in issues):
         return _worst_first(issues)
     return _worst_first(issues + rules.domain_issues(body))
