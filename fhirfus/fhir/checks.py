@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fhirfus.errors import Issue
-from fhirfus.fhir import bundle_rules, codings, extensions, narrative, representation
+from fhirfus.fhir import bundle_rules, codings, conformance_rules, extensions, narrative, representation
 from fhirfus.fhir.walk import walk
 
 
@@ -34,4 +34,5 @@ def _rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]
     issues += codings.coding_issues(nodes)
     if resource_type == "Bundle":
         issues += bundle_rules.bundle_issues(resource)
+    issues += conformance_rules.conformance_issues(resource, resource_type)
     return issues
