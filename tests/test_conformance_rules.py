@@ -44,3 +44,24 @@ def test_a_capability_statement_search_param_has_its_definitions_type() -> None:
                                  {"name": "gender", "type": "date",
                                   "definition": "http://hl7.org/fhir/SearchParameter/Patient-gender"}]}]}]}
     assert expressions(statement) == ["CapabilityStatement.rest[0].resource[0].searchParam[1]"]
+
+
+def test_references_in_a_document_bundle_name_one_entry() -> None:
+    from fhirfus.fhir.bundle_references import bundle_reference_issues
+
+    def document(*references: str) -> dict:
+        composition = {"resourceType": "Composition", "id": "c", "section": [
+            {"entry": [{"reference": r} for r in references]}]}
+        observation = [{"fullUrl": "http://x.org/Observation/o", "resource": {
+            "resourceType": "Observation", "id": "o", "meta": {"versionId": v}}} for v in ("1", "2")]
+        return {"resourceType": "Bundle", "type": "document",
+                "entry": [{"fullUrl": "http://x.org/Composition/c", "resource": composition}, *observation]}
+
+    assert bundle_reference_issues(document("Observation/o/_history/1", "Observation/o/_history/2")) == []
+    assert bundle_reference_issues(document("Patient/elsewhere", "#contained")) == []
+    found = bundle_reference_issues(document("Observation/o", "Observation/o/_history/3"))
+    assert [(i.code, i.expression[0]) for i in found] == [
+        ("invalid", "Bundle.entry[0].resource.section[0].entry[0].reference"),
+        ("not-found", "Bundle.entry[0].resource.section[0].entry[1].reference")]
+    collection = {**document("Observation/o"), "type": "collection"}
+    assert bundle_reference_issues(collection) == []

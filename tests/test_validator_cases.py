@@ -21,14 +21,13 @@ from fhirfus.fhirpath.invariants import invariant_errors
 
 CASES = Path(__file__).parent / "data" / "validator-cases"
 #: The measured agreement, as a floor: raise it when a rule lands, never lower it.
-AGREEMENT_FLOOR = 77 / 83
+AGREEMENT_FLOOR = 78 / 83
 
 #: Cases the reference refuses and fhirfus accepts: what the reference checks, and who owns it.
 NOT_YET_REFUSED: dict[str, str] = {
     "pat-dob-ext.json": "unknown extension in a known namespace (rules: extensions)",
     "nested-questionnaire-nested-valueset.json": "unknown hl7.org extension (rules: extensions)",
     "obs-temp-bad.json": "the core body-temperature profile in meta.profile (rules: core profiles)",
-    "bundle-document-versioned-references-bad.json": "references inside a document Bundle resolve once (references)",
     "obs-mz.json": "snapshot generation of a StructureDefinition (not planned)",
     "signatures/example-2.json": "digital signature verification (not planned)",
 }

@@ -12,7 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from fhirfus.errors import Issue
-from fhirfus.fhir import bundle_rules, codings, conformance_rules, extensions, narrative, representation
+from fhirfus.fhir import (
+    bundle_references,
+    bundle_rules,
+    codings,
+    conformance_rules,
+    extensions,
+    narrative,
+    representation,
+)
 from fhirfus.fhir.walk import walk
 
 
@@ -34,5 +42,6 @@ def _rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]
     issues += codings.coding_issues(nodes)
     if resource_type == "Bundle":
         issues += bundle_rules.bundle_issues(resource)
+        issues += bundle_references.bundle_reference_issues(resource)
     issues += conformance_rules.conformance_issues(resource, resource_type)
     return issues
