@@ -171,8 +171,10 @@ def test_the_body_limit_applies_to_native_uploads(client: httpx.Client, server) 
 
 
 def test_fhir_xml_is_not_taken_for_content(client: httpx.Client) -> None:
-    answer = upload(client, b"<Binary xmlns='http://hl7.org/fhir'/>", "application/fhir+xml")
-    assert answer.status_code == 415
+    answer = upload(client, b"<Binary xmlns='http://hl7.org/fhir'><contentType value='text/plain'/></Binary>",
+                    "application/fhir+xml")
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["contentType"] == "text/plain" and "data" not in answer.json()
 
 
 def test_a_binary_resource_posted_as_fhir_json_is_still_a_resource(client: httpx.Client) -> None:

@@ -412,7 +412,7 @@ def test_conditional_read_honours_if_modified_since(client: httpx.Client) -> Non
 def test_the_statement_tells_formats_profiles_and_reference_policy(client: httpx.Client) -> None:
     statement = client.get("/metadata").json()
     assert "application/fhir+json" in statement["format"]
-    assert statement["patchFormat"] == ["application/json-patch+json"]
+    assert statement["patchFormat"] == ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"]
     entries = {entry["type"]: entry for entry in statement["rest"][0]["resource"]}
     ig = Path(__file__).resolve().parents[1] / "fhirfus" / "ig" / "profiles"
     for path in sorted(ig.glob("StructureDefinition-*.json")):
@@ -420,9 +420,11 @@ def test_the_statement_tells_formats_profiles_and_reference_policy(client: httpx
         if profile.get("kind") == "resource":
             assert profile["url"] in entries[profile["type"]].get("supportedProfile", []), profile["url"]
     assert "enforced" in entries["Observation"]["referencePolicy"]  # the test server checks references
-    # XML is refused, as the statement's formats say
-    assert client.get("/metadata", params={"_format": "xml"}).status_code == 406
-    assert client.post("/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"}).status_code == 415
+    # XML is spoken, as the statement's formats say
+    assert "application/fhir+xml" in statement["format"]
+    assert client.get("/metadata", params={"_format": "xml"}).headers["content-type"].startswith("application/fhir+xml")
+    assert client.post("/Patient", content=b"<Patient xmlns='http://hl7.org/fhir'/>",
+                       headers={"Content-Type": "application/fhir+xml"}).status_code == 201
 
 
 # --- every route is declared ----------------------------------------------------------------------------

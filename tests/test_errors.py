@@ -76,8 +76,8 @@ def test_body_over_size_limit_is_413(client: httpx.Client, server) -> None:
     assert server.database.counts() == before
 
 
-def test_xml_body_is_415(client: httpx.Client) -> None:
-    response = client.post("/Patient", content=b"<Patient/>", headers={"Content-Type": "application/fhir+xml"})
+def test_a_body_neither_json_nor_xml_is_415(client: httpx.Client) -> None:
+    response = client.post("/Patient", content=b"resourceType: Patient", headers={"Content-Type": "application/yaml"})
     assert response.status_code == 415
     assert response.json()["resourceType"] == "OperationOutcome"
 

@@ -131,3 +131,16 @@ def test_a_site_client_reads_published_resources_but_cannot_change_them(secure_s
 def test_no_client_may_be_registered_for_the_published_owner(database) -> None:
     with pytest.raises(InvalidRequest):
         register(Store(database.engine), "x", "site", "system/*.r", {"keys": []}, "*")
+
+
+def test_the_capability_statement_names_the_guide_its_profiles_and_its_search_parameters(client: httpx.Client) -> None:
+    statement = client.get("/metadata").json()
+    assert statement["implementationGuide"] == ["https://fhirfus.org/fhir/ImplementationGuide/fhirfus"]
+    by_type = {entry["type"]: entry for entry in statement["rest"][0]["resource"]}
+    profiles = {url for entry in by_type.values() for url in entry.get("supportedProfile", [])}
+    published = {r["url"] for r in guide_resources() if r["resourceType"] == "StructureDefinition"
+                 and r.get("kind") == "resource"}
+    assert published <= profiles
+    target = next(p for p in by_type["Procedure"]["searchParam"] if p["name"] == "target")
+    assert target["definition"] == "https://fhirfus.org/fhir/SearchParameter/procedure-target"
+    assert client.get("/SearchParameter", params={"url": target["definition"]}).json()["total"] == 1

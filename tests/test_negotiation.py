@@ -21,8 +21,14 @@ def test_browser_accept_header_gets_json(client: httpx.Client) -> None:
     assert client.get("/metadata", headers={"Accept": accept}).status_code == 200
 
 
-def test_accept_xml_only_is_406(client: httpx.Client) -> None:
+def test_accept_xml_only_answers_xml(client: httpx.Client) -> None:
     response = client.get("/metadata", headers={"Accept": "application/fhir+xml"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/fhir+xml")
+
+
+def test_accept_of_nothing_fhirfus_writes_is_406(client: httpx.Client) -> None:
+    response = client.get("/metadata", headers={"Accept": "image/png"})
     assert response.status_code == 406
     assert response.json()["resourceType"] == "OperationOutcome"
 
@@ -32,8 +38,9 @@ def test_format_json_overrides_accept(client: httpx.Client) -> None:
     assert response.status_code == 200
 
 
-def test_format_xml_is_406(client: httpx.Client) -> None:
-    assert client.get("/metadata", params={"_format": "xml"}).status_code == 406
+def test_format_xml_answers_xml_and_an_unknown_format_is_406(client: httpx.Client) -> None:
+    assert client.get("/metadata", params={"_format": "xml"}).headers["content-type"].startswith("application/fhir+xml")
+    assert client.get("/metadata", params={"_format": "turtle"}).status_code == 406
 
 
 def test_pretty_output_is_indented(client: httpx.Client) -> None:

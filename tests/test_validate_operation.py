@@ -36,7 +36,10 @@ def test_instance_validate_detects_id_mismatch(client: httpx.Client, unique: str
 # --- system level, mode, profile, warnings ---------------------------------------------------------
 
 BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"
-WARNED = {"resourceType": "Patient", "extension": [{"url": "https://ehr.example/ext/ward", "valueString": "3B"}]}
+#: Narrative keeps the best-practice warning dom-6 away, so "clean" means clean.
+TEXT = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>'}
+CLEAN = {"resourceType": "Patient", "text": TEXT}
+WARNED = {**CLEAN, "extension": [{"url": "https://ehr.example/ext/ward", "valueString": "3B"}]}
 
 
 def issues_of(response: httpx.Response) -> list[dict]:
@@ -49,13 +52,12 @@ def issues_of(response: httpx.Response) -> list[dict]:
 def test_system_level_validate_takes_the_type_from_the_resource(client: httpx.Client) -> None:
     bad = issues_of(client.post("/$validate", json={"resourceType": "Observation", "status": "banana", "code": {"text": "x"}}))
     assert [i["expression"] for i in bad if i["severity"] == "error"] == [["Observation.status"]]
-    parameters = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": {"resourceType": "Patient"}}]}
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": CLEAN}]}
     assert [i["severity"] for i in issues_of(client.post("/$validate", json=parameters))] == ["information"]
 
 
 def test_a_clean_resource_gets_one_information_issue(client: httpx.Client) -> None:
-    assert [i["severity"] for i in issues_of(client.post("/Patient/$validate", json={"resourceType": "Patient"}))] == [
-        "information"]
+    assert [i["severity"] for i in issues_of(client.post("/Patient/$validate", json=CLEAN))] == ["information"]
 
 
 def test_validate_reports_warnings_that_a_write_lets_pass(client: httpx.Client) -> None:
@@ -65,7 +67,7 @@ def test_validate_reports_warnings_that_a_write_lets_pass(client: httpx.Client) 
 
 
 def test_profile_parameter_applies_a_profile_the_resource_does_not_claim(client: httpx.Client) -> None:
-    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "bp"}}
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "bp"}, "text": TEXT}
     plain = issues_of(client.post("/Observation/$validate", json=observation))
     assert [i["severity"] for i in plain] == ["information"]
     profiled = issues_of(client.post("/Observation/$validate", params={"profile": BP_PROFILE}, json=observation))
@@ -78,13 +80,13 @@ def test_profile_parameter_applies_a_profile_the_resource_does_not_claim(client:
 
 def test_an_unknown_profile_cannot_be_checked(client: httpx.Client) -> None:
     found = issues_of(client.post("/Patient/$validate", params={"profile": "https://ehr.example/StructureDefinition/x"},
-                                  json={"resourceType": "Patient"}))
+                                  json=CLEAN))
     assert [(i["severity"], i["expression"]) for i in found] == [("error", ["profile"])]
 
 
 def test_mode_update_at_type_level_uses_the_resources_id(client: httpx.Client, unique: str) -> None:
     found = issues_of(client.post("/Patient/$validate", params={"mode": "update"},
-                                  json={"resourceType": "Patient", "id": f"u-{unique}"}))
+                                  json={**CLEAN, "id": f"u-{unique}"}))
     assert [i["severity"] for i in found] == ["information"]
     assert client.post("/Patient/$validate", params={"mode": "update"}, json={"resourceType": "Patient"}).status_code == 400
 

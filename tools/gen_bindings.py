@@ -27,7 +27,8 @@ Output layout (compact JSON, sorted keys so diffs stay stable)::
       "unenumerable": {url: reason}               # required bindings left unchecked
     }
 
-Element keys: ``t`` type codes, ``p`` path of the nested element table
+Element keys: ``o`` position in the definition (XML order), ``m`` present when the element
+repeats (a JSON array), ``t`` type codes, ``p`` path of the nested element table
 (BackboneElement / Element children, or the target of a ``contentReference``),
 ``b`` canonical URL (version stripped) of an enumerable required value set, ``r`` the resource
 types a Reference element may name (absent: any).
@@ -229,7 +230,11 @@ def element_tables(sd: JsonObj, required: dict[str, str]) -> dict[str, dict[str,
             continue
         parent, name = path.rsplit(".", 1)
         spec = element_spec(el, by_path, path in parents, required.get(path))
-        tables.setdefault(parent, {})[name] = spec
+        siblings = tables.setdefault(parent, {})
+        spec["o"] = len(siblings)  # definition order: the order of elements in XML
+        if el.get("max") != "1":
+            spec["m"] = 1  # repeats: an array in JSON
+        siblings[name] = spec
         if path in parents:
             tables.setdefault(path, {})
     return tables

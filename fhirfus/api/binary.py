@@ -24,11 +24,11 @@ from fhirfus.interactions.binary import security_context
 from fhirfus.store.repository import Stored
 
 SECURITY_CONTEXT_HEADER = "X-Security-Context"
-#: Bodies that are a FHIR resource rather than content (XML ones are FHIR too: refused with 415).
+#: Bodies that are a FHIR resource rather than content.
 _FHIR_BODIES = {FHIR_JSON, JSON, "application/json+fhir", "text/json", "application/fhir+xml",
                 "application/xml+fhir", ""}
 #: Accept values that ask for the Binary resource rather than its content.
-_FHIR_ANSWERS = {FHIR_JSON, JSON, "application/json+fhir", "text/json"}
+_FHIR_ANSWERS = {FHIR_JSON, JSON, "application/json+fhir", "text/json", "application/fhir+xml", "application/xml+fhir"}
 
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"

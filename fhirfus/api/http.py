@@ -9,11 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirfus.api.negotiation import Rendering, rendering_for, require_json_body
+from fhirfus.api.negotiation import Rendering, body_is_xml, rendering_for, require_json_body
 from fhirfus.auth.access import DEVELOPMENT, Access
 from fhirfus.errors import InvalidRequest, PayloadTooLarge, Unauthorized
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
+from fhirfus.fhir.xml import from_xml
 from fhirfus.interactions.preconditions import etag
 from fhirfus.store.repository import Stored
 
@@ -43,7 +44,12 @@ def base_url(request: Request) -> str:
 
 
 async def read_body(request: Request) -> bytes:
-    """The raw body, refused with 413 beyond the configured limit (checked before and while reading)."""
+    """The raw body, refused with 413 beyond the configured limit (checked before and while reading).
+
+    The headers that shape the answer are checked first: every write reads its body before it
+    writes, and a malformed ``Prefer`` found only when the answer is made would be a 400 for a
+    write that was committed."""
+    Prefer.parse(request)
     limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -59,8 +65,10 @@ async def read_body(request: Request) -> bytes:
 
 
 async def read_json(request: Request, *, patch: bool = False) -> Any:
+    """The request's resource (or JSON Patch) as JSON, from a FHIR JSON or FHIR XML body."""
     require_json_body(request, patch=patch)
-    return parse_json(await read_body(request))
+    body = await read_body(request)
+    return from_xml(body) if body_is_xml(request) else parse_json(body)
 
 
 @dataclass(frozen=True)

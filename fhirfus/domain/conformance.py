@@ -9,6 +9,7 @@ and a check of the CodeSystems, ValueSets and ConceptMaps of ``fhirfus/ig/termin
 from __future__ import annotations
 
 import logging
+from functools import cache
 from pathlib import Path
 
 import orjson
@@ -44,6 +45,17 @@ def load_search_parameters(directory: Path = SEARCH_PARAMETERS) -> list[str]:
     if registered:
         log.info("custom search parameters: %s", ", ".join(registered))
     return registered
+
+
+@cache
+def custom_parameter_urls(directory: Path = SEARCH_PARAMETERS) -> dict[tuple[str, str], str]:
+    """(base type, code) → canonical URL of each of the guide's SearchParameters."""
+    found: dict[tuple[str, str], str] = {}
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        resource = orjson.loads(path.read_bytes())
+        for base in resource.get("base", []):
+            found[(base, resource["code"])] = resource["url"]
+    return found
 
 
 def load_terminology() -> None:

@@ -161,7 +161,8 @@ def resource_types() -> frozenset[str]:
 
 
 def element_tables() -> Mapping[str, Table]:
-    """JSON property → element, per resource type, datatype and backbone path (``fhirfus.fhir.walk``)."""
+    """Resource type, datatype or backbone path → its JSON properties (choice types expanded), for
+    the other walkers of resources (the invariants, ``fhirfus.fhir.walk``)."""
     return _model().tables
 
 

@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 
 from fhirfus import FHIR_VERSION, __version__
 from fhirfus.auth.access import SERVER
+from fhirfus.domain.conformance import custom_parameter_urls
 from fhirfus.domain.profiles import profiles
+from fhirfus.domain.publication import GUIDE_URL
 from fhirfus.fhir.validation import served_types
 from fhirfus.search.query import UNSUPPORTED
 from fhirfus.search.registry import SearchParam, params_for
@@ -77,8 +79,12 @@ def searchable(code: str, param: SearchParam) -> bool:
     return code not in UNSUPPORTED and param.type in SEARCHABLE_TYPES
 
 
-def _search_params(params: Mapping[str, SearchParam]) -> list[dict]:
-    return [{"name": code, "type": param.type} for code, param in sorted(params.items()) if searchable(code, param)]
+def _search_params(res_type: str, params: Mapping[str, SearchParam]) -> list[dict]:
+    """The type's parameters; the guide's own name their SearchParameter (``definition``)."""
+    custom = custom_parameter_urls()
+    return [{"name": code, "type": param.type,
+             **({"definition": custom[(res_type, code)]} if (res_type, code) in custom else {})}
+            for code, param in sorted(params.items()) if searchable(code, param)]
 
 
 def allowed(res_type: str, permission: str) -> bool:
@@ -114,7 +120,7 @@ def _resource(res_type: str, params: Mapping[str, SearchParam]) -> dict:
         "conditionalDelete": "single" if "delete" in interactions else "not-supported",
         "searchInclude": ["*"],
         "searchRevInclude": ["*"],
-        "searchParam": _search_params(params),
+        "searchParam": _search_params(res_type, params),
     }
     operations = _operations(res_type)
     if operations:
@@ -146,8 +152,9 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
         "software": {"name": "fhirfus", "version": __version__},
         "implementation": {"description": "fhirfus FHIR R4 server", "url": base},
         "fhirVersion": FHIR_VERSION,
-        "format": ["application/fhir+json", "json"],
-        "patchFormat": ["application/json-patch+json"],
+        "implementationGuide": [GUIDE_URL],
+        "format": ["application/fhir+json", "json", "application/fhir+xml", "xml"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",

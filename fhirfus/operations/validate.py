@@ -77,8 +77,13 @@ def validate(
         res_id = None  # validated as a create, whatever the URL
     issues = crud.validate(store, caller, res_type, resource, res_id, mode)
     if request.profile and mode != "delete" and not _has_errors(issues) and isinstance(resource, dict):
-        issues += profiles.claimed_issues(resource, request.profile)
+        issues = sorted(issues + profiles.claimed_issues(resource, request.profile), key=_rank)  # errors first
     return issues
+
+
+def _rank(issue: Issue) -> int:
+    return ("fatal", "error", "warning", "information").index(issue.severity) if issue.severity in (
+        "fatal", "error", "warning", "information") else 4
 
 
 def _has_errors(issues: list[Issue]) -> bool:

@@ -1,0 +1,235 @@
+"""FHIR R4 XML (xml.html), to and from the JSON form every other part of fhirfus works on.
+
+Driven by the element tables generated from the official definitions (``data/fhir_elements.json``:
+each element's position, whether it repeats, its types), so it covers every resource and
+datatype: elements are written in definition order, primitives as ``value`` attributes with
+their ``id``/``extension`` (JSON's ``_name``), ``Extension.url`` and element ids as attributes,
+nested resources wrapped in their type's element, the narrative ``div`` as XHTML in its own
+namespace. Reading does the reverse and types the primitives (booleans, integers, decimals).
+
+Parsing is hardened: no DTD, no entities, no network, bounded size and depth. Errors are
+``InvalidResource``/``InvalidRequest`` naming the element.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cache
+from typing import Any, Final
+
+from lxml import etree
+
+from fhirfus.errors import InvalidRequest, InvalidResource
+from fhirfus.fhir.elements import Element, element_model
+
+FHIR_NS: Final = "http://hl7.org/fhir"
+XHTML_NS: Final = "http://www.w3.org/1999/xhtml"
+MAX_DEPTH: Final = 64
+_NUMBERS: Final = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
+_DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]*")
+
+
+# --- JSON → XML -------------------------------------------------------------------------------
+
+
+def to_xml(resource: Mapping[str, Any]) -> bytes:
+    """One resource as FHIR XML (UTF-8, with the XML declaration)."""
+    root = _resource_element(resource)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _resource_element(resource: Mapping[str, Any]) -> etree.Element:
+    res_type = resource.get("resourceType")
+    model = element_model()
+    if not isinstance(res_type, str) or res_type not in model.tables:
+        raise InvalidResource(f"Cannot write a {res_type!r} as XML", "resourceType")
+    element = etree.Element(f"{{{FHIR_NS}}}{res_type}", nsmap={None: FHIR_NS})
+    _write_object(element, resource, res_type, is_resource=True)
+    return element
+
+
+def _write_object(parent: etree.Element, obj: Mapping[str, Any], table_key: str, *, is_resource: bool) -> None:
+    table = element_model().tables[table_key]
+    if not is_resource:
+        if isinstance(obj.get("id"), str):
+            parent.set("id", obj["id"])
+        if table_key == "Extension" and isinstance(obj.get("url"), str):
+            parent.set("url", obj["url"])
+    names = {key.lstrip("_") for key in obj if not (is_resource and key == "resourceType")}
+    ordered = sorted(names, key=lambda n: (table[n].order, n) if n in table else (10_000, n))
+    for name in ordered:
+        element = table.get(name)
+        if element is None:
+            raise InvalidResource(f"Unknown element '{name}' of {table_key}", f"{table_key}.{name}")
+        if not is_resource and (name == "id" or (table_key == "Extension" and name == "url")):
+            continue  # written as attributes above
+        values, shadows = obj.get(name), obj.get(f"_{name}")
+        if element.many:
+            values = values if isinstance(values, list) else []
+            shadows = shadows if isinstance(shadows, list) else []
+            count = max(len(values), len(shadows))
+            pairs = [(values[i] if i < len(values) else None, shadows[i] if i < len(shadows) else None)
+                     for i in range(count)]
+        else:
+            pairs = [(values, shadows)]
+        for value, shadow in pairs:
+            _write_value(parent, element, value, shadow)
+
+
+def _write_value(parent: etree.Element, element: Element, value: Any, shadow: Any) -> None:
+    if element.type == "xhtml":
+        parent.append(_parse_xhtml(value))
+        return
+    child = etree.SubElement(parent, f"{{{FHIR_NS}}}{element.name}")
+    if element.table == "Resource":
+        if isinstance(value, Mapping):
+            child.append(_resource_element(value))
+        return
+    if element.table is not None:
+        if isinstance(value, Mapping):
+            _write_object(child, value, element.table, is_resource=False)
+        return
+    if value is not None:
+        child.set("value", _primitive_text(value))
+    if isinstance(shadow, Mapping):
+        _write_object(child, shadow, "Element", is_resource=False)
+
+
+def _primitive_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if value != int(value) or abs(value) >= 1e16 else f"{value:.1f}"
+    return str(value)
+
+
+def _parse_xhtml(value: Any) -> etree.Element:
+    if not isinstance(value, str):
+        raise InvalidResource("Narrative.div must be XHTML text", "Narrative.div")
+    try:
+        element = etree.fromstring(value.encode(), _parser())
+    except etree.XMLSyntaxError as exc:
+        raise InvalidResource(f"Narrative.div is not well-formed XHTML: {exc}", "Narrative.div") from exc
+    if element.tag != f"{{{XHTML_NS}}}div":
+        raise InvalidResource("Narrative.div must be an XHTML div", "Narrative.div")
+    return element
+
+
+# --- XML → JSON -------------------------------------------------------------------------------
+
+
+@cache
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+                           huge_tree=False, remove_comments=True, remove_pis=True)
+
+
+def from_xml(body: bytes) -> dict:
+    """The JSON form of a FHIR XML resource; 400 naming the element for anything else."""
+    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+        raise InvalidRequest("FHIR XML may not carry a DOCTYPE or entities", "body")
+    try:
+        root = etree.fromstring(body, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise InvalidRequest(f"The body is not well-formed XML: {exc}", "body") from exc
+    return _read_resource(root, 0)
+
+
+def _local(element: etree.Element, where: str) -> str:
+    tag = element.tag
+    if not isinstance(tag, str) or not tag.startswith(f"{{{FHIR_NS}}}"):
+        raise InvalidResource(f"{where}: element {tag!r} is not in the FHIR namespace {FHIR_NS}", where)
+    return tag[len(FHIR_NS) + 2:]
+
+
+def _read_resource(element: etree.Element, depth: int) -> dict:
+    res_type = _local(element, "resourceType")
+    if res_type not in element_model().resources:
+        raise InvalidResource(f"Unknown resource type '{res_type}'", "resourceType")
+    found: dict[str, Any] = {"resourceType": res_type}
+    found.update(_read_object(element, res_type, res_type, depth + 1, is_resource=True))
+    return found
+
+
+def _read_object(element: etree.Element, table_key: str, where: str, depth: int, *, is_resource: bool) -> dict:
+    if depth > MAX_DEPTH:
+        raise InvalidResource(f"{where}: nested deeper than {MAX_DEPTH} levels", where)
+    table = element_model().tables[table_key]
+    found: dict[str, Any] = {}
+    for attribute, text in element.attrib.items():
+        if not is_resource and attribute == "id":
+            found["id"] = text
+        elif table_key == "Extension" and attribute == "url":
+            found["url"] = text
+        elif attribute != "value" or table_key != "Element":
+            raise InvalidResource(f"{where}: unexpected attribute '{attribute}'", where)
+    positions: dict[str, int] = {}
+    for child in element:
+        if not isinstance(child.tag, str):
+            continue
+        if child.tag == f"{{{XHTML_NS}}}div" and "div" in table:
+            found["div"] = etree.tostring(child, encoding="unicode", with_tail=False)
+            continue
+        name = _local(child, where)
+        spec = table.get(name)
+        if spec is None:
+            raise InvalidResource(f"Unknown element '{name}' of {table_key}", f"{where}.{name}")
+        index = positions.get(name, 0)
+        positions[name] = index + 1
+        if index and not spec.many:
+            raise InvalidResource(f"{where}.{name} may occur once", f"{where}.{name}")
+        path = f"{where}.{name}" + (f"[{index}]" if spec.many else "")
+        value, shadow = _read_value(child, spec, path, depth)
+        if spec.many:
+            found.setdefault(name, []).append(value)
+            if shadow is not None:
+                shadows = found.setdefault(f"_{name}", [])
+                shadows.extend([None] * (index - len(shadows)))
+                shadows.append(shadow)
+        else:
+            if value is not None:
+                found[name] = value
+            if shadow is not None:
+                found[f"_{name}"] = shadow
+    for name, values in list(found.items()):
+        if isinstance(values, list) and name.startswith("_"):
+            base = found.get(name[1:], [])
+            values.extend([None] * (len(base) - len(values)))
+        elif isinstance(values, list) and all(v is None for v in values) and f"_{name}" in found:
+            del found[name]
+    return found
+
+
+def _read_value(child: etree.Element, spec: Element, path: str, depth: int) -> tuple[Any, Any]:
+    if spec.table == "Resource":
+        inner = [c for c in child if isinstance(c.tag, str)]
+        if len(inner) != 1:
+            raise InvalidResource(f"{path} must hold exactly one resource", path)
+        return _read_resource(inner[0], depth + 1), None
+    if spec.table is not None:
+        return _read_object(child, spec.table, path, depth + 1, is_resource=False), None
+    text = child.get("value")
+    shadow = _read_object(child, "Element", path, depth + 1, is_resource=False) if (
+        len(child) or child.get("id") is not None) else None
+    if text is None and shadow is None:
+        raise InvalidResource(f"{path} has neither a value nor extensions", path)
+    return (None if text is None else _typed(text, spec.type, path)), shadow
+
+
+def _typed(text: str, type_code: str, path: str) -> Any:
+    if type_code == "boolean":
+        if text not in ("true", "false"):
+            raise InvalidResource(f"{path}: '{text}' is not a boolean", path)
+        return text == "true"
+    if type_code in _NUMBERS:
+        if not _INTEGER_RE.fullmatch(text):
+            raise InvalidResource(f"{path}: '{text}' is not an integer", path)
+        return int(text)
+    if type_code == "decimal":
+        if not _DECIMAL_RE.fullmatch(text):
+            raise InvalidResource(f"{path}: '{text}' is not a decimal", path)
+        number = float(text)
+        return int(number) if "." not in text and "e" not in text.lower() and abs(number) < 2**53 else number
+    return text
