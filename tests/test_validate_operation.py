@@ -109,6 +109,7 @@ def test_mode_delete_of_a_missing_resource_is_404(client: httpx.Client, unique: 
         {"name": "resource", "resource": {"resourceType": "Patient"}}, {"name": "profile", "valueInteger": 3}]}),
     ("/Patient/$validate", {"mode": "delete"}, {"resourceType": "Patient"}),
     ("/$validate", {}, {"resourceType": "NoSuchType"}),
+    ("/$validate", {}, {"resourceType": "Parameters", "parameter": -1}),
 ])
 def test_an_unusable_validate_request_is_a_4xx_outcome(client: httpx.Client, path: str, params: dict, body: object) -> None:
     response = client.post(path, params=params, json=body)

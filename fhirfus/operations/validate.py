@@ -40,7 +40,8 @@ def parse(body: Any, res_type: str | None, mode: str | None, profile: str | None
     """The resource, mode and profile of a request (``Parameters`` values win over the query)."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
         resource: Any = None
-        for parameter in body.get("parameter") or []:
+        items = body.get("parameter")
+        for parameter in items if isinstance(items, list) else []:
             if not isinstance(parameter, dict):
                 continue
             name = parameter.get("name")
