@@ -1,17 +1,18 @@
 """The R4 JSON representation rules (https://hl7.org/fhir/R4/json.html) and primitive formats.
 
 Why: the ``fhir.resources`` models read JSON leniently (``"active": "true"`` and ``"value": "1.5"``
-pass, as do ``[]``, ``{}``, ``null`` and a ``_given`` that does not line up with ``given``), and
-they do not check ``uri``, ``oid``, ``uuid`` or strict base64. What they let through, this module
-reports, each issue naming the element:
+pass, as do ``[]``, ``null`` and a ``_given`` that does not line up with ``given``), and they do not
+check ``uri`` (a ``urn:oid:`` or ``urn:uuid:`` one included), ``oid``, ``uuid`` or strict base64.
+What they let through, this module reports, each issue naming the element:
 
-- no empty arrays, objects or strings; ``resourceType`` on resources only, and on every one; ``null`` only to keep a primitive array and its ``_x``
-  partner aligned (same length, never null at the same index in both);
+- no empty arrays or strings (an empty object is the invariant ele-1's to report);
+  ``resourceType`` on resources only, and on every one; ``null`` only to keep a primitive array
+  and its ``_x`` partner aligned (same length, never null at the same index in both);
 - primitives of the right JSON type and within their ranges and formats (R4 datatypes page),
   strings without control characters other than tab, CR and LF;
 - base64 of the base64 alphabet with correct padding (whitespace, which R4's own examples
-  contain, is a warning); an ``Attachment.size`` equal to the
-  length of the decoded ``data`` and an ``Attachment.hash`` equal to its SHA-1, when both are given.
+  contain, is a warning); an ``Attachment.size`` equal to the length of the decoded ``data`` and
+  an ``Attachment.hash`` equal to its SHA-1, when both are given.
 """
 
 from __future__ import annotations
@@ -111,10 +112,7 @@ def _array(obj: Mapping[str, Any], key: str, items: list[Any], expr: str, out: l
 
 def _value(value: Any, expr: str, out: list[Issue]) -> None:
     if isinstance(value, dict):
-        if not value:
-            out.append(_issue("Empty object: an element without content is left out", expr, "structure"))
-        else:
-            _object(value, expr, out)
+        _object(value, expr, out)  # an empty one is ele-1's to report (``fhirfus.fhirpath.invariants``)
     elif isinstance(value, str) and value == "":
         out.append(_issue("Empty string: an element without a value is left out", expr, "structure"))
 

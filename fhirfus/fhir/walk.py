@@ -51,7 +51,7 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
     table = tables.get(table_key, {})
     append = out.append
     for key, value in obj.items():
-        partner = key[0] == "_"
+        partner = key.startswith("_")
         name = key[1:] if partner else key
         element = table.get(name)
         if element is None:

@@ -430,11 +430,15 @@ def validate(
         return _worst_first(resource_issues(resource, res_type, warnings=True) + invariant_issues(resource)
                             + rules.domain_issues(resource))
     issues = resource_issues(body, res_type, warnings=True)
-    if not any(issue.severity in ("error", "fatal") for issue in issues):
-        issues = issues + invariant_issues(body)
-    if any(issue.severity in ("error", "fatal") for issue in issues):
+    if not _has_errors(issues):
+        issues += invariant_issues(body)
+    if _has_errors(issues):
         return _worst_first(issues)
     return _worst_first(issues + rules.domain_issues(body))
+
+
+def _has_errors(issues: list[Issue]) -> bool:
+    return any(issue.severity in ("error", "fatal") for issue in issues)
 
 
 _SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}

@@ -40,7 +40,8 @@ def parse(body: Any, res_type: str | None, mode: str | None, profile: str | None
     """The resource, mode and profile of a request (``Parameters`` values win over the query)."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
         resource: Any = None
-        for parameter in body.get("parameter") or []:
+        items = body.get("parameter")
+        for parameter in items if isinstance(items, list) else []:
             if not isinstance(parameter, dict):
                 continue
             name = parameter.get("name")
@@ -77,8 +78,13 @@ def validate(
         res_id = None  # validated as a create, whatever the URL
     issues = crud.validate(store, caller, res_type, resource, res_id, mode)
     if request.profile and mode != "delete" and not _has_errors(issues) and isinstance(resource, dict):
-        issues += profiles.claimed_issues(resource, request.profile)
+        issues = sorted(issues + profiles.claimed_issues(resource, request.profile), key=_rank)  # errors first
     return issues
+
+
+def _rank(issue: Issue) -> int:
+    return ("fatal", "error", "warning", "information").index(issue.severity) if issue.severity in (
+        "fatal", "error", "warning", "information") else 4
 
 
 def _has_errors(issues: list[Issue]) -> bool:
