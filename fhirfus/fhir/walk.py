@@ -3,7 +3,7 @@
 Why: the JSON representation rules, narrative, attachment and extension checks all need to know,
 for each value, which FHIR type it has and where it sits (``Patient.contact[0].name``); the
 element tables generated from the official definitions (``data/fhir_elements.json``, read through
-``fhirfus.fhir.bindings``) give that. One walk yields every node, the rule modules pick theirs.
+``fhirfus.fhir.bindings``) give that. One walk gives the nodes the rule modules read.
 
 The walk follows the JSON exactly as sent: ``given`` and its ``_given`` partner are both visited,
 the partner as an ``Element`` of the primitive's type (``primitive=True``) so primitive
@@ -30,13 +30,16 @@ class Node(NamedTuple):
     primitive: bool = False  # the ``_x`` object (id, extension) of a primitive of type ``type``
 
 
+#: Object types a rule family reads (``extensions``, ``representation``, ``codings``).
+NEEDED = frozenset({"Extension", "Attachment", "Coding", "Resource"})
+
 #: Which primitive values (type code, value) become nodes; objects always do.
 Keep = Callable[[str, Any], bool]
 
 
 def walk(resource: Mapping[str, Any], keep: Keep = lambda kind, value: True) -> list[Node]:
-    """Every object of ``resource`` (itself first) and the primitives ``keep`` asks for, depth first,
-    contained resources included."""
+    """The objects of ``resource`` the rules read (itself first) and the primitives ``keep`` asks
+    for, depth first, contained resources included."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in resource_types():
         return []
@@ -47,7 +50,10 @@ def walk(resource: Mapping[str, Any], keep: Keep = lambda kind, value: True) -> 
 
 def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tables: Mapping[str, Any],
               keep: Keep, out: list[Node]) -> None:
-    """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node)."""
+    """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node).
+
+    Objects become nodes only when a rule reads them (``NEEDED``) or they may be an extension's
+    parent or carry a ``resourceType``; the rest are only walked through."""
     table = tables.get(table_key, {})
     append = out.append
     for key, value in obj.items():
@@ -58,20 +64,20 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
             continue
         kind = "id" if name == "id" and table_key in resource_types() else element.type  # a resource's id is an id
         repeated = isinstance(value, list)
+        child_path = f"{path}.{name}"
         for index, item in enumerate(value) if repeated else ((None, value),):
-            if not isinstance(item, dict) and (partner or not keep(kind, item)):
+            is_object = isinstance(item, dict)
+            if not is_object and (partner or not keep(kind, item)):
                 continue
             child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
-            child_path = f"{path}.{name}"
-            definition = f"{table_key}.{name}"
+            if not is_object:
+                append(Node(child_expr, child_path, kind, item, f"{table_key}.{name}"))
+                continue
+            if kind in NEEDED or "extension" in item or "modifierExtension" in item or "resourceType" in item:
+                append(Node(child_expr, child_path, kind, item, f"{table_key}.{name}", partner))
             if partner:
-                append(Node(child_expr, child_path, kind, item, definition, True))
                 _children(item, "Element", child_expr, child_path, tables, keep, out)
-                continue
-            append(Node(child_expr, child_path, kind, item, definition))
-            if not isinstance(item, dict):
-                continue
-            if element.table == RESOURCE_TABLE:
+            elif element.table == RESOURCE_TABLE:
                 nested = item.get("resourceType")
                 if isinstance(nested, str) and nested in resource_types():
                     append(Node(child_expr, nested, nested, item, nested))
