@@ -518,3 +518,12 @@ def test_a_nul_in_any_query_parameter_is_400_naming_it(http: httpx.Client, targe
     outcome = refused(http.get(target, headers={"Prefer": "respond-async"}))
     name = target.split("?")[1].split("=")[0]
     assert expressions(outcome) == [name] and "NUL" in diagnostics(outcome)
+
+
+@pytest.mark.parametrize("parameter", [True, -1, "x", [5], [{"name": "operation", "part": 5}]])
+def test_a_fhirpath_patch_of_the_wrong_shape_is_400(http: httpx.Client, server: Server, parameter: object) -> None:
+    pid = patient(http)
+    before = server.database.counts()
+    refused(http.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": parameter},
+                       headers={"Content-Type": "application/fhir+json"}))
+    assert server.database.counts() == before

@@ -190,6 +190,8 @@ def patch_in(
     if not isinstance(operations, list) and not fhirpath_patch.is_fhirpath_patch(operations):
         raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
                              "(a Parameters resource)", "PATCH")
+    if not isinstance(operations, list):
+        validate_resource(operations, "Parameters")  # a valid Parameters resource: what the patch reads has its types
     caller.require(res_type, "u")
     require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
