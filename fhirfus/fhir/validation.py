@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
 from fhirfus.fhir.bindings import check_elements, resource_types
+from fhirfus.fhir.checks import rule_issues
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -228,8 +229,9 @@ def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
     return _issues(resource_type, _model_errors(model, data))
 
 
-def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
-    """All problems of a candidate resource (empty list when valid). Used by writes and $validate."""
+def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bool = False) -> list[Issue]:
+    """All problems of a candidate resource (empty list when valid). Used by writes and $validate;
+    ``warnings``: also the issues that do not refuse a write (``$validate`` reports them)."""
     if not isinstance(data, dict):
         return [Issue("A FHIR resource must be a JSON object", "structure")]
     resource_type = data.get("resourceType")
@@ -252,9 +254,9 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
     issues = _structure_issues(resource_type, data)
     if issues:
         return issues
-    return [
-        Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)
-    ]
+    issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)]
+    issues += rule_issues(data, resource_type)
+    return issues if warnings else [i for i in issues if i.severity in ("error", "fatal")]
 
 
 def validate_resource(data: Any, expected_type: str | None = None) -> dict:

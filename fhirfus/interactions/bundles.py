@@ -36,6 +36,7 @@ from fhirfus.fhir.validation import (
     served_types,
     shown,
 )
+from fhirfus.fhirpath.invariants import invariant_errors
 from fhirfus.interactions import conditional, crud, history, references, search
 from fhirfus.interactions.crud import WriteResult
 from fhirfus.interactions.preconditions import etag, parse_version_tag
@@ -263,7 +264,7 @@ def validate_entries(caller: Access, entries: list[Entry]) -> None:
     for entry in entries:
         if entry.method in ("POST", "PUT") and entry.res_type:
             probe = entry.resource
-            issues = resource_issues(probe, entry.res_type)
+            issues = resource_issues(probe, entry.res_type) or invariant_errors(probe)
             if issues:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
             try:

@@ -37,6 +37,7 @@ from fhirfus.fhir.validation import (
     validate_resource,
 )
 from fhirfus.fhirpath import patch as fhirpath_patch
+from fhirfus.fhirpath.invariants import invariant_errors, invariant_issues
 from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
@@ -60,6 +61,8 @@ def accept(caller: Access, body: Any, res_type: str) -> dict:
     """
     resource = validate_resource(body, res_type)
     require_storable(resource)
+    if broken := invariant_errors(resource):
+        raise InvalidResource(broken[0].diagnostics, issues=broken)
     rules.enforce(resource)
     return caller.labelled(resource)
 
@@ -426,9 +429,22 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return rules.domain_issues(resource)
-    issues = resource_issues(body, res_type)
-    return issues or rules.domain_issues(body)
+        return _worst_first(resource_issues(resource, res_type, warnings=True) + invariant_issues(resource)
+                            + rules.domain_issues(resource))
+    issues = resource_issues(body, res_type, warnings=True)
+    if not any(issue.severity in ("error", "fatal") for issue in issues):
+        issues = issues + invariant_issues(body)
+    if any(issue.severity in ("error", "fatal") for issue in issues):
+        return _worst_first(issues)
+    return _worst_first(issues + rules.domain_issues(body))
+
+
+_SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+
+
+def _worst_first(issues: list[Issue]) -> list[Issue]:
+    """Errors before warnings (best-practice warnings are on nearly every resource)."""
+    return sorted(issues, key=lambda issue: _SEVERITY_RANK.get(issue.severity, 4))
 
 
 def _resource_parameter(parameters: dict) -> Any:
