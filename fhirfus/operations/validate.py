@@ -40,7 +40,10 @@ def parse(body: Any, res_type: str | None, mode: str | None, profile: str | None
     """The resource, mode and profile of a request (``Parameters`` values win over the query)."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
         resource: Any = None
-        for parameter in body.get("parameter") or []:
+        parameters = body.get("parameter", [])
+        if not isinstance(parameters, list):
+            raise InvalidRequest("Parameters.parameter must be an array", "Parameters.parameter")
+        for parameter in parameters:
             if not isinstance(parameter, dict):
                 continue
             name = parameter.get("name")
