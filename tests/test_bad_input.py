@@ -527,3 +527,12 @@ def test_a_fhirpath_patch_of_the_wrong_shape_is_400(http: httpx.Client, server: 
     refused(http.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": parameter},
                        headers={"Content-Type": "application/fhir+json"}))
     assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("target", ["/Patient/$validate", "/$validate", "/ValueSet/$expand", "/ViewDefinition/$run",
+                                    "/QuestionnaireResponse/$extract"])
+@pytest.mark.parametrize("parameter", [True, -1, "x", {}])
+def test_every_operation_refuses_a_parameters_body_whose_parameter_is_no_array(http: httpx.Client, target: str,
+                                                                            parameter: object) -> None:
+    outcome = refused(http.post(target, json={"resourceType": "Parameters", "parameter": parameter}))
+    assert expressions(outcome) == ["Parameters.parameter"]

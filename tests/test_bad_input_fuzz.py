@@ -244,7 +244,7 @@ def body_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
     headers = {"Content-Type": "application/fhir+json"}
     bundle = _transaction(targets)
     cases = [(path, value) for path in _paths(bundle) for value in WRONG_VALUES]
-    for path, value in rng.sample(cases, 120):
+    for path, value in rng.sample(cases, 100):
         mutated = _replaced(bundle, path, value)
         yield Request("POST", "/fhir", headers, json.dumps(mutated).encode())
         if rng.random() < 0.4:
@@ -324,6 +324,14 @@ def domain_requests(rng: random.Random, targets: Targets) -> Iterator[Request]:
                                                               {"name": "code", "valueCode": "x"}]}
         path, value = rng.choice([(p, v) for p in _paths(lookup) for v in WRONG_VALUES])
         yield Request("POST", target, headers, json.dumps(_replaced(lookup, path, value)).encode())
+    for wrong in (True, -1, "x", {}, [5], None):  # every Parameters body: its one array of the wrong type
+        body = json.dumps({"resourceType": "Parameters", "parameter": wrong}).encode()
+        yield Request("POST", "/fhir/Patient/$validate", headers, body)
+        yield Request("POST", "/fhir/$validate", headers, body)
+        yield Request("POST", "/fhir/Patient/$export", {**headers, "Prefer": "respond-async"}, body)
+        yield Request("PATCH", f"/fhir/Patient/{targets.patient}", headers, body)
+        yield Request("POST", "/fhir/ValueSet/$expand", headers, body)
+        yield Request("POST", "/fhir/ViewDefinition/$run", headers, body)
     for piece in rng.sample(QUERY_PIECES, 15):
         yield Request("POST", "/fhir/Observation/_search", {"Content-Type": "application/x-www-form-urlencoded"},
                       piece.encode())

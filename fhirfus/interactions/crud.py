@@ -29,6 +29,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import (
+    parameter_list,
     parse_version_id,
     require_known_type,
     require_storable,
@@ -448,8 +449,7 @@ def _worst_first(issues: list[Issue]) -> list[Issue]:
 
 
 def _resource_parameter(parameters: dict) -> Any:
-    items = parameters.get("parameter")
-    for parameter in items if isinstance(items, list) else []:
+    for parameter in parameter_list(parameters):
         if isinstance(parameter, dict) and parameter.get("name") == "resource":
             return parameter.get("resource")
     raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")
