@@ -518,3 +518,21 @@ def test_a_nul_in_any_query_parameter_is_400_naming_it(http: httpx.Client, targe
     outcome = refused(http.get(target, headers={"Prefer": "respond-async"}))
     name = target.split("?")[1].split("=")[0]
     assert expressions(outcome) == [name] and "NUL" in diagnostics(outcome)
+
+
+@pytest.mark.parametrize("parameter", [True, -1, "x", [5], [{"name": "operation", "part": 5}]])
+def test_a_fhirpath_patch_of_the_wrong_shape_is_400(http: httpx.Client, server: Server, parameter: object) -> None:
+    pid = patient(http)
+    before = server.database.counts()
+    refused(http.patch(f"/Patient/{pid}", json={"resourceType": "Parameters", "parameter": parameter},
+                       headers={"Content-Type": "application/fhir+json"}))
+    assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("target", ["/Patient/$validate", "/$validate", "/ValueSet/$expand", "/ViewDefinition/$run",
+                                    "/QuestionnaireResponse/$extract"])
+@pytest.mark.parametrize("parameter", [True, -1, "x", {}])
+def test_every_operation_refuses_a_parameters_body_whose_parameter_is_no_array(http: httpx.Client, target: str,
+                                                                            parameter: object) -> None:
+    outcome = refused(http.post(target, json={"resourceType": "Parameters", "parameter": parameter}))
+    assert expressions(outcome) == ["Parameters.parameter"]

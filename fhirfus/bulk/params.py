@@ -22,7 +22,7 @@ from fhirfus.db.visibility import Visibility
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import parse_date_range
-from fhirfus.fhir.validation import require_valid_id, served_types, shown, validate_resource
+from fhirfus.fhir.validation import parameter_list, require_valid_id, served_types, shown, validate_resource
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler
 from fhirfus.search.limits import MAX_OR_VALUES
@@ -241,7 +241,7 @@ def parameters_resource_pairs(body: Any) -> list[tuple[str, str]]:
         raise InvalidRequest("A POST kick-off body must be a Parameters resource", "Parameters")
     validate_resource(body, "Parameters")  # a valid Parameters resource: what is read below has its types
     pairs: list[tuple[str, str]] = []
-    for index, parameter in enumerate(body.get("parameter") or []):
+    for index, parameter in enumerate(parameter_list(body)):
         name = parameter.get("name") if isinstance(parameter, dict) else None
         if not isinstance(name, str):
             raise InvalidRequest("Every parameter needs a name", f"Parameters.parameter[{index}].name")

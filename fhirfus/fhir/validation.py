@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -86,6 +86,15 @@ def require_storable(resource: dict) -> None:
             f"A Bundle of type '{resource['type']}' is not stored: POST a batch or transaction to the base URL",
             "Bundle.type",
         )
+
+
+def parameter_list(parameters: Mapping[str, Any]) -> list:
+    """The ``parameter`` array of a Parameters resource (absent: empty): the one reader every
+    operation body goes through, so a ``parameter`` of another JSON type is a 400, not a crash."""
+    items = parameters.get("parameter", [])
+    if not isinstance(items, list):
+        raise InvalidRequest(f"Parameters.parameter must be an array, got {shown(items)}", "Parameters.parameter")
+    return items
 
 
 def parse_json(body: bytes) -> Any:

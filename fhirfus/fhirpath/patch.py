@@ -19,6 +19,7 @@ from typing import Any
 
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.elements import element_model
+from fhirfus.fhir.validation import parameter_list
 from fhirfus.fhirpath.engine import FhirPathEvaluationError, FhirPathSyntaxError, compile_expression, evaluate
 
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
@@ -51,7 +52,7 @@ def is_fhirpath_patch(body: Any) -> bool:
 def apply(resource: dict, parameters: Mapping[str, Any]) -> dict:
     """The patched copy of ``resource``; ``PatchError`` if an operation does not apply."""
     patched = copy.deepcopy(resource)
-    for index, parameter in enumerate(parameters.get("parameter") or []):
+    for index, parameter in enumerate(parameter_list(parameters)):
         where = f"Parameters.parameter[{index}]"
         if not isinstance(parameter, Mapping) or parameter.get("name") != "operation":
             raise PatchError("Every parameter of a FHIRPath Patch is an 'operation'", where)

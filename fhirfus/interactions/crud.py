@@ -29,6 +29,7 @@ from fhirfus.errors import (
     PreconditionFailed,
 )
 from fhirfus.fhir.validation import (
+    parameter_list,
     parse_version_id,
     require_known_type,
     require_storable,
@@ -193,6 +194,8 @@ def patch_in(
     if not isinstance(operations, list) and not fhirpath_patch.is_fhirpath_patch(operations):
         raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
                              "(a Parameters resource)", "PATCH")
+    if not isinstance(operations, list):
+        validate_resource(operations, "Parameters")  # a valid Parameters resource: what the patch reads has its types
     caller.require(res_type, "u")
     require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
@@ -450,8 +453,7 @@ def _worst_first(issues: list[Issue]) -> list[Issue]:
 
 
 def _resource_parameter(parameters: dict) -> Any:
-    items = parameters.get("parameter")
-    for parameter in items if isinstance(items, list) else []:
+    for parameter in parameter_list(parameters):
         if isinstance(parameter, dict) and parameter.get("name") == "resource":
             return parameter.get("resource")
     raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")

@@ -12,13 +12,14 @@ from typing import Any
 from fhirfus.auth.access import Access
 from fhirfus.domain import twstrs
 from fhirfus.errors import BusinessRuleViolation, InvalidRequest
+from fhirfus.fhir.validation import parameter_list
 from fhirfus.interactions import crud
 from fhirfus.store.repository import Store
 
 
 def _response_of(body: Any) -> dict:
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
-        for parameter in body.get("parameter") or []:
+        for parameter in parameter_list(body):
             if isinstance(parameter, dict) and parameter.get("name") == "questionnaire-response":
                 return parameter.get("resource")  # type: ignore[return-value]
         raise InvalidRequest("Parameters need a 'questionnaire-response' resource", "Parameters.parameter")

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.validation import parameter_list
 
 Inputs = dict[str, Any]
 
@@ -20,7 +21,7 @@ def inputs(query: Iterable[tuple[str, str]], body: Any, *, repeated: frozenset[s
         return found
     if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("The body of an operation must be a Parameters resource", "resourceType")
-    for index, parameter in enumerate(body.get("parameter") or ()):
+    for index, parameter in enumerate(parameter_list(body)):
         if not isinstance(parameter, Mapping) or not isinstance(parameter.get("name"), str):
             raise InvalidRequest("Every parameter needs a name", f"Parameters.parameter[{index}]")
         values = [v for k, v in parameter.items() if k.startswith("value") or k == "resource"]

@@ -17,6 +17,7 @@ from typing import Any
 from fhirfus.auth.access import Access
 from fhirfus.domain import profiles
 from fhirfus.errors import InvalidRequest, Issue
+from fhirfus.fhir.validation import parameter_list
 from fhirfus.interactions import crud
 from fhirfus.store.repository import Store
 
@@ -40,8 +41,7 @@ def parse(body: Any, res_type: str | None, mode: str | None, profile: str | None
     """The resource, mode and profile of a request (``Parameters`` values win over the query)."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters" and res_type != "Parameters":
         resource: Any = None
-        items = body.get("parameter")
-        for parameter in items if isinstance(items, list) else []:
+        for parameter in parameter_list(body):
             if not isinstance(parameter, dict):
                 continue
             name = parameter.get("name")
