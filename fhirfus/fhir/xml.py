@@ -28,7 +28,8 @@ XHTML_NS: Final = "http://www.w3.org/1999/xhtml"
 MAX_DEPTH: Final = 64
 _NUMBERS: Final = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 _DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]*")
+_INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]{0,31}")  # R4 integers are 32-bit (integer64: 64)
+_DECIMAL_DIGITS: Final = 64  # far beyond any decimal FHIR carries; int()/float() of megabytes of digits are refused
 
 
 # --- JSON → XML -------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ def _typed(text: str, type_code: str, path: str) -> Any:
             raise InvalidResource(f"{path}: '{text}' is not an integer", path)
         return int(text)
     if type_code == "decimal":
-        if not _DECIMAL_RE.fullmatch(text):
+        if len(text) > _DECIMAL_DIGITS or not _DECIMAL_RE.fullmatch(text):
             raise InvalidResource(f"{path}: '{text}' is not a decimal", path)
         number = float(text)
         return int(number) if "." not in text and "e" not in text.lower() and abs(number) < 2**53 else number

@@ -23,6 +23,7 @@ from fhirfus.fhirpath.engine import FhirPathEvaluationError, FhirPathSyntaxError
 
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_INDEX = re.compile(r"\[([0-9]{1,9})\]")  # ASCII digits only, and few of them: int() of anything else fails
 
 
 class PatchError(InvalidRequest):
@@ -128,11 +129,11 @@ def _steps(path: str, where: str) -> list[tuple[str, str]]:
             inner, rest = _balanced(rest[len("where("):], path, where)
             steps.append(("where", inner))
         elif rest.startswith("["):
-            end = rest.find("]")
-            if end < 0 or not rest[1:end].isdigit():
-                raise PatchError(f"Path '{path}': an index is [n]", f"{where}.path")
-            steps.append(("index", rest[1:end]))
-            rest = rest[end + 1:]
+            index = _INDEX.match(rest)
+            if index is None:
+                raise PatchError(f"Path '{path}': an index is [n] (n: at most 9 digits 0-9)", f"{where}.path")
+            steps.append(("index", index.group(1)))
+            rest = rest[index.end():]
         elif name:
             steps.append(("name", name.group(0)))
             rest = rest[name.end():]
