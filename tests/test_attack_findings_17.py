@@ -62,3 +62,80 @@ def test_xml_numbers_beyond_any_fhir_range_are_a_400(client: httpx.Client, eleme
     response = client.post("/Observation", content=body, headers=XML)
     assert response.status_code == 400, response.text
     assert "Observation.value" in json.dumps(response.json()["issue"][0].get("expression"))
+
+
+# --- FHIR XML: no DTD, no entity, whatever the encoding; every stored narrative is XHTML --------
+
+_ENTITIES = '<!ENTITY a0 "' + "a" * 50 + '">' + "".join(
+    f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 4))
+
+
+def _xml_bodies() -> dict[str, bytes]:
+    doctype = f"<!DOCTYPE Patient [{_ENTITIES}]>"
+    patient = f'<Patient {FHIR_NS}><gender value="&a3;"/></Patient>'
+    xxe = f'<!DOCTYPE Patient [<!ENTITY x SYSTEM "file:///etc/hostname">]><Patient {FHIR_NS}><gender value="&x;"/></Patient>'
+    return {
+        "utf-16 entities": f'<?xml version="1.0" encoding="UTF-16"?>{doctype}{patient}'.encode("utf-16"),
+        "utf-16 xxe": f'<?xml version="1.0" encoding="UTF-16"?>{xxe}'.encode("utf-16"),
+        "utf-16-le no bom": f"{doctype}{patient}".encode("utf-16-le"),
+        "utf-32": f'<?xml version="1.0" encoding="UTF-32"?>{doctype}{patient}'.encode("utf-32"),
+        "latin-1 declared": f'<?xml version="1.0" encoding="ISO-8859-1"?><Patient {FHIR_NS}/>'.encode(),
+        "doctype after a long comment": f'<?xml version="1.0"?><!--{"x" * 5000}-->{doctype}{patient}'.encode(),
+        "external dtd after a long comment": (f'<!--{"x" * 5000}--><!DOCTYPE Patient SYSTEM "file:///etc/hostname">'
+                                              f'<Patient {FHIR_NS}><active value="true"/></Patient>').encode(),
+        "utf-8 entities": f"{doctype}{patient}".encode(),
+    }
+
+
+@pytest.mark.parametrize("name", list(_xml_bodies()))
+def test_xml_bodies_with_a_dtd_are_refused_in_every_encoding(client: httpx.Client, name: str) -> None:
+    """Rule: FHIR XML is UTF-8 and carries no DOCTYPE and no entity declaration. Before, the byte check
+    looked at UTF-8 text only (and a DOCTYPE within the first 4 kB only): a UTF-16 body's internal
+    entities were expanded by libxml2 into the stored resource."""
+    body = _xml_bodies()[name]
+    for path, method in (("/Patient", "POST"), ("/Patient/$validate", "POST"), ("", "POST")):
+        response = client.request(method, path, content=body, headers=XML)
+        assert response.status_code == 400, (path, response.text)
+        assert "a" * 60 not in response.text  # no entity was expanded
+        assert response.json()["issue"][0]["expression"] == ["body"]
+
+
+@pytest.mark.parametrize("div", [
+    f'<!DOCTYPE div [{_ENTITIES}]><div xmlns="http://www.w3.org/1999/xhtml" title="&a3;">x</div>',
+    '<!DOCTYPE div [<!ENTITY x SYSTEM "file:///etc/hostname">]><div xmlns="http://www.w3.org/1999/xhtml">&x;</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml">&nbsp;&x;</div>',
+    '<div xmlns="http://www.w3.org/1999/xhtml"><b>unclosed</div>',
+    '<div xmlns="urn:not-xhtml">x</div>',
+    '<p xmlns="http://www.w3.org/1999/xhtml">x</p>',
+])
+def test_every_narrative_written_is_a_plain_xhtml_div(client: httpx.Client, div: str) -> None:
+    """Rule: a narrative div (of the resource, of a contained resource, of a Bundle entry) is a
+    well-formed XHTML div without DTD or entities, or the write is a 400 naming it. Before, JSON took
+    any text: a DOCTYPE with entity declarations was stored and parsed again each time the resource
+    was written as XML (an undefined ``&x;`` came out as an entity reference in the XML), and a
+    malformed div made every XML read or search page that held the resource fail."""
+    narrative = {"status": "generated", "div": div}
+    cases = [
+        ("/Patient", {"resourceType": "Patient", "text": narrative}, "Patient.text.div"),
+        ("/Patient", {"resourceType": "Patient", "contained": [{"resourceType": "Practitioner", "id": "p",
+                                                                 "text": narrative}]},
+         "Patient.contained[0].text.div"),
+        ("/Bundle", {"resourceType": "Bundle", "type": "collection",
+                     "entry": [{"resource": {"resourceType": "Patient", "text": narrative}}]},
+         "Bundle.entry[0].resource.text.div"),
+    ]
+    for path, body, element in cases:
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["issue"][0]["expression"] == [element]
+    update = client.put("/Patient/narrative-attack", json={"resourceType": "Patient", "text": narrative})
+    assert update.status_code == 400
+
+
+def test_a_good_narrative_still_round_trips_through_xml(client: httpx.Client) -> None:
+    """The rule above keeps what FHIR allows: XHTML with character references and markup."""
+    div = '<div xmlns="http://www.w3.org/1999/xhtml"><p>a &amp; b &#233; <b>c</b></p></div>'
+    created = client.post("/Patient", json={"resourceType": "Patient", "text": {"status": "generated", "div": div}})
+    assert created.status_code == 201, created.text
+    as_xml = client.get(f"/Patient/{created.json()['id']}", params={"_format": "xml"})
+    assert as_xml.status_code == 200 and b"<b>c</b>" in as_xml.content

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
 from fhirfus.fhir.bindings import check_elements, resource_types
+from fhirfus.fhir.xml import xhtml_problem
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -182,12 +183,32 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
     rid = data.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
         return [Issue(f"Invalid id {rid!r}", "value", "error", (f"{resource_type}.id",))]
-    issues = _structure_issues(resource_type, data)
+    issues = _structure_issues(resource_type, data) or _narrative_issues(data, resource_type)
     if issues:
         return issues
     return [
         Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)
     ]
+
+
+def _narrative_issues(node: Any, path: str) -> list[Issue]:
+    """Each narrative (``text.div`` of the resource and of every resource inside it: contained,
+    Bundle entries, parameters) must be a well-formed XHTML div without DTD or entities: what FHIR
+    XML can carry (``fhir.xml``), so a stored resource is readable in both formats and no stored
+    DTD is ever parsed."""
+    issues: list[Issue] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "text" and isinstance(value, dict) and "div" in value:
+                problem = xhtml_problem(value["div"])
+                if problem is not None:
+                    issues.append(Issue(problem, "value", "error", (f"{path}.text.div",)))
+            elif isinstance(value, dict | list):
+                issues += _narrative_issues(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            issues += _narrative_issues(item, f"{path}[{index}]")
+    return issues
 
 
 def validate_resource(data: Any, expected_type: str | None = None) -> dict:

@@ -107,15 +107,50 @@ def _primitive_text(value: Any) -> str:
 
 
 def _parse_xhtml(value: Any) -> etree.Element:
+    problem = xhtml_problem(value)
+    if problem is not None:
+        raise InvalidResource(problem, "Narrative.div")
+    return etree.fromstring(value.encode(), _parser())
+
+
+def xhtml_problem(value: Any) -> str | None:
+    """Why ``value`` is not a narrative ``div`` (None when it is): XHTML text, well-formed, one
+    ``div`` in the XHTML namespace, no DTD and no entity declarations (narrative.html). Checked when
+    a resource is written, so every stored narrative can be written as XML too."""
     if not isinstance(value, str):
-        raise InvalidResource("Narrative.div must be XHTML text", "Narrative.div")
+        return "Narrative.div must be XHTML text"
+    encoded = value.encode()
+    if _declares_dtd(encoded):
+        return "Narrative.div may not carry a DOCTYPE or entity declarations"
     try:
-        element = etree.fromstring(value.encode(), _parser())
-    except etree.XMLSyntaxError as exc:
-        raise InvalidResource(f"Narrative.div is not well-formed XHTML: {exc}", "Narrative.div") from exc
+        element = etree.fromstring(encoded, _parser())
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        return f"Narrative.div is not well-formed XHTML: {exc}"
+    if element.getroottree().docinfo.internalDTD is not None:
+        return "Narrative.div may not carry a DOCTYPE or entity declarations"
     if element.tag != f"{{{XHTML_NS}}}div":
-        raise InvalidResource("Narrative.div must be an XHTML div", "Narrative.div")
-    return element
+        return "Narrative.div must be an XHTML div (<div xmlns=\"http://www.w3.org/1999/xhtml\">)"
+    return None
+
+
+def _declares_dtd(body: bytes) -> bool:
+    upper = body.upper()
+    return b"<!DOCTYPE" in upper or b"<!ENTITY" in upper
+
+
+_ENCODING_RE: Final = re.compile(rb"""^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?\bencoding\s*=\s*["']([^"']*)["']""")
+
+
+def _require_utf8(body: bytes) -> None:
+    """FHIR XML is UTF-8 (http.html): another encoding (UTF-16 above all) would hide a DOCTYPE or
+    an entity declaration from the byte check below, and libxml2 would expand them."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"FHIR XML is UTF-8; the body is not ({exc.reason} at byte {exc.start})", "body") from exc
+    declared = _ENCODING_RE.match(body)
+    if declared and declared.group(1).decode("ascii", "replace").strip().lower() not in ("utf-8", "utf8"):
+        raise InvalidRequest(f"FHIR XML is UTF-8, not {declared.group(1).decode('ascii', 'replace')!r}", "body")
 
 
 # --- XML → JSON -------------------------------------------------------------------------------
@@ -129,12 +164,15 @@ def _parser() -> etree.XMLParser:
 
 def from_xml(body: bytes) -> dict:
     """The JSON form of a FHIR XML resource; 400 naming the element for anything else."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+    _require_utf8(body)
+    if _declares_dtd(body):
         raise InvalidRequest("FHIR XML may not carry a DOCTYPE or entities", "body")
     try:
         root = etree.fromstring(body, _parser())
     except etree.XMLSyntaxError as exc:
         raise InvalidRequest(f"The body is not well-formed XML: {exc}", "body") from exc
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise InvalidRequest("FHIR XML may not carry a DOCTYPE or entities", "body")
     return _read_resource(root, 0)
 
 
