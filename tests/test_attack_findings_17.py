@@ -139,3 +139,44 @@ def test_a_good_narrative_still_round_trips_through_xml(client: httpx.Client) ->
     assert created.status_code == 201, created.text
     as_xml = client.get(f"/Patient/{created.json()['id']}", params={"_format": "xml"})
     assert as_xml.status_code == 200 and b"<b>c</b>" in as_xml.content
+
+
+# --- a client's FHIRPath cannot pin a worker ----------------------------------------------------
+
+_UNION = "(1|2|3|4|5|6|7|8|9|10)"
+_COSTLY = {  # each multiplies collections: 10 items per level, 10^5..10^7 items unbounded
+    "nested select": _UNION + f".select({_UNION})" * 5 + ".count()",
+    "nested select, union on top": f"({_UNION + f'.select({_UNION})' * 4}) | ({_UNION + f'.select({_UNION})' * 4})",
+    "repeat over a product": f"{_UNION}.select({_UNION}.select({_UNION}.select({_UNION}.select({_UNION})))).count()",
+}
+
+
+@pytest.mark.parametrize("name", list(_COSTLY))
+def test_a_view_too_costly_to_evaluate_is_refused_within_seconds(client: httpx.Client, name: str) -> None:
+    """Rule: one FHIRPath evaluation has a budget (``engine.MAX_COLLECTION`` items in a collection,
+    ``engine.MAX_SECONDS``); beyond it the run is refused with a 4xx ``too-costly`` naming FHIRPath,
+    made before the answer starts streaming. Before, five nested selects ran for minutes on one
+    resource (408 s measured), for any caller with search permission."""
+    import time
+
+    client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Costly"}]})
+    view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active",
+            "select": [{"column": [{"name": "x", "path": _COSTLY[name]}]}]}
+    started = time.monotonic()
+    response = client.post("/$viewdefinition-run", json={"resourceType": "Parameters", "parameter": [
+        {"name": "viewResource", "resource": view}, {"name": "_limit", "valueInteger": 1}]})
+    assert time.monotonic() - started < 20
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["code"] == "too-costly"
+
+
+def test_a_patch_where_too_costly_to_evaluate_is_refused(client: httpx.Client) -> None:
+    """Rule: the same budget bounds a FHIRPath Patch's ``where()`` criteria: 400 too-costly naming the
+    operation's path, nothing written."""
+    created = client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Costly"}]}).json()
+    criteria = _COSTLY["nested select"] + " > 0"
+    response = _patch(client, f"/Patient/{created['id']}", _operation("delete", f"Patient.name.where({criteria})"))
+    body = _outcome(response)
+    assert body["issue"][0]["code"] == "too-costly"
+    assert body["issue"][0]["expression"] == ["Parameters.parameter[0].path"]
+    assert client.get(f"/Patient/{created['id']}").json()["meta"]["versionId"] == "1"

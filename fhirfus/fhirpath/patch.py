@@ -19,7 +19,13 @@ from typing import Any
 
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.elements import element_model
-from fhirfus.fhirpath.engine import FhirPathEvaluationError, FhirPathSyntaxError, compile_expression, evaluate
+from fhirfus.fhirpath.engine import (
+    FhirPathEvaluationError,
+    FhirPathSyntaxError,
+    FhirPathTooCostly,
+    compile_expression,
+    evaluate,
+)
 
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -172,6 +178,8 @@ def _step(spots: list[_Spot], kind: str, argument: str, path: str, where: str) -
             return [s for s in spots if evaluate(criteria, s.get()) == [True]]
         except (FhirPathSyntaxError, FhirPathEvaluationError) as exc:
             raise PatchError(f"Path '{path}': {exc}", f"{where}.path") from exc
+        except FhirPathTooCostly as exc:
+            raise FhirPathTooCostly(f"Path '{path}': {exc}", f"{where}.path") from exc
     found: list[_Spot] = []
     for spot in spots:
         node = spot.get()
