@@ -180,3 +180,53 @@ def test_a_patch_where_too_costly_to_evaluate_is_refused(client: httpx.Client) -
     assert body["issue"][0]["code"] == "too-costly"
     assert body["issue"][0]["expression"] == ["Parameters.parameter[0].path"]
     assert client.get(f"/Patient/{created['id']}").json()["meta"]["versionId"] == "1"
+
+
+# --- terminology inputs are typed: a malformed one is a 400 naming it, never a 500 --------------
+
+_GENDER_VS = "http://hl7.org/fhir/ValueSet/administrative-gender"
+_GENDER_CS = "http://hl7.org/fhir/administrative-gender"
+
+
+def _inline(compose: object, **extra: object) -> dict:
+    return {"resourceType": "ValueSet", "url": "urn:test:attack", "status": "active", "compose": compose, **extra}
+
+
+@pytest.mark.parametrize(("path", "parameters", "element"), [
+    ("/ValueSet/$expand", [{"name": "valueSet", "resource": _inline({"include": "x"})}], "ValueSet.compose.include"),
+    ("/ValueSet/$expand", [{"name": "valueSet", "resource": _inline({"include": ["x", 5]})}],
+     "ValueSet.compose.include[0]"),
+    ("/ValueSet/$expand", [{"name": "valueSet", "resource": _inline(
+        {"include": [{"system": "urn:s", "concept": "x"}]})}], "ValueSet.compose.include[0].concept"),
+    ("/ValueSet/$expand", [{"name": "valueSet", "resource": _inline(
+        {"include": [{"valueSet": [5]}]})}], "ValueSet.compose.include[0].valueSet[0]"),
+    ("/ValueSet/$expand", [{"name": "valueSet", "resource": _inline(
+        {"include": [{"system": "urn:s", "concept": [{"code": "a"}]}]}, url=5)}], "ValueSet.url"),
+    ("/CodeSystem/$lookup", [{"name": "coding", "valueCoding": {"system": 5, "code": "male"}}], "coding.system"),
+    ("/CodeSystem/$lookup", [{"name": "coding", "valueCoding": {"system": _GENDER_CS, "code": ["male"]}}],
+     "coding.code"),
+    ("/ValueSet/$validate-code", [{"name": "url", "valueUri": _GENDER_VS}, {"name": "coding", "valueString": "x"}],
+     "coding"),
+    ("/ValueSet/$validate-code", [{"name": "url", "valueUri": _GENDER_VS},
+                                  {"name": "codeableConcept", "valueCodeableConcept": {"coding": "x"}}],
+     "codeableConcept"),
+    ("/ValueSet/$validate-code", [{"name": "url", "valueUri": _GENDER_VS},
+                                  {"name": "codeableConcept", "valueCodeableConcept": {"coding": [5]}}],
+     "codeableConcept.coding[0]"),
+    ("/CodeSystem/$subsumes", [{"name": "codingA", "valueCoding": {"system": {"a": 1}, "code": "male"}},
+                               {"name": "codingB", "valueCoding": {"system": _GENDER_CS, "code": "female"}}],
+     "codingA.system"),
+    ("/ConceptMap/$translate", [{"name": "system", "valueUri": "urn:x"}, {"name": "code", "valueCode": "x"},
+                                {"name": "reverse", "valueString": "maybe"}], "reverse"),
+])
+def test_malformed_terminology_inputs_are_a_400_naming_them(
+    client: httpx.Client, path: str, parameters: list, element: str,
+) -> None:
+    """Rule: every terminology input is checked for its type before use: an inline ValueSet is
+    validated as the resource it claims to be (a stored one was, on write), codings' parts are
+    strings, flags are true/false. Before, a string where an include or a system belonged was a
+    500 (``'str' object has no attribute 'get'``, ``'int' object has no attribute 'partition'``),
+    an unknown ``reverse`` silently meant false."""
+    response = client.post(path, json={"resourceType": "Parameters", "parameter": parameters})
+    body = _outcome(response)
+    assert body["issue"][0]["expression"] == [element]
