@@ -230,3 +230,57 @@ def test_malformed_terminology_inputs_are_a_400_naming_them(
     response = client.post(path, json={"resourceType": "Parameters", "parameter": parameters})
     body = _outcome(response)
     assert body["issue"][0]["expression"] == [element]
+
+
+# --- what XML cannot carry never reaches it: refused on write, replaced in errors ---------------
+
+_FORBIDDEN = ["\u0000", "\u0001", "\u000b", "\u001f", "\uffff", "\ufffe"]
+
+
+@pytest.mark.parametrize("character", _FORBIDDEN)
+def test_strings_with_control_characters_are_refused_on_write(client: httpx.Client, character: str) -> None:
+    """Rule: a FHIR string holds no code point below 32 but tab, CR and LF (datatypes.html#string), and
+    none XML cannot carry: a write holding one is a 400 naming the element, in every place a string
+    can be. Before, JSON stored them, and every XML read, search page or history holding the resource
+    was a 500 (lxml: 'All strings must be XML compatible')."""
+    text = f"a{character}b"
+    cases = [
+        ({"resourceType": "Patient", "name": [{"family": text}]}, "Patient.name[0].family"),
+        ({"resourceType": "Patient", "extension": [{"url": "urn:x", "valueString": text}]},
+         "Patient.extension[0].valueString"),
+        ({"resourceType": "Patient", "contained": [{"resourceType": "Practitioner", "id": "p",
+                                                     "name": [{"text": text}]}]}, "Patient.contained[0].name[0].text"),
+    ]
+    for body, element in cases:
+        response = client.post("/Patient", content=json.dumps(body), headers={"Content-Type": "application/fhir+json"})
+        assert response.status_code == 400, response.text
+        assert response.json()["issue"][0]["expression"] == [element]
+    allowed = client.post("/Patient", json={"resourceType": "Patient", "name": [{"text": "tab\there\r\nnew line"}]})
+    assert allowed.status_code == 201, allowed.text
+
+
+def test_stored_data_xml_cannot_carry_is_a_typed_error_not_a_500(client: httpx.Client, server, unique: str) -> None:
+    """Rule: a resource stored before the rule above (through the store, as a migration would leave it)
+    reads as JSON, and as XML answers a 400 naming the element instead of a 500."""
+    from fhirfus.auth.access import SERVER
+    from fhirfus.interactions import crud
+    from fhirfus.store.repository import Store, create
+
+    store = Store(server.database.engine)
+    with store.writing() as conn:
+        create(conn, "Patient", f"ctl-{unique}", {"resourceType": "Patient", "name": [{"family": "a\u0001b"}]})
+    assert crud.read(store, SERVER, "Patient", f"ctl-{unique}") is not None
+    assert client.get(f"/Patient/ctl-{unique}").status_code == 200
+    for path in (f"/Patient/ctl-{unique}", f"/Patient?_id=ctl-{unique}", f"/Patient/ctl-{unique}/_history"):
+        response = client.get(path, params={"_format": "xml"})
+        assert response.status_code == 400, (path, response.text)
+        assert b"<OperationOutcome" in response.content and b"family" in response.content
+
+
+@pytest.mark.parametrize("path", ["/Patient/a%01b", "/Patient/a%EF%BF%BFb/_history/1", "/Patient?_id=x&_sort=%01"])
+def test_an_error_echoing_any_input_is_written_as_xml(client: httpx.Client, path: str) -> None:
+    """Rule: an OperationOutcome is always writable in the asked format: characters XML cannot carry
+    that a diagnostic echoes become U+FFFD. Before, the error itself failed to render as XML."""
+    response = client.get(path, params={"_format": "xml"}) if "?" not in path else client.get(path + "&_format=xml")
+    assert 400 <= response.status_code < 500, response.text
+    assert b"<OperationOutcome" in response.content

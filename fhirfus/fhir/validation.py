@@ -183,7 +183,7 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
     rid = data.get("id")
     if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
         return [Issue(f"Invalid id {rid!r}", "value", "error", (f"{resource_type}.id",))]
-    issues = _structure_issues(resource_type, data) or _narrative_issues(data, resource_type)
+    issues = _structure_issues(resource_type, data) or _text_issues(data, resource_type)
     if issues:
         return issues
     return [
@@ -191,11 +191,16 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
     ]
 
 
-def _narrative_issues(node: Any, path: str) -> list[Issue]:
-    """Each narrative (``text.div`` of the resource and of every resource inside it: contained,
-    Bundle entries, parameters) must be a well-formed XHTML div without DTD or entities: what FHIR
-    XML can carry (``fhir.xml``), so a stored resource is readable in both formats and no stored
-    DTD is ever parsed."""
+#: What no FHIR string holds (datatypes.html#string: no code points below 32 but tab, CR and LF) and
+#: XML 1.0 cannot carry at all (U+FFFE, U+FFFF, lone surrogates).
+_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _text_issues(node: Any, path: str) -> list[Issue]:
+    """Strings hold no control characters, and each narrative (``text.div`` of the resource and of
+    every resource inside it: contained, Bundle entries, parameters) is a well-formed XHTML div
+    without DTD or entities: what FHIR XML can carry (``fhir.xml``), so a stored resource is
+    readable in both formats and no stored DTD is ever parsed."""
     issues: list[Issue] = []
     if isinstance(node, dict):
         for key, value in node.items():
@@ -203,11 +208,15 @@ def _narrative_issues(node: Any, path: str) -> list[Issue]:
                 problem = xhtml_problem(value["div"])
                 if problem is not None:
                     issues.append(Issue(problem, "value", "error", (f"{path}.text.div",)))
-            elif isinstance(value, dict | list):
-                issues += _narrative_issues(value, f"{path}.{key}")
+            issues += _text_issues(value, f"{path}.{key}")
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            issues += _narrative_issues(item, f"{path}[{index}]")
+            issues += _text_issues(item, f"{path}[{index}]")
+    elif isinstance(node, str) and _FORBIDDEN_CHARACTERS.search(node):
+        found = _FORBIDDEN_CHARACTERS.search(node)
+        assert found is not None
+        issues.append(Issue(f"{path} contains the character U+{ord(found.group(0)):04X}, which FHIR strings may not "
+                            "hold (no control characters but tab, CR and LF)", "value", "error", (path,)))
     return issues
 
 

@@ -93,9 +93,27 @@ def _write_value(parent: etree.Element, element: Element, value: Any, shadow: An
             _write_object(child, value, element.table, is_resource=False)
         return
     if value is not None:
-        child.set("value", _primitive_text(value))
+        try:
+            child.set("value", _primitive_text(value))
+        except ValueError as exc:  # a control character (refused on write since; stored before)
+            raise InvalidResource(f"{element.name} holds characters XML cannot carry: {exc}", element.name) from exc
     if isinstance(shadow, Mapping):
         _write_object(child, shadow, "Element", is_resource=False)
+
+
+_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(value: Any) -> Any:
+    """``value`` with every character XML cannot carry replaced by U+FFFD: for what the server says
+    (an OperationOutcome echoing a client's input), which must always be writable."""
+    if isinstance(value, str):
+        return _NOT_XML.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {key: xml_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [xml_safe(item) for item in value]
+    return value
 
 
 def _primitive_text(value: Any) -> str:
