@@ -284,3 +284,109 @@ def test_an_error_echoing_any_input_is_written_as_xml(client: httpx.Client, path
     response = client.get(path, params={"_format": "xml"}) if "?" not in path else client.get(path + "&_format=xml")
     assert 400 <= response.status_code < 500, response.text
     assert b"<OperationOutcome" in response.content
+
+
+# --- the published guide: every write path, every caller (these held; kept as the rule) ----------
+
+_PUBLISHED = "/CodeSystem/cd-subtype"
+
+
+def _published_writes(http: httpx.Client) -> dict[str, httpx.Response]:
+    before = http.get(_PUBLISHED).json()
+    url = before["url"]
+    changed = {**before, "title": "changed by a client"}
+    json_patch = [{"op": "replace", "path": "/title", "value": "x"}]
+    fhirpath_patch = {"resourceType": "Parameters", "parameter": [
+        _operation("replace", "CodeSystem.title", value={"valueString": "x"})]}
+    patch_binary = {"resourceType": "Binary", "contentType": "application/json-patch+json",
+                    "data": __import__("base64").b64encode(json.dumps(json_patch).encode()).decode()}
+
+    def bundle(kind: str, entry: dict) -> httpx.Response:
+        return http.post("", json={"resourceType": "Bundle", "type": kind, "entry": [entry]})
+
+    writes = {
+        "put": lambda: http.put(_PUBLISHED, json=changed),
+        "json patch": lambda: http.patch(_PUBLISHED, content=json.dumps(json_patch),
+                                         headers={"Content-Type": "application/json-patch+json"}),
+        "fhirpath patch": lambda: http.patch(_PUBLISHED, json=fhirpath_patch),
+        "delete": lambda: http.delete(_PUBLISHED),
+        "cascading delete": lambda: http.delete(_PUBLISHED, params={"_cascade": "delete"}),
+        "conditional update": lambda: http.put("/CodeSystem", params={"url": url}, json=changed),
+        "conditional update, id in body": lambda: http.put("/CodeSystem", params={"url": "urn:none"}, json=changed),
+        "conditional delete": lambda: http.delete("/CodeSystem", params={"url": url}),
+        "create with the published label": lambda: http.post("/CodeSystem", json={
+            **{k: v for k, v in changed.items() if k != "id"}, "url": "urn:test:attack-label"}),
+        "transaction put": lambda: bundle("transaction", {"resource": changed,
+                                                          "request": {"method": "PUT", "url": "CodeSystem/cd-subtype"}}),
+        "transaction conditional put": lambda: bundle("transaction", {
+            "resource": {k: v for k, v in changed.items() if k != "id"},
+            "request": {"method": "PUT", "url": f"CodeSystem?url={url}"}}),
+        "transaction delete": lambda: bundle("transaction", {"request": {"method": "DELETE",
+                                                                         "url": "CodeSystem/cd-subtype"}}),
+        "transaction conditional delete": lambda: bundle("transaction", {"request": {
+            "method": "DELETE", "url": f"CodeSystem?url={url}"}}),
+        "transaction json patch": lambda: bundle("transaction", {"resource": patch_binary, "request": {
+            "method": "PATCH", "url": "CodeSystem/cd-subtype"}}),
+        "transaction fhirpath patch": lambda: bundle("transaction", {"resource": fhirpath_patch, "request": {
+            "method": "PATCH", "url": "CodeSystem/cd-subtype"}}),
+        "batch put": lambda: bundle("batch", {"resource": changed,
+                                              "request": {"method": "PUT", "url": "CodeSystem/cd-subtype"}}),
+        "batch delete": lambda: bundle("batch", {"request": {"method": "DELETE", "url": "CodeSystem/cd-subtype"}}),
+    }
+    return {name: write() for name, write in writes.items()}
+
+
+def _assert_refused(http: httpx.Client, answers: dict[str, httpx.Response]) -> None:
+    for name, answer in answers.items():
+        if name.startswith("batch"):
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.json()["entry"][0]["response"]["status"].startswith("4"), (name, answer.text)
+        else:
+            assert 400 <= answer.status_code < 500, (name, answer.text)
+    stored = http.get(_PUBLISHED).json()
+    assert stored["title"] != "changed by a client" and stored["title"] != "x"
+
+
+def test_no_write_path_changes_a_published_resource_for_an_admin(client: httpx.Client) -> None:
+    """Rule: the guide's resources (owner ``*``) are changed by the publisher only. Every write path
+    (PUT, both PATCHes, DELETE and ``_cascade=delete``, conditional update and delete, a create
+    carrying the ``*`` label, transaction and batch entries of each kind) is a 4xx and leaves the
+    resource as published, for an unconfined caller."""
+    version = client.get(_PUBLISHED).json()["meta"]["versionId"]
+    _assert_refused(client, _published_writes(client))
+    assert client.get(_PUBLISHED).json()["meta"]["versionId"] == version
+
+
+def test_no_write_path_changes_a_published_resource_for_a_site_client(secure_server) -> None:
+    """Rule: the same for a site client, which reads the published resources."""
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    site = make_client(Store(secure_server.database.engine), secure_server.root + "/auth/token", role="site",
+                       site=f"S{uuid.uuid4().hex[:6]}", scope="system/*.cruds")
+    with site.http(secure_server.base) as http:
+        version = http.get(_PUBLISHED).json()["meta"]["versionId"]
+        _assert_refused(http, _published_writes(http))
+        assert http.get(_PUBLISHED).json()["meta"]["versionId"] == version
+
+
+def test_a_bulk_load_does_not_change_a_published_resource(client: httpx.Client, server, tmp_path) -> None:
+    """Rule: ``fhirfus load`` (the server's own bulk path) does not overwrite a published resource
+    nor publish one (the ``*`` label) either."""
+    from fhirfus.errors import FhirError
+    from fhirfus.ingest.load import load_files
+    from fhirfus.store.repository import Store
+
+    before = client.get(_PUBLISHED).json()
+    for resource in ({**before, "title": "changed by a load"},
+                     {**before, "id": "attack-labelled", "url": "urn:test:attack-load", "title": "x"}):
+        path = tmp_path / f"{resource['id']}.ndjson"
+        path.write_text(json.dumps(resource) + "\n")
+        with pytest.raises(FhirError) as refused:
+            load_files(Store(server.database.engine), [path])
+        assert refused.value.status in (400, 403)
+    assert client.get(_PUBLISHED).json() == before
+    assert client.get("/CodeSystem/attack-labelled").status_code == 404
