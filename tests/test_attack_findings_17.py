@@ -390,3 +390,81 @@ def test_a_bulk_load_does_not_change_a_published_resource(client: httpx.Client, 
         assert refused.value.status in (400, 403)
     assert client.get(_PUBLISHED).json() == before
     assert client.get("/CodeSystem/attack-labelled").status_code == 404
+
+
+# --- _cascade=delete and referential integrity: the audit trail, sites, permissions ---------------
+
+
+def test_the_audit_trail_neither_blocks_a_delete_nor_is_cascaded_into(secure_server) -> None:
+    """Rule: an AuditEvent names what a request touched (``entity.what``) but is a record, not data
+    depending on it: it never makes a delete a 409, ``_cascade=delete`` never reaches it, and it
+    stays. Before, with authentication on, every resource once written by id could not be deleted
+    by anyone (409 naming an AuditEvent), and ``_cascade=delete`` walked into the audit trail (403)."""
+    import time
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    admin = make_client(store, token_url, role="admin", scope="system/*.cruds")
+    site = make_client(store, token_url, role="site", site=f"S{uuid.uuid4().hex[:6]}", scope="system/*.cruds")
+    with admin.http(secure_server.base) as http, site.http(secure_server.base) as site_http:
+        for cascade in (False, True):
+            ids = []
+            for writer in (http, site_http):
+                created = writer.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+                assert writer.put(f"/Patient/{created}", json={"resourceType": "Patient", "id": created,
+                                                               "active": True}).status_code == 200
+                ids.append((writer, created))
+            time.sleep(0.2)
+            for writer, patient in ids:
+                assert http.get("/AuditEvent", params={"entity": f"Patient/{patient}"}).json()["total"] >= 1
+                answer = writer.delete(f"/Patient/{patient}", params={"_cascade": "delete"} if cascade else {})
+                assert answer.status_code in (200, 204), answer.text
+                assert writer.get(f"/Patient/{patient}").status_code == 410
+                assert http.get("/AuditEvent", params={"entity": f"Patient/{patient}"}).json()["total"] >= 1
+
+
+def test_a_cascading_delete_stays_in_the_callers_site_and_needs_delete_on_each_type(secure_server) -> None:
+    """Rule: ``_cascade=delete`` reaches only what the caller sees (another site's referrer is left as
+    it is, and not named), and needs delete permission on every type it reaches (403, nothing deleted)."""
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    site_a, site_b = f"A{uuid.uuid4().hex[:6]}", f"B{uuid.uuid4().hex[:6]}"
+    label = "https://fhirfus.org/fhir/CodeSystem/site"
+    admin = make_client(store, token_url, role="admin", scope="system/*.cruds")
+    a = make_client(store, token_url, role="site", site=site_a, scope="system/*.cruds")
+    a_narrow = make_client(store, token_url, role="site", site=site_a,
+                           scope="system/Patient.cruds system/Observation.crus")
+    b = make_client(store, token_url, role="site", site=site_b, scope="system/*.cruds")
+    with (admin.http(secure_server.base) as http, a.http(secure_server.base) as a_http,
+          a_narrow.http(secure_server.base) as narrow, b.http(secure_server.base) as b_http):
+        def observation(writer: httpx.Client, patient: str, site: str | None = None) -> str:
+            body = {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                    "subject": {"reference": f"Patient/{patient}"},
+                    **({"meta": {"security": [{"system": label, "code": site}]}} if site else {})}
+            answer = writer.post("/Observation", json=body)
+            assert answer.status_code == 201, answer.text
+            return answer.json()["id"]
+
+        patient = a_http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+        mine = observation(a_http, patient)
+        theirs = observation(http, patient, site_b)  # another site's data naming A's patient (an admin wrote it)
+        refused = narrow.delete(f"/Patient/{patient}", params={"_cascade": "delete"})
+        assert refused.status_code == 403, refused.text
+        assert a_http.get(f"/Patient/{patient}").status_code == 200
+        assert a_http.get(f"/Observation/{mine}").status_code == 200
+        done = a_http.delete(f"/Patient/{patient}", params={"_cascade": "delete"})
+        assert done.status_code in (200, 204), done.text
+        assert theirs not in done.text
+        assert a_http.get(f"/Observation/{mine}").status_code == 410
+        assert b_http.get(f"/Observation/{theirs}").status_code == 200
