@@ -468,3 +468,43 @@ def test_a_cascading_delete_stays_in_the_callers_site_and_needs_delete_on_each_t
         assert theirs not in done.text
         assert a_http.get(f"/Observation/{mine}").status_code == 410
         assert b_http.get(f"/Observation/{theirs}").status_code == 200
+
+
+# --- $viewdefinition-run shows what a search would show --------------------------------------------
+
+
+def test_a_view_over_binary_keeps_the_security_context_rule(secure_server) -> None:
+    """Rule: a view's rows come from what a search would answer the caller: a Binary whose
+    ``securityContext`` the caller may not read (no read scope on its type) gives no row. Before,
+    ``$viewdefinition-run`` over Binary read every Binary of the site, data included, for a client
+    that a read, search or history of the same Binary refuses."""
+    import base64
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    site = f"S{uuid.uuid4().hex[:6]}"
+    full = make_client(store, token_url, role="site", site=site, scope="system/*.cruds")
+    narrow = make_client(store, token_url, role="site", site=site, scope="system/Binary.rs")
+    secret = f"secret-{uuid.uuid4().hex}"
+    view = {"resourceType": "ViewDefinition", "resource": "Binary", "status": "active",
+            "select": [{"column": [{"name": "id", "path": "id"}, {"name": "data", "path": "data"}]}]}
+    run = {"resourceType": "Parameters", "parameter": [{"name": "viewResource", "resource": view}]}
+    with full.http(secure_server.base) as full_http, narrow.http(secure_server.base) as narrow_http:
+        patient = full_http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+        created = full_http.post("/Binary", json={
+            "resourceType": "Binary", "contentType": "text/plain", "securityContext": {"reference": f"Patient/{patient}"},
+            "data": base64.b64encode(secret.encode()).decode()})
+        assert created.status_code == 201, created.text
+        binary_id = created.json()["id"]
+        assert narrow_http.get(f"/Binary/{binary_id}").status_code == 403  # the rule, for a read
+        assert binary_id not in narrow_http.get("/Binary").text  # and for a search
+        for http, shown in ((narrow_http, False), (full_http, True)):
+            answer = http.post("/$viewdefinition-run", json=run)
+            assert answer.status_code == 200, answer.text
+            assert (binary_id in answer.text) is shown
+            assert (base64.b64encode(secret.encode()).decode() in answer.text) is shown

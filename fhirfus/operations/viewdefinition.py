@@ -31,7 +31,7 @@ from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.references import reference_target
 from fhirfus.fhir.validation import served_types
 from fhirfus.ig import folder
-from fhirfus.interactions import crud
+from fhirfus.interactions import binary, crud
 from fhirfus.operations.parameters import Inputs
 from fhirfus.search.compiler import local_reference, params_rows
 from fhirfus.sqlonfhir.fastpath import FastView, compile_fast
@@ -195,8 +195,8 @@ def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict
     while True:
         with store.reading() as conn:
             page = conn.execute(_page(caller, run, base, after)).all()
-        for pk, text in page:
-            after = pk
+            shown = _readable(conn, caller, run, page)
+        for _pk, text in shown:
             try:
                 for row in run.view.rows(orjson.loads(text)):
                     yield row
@@ -207,6 +207,15 @@ def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict
                 continue  # data breaking a column contract (several values in a scalar column): no row
         if len(page) < PAGE:
             return
+        after = page[-1][0]
+
+
+def _readable(conn: Any, caller: Access, run: ViewRun, page: list[Any]) -> list[Any]:
+    """The page without the Binaries whose ``securityContext`` the caller may not read: a view
+    shows what a search would (``interactions.binary``), nothing more."""
+    if run.resource_type != "Binary":
+        return page
+    return [row for row in page if binary.may_read(conn, caller, orjson.loads(row[1]))]
 
 
 def _page(caller: Access, run: ViewRun, base: str, after: int) -> Any:
