@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -210,7 +210,7 @@ def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict
         after = page[-1][0]
 
 
-def _readable(conn: Any, caller: Access, run: ViewRun, page: list[Any]) -> list[Any]:
+def _readable(conn: Any, caller: Access, run: ViewRun, page: Sequence[Any]) -> Sequence[Any]:
     """The page without the Binaries whose ``securityContext`` the caller may not read: a view
     shows what a search would (``interactions.binary``), nothing more."""
     if run.resource_type != "Binary":
