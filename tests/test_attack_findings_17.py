@@ -508,3 +508,39 @@ def test_a_view_over_binary_keeps_the_security_context_rule(secure_server) -> No
             assert answer.status_code == 200, answer.text
             assert (binary_id in answer.text) is shown
             assert (base64.b64encode(secret.encode()).decode() in answer.text) is shown
+
+
+# --- a site cannot shadow the terminology of the server or of an administrator --------------------
+
+
+def test_a_site_value_set_does_not_shadow_an_administrators_for_unconfined_callers(secure_server) -> None:
+    """Rule: canonical URLs resolve in the order of trust: published, then unowned (an admin's), then
+    a site's (newest first). Before, the newest of any owner won, so a site client storing a ValueSet
+    with the URL of an administrator's changed what ``$expand``, ``$validate-code`` and ``:in``
+    answered to admins and to every unconfined caller (the server's own jobs included)."""
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    admin = make_client(store, token_url, role="admin", scope="system/*.cruds")
+    site = make_client(store, token_url, role="site", site=f"S{uuid.uuid4().hex[:6]}", scope="system/*.cruds")
+    url = f"urn:test:vs-{uuid.uuid4().hex[:8]}"
+
+    def value_set(code: str) -> dict:
+        return {"resourceType": "ValueSet", "url": url, "status": "active",
+                "compose": {"include": [{"system": "urn:test:cs", "concept": [{"code": code}]}]}}
+
+    with admin.http(secure_server.base) as admin_http, site.http(secure_server.base) as site_http:
+        assert admin_http.post("/ValueSet", json=value_set("admins")).status_code == 201
+        assert site_http.post("/ValueSet", json=value_set("sites")).status_code == 201
+        expanded = admin_http.get("/ValueSet/$expand", params={"url": url}).json()
+        assert [c["code"] for c in expanded["expansion"]["contains"]] == ["admins"]
+        valid = admin_http.get("/ValueSet/$validate-code", params={"url": url, "system": "urn:test:cs",
+                                                                   "code": "sites"}).json()
+        assert valid["parameter"][0]["valueBoolean"] is False
+        own = site_http.get("/ValueSet/$expand", params={"url": url}).json()  # the site sees its own
+        assert [c["code"] for c in own["expansion"]["contains"]] == ["sites"]
