@@ -544,3 +544,33 @@ def test_a_site_value_set_does_not_shadow_an_administrators_for_unconfined_calle
         assert valid["parameter"][0]["valueBoolean"] is False
         own = site_http.get("/ValueSet/$expand", params={"url": url}).json()  # the site sees its own
         assert [c["code"] for c in own["expansion"]["contains"]] == ["sites"]
+
+
+def test_a_parquet_answer_is_bounded_and_streamed_formats_are_not(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule: a Parquet answer is built whole in memory, so it holds at most
+    ``viewdefinition.PARQUET_ROWS`` rows (400 ``too-costly`` naming ``_format``, before the answer
+    starts); NDJSON and CSV stream whatever the count. Before, one resource times a view of nested
+    ``forEach`` grew the server's memory without bound. (The bound is lowered here: the server runs
+    in this process.)"""
+    from fhirfus.operations import viewdefinition
+
+    monkeypatch.setattr(viewdefinition, "PARQUET_ROWS", 150)
+    client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Rows"}]})
+    hundred = f"{_UNION}.select({_UNION})"
+    view = {"resourceType": "ViewDefinition", "resource": "Patient", "status": "active", "select": [
+        {"forEach": hundred, "select": [{"forEach": hundred, "column": [{"name": "n", "path": "$this"}]}]}]}
+
+    def run(fmt: str) -> httpx.Response:
+        return client.post("/$viewdefinition-run", json={"resourceType": "Parameters", "parameter": [
+            {"name": "viewResource", "resource": view}, {"name": "_format", "valueString": fmt},
+            {"name": "_limit", "valueInteger": 151}]})
+
+    refused = run("parquet")
+    body = _outcome(refused)
+    assert body["issue"][0]["code"] == "too-costly" and body["issue"][0]["expression"] == ["_format"]
+    streamed = run("ndjson")
+    assert streamed.status_code == 200 and streamed.content.count(b"\n") == 151
+    monkeypatch.setattr(viewdefinition, "PARQUET_ROWS", 200)
+    assert run("parquet").status_code == 200

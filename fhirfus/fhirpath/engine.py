@@ -33,7 +33,7 @@ from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
-from fhirfus.errors import InvalidRequest
+from fhirfus.errors import TooCostly
 
 R4_MODEL: dict[str, Any] = models["r4"]
 
@@ -56,12 +56,10 @@ class FhirPathEvaluationError(ValueError):
     """Raised when the engine fails on data (wrong operand types, non-singleton input...)."""
 
 
-class FhirPathTooCostly(InvalidRequest):
+class FhirPathTooCostly(TooCostly):
     """An evaluation went beyond its budget (``MAX_COLLECTION`` items in one collection, or
     ``MAX_SECONDS``): a client's expression (a view's column, a patch's ``where()``) cannot pin a
     worker. Deliberately not a ``FhirPathEvaluationError``: nothing treats it as bad data to skip."""
-
-    issue_code = "too-costly"
 
 
 #: The most items one collection of an evaluation may hold: far more than any resource's elements of

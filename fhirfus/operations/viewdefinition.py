@@ -25,7 +25,7 @@ from sqlalchemy import and_, false, literal, select
 from fhirfus.auth.access import Access
 from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import content_text
-from fhirfus.errors import Forbidden, InvalidRequest, NotFound
+from fhirfus.errors import Forbidden, InvalidRequest, NotFound, TooCostly
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.references import reference_target
@@ -277,12 +277,25 @@ def _pieces(run: ViewRun, produced: Iterator[dict[str, Any]]) -> Iterator[bytes]
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist([{n: _cell(r.get(n)) if isinstance(r.get(n), list | dict) else r.get(n)
-                                       for n in names} for r in produced], schema=None)
+                                       for n in names} for r in _at_most(produced, PARQUET_ROWS)], schema=None)
         if table.num_columns == 0:
             table = pa.table({name: pa.array([], pa.string()) for name in names})
         sink = io.BytesIO()
         pq.write_table(table, sink)
         yield sink.getvalue()
+
+
+#: A Parquet file is made whole in memory (its footer describes every row group): beyond this many
+#: rows, a run asks for a streamed format instead of growing the server's memory without bound.
+PARQUET_ROWS = 200_000
+
+
+def _at_most(produced: Iterator[dict[str, Any]], most: int) -> Iterator[dict[str, Any]]:
+    for count, row in enumerate(produced):
+        if count >= most:
+            raise TooCostly(f"A Parquet answer holds at most {most} rows; use _format=ndjson or csv (streamed), "
+                            "or _limit", "_format")
+        yield row
 
 
 def _cell(value: Any) -> Any:
