@@ -574,3 +574,57 @@ def test_a_parquet_answer_is_bounded_and_streamed_formats_are_not(
     assert streamed.status_code == 200 and streamed.content.count(b"\n") == 151
     monkeypatch.setattr(viewdefinition, "PARQUET_ROWS", 200)
     assert run("parquet").status_code == 200
+
+
+def test_a_site_client_view_never_reaches_another_sites_rows(secure_server) -> None:
+    """Rule (held; kept): whatever a site client names — another site's patient or group, one of the
+    guide's views, FHIRPath that walks references (``getReferenceKey``, ``descendants``,
+    ``resolve``) — its run holds rows of its own site only, and naming another site's Group answers
+    like a Group never written."""
+    import uuid
+
+    from auth_helpers import make_client
+
+    from fhirfus.store.repository import Store
+
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    suffix = uuid.uuid4().hex[:8]
+    a = make_client(store, token_url, role="site", site=f"VA{suffix}", scope="system/*.cruds")
+    b = make_client(store, token_url, role="site", site=f"VB{suffix}", scope="system/*.cruds")
+    marker = f"secret-{suffix}"
+    with a.http(secure_server.base) as on_a, b.http(secure_server.base) as on_b:
+        theirs = on_b.post("/Patient", json={"resourceType": "Patient", "name": [{"family": marker}]}).json()["id"]
+        on_b.post("/Observation", json={"resourceType": "Observation", "status": "final", "code": {"text": marker},
+                                        "subject": {"reference": f"Patient/{theirs}"}})
+        group = on_b.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True,
+                                          "member": [{"entity": {"reference": f"Patient/{theirs}"}}]}).json()["id"]
+        mine = on_a.post("/Patient", json={"resourceType": "Patient", "link": [
+            {"other": {"reference": f"Patient/{theirs}"}, "type": "seealso"}]})
+
+        def run(parameters: list[dict]) -> httpx.Response:
+            return on_a.post("/$viewdefinition-run", json={"resourceType": "Parameters", "parameter": parameters})
+
+        def inline(resource: str, path: str) -> dict:
+            return {"name": "viewResource", "resource": {"resourceType": "ViewDefinition", "resource": resource,
+                                                          "select": [{"column": [{"name": "x", "path": path}]}]}}
+
+        answers = [
+            run([inline("Observation", "code.text"), {"name": "patient", "valueString": theirs}]),
+            run([inline("Patient", "name.family.first()"), {"name": "patient", "valueString": f"Patient/{theirs}"}]),
+            run([inline("Observation", "code.text")]),
+            run([inline("Patient", "link.other.getReferenceKey()")]),
+            run([inline("Patient", "descendants().ofType(string).join(',')")]),
+            *(run([{"name": "viewReference", "valueString": name}])
+              for name in ("patient", "condition", "procedure", "twstrs-score", "adverse-event")),
+        ]
+        for answer in answers:
+            assert answer.status_code in (200, 400), answer.text
+            assert marker not in answer.text
+        assert theirs not in answers[0].text + answers[1].text + answers[2].text
+        assert mine.status_code == 400  # a reference to another site's patient does not resolve for A
+        missing = run([inline("Patient", "id"), {"name": "group", "valueString": group}])
+        never = run([inline("Patient", "id"), {"name": "group", "valueString": f"never-{suffix}"}])
+        assert missing.status_code == never.status_code == 404
+        assert missing.json()["issue"][0]["diagnostics"].replace(group, "X") == \
+            never.json()["issue"][0]["diagnostics"].replace(f"never-{suffix}", "X")
