@@ -71,6 +71,12 @@ class BusinessRuleViolation(FhirError):
     issue_code = "business-rule"
 
 
+class TooCostly(InvalidRequest):
+    """What was asked would cost the server more than it gives anyone (400, ``too-costly``)."""
+
+    issue_code = "too-costly"
+
+
 class Unauthorized(FhirError):
     status = 401
     issue_code = "login"

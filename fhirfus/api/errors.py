@@ -19,6 +19,7 @@ from starlette.responses import Response
 from fhirfus.api.negotiation import safe_rendering_for
 from fhirfus.errors import FhirError, Issue
 from fhirfus.fhir.outcome import operation_outcome
+from fhirfus.fhir.xml import xml_safe
 
 log = logging.getLogger("fhirfus.api")
 
@@ -27,8 +28,9 @@ _HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported
 
 def outcome_response(request: Request, status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
     rendering = safe_rendering_for(request)
+    outcome = operation_outcome(issues)
     return Response(
-        rendering.dumps(operation_outcome(issues)),
+        rendering.dumps(xml_safe(outcome) if rendering.xml else outcome),  # diagnostics may echo any input
         status_code=status,
         media_type=rendering.content_type,
         headers=headers,

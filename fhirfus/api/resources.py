@@ -21,10 +21,11 @@ from fhirfus.api.http import (
     version_headers,
     write_response,
 )
-from fhirfus.api.negotiation import rendering_for, require_json_body
+from fhirfus.api.negotiation import body_is_xml, rendering_for, require_json_body
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
+from fhirfus.fhir.xml import from_xml
 from fhirfus.interactions import crud, history, search
 from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
 from fhirfus.operations import everything, extract, validate
@@ -139,7 +140,8 @@ async def run_validate(request: Request, res_type: str | None, res_id: str | Non
     require_json_body(request)
     raw = await read_body(request)
     query = request.query_params
-    body = parse_json(raw) if (query.get("mode") != "delete" or raw.strip()) else None
+    wanted = query.get("mode") != "delete" or raw.strip()
+    body = (from_xml(raw) if body_is_xml(request) else parse_json(raw)) if wanted else None
     parsed = validate.parse(body, res_type, query.get("mode"), query.get("profile"))
     issues = await run_in_threadpool(validate.validate, _store(request), caller(request), res_type, parsed, res_id)
     return fhir_response(request, operation_outcome(issues))

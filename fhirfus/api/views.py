@@ -4,6 +4,8 @@ the resource routes: ViewDefinition is not an R4 resource type."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,7 +26,17 @@ async def _run(request: Request, view_id: str | None = None) -> Response:
     store = request.app.state.store
     run = await run_in_threadpool(viewdefinition.prepare, store, who, given, view_id)
     produced = viewdefinition.rows(store, who, run, base_url(request))
-    return StreamingResponse(viewdefinition.encode(run, produced), media_type=run.media_type)
+    chunks = viewdefinition.encode(run, produced)
+    # the first chunk is made before the answer starts: what fails early (a view too costly to
+    # evaluate, a database error) is an OperationOutcome with its status, not a broken 200 stream
+    first = await run_in_threadpool(next, chunks, b"")
+    return StreamingResponse(_then(first, chunks), media_type=run.media_type)
+
+
+def _then(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
 
 
 @router.api_route("/$viewdefinition-run", methods=BOTH)

@@ -28,7 +28,8 @@ XHTML_NS: Final = "http://www.w3.org/1999/xhtml"
 MAX_DEPTH: Final = 64
 _NUMBERS: Final = frozenset({"integer", "positiveInt", "unsignedInt", "integer64"})
 _DECIMAL_RE: Final = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]*")
+_INTEGER_RE: Final = re.compile(r"[0]|[-+]?[1-9][0-9]{0,31}")  # R4 integers are 32-bit (integer64: 64)
+_DECIMAL_DIGITS: Final = 64  # far beyond any decimal FHIR carries; int()/float() of megabytes of digits are refused
 
 
 # --- JSON → XML -------------------------------------------------------------------------------
@@ -92,9 +93,27 @@ def _write_value(parent: etree.Element, element: Element, value: Any, shadow: An
             _write_object(child, value, element.table, is_resource=False)
         return
     if value is not None:
-        child.set("value", _primitive_text(value))
+        try:
+            child.set("value", _primitive_text(value))
+        except ValueError as exc:  # a control character (refused on write since; stored before)
+            raise InvalidResource(f"{element.name} holds characters XML cannot carry: {exc}", element.name) from exc
     if isinstance(shadow, Mapping):
         _write_object(child, shadow, "Element", is_resource=False)
+
+
+_NOT_XML: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(value: Any) -> Any:
+    """``value`` with every character XML cannot carry replaced by U+FFFD: for what the server says
+    (an OperationOutcome echoing a client's input), which must always be writable."""
+    if isinstance(value, str):
+        return _NOT_XML.sub("\ufffd", value)
+    if isinstance(value, Mapping):
+        return {key: xml_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [xml_safe(item) for item in value]
+    return value
 
 
 def _primitive_text(value: Any) -> str:
@@ -106,15 +125,50 @@ def _primitive_text(value: Any) -> str:
 
 
 def _parse_xhtml(value: Any) -> etree.Element:
+    problem = xhtml_problem(value)
+    if problem is not None:
+        raise InvalidResource(problem, "Narrative.div")
+    return etree.fromstring(value.encode(), _parser())
+
+
+def xhtml_problem(value: Any) -> str | None:
+    """Why ``value`` is not a narrative ``div`` (None when it is): XHTML text, well-formed, one
+    ``div`` in the XHTML namespace, no DTD and no entity declarations (narrative.html). Checked when
+    a resource is written, so every stored narrative can be written as XML too."""
     if not isinstance(value, str):
-        raise InvalidResource("Narrative.div must be XHTML text", "Narrative.div")
+        return "Narrative.div must be XHTML text"
+    encoded = value.encode()
+    if _declares_dtd(encoded):
+        return "Narrative.div may not carry a DOCTYPE or entity declarations"
     try:
-        element = etree.fromstring(value.encode(), _parser())
-    except etree.XMLSyntaxError as exc:
-        raise InvalidResource(f"Narrative.div is not well-formed XHTML: {exc}", "Narrative.div") from exc
+        element = etree.fromstring(encoded, _parser())
+    except (etree.XMLSyntaxError, ValueError) as exc:
+        return f"Narrative.div is not well-formed XHTML: {exc}"
+    if element.getroottree().docinfo.internalDTD is not None:
+        return "Narrative.div may not carry a DOCTYPE or entity declarations"
     if element.tag != f"{{{XHTML_NS}}}div":
-        raise InvalidResource("Narrative.div must be an XHTML div", "Narrative.div")
-    return element
+        return "Narrative.div must be an XHTML div (<div xmlns=\"http://www.w3.org/1999/xhtml\">)"
+    return None
+
+
+def _declares_dtd(body: bytes) -> bool:
+    upper = body.upper()
+    return b"<!DOCTYPE" in upper or b"<!ENTITY" in upper
+
+
+_ENCODING_RE: Final = re.compile(rb"""^(?:\xef\xbb\xbf)?\s*<\?xml[^>]*?\bencoding\s*=\s*["']([^"']*)["']""")
+
+
+def _require_utf8(body: bytes) -> None:
+    """FHIR XML is UTF-8 (http.html): another encoding (UTF-16 above all) would hide a DOCTYPE or
+    an entity declaration from the byte check below, and libxml2 would expand them."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"FHIR XML is UTF-8; the body is not ({exc.reason} at byte {exc.start})", "body") from exc
+    declared = _ENCODING_RE.match(body)
+    if declared and declared.group(1).decode("ascii", "replace").strip().lower() not in ("utf-8", "utf8"):
+        raise InvalidRequest(f"FHIR XML is UTF-8, not {declared.group(1).decode('ascii', 'replace')!r}", "body")
 
 
 # --- XML → JSON -------------------------------------------------------------------------------
@@ -128,12 +182,15 @@ def _parser() -> etree.XMLParser:
 
 def from_xml(body: bytes) -> dict:
     """The JSON form of a FHIR XML resource; 400 naming the element for anything else."""
-    if b"<!DOCTYPE" in body[:4096].upper() or b"<!ENTITY" in body.upper():
+    _require_utf8(body)
+    if _declares_dtd(body):
         raise InvalidRequest("FHIR XML may not carry a DOCTYPE or entities", "body")
     try:
         root = etree.fromstring(body, _parser())
     except etree.XMLSyntaxError as exc:
         raise InvalidRequest(f"The body is not well-formed XML: {exc}", "body") from exc
+    if root.getroottree().docinfo.internalDTD is not None:
+        raise InvalidRequest("FHIR XML may not carry a DOCTYPE or entities", "body")
     return _read_resource(root, 0)
 
 
@@ -228,7 +285,7 @@ def _typed(text: str, type_code: str, path: str) -> Any:
             raise InvalidResource(f"{path}: '{text}' is not an integer", path)
         return int(text)
     if type_code == "decimal":
-        if not _DECIMAL_RE.fullmatch(text):
+        if len(text) > _DECIMAL_DIGITS or not _DECIMAL_RE.fullmatch(text):
             raise InvalidResource(f"{path}: '{text}' is not a decimal", path)
         number = float(text)
         return int(number) if "." not in text and "e" not in text.lower() and abs(number) < 2**53 else number

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import calendar
 import re
+import time
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import fhirpathpy.engine
 from antlr4 import CommonTokenStream, InputStream
 from antlr4.error.ErrorListener import ErrorListener
 from antlr4.tree.Tree import ParseTreeWalker
-from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations.constants import constants as _clock
 from fhirpathpy.engine.nodes import (
     FP_DateTime,
@@ -32,6 +33,8 @@ from fhirpathpy.models import models
 from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+from fhirfus.errors import TooCostly
 
 R4_MODEL: dict[str, Any] = models["r4"]
 
@@ -52,6 +55,38 @@ class FhirPathSyntaxError(ValueError):
 
 class FhirPathEvaluationError(ValueError):
     """Raised when the engine fails on data (wrong operand types, non-singleton input...)."""
+
+
+class FhirPathTooCostly(TooCostly):
+    """An evaluation went beyond its budget (``MAX_COLLECTION`` items in one collection, or
+    ``MAX_SECONDS``): a client's expression (a view's column, a patch's ``where()``) cannot pin a
+    worker. Deliberately not a ``FhirPathEvaluationError``: nothing treats it as bad data to skip."""
+
+
+#: The most items one collection of an evaluation may hold: far more than any resource's elements of
+#: one name; a nested ``select`` over unions multiplies sizes (10 items, 5 levels: 100 000 items).
+MAX_COLLECTION = 10_000
+#: The longest one evaluation (one expression on one resource) may run.
+MAX_SECONDS = 2.0
+_BUDGET = "fhirfus:deadline"
+_engine_do_eval = fhirpathpy.engine.do_eval
+
+
+def _bounded_do_eval(ctx: dict, parent_data: Any, node: Any) -> Any:
+    """fhirpathpy's ``do_eval``, each node's result checked against the evaluation's budget. Every
+    evaluator calls ``engine.do_eval`` through the module, so installing this there bounds every
+    step; evaluations without a budget (fhirpathpy used directly) are not checked."""
+    result = _engine_do_eval(ctx, parent_data, node)
+    deadline = ctx.get(_BUDGET)
+    if deadline is not None:
+        if isinstance(result, list) and len(result) > MAX_COLLECTION:
+            raise FhirPathTooCostly(f"FHIRPath collection of more than {MAX_COLLECTION} items", "FHIRPath")
+        if time.monotonic() > deadline:
+            raise FhirPathTooCostly(f"FHIRPath evaluation ran longer than {MAX_SECONDS} s", "FHIRPath")
+    return result
+
+
+fhirpathpy.engine.do_eval = _bounded_do_eval
 
 
 class _RaisingErrorListener(ErrorListener):
@@ -323,9 +358,14 @@ class Expression:
             "model": R4_MODEL,
             "userInvocationTable": FUNCTIONS,
             "traceFn": _no_trace,  # trace() must not print to a server's stdout
+            _BUDGET: time.monotonic() + MAX_SECONDS,
         }
         try:
-            return do_eval(ctx, focus, self._root)
+            return _bounded_do_eval(ctx, focus, self._root)
+        except FhirPathTooCostly as exc:
+            raise FhirPathTooCostly(f"{self.text!r}: {exc}", "FHIRPath") from exc
+        except RecursionError as exc:
+            raise FhirPathTooCostly(f"{self.text!r}: nested too deeply", "FHIRPath") from exc
         except Exception as exc:  # fhirpathpy raises bare Exception/TypeError on bad data
             raise FhirPathEvaluationError(f"{self.text!r}: {exc}") from exc
 

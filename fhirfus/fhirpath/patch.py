@@ -20,10 +20,17 @@ from typing import Any
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.elements import element_model
 from fhirfus.fhir.validation import parameter_list
-from fhirfus.fhirpath.engine import FhirPathEvaluationError, FhirPathSyntaxError, compile_expression, evaluate
+from fhirfus.fhirpath.engine import (
+    FhirPathEvaluationError,
+    FhirPathSyntaxError,
+    FhirPathTooCostly,
+    compile_expression,
+    evaluate,
+)
 
 OPERATIONS = ("add", "insert", "delete", "replace", "move")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_INDEX = re.compile(r"\[([0-9]{1,9})\]")  # ASCII digits only, and few of them: int() of anything else fails
 
 
 class PatchError(InvalidRequest):
@@ -129,11 +136,11 @@ def _steps(path: str, where: str) -> list[tuple[str, str]]:
             inner, rest = _balanced(rest[len("where("):], path, where)
             steps.append(("where", inner))
         elif rest.startswith("["):
-            end = rest.find("]")
-            if end < 0 or not rest[1:end].isdigit():
-                raise PatchError(f"Path '{path}': an index is [n]", f"{where}.path")
-            steps.append(("index", rest[1:end]))
-            rest = rest[end + 1:]
+            index = _INDEX.match(rest)
+            if index is None:
+                raise PatchError(f"Path '{path}': an index is [n] (n: at most 9 digits 0-9)", f"{where}.path")
+            steps.append(("index", index.group(1)))
+            rest = rest[index.end():]
         elif name:
             steps.append(("name", name.group(0)))
             rest = rest[name.end():]
@@ -172,6 +179,8 @@ def _step(spots: list[_Spot], kind: str, argument: str, path: str, where: str) -
             return [s for s in spots if evaluate(criteria, s.get()) == [True]]
         except (FhirPathSyntaxError, FhirPathEvaluationError) as exc:
             raise PatchError(f"Path '{path}': {exc}", f"{where}.path") from exc
+        except FhirPathTooCostly as exc:
+            raise FhirPathTooCostly(f"Path '{path}': {exc}", f"{where}.path") from exc
     found: list[_Spot] = []
     for spot in spots:
         node = spot.get()

@@ -30,6 +30,10 @@ from fhirfus.fhir.references import reference_target
 from fhirfus.search.compiler import local_reference
 
 _CHUNK = 500
+#: Records of what happened, not data that depends on its target: the audit trail (written by the
+#: server only, never changed) names what each request touched, and must neither keep that alive
+#: (a 409 on every deletion of anything once audited) nor be reached by ``_cascade=delete``.
+RECORDS = ("AuditEvent",)
 T = TypeVar("T")
 
 
@@ -115,7 +119,7 @@ def referrers(
             select(link.c.target_type, link.c.target_id, rows.c.res_type, rows.c.res_id, link.c.param)
             .join(rows, rows.c.pk == link.c.resource_pk)
             .where(or_(*[and_(link.c.target_type == t, link.c.target_id == i) for t, i in chunk]),
-                   local_reference(link, base), rows.c.deleted.is_(False))
+                   local_reference(link, base), rows.c.deleted.is_(False), rows.c.res_type.not_in(RECORDS))
             .distinct()
             .limit(most - len(found))
         ))

@@ -17,6 +17,7 @@ from typing import Any
 
 from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
+from fhirfus.fhir.validation import validate_resource
 from fhirfus.interactions import crud
 from fhirfus.operations.parameters import Inputs
 from fhirfus.store import repository
@@ -54,14 +55,37 @@ def _number(given: Inputs, name: str, default: int) -> int:
     return number
 
 
+def _string(value: Any, element: str) -> str | None:
+    """A string part of a coding input (None when absent); anything else is a 400 naming it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{element} must be a non-empty string, not {value!r}"[:200], element)
+    return value
+
+
+def _coding(value: Any, name: str) -> Mapping[str, Any] | None:
+    """A Coding input (``coding``, ``codingA``…): an object whose system, code and display are strings."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"Parameter '{name}' must be a Coding", name)
+    for part in ("system", "code", "display", "version"):
+        _string(value.get(part), f"{name}.{part}")
+    return value
+
+
 def _coded(given: Inputs) -> tuple[str | None, str | None, str | None]:
     """(system, code, display) from ``system``/``code``/``display``, a ``coding`` or the first coding
     of a ``codeableConcept``."""
-    coding = given.get("coding")
+    coding = _coding(given.get("coding"), "coding")
     concept = given.get("codeableConcept")
-    if isinstance(concept, Mapping):
-        codings = concept.get("coding") or []
-        coding = codings[0] if codings else None
+    if concept is not None:
+        codings = concept.get("coding") if isinstance(concept, Mapping) else None
+        if not isinstance(codings, list):
+            raise InvalidRequest("Parameter 'codeableConcept' must be a CodeableConcept with codings",
+                                 "codeableConcept")
+        coding = _coding(codings[0], "codeableConcept.coding[0]") if codings else None
     if isinstance(coding, Mapping):
         return coding.get("system"), coding.get("code"), coding.get("display")
     return _text(given, "system"), _text(given, "code"), _text(given, "display")
@@ -110,6 +134,8 @@ def expand(store: Store, caller: Access, given: Inputs, now: datetime, res_id: s
     inline = given.get("valueSet")
     if inline is not None and (not isinstance(inline, Mapping) or inline.get("resourceType") != "ValueSet"):
         raise InvalidRequest("Parameter 'valueSet' must be a ValueSet resource", "valueSet")
+    if inline is not None:
+        inline = validate_resource(dict(inline), "ValueSet")  # a stored ValueSet was; an inline one is too
     url = _instance_url(store, caller, "ValueSet", res_id) or _text(given, "url") or (
         inline.get("url") if inline else None)
     if not url:
@@ -225,7 +251,7 @@ def validate_codesystem_code(store: Store, caller: Access, given: Inputs, res_id
 
 def subsumes(store: Store, caller: Access, given: Inputs) -> dict:
     """CodeSystem/$subsumes (``system``, ``codeA``, ``codeB`` or ``codingA``/``codingB``)."""
-    coding_a, coding_b = given.get("codingA"), given.get("codingB")
+    coding_a, coding_b = _coding(given.get("codingA"), "codingA"), _coding(given.get("codingB"), "codingB")
     system = _text(given, "system") or (coding_a.get("system") if isinstance(coding_a, Mapping) else None)
     code_a = coding_a.get("code") if isinstance(coding_a, Mapping) else _text(given, "codeA")
     code_b = coding_b.get("code") if isinstance(coding_b, Mapping) else _text(given, "codeB")
@@ -251,7 +277,11 @@ def translate(store: Store, caller: Access, given: Inputs, res_id: str | None = 
     if not system or not code:
         raise InvalidRequest("$translate needs a system and a code (or a coding)", "code" if system else "system")
     url = _instance_url(store, caller, "ConceptMap", res_id) or _text(given, "url")
-    reverse = str(given.get("reverse", "false")).lower() == "true"
+    reverse = given.get("reverse", False)
+    if not isinstance(reverse, bool):
+        if str(reverse).lower() not in ("true", "false"):
+            raise InvalidRequest(f"reverse must be true or false, not {reverse!r}"[:200], "reverse")
+        reverse = str(reverse).lower() == "true"
     with _reading(store, caller, "ConceptMap") as conn:
         try:
             matches = conceptmaps.translate(

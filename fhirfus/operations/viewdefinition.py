@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,13 +25,13 @@ from sqlalchemy import and_, false, literal, select
 from fhirfus.auth.access import Access
 from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import content_text
-from fhirfus.errors import Forbidden, InvalidRequest, NotFound
+from fhirfus.errors import Forbidden, InvalidRequest, NotFound, TooCostly
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
 from fhirfus.fhir.references import reference_target
 from fhirfus.fhir.validation import served_types
 from fhirfus.ig import folder
-from fhirfus.interactions import crud
+from fhirfus.interactions import binary, crud
 from fhirfus.operations.parameters import Inputs
 from fhirfus.search.compiler import local_reference, params_rows
 from fhirfus.sqlonfhir.fastpath import FastView, compile_fast
@@ -195,8 +195,8 @@ def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict
     while True:
         with store.reading() as conn:
             page = conn.execute(_page(caller, run, base, after)).all()
-        for pk, text in page:
-            after = pk
+            shown = _readable(conn, caller, run, page)
+        for _pk, text in shown:
             try:
                 for row in run.view.rows(orjson.loads(text)):
                     yield row
@@ -207,6 +207,15 @@ def rows(store: Store, caller: Access, run: ViewRun, base: str) -> Iterator[dict
                 continue  # data breaking a column contract (several values in a scalar column): no row
         if len(page) < PAGE:
             return
+        after = page[-1][0]
+
+
+def _readable(conn: Any, caller: Access, run: ViewRun, page: Sequence[Any]) -> Sequence[Any]:
+    """The page without the Binaries whose ``securityContext`` the caller may not read: a view
+    shows what a search would (``interactions.binary``), nothing more."""
+    if run.resource_type != "Binary":
+        return page
+    return [row for row in page if binary.may_read(conn, caller, orjson.loads(row[1]))]
 
 
 def _page(caller: Access, run: ViewRun, base: str, after: int) -> Any:
@@ -268,12 +277,25 @@ def _pieces(run: ViewRun, produced: Iterator[dict[str, Any]]) -> Iterator[bytes]
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist([{n: _cell(r.get(n)) if isinstance(r.get(n), list | dict) else r.get(n)
-                                       for n in names} for r in produced], schema=None)
+                                       for n in names} for r in _at_most(produced, PARQUET_ROWS)], schema=None)
         if table.num_columns == 0:
             table = pa.table({name: pa.array([], pa.string()) for name in names})
         sink = io.BytesIO()
         pq.write_table(table, sink)
         yield sink.getvalue()
+
+
+#: A Parquet file is made whole in memory (its footer describes every row group): beyond this many
+#: rows, a run asks for a streamed format instead of growing the server's memory without bound.
+PARQUET_ROWS = 200_000
+
+
+def _at_most(produced: Iterator[dict[str, Any]], most: int) -> Iterator[dict[str, Any]]:
+    for count, row in enumerate(produced):
+        if count >= most:
+            raise TooCostly(f"A Parquet answer holds at most {most} rows; use _format=ndjson or csv (streamed), "
+                            "or _limit", "_format")
+        yield row
 
 
 def _cell(value: Any) -> Any:

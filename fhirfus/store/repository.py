@@ -18,14 +18,14 @@ from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_, update
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.db import rows
 from fhirfus.db.tables import resource_history, resources, search_uri
-from fhirfus.db.visibility import Visibility, site_label, with_site_label
+from fhirfus.db.visibility import PUBLISHED, Visibility, site_label, with_site_label
 from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
@@ -144,7 +144,11 @@ def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, v
 
 def by_canonical(conn: Connection, seen_by: Visibility, res_type: str, canonical: str) -> dict | None:
     """The newest live resource of ``res_type`` (a conformance resource) whose ``url`` is
-    ``canonical`` (``url|version`` also matches the version), among those ``seen_by`` may see."""
+    ``canonical`` (``url|version`` also matches the version), among those ``seen_by`` may see.
+
+    Owners come first in the order of trust: what the server publishes, then what no site owns (an
+    administrator's), then a site's: a site client cannot shadow, for unconfined callers, a value
+    set or code system of the server or of an administrator by storing one with its URL."""
     url, _, wanted_version = canonical.partition("|")
     statement = (
         select(resources.c.content)
@@ -153,7 +157,8 @@ def by_canonical(conn: Connection, seen_by: Visibility, res_type: str, canonical
             resources.c.pk.in_(select(search_uri.c.resource_pk).where(
                 search_uri.c.res_type == res_type, param_rows(search_uri, res_type, "url"), search_uri.c.value == url)),
         )
-        .order_by(resources.c.last_updated.desc())
+        .order_by(case((resources.c.site == PUBLISHED, 0), (resources.c.site.is_(None), 1), else_=2),
+                  resources.c.last_updated.desc())
     )
     if not wanted_version:
         statement = statement.limit(1)
