@@ -55,6 +55,7 @@ class MappingSpec:
     columns: dict[str, ColumnSpec]
     resources: tuple[ResourceSpec, ...]
     source: Path
+    locale: str | None = None                     # how the site writes dates and numbers (values.LOCALES)
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns[name]
@@ -108,6 +109,7 @@ def load_spec(name: str) -> MappingSpec:
         name=raw.get("name", path.stem), description=raw.get("description", ""),
         patient_key=raw["patient_key"], columns=columns,
         resources=tuple(_resource(r) for r in raw.get("resources") or ()), source=path,
+        locale=raw.get("locale"),
     )
     if spec.patient_key not in columns:
         raise InvalidRequest(f"patient_key '{spec.patient_key}' is not a declared column", "patient_key")
