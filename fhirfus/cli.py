@@ -306,10 +306,9 @@ def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) ->
     """A table on a terminal; tab-separated lines, never cut, when the output is a file or a pipe."""
     from rich.table import Table
 
-    if not console.is_terminal:
-        console.print(f"{title}:", soft_wrap=True)
-        for row in [headers, *rows]:
-            console.print("\t".join(row), soft_wrap=True, markup=False, highlight=False)
+    if not console.is_terminal:  # written as is: rich would expand the tabs
+        console.file.write(f"{title}:\n" + "".join("\t".join(row) + "\n" for row in [headers, *rows]))
+        console.file.flush()
         return
     table = Table(*headers, title=title)
     for column in table.columns:
@@ -547,7 +546,8 @@ def clients_keys(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fhirfus.requests").setLevel(logging.INFO)  # the request log of `fhirfus serve`
     app()
 
 
