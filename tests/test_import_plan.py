@@ -52,7 +52,9 @@ def follow_up(rows: list[dict[str, str]]) -> int:
     return next(i for i, r in enumerate(rows) if r["visit_type"] == "follow-up")
 
 
-def test_a_corrected_visit_date_replaces_the_assessment(client: httpx.Client, server, tmp_path: Path, unique: str) -> None:
+def test_a_corrected_visit_date_updates_the_assessment_instead_of_adding_one(
+    client: httpx.Client, server, tmp_path: Path, unique: str,
+) -> None:
     store, site = Store(server.database.engine), f"A{unique}"
     rows = rows_of(SITE_A)
     imported(store, site, SITE_A)
@@ -60,24 +62,38 @@ def test_a_corrected_visit_date_replaces_the_assessment(client: httpx.Client, se
     number, old_date = rows[index]["site_patient_id"], rows[index]["visit_date"]
     patient = patient_id(client, site, number)
     before = assessments(client, patient)
-    rows[index]["visit_date"] = old_date[:8] + ("28" if old_date[8:] != "28" else "27")
+    rows[index]["visit_date"] = old_date[:8] + ("28" if old_date[8:] != "28" else "27")  # same month: same order
 
     plan = plan_import(store, "site-registry", site, [write(tmp_path / "corrected.csv", rows)])
-    visits = [(c.action, c.record) for c in plan.changes if c.kind == "twstrs"]
-    assert visits == [("added", f"twstrs/{rows[index]['visit_date']}"), ("removed", f"twstrs/{old_date}")]
-    assert plan.patients[number] == "changed"
-    assert sum(s == "changed" for s in plan.patients.values()) == 1
+    visits = [(c.action, c.record, c.date) for c in plan.changes if c.kind == "twstrs"]
+    assert visits == [("changed", "twstrs/follow-up/1", rows[index]["visit_date"])]
+    assert [key for key, status in plan.patients.items() if status == "changed"] == [number]
     commit_plan(store, plan)
 
     after = assessments(client, patient)
     assert len(after) == len(before)
     assert old_date not in after and rows[index]["visit_date"] in after
-    removed = next(c for c in plan.changes if c.action == "removed")
-    history = client.get(f"/QuestionnaireResponse/{removed.res_id}/_history").json()
-    assert history["total"] == 2  # a versioned delete: the old assessment is still in the history
-    assert client.get(f"/QuestionnaireResponse/{removed.res_id}").status_code == 410
-    scores = client.get("/Observation", params={"derived-from": f"QuestionnaireResponse/{removed.res_id}"}).json()
-    assert not scores.get("entry")  # its scores went with it
+    changed = plan.changes[0]
+    history = client.get(f"/QuestionnaireResponse/{changed.res_id}/_history").json()
+    assert history["total"] == 2  # the old date is still in the history
+
+
+def test_a_removed_follow_up_is_a_versioned_delete_and_takes_its_scores(
+    client: httpx.Client, server, tmp_path: Path, unique: str,
+) -> None:
+    store, site = Store(server.database.engine), f"R{unique}"
+    rows = rows_of(SITE_A)
+    imported(store, site, SITE_A)
+    number = rows[follow_up(rows)]["site_patient_id"]
+    last = max(i for i, r in enumerate(rows) if r["site_patient_id"] == number and r["visit_type"] == "follow-up")
+    plan = plan_import(store, "site-registry", site, [write(tmp_path / "fewer.csv", rows[:last] + rows[last + 1:])])
+    assert [(c.action, c.kind, c.date) for c in plan.changes] == [("removed", "twstrs", rows[last]["visit_date"])]
+    commit_plan(store, plan)
+    removed = plan.changes[0].res_id
+    assert client.get(f"/QuestionnaireResponse/{removed}").status_code == 410
+    assert client.get(f"/QuestionnaireResponse/{removed}/_history").json()["total"] == 2
+    scores = client.get("/Observation", params={"derived-from": f"QuestionnaireResponse/{removed}"}).json()
+    assert not scores.get("entry")
 
 
 def test_a_removed_row_removes_its_resources_and_merge_keeps_them(

@@ -178,8 +178,24 @@ class _PatientBuilder:
                         "must be the same on every row")))
         return merged
 
+    def ordinals(self, resource_spec: ResourceSpec) -> dict[int, int]:
+        """line → ``{$ordinal}`` of the rows ``resource_spec`` is made from."""
+        if resource_spec.ordinal is None:
+            return {}
+        by, within = resource_spec.ordinal["by"], tuple(resource_spec.ordinal.get("within") or ())
+        rows = [(line, values) for line, values, _ in self.record.rows if _matches(resource_spec.when, values)]
+        rows.sort(key=lambda item: (str(item[1].get(by) or ""), item[0]))
+        counters: dict[tuple, int] = {}
+        numbers = {}
+        for line, values in rows:
+            group = tuple(str(values.get(c)) for c in within)
+            counters[group] = counters.get(group, 0) + 1
+            numbers[line] = counters[group]
+        return numbers
+
     def build(self) -> list[_Built]:
         first_line = self.record.rows[0][0]
+        ordinals = {r.name: self.ordinals(r) for r in self.spec.resources}
         values = self.patient_values()
         for resource_spec in (r for r in self.spec.resources if r.per == "patient"):
             self.add(resource_spec, self.context(values, {}), first_line, {})
@@ -189,6 +205,8 @@ class _PatientBuilder:
                 if not _matches(resource_spec.when, values):
                     continue
                 base = self.context(values, row_level)
+                if line in ordinals[resource_spec.name]:
+                    base = base.child(**{"$ordinal": ordinals[resource_spec.name][line]})
                 if resource_spec.per == "column":
                     for column in resource_spec.columns:
                         if values.get(column) is None:
