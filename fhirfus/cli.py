@@ -244,12 +244,13 @@ def import_(
                                "(15.03.2022, 0,38)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what the import would change; write nothing."),
     report_path: Path = typer.Option(None, "--report", help="Where to write the bad-row report (CSV)."),
+    changes_path: Path = typer.Option(None, "--changes", help="Where to write the list of changes (CSV)."),
     create: bool = typer.Option(False, "--create", help="Create the database when there is none."),
 ) -> None:
     """Import site files through a declarative mapping: a preview of every change, then one transaction."""
     from fhirfus.errors import FhirError
     from fhirfus.ingest.plan import commit_plan, plan_import
-    from fhirfus.ingest.site_import import report_of, write_report
+    from fhirfus.ingest.site_import import report_of, write_changes, write_report
 
     settings = get_settings()
     store = _store(_database(create))
@@ -258,6 +259,9 @@ def import_(
     except FhirError as exc:
         raise _fail(f"import failed: {exc.message}") from exc
     _show_plan(plan)
+    if changes_path:
+        write_changes(plan, changes_path)
+        console.print(f"changes written to {changes_path}")
     if plan.conflicts:
         for conflict in plan.conflicts:
             console.print(f"[red]refused: {conflict}[/red]", soft_wrap=True)

@@ -4,6 +4,7 @@ logs one line per request without patient data."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -81,13 +82,17 @@ def test_rejected_rows_are_whole_lines_when_output_is_not_a_terminal(server, tmp
 
 
 @needs_registry
-def test_a_dry_run_shows_the_changes_and_writes_nothing(server, unique: str) -> None:
+def test_a_dry_run_shows_the_changes_and_writes_nothing(server, tmp_path: Path, unique: str) -> None:
     before = server.database.counts()
-    result = fhirfus(server.database.url, *import_args(f"C{unique}", SITE_A), "--dry-run")
+    changes = tmp_path / "changes.csv"
+    result = fhirfus(server.database.url, *import_args(f"C{unique}", SITE_A), "--dry-run", "--changes", str(changes))
     assert result.returncode == 0, result.stderr
     assert "dry run: nothing written" in result.stderr
     assert "added\t" in result.stderr  # the change list
     assert server.database.counts() == before
+    listed = list(csv.DictReader(changes.open(encoding="utf-8")))
+    patients = {r["site_patient_id"] for r in csv.DictReader(SITE_A.open(encoding="utf-8"))}
+    assert {r["patient"] for r in listed if r["type"] == "Patient" and r["action"] == "added"} == patients
 
 
 @needs_registry

@@ -75,4 +75,18 @@ def write_report(report: ImportReport, path: Path) -> None:
             writer.writerow([error.line, error.patient or "", error.column, error.value, error.reason])
 
 
-__all__ = ["RECORD_SYSTEM", "FhirError", "ImportReport", "import_files", "report_of", "write_report"]
+def write_changes(plan: ImportPlan, path: Path) -> None:
+    """What the import changes (or would change) as CSV, the held-back patients included: the
+    record a data manager keeps beside the rejected-row report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["action", "patient", "record", "type", "id", "date", "line"])
+        for change in plan.changes:
+            writer.writerow([change.action, change.patient, change.record, change.resource_type, change.res_id or "",
+                             change.date or "", change.line or ""])
+        for held in plan.held_back:
+            writer.writerow(["held back", held.patient, "", "", "", "", " ".join(map(str, held.valid_lines))])
+
+
+__all__ = ["RECORD_SYSTEM", "FhirError", "ImportReport", "import_files", "report_of", "write_changes", "write_report"]
