@@ -48,8 +48,20 @@ def serve(
     console.print(f"fhirfus on http://{host}:{port}/fhir")
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info", access_log=False,
+        log_level="info", access_log=False, log_config=_log_config(),
     )
+
+
+def _log_config() -> dict:
+    """uvicorn's logging plus fhirfus's request log (``api/request_log.py``) in the same style; as a
+    configuration, so that every worker process gets it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["fhirfus.requests"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _safe_url(url: str) -> str:

@@ -137,3 +137,33 @@ def test_every_request_is_one_log_line_without_patient_data(client: httpx.Client
     assert any(line.startswith("GET /fhir/{res_type}/{res_id} 404 ") for line in lines), lines
     assert any(line.startswith("GET /fhir/{res_type} 200 ") for line in lines), lines
     assert not any(secret in line for line in lines for secret in ("secret", "Müller", "Schmidt"))
+
+
+def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
+    from fhirfus.testing import free_port
+
+    if server.database.backend != "sqlite":
+        pytest.skip("one backend is enough for the log wiring")
+    port = free_port()
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        httpx.get(f"http://127.0.0.1:{port}/fhir/Observation", params={"code": "secret-code"})
+        time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "GET /fhir/metadata 200 " in text
+    assert "GET /fhir/{res_type} 200 " in text
+    assert "secret-code" not in text
