@@ -209,3 +209,19 @@ def test_a_commit_is_one_transaction_with_a_provenance(client: httpx.Client, ser
     assert len(provenance["target"]) == len(plan.result.bundles)
     assert provenance["entity"][0]["what"]["identifier"]["value"] == plan.digest
     assert committed.added == plan.count("added") == len(plan.changes)
+
+
+def test_a_site_imports_for_itself_only(client: httpx.Client, server, unique: str) -> None:
+    from fhirfus.auth.access import Access, Grant
+    from fhirfus.errors import Forbidden
+
+    store, site = Store(server.database.engine), f"S{unique}"
+    coordinator = Access(f"coordinator-{unique}", "site", site, (Grant("*", "cruds"),))
+    with pytest.raises(Forbidden):
+        plan_import(store, "site-registry", f"other{unique}", [SITE_A], caller=coordinator)
+    plan = plan_import(store, "site-registry", site, [SITE_A], caller=coordinator)
+    commit_plan(store, plan, coordinator)
+    assert client.get("/Patient", params={"identifier": f"https://fhirfus.org/fhir/sid/site-patient/{site}|",
+                                          "_summary": "count"}).json()["total"] == len(plan.result.bundles)
+    again = plan_import(store, "site-registry", site, [SITE_A], caller=coordinator)
+    assert again.changes == []

@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -28,10 +28,10 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from fhirfus.auth.access import SERVER, Access
+from fhirfus.auth.access import SERVER, Access, unrestricted
 from fhirfus.db.tables import search_token
 from fhirfus.db.visibility import EVERYTHING, Visibility
-from fhirfus.errors import Conflict, InvalidRequest
+from fhirfus.errors import Conflict, Forbidden, InvalidRequest
 from fhirfus.ingest.files import SiteTable, read_table
 from fhirfus.ingest.mapping.engine import PATIENT_SYSTEM, RECORD_SYSTEM, MappingResult, RowError, check_header, map_rows
 from fhirfus.ingest.mapping.spec import MappingSpec, ResourceSpec, load_spec
@@ -142,6 +142,11 @@ class ImportPlan:
         )
 
 
+def _require_site(caller: Access, site: str) -> None:
+    if caller.site is not None and caller.site != site:
+        raise Forbidden(f"Client '{caller.client_id}' belongs to site {caller.site} and may not import for site {site}", "site")
+
+
 def file_digest(tables_source: list[Path]) -> str:
     digest = hashlib.sha256()
     for path in tables_source:
@@ -151,9 +156,11 @@ def file_digest(tables_source: list[Path]) -> str:
 
 def plan_import(
     store: Store, mapping: str, site: str, paths: list[Path], mode: str = "replace",
-    locale_name: str | None = None, *, allow_demo: bool = False,
+    locale_name: str | None = None, *, allow_demo: bool = False, caller: Access = SERVER,
 ) -> ImportPlan:
-    """What importing ``paths`` for ``site`` would change (nothing is written)."""
+    """What importing ``paths`` for ``site`` would change (nothing is written). ``caller``: who
+    asks (a site's people and clients import for their own site only)."""
+    _require_site(caller, site)
     if mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, got '{mode}'", "mode")
     if not site or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", site):
@@ -360,6 +367,7 @@ class Committed:
 def commit_plan(store: Store, plan: ImportPlan, caller: Access = SERVER, base_url: str = "") -> Committed:
     """Write the plan in one transaction with a Provenance of the import; a plan with conflicts is
     refused, and so is one the stored data no longer matches (preview again)."""
+    _require_site(caller, plan.site)
     if plan.conflicts:
         raise Conflict("; ".join(plan.conflicts), "site")
     if not plan.has_changes:
@@ -368,10 +376,24 @@ def commit_plan(store: Store, plan: ImportPlan, caller: Access = SERVER, base_ur
     if fresh.changes != plan.changes:
         raise Conflict("The stored data changed since this preview; preview the import again", "site")
     bundle = _transaction_bundle(plan)
-    response = bundles.process(bundles.Context(store, caller, base_url), bundle, "minimal")
+    response = bundles.process(bundles.Context(store, _acting_for(caller, plan), base_url), bundle, "minimal")
     location = response["entry"][-1]["response"].get("location", "")
     return Committed(location.removeprefix(base_url).lstrip("/") or None,
                      plan.count("added"), plan.count("changed"), plan.count("removed"))
+
+
+def _acting_for(caller: Access, plan: ImportPlan) -> Access:
+    """The import writes as the server (its records have the server's deterministic ids, which a
+    site client may not choose), under the caller's name and audit, once the caller's own
+    permissions for what the plan writes are checked; every record is labelled with the plan's
+    site, which the caller owns (``_require_site``)."""
+    for kind in sorted({c.resource_type for c in plan.changes} | {"Provenance"}):
+        caller.require(kind, "c")
+        caller.require(kind, "u")
+    if any(c.action == "removed" for c in plan.changes):
+        for kind in sorted({c.resource_type for c in plan.changes if c.action == "removed"}):
+            caller.require(kind, "d")
+    return replace(unrestricted(caller.client_id), audit=caller.audit)
 
 
 def _replan(store: Store, plan: ImportPlan) -> ImportPlan:
