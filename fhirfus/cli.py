@@ -165,11 +165,14 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision ('bas
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        migrate.downgrade(engine, revision)
-    finally:
-        engine.dispose()
+    url = get_settings().database_url
+    with _opening(url):
+        console.print(f"database: {_where(url)}", soft_wrap=True)
+        engine = make_engine(url)
+        try:
+            migrate.downgrade(engine, revision)
+        finally:
+            engine.dispose()
     console.print(f"database at {revision}")
 
 
@@ -179,11 +182,13 @@ def db_current() -> None:
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        typer.echo(migrate.current_revision(engine) or "base")
-    finally:
-        engine.dispose()
+    url = get_settings().database_url
+    with _opening(url):
+        engine = make_engine(url)
+        try:
+            typer.echo(migrate.current_revision(engine) or "base")
+        finally:
+            engine.dispose()
 
 
 @app.command()
