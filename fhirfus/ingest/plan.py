@@ -12,6 +12,10 @@ is partial; it adds and updates, and removes nothing.
 
 A plan refuses (``conflicts``) to mix the file with data it does not own: a patient of the file
 already stored under another site or under no site, or a site that holds the demo cohort.
+
+Use: ``plan = plan_import(store, "site-registry", "A", [path], caller=who)``; show ``plan.errors``,
+``plan.held_back``, ``plan.changes``, ``plan.summary()``; then ``commit_plan(store, plan, who)`` (it
+refuses a plan the stored data no longer matches) or drop the plan to cancel.
 """
 
 from __future__ import annotations
@@ -90,8 +94,6 @@ class ImportPlan:
     held_back: list[HeldBack] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     kept_patients: int = 0   # stored patients of the site that the file does not list
-    #: (fullUrl, Type/id) of stored patients, and (type, id) of the records to delete
-    patient_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[RowError]:
@@ -148,9 +150,9 @@ def _require_site(caller: Access, site: str) -> None:
         raise Forbidden(f"Client '{caller.client_id}' belongs to site {caller.site} and may not import for site {site}", "site")
 
 
-def file_digest(tables_source: list[Path]) -> str:
+def file_digest(paths: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in tables_source:
+    for path in paths:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -306,12 +308,11 @@ def _compare(conn: Connection, plan: ImportPlan, rows: list[dict[str, str]], all
             if resource["resourceType"] == "Patient":
                 if key in stored_patients:
                     references[entry["fullUrl"]] = f"Patient/{stored_patients[key]}"
-                    plan.patient_ids[entry["fullUrl"]] = stored_patients[key]
             else:
                 references[entry["fullUrl"]] = f"{resource['resourceType']}/{resource['id']}"
 
     produced: set[str] = set()
-    lines = _lines(plan)
+    lines = plan.result.lines
     for key, bundle in plan.result.bundles.items():
         for entry in bundle["entry"]:
             resource = entry["resource"]
@@ -328,7 +329,7 @@ def _compare(conn: Connection, plan: ImportPlan, rows: list[dict[str, str]], all
                             _date(resource), lines.get(entry["fullUrl"]))
             if stored is None:
                 plan.changes.append(change)
-            elif _stripped(stored.content, {}) != _stripped(resource, references) or _site_changed(stored.content, resource):
+            elif _stripped(stored.content, {}) != _stripped(resource, references) or _profile_changed(stored.content, resource):
                 plan.changes.append(Change("changed", *_rest(change)))
             else:
                 plan.unchanged += 1
@@ -342,17 +343,12 @@ def _compare(conn: Connection, plan: ImportPlan, rows: list[dict[str, str]], all
                                            _kind_of(spec, patient, name), _date(row.content), None))
 
 
-def _site_changed(stored: dict, resource: dict) -> bool:
+def _profile_changed(stored: dict, resource: dict) -> bool:
     return (stored.get("meta") or {}).get("profile") != (resource.get("meta") or {}).get("profile")
 
 
 def _rest(change: Change) -> tuple:
     return (change.resource_type, change.res_id, change.patient, change.record, change.kind, change.date, change.line)
-
-
-def _lines(plan: ImportPlan) -> dict[str, int]:
-    """fullUrl → the file line that produced it (the first, for resources of the whole patient)."""
-    return plan.result.lines
 
 
 # --- commit ---------------------------------------------------------------------------------
