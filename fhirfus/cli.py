@@ -276,6 +276,9 @@ def import_(
         plan = plan_import(store, mapping, site, list(files), mode, locale)
     except FhirError as exc:
         raise _fail(f"import failed: {exc.message}") from exc
+    if plan.locale_recognised:
+        console.print(f"reading dates and numbers as locale {plan.locale.name} (recognised in the file; "
+                      "--locale iso to override)", soft_wrap=True)
     _show_plan(plan)
     if changes_path:
         write_changes(plan, changes_path)

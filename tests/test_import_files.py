@@ -99,6 +99,21 @@ def test_a_german_export_needs_its_locale_and_then_loads_every_patient() -> None
     assert first_session["performedDateTime"][4] == "-"  # stored as ISO
 
 
+@needs_registry
+def test_a_german_file_is_recognised_only_when_it_leaves_no_doubt() -> None:
+    from fhirfus.ingest.plan import recognise_locale
+
+    spec = load_spec("site-registry")
+    german = read_table(REGISTRY / "example-site-d-de.csv").rows
+    assert recognise_locale(spec, german) == LOCALES["de"]
+    assert recognise_locale(spec, reference_rows()) is None
+    mixed = [dict(r) for r in german]
+    mixed[0]["visit_date"] = "2022-07-17"  # one ISO date among day-first ones: ask, do not guess
+    assert recognise_locale(spec, mixed) is None
+    result = map_rows(spec, mixed, "D")
+    assert any("--locale de" in e.reason for e in result.errors)
+
+
 @pytest.mark.parametrize(("text", "value"), [("0,47", 0.47), ("1.500,5", 1500.5), ("750", 750), ("0.5", 0.5)])
 def test_decimal_commas_in_the_german_locale(text: str, value: float) -> None:
     from fhirfus.ingest.mapping.values import read_cell

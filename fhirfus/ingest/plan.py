@@ -40,7 +40,7 @@ from fhirfus.errors import Conflict, Forbidden, InvalidRequest
 from fhirfus.ingest.files import SiteTable, read_table
 from fhirfus.ingest.mapping.engine import PATIENT_SYSTEM, RECORD_SYSTEM, MappingResult, RowError, check_header, map_rows
 from fhirfus.ingest.mapping.spec import MappingSpec, ResourceSpec, load_spec
-from fhirfus.ingest.mapping.values import CellError, Locale, locale
+from fhirfus.ingest.mapping.values import LOCALES, CellError, Locale, locale
 from fhirfus.interactions import bundles
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
@@ -94,6 +94,7 @@ class ImportPlan:
     held_back: list[HeldBack] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     kept_patients: int = 0   # stored patients of the site that the file does not list
+    locale_recognised: bool = False  # no locale was given; the file's dates and numbers named it
 
     @property
     def errors(self) -> list[RowError]:
@@ -170,7 +171,7 @@ def plan_import(
         raise InvalidRequest(f"site must be a code of letters, digits, '.', '_' or '-', got '{site}'", "site")
     spec = load_spec(mapping)
     try:
-        where = locale(locale_name or spec.locale)
+        told = locale(locale_name or spec.locale)
     except CellError as exc:
         raise InvalidRequest(exc.reason, "locale") from exc
     tables = [read_table(p) for p in paths]
@@ -179,12 +180,34 @@ def plan_import(
         if missing:
             raise InvalidRequest(f"{table.name}: columns missing for mapping '{spec.name}': {', '.join(missing)}", "header")
     rows = [row for table in tables for row in table.rows]
+    recognised = None if locale_name or spec.locale else recognise_locale(spec, rows)
+    where = recognised or told
     result = map_rows(spec, rows, site, where)
-    plan = ImportPlan(spec, site, mode, where, tables, file_digest(paths), result)
+    plan = ImportPlan(spec, site, mode, where, tables, file_digest(paths), result, locale_recognised=recognised is not None)
     plan.held_back = _held_back(spec, rows, result)
     with store.reading() as conn:
         _compare(conn, plan, rows, allow_demo)
     return plan
+
+
+_DAY_FIRST_CELL = re.compile(r"\d{1,2}\.\d{1,2}\.\d{4}")
+_COMMA_CELL = re.compile(r"[+-]?\d+,\d+")
+
+
+def recognise_locale(spec: MappingSpec, rows: list[dict[str, str]]) -> Locale | None:
+    """``de`` when the file leaves no doubt: every date cell is day-first (``15.03.2022``) and no
+    number cell has a decimal point while some have a decimal comma, or the reverse holds for
+    numbers with no date in ISO form. A file that mixes the two is read as ISO and its cells are
+    reported with the hint to say ``--locale``."""
+    dates = [r.get(n, "").strip() for r in rows for n, c in spec.columns.items() if c.type == "date" and not c.derive]
+    numbers = [r.get(n, "").strip() for r in rows for n, c in spec.columns.items() if c.type == "decimal" and not c.derive]
+    dates, numbers = [d for d in dates if d], [n for n in numbers if n]
+    day_first = bool(dates) and all(_DAY_FIRST_CELL.fullmatch(d) for d in dates)
+    any_iso_date = any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) for d in dates)
+    commas = any(_COMMA_CELL.fullmatch(n) for n in numbers) and not any("." in n for n in numbers)
+    if (day_first and not any("." in n and "," not in n for n in numbers)) or (commas and not any_iso_date):
+        return LOCALES["de"]
+    return None
 
 
 def _held_back(spec: MappingSpec, rows: list[dict[str, str]], result: MappingResult) -> list[HeldBack]:
