@@ -273,7 +273,8 @@ def import_(
     settings = get_settings()
     store = _store(_database(create))
     try:
-        plan = plan_import(store, mapping, site, list(files), mode, locale)
+        with console.status(f"reading {len(files)} file(s) and comparing them with site {site}"):
+            plan = plan_import(store, mapping, site, list(files), mode, locale)
     except FhirError as exc:
         raise _fail(f"import failed: {exc.message}") from exc
     if plan.locale_recognised:
@@ -292,7 +293,8 @@ def import_(
         console.print("dry run: nothing written")
     else:
         try:
-            provenance = commit_plan(store, plan, base_url=settings.base_url or "").provenance
+            with console.status(f"writing {len(plan.changes)} changes in one transaction"):
+                provenance = commit_plan(store, plan, base_url=settings.base_url or "").provenance
         except FhirError as exc:
             raise _fail(f"import failed, nothing written: {exc.message}") from exc
         store.analyze()
