@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -31,6 +33,8 @@ def serve(
     import uvicorn
 
     settings = get_settings()
+    with _opening(settings.database_url):
+        console.print(f"database: {_where(settings.database_url)}", soft_wrap=True)
     if migrate:
         _upgrade(settings.database_url, "head")
     if settings.auth == "off":
@@ -41,18 +45,68 @@ def serve(
     elif settings.auth != "smart":
         console.print(f"[red]FHIRFUS_AUTH must be 'smart' or 'off', got {settings.auth!r}[/red]")
         raise typer.Exit(2)
-    console.print(f"fhirfus on http://{host}:{port}/fhir  (database {_safe_url(settings.database_url)})")
+    console.print(f"fhirfus on http://{host}:{port}/fhir")
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="info", access_log=False,
+        log_level="info", access_log=False, log_config=_log_config(),
         http="fhirfus.api.limits:FhirHttpProtocol",  # an import string, like the app: cli does not import api
     )
+
+
+def _log_config() -> dict:
+    """uvicorn's logging plus fhirfus's request log (``api/request_log.py``) in the same style; as a
+    configuration, so that every worker process gets it."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["fhirfus.requests"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _where(url: str) -> str:
+    """The database a URL names, as a person can find it: an absolute file path for SQLite."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return f"SQLite file {Path(parsed.database).resolve()}"
+    return _safe_url(url)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]{message}[/red]", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _database(create: bool = False) -> str:
+    """The database of a data command: said out loud, migrated, and never created by accident (a
+    relative SQLite path names a different file in every folder)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = get_settings().database_url
+    try:
+        parsed = make_url(url)
+        where = _where(url)
+    except ArgumentError as exc:
+        raise _fail(f"FHIRFUS_DATABASE_URL is not a database URL ({url!r}): {exc}") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:") and not create:
+        path = Path(parsed.database or "").resolve()
+        if not path.is_file():
+            relative = "" if Path(parsed.database or "").is_absolute() else f" (relative to the current folder {Path.cwd()})"
+            raise _fail(f"no database at {path}{relative}; run this from the folder of your database, set "
+                        "FHIRFUS_DATABASE_URL to it, or create a new one with `fhirfus db upgrade` (or --create)")
+    console.print(f"database: {where}", soft_wrap=True)
+    _upgrade(url, "head")
+    return url
 
 
 def _store(url: str):
@@ -72,17 +126,37 @@ def _upgrade(url: str, revision: str) -> None:
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
-    engine = make_engine(url)
+    with _opening(url):
+        engine = make_engine(url)
+        try:
+            migrate.upgrade(engine, revision)
+        finally:
+            engine.dispose()
+
+
+@contextmanager
+def _opening(url: str) -> Iterator[None]:
+    """A database that cannot be opened → one line saying which and why, not a traceback."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
     try:
-        migrate.upgrade(engine, revision)
-    finally:
-        engine.dispose()
+        yield
+    except (SQLAlchemyError, ImportError) as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:
+            where = _where(url)
+        except ArgumentError:
+            where = repr(url)
+        raise _fail(f"cannot open the database {where}: {reason}") from exc
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = typer.Argument("head", help="Target revision.")) -> None:
-    """Apply migrations up to REVISION (default: head)."""
-    _upgrade(get_settings().database_url, revision)
+    """Apply migrations up to REVISION (default: head); creates the database when there is none."""
+    url = get_settings().database_url
+    with _opening(url):
+        console.print(f"database: {_where(url)}", soft_wrap=True)
+    _upgrade(url, revision)
     console.print(f"database at {revision}")
 
 
@@ -92,11 +166,14 @@ def db_downgrade(revision: str = typer.Argument(..., help="Target revision ('bas
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        migrate.downgrade(engine, revision)
-    finally:
-        engine.dispose()
+    url = get_settings().database_url
+    with _opening(url):
+        console.print(f"database: {_where(url)}", soft_wrap=True)
+        engine = make_engine(url)
+        try:
+            migrate.downgrade(engine, revision)
+        finally:
+            engine.dispose()
     console.print(f"database at {revision}")
 
 
@@ -106,26 +183,27 @@ def db_current() -> None:
     from fhirfus.db import migrate
     from fhirfus.db.engine import make_engine
 
-    engine = make_engine(get_settings().database_url)
-    try:
-        typer.echo(migrate.current_revision(engine) or "base")
-    finally:
-        engine.dispose()
+    url = get_settings().database_url
+    with _opening(url):
+        engine = make_engine(url)
+        try:
+            typer.echo(migrate.current_revision(engine) or "base")
+        finally:
+            engine.dispose()
 
 
 @app.command()
 def demo(
     only_if_empty: bool = typer.Option(False, "--if-empty", help="Do nothing when the database holds data."),
     directory: Path = typer.Option(Path("var/demo"), "--dir", help="Where the generated site files go."),
+    create: bool = typer.Option(False, "--create", help="Create the database when there is none."),
 ) -> None:
     """Generate the synthetic 3-site cohort as site files and import them (the real import path)."""
     from rich.progress import Progress
 
     from fhirfus.ingest.demo import GROUP_ID, is_empty, load_demo
 
-    settings = get_settings()
-    _upgrade(settings.database_url, "head")
-    store = _store(settings.database_url)
+    store = _store(_database(create))
     if only_if_empty and not is_empty(store):
         console.print("demo: the database already holds data; nothing loaded")
         return
@@ -140,18 +218,23 @@ def demo(
 
 @app.command()
 def load(
-    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Bundle JSON or NDJSON files."),
+    files: list[Path] = typer.Argument(..., exists=True, help="Bundle JSON or NDJSON files, or folders of them."),
     chunk_size: int = typer.Option(1000, min=1, help="NDJSON resources per transaction."),
+    create: bool = typer.Option(False, "--create", help="Create the database when there is none."),
 ) -> None:
     """Load Bundle JSON and NDJSON files (transaction per chunk; a rerun skips what is stored)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from fhirfus.errors import FhirError
-    from fhirfus.ingest.load import count_resources, load_files
+    from fhirfus.ingest.load import count_resources, fhir_files, load_files
 
     settings = get_settings()
-    _upgrade(settings.database_url, "head")
-    store = _store(settings.database_url)
+    files, skipped = fhir_files(list(files))
+    for path, reason in skipped:
+        console.print(f"skipped {path}: {reason}", soft_wrap=True)
+    if not files:
+        raise _fail("no Bundle JSON or NDJSON file to load")
+    store = _store(_database(create))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("loading", total=count_resources(list(files)))
@@ -170,45 +253,96 @@ def load(
 
 @app.command("import")
 def import_(
-    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV/TSV files (site registry, REDCap export)."),
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV/TSV/XLSX files (site registry, REDCap export)."),
     mapping: str = typer.Option(..., "--mapping", "-m", help="Mapping spec in fhirfus/ig/inbound (e.g. site-registry, redcap)."),
     site: str = typer.Option(..., "--site", "-s", help="Site code: patient identifiers live in …/site-patient/SITE."),
+    mode: str = typer.Option("replace", "--mode", help="replace: the file is the truth for the patients it lists "
+                             "(rows removed from it are deleted); merge: a partial file, nothing is removed."),
+    locale: str = typer.Option(None, "--locale", help="How the file writes dates and numbers: iso (default) or de "
+                               "(15.03.2022, 0,38)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what the import would change; write nothing."),
     report_path: Path = typer.Option(None, "--report", help="Where to write the bad-row report (CSV)."),
+    changes_path: Path = typer.Option(None, "--changes", help="Where to write the list of changes (CSV)."),
+    create: bool = typer.Option(False, "--create", help="Create the database when there is none."),
 ) -> None:
-    """Import site files through a declarative mapping (one transaction per patient, idempotent)."""
-    from rich.progress import Progress
-    from rich.table import Table
-
+    """Import site files through a declarative mapping: a preview of every change, then one transaction."""
     from fhirfus.errors import FhirError
-    from fhirfus.ingest.site_import import import_files, write_report
+    from fhirfus.ingest.plan import commit_plan, plan_import
+    from fhirfus.ingest.site_import import report_of, write_changes, write_report
 
     settings = get_settings()
-    _upgrade(settings.database_url, "head")
-    store = _store(settings.database_url)
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"importing site {site}", total=None)
+    store = _store(_database(create))
+    try:
+        with console.status(f"reading {len(files)} file(s) and comparing them with site {site}"):
+            plan = plan_import(store, mapping, site, list(files), mode, locale)
+    except FhirError as exc:
+        raise _fail(f"import failed: {exc.message}") from exc
+    if plan.locale_recognised:
+        console.print(f"reading dates and numbers as locale {plan.locale.name} (recognised in the file; "
+                      "--locale iso to override)", soft_wrap=True)
+    _show_plan(plan)
+    if changes_path:
+        write_changes(plan, changes_path)
+        console.print(f"changes written to {changes_path}")
+    if plan.conflicts:
+        for conflict in plan.conflicts:
+            console.print(f"[red]refused: {conflict}[/red]", soft_wrap=True)
+        raise typer.Exit(2)
+    provenance = None
+    if dry_run:
+        console.print("dry run: nothing written")
+    else:
         try:
-            report = import_files(
-                store, mapping, site, list(files), settings.base_url or "",
-                progress=lambda n: progress.advance(task, n), on_total=lambda n: progress.update(task, total=n),
-            )
+            with console.status(f"writing {len(plan.changes)} changes in one transaction"):
+                provenance = commit_plan(store, plan, base_url=settings.base_url or "").provenance
         except FhirError as exc:
-            console.print(f"[red]import failed: {exc.message}[/red]")
-            raise typer.Exit(2) from exc
+            raise _fail(f"import failed, nothing written: {exc.message}") from exc
+        store.analyze()
+    report = report_of(plan, provenance)
     console.print(
-        f"{report.rows} rows: {report.patients_loaded} patients loaded, {report.patients_rejected} rejected; "
-        f"resources {report.resources_created} created, {report.resources_updated} updated, "
-        f"{report.resources_unchanged} unchanged" + (f"; {report.provenance}" if report.provenance else "")
+        f"{report.rows} rows: {report.patients_loaded} patients {'to load' if dry_run else 'loaded'}, "
+        f"{report.patients_rejected} rejected; resources {report.resources_created} created, "
+        f"{report.resources_updated} updated, {report.resources_deleted} deleted, {report.resources_unchanged} unchanged"
+        + (f"; {report.provenance}" if report.provenance else ""), soft_wrap=True,
     )
     if report.errors:
-        table = Table("line", "patient", "column", "value", "reason", title="rejected rows")
-        for error in report.errors:
-            table.add_row(str(error.line), error.patient or "?", error.column, error.value, error.reason)
-        console.print(table)
         target = report_path or Path(f"{files[0].stem}.import-report.csv")
         write_report(report, target)
         console.print(f"report written to {target}")
         raise typer.Exit(1)
+
+
+def _show_plan(plan) -> None:
+    """The preview: rejected rows, held-back rows, the changes of patients and visits."""
+    if plan.errors:
+        _table("rejected rows", ("line", "patient", "column", "value", "reason"),
+               [(str(e.line), e.patient or "?", e.column, e.value, e.reason) for e in plan.errors])
+    for held in plan.held_back:
+        console.print(held.sentence(), soft_wrap=True)
+    visits = plan.visit_kinds | {"patient"}
+    shown = [c for c in plan.changes if c.kind in visits or c.action != "added"]
+    if shown:
+        _table(f"changes ({plan.mode})", ("action", "patient", "record", "type", "date", "line"),
+               [(c.action, c.patient, c.record, c.resource_type, c.date or "", str(c.line or "")) for c in shown])
+    if plan.kept_patients:
+        console.print(f"{plan.kept_patients} patients of site {plan.site} are not in this file and stay as they are")
+    console.print(plan.summary(), soft_wrap=True)
+
+
+def _table(title: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table on a terminal; tab-separated lines, never cut, when the output is a file or a pipe."""
+    from rich.table import Table
+
+    if not console.is_terminal:  # written as is: rich would expand the tabs
+        console.file.write(f"{title}:\n" + "".join("\t".join(row) + "\n" for row in [headers, *rows]))
+        console.file.flush()
+        return
+    table = Table(*headers, title=title)
+    for column in table.columns:
+        column.overflow = "fold"
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
 
 
 @app.command()
@@ -217,9 +351,7 @@ def reindex(res_type: str = typer.Option(None, "--type", help="Only this resourc
     from rich.progress import Progress
 
     from fhirfus.store import reindex as reindexing
-    settings = get_settings()
-    _upgrade(settings.database_url, "head")
-    store = _store(settings.database_url)
+    store = _store(_database())
     total = reindexing.count_live(store, res_type)
     with Progress(console=console) as progress:
         task = progress.add_task(f"reindexing {res_type or 'all types'}", total=total)
@@ -240,7 +372,7 @@ def export_bulk(
     from fhirfus.errors import FhirError
 
     settings = get_settings()
-    _upgrade(settings.database_url, "head")
+    _database()
     try:
         request = local_request(types, since)
     except FhirError as exc:
@@ -273,7 +405,7 @@ def export_analysis_command(
     from fhirfus.errors import FhirError
 
     settings = get_settings()
-    _upgrade(settings.database_url, "head")
+    _database()
     with Progress(console=console) as progress:
         task = progress.add_task("analysis export", total=None)
 
@@ -441,7 +573,8 @@ def clients_keys(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fhirfus.requests").setLevel(logging.INFO)  # the request log of `fhirfus serve`
     app()
 
 

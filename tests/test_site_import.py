@@ -163,3 +163,37 @@ def test_file_missing_mapped_columns_is_refused(server, tmp_path: Path) -> None:
     result = run_import(server.database.url, "X", path)
     assert result.returncode == 2
     assert "columns missing" in result.stdout + result.stderr
+
+
+@needs_registry
+@pytest.mark.parametrize(("name", "options"), [("example-site-c.xlsx", ()), ("example-site-d-de.csv", ("--locale", "de"))])
+def test_files_as_sites_keep_them_load_every_patient(client: httpx.Client, server, unique: str, name: str, options: tuple) -> None:
+    from fhirfus.ingest.files import read_table
+
+    site = f"X{unique}"
+    args = [sys.executable, "-m", "fhirfus.cli", "import", "--mapping", "site-registry", "--site", site,
+            str(REGISTRY / name), *options]
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = read_table(REGISTRY / name).rows
+    assert total(client, "/Patient", identifier=site_patients(site)) == len({r["site_patient_id"] for r in rows})
+    sessions = sum(r["visit_type"] == "session" for r in rows)
+    patients = client.get("/Patient", params={"identifier": site_patients(site), "_count": 100}).json()
+    ids = ",".join(e["resource"]["id"] for e in patients["entry"])
+    assert total(client, "/Procedure", subject=ids) == sessions
+
+
+@needs_registry
+def test_the_german_file_is_recognised_without_its_locale(client: httpx.Client, server, unique: str) -> None:
+    from fhirfus.ingest.files import read_table
+
+    site = f"Y{unique}"
+    args = [sys.executable, "-m", "fhirfus.cli", "import", "--mapping", "site-registry", "--site", site,
+            str(REGISTRY / "example-site-d-de.csv")]
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url}
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "reading dates and numbers as locale de (recognised in the file" in result.stderr
+    rows = read_table(REGISTRY / "example-site-d-de.csv").rows
+    assert total(client, "/Patient", identifier=site_patients(site)) == len({r["site_patient_id"] for r in rows})

@@ -8,6 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from fhirfus import __version__
 from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
 from fhirfus.api.errors import install_error_handlers
+from fhirfus.api.request_log import RequestLog
 from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "ETag", "Content-Location"])
     app.add_middleware(limits.UrlLimit)  # outermost: a long URL is refused before anything reads it
+    app.add_middleware(RequestLog)  # around even that: it only observes (every answer, the refusals too)
     app.include_router(auth.router)
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type

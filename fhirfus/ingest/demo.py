@@ -15,11 +15,12 @@ from sqlalchemy import func, select
 from fhirfus.auth.access import SERVER
 from fhirfus.db.visibility import EVERYTHING
 from fhirfus.domain.demo_cohort import HEADER, cohort, twstrs_columns
+from fhirfus.ingest.plan import DEMO_GROUP_ID
 from fhirfus.ingest.site_import import ImportReport, import_files
 from fhirfus.interactions import crud, search
 from fhirfus.store.repository import Store
 
-GROUP_ID = "demo-cohort"
+GROUP_ID = DEMO_GROUP_ID
 STUDY_ID = "demo-study"
 
 
@@ -43,7 +44,7 @@ def is_empty(store: Store) -> bool:
 
 
 def load_demo(store: Store, directory: Path, progress: Callable[[int], None] | None = None) -> list[ImportReport]:
-    reports = [import_files(store, "site-registry", site, [path], progress=progress)
+    reports = [import_files(store, "site-registry", site, [path], progress=progress, allow_demo=True)
                for site, path in write_site_files(directory)]
     _cohort_resources(store)
     return reports

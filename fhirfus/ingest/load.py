@@ -156,6 +156,35 @@ def _load_chunk(context: bundles.Context, chunk: Chunk, path: Path) -> None:
         raise InvalidRequest(f"{path.name} chunk {chunk.index}: {exc.message}", issues=exc.issues) from exc
 
 
+def fhir_files(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The loadable files among ``paths`` (folders: their files), and the others with the reason
+    they are skipped: an export folder also holds manifests, licences and notes."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for given in paths:
+        for path in sorted(p for p in given.iterdir() if p.is_file()) if given.is_dir() else [given]:
+            reason = _not_fhir(path)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                files.append(path)
+    return files, skipped
+
+
+def _not_fhir(path: Path) -> str | None:
+    if path.suffix in (".ndjson", ".jsonl"):
+        return None
+    if path.suffix != ".json":
+        return "not a .json or .ndjson file"
+    try:
+        document = parse_json(path.read_bytes())
+    except InvalidRequest:
+        return "not valid JSON"
+    if not isinstance(document, dict) or not isinstance(document.get("resourceType"), str):
+        return "JSON but not a FHIR resource or Bundle (no resourceType), e.g. a manifest"
+    return None
+
+
 def count_resources(paths: list[Path]) -> int:
     """Resources to load (NDJSON lines, Bundle entries), for the progress bar."""
     total = 0

@@ -21,7 +21,7 @@ from fhirfus.errors import FhirError
 from fhirfus.fhir.validation import resource_issues
 from fhirfus.ingest.mapping.spec import MappingSpec, ResourceSpec
 from fhirfus.ingest.mapping.template import DROP, Context, render
-from fhirfus.ingest.mapping.values import CellError, derive, read_cell
+from fhirfus.ingest.mapping.values import ISO, CellError, Locale, derive, read_cell
 
 PATIENT_SYSTEM = "https://fhirfus.org/fhir/sid/site-patient/{site}"
 RECORD_SYSTEM = "https://fhirfus.org/fhir/sid/site-record/{site}"
@@ -52,16 +52,17 @@ class MappingResult:
     errors: list[RowError]
     rejected_patients: set[str]
     rows: int
+    lines: dict[str, int] = field(default_factory=dict)  # fullUrl → the file line that produced it
 
 
-def _typed_row(spec: MappingSpec, line: int, raw: dict[str, str]) -> tuple[dict[str, Any], list[RowError]]:
+def _typed_row(spec: MappingSpec, line: int, raw: dict[str, str], where: Locale = ISO) -> tuple[dict[str, Any], list[RowError]]:
     typed: dict[str, Any] = {}
     errors: list[RowError] = []
     patient = (raw.get(spec.patient_key) or "").strip() or None
     for name, column in spec.columns.items():
         text = derive(column, raw) if column.derive else raw.get(name)
         try:
-            typed[name] = read_cell(column, text)
+            typed[name] = read_cell(column, text, where)
         except CellError as exc:
             errors.append(RowError(line, patient, name, (text or "").strip(), exc.reason))
     return typed, errors
@@ -73,13 +74,15 @@ def check_header(spec: MappingSpec, header: Iterable[str]) -> list[str]:
     return [n for n, c in spec.columns.items() if not c.derive and n not in present]
 
 
-def group_rows(spec: MappingSpec, rows: Iterable[dict[str, str]]) -> tuple[dict[str, PatientRecord], list[RowError], int]:
+def group_rows(
+    spec: MappingSpec, rows: Iterable[dict[str, str]], where: Locale = ISO,
+) -> tuple[dict[str, PatientRecord], list[RowError], int]:
     patients: dict[str, PatientRecord] = {}
     errors: list[RowError] = []
     count = 0
     for line, raw in enumerate(rows, start=2):
         count += 1
-        typed, row_errors = _typed_row(spec, line, raw)
+        typed, row_errors = _typed_row(spec, line, raw, where)
         errors += row_errors
         key = typed.get(spec.patient_key)
         if key is None:
@@ -175,8 +178,24 @@ class _PatientBuilder:
                         "must be the same on every row")))
         return merged
 
+    def ordinals(self, resource_spec: ResourceSpec) -> dict[int, int]:
+        """line → ``{$ordinal}`` of the rows ``resource_spec`` is made from."""
+        if resource_spec.ordinal is None:
+            return {}
+        by, within = resource_spec.ordinal["by"], tuple(resource_spec.ordinal.get("within") or ())
+        rows = [(line, values) for line, values, _ in self.record.rows if _matches(resource_spec.when, values)]
+        rows.sort(key=lambda item: (str(item[1].get(by) or ""), item[0]))
+        counters: dict[tuple, int] = {}
+        numbers = {}
+        for line, values in rows:
+            group = tuple(str(values.get(c)) for c in within)
+            counters[group] = counters.get(group, 0) + 1
+            numbers[line] = counters[group]
+        return numbers
+
     def build(self) -> list[_Built]:
         first_line = self.record.rows[0][0]
+        ordinals = {r.name: self.ordinals(r) for r in self.spec.resources}
         values = self.patient_values()
         for resource_spec in (r for r in self.spec.resources if r.per == "patient"):
             self.add(resource_spec, self.context(values, {}), first_line, {})
@@ -186,6 +205,8 @@ class _PatientBuilder:
                 if not _matches(resource_spec.when, values):
                     continue
                 base = self.context(values, row_level)
+                if line in ordinals[resource_spec.name]:
+                    base = base.child(**{"$ordinal": ordinals[resource_spec.name][line]})
                 if resource_spec.per == "column":
                     for column in resource_spec.columns:
                         if values.get(column) is None:
@@ -248,11 +269,12 @@ def _resource_errors(built: _Built, patient: str) -> list[RowError]:
     ]
 
 
-def map_rows(spec: MappingSpec, rows: Iterable[dict[str, str]], site: str) -> MappingResult:
+def map_rows(spec: MappingSpec, rows: Iterable[dict[str, str]], site: str, where: Locale = ISO) -> MappingResult:
     """Map every row; patients with any error are left out (their errors are all reported)."""
-    patients, errors, count = group_rows(spec, rows)
+    patients, errors, count = group_rows(spec, rows, where)
     rejected = {e.patient for e in errors if e.patient}
     bundles: dict[str, dict] = {}
+    lines: dict[str, int] = {}
     for key, record in patients.items():
         if key in rejected:
             continue
@@ -269,6 +291,7 @@ def map_rows(spec: MappingSpec, rows: Iterable[dict[str, str]], site: str) -> Ma
             rejected.add(key)
             continue
         entries = [_finish(b, site, key) for b in built]
+        lines.update((b.full_url, b.line) for b in built)
         bundles[key] = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     errors.sort(key=lambda e: (e.line, e.column))
-    return MappingResult(bundles, errors, rejected, count)
+    return MappingResult(bundles, errors, rejected, count, lines)

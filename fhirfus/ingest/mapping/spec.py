@@ -45,6 +45,9 @@ class ResourceSpec:
     when: dict[str, Any] = field(default_factory=dict)
     columns: tuple[str, ...] = ()                 # for per: column
     separate: str | None = None                   # a split column: one resource per value
+    #: ``{$ordinal}``: the row's position among the patient's rows of this resource with the same
+    #: ``within`` values, ordered by ``by`` (a visit number that survives a corrected date)
+    ordinal: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class MappingSpec:
     columns: dict[str, ColumnSpec]
     resources: tuple[ResourceSpec, ...]
     source: Path
+    locale: str | None = None                     # how the site writes dates and numbers (values.LOCALES)
 
     def column(self, name: str) -> ColumnSpec:
         return self.columns[name]
@@ -87,9 +91,12 @@ def _resource(raw: dict[str, Any]) -> ResourceSpec:
     per = raw.get("per", "row")
     if per not in ("patient", "row", "column"):
         raise InvalidRequest(f"resource '{raw['name']}': per must be patient, row or column", "per")
+    ordinal = raw.get("ordinal")
+    if ordinal is not None and (not isinstance(ordinal, dict) or not isinstance(ordinal.get("by"), str)):
+        raise InvalidRequest(f"resource '{raw['name']}': ordinal needs 'by: column' (and optional 'within: [columns]')", "ordinal")
     return ResourceSpec(
         name=raw["name"], template=raw["template"], key=raw["key"], per=per, when=raw.get("when") or {},
-        columns=tuple(raw.get("columns") or ()), separate=raw.get("separate"),
+        columns=tuple(raw.get("columns") or ()), separate=raw.get("separate"), ordinal=ordinal,
     )
 
 
@@ -108,6 +115,7 @@ def load_spec(name: str) -> MappingSpec:
         name=raw.get("name", path.stem), description=raw.get("description", ""),
         patient_key=raw["patient_key"], columns=columns,
         resources=tuple(_resource(r) for r in raw.get("resources") or ()), source=path,
+        locale=raw.get("locale"),
     )
     if spec.patient_key not in columns:
         raise InvalidRequest(f"patient_key '{spec.patient_key}' is not a declared column", "patient_key")

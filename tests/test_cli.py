@@ -1,0 +1,169 @@
+"""The ``fhirfus`` command as a data manager meets it: it says which database it uses, never creates
+one by accident, fails in one line, shows whole tables in logs, skips what is not FHIR; the server
+logs one line per request without patient data."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REGISTRY = Path(__file__).resolve().parents[2] / "shared" / "data" / "site-registry"
+SITE_A = REGISTRY / "example-site-a.csv"
+SITE_B = REGISTRY / "example-site-b-with-errors.csv"
+SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea-r4-transaction-bundles"
+needs_registry = pytest.mark.skipif(not SITE_A.is_file(), reason=f"shared site registry files not found at {REGISTRY}")
+
+
+def fhirfus(database_url: str, *args: str, cwd: Path | None = None, columns: str = "60") -> subprocess.CompletedProcess:
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": database_url, "COLUMNS": columns}
+    return subprocess.run([sys.executable, "-m", "fhirfus.cli", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def import_args(site: str, *files: Path, mapping: str = "site-registry") -> list[str]:
+    return ["import", "--mapping", mapping, "--site", site, *map(str, files)]
+
+
+@needs_registry
+def test_a_data_command_says_which_database_it_writes_to(server, unique: str) -> None:
+    result = fhirfus(server.database.url, *import_args(f"A{unique}", SITE_A))
+    assert result.returncode == 0, result.stderr
+    first = result.stderr.splitlines()[0]
+    if server.database.backend == "sqlite":
+        assert first == f"database: SQLite file {Path(server.database.url.removeprefix('sqlite:///')).resolve()}"
+    else:
+        assert first.startswith("database: postgresql")
+
+
+@needs_registry
+def test_no_new_database_is_created_by_accident(tmp_path: Path) -> None:
+    relative = "sqlite:///./var/fhirfus.db"
+    refused = fhirfus(relative, *import_args("A", SITE_A), cwd=tmp_path)
+    assert refused.returncode == 2
+    assert f"no database at {tmp_path / 'var' / 'fhirfus.db'} (relative to the current folder {tmp_path})" in refused.stderr
+    assert not (tmp_path / "var").exists()
+    created = fhirfus(relative, *import_args("A", SITE_A), "--create", cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "var" / "fhirfus.db").is_file()
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("not a url", "FHIRFUS_DATABASE_URL is not a database URL ('not a url')"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/nothing", "cannot open the database postgresql+psycopg://nobody@127.0.0.1:1/nothing: "),
+    ("mysql://nobody@127.0.0.1/x", "cannot open the database"),
+])
+def test_a_wrong_database_url_is_one_line(url: str, reason: str) -> None:
+    result = fhirfus(url, "reindex")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    failure = [line for line in result.stderr.splitlines() if not line.startswith("database: ")]
+    assert len(failure) == 1 and failure[0].startswith(reason), result.stderr
+
+
+@needs_registry
+def test_rejected_rows_are_whole_lines_when_output_is_not_a_terminal(server, tmp_path: Path, unique: str) -> None:
+    result = fhirfus(server.database.url, *import_args(f"B{unique}", SITE_B), "--report", str(tmp_path / "r.csv"),
+                     columns="40")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "line\tpatient\tcolumn\tvalue\treason" in lines
+    assert ("8\tB002\ttarget\tSTN?\tunknown value 'STN?'; expected one of PTT (pallidothalamic-tract), "
+            "Vo (vo-complex); several joined by '+', e.g. PTT+Vo") in lines
+    assert any(line.startswith("patient B001: rows 3, 6 rejected, so the valid rows (2, 4, 5) are held back") for line in lines)
+
+
+@needs_registry
+def test_a_dry_run_shows_the_changes_and_writes_nothing(server, tmp_path: Path, unique: str) -> None:
+    before = server.database.counts()
+    changes = tmp_path / "changes.csv"
+    result = fhirfus(server.database.url, *import_args(f"C{unique}", SITE_A), "--dry-run", "--changes", str(changes))
+    assert result.returncode == 0, result.stderr
+    assert "dry run: nothing written" in result.stderr
+    assert "added\t" in result.stderr  # the change list
+    assert server.database.counts() == before
+    listed = list(csv.DictReader(changes.open(encoding="utf-8")))
+    patients = {r["site_patient_id"] for r in csv.DictReader(SITE_A.open(encoding="utf-8"))}
+    assert {r["patient"] for r in listed if r["type"] == "Patient" and r["action"] == "added"} == patients
+
+
+@needs_registry
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "the file is empty"),
+    (b"\x00\x01binary", "not a text file"),
+    (b"just,a,header\r\n1,2,3\r\n", "columns missing for mapping 'site-registry'"),
+])
+def test_an_unusable_file_is_one_message_never_a_traceback(server, tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "site.csv"
+    path.write_bytes(content)
+    result = fhirfus(server.database.url, *import_args("Z", path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    failure = [line for line in result.stderr.splitlines() if not line.startswith("database: ")]
+    assert len(failure) == 1 and failure[0].startswith(f"import failed: site.csv: {reason}"), result.stderr
+
+
+@pytest.mark.skipif(not SYNTHEA.is_dir(), reason="Synthea bundles not found")
+def test_load_of_a_synthea_folder_skips_its_manifest(server, tmp_path: Path) -> None:
+    folder = tmp_path / "synthea"
+    folder.mkdir()
+    bundle = sorted(p for p in SYNTHEA.glob("*.json") if p.name != "MANIFEST.json")[0]
+    for source in (bundle, SYNTHEA / "MANIFEST.json", SYNTHEA / "LICENSE"):
+        shutil.copy(source, folder / source.name)
+    result = fhirfus(server.database.url, "load", str(folder))
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stderr.split())
+    assert f"skipped {folder / 'MANIFEST.json'}: JSON but not a FHIR resource or Bundle" in text
+    assert f"skipped {folder / 'LICENSE'}: not a .json or .ndjson file" in text
+    assert "loaded " in text
+
+
+def test_every_request_is_one_log_line_without_patient_data(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fhirfus.requests")
+    client.get("/Patient/secret-id-123", params={"name": "Müller"})
+    client.get("/Patient", params={"family": "Schmidt-secret"})
+    deadline = time.monotonic() + 5
+    while len(caplog.records) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fhirfus.requests"]
+    assert any(line.startswith("GET /fhir/{res_type}/{res_id} 404 ") for line in lines), lines
+    assert any(line.startswith("GET /fhir/{res_type} 200 ") for line in lines), lines
+    assert not any(secret in line for line in lines for secret in ("secret", "Müller", "Schmidt"))
+
+
+def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
+    from fhirfus.testing import free_port
+
+    if server.database.backend != "sqlite":
+        pytest.skip("one backend is enough for the log wiring")
+    port = free_port()
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        httpx.get(f"http://127.0.0.1:{port}/fhir/Observation", params={"code": "secret-code"})
+        time.sleep(0.5)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "GET /fhir/metadata 200 " in text
+    assert "GET /fhir/{res_type} 200 " in text
+    assert "secret-code" not in text
