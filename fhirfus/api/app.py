@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, console, resources, system, terminology, views
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "ETag", "Content-Location"])
     app.include_router(auth.router)
+    app.include_router(console.router)  # the web console for people at /app
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...

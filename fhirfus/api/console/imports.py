@@ -1,0 +1,220 @@
+"""The console's one adapter over ``fhirfus.ingest``: preview a site file, commit it, list imports.
+
+Everything the coordinator pages need from the import lives behind these functions, so moving to
+the import plan (``ingest/plan.py``: preview/commit with visit-level changes) is a change of this
+file only. An upload is kept under ``FHIRFUS_EXPORT_DIR/console-imports/<id>/`` with who uploaded
+it for which site and mapping; only that person may commit or cancel it, and the site is always the
+person's own (``Access.site``), never a form field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fhirfus.auth.access import Access
+from fhirfus.errors import FhirError, InvalidRequest, NotFound
+from fhirfus.ingest.mapping.engine import PATIENT_SYSTEM, check_header, map_rows
+from fhirfus.ingest.mapping.spec import available, load_spec
+from fhirfus.ingest.site_import import import_files, read_rows, write_report
+from fhirfus.interactions.search import search_bundle
+from fhirfus.store.repository import Store
+
+READABLE = (".csv", ".tsv", ".txt")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class Rejected:
+    line: int
+    patient: str
+    column: str
+    value: str
+    reason: str
+
+
+@dataclass
+class Preview:
+    upload_id: str
+    filename: str
+    mapping: str
+    site: str
+    rows: int
+    rejected: list[Rejected]
+    held_back: list[str]  # patients left out because one of their rows is rejected
+    patients_new: list[str]
+    patients_stored: list[str]
+    resources: dict[str, int] = field(default_factory=dict)  # what the accepted rows produce, by type
+
+
+@dataclass
+class Outcome:
+    upload_id: str
+    filename: str
+    mapping: str
+    site: str
+    who: str
+    at: str
+    status: str  # committed | failed
+    message: str
+    rows: int = 0
+    patients_loaded: int = 0
+    patients_rejected: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected_rows: int = 0
+
+
+def mappings() -> list[str]:
+    return available()
+
+
+def _root(export_dir: str) -> Path:
+    return Path(export_dir).resolve() / "console-imports"
+
+
+def _folder(export_dir: str, upload_id: str) -> Path:
+    if not re.fullmatch(r"[0-9a-f]{32}", upload_id):
+        raise NotFound(f"no upload {upload_id}", "upload")
+    return _root(export_dir) / upload_id
+
+
+def _own_upload(export_dir: str, upload_id: str, caller: Access) -> tuple[Path, dict]:
+    """An upload of this person (404 for anyone else's, as for one never made)."""
+    folder = _folder(export_dir, upload_id)
+    meta_path = folder / "upload.json"
+    if not meta_path.exists():
+        raise NotFound(f"no upload {upload_id}", "upload")
+    meta = json.loads(meta_path.read_text())
+    if meta["who"] != caller.client_id or meta["site"] != caller.site:
+        raise NotFound(f"no upload {upload_id}", "upload")
+    return folder, meta
+
+
+def _site_of(caller: Access) -> str:
+    if caller.role != "site" or not caller.site:
+        raise InvalidRequest("Only a site coordinator imports site files", "site")
+    return caller.site
+
+
+def preview(store: Store, caller: Access, export_dir: str, filename: str, content: bytes, mapping: str) -> Preview:
+    """Keep the upload and tell what committing it would do, writing nothing to the store."""
+    site = _site_of(caller)
+    if mapping not in available():
+        raise InvalidRequest(f"unknown mapping '{mapping}' (one of {', '.join(available())})", "mapping")
+    name = _SAFE_NAME.sub("_", Path(filename or "upload.csv").name)[:120] or "upload.csv"
+    if not name.lower().endswith(READABLE):
+        raise InvalidRequest(f"{name}: the console reads CSV or tab-separated text files (.csv, .tsv, .txt)", "file")
+    if not content.strip():
+        raise InvalidRequest(f"{name} is empty", "file")
+    upload_id = uuid.uuid4().hex
+    folder = _folder(export_dir, upload_id)
+    folder.mkdir(parents=True)
+    path = folder / name
+    path.write_bytes(content)
+    try:
+        result = _map(path, mapping, site)
+    except FhirError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    (folder / "upload.json").write_text(json.dumps({
+        "who": caller.client_id, "site": site, "mapping": mapping, "filename": name,
+        "at": datetime.now(UTC).isoformat(timespec="seconds")}))
+    stored = _stored_patients(store, caller, site, list(result.bundles))
+    resources: Counter[str] = Counter()
+    for bundle in result.bundles.values():
+        resources.update(e["resource"]["resourceType"] for e in bundle.get("entry", []))
+    return Preview(
+        upload_id, name, mapping, site, result.rows,
+        [Rejected(e.line, e.patient or "", e.column, e.value, e.reason) for e in result.errors],
+        sorted(result.rejected_patients),
+        sorted(k for k in result.bundles if k not in stored), sorted(k for k in result.bundles if k in stored),
+        dict(sorted(resources.items())),
+    )
+
+
+def _map(path: Path, mapping: str, site: str):
+    spec = load_spec(mapping)
+    try:
+        header, rows = read_rows(path)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequest(f"{path.name} cannot be read as UTF-8 text ({exc.__class__.__name__}); "
+                             "save it as CSV (UTF-8) and upload it again", "file") from exc
+    missing = check_header(spec, header)
+    if missing:
+        raise InvalidRequest(f"{path.name}: columns missing for mapping '{mapping}': {', '.join(missing)}", "file")
+    return map_rows(spec, rows, site)
+
+
+def _stored_patients(store: Store, caller: Access, site: str, keys: list[str]) -> set[str]:
+    """Which of these site patient numbers the caller's site has stored already."""
+    system = PATIENT_SYSTEM.format(site=site)
+    found: set[str] = set()
+    for start in range(0, len(keys), 100):
+        chunk = keys[start:start + 100]
+        bundle = search_bundle(store, caller, "", "Patient",
+                               [("identifier", ",".join(f"{system}|{k}" for k in chunk)), ("_count", "1000")],
+                               default_count=1000, max_count=1000)
+        for entry in bundle.get("entry", []):
+            for identifier in entry["resource"].get("identifier", []):
+                if identifier.get("system") == system:
+                    found.add(identifier.get("value"))
+    return found
+
+
+def commit(store: Store, caller: Access, export_dir: str, upload_id: str, base_url: str = "") -> Outcome:
+    """Import a previewed upload (its valid patients; rejected ones are held back, as the preview said)."""
+    folder, meta = _own_upload(export_dir, upload_id, caller)
+    if (folder / "outcome.json").exists():
+        raise InvalidRequest("this upload was committed already", "upload")
+    outcome = Outcome(upload_id, meta["filename"], meta["mapping"], meta["site"], meta["who"],
+                      datetime.now(UTC).isoformat(timespec="seconds"), "committed", "")
+    try:
+        report = import_files(store, meta["mapping"], meta["site"], [folder / meta["filename"]], base_url)
+    except FhirError as exc:
+        outcome.status, outcome.message = "failed", exc.message
+    else:
+        write_report(report, folder / "report.csv")
+        outcome.rows, outcome.patients_loaded, outcome.patients_rejected = (
+            report.rows, report.patients_loaded, report.patients_rejected)
+        outcome.created, outcome.updated, outcome.unchanged = (
+            report.resources_created, report.resources_updated, report.resources_unchanged)
+        outcome.rejected_rows = len(report.errors)
+        outcome.message = report.provenance or ""
+    (folder / "outcome.json").write_text(json.dumps(asdict(outcome)))
+    return outcome
+
+
+def cancel(caller: Access, export_dir: str, upload_id: str) -> None:
+    folder, _ = _own_upload(export_dir, upload_id, caller)
+    if (folder / "outcome.json").exists():
+        raise InvalidRequest("this upload was committed; it stays in the import history", "upload")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def history(caller: Access, export_dir: str) -> list[Outcome]:
+    """The site's committed imports, newest first."""
+    root = _root(export_dir)
+    found = []
+    for path in root.glob("*/outcome.json") if root.exists() else ():
+        outcome = Outcome(**json.loads(path.read_text()))
+        if outcome.site == caller.site:
+            found.append(outcome)
+    return sorted(found, key=lambda o: o.at, reverse=True)
+
+
+def report_file(caller: Access, export_dir: str, upload_id: str) -> Path:
+    """The rejected-rows report of one of the site's imports."""
+    folder = _folder(export_dir, upload_id)
+    outcome_path = folder / "outcome.json"
+    if not outcome_path.exists() or json.loads(outcome_path.read_text())["site"] != caller.site \
+            or not (folder / "report.csv").exists():
+        raise NotFound(f"no import report {upload_id}", "upload")
+    return folder / "report.csv"

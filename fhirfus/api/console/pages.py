@@ -1,0 +1,360 @@
+"""The console's pages at ``/app``: login, the coordinator's patients and imports, the analyst's
+cohorts and exports, the admin's people, clients and audit trail.
+
+Server-rendered HTML (``templates/``), one stylesheet (``static/``), no script needed: forms post
+back and answer with a page or a redirect (post/redirect/get). Reads go through the person's
+``Access`` (``web.page``), so a site coordinator sees only the site's rows.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+
+from fhirfus.analysis.deid.policy import available_policies
+from fhirfus.analysis.source import ALL_PATIENTS, resolve_cohort
+from fhirfus.api.analysis import analysis_jobs
+from fhirfus.api.console import imports, records
+from fhirfus.api.console.web import (
+    COOKIE,
+    HERE,
+    Visit,
+    current_session,
+    error_page,
+    form_text,
+    page,
+    render,
+    set_session_cookie,
+)
+from fhirfus.auth import clients, people
+from fhirfus.auth.access import SERVER
+from fhirfus.errors import FhirError, InvalidRequest, NotFound
+from fhirfus.interactions.search import search_bundle
+
+router = APIRouter(prefix="/app", include_in_schema=False)
+STATIC = HERE / "static"
+HOME = {"site": "/app/patients", "analyst": "/app/cohorts", "admin": "/app/admin/people"}
+
+
+def _next(target: str | None, fallback: str) -> str:
+    """Only a path inside the console (no open redirect)."""
+    return target if target and target.startswith("/app/") and not target.startswith("//") else fallback
+
+
+# --- logging in ---------------------------------------------------------------------------------
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return render(request, "login.html", next=request.query_params.get("next", ""))
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    """Email and password → a session cookie (SameSite=Strict, so no other site can post here with it)."""
+    data = await request.form()
+    store = request.app.state.store
+    try:
+        person = await run_in_threadpool(people.authenticate, store, form_text(data, "email"),
+                                         str(data.get("password") or ""))
+        token, _ = await run_in_threadpool(people.open_session, store, person)
+    except FhirError as exc:
+        return render(request, "login.html", exc.status, error=exc.message, email=str(data.get("email") or ""),
+                      next=str(data.get("next") or ""))
+    response = RedirectResponse(_next(str(data.get("next") or ""), HOME[person.role]), status_code=303)
+    set_session_cookie(response, request, token)
+    return response
+
+
+@router.post("/logout")
+@page(form=True)
+async def logout(request: Request, visit: Visit, data: Any) -> Response:
+    await run_in_threadpool(people.close_session, request.app.state.store, request.cookies.get(COOKIE))
+    response = RedirectResponse("/app/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/app")
+    return response
+
+
+@router.get("/setup")
+async def setup_form(request: Request) -> Response:
+    """The first-login (or reset) link: choose a password."""
+    token = request.query_params.get("token", "")
+    try:
+        person = await run_in_threadpool(people.person_for_setup, request.app.state.store, token)
+    except FhirError as exc:
+        return error_page(request, exc, None)
+    return render(request, "setup.html", token=token, email=person.email, minimum=people.MIN_PASSWORD)
+
+
+@router.post("/setup")
+async def setup(request: Request) -> Response:
+    data = await request.form()
+    token = str(data.get("token") or "")
+    store = request.app.state.store
+    try:
+        password = str(data.get("password") or "")
+        if password != str(data.get("repeat") or ""):
+            raise InvalidRequest("The two passwords differ", "repeat")
+        person = await run_in_threadpool(people.set_password, store, token, password)
+        session_token, _ = await run_in_threadpool(people.open_session, store, person)
+    except FhirError as exc:
+        try:
+            email = (await run_in_threadpool(people.person_for_setup, store, token)).email
+        except FhirError:
+            return error_page(request, exc, None)
+        return render(request, "setup.html", exc.status, token=token, email=email, minimum=people.MIN_PASSWORD,
+                      error=exc.message)
+    response = RedirectResponse(HOME[person.role], status_code=303)
+    set_session_cookie(response, request, session_token)
+    return response
+
+
+@router.get("")
+async def home(request: Request) -> Response:
+    session = await run_in_threadpool(current_session, request)
+    return RedirectResponse(HOME[session.person.role] if session else "/app/login", status_code=303)
+
+
+@router.get("/static/{name}")
+async def static(name: str) -> Response:
+    path = STATIC / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound(f"no console asset {name}", "name")
+    return FileResponse(path, headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+
+
+# --- coordinator --------------------------------------------------------------------------------
+
+
+@router.get("/patients")
+@page("site", "admin")
+async def patient_list(request: Request, visit: Visit) -> Response:
+    rows = await run_in_threadpool(records.patients, request.app.state.store, visit.access)
+    return render(request, "patients.html", visit=visit, patients=rows)
+
+
+@router.get("/patients/{patient_id}")
+@page("site", "admin")
+async def patient_page(request: Request, visit: Visit, patient_id: str) -> Response:
+    found = await run_in_threadpool(records.patient_file, request.app.state.store, visit.access, patient_id)
+    return render(request, "patient.html", visit=visit, patient=found, plot=records.trajectory_svg(found.scores))
+
+
+def _export_dir(request: Request) -> str:
+    return request.app.state.settings.export_dir
+
+
+@router.get("/imports")
+@page("site")
+async def import_page(request: Request, visit: Visit) -> Response:
+    done = await run_in_threadpool(imports.history, visit.access, _export_dir(request))
+    return render(request, "imports.html", visit=visit, mappings=imports.mappings(), history=done)
+
+
+@router.post("/imports")
+@page("site", form=True)
+async def import_preview(request: Request, visit: Visit, data: Any) -> Response:
+    upload = data.get("file")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise InvalidRequest("Choose a site file to upload", "file")
+    content = await upload.read()
+    found = await run_in_threadpool(imports.preview, request.app.state.store, visit.access, _export_dir(request),
+                                    upload.filename, content, form_text(data, "mapping"))
+    return render(request, "preview.html", visit=visit, preview=found)
+
+
+@router.post("/imports/{upload_id}/commit")
+@page("site", form=True)
+async def import_commit(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
+    outcome = await run_in_threadpool(imports.commit, request.app.state.store, visit.access, _export_dir(request),
+                                      upload_id, request.app.state.settings.base_url or "")
+    return render(request, "committed.html", visit=visit, outcome=outcome)
+
+
+@router.post("/imports/{upload_id}/cancel")
+@page("site", form=True)
+async def import_cancel(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
+    await run_in_threadpool(imports.cancel, visit.access, _export_dir(request), upload_id)
+    return RedirectResponse("/app/imports", status_code=303)
+
+
+@router.get("/imports/{upload_id}/report.csv")
+@page("site")
+async def import_report(request: Request, visit: Visit, upload_id: str) -> Response:
+    path = await run_in_threadpool(imports.report_file, visit.access, _export_dir(request), upload_id)
+    return FileResponse(path, media_type="text/csv", filename=f"import-{upload_id[:8]}-report.csv")
+
+
+# --- analyst ------------------------------------------------------------------------------------
+
+
+def _cohorts(store: Any) -> list[dict[str, Any]]:
+    """The cohorts by name and size only: the export reads Groups as the server (``resolve_cohort``),
+    and an analyst sees no member."""
+    bundle = search_bundle(store, SERVER, "", "Group", [("type", "person"), ("actual", "true"), ("_count", "1000")],
+                           default_count=1000, max_count=1000)
+    found = [{"id": ALL_PATIENTS, "name": "All patients", "size": None}]
+    for entry in bundle.get("entry", []):
+        group = entry["resource"]
+        found.append({"id": group["id"], "name": group.get("name") or group["id"],
+                      "size": group.get("quantity", len(group.get("member") or []))})
+    return found
+
+
+@router.get("/cohorts")
+@page("analyst", "admin")
+async def cohort_list(request: Request, visit: Visit) -> Response:
+    found = await run_in_threadpool(_cohorts, request.app.state.store)
+    jobs = await run_in_threadpool(_jobs, request, visit.access.client_id)
+    return render(request, "cohorts.html", visit=visit, cohorts=found, policies=available_policies(), jobs=jobs)
+
+
+def _jobs(request: Request, client: str | None) -> list[Any]:
+    """Analysis jobs, newest first: the person's own (``client``), or everyone's for the admin's list."""
+    jobs = analysis_jobs(request.app)
+    found = []
+    for folder in jobs.root.iterdir() if jobs.root.exists() else ():
+        try:
+            job = jobs.get(folder.name)
+        except FhirError:
+            continue
+        if client is None or job.client == client:
+            found.append(job)
+    return sorted(found, key=lambda j: j.created, reverse=True)
+
+
+@router.post("/cohorts/export")
+@page("analyst", "admin", form=True)
+async def cohort_export(request: Request, visit: Visit, data: Any) -> Response:
+    from fhirfus.analysis.export import output_format, prepare  # pandas & co. load on first use
+
+    group_id = form_text(data, "cohort")
+    fmt = output_format(str(data.get("format") or "csv"))
+    policy = str(data.get("policy") or "") or None
+    store = request.app.state.store
+
+    def check() -> None:
+        prepare(policy, request.app.state.settings.deid_key)
+        resolve_cohort(store, group_id)
+
+    await run_in_threadpool(check)
+    request_url = f"console:{group_id}?{urlencode({'_outputFormat': fmt, 'policy': policy or ''})}"
+    job = analysis_jobs(request.app).submit(request_url, group_id, fmt, policy, visit.access.client_id)
+    return RedirectResponse(f"/app/exports/{job.id}", status_code=303)
+
+
+def _own_job(request: Request, visit: Visit, job_id: str) -> Any:
+    job = analysis_jobs(request.app).get(job_id)
+    if job.client != visit.access.client_id:
+        raise NotFound(f"No analysis job {job_id}", "job")
+    return job
+
+
+@router.get("/exports/{job_id}")
+@page("analyst", "admin")
+async def export_page(request: Request, visit: Visit, job_id: str) -> Response:
+    job = await run_in_threadpool(_own_job, request, visit, job_id)
+    running = job.status in ("accepted", "running")
+    response = render(request, "export.html", visit=visit, job=job, running=running,
+                      report=next((f["name"] for f in job.files if f["name"].endswith(".html")), None))
+    if running:
+        response.headers["Refresh"] = "2"  # the page follows the job without a script
+    return response
+
+
+@router.get("/exports/{job_id}/{name}")
+@page("analyst", "admin")
+async def export_file(request: Request, visit: Visit, job_id: str, name: str) -> Response:
+    await run_in_threadpool(_own_job, request, visit, job_id)
+    path, media_type = analysis_jobs(request.app).file(job_id, name)
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if name.endswith(".html"):  # shown inside the export page, with no script and no way out of its frame
+        headers["Content-Security-Policy"] = "sandbox; frame-ancestors 'self'"
+        return FileResponse(path, media_type=media_type, headers=headers)
+    return FileResponse(path, media_type=media_type, filename=name, headers=headers)
+
+
+# --- admin --------------------------------------------------------------------------------------
+
+
+@router.get("/admin/people")
+@page("admin")
+async def people_page(request: Request, visit: Visit) -> Response:
+    everyone = await run_in_threadpool(people.list_people, request.app.state.store)
+    return render(request, "people.html", visit=visit, people=everyone, roles=("site", "analyst", "admin"))
+
+
+def setup_link(request: Request, token: str) -> str:
+    return f"{str(request.base_url).rstrip('/')}/app/setup?token={token}"
+
+
+@router.post("/admin/people")
+@page("admin", form=True)
+async def people_add(request: Request, visit: Visit, data: Any) -> Response:
+    store = request.app.state.store
+    person, token = await run_in_threadpool(
+        people.add_person, store, form_text(data, "email"), form_text(data, "role"),
+        form_text(data, "site", required=False) or None)
+    everyone = await run_in_threadpool(people.list_people, store)
+    return render(request, "people.html", visit=visit, people=everyone, roles=("site", "analyst", "admin"),
+                  added=person, link=setup_link(request, token))
+
+
+@router.get("/admin/clients")
+@page("admin")
+async def clients_page(request: Request, visit: Visit) -> Response:
+    found = await run_in_threadpool(clients.all_clients, request.app.state.store)
+    return render(request, "clients.html", visit=visit, clients=found)
+
+
+@router.get("/admin/jobs")
+@page("admin")
+async def jobs_page(request: Request, visit: Visit) -> Response:
+    jobs = await run_in_threadpool(_jobs, request, None)
+    return render(request, "jobs.html", visit=visit, jobs=jobs)
+
+
+AUDIT_FILTERS = ("altid", "date", "outcome", "subtype")
+
+
+def _audit_rows(store: Any, visit: Visit, filters: dict[str, str]) -> list[dict[str, str]]:
+    params = [(k, v) for k, v in filters.items() if v]
+    bundle = search_bundle(store, visit.access, "", "AuditEvent", [*params, ("_sort", "-date"), ("_count", "200")],
+                           default_count=200, max_count=200)
+    rows = []
+    for entry in bundle.get("entry", []):
+        event = entry["resource"]
+        agent = (event.get("agent") or [{}])[0]
+        for item in event.get("entity") or [{}]:
+            query = item.get("query")
+            rows.append({
+                "when": event.get("recorded", ""), "who": (agent.get("who") or {}).get("display", ""),
+                "what": item.get("description", ""),
+                "query": base64.b64decode(query).decode(errors="replace") if query else "",
+                "outcome": event.get("outcomeDesc", event.get("outcome", "")),
+                "address": (agent.get("network") or {}).get("address", ""),
+            })
+    return rows
+
+
+@router.get("/admin/audit")
+@page("admin")
+async def audit_page(request: Request, visit: Visit) -> Response:
+    filters = {k: request.query_params.get(k, "").strip() for k in AUDIT_FILTERS}
+    if filters["date"] and not filters["date"][:2].isalpha():
+        filters["date"] = "ge" + filters["date"]
+    rows = await run_in_threadpool(_audit_rows, request.app.state.store, visit, filters)
+    return render(request, "audit.html", visit=visit, rows=rows,
+                  filters={**filters, "date": filters["date"].removeprefix("ge")})
+
+
+def static_files() -> list[Path]:
+    return sorted(STATIC.iterdir())

@@ -1,0 +1,201 @@
+"""The web console at /app over HTTP: people log in, forms need the session's CSRF token, a site
+coordinator previews and commits a site file, sites never see each other, actions are audited
+under the person's name. (The same in a real browser: tests/test_console_browser.py.)"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhirfus.auth import people
+from fhirfus.store.repository import Store
+
+SITE_FILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "site-registry"
+ERROR_FILE = SITE_FILES / "example-site-b-with-errors.csv"
+PASSWORD = "correct horse battery staple"
+
+
+def person(store: Store, role: str, site: str | None = None) -> str:
+    """A person with a password set through the one-time setup token; returns the email."""
+    email = f"{role}-{uuid.uuid4().hex[:8]}@example.org"
+    _, token = people.add_person(store, email, role, site)
+    people.set_password(store, token, PASSWORD)
+    return email
+
+
+@contextmanager
+def login(root: str, email: str) -> Iterator[httpx.Client]:
+    """A browser-like session of this person (the cookie jar holds the session cookie)."""
+    with httpx.Client(base_url=root, timeout=60) as http:
+        answer = http.post("/app/login", data={"email": email, "password": PASSWORD})
+        assert answer.status_code == 303, answer.text
+        yield http
+
+
+def csrf(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text[:500]
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def store(secure_server) -> Store:
+    return Store(secure_server.database.engine)
+
+
+@pytest.fixture
+def site() -> str:
+    return f"S{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def coordinator(secure_server, store: Store, site: str) -> Iterator[httpx.Client]:
+    with login(secure_server.root, person(store, "site", site)) as http:
+        yield http
+
+
+def upload(http: httpx.Client, path: Path, content: bytes | None = None) -> httpx.Response:
+    token = csrf(http.get("/app/imports"))
+    return http.post("/app/imports", data={"csrf": token, "mapping": "site-registry"},
+                     files={"file": (path.name, content if content is not None else path.read_bytes(), "text/csv")})
+
+
+def test_a_page_without_a_session_leads_to_the_login_page(secure_server) -> None:
+    answer = httpx.get(secure_server.root + "/app/patients")
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/app/login?next=/app/patients"
+
+
+def test_the_first_login_link_sets_a_password_once_and_logs_in(secure_server, store: Store) -> None:
+    email = f"new-{uuid.uuid4().hex[:8]}@example.org"
+    _, token = people.add_person(store, email, "analyst")
+    with httpx.Client(base_url=secure_server.root) as http:
+        assert email in http.get("/app/setup", params={"token": token}).text
+        short = http.post("/app/setup", data={"token": token, "password": "short", "repeat": "short"})
+        assert short.status_code == 400 and "at least 12 characters" in short.text
+        done = http.post("/app/setup", data={"token": token, "password": PASSWORD, "repeat": PASSWORD})
+        assert done.status_code == 303 and done.headers["location"] == "/app/cohorts"
+        cookie = done.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/app" in cookie
+        assert http.get("/app/cohorts").status_code == 200
+        again = http.post("/app/setup", data={"token": token, "password": PASSWORD, "repeat": PASSWORD})
+        assert again.status_code == 401 and "used or expired" in again.text
+
+
+def test_the_password_is_stored_as_an_argon2id_hash(store: Store) -> None:
+    from sqlalchemy import select
+
+    from fhirfus.db.tables import auth_people
+
+    email = person(store, "admin")
+    with store.reading() as conn:
+        stored = conn.execute(select(auth_people.c.password_hash).where(auth_people.c.email == email)).scalar_one()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+
+
+def test_a_wrong_password_and_an_unknown_email_get_the_same_answer(secure_server, store: Store) -> None:
+    email = person(store, "admin")
+    with httpx.Client(base_url=secure_server.root) as http:
+        wrong = http.post("/app/login", data={"email": email, "password": "not the password"})
+        unknown = http.post("/app/login", data={"email": "nobody@example.org", "password": "not the password"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert "Email or password is wrong" in wrong.text and "Email or password is wrong" in unknown.text
+    assert "set-cookie" not in wrong.headers
+
+
+def test_a_form_without_the_sessions_csrf_token_changes_nothing(secure_server, store: Store) -> None:
+    email = f"csrf-{uuid.uuid4().hex[:8]}@example.org"
+    with login(secure_server.root, person(store, "admin")) as http:
+        refused = http.post("/app/admin/people", data={"csrf": "forged", "email": email, "role": "analyst"})
+        assert refused.status_code == 403 and "CSRF" in refused.text
+        assert email not in {p.email for p in people.list_people(store)}
+        added = http.post("/app/admin/people", data={"csrf": csrf(http.get("/app/admin/people")), "email": email,
+                                                     "role": "analyst"})
+        assert added.status_code == 200 and "/app/setup?token=" in added.text
+    assert email in {p.email for p in people.list_people(store)}
+
+
+def test_roles_open_only_their_pages(secure_server, store: Store, site: str) -> None:
+    with login(secure_server.root, person(store, "analyst")) as http:
+        assert http.get("/app/patients").status_code == 403
+        assert http.get("/app/admin/audit").status_code == 403
+    with login(secure_server.root, person(store, "site", site)) as http:
+        assert http.get("/app/cohorts").status_code == 403
+        assert http.get("/app/admin/people").status_code == 403
+
+
+def test_logging_out_ends_the_session(coordinator: httpx.Client) -> None:
+    token = csrf(coordinator.get("/app/patients"))
+    cookie = coordinator.cookies.get("fhirfus_session")
+    assert coordinator.post("/app/logout", data={"csrf": token}).status_code == 303
+    stale = httpx.get(str(coordinator.base_url) + "/app/patients", cookies={"fhirfus_session": cookie or ""})
+    assert stale.status_code == 303
+
+
+@pytest.mark.skipif(not ERROR_FILE.exists(), reason="the shared site files are absent")
+def test_a_coordinator_previews_rejected_rows_then_commits_the_valid_patients(coordinator: httpx.Client, site: str) -> None:
+    preview = upload(coordinator, ERROR_FILE)
+    assert preview.status_code == 200, preview.text
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]*)</td><td>([^<]*)</td>", preview.text)
+    assert rows, preview.text  # every rejected row: line, patient, column
+    assert "Patients held back" in preview.text
+    assert "Patients added:" in preview.text
+    assert "/app/patients/" not in coordinator.get("/app/patients").text  # nothing stored before commit
+    upload_id = re.search(r"/app/imports/([0-9a-f]{32})/commit", preview.text).group(1)  # type: ignore[union-attr]
+    committed = coordinator.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)})
+    assert committed.status_code == 200 and "patients loaded" in committed.text, committed.text
+    listing = coordinator.get("/app/patients")
+    held_back = {patient for _, patient, _ in rows}
+    shown = set(re.findall(r'<a href="/app/patients/[^"]+">([^<]+)</a>', listing.text))
+    assert shown and not shown & held_back
+    history = coordinator.get("/app/imports")
+    assert ERROR_FILE.name in history.text
+    report = coordinator.get(f"/app/imports/{upload_id}/report.csv")
+    assert report.status_code == 200 and report.text.startswith("line,patient,column,value,reason")
+    again = coordinator.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)})
+    assert again.status_code == 400 and "committed already" in again.text
+
+
+def test_an_unreadable_file_gets_one_clear_message(coordinator: httpx.Client) -> None:
+    answer = upload(coordinator, Path("visits.csv"), b"site_patient_id,visit_date\nB1,2022-01-01\n")
+    assert answer.status_code == 400 and "columns missing for mapping" in answer.text
+    latin = upload(coordinator, Path("latin.csv"), "site_patient_id\nJosé\n".encode("cp1252"))
+    assert latin.status_code == 400 and "UTF-8" in latin.text
+    xlsx = upload(coordinator, Path("visits.xlsx"), b"PK\x03\x04")
+    assert xlsx.status_code == 400 and "CSV" in xlsx.text
+
+
+@pytest.mark.skipif(not ERROR_FILE.exists(), reason="the shared site files are absent")
+def test_a_site_coordinator_never_sees_another_sites_patients_or_uploads(secure_server, store: Store, site: str,
+                                                                       coordinator: httpx.Client) -> None:
+    preview = upload(coordinator, ERROR_FILE)
+    upload_id = re.search(r"/app/imports/([0-9a-f]{32})/commit", preview.text).group(1)  # type: ignore[union-attr]
+    coordinator.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)})
+    ours = re.findall(r'href="/app/patients/([^"]+)"', coordinator.get("/app/patients").text)
+    assert ours
+    with login(secure_server.root, person(store, "site", site + "X")) as other:
+        listing = other.get("/app/patients")
+        assert not set(re.findall(r'href="/app/patients/([^"]+)"', listing.text)) & set(ours)
+        theirs, never = other.get(f"/app/patients/{ours[0]}"), other.get(f"/app/patients/{uuid.uuid4().hex}")
+        assert theirs.status_code == never.status_code == 404
+        assert theirs.text.replace(ours[0], "ID") == never.text.replace(never.url.path.rsplit("/", 1)[1], "ID")
+        token = csrf(listing)
+        assert other.post(f"/app/imports/{upload_id}/cancel", data={"csrf": token}).status_code == 404
+        assert other.get(f"/app/imports/{upload_id}/report.csv").status_code == 404
+        assert ERROR_FILE.name not in other.get("/app/imports").text
+
+
+def test_console_actions_are_audited_under_the_persons_name(secure_server, store: Store) -> None:
+    email = person(store, "admin")
+    with login(secure_server.root, email) as http:
+        http.get("/app/admin/clients")
+        secure_server.app.state.audit.flush()
+        trail = http.get("/app/admin/audit", params={"altid": f"person:{email}"})
+    assert trail.status_code == 200
+    assert f"person {email}" in trail.text and "GET /app/admin/clients" in trail.text
