@@ -6,7 +6,8 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, console, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, resources, system, terminology, views
+from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth import ratelimit
 from fhirfus.auth.audit import AuditWriter

@@ -1,5 +1,1 @@
-"""The web console at ``/app`` for people: site coordinators, analysts and admins (``pages``)."""
-
-from fhirfus.api.console.pages import router
-
-__all__ = ["router"]
+"""The web console at ``/app`` for people: site coordinators, analysts and admins (router: ``pages``)."""
