@@ -199,3 +199,21 @@ def test_console_actions_are_audited_under_the_persons_name(secure_server, store
         trail = http.get("/app/admin/audit", params={"altid": f"person:{email}"})
     assert trail.status_code == 200
     assert f"person {email}" in trail.text and "GET /app/admin/clients" in trail.text
+
+
+def test_a_person_sets_up_a_second_factor_and_then_logs_in_with_a_code(secure_server, store: Store) -> None:
+    from fhirfus.auth import totp
+
+    email = person(store, "analyst")
+    with login(secure_server.root, email) as http:
+        page = http.get("/app/account")
+        secret = re.search(r'<code id="totp-secret">([A-Z2-7]+)</code>', page.text).group(1)  # type: ignore[union-attr]
+        wrong = http.post("/app/account/totp", data={"csrf": csrf(page), "secret": secret, "code": "abc"})
+        assert wrong.status_code == 400 and "code" in wrong.text
+        on = http.post("/app/account/totp", data={"csrf": csrf(page), "secret": secret,
+                                                  "code": totp.code_at(secret, totp.current_step())})
+        assert on.status_code == 303 and "On: logging in asks" in http.get("/app/account").text
+    with httpx.Client(base_url=secure_server.root) as http:
+        assert http.post("/app/login", data={"email": email, "password": PASSWORD}).status_code == 401
+        code = totp.code_at(secret, totp.current_step() + 1)
+        assert http.post("/app/login", data={"email": email, "password": PASSWORD, "code": code}).status_code == 303

@@ -3,6 +3,7 @@ passwords, sessions that end, a person as an ``Access`` with the client role and
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import update
 from typer.testing import CliRunner
 
-from fhirfus.auth import people
+from fhirfus.auth import people, totp
 from fhirfus.cli import app as cli_app
 from fhirfus.db import migrate
 from fhirfus.db.tables import auth_people
@@ -107,3 +108,40 @@ def test_users_add_prints_a_first_login_link_that_sets_the_password(cli, fresh_d
     again = cli("users", "add", "--email", "coord@site-a.example", "--role", "site", "--site", "A")
     assert again.exit_code == 2 and "exists already" in again.output
     assert cli("users", "add", "--email", "x@y.example", "--role", "site").exit_code == 2
+
+
+# --- the second factor ---------------------------------------------------------------------------
+
+RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
+
+
+@pytest.mark.parametrize(("moment", "code"), [(59, "94287082"), (1111111109, "07081804"), (2000000000, "69279037")])
+def test_totp_codes_are_those_of_rfc_6238(moment: int, code: str) -> None:
+    assert totp.code_at(RFC_SECRET, totp.current_step(moment), digits=8) == code
+
+
+def test_a_code_is_accepted_near_its_time_only() -> None:
+    secret = totp.new_secret()
+    now = 1_700_000_000.0
+    code = totp.code_at(secret, totp.current_step(now))
+    assert totp.matching_step(secret, code, now + 30) == totp.current_step(now)
+    assert totp.matching_step(secret, code, now + 90) is None
+    assert totp.matching_step(secret, "12345", now) is None
+
+
+def test_with_a_second_factor_login_needs_a_fresh_code_used_once(store: Store) -> None:
+    person, token = people.add_person(store, "a@x.example", "admin")
+    people.set_password(store, token, PASSWORD)
+    secret = totp.new_secret()
+    with pytest.raises(InvalidRequest):
+        people.enable_totp(store, person, secret, "000000" if totp.code_at(secret, totp.current_step()) != "000000"
+                           else "111111")
+    people.enable_totp(store, person, secret, totp.code_at(secret, totp.current_step()))
+    with pytest.raises(people.LoginFailed):
+        people.authenticate(store, "a@x.example", PASSWORD)  # no code
+    with pytest.raises(people.LoginFailed):
+        people.authenticate(store, "a@x.example", PASSWORD, totp.code_at(secret, totp.current_step()))  # used on enabling
+    later = totp.code_at(secret, totp.current_step() + 1)
+    assert people.authenticate(store, "a@x.example", PASSWORD, later).has_totp
+    with pytest.raises(people.LoginFailed):
+        people.authenticate(store, "a@x.example", PASSWORD, later)  # replayed

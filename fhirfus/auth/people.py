@@ -22,6 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from fhirfus.auth import totp
 from fhirfus.auth.access import ROLES, Access
 from fhirfus.auth.scopes import Grant
 from fhirfus.db.tables import auth_people, auth_person_sessions
@@ -47,6 +48,7 @@ class Person:
     has_password: bool
     created_at: datetime
     disabled_at: datetime | None = None
+    has_totp: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -76,7 +78,7 @@ def _now() -> datetime:
 
 def _person(row) -> Person:
     return Person(row.person_id, row.email, row.role, row.site, row.password_hash is not None, row.created_at,
-                  row.disabled_at)
+                  row.disabled_at, row.totp_secret is not None)
 
 
 def access_for(person: Person) -> Access:
@@ -142,8 +144,9 @@ def set_password(store: Store, token: str, password: str) -> Person:
     return Person(person.person_id, person.email, person.role, person.site, True, person.created_at)
 
 
-def authenticate(store: Store, email: str, password: str) -> Person:
-    """The person with this email and password (``LoginFailed`` otherwise, after the same work)."""
+def authenticate(store: Store, email: str, password: str, code: str = "") -> Person:
+    """The person with this email and password, and the current one-time code when they set up a
+    second factor (``LoginFailed`` otherwise, after the same work)."""
     with store.reading() as conn:
         row = conn.execute(select(auth_people).where(auth_people.c.email == email.strip().lower())).first()
     stored = row.password_hash if row is not None and row.password_hash else None
@@ -153,11 +156,42 @@ def authenticate(store: Store, email: str, password: str) -> Person:
         raise LoginFailed() from exc
     if row is None or stored is None or row.disabled_at is not None:
         raise LoginFailed()
+    if row.totp_secret is not None:
+        _use_code(store, row.person_id, row.totp_secret, code)
     if _HASHER.check_needs_rehash(stored):
         with store.writing() as conn:
             conn.execute(update(auth_people).where(auth_people.c.person_id == row.person_id)
                          .values(password_hash=_HASHER.hash(password)))
     return _person(row)
+
+
+def _use_code(store: Store, person_id: str, secret: str, code: str) -> None:
+    """Accept a TOTP code once: its time step must be later than the last one accepted."""
+    step = totp.matching_step(secret, code)
+    if step is None:
+        raise LoginFailed()
+    with store.writing() as conn:
+        used = conn.execute(update(auth_people).where(
+            auth_people.c.person_id == person_id,
+            (auth_people.c.totp_last_step.is_(None)) | (auth_people.c.totp_last_step < step),
+        ).values(totp_last_step=step)).rowcount
+    if not used:
+        raise LoginFailed()
+
+
+def enable_totp(store: Store, person: Person, secret: str, code: str) -> None:
+    """Turn the second factor on once the person proves their app has ``secret`` (a current code)."""
+    if totp.matching_step(secret, code) is None:
+        raise InvalidRequest("That code does not match; check the phone's clock and type the current code", "code")
+    with store.writing() as conn:
+        conn.execute(update(auth_people).where(auth_people.c.person_id == person.person_id)
+                     .values(totp_secret=secret, totp_last_step=totp.matching_step(secret, code)))
+
+
+def disable_totp(store: Store, person: Person) -> None:
+    with store.writing() as conn:
+        conn.execute(update(auth_people).where(auth_people.c.person_id == person.person_id)
+                     .values(totp_secret=None, totp_last_step=None))
 
 
 #: Verified when the email is unknown, so a wrong email costs the time of a wrong password.

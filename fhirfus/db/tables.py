@@ -335,6 +335,10 @@ auth_people = Table(
     Column("setup_expires_at", UTCDateTime, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("disabled_at", UTCDateTime, nullable=True),
+    #: The base32 TOTP secret (RFC 6238) when the person set up a second factor, and the last time
+    #: step a code was accepted for (a code is used once).
+    Column("totp_secret", String(64), nullable=True),
+    Column("totp_last_step", BigInteger, nullable=True),
 )
 
 #: Console sessions: the SHA-256 of the cookie's token, its person, its CSRF token and expiry.

@@ -34,7 +34,7 @@ from fhirfus.api.console.web import (
     render,
     set_session_cookie,
 )
-from fhirfus.auth import clients, people
+from fhirfus.auth import clients, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.errors import FhirError, InvalidRequest, NotFound
 from fhirfus.interactions.search import search_bundle
@@ -64,7 +64,7 @@ async def login(request: Request) -> Response:
     store = request.app.state.store
     try:
         person = await run_in_threadpool(people.authenticate, store, form_text(data, "email"),
-                                         str(data.get("password") or ""))
+                                         str(data.get("password") or ""), str(data.get("code") or ""))
         token, _ = await run_in_threadpool(people.open_session, store, person)
     except FhirError as exc:
         return render(request, "login.html", exc.status, error=exc.message, email=str(data.get("email") or ""),
@@ -115,6 +115,29 @@ async def setup(request: Request) -> Response:
     response = RedirectResponse(HOME[person.role], status_code=303)
     set_session_cookie(response, request, session_token)
     return response
+
+
+@router.get("/account")
+@page()
+async def account_page(request: Request, visit: Visit) -> Response:
+    """The person's second factor: set it up (a new secret for the authenticator app) or turn it off."""
+    secret = totp.new_secret()
+    return render(request, "account.html", visit=visit, secret=secret,
+                  uri=totp.provisioning_uri(secret, visit.person.email))
+
+
+@router.post("/account/totp")
+@page(form=True)
+async def account_totp(request: Request, visit: Visit, data: Any) -> Response:
+    store = request.app.state.store
+    if data.get("action") == "off":
+        await run_in_threadpool(people.disable_totp, store, visit.person)
+    else:
+        secret = form_text(data, "secret").upper()
+        if len(secret) != 32 or not set(secret) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"):
+            raise InvalidRequest("The secret is not one this page made; reload the page", "secret")
+        await run_in_threadpool(people.enable_totp, store, visit.person, secret, form_text(data, "code"))
+    return RedirectResponse("/app/account", status_code=303)
 
 
 @router.get("")

@@ -1,6 +1,6 @@
 """People accounts of the web console and their sessions.
 
-- ``auth_people``: email, role, site, argon2id password hash, one-time setup token hash.
+- ``auth_people``: email, role, site, argon2id password hash, one-time setup token hash, optional TOTP secret.
 - ``auth_person_sessions``: console sessions (hashed cookie token, CSRF token, expiry).
 
 Revision ID: 0013
@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("setup_expires_at", UTCDateTime, nullable=True),
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("disabled_at", UTCDateTime, nullable=True),
+        sa.Column("totp_secret", sa.String(64), nullable=True),
+        sa.Column("totp_last_step", sa.BigInteger, nullable=True),
     )
     op.create_table(
         "auth_person_sessions",
