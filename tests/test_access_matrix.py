@@ -187,7 +187,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         path.format(patient_id=t.patient, upload_id=t.export_job, job_id=t.analysis_job, name=t.analysis_file),
         kwargs), targeted=False)
        for method, path, kwargs in (
-           ("GET", "/app", {}), ("GET", "/app/login", {}), ("GET", "/app/account", {}),
+           ("GET", "/app", {}), ("GET", "/app/login", {}), ("GET", "/app/account", {}), ("GET", "/app/quality", {}),
            ("POST", "/app/account/totp", {"data": {"csrf": "x", "action": "off"}}),
            ("POST", "/app/login", {"data": {"email": "nobody@example.org", "password": "wrong password"}}),
            ("POST", "/app/logout", {"data": {"csrf": "x"}}), ("GET", "/app/setup", {"params": {"token": "x"}}),

@@ -217,3 +217,24 @@ def test_a_person_sets_up_a_second_factor_and_then_logs_in_with_a_code(secure_se
         assert http.post("/app/login", data={"email": email, "password": PASSWORD}).status_code == 401
         code = totp.code_at(secret, totp.current_step() + 1)
         assert http.post("/app/login", data={"email": email, "password": PASSWORD, "code": code}).status_code == 303
+
+
+@pytest.mark.skipif(not ERROR_FILE.exists(), reason="the shared site files are absent")
+def test_the_quality_page_names_missing_visits_out_of_window_visits_and_implausible_parameters(
+        coordinator: httpx.Client, tmp_path: Path) -> None:
+    lines = ERROR_FILE.read_text().splitlines(keepends=True)
+    complete = [line for line in lines if line.startswith("B004,")]  # baseline, session, 3-, 6- and 12-month visits
+    gappy = [line.replace("B004,", "Q001,", 1).replace(",0.49,", ",0.38,") for line in complete
+             if ",baseline," not in line and "2022-09-26" not in line]
+    gappy.append(gappy[-1].replace("2023-04-06", "2022-12-06"))  # day 250: in no follow-up window
+    site_file = tmp_path / "quality.csv"
+    site_file.write_text(lines[0] + "".join(complete) + "".join(gappy))
+    preview = upload(coordinator, site_file)
+    upload_id = re.search(r"/app/imports/([0-9a-f]{32})/commit", preview.text).group(1)  # type: ignore[union-attr]
+    assert coordinator.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)}).status_code == 200
+    page = coordinator.get("/app/quality")
+    assert page.status_code == 200
+    found = {(kind, patient) for kind, patient in re.findall(r"<tr><td>([^<]+)</td><td><a [^>]+>([^<]+)</a>", page.text)}
+    assert found == {("missing baseline", "Q001"), ("missing 6-month follow-up", "Q001"),
+                     ("out-of-window visit", "Q001"), ("implausible treatment parameter", "Q001")}
+    assert "day 250 after the first session" in page.text and "skull-density-ratio" in page.text

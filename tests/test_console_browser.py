@@ -120,6 +120,10 @@ def test_a_coordinator_reads_the_rejected_rows_fixes_one_and_commits(open_page, 
     page.goto("/app/imports")
     assert page.get_by_role("link", name=f"report of {fixed.name}").count() == 1
     assert serious_violations(page) == []
+    page.get_by_role("link", name="Data quality").click()
+    page.wait_for_load_state()
+    assert page.get_by_role("heading", level=1).inner_text().startswith("Data quality")
+    assert serious_violations(page) == []
 
 
 @pytest.mark.xfail(strict=True, reason="a re-import keys assessments by patient and date: a corrected visit date adds "
@@ -193,7 +197,8 @@ def test_an_analyst_runs_an_export_and_reads_the_report(open_page, store: Store)
 def test_the_admin_pages_pass_the_accessibility_check(open_page, store: Store) -> None:
     page = open_page()
     log_in(page, person(store, "admin"))
-    for path in ("/app/admin/people", "/app/admin/clients", "/app/admin/audit", "/app/admin/jobs", "/app/patients"):
+    for path in ("/app/admin/people", "/app/admin/clients", "/app/admin/audit", "/app/admin/jobs", "/app/patients",
+                 "/app/account", "/app/quality"):
         page.goto(path)
         assert page.locator("h1").count() == 1
         assert serious_violations(page) == [], path

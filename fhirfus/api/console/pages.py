@@ -22,7 +22,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from fhirfus.analysis.deid.policy import available_policies
 from fhirfus.analysis.source import ALL_PATIENTS, resolve_cohort
 from fhirfus.api.analysis import analysis_jobs
-from fhirfus.api.console import imports, records
+from fhirfus.api.console import imports, quality, records
 from fhirfus.api.console.web import (
     COOKIE,
     HERE,
@@ -169,6 +169,16 @@ async def patient_list(request: Request, visit: Visit) -> Response:
 async def patient_page(request: Request, visit: Visit, patient_id: str) -> Response:
     found = await run_in_threadpool(records.patient_file, request.app.state.store, visit.access, patient_id)
     return render(request, "patient.html", visit=visit, patient=found, plot=records.trajectory_svg(found.scores))
+
+
+@router.get("/quality")
+@page("site", "admin")
+async def quality_page(request: Request, visit: Visit) -> Response:
+    found = await run_in_threadpool(quality.findings, request.app.state.store, visit.access)
+    kinds: dict[str, int] = {}
+    for finding in found:
+        kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+    return render(request, "quality.html", visit=visit, findings=found, kinds=kinds, windows=quality.FOLLOW_UPS)
 
 
 def _export_dir(request: Request) -> str:

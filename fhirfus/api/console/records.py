@@ -45,13 +45,13 @@ class PatientFile:
     adverse_events: list[dict[str, str]] = field(default_factory=list)
 
 
-def _resources(store: Store, caller: Access, res_type: str, params: list[tuple[str, str]]) -> list[dict]:
+def resources_of(store: Store, caller: Access, res_type: str, params: list[tuple[str, str]]) -> list[dict]:
     bundle = search_bundle(store, caller, "", res_type, [*params, ("_count", str(MOST))],
                            default_count=MOST, max_count=MOST)
     return [e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
 
 
-def _label(patient: dict) -> str:
+def label_of(patient: dict) -> str:
     identifiers = patient.get("identifier") or []
     site_ids = [i.get("value", "") for i in identifiers if "site-patient" in i.get("system", "")]
     if site_ids:
@@ -62,7 +62,7 @@ def _label(patient: dict) -> str:
     return patient["id"]
 
 
-def _subject(resource: dict) -> str:
+def subject_of(resource: dict) -> str:
     for key in ("subject", "patient"):
         reference = (resource.get(key) or {}).get("reference", "")
         if reference.startswith("Patient/"):
@@ -70,7 +70,7 @@ def _subject(resource: dict) -> str:
     return ""
 
 
-def _total(observation: dict) -> float | None:
+def total_of(observation: dict) -> float | None:
     quantity = observation.get("valueQuantity") or {}
     value = quantity.get("value", observation.get("valueInteger"))
     return float(value) if isinstance(value, int | float) else None
@@ -83,16 +83,16 @@ def _is_total(observation: dict) -> bool:
 
 def patients(store: Store, caller: Access) -> list[PatientRow]:
     """The caller's patients with their session count and latest TWSTRS total."""
-    rows = {p["id"]: PatientRow(p["id"], _label(p), p.get("gender", ""), p.get("birthDate", ""))
-            for p in _resources(store, caller, "Patient", [("_sort", "_id")])}
-    for procedure in _resources(store, caller, "Procedure", []):
-        row = rows.get(_subject(procedure))
+    rows = {p["id"]: PatientRow(p["id"], label_of(p), p.get("gender", ""), p.get("birthDate", ""))
+            for p in resources_of(store, caller, "Patient", [("_sort", "_id")])}
+    for procedure in resources_of(store, caller, "Procedure", []):
+        row = rows.get(subject_of(procedure))
         if row:
             row.sessions += 1
     latest: dict[str, tuple[str, float]] = {}
-    for observation in _resources(store, caller, "Observation", [("code", f"{TWSTRS_SYSTEM}|total")]):
-        when, total = observation.get("effectiveDateTime", ""), _total(observation)
-        subject = _subject(observation)
+    for observation in resources_of(store, caller, "Observation", [("code", f"{TWSTRS_SYSTEM}|total")]):
+        when, total = observation.get("effectiveDateTime", ""), total_of(observation)
+        subject = subject_of(observation)
         if total is not None and subject in rows and when >= latest.get(subject, ("", 0.0))[0]:
             latest[subject] = (when, total)
     for subject, (_, total) in latest.items():
@@ -110,21 +110,21 @@ def _coding_text(concept: Any) -> str:
 def patient_file(store: Store, caller: Access, patient_id: str) -> PatientFile:
     """One patient with sessions, TWSTRS totals over time and adverse events (404 if not the caller's)."""
     patient = crud.read(store, caller, "Patient", patient_id).content or {"id": patient_id}
-    found = PatientFile(patient["id"], _label(patient), patient.get("gender", ""), patient.get("birthDate", ""))
+    found = PatientFile(patient["id"], label_of(patient), patient.get("gender", ""), patient.get("birthDate", ""))
     reference = f"Patient/{patient['id']}"
-    for procedure in _resources(store, caller, "Procedure", [("subject", reference), ("_sort", "date")]):
+    for procedure in resources_of(store, caller, "Procedure", [("subject", reference), ("_sort", "date")]):
         found.sessions.append({
             "date": procedure.get("performedDateTime") or (procedure.get("performedPeriod") or {}).get("start", ""),
             "what": _coding_text(procedure.get("code")),
             "target": ", ".join(_coding_text(s) for s in procedure.get("bodySite") or []),
             "status": procedure.get("status", ""),
         })
-    for observation in _resources(store, caller, "Observation",
+    for observation in resources_of(store, caller, "Observation",
                                   [("subject", reference), ("code", f"{TWSTRS_SYSTEM}|total"), ("_sort", "date")]):
-        total = _total(observation)
+        total = total_of(observation)
         if total is not None and _is_total(observation):
             found.scores.append(Score(observation.get("effectiveDateTime", "")[:10], total))
-    for event in _resources(store, caller, "AdverseEvent", [("subject", reference)]):
+    for event in resources_of(store, caller, "AdverseEvent", [("subject", reference)]):
         found.adverse_events.append({"date": event.get("date", ""), "what": _coding_text(event.get("event")),
                                      "seriousness": _coding_text(event.get("seriousness"))})
     return found
