@@ -200,6 +200,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
            ("POST", "/app/cohorts/export", {"data": {"csrf": "x", "cohort": "_all"}}),
            ("GET", "/app/exports/{job_id}", {}), ("GET", "/app/exports/{job_id}/{name}", {}),
            ("GET", "/app/admin/people", {}), ("POST", "/app/admin/people", {"data": {"csrf": "x", "email": "e@x.org"}}),
+           ("POST", "/app/admin/people/state", {"data": {"csrf": "x", "email": "e@x.org", "action": "disable"}}),
            ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}))},
 }
 

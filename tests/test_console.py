@@ -238,3 +238,31 @@ def test_the_quality_page_names_missing_visits_out_of_window_visits_and_implausi
     assert found == {("missing baseline", "Q001"), ("missing 6-month follow-up", "Q001"),
                      ("out-of-window visit", "Q001"), ("implausible treatment parameter", "Q001")}
     assert "day 250 after the first session" in page.text and "skull-density-ratio" in page.text
+
+
+def test_an_admin_disables_a_person_whose_session_ends_and_gives_a_new_link(secure_server, store: Store) -> None:
+    admin, analyst = person(store, "admin"), person(store, "analyst")
+    with login(secure_server.root, analyst) as theirs, login(secure_server.root, admin) as http:
+        assert theirs.get("/app/cohorts").status_code == 200
+        token = csrf(http.get("/app/admin/people"))
+        assert http.post("/app/admin/people/state", data={"csrf": token, "email": analyst, "action": "disable"}
+                         ).status_code == 200
+        assert theirs.get("/app/cohorts").status_code == 303  # to the login page
+        own = http.post("/app/admin/people/state", data={"csrf": token, "email": admin, "action": "disable"})
+        assert own.status_code == 400
+        http.post("/app/admin/people/state", data={"csrf": token, "email": analyst, "action": "enable"})
+        reset = http.post("/app/admin/people/state", data={"csrf": token, "email": analyst, "action": "reset"})
+        link = re.search(r'<code id="setup-link">[^<]*token=([^<]+)</code>', reset.text).group(1)  # type: ignore[union-attr]
+    assert people.person_for_setup(store, link).email == analyst
+
+
+def test_logins_are_audited_failed_ones_without_a_name(secure_server, store: Store) -> None:
+    email = person(store, "admin")
+    with httpx.Client(base_url=secure_server.root) as http:
+        http.post("/app/login", data={"email": email, "password": "wrong password!"})
+    with login(secure_server.root, email) as http:
+        secure_server.app.state.audit.flush()
+        trail = http.get("/app/admin/audit", params={"altid": f"person:{email}"})
+        assert "POST /app/login" in trail.text and "HTTP 303" in trail.text
+        refused = http.get("/app/admin/audit", params={"outcome": "4"})
+        assert "POST /app/login" in refused.text and "wrong password" not in refused.text

@@ -36,6 +36,7 @@ from fhirfus.api.console.web import (
 )
 from fhirfus.auth import clients, people, totp
 from fhirfus.auth.access import SERVER
+from fhirfus.auth.audit import AuditRecord
 from fhirfus.errors import FhirError, InvalidRequest, NotFound
 from fhirfus.interactions.search import search_bundle
 
@@ -67,8 +68,10 @@ async def login(request: Request) -> Response:
                                          str(data.get("password") or ""), str(data.get("code") or ""))
         token, _ = await run_in_threadpool(people.open_session, store, person)
     except FhirError as exc:
+        request.app.state.audit.record(AuditRecord.of(None, request.scope, exc.status))  # a failed login, unnamed
         return render(request, "login.html", exc.status, error=exc.message, email=str(data.get("email") or ""),
                       next=str(data.get("next") or ""))
+    request.app.state.audit.record(AuditRecord.of(people.access_for(person), request.scope, 303))
     response = RedirectResponse(_next(str(data.get("next") or ""), HOME[person.role]), status_code=303)
     set_session_cookie(response, request, token)
     return response
@@ -339,6 +342,26 @@ async def people_add(request: Request, visit: Visit, data: Any) -> Response:
     everyone = await run_in_threadpool(people.list_people, store)
     return render(request, "people.html", visit=visit, people=everyone, roles=("site", "analyst", "admin"),
                   added=person, link=setup_link(request, token))
+
+
+@router.post("/admin/people/state")
+@page("admin", form=True)
+async def people_state(request: Request, visit: Visit, data: Any) -> Response:
+    """Disable or enable a person, or make a new first-login link (a forgotten password)."""
+    store = request.app.state.store
+    email, action = form_text(data, "email"), form_text(data, "action")
+    link = None
+    if action == "reset":
+        link = setup_link(request, await run_in_threadpool(people.reset_link_token, store, email))
+    elif action in ("disable", "enable"):
+        if action == "disable" and email.lower() == visit.person.email:
+            raise InvalidRequest("You cannot disable your own account", "email")
+        await run_in_threadpool(people.set_enabled, store, email, action == "enable")
+    else:
+        raise InvalidRequest("action must be reset, disable or enable", "action")
+    everyone = await run_in_threadpool(people.list_people, store)
+    return render(request, "people.html", visit=visit, people=everyone, roles=("site", "analyst", "admin"),
+                  reset=email if link else None, link=link)
 
 
 @router.get("/admin/clients")
