@@ -31,7 +31,7 @@ from fhirfus.store.repository import Store
 ASYNC = {"Prefer": "respond-async"}
 #: The web console's pages for people: no bearer token opens them, only a console session
 #: (``tests/test_console.py`` checks sites against each other there, with people logged in).
-CONSOLE_PUBLIC = {"/app/login", "/app/setup", "/app/static/{name}"}
+CONSOLE_PUBLIC = {"/app/login", "/app/setup", "/app/static/{name}", "/app/login/oidc", "/app/login/oidc/callback"}
 PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/token", "/fhir/metadata",
           "/fhir/.well-known/smart-configuration"}
 
@@ -187,7 +187,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         path.format(patient_id=t.patient, upload_id=t.export_job, job_id=t.analysis_job, name=t.analysis_file),
         kwargs), targeted=False)
        for method, path, kwargs in (
-           ("GET", "/app", {}), ("GET", "/app/login", {}), ("GET", "/app/account", {}), ("GET", "/app/quality", {}),
+           ("GET", "/app", {}), ("GET", "/app/login", {}), ("GET", "/app/login/oidc", {}),
+           ("GET", "/app/login/oidc/callback", {"params": {"state": "x", "code": "y"}}), ("GET", "/app/account", {}), ("GET", "/app/quality", {}),
            ("POST", "/app/account/totp", {"data": {"csrf": "x", "action": "off"}}),
            ("POST", "/app/login", {"data": {"email": "nobody@example.org", "password": "wrong password"}}),
            ("POST", "/app/logout", {"data": {"csrf": "x"}}), ("GET", "/app/setup", {"params": {"token": "x"}}),

@@ -194,6 +194,15 @@ def disable_totp(store: Store, person: Person) -> None:
                      .values(totp_secret=None, totp_last_step=None))
 
 
+def person_for_email(store: Store, email: str) -> Person:
+    """The enabled account of an email an identity provider vouched for (``LoginFailed`` otherwise)."""
+    with store.reading() as conn:
+        row = conn.execute(select(auth_people).where(auth_people.c.email == email.strip().lower())).first()
+    if row is None or row.disabled_at is not None:
+        raise LoginFailed()
+    return _person(row)
+
+
 #: Verified when the email is unknown, so a wrong email costs the time of a wrong password.
 _DUMMY = _HASHER.hash(secrets.token_hex(16))
 

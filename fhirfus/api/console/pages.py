@@ -32,9 +32,10 @@ from fhirfus.api.console.web import (
     form_text,
     page,
     render,
+    secure_cookie,
     set_session_cookie,
 )
-from fhirfus.auth import clients, people, totp
+from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
 from fhirfus.errors import FhirError, InvalidRequest, NotFound
@@ -53,9 +54,77 @@ def _next(target: str | None, fallback: str) -> str:
 # --- logging in ---------------------------------------------------------------------------------
 
 
+def _oidc(request: Request) -> oidc.Provider | None:
+    """The configured identity provider (FHIRFUS_OIDC_*), if any."""
+    settings = request.app.state.settings
+    if not (settings.oidc_issuer and settings.oidc_client_id):
+        return None
+    provider = getattr(request.app.state, "oidc", None)
+    if provider is None:
+        provider = request.app.state.oidc = oidc.Provider(settings.oidc_issuer, settings.oidc_client_id,
+                                                          settings.oidc_client_secret)
+    return provider
+
+
+OIDC_COOKIE = "fhirfus_oidc"
+
+
+def _callback_url(request: Request) -> str:
+    return str(request.url_for("oidc_callback"))
+
+
 @router.get("/login")
 async def login_form(request: Request) -> Response:
-    return render(request, "login.html", next=request.query_params.get("next", ""))
+    return render(request, "login.html", next=request.query_params.get("next", ""), oidc=_oidc(request) is not None)
+
+
+@router.get("/login/oidc")
+async def oidc_start(request: Request) -> Response:
+    """Off to the identity provider; the attempt's state, nonce and PKCE verifier wait in a cookie
+    (SameSite=Lax: the provider's redirect back is a cross-site navigation)."""
+    provider = _oidc(request)
+    if provider is None:
+        raise NotFound("No identity provider is configured (FHIRFUS_OIDC_ISSUER)", "oidc")
+    attempt = oidc.Attempt.new()
+    try:
+        target = await run_in_threadpool(provider.authorization_url, _callback_url(request), attempt)
+    except FhirError as exc:
+        return error_page(request, exc, None)
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(OIDC_COOKIE, attempt.cookie(), max_age=600, path="/app/login", httponly=True, samesite="lax",
+                        secure=secure_cookie(request))
+    return response
+
+
+@router.get("/login/oidc/callback", name="oidc_callback")
+async def oidc_callback(request: Request) -> Response:
+    """Back from the provider: check the state, exchange the code, open the account's session. The
+    answer is a page that moves on by itself, so the new SameSite=Strict cookie is sent with the
+    next request (a redirect would continue the provider's cross-site navigation)."""
+    provider = _oidc(request)
+    attempt = oidc.Attempt.from_cookie(request.cookies.get(OIDC_COOKIE))
+    store = request.app.state.store
+    try:
+        if provider is None:
+            raise NotFound("No identity provider is configured (FHIRFUS_OIDC_ISSUER)", "oidc")
+        if attempt is None or request.query_params.get("state") != attempt.state:
+            raise oidc.OidcFailed("this answer belongs to no login started here (state); start again")
+        if "error" in request.query_params:
+            raise oidc.OidcFailed(request.query_params.get("error_description") or request.query_params["error"])
+        email = await run_in_threadpool(provider.email_of, request.query_params.get("code", ""),
+                                        _callback_url(request), attempt)
+        person = await run_in_threadpool(people.person_for_email, store, email)
+        token, _ = await run_in_threadpool(people.open_session, store, person)
+    except FhirError as exc:
+        request.app.state.audit.record(AuditRecord.of(None, request.scope, exc.status))
+        response = error_page(request, exc, None)
+        response.delete_cookie(OIDC_COOKIE, path="/app/login")
+        return response
+    request.app.state.audit.record(AuditRecord.of(people.access_for(person), request.scope, 200))
+    response = render(request, "continue.html", target=HOME[person.role])
+    set_session_cookie(response, request, token)
+    response.delete_cookie(OIDC_COOKIE, path="/app/login")
+    return response
 
 
 @router.post("/login")
