@@ -266,3 +266,30 @@ def test_logins_are_audited_failed_ones_without_a_name(secure_server, store: Sto
         assert "POST /app/login" in trail.text and "HTTP 303" in trail.text
         refused = http.get("/app/admin/audit", params={"outcome": "4"})
         assert "POST /app/login" in refused.text and "wrong password" not in refused.text
+
+
+def test_an_upload_beyond_the_body_limit_is_refused_and_kept_nowhere(server, site: str) -> None:
+    """(The ``server`` fixture accepts bodies of 1 MiB.)"""
+    store = Store(server.database.engine)
+    with login(server.base.removesuffix("/fhir"), person(store, "site", site)) as http:
+        answer = upload(http, Path("big.csv"), b"site_patient_id\n" + b"B1\n" * 400_000)
+        assert answer.status_code == 413 and "larger than" in answer.text
+        assert "big.csv" not in http.get("/app/imports").text
+
+
+@pytest.mark.skipif(not ERROR_FILE.exists(), reason="the shared site files are absent")
+def test_site_files_are_kept_only_until_committed_cancelled_or_abandoned(store: Store, site: str, tmp_path: Path) -> None:
+    import os
+
+    from fhirfus.api.console import imports
+
+    coordinator = people.access_for(people.Person("p", "c@x.example", "site", site, True, None))  # type: ignore[arg-type]
+    abandoned = imports.preview(store, coordinator, str(tmp_path), ERROR_FILE.name, ERROR_FILE.read_bytes(), "site-registry")
+    folder = tmp_path / "console-imports" / abandoned.upload_id
+    os.utime(folder / "upload.json", (0, 0))  # previewed long ago
+    kept = imports.preview(store, coordinator, str(tmp_path), ERROR_FILE.name, ERROR_FILE.read_bytes(), "site-registry")
+    assert not folder.exists()
+    imports.commit(store, coordinator, str(tmp_path), kept.upload_id)
+    left = {p.name for p in (tmp_path / "console-imports" / kept.upload_id).iterdir()}
+    assert left == {"upload.json", "outcome.json", "report.csv"}
+    assert [o.upload_id for o in imports.history(coordinator, str(tmp_path))] == [kept.upload_id]

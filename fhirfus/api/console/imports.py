@@ -4,7 +4,8 @@ Everything the coordinator pages need from the import lives behind these functio
 the import plan (``ingest/plan.py``: preview/commit with visit-level changes) is a change of this
 file only. An upload is kept under ``FHIRFUS_EXPORT_DIR/console-imports/<id>/`` with who uploaded
 it for which site and mapping; only that person may commit or cancel it, and the site is always the
-person's own (``Access.site``), never a form field.
+person's own (``Access.site``), never a form field. The uploaded file is removed once committed (the
+history keeps the outcome and the rejected-rows report), cancelled, or left in preview for a day.
 """
 
 from __future__ import annotations
@@ -104,9 +105,23 @@ def _site_of(caller: Access) -> str:
     return caller.site
 
 
+#: Seconds an upload previewed but neither committed nor cancelled is kept.
+ABANDONED_AFTER = 24 * 3600
+
+
+def _sweep(export_dir: str) -> None:
+    """Remove uploads left in preview (they hold a site file's patient data)."""
+    root = _root(export_dir)
+    now = datetime.now(UTC).timestamp()
+    for meta in root.glob("*/upload.json") if root.exists() else ():
+        if not (meta.parent / "outcome.json").exists() and now - meta.stat().st_mtime > ABANDONED_AFTER:
+            shutil.rmtree(meta.parent, ignore_errors=True)
+
+
 def preview(store: Store, caller: Access, export_dir: str, filename: str, content: bytes, mapping: str) -> Preview:
     """Keep the upload and tell what committing it would do, writing nothing to the store."""
     site = _site_of(caller)
+    _sweep(export_dir)
     if mapping not in available():
         raise InvalidRequest(f"unknown mapping '{mapping}' (one of {', '.join(available())})", "mapping")
     name = _SAFE_NAME.sub("_", Path(filename or "upload.csv").name)[:120] or "upload.csv"
@@ -189,6 +204,7 @@ def commit(store: Store, caller: Access, export_dir: str, upload_id: str, base_u
         outcome.rejected_rows = len(report.errors)
         outcome.message = report.provenance or ""
     (folder / "outcome.json").write_text(json.dumps(asdict(outcome)))
+    (folder / meta["filename"]).unlink(missing_ok=True)  # the store has it now; the history keeps the report
     return outcome
 
 

@@ -38,7 +38,7 @@ from fhirfus.api.console.web import (
 from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
-from fhirfus.errors import FhirError, InvalidRequest, NotFound
+from fhirfus.errors import FhirError, InvalidRequest, NotFound, PayloadTooLarge
 from fhirfus.interactions.search import search_bundle
 
 router = APIRouter(prefix="/app", include_in_schema=False)
@@ -265,12 +265,15 @@ async def import_page(request: Request, visit: Visit) -> Response:
 
 
 @router.post("/imports")
-@page("site", form=True)
+@page("site", form=True, max_body=True)
 async def import_preview(request: Request, visit: Visit, data: Any) -> Response:
     upload = data.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise InvalidRequest("Choose a site file to upload", "file")
-    content = await upload.read()
+    limit = request.app.state.settings.max_body_bytes
+    content = await upload.read(limit + 1)
+    if len(content) > limit:
+        raise PayloadTooLarge(f"{upload.filename} is larger than the {limit} bytes the server accepts", "file")
     found = await run_in_threadpool(imports.preview, request.app.state.store, visit.access, _export_dir(request),
                                     upload.filename, content, form_text(data, "mapping"))
     return render(request, "preview.html", visit=visit, preview=found)

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from fhirfus.auth import people
 from fhirfus.auth.access import Access
 from fhirfus.auth.audit import AuditRecord, RequestAudit
-from fhirfus.errors import FhirError, Forbidden, InvalidRequest
+from fhirfus.errors import FhirError, Forbidden, InvalidRequest, PayloadTooLarge
 
 COOKIE = "fhirfus_session"
 HERE = Path(__file__).parent
@@ -87,9 +87,10 @@ def check_csrf(session: people.Session, form: Any) -> None:
 Handler = Callable[..., Awaitable[Response]]
 
 
-def page(*roles: str, form: bool = False) -> Callable[[Handler], Handler]:
+def page(*roles: str, form: bool = False, max_body: bool = False) -> Callable[[Handler], Handler]:
     """A console route for people of ``roles`` (all roles when none); ``form``: a POST whose form
-    must carry the session's CSRF token (the handler gets ``visit`` and the parsed ``data``)."""
+    must carry the session's CSRF token (the handler gets ``visit`` and the parsed ``data``);
+    ``max_body``: a body declared larger than ``FHIRFUS_MAX_BODY_BYTES`` is refused before it is read."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -104,6 +105,10 @@ def page(*roles: str, form: bool = False) -> Callable[[Handler], Handler]:
             try:
                 if roles and session.person.role not in roles:
                     raise Forbidden(f"This page is for {' or '.join(roles)} accounts", "role")
+                declared = request.headers.get("content-length", "")
+                limit = request.app.state.settings.max_body_bytes
+                if max_body and declared.isdigit() and int(declared) > limit:
+                    raise PayloadTooLarge(f"The upload is larger than the {limit} bytes the server accepts", "file")
                 if form:
                     data = await request.form()
                     check_csrf(session, data)
