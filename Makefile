@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/crud.py $(BENCH_ARGS)
 	$(BIN)/python bench/search.py $(BENCH_ARGS)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/validation.py
 	$(BIN)/python bench/auth.py
 	$(BIN)/python bench/bulk_export.py --resources $(BULK_RESOURCES)
 	$(BIN)/python bench/analysis_export.py --patients $(ANALYSIS_PATIENTS)

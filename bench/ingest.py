@@ -192,8 +192,8 @@ def patient_group(rng: random.Random, number: int) -> list[dict[str, Any]]:
             "performedDateTime": session.isoformat(),
             "bodySite": [{
                 "coding": [{"system": TARGET_SYSTEM, "code": "vo-complex"}],
-                "extension": [{"url": LATERALITY, "valueCoding": {
-                    "system": "http://snomed.info/sct", "code": side_code, "display": side_display}}],
+                "extension": [{"url": LATERALITY, "valueCodeableConcept": {"coding": [{
+                    "system": "http://snomed.info/sct", "code": side_code, "display": side_display}]}}],
             }],
         }),
         (_urn(rng), twstrs_response(rng, patient_urn, baseline)),

@@ -47,6 +47,7 @@ def serve(
     uvicorn.run(
         "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level="info", access_log=False,
+        http="fhirfus.api.limits:FhirHttpProtocol",  # an import string, like the app: cli does not import api
     )
 
 

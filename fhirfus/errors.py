@@ -126,6 +126,13 @@ class PayloadTooLarge(FhirError):
     issue_code = "too-costly"
 
 
+class UriTooLong(FhirError):
+    """The request URL is longer than the server reads (414)."""
+
+    status = 414
+    issue_code = "too-costly"
+
+
 class UnsupportedMediaType(FhirError):
     status = 415
     issue_code = "not-supported"

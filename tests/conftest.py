@@ -21,6 +21,7 @@ import uvicorn
 from sqlalchemy import Engine, func, select
 
 from fhirfus.api.app import create_app
+from fhirfus.api.limits import FhirHttpProtocol
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resource_history, resources
@@ -105,7 +106,7 @@ def run_server(settings: Settings, store: Store) -> tuple[uvicorn.Server, thread
     port = free_port()
     config = uvicorn.Config(
         create_app(settings, store), host="127.0.0.1", port=port, log_level="warning", lifespan="on",
-        access_log=False,
+        access_log=False, http=FhirHttpProtocol,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

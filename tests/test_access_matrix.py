@@ -162,6 +162,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         lambda t: ("/fhir/Patient", {"params": {"identifier": t.identifier}, "json": {"resourceType": "Patient"}}),
         compare_body=False),
     ("DELETE", "/fhir/{res_type}"): Recipe(lambda t: ("/fhir/Patient", {"params": {"identifier": t.identifier}})),
+    ("POST", "/fhir/$validate"): Recipe(lambda t: ("/fhir/$validate", _json({"resourceType": "Patient"})),
+                                        targeted=False),
     ("POST", "/fhir/{res_type}/$validate"): Recipe(lambda t: ("/fhir/Patient/$validate", _json({"resourceType": "Patient"})),
                                                    targeted=False),
     ("POST", "/fhir/{res_type}/{res_id}/$validate"): Recipe(

@@ -158,7 +158,7 @@ def test_impossible_skull_density_ratio_is_422(client: httpx.Client) -> None:
 def test_low_skull_density_ratio_is_accepted_with_a_warning(client: httpx.Client) -> None:
     assert client.post("/Observation", json=sdr(0.31)).status_code == 201
     issues = client.post("/Observation/$validate", json=sdr(0.31)).json()["issue"]
-    assert [i["severity"] for i in issues] == ["warning"]
+    assert [i["severity"] for i in issues if i["code"] != "invariant"] == ["warning"]  # dom-6 warns too
 
 
 def put_transaction(*resources: dict) -> dict:

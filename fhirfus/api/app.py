@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.auth import ratelimit
@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["Location", "ETag", "Content-Location"])
+    app.add_middleware(limits.UrlLimit)  # outermost: a long URL is refused before anything reads it
     app.include_router(auth.router)
     app.include_router(console.router)  # the web console for people at /app
     app.include_router(system.router)

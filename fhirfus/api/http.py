@@ -44,7 +44,12 @@ def base_url(request: Request) -> str:
 
 
 async def read_body(request: Request) -> bytes:
-    """The raw body, refused with 413 beyond the configured limit (checked before and while reading)."""
+    """The raw body, refused with 413 beyond the configured limit (checked before and while reading).
+
+    The headers that shape the answer are checked first: every write reads its body before it
+    writes, and a malformed ``Prefer`` found only when the answer is made would be a 400 for a
+    write that was committed."""
+    Prefer.parse(request)
     limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:

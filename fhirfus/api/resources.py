@@ -27,7 +27,7 @@ from fhirfus.fhir.outcome import information, operation_outcome
 from fhirfus.fhir.validation import parse_json
 from fhirfus.interactions import crud, history, search
 from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
-from fhirfus.operations import everything, extract
+from fhirfus.operations import everything, extract, validate
 
 router = APIRouter(prefix="/fhir")
 
@@ -126,18 +126,22 @@ def _criteria(request: Request) -> str:
 
 @router.post("/{res_type}/$validate")
 async def validate_type(request: Request, res_type: str) -> Response:
-    body = await read_json(request)
-    issues = await run_in_threadpool(crud.validate, _store(request), caller(request), res_type, body, None, request.query_params.get("mode"))
-    return fhir_response(request, operation_outcome(issues))
+    return await run_validate(request, res_type, None)
 
 
 @router.post("/{res_type}/{res_id}/$validate")
 async def validate_instance(request: Request, res_type: str, res_id: str) -> Response:
+    return await run_validate(request, res_type, res_id)
+
+
+async def run_validate(request: Request, res_type: str | None, res_id: str | None) -> Response:
+    """$validate at any level (system: ``res_type`` None); shared with the system router."""
     require_json_body(request)
     raw = await read_body(request)
-    mode = request.query_params.get("mode")
-    body = parse_json(raw) if (mode != "delete" or raw.strip()) else None
-    issues = await run_in_threadpool(crud.validate, _store(request), caller(request), res_type, body, res_id, mode)
+    query = request.query_params
+    body = parse_json(raw) if (query.get("mode") != "delete" or raw.strip()) else None
+    parsed = validate.parse(body, res_type, query.get("mode"), query.get("profile"))
+    issues = await run_in_threadpool(validate.validate, _store(request), caller(request), res_type, parsed, res_id)
     return fhir_response(request, operation_outcome(issues))
 
 

@@ -1,4 +1,4 @@
-"""System-level routes: /fhir/metadata, /fhir/_history and POST /fhir (Bundles)."""
+"""System-level routes: /fhir/metadata, /fhir/_history, POST /fhir/$validate and POST /fhir (Bundles)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
 from fhirfus.api.negotiation import rendering_for
-from fhirfus.api.resources import run_search
+from fhirfus.api.resources import run_search, run_validate
 from fhirfus.errors import InvalidRequest
 from fhirfus.interactions import bundles, history
 from fhirfus.interactions.capabilities import capability_statement
@@ -53,6 +53,11 @@ async def search_system_post(request: Request) -> Response:
     form = await request.form()
     params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
     return await run_in_threadpool(run_search, request, None, params)
+
+
+@router.post("/$validate")
+async def validate_system(request: Request) -> Response:
+    return await run_validate(request, None, None)
 
 
 @router.post("")

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Row, case, delete, func, insert, or_, select,
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.writer import WrittenFile
 from fhirfus.db.tables import export_files, export_job_matches, export_job_patients, export_jobs
+from fhirfus.fhir.validation import valid_id
 from fhirfus.store.repository import Store
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
@@ -71,6 +72,9 @@ def create(store: Store, job_id: str, request: ExportRequest, request_url: str, 
 
 
 def get(store: Store, job_id: str) -> Job | None:
+    """The job, or None for an unknown id (also one no job can have, like ``a%00b``: never looked up)."""
+    if not valid_id(job_id):
+        return None
     with store.reading() as conn:
         row = conn.execute(select(export_jobs).where(export_jobs.c.id == job_id)).first()
     return Job.from_row(row) if row is not None else None

@@ -22,9 +22,10 @@ from fhirfus.db.visibility import Visibility
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import parse_date_range
-from fhirfus.fhir.validation import served_types
+from fhirfus.fhir.validation import require_valid_id, served_types, shown, validate_resource
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler
+from fhirfus.search.limits import MAX_OR_VALUES
 from fhirfus.search.query import FORMAT_PARAMETERS, RESULT_PARAMETERS, parse_query
 from fhirfus.terminology.expansion import Lookup
 
@@ -131,6 +132,9 @@ def parse_export_params(
             )
         else:
             raise InvalidRequest(f"Unknown $export parameter '{name}'", name)
+    if len(filters) > MAX_OR_VALUES:  # each is one more subquery of the selection
+        raise InvalidRequest(f"The export has {len(filters)} _typeFilter queries; the limit is {MAX_OR_VALUES} "
+                             "values", "_typeFilter")
     if types:
         for res_type, _ in filters:
             if res_type not in types:
@@ -225,7 +229,8 @@ def _parse_patients(value: str, base_url: str) -> list[str]:
             text = text[len(base_url.rstrip("/")) + 1:]
         parts = text.split("/")
         if len(parts) < 2 or parts[0] != "Patient" or not parts[1]:
-            raise InvalidRequest(f"patient must be a reference like Patient/123, got '{reference}'", "patient")
+            raise InvalidRequest(f"patient must be a reference like Patient/123, got {shown(reference)}", "patient")
+        require_valid_id(parts[1], "Patient", "patient")
         ids.append(parts[1])
     return ids
 
@@ -234,6 +239,7 @@ def parameters_resource_pairs(body: Any) -> list[tuple[str, str]]:
     """Name/value pairs of a kick-off ``Parameters`` body (the v2 way to POST a kick-off)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
         raise InvalidRequest("A POST kick-off body must be a Parameters resource", "Parameters")
+    validate_resource(body, "Parameters")  # a valid Parameters resource: what is read below has its types
     pairs: list[tuple[str, str]] = []
     for index, parameter in enumerate(body.get("parameter") or []):
         name = parameter.get("name") if isinstance(parameter, dict) else None

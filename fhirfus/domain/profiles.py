@@ -29,9 +29,13 @@ bindings to ValueSets outside fhirfus (required base bindings are ``fhirfus.fhir
 or ValueSets defined by filters; ``exists`` / ``profile`` discriminators, re-slicing and paths
 through undefined slices (a profile using them fails to load, so a test catches it).
 
-Profiles outside ``https://fhirfus.org/fhir/StructureDefinition/`` (US Core, …) are ignored: fhirfus
-does not hold them and a claim is not a contract fhirfus enforces. An unknown fhirfus canonical, an
-unknown version (``|version``), or a profile of another resource type is an error.
+The R4 core profiles (``http://hl7.org/fhir/StructureDefinition/``: the vital signs family, …,
+generated into ``fhirfus/fhir/data/core_profiles.json``) are applied the same way, each with the
+core profiles it derives from (``bp`` with ``vitalsigns``); the few whose slicing this validator
+cannot read are reported as not checked (a warning). Other profiles (US Core, …) are not held
+here: a claim of one is ignored (naming one in ``$validate?profile=`` is an error, as it cannot be
+checked). An unknown fhirfus canonical, an unknown version
+(``|version``), or a profile of another resource type is an error.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ from functools import cache
 from typing import Any
 
 from fhirfus.errors import Issue
-from fhirfus.fhirpath.engine import compile_expression, evaluate
+from fhirfus.fhir.core_profiles import CORE, core_profile_definitions
+from fhirfus.fhirpath.engine import compile_expression, element_node, evaluate
 from fhirfus.ig import resources_in
 from fhirfus.terminology.expansion import ValueSetError, expand
 
@@ -200,11 +205,22 @@ def _values_at(value: Any, path: str) -> list[Any]:
     return found
 
 
+def _through_slices(elements: Mapping[str, ElementRule], slice_id: str, path: str) -> ElementRule | None:
+    """The fixed or pattern element at ``path`` under a slice, reached through the slices inside it
+    (R4's ``bp``: ``component:SystolicBP.code.coding:SBPCode.code`` for ``code.coding.code``)."""
+    for element_id, element in elements.items():
+        if element_id.startswith(f"{slice_id}.") and (element.fixed or element.pattern):
+            unsliced = ".".join(part.split(":")[0] for part in element_id[len(slice_id) + 1:].split("."))
+            if unsliced == path:
+                return element
+    return None
+
+
 def _discriminator_value(elements: Mapping[str, ElementRule], slice_rule: ElementRule, d: Discriminator) -> Any:
     """What a slice's members carry at the discriminator path, read from the slice's definition."""
     if d.type == "type":
         return slice_rule.choice_keys() if slice_rule.types else frozenset({slice_rule.slice})
-    child = elements.get(f"{slice_rule.id}.{d.path}")
+    child = elements.get(f"{slice_rule.id}.{d.path}") or _through_slices(elements, slice_rule.id, d.path)
     if child is not None and (child.fixed or child.pattern):
         return (child.fixed or child.pattern)[1]  # type: ignore[index]
     own = slice_rule.fixed or slice_rule.pattern
@@ -255,6 +271,68 @@ def profiles() -> dict[str, Profile]:
         for r in resources_in("profiles")
         if r.get("resourceType") == "StructureDefinition" and str(r.get("url", "")).startswith(BASE)
     }
+
+
+@cache
+def core_profiles() -> dict[str, Profile | None]:
+    """The R4 core profiles by canonical URL (None: one this validator cannot check)."""
+    parsed: dict[str, Profile | None] = {}
+    for url, definition in core_profile_definitions().items():
+        try:
+            parsed[url] = parse_profile(definition)
+        except ValueError:
+            parsed[url] = None
+    return parsed
+
+
+def _core_chain(url: str) -> list[Profile | None]:
+    """The profile and the core profiles it derives from (``bp`` → ``vitalsigns``)."""
+    chain: list[Profile | None] = []
+    while url in core_profiles() and len(chain) < 8:
+        chain.append(core_profiles()[url])
+        url = str(core_profile_definitions()[url].get("baseDefinition", ""))
+    return chain
+
+
+VITAL_SIGNS = f"{CORE}vitalsigns"
+LOINC = "http://loinc.org"
+CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+
+@cache
+def _vital_sign_profiles() -> dict[str, str]:
+    """LOINC code → the R4 vital signs profile that fixes it (``8867-4`` → ``heartrate``)."""
+    found = {}
+    for url, definition in core_profile_definitions().items():
+        if definition.get("baseDefinition") != VITAL_SIGNS:
+            continue
+        for element in definition["differential"]["element"]:
+            if element["id"].startswith("Observation.code.coding:") and element["id"].endswith(".code") \
+                    and "fixedCode" in element:
+                found[element["fixedCode"]] = url
+    return found
+
+
+def implied_profiles(resource: Mapping[str, Any]) -> list[str]:
+    """The R4 profiles an Observation must meet without claiming them (observation-vitalsigns.html):
+    a vital-signs category brings the vital signs profile, a vital sign's LOINC code its own."""
+    if resource.get("resourceType") != "Observation":
+        return []
+    implied = []
+    if any(c.get("system") == CATEGORY_SYSTEM and c.get("code") == "vital-signs"
+           for concept in _list(resource.get("category")) for c in _codings(concept)):
+        implied.append(VITAL_SIGNS)
+    implied += [_vital_sign_profiles()[c["code"]] for c in _codings(resource.get("code"))
+                if c.get("system") == LOINC and c.get("code") in _vital_sign_profiles()]
+    return implied
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _codings(concept: Any) -> list[Mapping[str, Any]]:
+    return [c for c in _list(concept.get("coding")) if isinstance(c, Mapping)] if isinstance(concept, Mapping) else []
 
 
 def _enumerated(url: str) -> ValueSetCodes | None:
@@ -471,11 +549,14 @@ class _Check:
                 self.issues += _Check(extension, node.value, node.expr, self.depth + 1).run()
 
     def invariants(self, rule: ElementRule) -> None:
+        path = ".".join(part.split(":")[0] for part in rule.id.split("."))  # choice elements resolve by it
         for invariant in rule.invariants:
             evaluate = _invariant(invariant.expression)
             for node in self.nodes(rule.id):
+                typed = node.value if "." not in path or not isinstance(node.value, Mapping) else element_node(
+                    node.value, path)
                 try:
-                    result = evaluate(node.value)
+                    result = evaluate(typed)
                 except Exception as exc:
                     self.issue(rule, f"invariant {invariant.key} could not be evaluated: {exc}", "invariant", node.expr)
                     continue
@@ -502,36 +583,77 @@ def validate(resource: Mapping[str, Any], profile: Profile) -> list[Issue]:
     return _Check(profile, resource, str(resource.get("resourceType", profile.type))).run()
 
 
-def _claim_issues(resource: Mapping[str, Any], index: int, canonical: Any) -> tuple[Profile | None, list[Issue]]:
+def _claim_issues(resource: Mapping[str, Any], index: int | None, canonical: Any) -> tuple[list[Profile], list[Issue]]:
+    """The profiles a canonical names (a core profile with its bases), or why none applies."""
     kind = str(resource.get("resourceType"))
-    where = (f"{kind}.meta.profile[{index}]",)
+    where = (f"{kind}.meta.profile[{index}]",) if index is not None else ("profile",)
+    if isinstance(canonical, str) and canonical.startswith(CORE):
+        return _core_claim(kind, canonical, where)
     if not isinstance(canonical, str) or not canonical.startswith(BASE):
-        return None, []
+        if index is None:  # asked for explicitly ($validate?profile=): say it cannot be checked
+            return [], [Issue(f"Profile '{canonical}' is not known here, so it cannot be checked", "not-supported",
+                              "error", where)]
+        return [], []
     url, _, version = canonical.partition("|")
     profile = profiles().get(url)
     if profile is None:
         known = ", ".join(sorted(p.url.removeprefix(BASE) for p in profiles().values() if p.kind == "resource"))
-        return None, [Issue(f"Unknown fhirfus profile '{canonical}' (known: {known})", "not-found", "error", where)]
+        return [], [Issue(f"Unknown fhirfus profile '{canonical}' (known: {known})", "not-found", "error", where)]
     if version and version != profile.version:
         message = f"Profile {url} has no version '{version}' (known: {profile.version})"
-        return None, [Issue(message, "not-found", "error", where)]
+        return [], [Issue(message, "not-found", "error", where)]
     if profile.kind != "resource" or profile.type != kind:
-        return None, [Issue(f"Profile {url} constrains {profile.type}, not {kind}", "invalid", "error", where)]
-    return profile, []
+        return [], [Issue(f"Profile {url} constrains {profile.type}, not {kind}", "invalid", "error", where)]
+    return [profile], []
+
+
+def _core_claim(kind: str, canonical: str, where: tuple[str, ...]) -> tuple[list[Profile], list[Issue]]:
+    url = canonical.partition("|")[0]
+    chain = _core_chain(url)
+    if not chain:  # not a core profile: ignored when claimed, like any profile fhirfus does not hold
+        return [], [] if where != ("profile",) else [
+            Issue(f"'{canonical}' is not an R4 core profile, so it cannot be checked", "not-found", "error", where)]
+    definition = core_profile_definitions()[url]
+    if definition.get("type") != kind:
+        return [], [Issue(f"Profile {url} constrains {definition.get('type')}, not {kind}", "invalid", "error", where)]
+    usable = [p for p in chain if p is not None]
+    issues = [] if len(usable) == len(chain) else [
+        Issue(f"Parts of R4 profile {url} use slicing this validator cannot check; those parts were not checked",
+              "not-supported", "warning", where)]
+    return usable, issues
+
+
+def claimed_issues(resource: Mapping[str, Any], canonical: str) -> list[Issue]:
+    """Issues of ``resource`` against one profile named outside the resource (``$validate?profile=``):
+    a fhirfus or R4 core profile; any other is an error, as it cannot be checked."""
+    chosen, issues = _claim_issues(resource, None, canonical)
+    for profile in chosen:
+        issues += validate(resource, profile)
+    return issues
 
 
 def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
-    """Issues of ``resource`` against every fhirfus profile its ``meta.profile`` claims."""
+    """Issues of ``resource`` against every fhirfus or R4 core profile its ``meta.profile`` claims,
+    and, as warnings, against the R4 vital signs profiles it should meet unclaimed (``implied_profiles``)."""
     meta = resource.get("meta")
     claimed = meta.get("profile") if isinstance(meta, Mapping) else None
-    if not isinstance(claimed, list) or not claimed:
+    claimed = claimed if isinstance(claimed, list) else []
+    implied = implied_profiles(resource)
+    if not claimed and not implied:
         return []
     issues: list[Issue] = []
     seen: set[str] = set()
     for index, canonical in enumerate(claimed):
-        profile, problems = _claim_issues(resource, index, canonical)
+        chosen, problems = _claim_issues(resource, index, canonical)
         issues += problems
-        if profile is not None and profile.url not in seen:
-            seen.add(profile.url)
-            issues += validate(resource, profile)
+        for profile in chosen:
+            if profile.url not in seen:
+                seen.add(profile.url)
+                issues += validate(resource, profile)
+    for url in implied:  # reported, not refused: EHRs send vital signs without the category the profile wants
+        for implied_profile in _core_chain(url):
+            if implied_profile is not None and implied_profile.url not in seen:
+                seen.add(implied_profile.url)
+                issues += [replace(i, severity="warning") if i.severity in ("error", "fatal") else i
+                           for i in validate(resource, implied_profile)]
     return issues

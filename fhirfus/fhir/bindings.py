@@ -26,8 +26,8 @@ from typing import Any, Final
 from fhirfus.fhir.reference_syntax import named_type
 
 __all__ = [
-    "BindingViolation", "check_elements", "check_required_bindings", "enumerated_valueset", "r4_system_codes",
-    "resource_types",
+    "BindingViolation", "check_elements", "check_required_bindings", "element_tables", "enumerated_valueset",
+    "r4_system_codes", "resource_types",
 ]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
@@ -158,6 +158,12 @@ def _model() -> _Model:
 def resource_types() -> frozenset[str]:
     """All concrete FHIR R4 resource type names known from the definitions."""
     return _model().resources
+
+
+def element_tables() -> Mapping[str, Table]:
+    """Resource type, datatype or backbone path → its JSON properties (choice types expanded), for
+    the other walkers of resources (``fhirfus.fhir.walk``, the invariants)."""
+    return _model().tables
 
 
 def check_required_bindings(resource: Mapping[str, Any]) -> list[BindingViolation]:

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
 from fhirfus.fhir.bindings import check_elements, resource_types
+from fhirfus.fhir.checks import rule_issues
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -40,22 +41,89 @@ def require_known_type(resource_type: str) -> None:
         raise NotFound(f"Unknown resource type '{resource_type}'", resource_type)
 
 
-def require_valid_id(resource_id: str, resource_type: str) -> None:
-    if not ID_PATTERN.match(resource_id):
+def valid_id(value: object) -> bool:
+    """The R4 id rule (``[A-Za-z0-9\\-\\.]{1,64}``), the one test of every id: URL, body, Bundle entry."""
+    return isinstance(value, str) and ID_PATTERN.fullmatch(value) is not None
+
+
+def shown(value: object, limit: int = 70) -> str:
+    """A client's value quoted in a message: escaped (NUL, controls) and cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def require_valid_id(resource_id: object, resource_type: str, expression: str | None = None) -> None:
+    """400 unless ``resource_id`` follows the R4 id rule: checked before it reaches SQL, where a NUL or
+    an overlong id would be a database error rather than an answer."""
+    if not valid_id(resource_id):
         raise InvalidRequest(
-            f"Invalid id '{resource_id}': 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
-            f"{resource_type}.id",
+            f"Invalid id {shown(resource_id)}: 1-64 characters of A-Z, a-z, 0-9, '-' and '.'",
+            expression or f"{resource_type}.id",
+        )
+
+
+#: Version ids fhirfus assigns: 1, 2, 3 … (no sign, no leading zero, within a 32-bit column).
+VERSION_PATTERN = re.compile(r"[1-9][0-9]{0,8}")
+
+
+def parse_version_id(version_id: str) -> int:
+    """The version number of a ``_history/{vid}`` URL; anything else is a 400, not a lookup."""
+    if not VERSION_PATTERN.fullmatch(version_id):
+        raise InvalidRequest(f"Invalid version id {shown(version_id)}: a positive integer is expected",
+                             "meta.versionId")
+    return int(version_id)
+
+
+#: Bundle types that are requests or answers of the REST API, not content: stored, they would be
+#: data that looks like work (a transaction POSTed to ``/Bundle`` instead of the base URL).
+UNSTORABLE_BUNDLE_TYPES = frozenset({"batch", "transaction", "batch-response", "transaction-response"})
+
+
+def require_storable(resource: dict) -> None:
+    """400 for a resource that is valid FHIR but not something to store (a batch or transaction Bundle)."""
+    if resource.get("resourceType") == "Bundle" and resource.get("type") in UNSTORABLE_BUNDLE_TYPES:
+        raise InvalidResource(
+            f"A Bundle of type '{resource['type']}' is not stored: POST a batch or transaction to the base URL",
+            "Bundle.type",
         )
 
 
 def parse_json(body: bytes) -> Any:
-    """Decode a JSON body; malformed JSON is a 400 that says where it broke."""
+    """Decode a JSON body; malformed JSON is a 400 that says where it broke, and so is a NUL
+    character (``\\u0000``) in any string or name: no FHIR string may hold one, and PostgreSQL
+    cannot store one."""
     if not body.strip():
         raise InvalidRequest("The request body is empty; a FHIR resource was expected")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Malformed JSON: {exc}") from exc
+    if b"\\u0000" in body:  # the only way JSON spells a NUL: the walk below runs for these bodies only
+        where = nul_path(data)
+        if where is not None:
+            raise InvalidRequest(f"The string at '{where}' contains a NUL character (\\u0000)", where)
+    return data
+
+
+def nul_path(data: Any) -> str | None:
+    """The FHIRPath-like location of the first string or name holding a NUL (iterative: depth is the
+    client's choice)."""
+    root = data.get("resourceType") if isinstance(data, dict) else None
+    stack: list[tuple[Any, str]] = [(data, root if isinstance(root, str) and "\x00" not in root else "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return path or "$"
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                inner = f"{path}.{key}" if path else key
+                if "\x00" in key:
+                    return inner.replace("\x00", "\\u0000")
+                stack.append((item, inner))
+        elif isinstance(value, list):
+            stack.extend((item, f"{path}[{index}]") for index, item in enumerate(value))
+    return None
 
 
 def _expression(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -161,8 +229,9 @@ def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
     return _issues(resource_type, _model_errors(model, data))
 
 
-def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
-    """All problems of a candidate resource (empty list when valid). Used by writes and $validate."""
+def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bool = False) -> list[Issue]:
+    """All problems of a candidate resource (empty list when valid). Used by writes and $validate;
+    ``warnings``: also the issues that do not refuse a write (``$validate`` reports them)."""
     if not isinstance(data, dict):
         return [Issue("A FHIR resource must be a JSON object", "structure")]
     resource_type = data.get("resourceType")
@@ -180,14 +249,14 @@ def resource_issues(data: Any, expected_type: str | None = None) -> list[Issue]:
             )
         ]
     rid = data.get("id")
-    if rid is not None and (not isinstance(rid, str) or not ID_PATTERN.match(rid)):
-        return [Issue(f"Invalid id {rid!r}", "value", "error", (f"{resource_type}.id",))]
+    if rid is not None and not valid_id(rid):
+        return [Issue(f"Invalid id {shown(rid)}", "value", "error", (f"{resource_type}.id",))]
     issues = _structure_issues(resource_type, data)
     if issues:
         return issues
-    return [
-        Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)
-    ]
+    issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)]
+    issues += rule_issues(data, resource_type)
+    return issues if warnings else [i for i in issues if i.severity in ("error", "fatal")]
 
 
 def validate_resource(data: Any, expected_type: str | None = None) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Iterator, Mapping
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -266,6 +267,15 @@ def _datetime_boundary(value: str, low: bool) -> FP_DateTime | None:
     return FP_DateTime(f"{date_part}T{time_part}{timezone}")
 
 
+def _has_value(ctx: dict, data: list) -> list:
+    """FHIR's ``hasValue()``: a single primitive that has a value (fhirpathpy lacks it; the R4
+    invariants per-1, age-1, bdl-10 use it)."""
+    if len(data) != 1:
+        return [False]
+    value = _data(data[0])
+    return [value is not None and not isinstance(value, Mapping | list)]
+
+
 FUNCTIONS: dict[str, dict[str, Any]] = {
     "getResourceKey": {"fn": _get_resource_key},
     "getReferenceKey": {"fn": _get_reference_key, "arity": {0: [], 1: ["TypeSpecifier"]}},
@@ -273,10 +283,15 @@ FUNCTIONS: dict[str, dict[str, Any]] = {
     "extension": {"fn": _extension, "arity": {1: ["String"]}},
     "lowBoundary": {"fn": _low_boundary},  # the optional precision argument is not supported
     "highBoundary": {"fn": _high_boundary},
+    "hasValue": {"fn": _has_value},
 }
 
 
 # --- evaluation ----------------------------------------------------------------------------
+
+
+def _no_trace(label: str, items: Any) -> None:
+    return None
 
 
 class Expression:
@@ -290,6 +305,15 @@ class Expression:
         self._root = ast["children"][0]
         self.variables = referenced_variables(ast)
 
+    @classmethod
+    def of_node(cls, node: dict[str, Any], text: str) -> Expression:
+        """A part of a parsed expression (its AST node), to be evaluated on its own."""
+        expression = cls.__new__(cls)
+        expression.text = text
+        expression._root = node
+        expression.variables = referenced_variables(node)
+        return expression
+
     def __call__(self, focus: list, env: dict[str, Any]) -> list:
         """Evaluate on ``focus`` (a list of nodes); ``env`` holds %variables. Returns raw nodes."""
         ctx = {
@@ -298,6 +322,7 @@ class Expression:
             "vars": env,
             "model": R4_MODEL,
             "userInvocationTable": FUNCTIONS,
+            "traceFn": _no_trace,  # trace() must not print to a server's stdout
         }
         try:
             return do_eval(ctx, focus, self._root)
@@ -326,6 +351,12 @@ def resource_node(resource: Mapping[str, Any]) -> ResourceNode:
     return ResourceNode.create_node(resource, resource.get("resourceType"))
 
 
+def element_node(value: Any, path: str) -> ResourceNode:
+    """Wrap an element whose definition path is known (``Observation.component``), so its choice
+    elements resolve (``value`` finds ``valueQuantity``) as they do under a resource."""
+    return ResourceNode.create_node(value, path)
+
+
 _TEMPORAL_TYPES = frozenset({"date", "dateTime", "instant", "time"})
 
 
@@ -338,6 +369,37 @@ def typed_value(value: Any, fhir_type: str) -> Any:
     if fhir_type in _TEMPORAL_TYPES:
         return ResourceNode.create_node(value, fhir_type)
     return value
+
+
+_DATETIME_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2}))?$")
+
+
+def compare_datetimes(first: str, second: str) -> int | None:
+    """FHIRPath's ordering of two FHIR dateTime values (-1, 0, 1), or None when their precisions
+    leave it undecided (``2020`` against ``2020-03-01``) or either is not a dateTime. Written out
+    because fhirpathpy's FP_DateTime is slow to build, and per-1 compares every Period."""
+    a, b = _DATETIME_RE.match(first), _DATETIME_RE.match(second)
+    if a is None or b is None:
+        return None
+    if a.group(4) and b.group(4):  # both instants on the time line (a time carries its zone)
+        try:
+            left = datetime.fromisoformat(first.replace("Z", "+00:00"))
+            right = datetime.fromisoformat(second.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (left > right) - (left < right)
+    parts_a = [int(p) for p in a.groups()[:3] if p]
+    parts_b = [int(p) for p in b.groups()[:3] if p]
+    for x, y in zip(parts_a, parts_b, strict=False):
+        if x != y:
+            if a.group(4) or b.group(4):  # a local date against an instant: a day apart may be zones apart
+                dates = [date(*(parts + [1] * (3 - len(parts)))) for parts in (parts_a, parts_b)]
+                if len(parts_a) == len(parts_b) == 3 and abs((dates[0] - dates[1]).days) <= 1:
+                    return None
+            return -1 if x < y else 1
+    if len(parts_a) == len(parts_b) and not a.group(4) and not b.group(4):
+        return 0
+    return None
 
 
 def reset_clock() -> None:

@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, insert, select
 
 from fhirfus.auth.access import SERVER
 from fhirfus.db.tables import load_journal
 from fhirfus.errors import FhirError, InvalidRequest
+from fhirfus.fhir.validation import parse_json
 from fhirfus.interactions import bundles
 from fhirfus.store.repository import Store
 
@@ -81,9 +81,9 @@ def ndjson_chunks(path: Path, source: str, size: int = CHUNK_SIZE) -> Iterator[C
             if not line.strip():
                 continue
             try:
-                resource = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                raise InvalidRequest(f"{path.name} line {number}: malformed JSON ({exc})", f"line {number}") from exc
+                resource = parse_json(line)  # malformed JSON, or a NUL no database column can hold
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"{path.name} line {number}: {exc.message}", f"line {number}") from exc
             entries.append(_entry(resource, f"{path.name} line {number}"))
             if len(entries) == size:
                 yield Chunk(source, index, {"resourceType": "Bundle", "type": "transaction", "entry": entries}, size)
@@ -94,11 +94,15 @@ def ndjson_chunks(path: Path, source: str, size: int = CHUNK_SIZE) -> Iterator[C
 
 def json_chunks(path: Path, source: str) -> Iterator[Chunk]:
     """A Bundle file is one chunk (its references may cross entries); a resource file, one entry."""
-    document = orjson.loads(path.read_bytes())
+    document = parse_json(path.read_bytes())
+    if not isinstance(document, dict):
+        raise InvalidRequest(f"{path.name}: not a FHIR resource", path.name)
     if document.get("resourceType") == "Bundle" and document.get("type") in ("transaction", "batch"):
         bundle = {**document, "type": "transaction"}
     elif document.get("resourceType") == "Bundle":
-        entries = [_entry(e.get("resource"), f"{path.name} entry {i}") for i, e in enumerate(document.get("entry", []))]
+        raw = document.get("entry", [])
+        entries = [_entry(e.get("resource") if isinstance(e, dict) else None, f"{path.name} entry {i}")
+                   for i, e in enumerate(raw if isinstance(raw, list) else [None])]
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     else:
         bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [_entry(document, path.name)]}
@@ -160,6 +164,8 @@ def count_resources(paths: list[Path]) -> int:
             with path.open("rb") as handle:
                 total += sum(1 for line in handle if line.strip())
         else:
-            document = orjson.loads(path.read_bytes())
-            total += len(document.get("entry", [])) if document.get("resourceType") == "Bundle" else 1
+            document = parse_json(path.read_bytes())
+            entries = document.get("entry") if isinstance(document, dict) else None
+            bundle = isinstance(document, dict) and document.get("resourceType") == "Bundle"
+            total += len(entries) if bundle and isinstance(entries, list) else 1
     return total

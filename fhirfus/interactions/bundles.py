@@ -10,12 +10,16 @@ on its own; failures become ``response.outcome`` entries.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+import orjson
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
@@ -24,7 +28,15 @@ from fhirfus.domain.derived import derived_keys, to_create_with
 from fhirfus.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
 from fhirfus.fhir.references import rewrite_references
-from fhirfus.fhir.validation import require_known_type, resource_issues, served_types
+from fhirfus.fhir.validation import (
+    require_known_type,
+    require_storable,
+    require_valid_id,
+    resource_issues,
+    served_types,
+    shown,
+)
+from fhirfus.fhirpath.invariants import invariant_errors
 from fhirfus.interactions import conditional, crud, history, references, search
 from fhirfus.interactions.crud import WriteResult
 from fhirfus.interactions.preconditions import etag, parse_version_tag
@@ -52,6 +64,8 @@ class Entry:
     resource: Any
     if_none_exist: str | None = None
     if_match: int | None = None
+    #: A batch entry that could not be parsed: answered with this error, nothing else done.
+    error: FhirError | None = None
     existing: bool = False  # a POST whose ifNoneExist matched: nothing is created
     server_id: bool = False  # a conditional PUT that matched nothing: it creates, the server names it
 
@@ -75,7 +89,10 @@ class Context:
 
 
 def _fail(entry: Entry, error: FhirError) -> FhirError:
-    """Re-anchor an error's expressions at the entry (``Patient.gender`` → ``Bundle.entry[3].resource.gender``)."""
+    """Re-anchor an error's expressions at the entry (``Patient.gender`` → ``Bundle.entry[3].resource.gender``);
+    an error already anchored passes unchanged (a Bundle entry's ``Bundle.type`` would anchor twice)."""
+    if all(issue.diagnostics.startswith(f"{entry.where}: ") for issue in error.issues):
+        return error
     issues = []
     for issue in error.issues:
         expressions = tuple(_anchor(entry, e) for e in issue.expression) or (entry.where,)
@@ -93,62 +110,153 @@ def _anchor(entry: Entry, expression: str) -> str:
 
 
 def parse_bundle(body: Any) -> tuple[str, list[Entry]]:
+    """The Bundle's kind and entries. A malformed entry fails a transaction whole; in a batch it
+    becomes an entry carrying its error, answered on its own (``Entry.error``)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise InvalidRequest("POST to the base URL expects a batch or transaction Bundle", "resourceType")
     kind = body.get("type")
     if kind not in ("batch", "transaction"):
-        raise InvalidRequest(f"Bundle.type must be batch or transaction, got {kind!r}", "Bundle.type")
-    raw_entries = body.get("entry") or []
+        raise InvalidRequest(f"Bundle.type must be batch or transaction, got {shown(kind)}", "Bundle.type")
+    raw_entries = body.get("entry", [])
     if not isinstance(raw_entries, list):
         raise InvalidRequest("Bundle.entry must be an array", "Bundle.entry")
-    return kind, [_parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
+    entries = []
+    for index, raw in enumerate(raw_entries):
+        try:
+            entries.append(_parse_entry(index, raw))
+        except FhirError as exc:
+            if kind == "transaction":
+                raise
+            entries.append(Entry(index, "GET", "", None, None, "", None, None, error=exc))
+    if kind == "transaction":
+        _require_unique_full_urls(entries)
+    return kind, entries
+
+
+def _require_unique_full_urls(entries: list[Entry]) -> None:
+    """In a transaction a fullUrl names one entry: references to it are rewritten to that entry's id."""
+    seen: dict[str, int] = {}
+    for entry in entries:
+        if entry.full_url is None:
+            continue
+        if entry.full_url in seen:
+            raise InvalidRequest(f"{entry.where}.fullUrl {shown(entry.full_url)} is also the fullUrl of "
+                                 f"entry {seen[entry.full_url]}", f"{entry.where}.fullUrl")
+        seen[entry.full_url] = entry.index
+
+
+#: The shapes of ``request.url`` (path segments after the type) each method accepts.
+_SHAPES = {
+    "POST": ((),),
+    "PUT": (("id",),),
+    "PATCH": (("id",),),
+    "DELETE": (("id",),),
+    "GET": ((), ("id",), ("id", "_history"), ("id", "_history", "vid"), ("_history",)),
+    "HEAD": ((), ("id",), ("id", "_history"), ("id", "_history", "vid"), ("_history",)),
+}
+#: Methods whose ``request.url`` may be ``Type?criteria`` alone (conditional update and delete).
+_CONDITIONAL = frozenset({"PUT", "DELETE"})
+#: Methods whose ``request.url`` may be the type alone.
+_TYPE_LEVEL = frozenset(method for method, shapes in _SHAPES.items() if () in shapes)
 
 
 def _parse_entry(index: int, raw: Any) -> Entry:
+    """One entry checked whole before anything runs: every element the processing reads has the
+    type and form it needs (the R4 id rule for ids), so a malformed entry is a 4xx naming the
+    element, never an error inside the processing."""
     where = f"Bundle.entry[{index}]"
-    if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where} must be an object", where)
+    full_url = raw.get("fullUrl")
+    if full_url is not None and (not isinstance(full_url, str) or not full_url or not _printable(full_url)):
+        raise InvalidRequest(f"{where}.fullUrl must be a non-empty string, got {shown(full_url)}", f"{where}.fullUrl")
+    request = raw.get("request")
+    if not isinstance(request, dict):
         raise InvalidRequest(f"{where} needs a request", f"{where}.request")
-    request = raw["request"]
-    method = str(request.get("method", "")).upper()
-    url = request.get("url")
+    for name in ("method", "url", "ifNoneExist", "ifMatch", "ifNoneMatch", "ifModifiedSince"):
+        value = request.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(f"{where}.request.{name} must be a string, got {shown(value)}",
+                                 f"{where}.request.{name}")
+    method = str(request.get("method") or "").upper()
     if method not in ORDER:
-        raise InvalidRequest(f"{where}.request.method {method!r} is not supported", f"{where}.request.method")
-    if not isinstance(url, str) or not url:
-        raise InvalidRequest(f"{where}.request.url is missing", f"{where}.request.url")
-    path, _, query = url.partition("?")
-    parts = [p for p in path.strip("/").split("/") if p]
-    res_type = parts[0] if parts else None
-    res_id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") and not parts[1].startswith("$") else None
-    if res_type is not None and res_type not in served_types():
-        raise NotFound(f"{where}: unknown resource type '{res_type}'", f"{where}.request.url")
-    entry = Entry(index, method, url, res_type, res_id, query, raw.get("fullUrl"), raw.get("resource"))
+        raise InvalidRequest(f"{where}.request.method {shown(request.get('method'))} is not supported",
+                             f"{where}.request.method")
+    url = request.get("url")
+    if not url or not _printable(url):
+        raise InvalidRequest(f"{where}.request.url must be a relative URL like 'Patient/1', got {shown(url)}",
+                             f"{where}.request.url")
+    res_type, res_id, query = _parse_url(where, method, url)
+    entry = Entry(index, method, url, res_type, res_id, query, full_url, raw.get("resource"))
     entry.if_none_exist = request.get("ifNoneExist")
     entry.if_match = parse_version_tag(request.get("ifMatch"), f"{where}.request.ifMatch")
     if method in ("POST", "PUT") and not isinstance(entry.resource, dict):
         raise InvalidRequest(f"{where} ({method}) needs a resource", f"{where}.resource")
-    if method == "PATCH" and not _patch_operations(entry):
-        raise InvalidRequest(f"{where} (PATCH) needs a JSON Patch as a Binary or a FHIRPath Patch as Parameters",
-                             f"{where}.resource")
+    if method == "PATCH":
+        _patch_operations(entry)
     return entry
 
 
-def _patch_operations(entry: Entry) -> list | dict | None:
-    """JSON Patch in a Bundle travels as a Binary (base64 data) — the R4 convention; a FHIRPath
-    Patch as the entry's Parameters resource."""
-    import base64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-    import orjson
 
+def _printable(text: str) -> bool:
+    """No control characters (a NUL cannot be stored, and no URL or id holds one)."""
+    return _CONTROL.search(text) is None
+
+
+def _parse_url(where: str, method: str, url: str) -> tuple[str, str | None, str]:
+    """``request.url`` → (type, id, query), refused unless it has a shape ``method`` supports."""
+    path, _, query = url.partition("?")
+    parts = path.strip("/").split("/") if path.strip("/") else []
+    expression = f"{where}.request.url"
+    if not parts:
+        raise InvalidRequest(f"{where}.request.url {shown(url)} names no resource type", expression)
+    res_type, rest = parts[0], parts[1:]
+    if res_type not in served_types():
+        raise NotFound(f"{where}: unknown resource type {shown(res_type)}", expression)
+    if not rest and (method in _TYPE_LEVEL or (method in _CONDITIONAL and query)):
+        return res_type, None, query  # the common case (every POST) decided without building a shape
+    shape = tuple(p if p == "_history" else "vid" if i == 2 else "id" for i, p in enumerate(rest))
+    if shape not in _SHAPES[method]:
+        raise InvalidRequest(f"{where}.request.url {shown(url)}: a {method} entry supports "
+                             f"{_shapes_text(method)}", expression)
+    res_id = rest[0] if rest and rest[0] != "_history" else None
+    if res_id is not None:
+        require_valid_id(res_id, res_type, expression)
+    return res_type, res_id, query
+
+
+def _shapes_text(method: str) -> str:
+    shapes = [("[type]/" + "/".join("[id]" if p == "id" else "[vid]" if p == "vid" else p for p in shape)).rstrip("/")
+              for shape in _SHAPES[method]]
+    if method in _CONDITIONAL:
+        shapes.append("[type]?[criteria]")
+    return ", ".join(shapes)
+
+
+def _patch_operations(entry: Entry) -> list | dict:
+    """A FHIRPath Patch is the entry's Parameters resource; a JSON Patch travels as a Binary with the
+    patch document base64-encoded in ``data`` (the R4 convention): strict base64, a JSON array."""
+    expression = f"{entry.where}.resource"
     resource = entry.resource
     if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
         return resource
-    if isinstance(resource, dict) and resource.get("resourceType") == "Binary" and resource.get("data"):
-        try:
-            operations = orjson.loads(base64.b64decode(resource["data"]))
-        except (ValueError, orjson.JSONDecodeError):
-            return None
-        return operations if isinstance(operations, list) else None
-    return None
+    if not isinstance(resource, dict) or resource.get("resourceType") != "Binary":
+        raise InvalidRequest(f"{entry.where} (PATCH) needs a JSON Patch as a Binary or a FHIRPath Patch as "
+                             "Parameters", expression)
+    data = resource.get("data")
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest(f"{entry.where} (PATCH): Binary.data must hold the base64 JSON Patch",
+                             f"{expression}.data")
+    try:
+        operations = orjson.loads(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise InvalidRequest(f"{entry.where} (PATCH): Binary.data is not base64 of a JSON document: {exc}",
+                             f"{expression}.data") from exc
+    if not isinstance(operations, list):
+        raise InvalidRequest(f"{entry.where} (PATCH): a JSON Patch is an array of operations", f"{expression}.data")
+    return operations
 
 
 def validate_entries(caller: Access, entries: list[Entry]) -> None:
@@ -156,10 +264,11 @@ def validate_entries(caller: Access, entries: list[Entry]) -> None:
     for entry in entries:
         if entry.method in ("POST", "PUT") and entry.res_type:
             probe = entry.resource
-            issues = resource_issues(probe, entry.res_type)
+            issues = resource_issues(probe, entry.res_type) or invariant_errors(probe)
             if issues:
                 raise _fail(entry, FhirError(issues[0].diagnostics, issues=issues))
             try:
+                require_storable(probe)
                 rules.enforce(probe)
                 entry.resource = caller.labelled(probe)
             except FhirError as exc:
@@ -443,6 +552,8 @@ def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
     responses: dict[int, dict] = {}
     for entry in sorted(entries, key=lambda e: (ORDER[e.method], e.index)):
         try:
+            if entry.error is not None:
+                raise entry.error
             validate_entries(ctx.caller, [entry])
             with write_transaction(ctx.store, ctx.caller, method=entry.method, path="/fhir/" + entry.url.lstrip("/")) as conn:
                 mapping = assign_identities(conn, ctx.caller, [entry], ctx.base)
@@ -451,7 +562,7 @@ def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:
                 if ctx.integrity:
                     _check_integrity(conn, ctx, [entry], responses)
         except FhirError as exc:
-            failed = _fail(entry, exc)
+            failed = exc if exc is entry.error else _fail(entry, exc)
             responses[entry.index] = {
                 "status": f"{exc.status}", "outcome": operation_outcome(failed.issues),
             }

@@ -171,7 +171,7 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
                 ],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": list(COMMON_PARAMS),
-                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT, VIEWDEFINITION_RUN],
+                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT, VIEWDEFINITION_RUN, VALIDATE],
             }
         ],
     }

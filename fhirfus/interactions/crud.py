@@ -28,8 +28,16 @@ from fhirfus.errors import (
     NotFound,
     PreconditionFailed,
 )
-from fhirfus.fhir.validation import require_known_type, require_valid_id, resource_issues, validate_resource
+from fhirfus.fhir.validation import (
+    parse_version_id,
+    require_known_type,
+    require_storable,
+    require_valid_id,
+    resource_issues,
+    validate_resource,
+)
 from fhirfus.fhirpath import patch as fhirpath_patch
+from fhirfus.fhirpath.invariants import invariant_errors, invariant_issues
 from fhirfus.interactions import binary, conditional, references
 from fhirfus.interactions.writes import write_transaction
 from fhirfus.store import repository
@@ -52,6 +60,9 @@ def accept(caller: Access, body: Any, res_type: str) -> dict:
     A site client's writes are labelled with its site (and may not carry another site's label).
     """
     resource = validate_resource(body, res_type)
+    require_storable(resource)
+    if broken := invariant_errors(resource):
+        raise InvalidResource(broken[0].diagnostics, issues=broken)
     rules.enforce(resource)
     return caller.labelled(resource)
 
@@ -88,6 +99,7 @@ def create_in(
 
 def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored:
     caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
     stored = repository.current(conn, caller.visibility, res_type, res_id)
     if stored is None:
         raise _not_found(res_type, res_id)
@@ -100,10 +112,11 @@ def read_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Sto
 
 def vread_in(conn: Connection, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
     caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
+    version = parse_version_id(version_id)
     if repository.current(conn, caller.visibility, res_type, res_id) is None:
         raise _not_found(res_type, res_id)
-    stored = repository.version(conn, caller.visibility, res_type, res_id, int(version_id)) \
-        if version_id.isdigit() and len(version_id) <= 9 else None
+    stored = repository.version(conn, caller.visibility, res_type, res_id, version)
     if stored is None:
         raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
     if stored.deleted:
@@ -119,6 +132,7 @@ def update_in(
     """New version (the current row locked first), or update-as-create when the id is free and the
     caller may choose ids (a site client updates only the ids its site owns)."""
     caller.require(res_type, "u")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None and not caller.chooses_ids:
         raise NotFound(f"{res_type}/{res_id} not found (a site client creates with POST or a conditional "
@@ -180,6 +194,7 @@ def patch_in(
         raise InvalidRequest("A PATCH body is a JSON Patch (an array of operations) or a FHIRPath Patch "
                              "(a Parameters resource)", "PATCH")
     caller.require(res_type, "u")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
         raise _not_found(res_type, res_id)
@@ -190,17 +205,29 @@ def patch_in(
         patched = _apply_patch(previous.content or {}, operations)
     else:
         patched = fhirpath_patch.apply(previous.content or {}, operations)
-    if patched.get("resourceType") != res_type or patched.get("id") != res_id:
-        raise InvalidRequest("A patch must not change resourceType or id", f"{res_type}.id")
+    _require_fixed_by_patch(res_type, previous.content or {}, patched)
     resource = accept(caller, patched, res_type)
     stored = repository.replace(conn, previous, resource, "PATCH")
     after_write(conn, stored)
     return WriteResult(stored, created=False)
 
 
+#: What a JSON Patch may not change: the identity of the resource and its ``meta`` (versionId and
+#: lastUpdated are the server's; tags, profiles and security labels change with a PUT).
+_FIXED_BY_PATCH = ("resourceType", "id", "meta")
+
+
+def _require_fixed_by_patch(res_type: str, before: dict, after: dict) -> None:
+    for name in _FIXED_BY_PATCH:
+        if before.get(name) != after.get(name):
+            expression = "resourceType" if name == "resourceType" else f"{res_type}.{name}"
+            raise InvalidRequest(f"A JSON Patch must not change {name}", expression)
+
+
 def delete_in(conn: Connection, caller: Access, res_type: str, res_id: str) -> Stored | None:
     """A tombstone version; deleting a deleted resource changes nothing (None)."""
     caller.require(res_type, "d")
+    require_valid_id(res_id, res_type)
     previous = repository.current(conn, caller.visibility, res_type, res_id, for_update=True)
     if previous is None:
         raise _not_found(res_type, res_id)
@@ -400,13 +427,31 @@ def validate(
             resource = check_update_body(caller, res_type, res_id, body)
         except (InvalidResource, InvalidRequest, BusinessRuleViolation) as exc:
             return exc.issues
-        return rules.domain_issues(resource)
-    issues = resource_issues(body, res_type)
-    return issues or rules.domain_issues(body)
+        return _worst_first(resource_issues(resource, res_type, warnings=True) + invariant_issues(resource)
+                            + rules.domain_issues(resource))
+    issues = resource_issues(body, res_type, warnings=True)
+    if not _has_errors(issues):
+        issues += invariant_issues(body)
+    if _has_errors(issues):
+        return _worst_first(issues)
+    return _worst_first(issues + rules.domain_issues(body))
+
+
+def _has_errors(issues: list[Issue]) -> bool:
+    return any(issue.severity in ("error", "fatal") for issue in issues)
+
+
+_SEVERITY_RANK = {"fatal": 0, "error": 1, "warning": 2, "information": 3}
+
+
+def _worst_first(issues: list[Issue]) -> list[Issue]:
+    """Errors before warnings (best-practice warnings are on nearly every resource)."""
+    return sorted(issues, key=lambda issue: _SEVERITY_RANK.get(issue.severity, 4))
 
 
 def _resource_parameter(parameters: dict) -> Any:
-    for parameter in parameters.get("parameter") or []:
+    items = parameters.get("parameter")
+    for parameter in items if isinstance(items, list) else []:
         if isinstance(parameter, dict) and parameter.get("name") == "resource":
             return parameter.get("resource")
     raise InvalidRequest("Parameters must carry the resource to validate in 'resource'", "Parameters.parameter")

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.fhir.dates import parse_date_range
-from fhirfus.fhir.validation import require_known_type
+from fhirfus.fhir.validation import require_known_type, require_valid_id
 from fhirfus.interactions import binary
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 from fhirfus.store import repository
@@ -74,6 +74,8 @@ def history_bundle(
     if res_type is not None:
         require_known_type(res_type)
     caller.require(res_type or "*", "r" if res_id is not None else "s")
+    if res_id is not None:
+        require_valid_id(res_id, res_type or "Resource")
     count = page_size(params.get("_count"), default_count, max_count)
     since = _since(params)
     after = _cursor(store.engine, params)

@@ -18,7 +18,7 @@ from fhirfus.db.visibility import content_text
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
-from fhirfus.fhir.validation import require_known_type
+from fhirfus.fhir.validation import require_known_type, require_valid_id
 from fhirfus.interactions import crud
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_size, page_url
 from fhirfus.search.compiler import local_reference, params_rows
@@ -30,6 +30,7 @@ def everything_bundle(
 ) -> dict:
     """One page of the patient's compartment; resources are ``orjson.Fragment``s of their stored JSON."""
     caller.require("Patient", "r")
+    require_valid_id(patient_id, "Patient")
     count = page_size(params.get("_count"), default_count, max_count)
     types = [t for t in (params.get("_type") or "").split(",") if t]
     for t in types:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.validation import served_types
 from fhirfus.fhirpath.paths import selects_identifiers
+from fhirfus.search.limits import check_or_values, check_parameters
 from fhirfus.search.registry import SearchParam, params_for
 
 #: Parameters that shape the result rather than select resources.
@@ -277,6 +278,7 @@ def _parse_count(value: str) -> int:
 
 def parse_query(res_type: str, params: Sequence[tuple[str, str]], *, strict: bool = False) -> SearchQuery:
     """Turn URL parameters into a ``SearchQuery`` for ``res_type``."""
+    check_parameters(params)
     query = SearchQuery(res_type)
     for name, value in params:
         if name in FORMAT_PARAMETERS:
@@ -299,7 +301,9 @@ def parse_query(res_type: str, params: Sequence[tuple[str, str]], *, strict: boo
             query.criteria.append(Criterion(name, ref, (url,)))
             query.criteria.append(Criterion("version", parse_name(res_type, "version"), (version,)))
         else:
-            query.criteria.append(Criterion(name, ref, split_or(value)))
+            values = split_or(value)
+            check_or_values(name, values)
+            query.criteria.append(Criterion(name, ref, values))
         query.kept.append((name, value))
     return query
 
@@ -320,6 +324,7 @@ def _apply_result_parameter(query: SearchQuery, name: str, value: str) -> None:
     if base == "_count":
         query.count = _parse_count(value)
     elif base == "_sort":
+        check_or_values(name, value.split(","))
         query.sort = _parse_sort(query.res_type, value)
     elif base == "_include":
         query.includes.append(_parse_include(value, name, name.endswith((":iterate", ":recurse"))))
