@@ -293,3 +293,17 @@ def test_site_files_are_kept_only_until_committed_cancelled_or_abandoned(store: 
     left = {p.name for p in (tmp_path / "console-imports" / kept.upload_id).iterdir()}
     assert left == {"upload.json", "outcome.json", "report.csv"}
     assert [o.upload_id for o in imports.history(coordinator, str(tmp_path))] == [kept.upload_id]
+
+
+def test_a_form_posted_from_another_site_is_refused_login_included(secure_server, store: Store) -> None:
+    email = person(store, "admin")
+    with httpx.Client(base_url=secure_server.root) as http:
+        foreign = http.post("/app/login", data={"email": email, "password": PASSWORD},
+                            headers={"Origin": "https://attacker.example"})
+        assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
+        own = http.post("/app/login", data={"email": email, "password": PASSWORD}, headers={"Origin": secure_server.root})
+        assert own.status_code == 303
+        token = csrf(http.get("/app/admin/people"))
+        forged = http.post("/app/admin/people", data={"csrf": token, "email": "o@x.example", "role": "analyst"},
+                           headers={"Origin": "https://attacker.example"})
+        assert forged.status_code == 403

@@ -27,6 +27,7 @@ from fhirfus.api.console.web import (
     COOKIE,
     HERE,
     Visit,
+    check_origin,
     current_session,
     error_page,
     form_text,
@@ -133,6 +134,7 @@ async def login(request: Request) -> Response:
     data = await request.form()
     store = request.app.state.store
     try:
+        check_origin(request)
         person = await run_in_threadpool(people.authenticate, store, form_text(data, "email"),
                                          str(data.get("password") or ""), str(data.get("code") or ""))
         token, _ = await run_in_threadpool(people.open_session, store, person)
@@ -172,18 +174,21 @@ async def setup(request: Request) -> Response:
     token = str(data.get("token") or "")
     store = request.app.state.store
     try:
+        check_origin(request)
         password = str(data.get("password") or "")
         if password != str(data.get("repeat") or ""):
             raise InvalidRequest("The two passwords differ", "repeat")
         person = await run_in_threadpool(people.set_password, store, token, password)
         session_token, _ = await run_in_threadpool(people.open_session, store, person)
     except FhirError as exc:
+        request.app.state.audit.record(AuditRecord.of(None, request.scope, exc.status))
         try:
             email = (await run_in_threadpool(people.person_for_setup, store, token)).email
         except FhirError:
             return error_page(request, exc, None)
         return render(request, "setup.html", exc.status, token=token, email=email, minimum=people.MIN_PASSWORD,
                       error=exc.message)
+    request.app.state.audit.record(AuditRecord.of(people.access_for(person), request.scope, 303))
     response = RedirectResponse(HOME[person.role], status_code=303)
     set_session_cookie(response, request, session_token)
     return response

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -84,6 +84,16 @@ def check_csrf(session: people.Session, form: Any) -> None:
         raise Forbidden("The form is stale or was not sent by this console (CSRF token); reload the page", "csrf")
 
 
+def check_origin(request: Request) -> None:
+    """A browser's form post from another site is refused (``Origin`` names a different host): this
+    also covers the login and setup forms, which have no session and hence no CSRF token yet."""
+    origin = request.headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", request.url.netloc):
+        raise Forbidden("This form was sent from another site", "Origin")
+    if origin == "null":
+        raise Forbidden("This form was sent from an opaque origin", "Origin")
+
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -110,6 +120,7 @@ def page(*roles: str, form: bool = False, max_body: bool = False) -> Callable[[H
                 if max_body and declared.isdigit() and int(declared) > limit:
                     raise PayloadTooLarge(f"The upload is larger than the {limit} bytes the server accepts", "file")
                 if form:
+                    check_origin(request)
                     data = await request.form()
                     check_csrf(session, data)
                     kwargs["data"] = data
