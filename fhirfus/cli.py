@@ -19,6 +19,8 @@ clients_app = typer.Typer(help="SMART backend-services clients.", no_args_is_hel
 app.add_typer(clients_app, name="clients")
 export_app = typer.Typer(help="Exports: Bulk Data NDJSON, de-identified analysis datasets.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+users_app = typer.Typer(help="People who use the web console at /app.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
 console = Console(stderr=True)
 
 
@@ -570,6 +572,55 @@ def clients_keys(
 
     client = _client_command(set_keys, _clients_store(), client_id, _read_jwks(jwks), jwks_url)
     console.print(f"client {client_id} now uses {_keys_text(_client_fields(client))}")
+
+
+def _setup_link(base: str | None, token: str) -> str:
+    root = (base or "http://127.0.0.1:8000/fhir").rstrip("/").removesuffix("/fhir")
+    return f"{root}/app/setup?token={token}"
+
+
+@users_app.command("add")
+def users_add(
+    email: str = typer.Option(..., "--email", help="The person's email (their login)."),
+    role: str = typer.Option(..., "--role", help="site, analyst or admin."),
+    site: str = typer.Option(None, "--site", help="The site of a site coordinator."),
+) -> None:
+    """Add a person; prints a one-time first-login link (valid 3 days) to send them."""
+    from fhirfus.auth.people import add_person
+
+    person, token = _client_command(add_person, _clients_store(), email, role, site)
+    console.print(f"{person.email} ({person.role}{', site ' + person.site if person.site else ''}) added; "
+                  "first-login link:")
+    typer.echo(_setup_link(get_settings().base_url, token))
+
+
+@users_app.command("reset-link")
+def users_reset_link(email: str = typer.Option(..., "--email", help="The person's email.")) -> None:
+    """A new one-time link to choose a password (the old one keeps working until it is used)."""
+    from fhirfus.auth.people import reset_link_token
+
+    token = _client_command(reset_link_token, _clients_store(), email)
+    typer.echo(_setup_link(get_settings().base_url, token))
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The people with console accounts."""
+    from fhirfus.auth.people import list_people
+
+    for person in list_people(_clients_store()):
+        state = "enabled" if person.enabled else "disabled"
+        typer.echo(f"{person.email}\t{person.role}\t{person.site or '-'}\t{state}\t"
+                   f"{'password set' if person.has_password else 'link not used yet'}")
+
+
+@users_app.command("disable")
+def users_disable(email: str = typer.Option(..., "--email", help="The person's email.")) -> None:
+    """Disable a person: their sessions end at once."""
+    from fhirfus.auth.people import set_enabled
+
+    _client_command(set_enabled, _clients_store(), email, False)
+    console.print(f"{email} disabled")
 
 
 def main() -> None:

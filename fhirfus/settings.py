@@ -74,6 +74,13 @@ class Settings:
         "FHIRFUS_DEID_KEY", None,
         "secret (≥ 16 characters) naming the pseudonym namespace of analysis exports; unset: analysis exports are "
         "refused (503)")
+    oidc_issuer: str | None = setting(
+        "FHIRFUS_OIDC_ISSUER", None,
+        "OpenID Connect issuer (`https://idp.hospital.example/realms/x`) whose login the web console offers beside "
+        "passwords; a person logs in when the provider's verified email is one of the console's accounts")
+    oidc_client_id: str | None = setting("FHIRFUS_OIDC_CLIENT_ID", None, "the console's client id at that provider")
+    oidc_client_secret: str | None = setting(
+        "FHIRFUS_OIDC_CLIENT_SECRET", None, "its client secret (unset: a public client, PKCE only)")
     cors_origins: tuple[str, ...] = setting(
         "FHIRFUS_CORS_ORIGINS", (), "comma-separated browser origins allowed by CORS (CORS is off without it)")
     max_body_bytes: int = setting("FHIRFUS_MAX_BODY_BYTES", 16 * 1024 * 1024, "request bodies above this get 413")

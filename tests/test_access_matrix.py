@@ -29,6 +29,9 @@ from test_domain_writes import response_for
 from fhirfus.store.repository import Store
 
 ASYNC = {"Prefer": "respond-async"}
+#: The web console's pages for people: no bearer token opens them, only a console session
+#: (``tests/test_console.py`` checks sites against each other there, with people logged in).
+CONSOLE_PUBLIC = {"/app/login", "/app/setup", "/app/static/{name}", "/app/login/oidc", "/app/login/oidc/callback"}
 PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/token", "/fhir/metadata",
           "/fhir/.well-known/smart-configuration"}
 
@@ -182,6 +185,26 @@ RECIPES: dict[tuple[str, str], Recipe] = {
     ("GET", "/fhir/{res_type}/{res_id}/_history"): Recipe(lambda t: (f"/fhir/Patient/{t.deleted}/_history", {})),
     ("GET", "/fhir/{res_type}/{res_id}/_history/{version_id}"): Recipe(
         lambda t: (f"/fhir/Patient/{t.deleted}/_history/1", {})),
+    **{(method, path): Recipe(lambda t, path=path, kwargs=kwargs: (
+        path.format(patient_id=t.patient, upload_id=t.export_job, job_id=t.analysis_job, name=t.analysis_file),
+        kwargs), targeted=False)
+       for method, path, kwargs in (
+           ("GET", "/app", {}), ("GET", "/app/login", {}), ("GET", "/app/login/oidc", {}),
+           ("GET", "/app/login/oidc/callback", {"params": {"state": "x", "code": "y"}}), ("GET", "/app/account", {}), ("GET", "/app/quality", {}),
+           ("POST", "/app/account/totp", {"data": {"csrf": "x", "action": "off"}}),
+           ("POST", "/app/login", {"data": {"email": "nobody@example.org", "password": "wrong password"}}),
+           ("POST", "/app/logout", {"data": {"csrf": "x"}}), ("GET", "/app/setup", {"params": {"token": "x"}}),
+           ("POST", "/app/setup", {"data": {"token": "x", "password": "p" * 12, "repeat": "p" * 12}}),
+           ("GET", "/app/static/{name}", {}), ("GET", "/app/patients", {}), ("GET", "/app/patients/{patient_id}", {}),
+           ("GET", "/app/imports", {}), ("POST", "/app/imports", {"data": {"csrf": "x", "mapping": "site-registry"}}),
+           ("POST", "/app/imports/{upload_id}/commit", {"data": {"csrf": "x"}}),
+           ("POST", "/app/imports/{upload_id}/cancel", {"data": {"csrf": "x"}}),
+           ("GET", "/app/imports/{upload_id}/report.csv", {}), ("GET", "/app/cohorts", {}),
+           ("POST", "/app/cohorts/export", {"data": {"csrf": "x", "cohort": "_all"}}),
+           ("GET", "/app/exports/{job_id}", {}), ("GET", "/app/exports/{job_id}/{name}", {}),
+           ("GET", "/app/admin/people", {}), ("POST", "/app/admin/people", {"data": {"csrf": "x", "email": "e@x.org"}}),
+           ("POST", "/app/admin/people/state", {"data": {"csrf": "x", "email": "e@x.org", "action": "disable"}}),
+           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}))},
 }
 
 
@@ -358,7 +381,11 @@ def test_every_route_has_an_access_recipe(secure_server) -> None:
 @pytest.mark.parametrize("key", sorted(RECIPES), ids="{0[0]} {0[1]}".format)
 def test_without_a_token_only_public_routes_answer(world: World, key: tuple[str, str]) -> None:
     answer = call(world, "none", key, world.targets["other"])
-    if key[1] in PUBLIC:
+    if key[1] in CONSOLE_PUBLIC:
+        assert answer.status_code < 500
+    elif key[1].startswith("/app"):  # a console page without a session: to the login page, nothing else
+        assert answer.status_code == 303 and answer.headers["location"].startswith("/app/login"), answer.text
+    elif key[1] in PUBLIC:
         assert answer.status_code < 500
     else:
         assert answer.status_code == 401, answer.text
@@ -378,6 +405,8 @@ def test_a_site_sees_nothing_of_another_site_and_its_ids_do_not_exist(world: Wor
             assert _without_ids(on_other.text, world.targets["other"]) == _without_ids(on_unknown.text, world.targets["unknown"])
     for answer in answers:
         assert answer.status_code < 500, answer.text
+        if key[1].startswith("/app") and key[1] not in CONSOLE_PUBLIC:  # a bearer token opens no console page
+            assert answer.status_code == 303, answer.text
         assert _b_traces(world, answer.text) == [], (key, answer.request.url, answer.text[:2000])
 
 
@@ -415,8 +444,8 @@ def test_no_caller_gets_a_server_error_on_any_route(world: World, who: str, monk
 
 def test_an_analyst_reads_no_resource(world: World) -> None:
     for key in sorted(RECIPES):
-        if "analysis" in key[1] or key[1] in PUBLIC:
-            continue
+        if "analysis" in key[1] or key[1] in PUBLIC or key[1].startswith("/app"):
+            continue  # console pages need a person's session (tests/test_console.py)
         for kind in ("own", "other"):
             answer = call(world, "analyst", key, world.targets[kind])
             if answer.status_code == 200 and answer.json().get("type") == "batch-response":  # refused entry by entry

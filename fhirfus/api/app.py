@@ -7,6 +7,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
 from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
+from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
 from fhirfus.auth import ratelimit
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.add_middleware(limits.UrlLimit)  # outermost: a long URL is refused before anything reads it
     app.add_middleware(RequestLog)  # around even that: it only observes (every answer, the refusals too)
     app.include_router(auth.router)
+    app.include_router(console.router)  # the web console for people at /app
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...

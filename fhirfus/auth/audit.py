@@ -116,11 +116,19 @@ def audit_event(record: AuditRecord) -> dict:
 def _entity(record: AuditRecord) -> dict[str, Any]:
     parts = [p for p in record.path.removeprefix("/fhir").split("/") if p]
     entity: dict[str, Any] = {"description": f"{record.method} {record.path}"}
-    if len(parts) >= 2 and not parts[1].startswith(("_", "$")):
+    if record.path.startswith("/fhir") and len(parts) >= 2 and not parts[1].startswith(("_", "$")):
         entity["what"] = {"reference": f"{parts[0]}/{parts[1]}"}
     if record.query:
         entity["query"] = base64.b64encode(record.query.encode()).decode()
     return entity
+
+
+def _who(client_id: str | None) -> str:
+    """A client by its id, a console user by name (``person:<email>``, ``fhirfus.auth.people``)."""
+    if client_id is None:
+        return "unauthenticated caller"
+    kind, _, name = client_id.partition(":")
+    return f"person {name}" if kind == "person" and name else f"client {client_id}"
 
 
 def _group(record: AuditRecord) -> tuple:
@@ -141,7 +149,7 @@ def audit_event_of(records: list[AuditRecord]) -> dict:
                              "code": "datacollector" if record.role == "site" else "humanuser"}]},
         "requestor": True,
         "altId": record.client_id or "anonymous",
-        "who": {"display": f"client {record.client_id}" if record.client_id else "unauthenticated caller"},
+        "who": {"display": _who(record.client_id)},
     }
     if record.address:
         agent["network"] = {"address": record.address, "type": "2"}

@@ -319,3 +319,35 @@ auth_secrets = Table(
     Column("value", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
 )
+
+#: People who use the web console (``fhirfus.auth.people``): the same role and site model as clients.
+#: ``password_hash`` is argon2id (NULL until the first-login link is used); ``setup_hash`` is the
+#: SHA-256 of the one-time first-login or reset token (the token itself is never stored).
+auth_people = Table(
+    "auth_people",
+    metadata,
+    Column("person_id", String(64), primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("site", String(64), nullable=True),
+    Column("password_hash", Text, nullable=True),
+    Column("setup_hash", String(64), nullable=True, unique=True),
+    Column("setup_expires_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    #: The base32 TOTP secret (RFC 6238) when the person set up a second factor, and the last time
+    #: step a code was accepted for (a code is used once).
+    Column("totp_secret", String(64), nullable=True),
+    Column("totp_last_step", BigInteger, nullable=True),
+)
+
+#: Console sessions: the SHA-256 of the cookie's token, its person, its CSRF token and expiry.
+auth_person_sessions = Table(
+    "auth_person_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("person_id", String(64), nullable=False, index=True),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
