@@ -271,8 +271,9 @@ def test_stored_data_xml_cannot_carry_is_a_typed_error_not_a_500(client: httpx.C
         create(conn, "Patient", f"ctl-{unique}", {"resourceType": "Patient", "name": [{"family": "a\u0001b"}]})
     assert crud.read(store, SERVER, "Patient", f"ctl-{unique}") is not None
     assert client.get(f"/Patient/ctl-{unique}").status_code == 200
-    for path in (f"/Patient/ctl-{unique}", f"/Patient?_id=ctl-{unique}", f"/Patient/ctl-{unique}/_history"):
-        response = client.get(path, params={"_format": "xml"})
+    for path, params in ((f"/Patient/ctl-{unique}", {}), ("/Patient", {"_id": f"ctl-{unique}"}),
+                         (f"/Patient/ctl-{unique}/_history", {})):
+        response = client.get(path, params={**params, "_format": "xml"})  # params replace a query in the path
         assert response.status_code == 400, (path, response.text)
         assert b"<OperationOutcome" in response.content and b"family" in response.content
 
