@@ -27,13 +27,12 @@ def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) 
         return _sqlite_engine(url, echo=echo)
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    # the server's time limit per SQL statement (0: none): a runaway query is cancelled, not left running
-    connect_args: dict[str, Any] = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
+    connect_args: dict[str, Any] = {}
     # No server-side prepared statements: after five executions PostgreSQL may switch a prepared
     # search to a value-blind generic plan, which turned a 0.3 ms patient+code+date search into
     # 1.9 s on 1,000,000 resources. Unnamed statements are planned with their actual values.
     connect_args["prepare_threshold"] = None
-    return create_engine(
+    engine = create_engine(
         url,
         echo=echo,
         json_serializer=_dumps,
@@ -43,6 +42,17 @@ def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) 
         pool_recycle=1800,  # no pre-ping: it costs a round trip per request; stale links are recycled
         connect_args=connect_args,
     )
+    if statement_timeout_ms:
+        # the server's time limit per SQL statement: a runaway query is cancelled, not left running.
+        # Set on each new connection after SQLAlchemy's own first-connect queries (type lookups in
+        # the catalog), which are no request's and must not be cancelled by a small limit.
+        @event.listens_for(engine, "connect")
+        def _limit(dbapi_connection: Any, _record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+            dbapi_connection.commit()
+
+    return engine
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:
