@@ -4,7 +4,7 @@ resource routes: ``ValueSet/$expand`` is not a read of the id ``$expand``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,51 +32,27 @@ async def _answer(request: Request, kind: str, operation: Callable[..., dict], *
     return fhir_response(request, result)
 
 
-@router.api_route("/ValueSet/$expand", methods=BOTH)
-async def expand(request: Request) -> Response:
-    return await _answer(request, "ValueSet", terminology.expand, datetime.now(UTC))
+#: (type, operation, what runs it, whether it has an instance form, whether it is given the clock)
+OPERATIONS: tuple[tuple[str, str, Callable[..., dict], bool, bool], ...] = (
+    ("ValueSet", "$expand", terminology.expand, True, True),
+    ("ValueSet", "$validate-code", terminology.validate_valueset_code, True, False),
+    ("CodeSystem", "$lookup", terminology.lookup, False, False),
+    ("CodeSystem", "$validate-code", terminology.validate_codesystem_code, True, False),
+    ("CodeSystem", "$subsumes", terminology.subsumes, False, False),
+    ("ConceptMap", "$translate", terminology.translate, True, False),
+)
 
 
-@router.api_route("/ValueSet/{res_id}/$expand", methods=BOTH)
-async def expand_instance(request: Request, res_id: str) -> Response:
-    return await _answer(request, "ValueSet", terminology.expand, datetime.now(UTC), res_id)
+def _route(kind: str, run: Callable[..., dict], clock: bool) -> Callable[[Request], Awaitable[Response]]:
+    async def answer(request: Request) -> Response:
+        res_id = request.path_params.get("res_id")
+        args = ([datetime.now(UTC)] if clock else []) + ([res_id] if res_id is not None else [])
+        return await _answer(request, kind, run, *args)
+
+    return answer
 
 
-@router.api_route("/ValueSet/$validate-code", methods=BOTH)
-async def validate_valueset_code(request: Request) -> Response:
-    return await _answer(request, "ValueSet", terminology.validate_valueset_code)
-
-
-@router.api_route("/ValueSet/{res_id}/$validate-code", methods=BOTH)
-async def validate_valueset_code_instance(request: Request, res_id: str) -> Response:
-    return await _answer(request, "ValueSet", terminology.validate_valueset_code, res_id)
-
-
-@router.api_route("/CodeSystem/$lookup", methods=BOTH)
-async def lookup(request: Request) -> Response:
-    return await _answer(request, "CodeSystem", terminology.lookup)
-
-
-@router.api_route("/CodeSystem/$validate-code", methods=BOTH)
-async def validate_codesystem_code(request: Request) -> Response:
-    return await _answer(request, "CodeSystem", terminology.validate_codesystem_code)
-
-
-@router.api_route("/CodeSystem/{res_id}/$validate-code", methods=BOTH)
-async def validate_codesystem_code_instance(request: Request, res_id: str) -> Response:
-    return await _answer(request, "CodeSystem", terminology.validate_codesystem_code, res_id)
-
-
-@router.api_route("/CodeSystem/$subsumes", methods=BOTH)
-async def subsumes(request: Request) -> Response:
-    return await _answer(request, "CodeSystem", terminology.subsumes)
-
-
-@router.api_route("/ConceptMap/$translate", methods=BOTH)
-async def translate(request: Request) -> Response:
-    return await _answer(request, "ConceptMap", terminology.translate)
-
-
-@router.api_route("/ConceptMap/{res_id}/$translate", methods=BOTH)
-async def translate_instance(request: Request, res_id: str) -> Response:
-    return await _answer(request, "ConceptMap", terminology.translate, res_id)
+for _kind, _name, _run, _instance, _clock in OPERATIONS:
+    router.add_api_route(f"/{_kind}/{_name}", _route(_kind, _run, _clock), methods=BOTH)
+    if _instance:
+        router.add_api_route(f"/{_kind}/{{res_id}}/{_name}", _route(_kind, _run, _clock), methods=BOTH)

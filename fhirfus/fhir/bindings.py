@@ -142,10 +142,17 @@ def _system_codes() -> dict[str, frozenset[str]]:
 
 
 @cache
+def element_definitions() -> dict[str, Any]:
+    """The generated element tables as read (``data/fhir_elements.json``), once per process: the
+    bindings, the XML writer and reader, and FHIRPath Patch all build on them."""
+    with DATA_FILE.open(encoding="utf-8") as fh:
+        return dict(json.load(fh))
+
+
+@cache
 def _model() -> _Model:
     """Load and index the generated definitions once per process."""
-    with DATA_FILE.open(encoding="utf-8") as fh:
-        raw = json.load(fh)
+    raw = element_definitions()
     valuesets = _load_valuesets(raw["valuesets"])
     table_keys = frozenset(raw["types"])
     tables = {key: _build_table(key, specs, table_keys, valuesets) for key, specs in raw["types"].items()}

@@ -11,10 +11,11 @@ here (documents may refer outside themselves).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from fhirfus.errors import Issue
+from fhirfus.fhir.references import references_at
 
 _RESTFUL = re.compile(r"^(?P<base>.*/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(/_history/[^/]+)?$")
 _VERSIONED = re.compile(r"^(?P<url>.+)/_history/(?P<version>[^/]+)$")
@@ -34,8 +35,9 @@ def bundle_reference_issues(bundle: Mapping[str, Any]) -> list[Issue]:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("resource"), Mapping):
             continue
         base = _base(entry.get("fullUrl"))
-        for path, reference in _references(entry["resource"], f"Bundle.entry[{index}].resource"):
-            issue = _resolve(reference, base, by_url, path)
+        where = f"Bundle.entry[{index}].resource"
+        for path, reference in references_at(entry["resource"], where, nested_resources=False):
+            issue = _resolve(reference, base, by_url, f"{path}.reference")
             if issue is not None:
                 issues.append(issue)
     return issues
@@ -70,19 +72,3 @@ def _resolve(reference: str, base: str | None, by_url: Mapping[str, list[Mapping
         return Issue(f"{reference} matches {len(matches)} entries of the Bundle; it must name one", "invalid",
                      "error", (path,))
     return None
-
-
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(path, reference) of every Reference in ``node``, contained resources and nested Bundles aside."""
-    if isinstance(node, Mapping):
-        reference = node.get("reference")
-        if isinstance(reference, str):
-            yield f"{path}.reference", reference
-        for key, value in node.items():
-            if key in ("contained",) or (isinstance(value, Mapping) and "resourceType" in value):
-                continue
-            if isinstance(value, Mapping | list):
-                yield from _references(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _references(item, f"{path}[{index}]")

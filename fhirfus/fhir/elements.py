@@ -5,12 +5,11 @@ FHIRPath Patches."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 
-from fhirfus.fhir.bindings import DATA_FILE
+from fhirfus.fhir.bindings import element_definitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +34,7 @@ class ElementModel:
 @cache
 def element_model() -> ElementModel:
     """Loaded once per process."""
-    raw = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    raw = element_definitions()
     keys = frozenset(raw["types"])
     tables: dict[str, dict[str, Element]] = {}
     for key, specs in raw["types"].items():

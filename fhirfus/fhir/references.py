@@ -24,6 +24,25 @@ def iter_references(node: Any) -> Iterator[dict]:
             yield from iter_references(item)
 
 
+def references_at(node: Any, path: str, *, nested_resources: bool = True) -> Iterator[tuple[str, str]]:
+    """(path of the Reference, reference) of every Reference in ``node``, depth first. Contained
+    resources are skipped (they belong to their container, addressed by ``#id``); other nested
+    resources (Bundle entries, Parameters parts) too unless ``nested_resources``."""
+    if isinstance(node, dict):
+        reference = node.get("reference")
+        if isinstance(reference, str):
+            yield path, reference
+        for key, value in node.items():
+            if key == "contained" or not isinstance(value, dict | list):
+                continue
+            if not nested_resources and isinstance(value, dict) and "resourceType" in value:
+                continue
+            yield from references_at(value, f"{path}.{key}", nested_resources=nested_resources)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from references_at(item, f"{path}[{index}]", nested_resources=nested_resources)
+
+
 def rewrite_references(resource: dict, resolve: Callable[[str], str | None]) -> None:
     """Replace, in place, each ``reference`` for which ``resolve`` returns a new value."""
     for reference in iter_references(resource):

@@ -57,8 +57,10 @@ PATTERNS: Mapping[str, re.Pattern[str]] = {
     }.items()
 }
 _WHITESPACE = re.compile(r"\s+")
-#: R4 strings are ``[ \r\n\t\S]+``: no other control character (a NUL breaks PostgreSQL's text too).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+#: R4 strings are ``[ \r\n\t\S]+``: no other control character (a NUL breaks PostgreSQL's text too),
+#: and nothing XML 1.0 cannot carry (U+FFFE, U+FFFF, lone surrogates), so every stored resource is
+#: writable as FHIR XML.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 _URI_UUID = re.compile(r"urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 URI_TYPES = frozenset({"uri", "url", "canonical"})
 STRING_TYPES = frozenset({"string", "markdown", "xhtml", *PATTERNS})

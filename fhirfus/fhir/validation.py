@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
 from fhirfus.fhir.bindings import check_elements, resource_types
 from fhirfus.fhir.checks import rule_issues
-from fhirfus.fhir.xml import xhtml_problem
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
@@ -261,41 +260,12 @@ def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bo
     rid = data.get("id")
     if rid is not None and not valid_id(rid):
         return [Issue(f"Invalid id {shown(rid)}", "value", "error", (f"{resource_type}.id",))]
-    issues = _structure_issues(resource_type, data) or _text_issues(data, resource_type)
+    issues = _structure_issues(resource_type, data)
     if issues:
         return issues
     issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)]
     issues += rule_issues(data, resource_type)
     return issues if warnings else [i for i in issues if i.severity in ("error", "fatal")]
-
-
-#: What no FHIR string holds (datatypes.html#string: no code points below 32 but tab, CR and LF) and
-#: XML 1.0 cannot carry at all (U+FFFE, U+FFFF, lone surrogates).
-_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-
-
-def _text_issues(node: Any, path: str) -> list[Issue]:
-    """Strings hold no control characters, and each narrative (``text.div`` of the resource and of
-    every resource inside it: contained, Bundle entries, parameters) is a well-formed XHTML div
-    without DTD or entities: what FHIR XML can carry (``fhir.xml``), so a stored resource is
-    readable in both formats and no stored DTD is ever parsed."""
-    issues: list[Issue] = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "text" and isinstance(value, dict) and "div" in value:
-                problem = xhtml_problem(value["div"])
-                if problem is not None:
-                    issues.append(Issue(problem, "value", "error", (f"{path}.text.div",)))
-            issues += _text_issues(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            issues += _text_issues(item, f"{path}[{index}]")
-    elif isinstance(node, str) and _FORBIDDEN_CHARACTERS.search(node):
-        found = _FORBIDDEN_CHARACTERS.search(node)
-        assert found is not None
-        issues.append(Issue(f"{path} contains the character U+{ord(found.group(0)):04X}, which FHIR strings may not "
-                            "hold (no control characters but tab, CR and LF)", "value", "error", (path,)))
-    return issues
 
 
 def validate_resource(data: Any, expected_type: str | None = None) -> dict:

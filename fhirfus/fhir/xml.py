@@ -125,16 +125,16 @@ def _primitive_text(value: Any) -> str:
 
 
 def _parse_xhtml(value: Any) -> etree.Element:
-    problem = xhtml_problem(value)
+    problem = _xhtml_problem(value)
     if problem is not None:
         raise InvalidResource(problem, "Narrative.div")
     return etree.fromstring(value.encode(), _parser())
 
 
-def xhtml_problem(value: Any) -> str | None:
+def _xhtml_problem(value: Any) -> str | None:
     """Why ``value`` is not a narrative ``div`` (None when it is): XHTML text, well-formed, one
-    ``div`` in the XHTML namespace, no DTD and no entity declarations (narrative.html). Checked when
-    a resource is written, so every stored narrative can be written as XML too."""
+    ``div`` in the XHTML namespace, no DTD and no entity declarations (narrative.html). Writes are
+    held to this by ``fhir.narrative``; here it guards the XML of anything stored before."""
     if not isinstance(value, str):
         return "Narrative.div must be XHTML text"
     encoded = value.encode()

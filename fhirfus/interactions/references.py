@@ -18,7 +18,7 @@ off too: the references of a whole export resolve, those of one of its chunks ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, and_, or_, select, tuple_
@@ -26,7 +26,7 @@ from sqlalchemy import Connection, and_, or_, select, tuple_
 from fhirfus.auth.access import Access
 from fhirfus.db.tables import search_reference
 from fhirfus.errors import Conflict, InvalidResource, Issue
-from fhirfus.fhir.references import reference_target
+from fhirfus.fhir.references import reference_target, references_at
 from fhirfus.search.compiler import local_reference
 
 _CHUNK = 500
@@ -50,21 +50,6 @@ def local_target(reference: str, base: str) -> tuple[str, str] | None:
     return (res_type, res_id) if res_type and res_id else None
 
 
-def _references(node: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(element path, reference) of every Reference in ``node``, depth first; contained resources
-    are skipped (their references are checked as the container's own ``#`` references are not)."""
-    if isinstance(node, dict):
-        reference = node.get("reference")
-        if isinstance(reference, str):
-            yield path, reference
-        for key, value in node.items():
-            if key != "contained" and isinstance(value, dict | list):
-                yield from _references(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            yield from _references(item, f"{path}[{index}]")
-
-
 def missing_targets(
     conn: Connection, caller: Access, written: Iterable[tuple[T, dict]], base: str,
 ) -> list[tuple[T, str, str]]:
@@ -74,7 +59,7 @@ def missing_targets(
     wanted: dict[tuple[str, str], list[tuple[T, str]]] = {}
     for tag, resource in written:
         res_type = resource.get("resourceType", "Resource")
-        for path, reference in _references(resource, res_type):
+        for path, reference in references_at(resource, res_type):
             target = local_target(reference, base)
             if target is not None and target != (res_type, resource.get("id")):
                 wanted.setdefault(target, []).append((tag, path))
