@@ -103,6 +103,21 @@ class Settings:
     export_expire_seconds: int = setting(
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")
+    import_max_inputs: int = setting(
+        "FHIRFUS_IMPORT_MAX_INPUTS", 100, "`$import`: most `input` files (URLs) one job may name")
+    import_max_bytes: int = setting(
+        "FHIRFUS_IMPORT_MAX_BYTES", 1024 * 1024 * 1024,
+        "`$import`: most bytes of all inputs of one job together (fetched or uploaded); more is refused")
+    import_fetch_timeout: int = setting(
+        "FHIRFUS_IMPORT_FETCH_TIMEOUT", 60,
+        "`$import`: seconds to connect to an input URL and between two reads of it")
+    import_allowed_hosts: tuple[str, ...] = setting(
+        "FHIRFUS_IMPORT_ALLOWED_HOSTS", (),
+        "`$import`: hosts (names or addresses, comma-separated) whose URLs may be fetched even when they "
+        "resolve to a loopback, private or link-local address, which are refused otherwise (SSRF)")
+    import_max_jobs: int = setting(
+        "FHIRFUS_IMPORT_MAX_JOBS", 1,
+        "import jobs one server process runs at once; a kick-off beyond that gets 429 with `Retry-After`")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, bulk_import, limits, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(console.router)  # the web console for people at /app
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
+    app.include_router(bulk_import.router)  # likewise /fhir/_import/...
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
     app.include_router(terminology.router)  # before resources: ValueSet/$expand is no id
     app.include_router(views.router)  # likewise ViewDefinition/$run
@@ -71,6 +72,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.router.on_shutdown.append(app.state.client_status.stop)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
+    app.router.on_startup.append(lambda: bulk_import.start_imports(app))
+    app.router.on_shutdown.append(lambda: bulk_import.stop_imports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     app.router.on_shutdown.append(app.state.audit.stop)
     return app

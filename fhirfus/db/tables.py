@@ -257,6 +257,42 @@ export_job_matches = Table(
     Column("resource_pk", SurrogateKey, primary_key=True),
 )
 
+#: Bulk ``$import`` jobs (``fhirfus.bulk.imports``): who asked (the caller is rebuilt from these
+#: columns when the job runs), the inputs, and ``progress`` — the input and line the next chunk
+#: starts at and the counts so far, written in the transaction of each committed chunk, so a job
+#: adopted after its process died continues exactly where the last commit left it.
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("client_id", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("site", String(64), nullable=True),
+    Column("scopes", Text, nullable=False),
+    Column("request", JsonDocument, nullable=False),
+    Column("progress", JsonDocument, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("owner", String(100), nullable=True),
+    Column("heartbeat", UTCDateTime, nullable=False),
+    Column("directory", Text, nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("updated", UTCDateTime, nullable=False),
+    Column("expires", UTCDateTime, nullable=True),
+    Index("ix_import_jobs_status", "status", "heartbeat"),
+)
+
+#: One OperationOutcome per input line an import could not load (the job's error file).
+import_errors = Table(
+    "import_errors",
+    metadata,
+    Column("job_id", String(36), ForeignKey("import_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("input", Integer, primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("outcome", JsonDocument, nullable=False),
+)
+
 #: De-identification crosswalk (``fhirfus.analysis.deid.policy``): the random pseudonym of a Patient in one
 #: pseudonym namespace (derived from ``FHIRFUS_DEID_KEY``; the key itself is never stored). A
 #: pseudonym is drawn at random the first time a patient is exported under a namespace and
