@@ -5,6 +5,9 @@ both databases."""
 from __future__ import annotations
 
 import functools
+import re
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -368,3 +371,59 @@ def test_a_site_clients_import_lands_under_its_site_and_stays_there(
         assert http_b.get(mine.request.url.path.removeprefix("/fhir")).status_code == 404
         assert http_b.delete(location).status_code == 404
         assert http_a.get(location).status_code == 200
+        provenance = f"/Provenance/import-{location.rsplit('/', 1)[1]}"
+        assert site_label(http_a.get(provenance).json()) == site_a
+        assert http_b.get(provenance).status_code == 404
+
+
+# --- limits, provenance, the README -----------------------------------------------------------------
+
+
+def test_inputs_beyond_the_byte_limit_fail_the_job_with_a_reason(
+        database: Database, files: tuple[str, Path], tmp_path: Path) -> None:
+    root, _served = files
+    settings = import_settings(database, tmp_path, import_max_bytes=1000)
+    worker = ImportWorker(Store(database.engine), settings)
+    try:
+        job_id = service_kick_off(worker, DEVELOPMENT, parameters(("Patient", f"{root}/synthea/Patient.000.ndjson")),
+                                  request_url="test", base_url="")
+        deadline = time.monotonic() + 30
+        while (job := jobs.get(worker.store, job_id)) is not None and job.status in jobs.ACTIVE:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    assert job is not None and job.status == jobs.FAILED
+    assert job.error is not None and "exceed the limit of 1000 bytes" in job.error
+    assert job.progress["inputs"][0]["loaded"] == 0
+
+
+def test_each_job_leaves_a_provenance_of_what_it_loaded(importer: str) -> None:
+    tag = uuid.uuid4().hex[:12]
+    body = b"\n".join(orjson.dumps({"resourceType": "Patient", "id": f"{tag}-{n}"}) for n in range(2))
+    with httpx.Client(base_url=importer, timeout=30) as http:
+        location = kick_off(http, None, content=body, headers={"Content-Type": "application/fhir+ndjson"})
+        finish(http, location)
+        provenance = http.get(f"/Provenance/import-{location.rsplit('/', 1)[1]}").json()
+    assert {t["reference"] for t in provenance["target"]} == {f"Patient/{tag}-0", f"Patient/{tag}-1"}
+    assert "2 resources loaded, 0 lines refused" in provenance["activity"]["text"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_example_runs_as_written(database: Database) -> None:
+    if database.backend != "sqlite":
+        pytest.skip("the README example runs on its own SQLite file")
+    [block] = re.findall(r"```sh bulk-import\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    for path in REPO.glob("var/bulk-import.db*"):
+        path.unlink()
+    try:
+        done = subprocess.run(["bash", "-e", "-c", block], cwd=REPO, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        manifests = [orjson.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        assert [[o["count"] for o in m["output"]] for m in manifests] == [[43, 13], [13]]
+    finally:
+        for path in [*REPO.glob("var/bulk-import.db*"), REPO / "var" / "import-status.json"]:
+            path.unlink(missing_ok=True)
