@@ -5,9 +5,12 @@ both databases."""
 from __future__ import annotations
 
 import functools
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -33,6 +36,7 @@ from fhirfus.db.tables import resource_history, resources
 from fhirfus.db.visibility import site_label
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
+from fhirfus.testing import free_port
 
 SYNTHEA = Path("/work/shared/data/synthea-bulk-10-patients")
 ASYNC = {"Prefer": "respond-async"}
@@ -427,3 +431,57 @@ def test_the_readme_example_runs_as_written(database: Database) -> None:
     finally:
         for path in [*REPO.glob("var/bulk-import.db*"), REPO / "var" / "import-status.json"]:
             path.unlink(missing_ok=True)
+
+
+def test_an_import_whose_server_is_killed_resumes_in_another_process(
+        database: Database, files: tuple[str, Path], tmp_path: Path) -> None:
+    """``kill -9`` of the server mid-import; a worker of another process adopts the job and loads
+    the rest: every line read once, loaded once."""
+    root, served = files
+    tag = uuid.uuid4().hex[:12]
+    name = f"kill-{tag}.ndjson"
+    total = 4_000
+    (served / name).write_bytes(b"\n".join(
+        orjson.dumps({"resourceType": "Patient", "id": f"{tag}-{n}", "gender": "other"}) for n in range(total)) + b"\n")
+    port = free_port()
+    environment = os.environ | {"FHIRFUS_DATABASE_URL": database.url, "FHIRFUS_AUTH": "off",
+                                "FHIRFUS_IMPORT_ALLOWED_HOSTS": "127.0.0.1", "FHIRFUS_EXPORT_DIR": str(tmp_path)}
+    server = subprocess.Popen([str(Path(sys.executable).parent / "fhirfus"), "serve", "--port", str(port)],
+                              env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = Store(database.engine)
+    try:
+        base = f"http://127.0.0.1:{port}/fhir"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/metadata", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            job_id = kick_off(http, parameters(("Patient", f"{root}/{name}"))).rsplit("/", 1)[1]
+        deadline = time.monotonic() + 60
+        while (job := jobs.get(store, job_id)) is None or job.progress["chunks"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+    finally:
+        server.kill()
+    killed = jobs.get(store, job_id)
+    assert killed is not None and killed.status == jobs.RUNNING and 0 < killed.progress["line"] < total
+
+    survivor = ImportWorker(store, import_settings(database, tmp_path), lease=timedelta(0))
+    try:
+        survivor.tend()
+        deadline = time.monotonic() + 120
+        while (done := jobs.get(store, job_id)) is not None and done.status != jobs.COMPLETED:
+            assert done.status in jobs.ACTIVE and time.monotonic() < deadline, done.error
+            time.sleep(0.2)
+    finally:
+        survivor.stop()
+    assert done is not None and done.attempts == 2
+    assert done.progress["inputs"][0] == {"read": total, "loaded": total, "errors": 0}
+    assert done.progress["chunks"] == total // 500
+    assert stored(database, [("Patient", f"{tag}-{n}") for n in range(total)]) == (total, total)

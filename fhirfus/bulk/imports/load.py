@@ -125,7 +125,7 @@ class _Run:
             target = input_file(self.directory, index)
             if not item.get("uploaded"):
                 self.checkpoint()
-                used += fetch(item["url"], target, limits, limits.max_bytes - used)
+                used += fetch(item["url"], target, limits, limits.max_bytes - used, self.checkpoint)
         progress = {**self.progress, "phase": jobs.LOAD}
         with self.store.writing() as conn:
             jobs.commit_progress(conn, self.job.id, self.owner, progress)
@@ -159,7 +159,9 @@ class _Run:
         """``Type/id`` (as stored) of every line of every input that names one."""
         declared: set[str] = set()
         for index in range(len(self.inputs)):
-            for _number, raw in self._lines(index, after=0):
+            for number, raw in self._lines(index, after=0):
+                if number % 10_000 == 0:
+                    self.checkpoint()
                 try:
                     resource = orjson.loads(raw)
                 except orjson.JSONDecodeError:

@@ -24,7 +24,7 @@ from fhirfus.bulk.imports import jobs
 from fhirfus.bulk.imports.load import error_file, input_file, load_rank, progress_text
 from fhirfus.bulk.imports.sources import parse_kick_off
 from fhirfus.bulk.imports.worker import ImportWorker
-from fhirfus.errors import FhirError, InvalidRequest, NotFound
+from fhirfus.errors import FhirError, InvalidRequest, NotFound, PayloadTooLarge
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.store.repository import Store, format_instant
 
@@ -88,7 +88,7 @@ async def kick_off_upload(worker: ImportWorker, caller: Access, chunks: AsyncIte
             async for chunk in chunks:
                 size += len(chunk)
                 if size > worker.limits.max_bytes:
-                    raise InvalidRequest(f"The upload exceeds the limit of {worker.limits.max_bytes} bytes", "body")
+                    raise PayloadTooLarge(f"The upload exceeds the limit of {worker.limits.max_bytes} bytes per import")
                 handle.write(chunk)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,8 +160,9 @@ def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
                 "to import from it", where)
 
 
-def fetch(url: str, target: Path, limits: FetchLimits, budget: int) -> int:
-    """Download ``url`` into ``target`` (at most ``budget`` bytes, decoded); its size."""
+def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Callable[[], None] = lambda: None) -> int:
+    """Download ``url`` into ``target`` (at most ``budget`` bytes, decoded); its size. ``alive`` is
+    called after every block read (the job's heartbeat: a long download must not look like a dead process)."""
     with httpx.Client(timeout=limits.timeout, follow_redirects=False,
                       headers={"Accept": "application/fhir+ndjson"}) as http:
         current = url
@@ -182,6 +183,7 @@ def fetch(url: str, target: Path, limits: FetchLimits, budget: int) -> int:
                                 raise InvalidRequest(
                                     f"{url}: the inputs exceed the limit of {limits.max_bytes} bytes per job", "url")
                             handle.write(block)
+                            alive()
                     return size
             except httpx.HTTPError as exc:
                 raise FetchFailed(f"GET {url} failed: {exc}", "url") from exc
