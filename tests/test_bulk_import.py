@@ -4,6 +4,7 @@ both databases."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import os
 import re
@@ -25,7 +26,7 @@ import orjson
 import pytest
 from auth_helpers import make_client
 from conftest import TEST_DEID_KEY, Database, serving
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import String, cast, func, select, tuple_
 
 from fhirfus.auth.access import DEVELOPMENT
 from fhirfus.bulk.imports import jobs
@@ -378,6 +379,11 @@ def test_a_site_clients_import_lands_under_its_site_and_stays_there(
         provenance = f"/Provenance/import-{location.rsplit('/', 1)[1]}"
         assert site_label(http_a.get(provenance).json()) == site_a
         assert http_b.get(provenance).status_code == 404
+    job_query = base64.b64encode(f"job={location.rsplit('/', 1)[1]}".encode()).decode()
+    with database.engine.connect() as conn:
+        audited = conn.execute(select(func.count()).select_from(resources).where(
+            resources.c.res_type == "AuditEvent", cast(resources.c.content, String).contains(job_query))).scalar_one()
+    assert audited == 1  # the job's own AuditEvent, committed with its last write
 
 
 # --- limits, provenance, the README -----------------------------------------------------------------
@@ -485,3 +491,31 @@ def test_an_import_whose_server_is_killed_resumes_in_another_process(
     assert done.progress["inputs"][0] == {"read": total, "loaded": total, "errors": 0}
     assert done.progress["chunks"] == total // 500
     assert stored(database, [("Patient", f"{tag}-{n}") for n in range(total)]) == (total, total)
+
+
+class Redirect(SimpleHTTPRequestHandler):
+    """Redirects every request to ``localhost``: a loopback name the allowed hosts do not list."""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/Patient.ndjson")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_redirect_to_a_host_that_is_not_allowed_fails_the_job(importer: str) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with httpx.Client(base_url=importer, timeout=30) as http:
+            location = kick_off(http, parameters(("Patient", f"http://127.0.0.1:{httpd.server_address[1]}/p.ndjson")))
+            deadline = time.monotonic() + 30
+            while (answer := http.get(location)).status_code == 202:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        httpd.shutdown()
+    assert answer.status_code == 500
+    assert "non-public address" in answer.json()["issue"][0]["diagnostics"]
