@@ -519,3 +519,32 @@ def test_a_redirect_to_a_host_that_is_not_allowed_fails_the_job(importer: str) -
         httpd.shutdown()
     assert answer.status_code == 500
     assert "non-public address" in answer.json()["issue"][0]["diagnostics"]
+
+
+def test_ping_and_pull_imports_the_files_of_an_export_manifest_url(importer: str) -> None:
+    """``manifestUrl``: the status URL of a finished ``$export`` (here of the same server, with
+    authentication off, so its files need no token)."""
+    tag = uuid.uuid4().hex[:12]
+    with httpx.Client(base_url=importer, timeout=30) as http:
+        for n in range(3):
+            created = http.post("/Patient", json={"resourceType": "Patient",
+                                                  "identifier": [{"system": f"urn:pnp:{tag}", "value": str(n)}]})
+            assert created.status_code == 201
+        exported = http.get("/$export", headers=ASYNC, params={"_type": "Patient",
+                                                               "_typeFilter": f"Patient?identifier=urn:pnp:{tag}|"})
+        assert exported.status_code == 202, exported.text
+        manifest_url = exported.headers["Content-Location"]
+        deadline = time.monotonic() + 30
+        while http.get(manifest_url).status_code == 202:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        body = {"resourceType": "Parameters", "parameter": [{"name": "manifestUrl", "valueUrl": manifest_url}]}
+        result = finish(http, kick_off(http, body))
+        assert [(o["type"], o["count"]) for o in result["output"]] == [("Patient", 3)]
+        assert result["output"][0]["inputUrl"].startswith(manifest_url + "/")
+
+        gone = {"resourceType": "Parameters", "parameter": [{"name": "manifestUrl",
+                                                             "valueUrl": f"{importer}/_export/{uuid.uuid4().hex}"}]}
+        refused = http.post("/$import", headers=ASYNC, json=gone)
+        assert refused.status_code == 400 and "answered 404" in refused.json()["issue"][0]["diagnostics"]
+        assert refused.json()["issue"][0]["expression"] == ["Parameters.parameter[0].value"]

@@ -6,6 +6,9 @@ A kick-off is one of
   repeated ``input`` parts, each with ``type`` and ``url``;
 - a manifest (plain JSON): a Bulk Data ``$export`` completion manifest (``output``: ``type`` and
   ``url`` per file) or the same shape with ``input`` instead of ``output``;
+- a ``Parameters`` resource with ``manifestUrl`` (as the Bulk Data "ping and pull" proposal): the
+  URL of a finished ``$export``'s completion manifest, fetched at kick-off; its ``output`` files
+  are the inputs;
 - the NDJSON itself (``Content-Type: application/fhir+ndjson``), resources of any types.
 
 Inputs are fetched with plain ``GET`` over http(s) only, without credentials. SSRF: a URL whose host
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,12 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from fhirfus.errors import FhirError, InvalidRequest
-from fhirfus.fhir.validation import require_known_type, validate_resource
+from fhirfus.fhir.validation import parse_json, require_known_type, validate_resource
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 MAX_REDIRECTS = 5
 READ_BYTES = 256 * 1024
+MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 class FetchFailed(FhirError):
@@ -65,7 +70,7 @@ def parse_kick_off(body: Any, limits: FetchLimits) -> tuple[list[ImportInput], s
     if not isinstance(body, dict):
         raise InvalidRequest("A $import kick-off is a Parameters resource or a manifest (JSON object)", "body")
     if body.get("resourceType") == "Parameters":
-        inputs, source = _from_parameters(body)
+        inputs, source = _from_parameters(body, limits)
     elif body.get("resourceType") is None:
         inputs, source = _from_manifest(body)
     else:
@@ -79,7 +84,7 @@ def parse_kick_off(body: Any, limits: FetchLimits) -> tuple[list[ImportInput], s
     return inputs, source
 
 
-def _from_parameters(body: dict) -> tuple[list[ImportInput], str | None]:
+def _from_parameters(body: dict, limits: FetchLimits) -> tuple[list[ImportInput], str | None]:
     validate_resource(body, "Parameters")
     inputs: list[ImportInput] = []
     source: str | None = None
@@ -98,9 +103,45 @@ def _from_parameters(body: dict) -> tuple[list[ImportInput], str | None]:
         elif name == "input":
             parts = {part.get("name"): _value(part) for part in parameter.get("part", [])}
             inputs.append(_input(parts.get("type"), parts.get("url"), f"{where}.part"))
+        elif name == "manifestUrl":
+            inputs += manifest_inputs(_value(parameter), limits, f"{where}.value")
         elif name not in ("mode", "_type"):
             raise InvalidRequest(f"Unknown $import parameter '{name}'", f"{where}.name")
     return inputs, source
+
+
+def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInput]:
+    """The files of the completion manifest at ``url`` (400 naming ``where`` when it cannot be used)."""
+    if not isinstance(url, str):
+        raise InvalidRequest("manifestUrl is a URL", where)
+    check_url(url, limits.allowed_hosts, where)
+    with tempfile.TemporaryFile() as handle:
+        try:
+            with httpx.Client(timeout=limits.timeout, follow_redirects=False) as http, \
+                    http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                if response.status_code != 200:
+                    raise InvalidRequest(f"GET {url} answered {response.status_code}", where)
+                size = 0
+                for block in response.iter_bytes(READ_BYTES):
+                    size += len(block)
+                    if size > MANIFEST_BYTES:
+                        raise InvalidRequest(f"The manifest at {url} is larger than {MANIFEST_BYTES} bytes", where)
+                    handle.write(block)
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(f"GET {url} failed: {exc}", where) from exc
+        handle.seek(0)
+        try:
+            manifest = parse_json(handle.read())
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"The manifest at {url}: {exc.message}", where) from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("output"), list):
+        raise InvalidRequest(f"{url} is not a Bulk Data completion manifest (no output list)", where)
+    if manifest.get("requiresAccessToken"):
+        raise InvalidRequest(f"The files of {url} require an access token, which $import does not send", where)
+    return [_input(item.get("type") if isinstance(item, dict) else None,
+                   urljoin(url, item["url"]) if isinstance(item, dict) and isinstance(item.get("url"), str) else None,
+                   f"{where} output[{index}]")
+            for index, item in enumerate(manifest["output"])]
 
 
 def _from_manifest(body: dict) -> tuple[list[ImportInput], str | None]:
