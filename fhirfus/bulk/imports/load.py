@@ -194,8 +194,12 @@ class _Run:
                 resource["id"] = derived_id(site, res_type, res_id)
 
             def local(reference: str) -> str | None:
+                """A relative reference (or one under this server's base) to a resource of the import."""
+                if reference.startswith(("urn:", "#")) or "?" in reference or \
+                        ("://" in reference and not (self.base and reference.startswith(self.base + "/"))):
+                    return None
                 target_type, target_id = reference_target(reference)
-                if reference.startswith(("urn:", "#")) or "?" in reference or not target_type or not target_id:
+                if not target_type or not target_id:
                     return None
                 key = f"{target_type}/{derived_id(site, target_type, target_id)}"
                 return key if key in self.declared else None
