@@ -548,3 +548,36 @@ def test_ping_and_pull_imports_the_files_of_an_export_manifest_url(importer: str
         refused = http.post("/$import", headers=ASYNC, json=gone)
         assert refused.status_code == 400 and "answered 404" in refused.json()["issue"][0]["diagnostics"]
         assert refused.json()["issue"][0]["expression"] == ["Parameters.parameter[0].value"]
+
+
+def test_two_sites_importing_the_same_file_each_get_their_own_copy(secure_importer: str, database: Database) -> None:
+    store = Store(database.engine)
+    suffix = uuid.uuid4().hex[:8]
+    token_url = secure_importer + "/auth/token"
+    sites = {name: f"{name}{suffix}" for name in ("A", "B")}
+    clients = {name: make_client(store, token_url, role="site", site=site, scope="system/*.cruds")
+               for name, site in sites.items()}
+    shared_id = f"shared-{suffix}"
+    lines = b"\n".join([
+        orjson.dumps({"resourceType": "Patient", "id": shared_id, "name": [{"family": suffix}]}),
+        orjson.dumps({"resourceType": "Observation", "id": f"obs-{suffix}", "status": "final", "code": {"text": suffix},
+                      "subject": {"reference": f"Patient/{shared_id}"}}),
+        orjson.dumps({"resourceType": "Patient", "id": f"other-{suffix}",
+                      "meta": {"security": [{"system": "https://fhirfus.org/fhir/CodeSystem/site", "code": "elsewhere"}]}}),
+    ])
+    base = secure_importer + "/fhir"
+    for name, site in sites.items():
+        with clients[name].http(base) as http:
+            result = finish(http, kick_off(http, None, content=lines, headers={"Content-Type": "application/fhir+ndjson"}))
+            assert result["output"][0]["count"] == 2
+            [refused] = orjson.loads(http.get(result["error"][0]["url"]).content)["issue"]
+            assert refused["diagnostics"].startswith("upload line 3: ") and refused["expression"] == ["Patient.meta.security"]
+            observation = http.get(f"/Observation/{derived_id(site, 'Observation', f'obs-{suffix}')}").json()
+            assert observation["subject"]["reference"] == f"Patient/{derived_id(site, 'Patient', shared_id)}"
+            other = "B" if name == "A" else "A"
+            assert http.get(f"/Patient/{derived_id(sites[other], 'Patient', shared_id)}").status_code == 404
+            assert http.get(f"/Patient/{shared_id}").status_code == 404  # the file's own id is not used
+    with database.engine.connect() as conn:
+        owners = conn.execute(select(resources.c.site).where(resources.c.res_type == "Patient", resources.c.res_id.in_(
+            [derived_id(site, "Patient", shared_id) for site in sites.values()]))).scalars().all()
+    assert sorted(owners) == sorted(sites.values())
