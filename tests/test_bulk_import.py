@@ -581,3 +581,18 @@ def test_two_sites_importing_the_same_file_each_get_their_own_copy(secure_import
         owners = conn.execute(select(resources.c.site).where(resources.c.res_type == "Patient", resources.c.res_id.in_(
             [derived_id(site, "Patient", shared_id) for site in sites.values()]))).scalars().all()
     assert sorted(owners) == sorted(sites.values())
+
+
+def test_an_upload_beyond_the_byte_limit_is_413_and_an_empty_one_400_leaving_nothing(
+        database: Database, tmp_path: Path) -> None:
+    settings = import_settings(database, tmp_path, import_max_bytes=100)
+    with serving(settings, Store(database.engine)) as (root, _app), httpx.Client(base_url=root + "/fhir") as http:
+        ndjson = {"Content-Type": "application/fhir+ndjson"}
+        big = b"\n".join(orjson.dumps({"resourceType": "Patient", "id": f"big-{n}"}) for n in range(10))
+        too_big = http.post("/$import", headers=ASYNC | ndjson, content=big)
+        assert too_big.status_code == 413 and too_big.json()["issue"][0]["code"] == "too-costly"
+        empty = http.post("/$import", headers=ASYNC | ndjson, content=b"")
+        assert empty.status_code == 400 and empty.json()["issue"][0]["expression"] == ["body"]
+        unknown = http.post("/$import", headers=ASYNC | ndjson, params={"type": "NoSuchType"}, content=b"{}")
+        assert unknown.status_code == 400 and unknown.json()["issue"][0]["expression"] == ["type"]
+    assert list((tmp_path / "imports").iterdir()) == []

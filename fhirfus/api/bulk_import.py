@@ -61,8 +61,15 @@ async def import_kick_off(request: Request) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     url = _request_url(request, base)
     if content_type in UPLOAD_TYPES:
-        job_id = await service.kick_off_upload(worker, who, request.stream(), request.query_params.get("type"),
-                                               request_url=url, base_url=base)
+        res_type = request.query_params.get("type")
+        job_id, directory = await run_in_threadpool(service.begin_upload, worker, who, res_type)
+        try:
+            await service.receive_upload(worker, directory, request.stream())
+            await run_in_threadpool(service.finish_upload, worker, who, job_id, directory, res_type,
+                                    request_url=url, base_url=base)
+        except BaseException:
+            service.discard_upload(directory)
+            raise
     elif content_type in ("application/fhir+json", "application/json", ""):
         body = parse_json(await read_body(request))
         job_id = await run_in_threadpool(service.kick_off, worker, who, body, request_url=url, base_url=base)

@@ -68,9 +68,8 @@ def kick_off(worker: ImportWorker, caller: Access, body: Any, *, request_url: st
     return job_id
 
 
-async def kick_off_upload(worker: ImportWorker, caller: Access, chunks: AsyncIterator[bytes], res_type: str | None,
-                          *, request_url: str, base_url: str) -> str:
-    """A job for NDJSON sent as the request body (stored first, then loaded like a fetched input)."""
+def begin_upload(worker: ImportWorker, caller: Access, res_type: str | None) -> tuple[str, Path]:
+    """Check an NDJSON upload before its body is read: (job id, the directory it goes to)."""
     _require_importer(caller)
     if res_type is not None:
         try:
@@ -81,26 +80,35 @@ async def kick_off_upload(worker: ImportWorker, caller: Access, chunks: AsyncIte
         caller.require(res_type, "u")
     worker.reserve()
     job_id = uuid.uuid4().hex
-    directory = worker.new_directory(job_id)
+    return job_id, worker.new_directory(job_id)
+
+
+async def receive_upload(worker: ImportWorker, directory: Path, chunks: AsyncIterator[bytes]) -> int:
+    """Store the body as the job's one input (413 beyond the byte limit, 400 when empty); its size."""
     size = 0
-    try:
-        with input_file(directory, 0).open("wb") as handle:
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > worker.limits.max_bytes:
-                    raise PayloadTooLarge(f"The upload exceeds the limit of {worker.limits.max_bytes} bytes per import")
-                handle.write(chunk)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
+    with input_file(directory, 0).open("wb") as handle:
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > worker.limits.max_bytes:
+                raise PayloadTooLarge(f"The upload exceeds the limit of {worker.limits.max_bytes} bytes per import")
+            handle.write(chunk)
     if size == 0:
-        shutil.rmtree(directory, ignore_errors=True)
         raise InvalidRequest("The upload is empty; NDJSON (one resource per line) was expected", "body")
+    return size
+
+
+def finish_upload(worker: ImportWorker, caller: Access, job_id: str, directory: Path, res_type: str | None,
+                  *, request_url: str, base_url: str) -> str:
+    """Queue the job of a stored upload; it is loaded like a fetched input."""
     request = {"inputs": [{"type": res_type, "url": UPLOADED, "uploaded": True}], "source": None,
                "request_url": request_url, "base": base_url}
     jobs.create(worker.store, job_id, caller, request, str(directory), worker.owner, jobs.LOAD)
     worker.submit(job_id)
     return job_id
+
+
+def discard_upload(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def status_url(base_url: str, job_id: str) -> str:
