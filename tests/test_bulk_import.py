@@ -596,3 +596,22 @@ def test_an_upload_beyond_the_byte_limit_is_413_and_an_empty_one_400_leaving_not
         unknown = http.post("/$import", headers=ASYNC | ndjson, params={"type": "NoSuchType"}, content=b"{}")
         assert unknown.status_code == 400 and unknown.json()["issue"][0]["expression"] == ["type"]
     assert list((tmp_path / "imports").iterdir()) == []
+
+
+def test_a_chunk_with_many_refused_lines_is_written_line_by_line_and_loses_no_good_line(
+        importer: str, files: tuple[str, Path]) -> None:
+    root, served = files
+    tag = uuid.uuid4().hex[:12]
+    lines = [orjson.dumps({"resourceType": "Patient", "id": f"{tag}-{n}", "gender": "x" if n % 2 else "male"})
+             for n in range(30)]
+    name = f"many-{tag}.ndjson"
+    (served / name).write_bytes(b"\n".join(lines) + b"\n")
+    with httpx.Client(base_url=importer, timeout=30) as http:
+        result = finish(http, kick_off(http, parameters(("Patient", f"{root}/{name}"))))
+        assert result["output"][0]["count"] == 15 and result["error"][0]["count"] == 15
+        outcomes = [orjson.loads(line) for line in http.get(result["error"][0]["url"]).content.splitlines()]
+        assert [o["issue"][0]["diagnostics"].split(": ", 1)[0].rsplit(" ", 1)[1] for o in outcomes] == \
+            [str(n + 1) for n in range(30) if n % 2]
+        assert all(o["issue"][0]["expression"] == ["Patient.gender"] for o in outcomes)
+        found = http.get("/Patient", params={"_id": ",".join(f"{tag}-{n}" for n in range(30)), "_count": 100}).json()
+        assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted(f"{tag}-{n}" for n in range(0, 30, 2))

@@ -228,19 +228,32 @@ class _Run:
                 errors.append(self._error(index, pending[position].number, exc, pending[position].res_type))
                 del pending[position]
                 retries += 1
-        if pending:  # one line at a time: each its own transaction, errors said for each
-            read = len(lines) - len(pending)
-            for item in pending:
-                try:
-                    self._write(index, [item], errors, item.number, read + 1)
-                    errors, read = [], 0
-                except FhirError as exc:
-                    errors.append(self._error(index, item.number, exc, item.res_type))
-                    read += 1
-            if errors or read:
-                self._commit_only(index, errors, last, read)
+        if pending:
+            self._one_by_one(index, lines, pending, errors)
             return
         self._commit_only(index, errors, last, len(lines))
+
+    def _one_by_one(self, index: int, lines: list[tuple[int, bytes]], pending: list[Pending],
+                    errors: list[tuple[int, int, dict]]) -> None:
+        """Each line its own transaction, in file order; a commit carries the errors of the lines
+        before it, so the progress never names a line whose fate is not committed with it."""
+        waiting = {item.number: item for item in pending}
+        known = {number: error for _index, number, error in errors}
+        told: list[tuple[int, int, dict]] = []
+        read = 0
+        for number, _raw in lines:
+            read += 1
+            item = waiting.get(number)
+            if item is None:
+                told.append((index, number, known[number]))
+                continue
+            try:
+                self._write(index, [item], told, number, read)
+                told, read = [], 0
+            except FhirError as exc:
+                told.append(self._error(index, number, exc, item.res_type))
+        if read:
+            self._commit_only(index, told, lines[-1][0], read)
 
     def _advanced(self, index: int, line: int, read: int, loaded: int, failed: int) -> dict:
         counts = [dict(c) for c in self.progress["inputs"]]
