@@ -30,7 +30,8 @@ from sqlalchemy import String, cast, func, select, tuple_
 
 from fhirfus.auth.access import DEVELOPMENT
 from fhirfus.bulk.imports import jobs
-from fhirfus.bulk.imports.load import derived_id, run_import
+from fhirfus.bulk.imports.load import ImportFilesLost, derived_id, run_import
+from fhirfus.bulk.imports.service import begin_upload, finish_upload
 from fhirfus.bulk.imports.service import kick_off as service_kick_off
 from fhirfus.bulk.imports.worker import ImportWorker
 from fhirfus.db.tables import resource_history, resources
@@ -615,3 +616,17 @@ def test_a_chunk_with_many_refused_lines_is_written_line_by_line_and_loses_no_go
         assert all(o["issue"][0]["expression"] == ["Patient.gender"] for o in outcomes)
         found = http.get("/Patient", params={"_id": ",".join(f"{tag}-{n}" for n in range(30)), "_count": 100}).json()
         assert sorted(e["resource"]["id"] for e in found["entry"]) == sorted(f"{tag}-{n}" for n in range(0, 30, 2))
+
+
+def test_a_job_whose_files_are_gone_fails_saying_where_they_should_be(database: Database, tmp_path: Path) -> None:
+    worker = ImportWorker(Store(database.engine), import_settings(database, tmp_path))
+    worker.submit = lambda job_id: None  # type: ignore[method-assign]  # run by hand below
+    job_id, directory = begin_upload(worker, DEVELOPMENT, "Patient")
+    (directory / "input-0.ndjson").write_bytes(b'{"resourceType": "Patient"}\n')
+    finish_upload(worker, DEVELOPMENT, job_id, directory, "Patient", request_url="test", base_url="")
+    shutil.rmtree(directory)
+    job = jobs.start(worker.store, job_id, worker.owner)
+    assert job is not None
+    with pytest.raises(ImportFilesLost, match="FHIRFUS_EXPORT_DIR must be one directory shared"):
+        run_import(worker.store, job, worker.owner, worker.limits)
+    jobs.remove(worker.store, job_id)

@@ -75,6 +75,11 @@ def derived_id(site: str, res_type: str, res_id: str) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"{site}|{res_type}/{res_id}"))
 
 
+class ImportFilesLost(FhirError):
+    status = 500
+    issue_code = "exception"
+
+
 @dataclass(frozen=True)
 class Pending:
     number: int
@@ -94,6 +99,10 @@ def run_import(store: Store, job: jobs.ImportJob, owner: str, limits: FetchLimit
     if run.progress["phase"] == jobs.FETCH:
         run.fetch_all(limits)
     if run.progress["phase"] == jobs.LOAD:
+        missing = [i for i in range(len(run.inputs)) if not input_file(run.directory, i).is_file()]
+        if missing:
+            raise ImportFilesLost(f"The fetched inputs of import job {job.id} are no longer in {run.directory} "
+                                  "(FHIRFUS_EXPORT_DIR must be one directory shared by every server process)")
         run.load_all()
         run.finish(audit)
     run.write_error_files()
