@@ -630,3 +630,14 @@ def test_a_job_whose_files_are_gone_fails_saying_where_they_should_be(database: 
     with pytest.raises(ImportFilesLost, match="FHIRFUS_EXPORT_DIR must be one directory shared"):
         run_import(worker.store, job, worker.owner, worker.limits)
     jobs.remove(worker.store, job_id)
+
+
+def test_a_resource_that_appears_twice_is_written_in_file_order(importer: str, database: Database) -> None:
+    tag = uuid.uuid4().hex[:12]
+    body = b"\n".join(orjson.dumps({"resourceType": "Patient", "id": tag, "gender": gender})
+                      for gender in ("male", "female"))
+    with httpx.Client(base_url=importer, timeout=30) as http:
+        result = finish(http, kick_off(http, None, content=body, headers={"Content-Type": "application/fhir+ndjson"}))
+        assert result["output"][0]["count"] == 2 and result["error"] == []
+        assert http.get(f"/Patient/{tag}").json()["gender"] == "female"
+    assert stored(database, [("Patient", tag)]) == (1, 2)

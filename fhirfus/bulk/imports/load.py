@@ -5,6 +5,8 @@ labelling, conditional references, bulk inserts); the job's progress and the chu
 are written in that same transaction, so a job adopted after a crash resumes at the first line no
 commit covered, and no line is loaded twice or reported twice.
 
+A resource that appears twice is written twice, in file order (the later line wins).
+
 Errors per line: a line that is not JSON, not a resource, of another type than its input says, or
 that the write path refuses, becomes one OperationOutcome (naming the input URL, the line number
 and the element) and is taken out of its chunk, which is retried without it; after
@@ -224,6 +226,15 @@ class _Run:
                 pending.append(self._pending(index, number, raw))
             except FhirError as exc:
                 errors.append(self._error(index, number, exc, None))
+        seen: set[tuple[str, str]] = set()
+        for item in pending:  # a resource twice in one chunk: the chunk ends before its second line
+            key = (item.res_type, str(item.resource.get("id")))
+            if "id" in item.resource and key in seen:
+                cut = next(position for position, (number, _raw) in enumerate(lines) if number == item.number)
+                self._chunk(index, lines[:cut])
+                self._chunk(index, lines[cut:])
+                return
+            seen.add(key)
         last = lines[-1][0]
         retries = 0
         while pending and retries <= MAX_RETRIES:
