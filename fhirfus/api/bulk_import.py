@@ -8,6 +8,7 @@ starts and stops with the app, or on first use when an app runs without lifespan
 from __future__ import annotations
 
 import threading
+from email.utils import format_datetime
 
 import orjson
 from fastapi import APIRouter, FastAPI
@@ -100,5 +101,6 @@ def import_cancel(request: Request, job_id: str) -> Response:
 
 @router.get(f"/{STATUS_SEGMENT}/{{job_id}}/{{name}}")
 def import_file(request: Request, job_id: str, name: str) -> Response:
-    path, _expires = service.output_file(request.app.state.store, caller(request), job_id, name)
-    return FileResponse(path, media_type=NDJSON)
+    path, expires = service.output_file(request.app.state.store, caller(request), job_id, name)
+    return FileResponse(path, media_type=NDJSON,
+                        headers={"Expires": format_datetime(expires, usegmt=True)} if expires else None)
