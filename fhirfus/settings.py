@@ -66,6 +66,11 @@ class Settings:
         "FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000,
         "longest a single SQL statement of a request may run on PostgreSQL; beyond it the request gets 503 "
         "`too-costly` (0: no limit)")
+    analyze_after: int = setting(
+        "FHIRFUS_ANALYZE_AFTER", 1000,
+        "PostgreSQL: a server process refreshes the planner's statistics (`ANALYZE`) once it has written this many "
+        "resources plus a fifth of those the statistics last counted, so search stays fast right after data "
+        "arrives through the API (0: leave it to autovacuum)")
     referential_integrity: str = setting(
         "FHIRFUS_REFERENTIAL_INTEGRITY", "on",
         "`on`: a write whose local references name no resource (for the caller) is 400, deleting a resource "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -21,6 +23,7 @@ from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
+from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -47,6 +50,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store, settings.token_secret, settings.token_lifetime, status=app.state.client_status,
         client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
+    if settings.analyze_after:
+        keeper = store.statistics or StatisticsKeeper(
+            store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2, min_interval=2.0,
+            clock=time.monotonic)
+        store.statistics = keeper
+        app.router.on_startup.append(keeper.start)
+        app.router.on_shutdown.append(keeper.stop)
     install_error_handlers(app)
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:
