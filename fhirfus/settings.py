@@ -66,6 +66,9 @@ class Settings:
         "FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000,
         "longest a single SQL statement of a request may run on PostgreSQL; beyond it the request gets 503 "
         "`too-costly` (0: no limit)")
+    workers: int = setting(
+        "FHIRFUS_WORKERS", 0,
+        "worker processes of `fhirfus serve` (0: one per CPU core; an in-memory SQLite database always gets one)")
     analyze_after: int = setting(
         "FHIRFUS_ANALYZE_AFTER", 1000,
         "PostgreSQL: a server process refreshes the planner's statistics (`ANALYZE`) once it has written this many "

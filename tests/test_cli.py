@@ -167,3 +167,47 @@ def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
     assert "GET /fhir/metadata 200 " in text
     assert "GET /fhir/{res_type} 200 " in text
     assert "secret-code" not in text
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor ``pid`` spawned (not multiprocessing's helpers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes() and b"resource_tracker" not in
+            Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_fhirfus_serve_uses_every_core_by_default(server, tmp_path: Path) -> None:
+    """No flag, no setting: one worker process per core, all answering (they share the database)."""
+    from fhirfus.testing import free_port
+
+    if server.database.backend != "sqlite":
+        pytest.skip("one backend is enough for the process count")
+    if not Path("/proc/self/task").exists():
+        pytest.skip("needs /proc to count processes")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FHIRFUS_WORKERS"}
+    env |= {"FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    cores = os.cpu_count() or 1
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_spawned_workers(process.pid)) < cores:
+            time.sleep(0.3)
+        answers = []
+        while time.monotonic() < deadline and len(answers) < 20:
+            try:
+                with httpx.Client() as fresh:  # a new connection each: the kernel spreads them over the workers
+                    answers.append(fresh.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code)
+            except httpx.TransportError:
+                time.sleep(0.3)
+        workers = _spawned_workers(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    assert answers == [200] * 20
+    assert len(workers) == (cores if cores > 1 else 0), (tmp_path / "serve.log").read_text()
+    assert f"({cores} worker process" in (tmp_path / "serve.log").read_text()
