@@ -108,6 +108,10 @@ class Settings:
         "an NDJSON file is closed and the next of its type started at this many resources")
     export_file_max_bytes: int = setting(
         "FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024, "... or at this many bytes")
+    job_lease_seconds: int = setting(
+        "FHIRFUS_JOB_LEASE_SECONDS", 30,
+        "a Bulk Data export job whose server process (or host) stopped heartbeating this long is taken over and "
+        "rerun by another one")
     export_expire_seconds: int = setting(
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")

@@ -5,7 +5,7 @@ so exports do not hold up other requests. A process accepts a new job only while
 active jobs than that (else the kick-off gets 429 with ``Retry-After``).
 
 Restarts: a running job refreshes its heartbeat every second. The supervisor (once at start-up,
-then every few seconds) adopts jobs whose owner stopped beating for ``LEASE`` — a process that
+then every few seconds) adopts jobs whose owner stopped beating for the lease (``FHIRFUS_JOB_LEASE_SECONDS``) — a process that
 died — and **runs them again from scratch** under a new ``transactionTime``: nothing from the
 interrupted run was visible to the client, so a clean rerun is the simplest correct answer. A job
 interrupted ``MAX_ATTEMPTS`` times is marked failed instead (its status then answers 500 with an
@@ -37,7 +37,6 @@ from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.export")
 
-LEASE = timedelta(seconds=30)
 HEARTBEAT_SECONDS = 1.0
 SUPERVISE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
@@ -55,11 +54,11 @@ class ShuttingDown(Exception):
 class ExportWorker:
     """Runs this process's export jobs and looks after jobs that lost their process."""
 
-    def __init__(self, store: Store, settings: Settings, *, lease: timedelta = LEASE,
+    def __init__(self, store: Store, settings: Settings, *, lease: timedelta | None = None,
                  supervise_every: float = SUPERVISE_SECONDS) -> None:
         self.store = store
         self.settings = settings
-        self.lease = lease
+        self.lease = lease or timedelta(seconds=settings.job_lease_seconds)
         self.supervise_every = supervise_every
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.root = Path(settings.export_dir).resolve()
