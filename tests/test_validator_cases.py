@@ -21,7 +21,7 @@ from fhirfus.fhirpath.invariants import invariant_errors
 
 CASES = Path(__file__).parent / "data" / "validator-cases"
 #: The measured agreement, as a floor: raise it when a rule lands, never lower it.
-AGREEMENT_FLOOR = 78 / 83
+AGREEMENT_FLOOR = 79 / 83
 
 #: Cases the reference refuses and fhirfus accepts: what the reference checks, and who owns it.
 NOT_YET_REFUSED: dict[str, str] = {
@@ -30,7 +30,6 @@ NOT_YET_REFUSED: dict[str, str] = {
                                                  "a warning, so that Synthea's US Core ones stay valid (not planned)",
     "obs-temp-bad.json": "the body-temperature profile applied to an unclaimed Observation coded in SNOMED CT only; "
                          "fhirfus applies vital signs profiles by LOINC code or category, as warnings (not planned)",
-    "obs-mz.json": "snapshot generation of a StructureDefinition (not planned)",
     "signatures/example-2.json": "digital signature verification (not planned)",
 }
 
