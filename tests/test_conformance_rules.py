@@ -6,7 +6,6 @@ only elements of that type."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from fhirfus.domain.publication import guide_resources
 from fhirfus.fhir.conformance_rules import conformance_issues, core_parameter
+from tests.r4_definitions import R4_DEFINITIONS
 
 SP = {"resourceType": "SearchParameter", "url": "urn:sp", "name": "x", "status": "active", "description": "x",
       "code": "name", "base": ["Organization"], "type": "string", "expression": "Organization.name"}
@@ -148,7 +148,7 @@ def test_what_the_known_core_types_do_not_describe_is_not_judged(fields: dict) -
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFINITIONS = Path(os.environ.get("FHIRFUS_TEST_R4_DEFINITIONS", "/tmp/medplum/package/dist/fhir/r4"))
+DEFINITIONS = R4_DEFINITIONS
 DEFINITION_FILES = ("profiles-types.json", "profiles-resources.json", "profiles-others.json", "extension-definitions.json")
 
 
