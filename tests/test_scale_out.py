@@ -22,6 +22,7 @@ from fhirfus.store import repository
 from fhirfus.store.repository import NewResource, Store
 from fhirfus.testing import scratch_postgres
 from fhirfus.testing_hosts import hosts_behind_balancer, socket_url, unavailable
+from tests.auth_helpers import make_client
 
 PATIENTS, OBSERVATIONS_EACH = 400, 60  # enough that the export is still running when its host is killed
 
@@ -82,5 +83,43 @@ def test_a_bulk_export_survives_the_death_of_its_host(tmp_path: Path) -> None:
                         ids.add((resource["resourceType"], resource["id"]))
                 assert exported == seeded  # complete: every resource once, none twice
                 assert len(ids) == sum(seeded.values())
+        finally:
+            engine.dispose()
+
+
+def test_replay_checks_and_rate_limits_hold_across_hosts(tmp_path: Path) -> None:
+    """A client assertion used once is refused on the other host too; a client's rate limit is
+    counted over both hosts (within the reconciler's stated bound), not once per host."""
+    limit = 20
+    with scratch_postgres() as (url,):
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        env = {**os.environ, "FHIRFUS_DATABASE_URL": socket_url(url), "FHIRFUS_AUTH": "smart",
+               "FHIRFUS_EXPORT_DIR": str(tmp_path / "exports"), "FHIRFUS_RATE_LIMIT": str(limit),
+               "FHIRFUS_RATE_LIMIT_SYNC_MS": "100"}
+        try:
+            with hosts_behind_balancer(2, env, tmp_path) as cluster:
+                client = make_client(Store(engine), f"{cluster.balancer}/auth/token", role="admin",
+                                     scope="system/*.read")
+                assertion = client.assertion()
+                first = httpx.post(client.token_url, data=client.form(assertion), timeout=30)
+                assert first.status_code == 200, first.text
+                replays = [httpx.post(client.token_url, data=client.form(assertion), timeout=30) for _ in range(4)]
+                assert {r.status_code for r in replays} <= {400, 401}, [r.text for r in replays]
+                assert {r.headers["X-Fhirfus-Host"] for r in replays} - {first.headers["X-Fhirfus-Host"]}, \
+                    "no replay reached the other host"
+
+                token = first.json()["access_token"]
+                answers = []
+                for _ in range(3 * limit):  # a new connection each: round robin over both hosts
+                    answer = httpx.get(f"{cluster.balancer}/fhir/Patient", headers={"Authorization": f"Bearer {token}"},
+                                       timeout=30)
+                    answers.append((answer.status_code, answer.headers["X-Fhirfus-Host"]))
+                    time.sleep(0.02)
+                admitted = [host for status, host in answers if status == 200]
+                assert {status for status, _ in answers} <= {200, 429}
+                assert len(set(admitted)) == 2  # both hosts served the client
+                # one limit for the deployment: per-host counting would admit `limit` on each host
+                assert limit <= len(admitted) < 2 * limit, answers
         finally:
             engine.dispose()
