@@ -289,7 +289,7 @@ async def import_preview(request: Request, visit: Visit, data: Any) -> Response:
 async def import_commit(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
     outcome = await run_in_threadpool(imports.commit, request.app.state.store, visit.access, _export_dir(request),
                                       upload_id, request.app.state.settings.base_url or "")
-    return render(request, "committed.html", visit=visit, outcome=outcome)
+    return render(request, "committed.html", outcome.http_status, visit=visit, outcome=outcome)
 
 
 @router.post("/imports/{upload_id}/cancel")
@@ -297,6 +297,13 @@ async def import_commit(request: Request, visit: Visit, data: Any, upload_id: st
 async def import_cancel(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
     await run_in_threadpool(imports.cancel, visit.access, _export_dir(request), upload_id)
     return RedirectResponse("/app/imports", status_code=303)
+
+
+@router.get("/imports/{upload_id}/changes.csv")
+@page("site")
+async def import_changes(request: Request, visit: Visit, upload_id: str) -> Response:
+    path = await run_in_threadpool(imports.changes_file, visit.access, _export_dir(request), upload_id)
+    return FileResponse(path, media_type="text/csv", filename=f"import-{upload_id[:8]}-changes.csv")
 
 
 @router.get("/imports/{upload_id}/report.csv")
