@@ -205,7 +205,9 @@ RECIPES: dict[tuple[str, str], Recipe] = {
            ("GET", "/app/exports/{job_id}", {}), ("GET", "/app/exports/{job_id}/{name}", {}),
            ("GET", "/app/admin/people", {}), ("POST", "/app/admin/people", {"data": {"csrf": "x", "email": "e@x.org"}}),
            ("POST", "/app/admin/people/state", {"data": {"csrf": "x", "email": "e@x.org", "action": "disable"}}),
-           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}))},
+           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}),
+           ("POST", "/app/admin/jobs/bulk/{job_id}/cancel", {"data": {"csrf": "x"}}),
+           ("POST", "/app/admin/jobs/analysis/{job_id}/cancel", {"data": {"csrf": "x"}}))},
 }
 
 

@@ -408,3 +408,76 @@ def test_an_import_commits_with_its_audit_event_and_a_failed_commit_leaves_neith
         secure_server.app.state.audit.flush()
         [failure] = audit_events_of(store, email, f"/app/imports/{stale_id}/commit")
         assert failure["outcome"] == "4" and failure["outcomeDesc"] == "HTTP 409"  # the attempt is on the trail
+
+
+def bulk_job_elsewhere(store: Store, tmp_path: Path, *, failed: str | None = None) -> str:
+    """A Bulk Data export another server process is running (its heartbeat is fresh, so this
+    server's worker leaves it alone), 40 % done; ``failed``: it ended with this error instead."""
+    from datetime import timedelta
+
+    from fhirfus.bulk import jobs
+    from fhirfus.bulk.params import ExportRequest
+
+    job_id, owner = str(uuid.uuid4()), f"elsewhere-{uuid.uuid4().hex[:6]}"
+    jobs.create(store, job_id, ExportRequest(types=("Patient",), client_id="integration-client"),
+                "/fhir/$export?_type=Patient", owner)
+    jobs.start(store, job_id, owner, str(tmp_path / job_id))
+    jobs.beat(store, job_id, owner, 1200, 40)
+    if failed:
+        jobs.fail(store, job_id, owner, failed, jobs.now() + timedelta(hours=1))
+    return job_id
+
+
+def analysis_job_running(app, client: str) -> str:
+    """An analysis export at its second of five steps, as the job registry keeps it on disk."""
+    import os
+
+    from fhirfus.analysis.jobs import JobState
+    from fhirfus.api.analysis import analysis_jobs
+
+    registry = analysis_jobs(app)
+    moment = "2026-01-01T00:00:00.000Z"
+    job = JobState(uuid.uuid4().hex, "running", "console:_all", "_all", "csv", None, moment, moment,
+                   stage="views", done=2, total=5, pid=os.getpid(), client=client)
+    registry._write(job)
+    return job.id
+
+
+def test_the_admin_sees_running_jobs_with_requester_progress_and_errors_and_cancels_them(
+        secure_server, store: Store, site: str, tmp_path: Path) -> None:
+    from fhirfus.bulk import jobs
+
+    running, failed = bulk_job_elsewhere(store, tmp_path), bulk_job_elsewhere(store, tmp_path, failed="disk full")
+    analysis = analysis_job_running(secure_server.app, "person:analyst@example.org")
+    with login(secure_server.root, person(store, "site", site)) as coordinator:
+        if SITE_A.exists():
+            committed_upload(coordinator, SITE_A)
+        assert coordinator.get("/app/admin/jobs").status_code == 403
+        refused = coordinator.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(coordinator.get("/app/patients"))})
+        assert refused.status_code == 403 and jobs.get(store, running).status == jobs.RUNNING  # type: ignore[union-attr]
+    with login(secure_server.root, person(store, "admin")) as admin:
+        page = admin.get("/app/admin/jobs")
+        assert page.status_code == 200
+        row = re.search(rf'<tr id="bulk-{running}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "integration-client" in row and "running" in row and "40%, 1200 resources" in row
+        assert f"/app/admin/jobs/bulk/{running}/cancel" in row
+        row = re.search(rf'<tr id="bulk-{failed}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "failed" in row and "disk full" in row and "/cancel" not in row  # nothing to cancel
+        row = re.search(rf'<tr id="analysis-{analysis}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "person:analyst@example.org" in row and "views: 2/5 (40%)" in row
+        if SITE_A.exists():
+            assert f"<td>{site}</td><td>{SITE_A.name}</td>" in page.text  # the import history of every site
+
+        forged = admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": "forged"})
+        assert forged.status_code == 403 and jobs.get(store, running).status == jobs.RUNNING  # type: ignore[union-attr]
+        done = admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(page)})
+        assert done.status_code == 303
+        assert jobs.get(store, running).status == jobs.CANCELLED  # type: ignore[union-attr]
+        assert admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(page)}).status_code == 404
+        finished = admin.post(f"/app/admin/jobs/bulk/{failed}/cancel", data={"csrf": csrf(page)})
+        assert finished.status_code == 400 and "not running" in finished.text
+        assert jobs.get(store, failed).status == jobs.FAILED  # type: ignore[union-attr]
+        assert admin.post(f"/app/admin/jobs/analysis/{analysis}/cancel", data={"csrf": csrf(page)}).status_code == 303
+        after = admin.get("/app/admin/jobs").text
+        assert f'id="analysis-{analysis}"' not in after and f'id="bulk-{running}"' not in after
+        assert admin.post(f"/app/admin/jobs/analysis/{analysis}/cancel", data={"csrf": csrf(page)}).status_code == 404

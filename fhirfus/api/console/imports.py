@@ -233,12 +233,13 @@ def cancel(caller: Access, export_dir: str, upload_id: str) -> None:
 
 def history(caller: Access, export_dir: str) -> list[Outcome]:
     """The site's committed imports, newest first."""
+    return [o for o in all_history(export_dir) if o.site == caller.site]
+
+
+def all_history(export_dir: str) -> list[Outcome]:
+    """Every site's imports, committed or failed, newest first (the admin's jobs page)."""
     root = _root(export_dir)
-    found = []
-    for path in root.glob("*/outcome.json") if root.exists() else ():
-        outcome = Outcome(**json.loads(path.read_text()))
-        if outcome.site == caller.site:
-            found.append(outcome)
+    found = [Outcome(**json.loads(path.read_text())) for path in (root.glob("*/outcome.json") if root.exists() else ())]
     return sorted(found, key=lambda o: o.at, reverse=True)
 
 

@@ -39,6 +39,8 @@ from fhirfus.api.console.web import (
 from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
+from fhirfus.bulk import jobs as bulk_jobs
+from fhirfus.bulk import service as bulk_export
 from fhirfus.errors import FhirError, InvalidRequest, NotFound, PayloadTooLarge
 from fhirfus.interactions.search import search_bundle
 
@@ -458,8 +460,39 @@ async def clients_page(request: Request, visit: Visit) -> Response:
 @router.get("/admin/jobs")
 @page("admin")
 async def jobs_page(request: Request, visit: Visit) -> Response:
-    jobs = await run_in_threadpool(_jobs, request, None)
-    return render(request, "jobs.html", visit=visit, jobs=jobs)
+    """Everything running or recently run: Bulk Data exports, analysis exports, site imports."""
+    store = request.app.state.store
+    analysis = await run_in_threadpool(_jobs, request, None)
+    exports = await run_in_threadpool(bulk_jobs.recent, store)
+    done = await run_in_threadpool(imports.all_history, _export_dir(request))
+    return render(request, "jobs.html", visit=visit, jobs=analysis, exports=exports, imports=done,
+                  active=bulk_jobs.ACTIVE, cancelled=request.query_params.get("cancelled", ""))
+
+
+@router.post("/admin/jobs/bulk/{job_id}/cancel")
+@page("admin", form=True)
+async def bulk_job_cancel(request: Request, visit: Visit, data: Any, job_id: str) -> Response:
+    """Stop a running Bulk Data export (its worker notices at its next page and drops its files)."""
+    store = request.app.state.store
+    job = await run_in_threadpool(bulk_jobs.get, store, job_id)
+    if job is None or job.status == bulk_jobs.CANCELLED:
+        raise NotFound(f"No export job {job_id}", "job")
+    if job.status not in bulk_jobs.ACTIVE:
+        raise InvalidRequest(f"Export job {job_id} is {job.status}, not running; there is nothing to cancel", "job")
+    await run_in_threadpool(bulk_export.cancel, store, visit.access, job_id)
+    return RedirectResponse(f"/app/admin/jobs?cancelled={job_id}", status_code=303)
+
+
+@router.post("/admin/jobs/analysis/{job_id}/cancel")
+@page("admin", form=True)
+async def analysis_job_cancel(request: Request, visit: Visit, data: Any, job_id: str) -> Response:
+    """Stop a running analysis export (it stops at its next step; its files are removed)."""
+    jobs = analysis_jobs(request.app)
+    job = await run_in_threadpool(jobs.get, job_id)
+    if job.status not in ("accepted", "running"):
+        raise InvalidRequest(f"Analysis job {job_id} is {job.status}, not running; there is nothing to cancel", "job")
+    await run_in_threadpool(jobs.delete, job_id)
+    return RedirectResponse(f"/app/admin/jobs?cancelled={job_id}", status_code=303)
 
 
 AUDIT_FILTERS = ("altid", "date", "outcome", "subtype")
