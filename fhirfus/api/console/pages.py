@@ -70,13 +70,16 @@ def _oidc(request: Request) -> oidc.Provider | None:
 
 
 OIDC_COOKIE = "fhirfus_oidc"
+#: Set beside the session cookie when the session was opened through the identity provider: logging
+#: out then ends the provider's session too (it holds no secret; the session cookie is the session).
+IDP_COOKIE = "fhirfus_idp"
 
 
 def _callback_url(request: Request) -> str:
     return str(request.url_for("oidc_callback"))
 
 
-@router.get("/login")
+@router.get("/login", name="login_form")
 async def login_form(request: Request) -> Response:
     return render(request, "login.html", next=request.query_params.get("next", ""), oidc=_oidc(request) is not None)
 
@@ -116,7 +119,8 @@ async def oidc_callback(request: Request) -> Response:
             raise oidc.OidcFailed(request.query_params.get("error_description") or request.query_params["error"])
         email = await run_in_threadpool(provider.email_of, request.query_params.get("code", ""),
                                         _callback_url(request), attempt)
-        person = await run_in_threadpool(people.person_for_email, store, email)
+        provision = people.provisioning(request.app.state.settings.oidc_auto_provision)
+        person = await run_in_threadpool(people.person_for_email, store, email, provision)
         token, _ = await run_in_threadpool(people.open_session, store, person)
     except FhirError as exc:
         request.app.state.audit.record(AuditRecord.of(None, request.scope, exc.status))
@@ -126,6 +130,8 @@ async def oidc_callback(request: Request) -> Response:
     request.app.state.audit.record(AuditRecord.of(people.access_for(person), request.scope, 200))
     response = render(request, "continue.html", target=HOME[person.role])
     set_session_cookie(response, request, token)
+    response.set_cookie(IDP_COOKIE, "1", max_age=int(people.SESSION_LIFETIME.total_seconds()), path="/app",
+                        httponly=True, samesite="strict", secure=secure_cookie(request))
     response.delete_cookie(OIDC_COOKIE, path="/app/login")
     return response
 
@@ -153,9 +159,18 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 @page(form=True)
 async def logout(request: Request, visit: Visit, data: Any) -> Response:
+    """End the console session; one opened through the identity provider is ended there too
+    (RP-initiated logout) when the provider publishes an ``end_session_endpoint``."""
     await run_in_threadpool(people.close_session, request.app.state.store, request.cookies.get(COOKIE))
-    response = RedirectResponse("/app/login", status_code=303)
+    target = "/app/login"
+    provider = _oidc(request) if request.cookies.get(IDP_COOKIE) else None
+    if provider is not None:
+        login_page = str(request.url_for("login_form"))
+        at_provider: str | None = await run_in_threadpool(provider.logout_url, login_page)
+        target = at_provider or target
+    response = RedirectResponse(target, status_code=303)
     response.delete_cookie(COOKIE, path="/app")
+    response.delete_cookie(IDP_COOKIE, path="/app")
     return response
 
 
