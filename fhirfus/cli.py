@@ -336,11 +336,11 @@ def _show_plan(plan) -> None:
                [(str(e.line), e.patient or "?", e.column, e.value, e.reason) for e in plan.errors])
     for held in plan.held_back:
         console.print(held.sentence(), soft_wrap=True)
-    visits = plan.visit_kinds | {"patient"}
-    shown = [c for c in plan.changes if c.kind in visits or c.action != "added"]
+    shown = plan.listed_changes()
     if shown:
-        _table(f"changes ({plan.mode})", ("action", "patient", "record", "type", "date", "line"),
-               [(c.action, c.patient, c.record, c.resource_type, c.date or "", str(c.line or "")) for c in shown])
+        _table(f"changes ({plan.mode})", ("patient", "action", "record", "type", "date", "line", "change"),
+               [(c.patient, c.action, c.record, c.resource_type, c.date or "", str(c.line or ""), c.described())
+                for c in shown])
     if plan.kept_patients:
         console.print(f"{plan.kept_patients} patients of site {plan.site} are not in this file and stay as they are")
     console.print(plan.summary(), soft_wrap=True)

@@ -89,6 +89,10 @@ class Settings:
     oidc_client_id: str | None = setting("FHIRFUS_OIDC_CLIENT_ID", None, "the console's client id at that provider")
     oidc_client_secret: str | None = setting(
         "FHIRFUS_OIDC_CLIENT_SECRET", None, "its client secret (unset: a public client, PKCE only)")
+    oidc_auto_provision: str | None = setting(
+        "FHIRFUS_OIDC_AUTO_PROVISION", None,
+        "account opened on a first login through the identity provider for an email no admin registered: "
+        "`analyst` or `site:CODE` (unset: only registered emails log in; an admin account is never opened this way)")
     cors_origins: tuple[str, ...] = setting(
         "FHIRFUS_CORS_ORIGINS", (), "comma-separated browser origins allowed by CORS (CORS is off without it)")
     max_body_bytes: int = setting("FHIRFUS_MAX_BODY_BYTES", 16 * 1024 * 1024, "request bodies above this get 413")

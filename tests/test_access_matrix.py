@@ -199,12 +199,15 @@ RECIPES: dict[tuple[str, str], Recipe] = {
            ("GET", "/app/imports", {}), ("POST", "/app/imports", {"data": {"csrf": "x", "mapping": "site-registry"}}),
            ("POST", "/app/imports/{upload_id}/commit", {"data": {"csrf": "x"}}),
            ("POST", "/app/imports/{upload_id}/cancel", {"data": {"csrf": "x"}}),
-           ("GET", "/app/imports/{upload_id}/report.csv", {}), ("GET", "/app/cohorts", {}),
+           ("GET", "/app/imports/{upload_id}/report.csv", {}), ("GET", "/app/imports/{upload_id}/changes.csv", {}),
+           ("GET", "/app/cohorts", {}),
            ("POST", "/app/cohorts/export", {"data": {"csrf": "x", "cohort": "_all"}}),
            ("GET", "/app/exports/{job_id}", {}), ("GET", "/app/exports/{job_id}/{name}", {}),
            ("GET", "/app/admin/people", {}), ("POST", "/app/admin/people", {"data": {"csrf": "x", "email": "e@x.org"}}),
            ("POST", "/app/admin/people/state", {"data": {"csrf": "x", "email": "e@x.org", "action": "disable"}}),
-           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}))},
+           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}),
+           ("POST", "/app/admin/jobs/bulk/{job_id}/cancel", {"data": {"csrf": "x"}}),
+           ("POST", "/app/admin/jobs/analysis/{job_id}/cancel", {"data": {"csrf": "x"}}))},
 }
 
 

@@ -96,6 +96,28 @@ def test_a_dry_run_shows_the_changes_and_writes_nothing(server, tmp_path: Path, 
 
 
 @needs_registry
+def test_a_corrected_visit_date_is_listed_with_its_old_and_new_value(server, tmp_path: Path, unique: str) -> None:
+    site = f"D{unique}"
+    assert fhirfus(server.database.url, *import_args(site, SITE_A)).returncode == 0
+    lines = SITE_A.read_text(encoding="utf-8").splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if ",follow-up," in line)
+    old_date = lines[index].split(",")[4]
+    new_date = old_date[:8] + ("27" if old_date[8:] != "27" else "26")
+    lines[index] = lines[index].replace(old_date, new_date)
+    corrected = tmp_path / "corrected.csv"
+    corrected.write_text("".join(lines), encoding="utf-8")
+    changes = tmp_path / "changes.csv"
+    result = fhirfus(server.database.url, *import_args(site, corrected), "--dry-run", "--changes", str(changes))
+    assert result.returncode == 0, result.stderr
+    patient = lines[index].split(",")[0]
+    listed = [line.split("\t") for line in result.stderr.splitlines() if line.startswith(f"{patient}\tchanged\t")]
+    assert [row[2] for row in listed] == ["twstrs/follow-up/1"]
+    assert f"authored: {old_date} → {new_date}" in listed[0][-1]
+    [row] = [r for r in csv.DictReader(changes.open(encoding="utf-8")) if r["action"] == "changed"]
+    assert row["patient"] == patient and f"authored: {old_date} → {new_date}" in row["change"]
+
+
+@needs_registry
 @pytest.mark.parametrize(("content", "reason"), [
     (b"", "the file is empty"),
     (b"\x00\x01binary", "not a text file"),

@@ -12,13 +12,14 @@ from fhirfus.api import analysis, auth, bulk, limits, resources, system, termino
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
-from fhirfus.auth import ratelimit
+from fhirfus.auth import people, ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.db.engine import make_engine
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.domain.publication import publish
+from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
 from fhirfus.settings import Settings, get_settings
@@ -38,6 +39,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    try:
+        people.provisioning(settings.oidc_auto_provision)  # a wrong value stops the start, not a login
+    except FhirError as exc:
+        raise SystemExit(exc.message) from exc
     load_conformance()
     app.state.settings = settings
     app.state.store = store
