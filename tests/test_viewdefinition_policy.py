@@ -9,32 +9,19 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import re
-import uuid
-from pathlib import Path
 
 import httpx
 import orjson
 import pytest
-from auth_helpers import TestClient, make_client
 from conftest import TEST_DEID_KEY
 from sqlalchemy import select
+from view_world import PSEUDONYM, guide, make_world
 
 from fhirfus.analysis.deid.policy import namespace_for
 from fhirfus.db.tables import deid_crosswalk
-from fhirfus.domain.synthetic_cohort import cohort_rows, write_site_file
-from fhirfus.ig import folder
-from fhirfus.ingest.site_import import import_files
-from fhirfus.store.repository import Store
 
-PSEUDONYM = re.compile(r"^FUS-[2-9A-HJ-NP-Z]{10}$")
 AGE_BAND = re.compile(r"^(\d+-\d+|\d+|90\+)$")
-
-
-def guide(name: str) -> dict:
-    return next(v for p in sorted(folder("views").glob("*.json"))
-                if (v := json.loads(p.read_text()))["name"] == name)
 
 
 def run(http: httpx.Client, **params: object) -> httpx.Response:
@@ -53,32 +40,7 @@ def ndjson(answer: httpx.Response) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def world(secure_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Two sites with three imported synthetic patients each, a cohort Group of site A's, and an
-    admin, a client of each site and an analyst."""
-    store = Store(secure_server.database.engine)
-    token_url = secure_server.root + "/auth/token"
-    suffix = uuid.uuid4().hex[:8].upper()
-    sites = {"a": f"PA{suffix}", "b": f"PB{suffix}"}
-    directory: Path = tmp_path_factory.mktemp("views")
-    for seed, site in enumerate(sites.values(), start=11):
-        report = import_files(store, "site-registry", site, [write_site_file(directory / f"{site}.csv",
-                                                                          cohort_rows(3, seed=seed))])
-        assert report.ok, report.errors[:3]
-    clients: dict[str, TestClient] = {
-        "admin": make_client(store, token_url, role="admin", scope="system/*.cruds"),
-        "a": make_client(store, token_url, role="site", site=sites["a"], scope="system/*.cruds"),
-        "b": make_client(store, token_url, role="site", site=sites["b"], scope="system/*.cruds"),
-        "analyst": make_client(store, token_url, role="analyst", scope="system/*.rs"),
-        "other": make_client(store, token_url, role="analyst", scope="system/*.rs"),
-    }
-    with clients["a"].http(secure_server.base) as on_a:
-        found = on_a.get("/Patient", params={"_count": 100}).json()
-        members = [{"entity": {"reference": f"Patient/{e['resource']['id']}"}} for e in found["entry"]]
-        group = on_a.post("/Group", json={"resourceType": "Group", "type": "person", "actual": True,
-                                          "member": members})
-        assert group.status_code == 201, group.text
-    return {"sites": sites, "clients": clients, "group": group.json()["id"], "store": store,
-            "ids_a": sorted(m["entity"]["reference"].split("/")[1] for m in members)}
+    return make_world(secure_server, tmp_path_factory)
 
 
 def test_the_admin_sees_every_sites_rows_and_a_site_client_only_its_own(secure_server, world: dict) -> None:

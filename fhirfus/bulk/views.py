@@ -65,8 +65,15 @@ def view_parts(body: Any) -> tuple[list[dict[str, Any]], Any]:
 
 def kick_off(worker: ExportWorker, caller: Access, parts: Sequence[Mapping[str, Any]], given: Inputs, *,
              request_url: str, base_url: str, shaper: Shaper) -> jobs.Job:
-    """Check every view and option as ``$viewdefinition-run`` would (4xx now, not a failed job
-    later) and queue the job (429 if this process is busy)."""
+    """Check the request and queue the job (429 if this process is busy)."""
+    return worker.submit(checked_request(worker.store, caller, parts, given, base_url=base_url, shaper=shaper),
+                         request_url)
+
+
+def checked_request(store: Store, caller: Access, parts: Sequence[Mapping[str, Any]], given: Inputs, *,
+                    base_url: str, shaper: Shaper) -> ExportRequest:
+    """Every view and option checked as ``$viewdefinition-run`` would (4xx now, not a failed job
+    later), as the job row keeps it."""
     deidentified = caller.role == "analyst"
     views = list(parts) or ([{k: given[k] for k in ("viewReference", "viewResource") if k in given}]
                             if "viewReference" in given or "viewResource" in given else [])
@@ -82,7 +89,7 @@ def kick_off(worker: ExportWorker, caller: Access, parts: Sequence[Mapping[str, 
         chosen = {"viewReference": part.get("viewReference") or part.get("viewCanonical"),
                   "viewResource": part.get("viewResource")}
         one = {k: v for k, v in given.items() if k in OPTIONS} | {k: v for k, v in chosen.items() if v is not None}
-        run = viewdefinition.prepare(worker.store, caller, one, deidentified=deidentified)
+        run = viewdefinition.prepare(store, caller, one, deidentified=deidentified)
         if deidentified:
             shaper(run, _text(given.get("policy")))  # refuses a view the policy cannot cover
         name = str(part.get("name") or run.definition.get("name") or f"view_{index + 1}")
@@ -98,9 +105,8 @@ def kick_off(worker: ExportWorker, caller: Access, parts: Sequence[Mapping[str, 
         "grants": [[g.res_type, g.permissions] for g in caller.grants],
         "client_tracking_id": _text(given.get("clientTrackingId")),
     }
-    request = ExportRequest(level=LEVEL, base_url=base_url, site=caller.visibility.site, client_id=caller.client_id,
-                            operation=operation)
-    return worker.submit(request, request_url)
+    return ExportRequest(level=LEVEL, base_url=base_url, site=caller.visibility.site, client_id=caller.client_id,
+                         operation=operation)
 
 
 def runner(shaper: Shaper) -> Callable[..., ExportResult]:
