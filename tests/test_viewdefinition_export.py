@@ -142,6 +142,8 @@ def test_a_cancelled_export_is_gone_with_its_files(secure_server, world: dict) -
      "view[1].name"),
     ([view_part("bad name", viewReference="analysis_patient")], ASYNC, "view[0].name"),
     ([view_part(viewReference="analysis_patient"), {"name": "_format", "valueString": "xml"}], ASYNC, "_format"),
+    ([view_part(viewReference="analysis_patient"), {"name": "source", "valueString": "s3://x"}], ASYNC, "source"),
+    ([view_part(viewReference="analysis_patient", viewTitle="x")], ASYNC, "view[0].viewTitle"),
 ])
 def test_a_bad_kick_off_is_a_4xx_naming_the_parameter(secure_server, world: dict, parameters: list, headers: dict,
                                                      element: str) -> None:

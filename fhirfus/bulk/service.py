@@ -157,7 +157,8 @@ def _gone(job_id: str) -> NotFound:
 
 
 def _progress(job: jobs.Job) -> str:
-    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} resources written"
+    unit = "rows" if job.request.level == views.LEVEL else "resources"
+    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} {unit} written"
     return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
 
 

@@ -75,6 +75,10 @@ def checked_request(store: Store, caller: Access, parts: Sequence[Mapping[str, A
     """Every view and option checked as ``$viewdefinition-run`` would (4xx now, not a failed job
     later), as the job row keeps it."""
     deidentified = caller.role == "analyst"
+    unknown = sorted(set(given) - {*OPTIONS, "viewReference", "viewResource"})
+    if unknown:
+        raise InvalidRequest(f"Parameter '{unknown[0]}' is not supported by $viewdefinition-export (supported: view, "
+                             f"{', '.join(OPTIONS)})", unknown[0])
     views = list(parts) or ([{k: given[k] for k in ("viewReference", "viewResource") if k in given}]
                             if "viewReference" in given or "viewResource" in given else [])
     if not views:
