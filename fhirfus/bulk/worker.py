@@ -75,7 +75,7 @@ class ExportWorker:
         self.runners.update(runners or {})
         self.store = store
         self.settings = settings
-        self.lease = lease or timedelta(seconds=settings.job_lease_seconds)
+        self.lease = lease if lease is not None else timedelta(seconds=settings.job_lease_seconds)
         self.supervise_every = supervise_every
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.root = Path(settings.export_dir).resolve()
