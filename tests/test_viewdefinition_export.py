@@ -109,6 +109,7 @@ def test_an_analysts_export_goes_through_the_policy(secure_server, world: dict) 
         result = finished(analyst, kick_off(analyst, view_part(viewReference="analysis_procedure"),
                                             view_part(viewReference="analysis_patient"), group=world["group"]))
         files = outputs(result)
+        assert value(result, "policy") == "safe-harbor" and len(str(value(result, "policySha256"))) == 64
         sessions = [orjson.loads(line) for line in analyst.get(files["analysis_procedure"]).content.splitlines()]
         assert other.get(files["analysis_procedure"]).status_code == 404
     assert sessions and all(PSEUDONYM.match(row["patient_key"]) and isinstance(row["performed"], int)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import re
 
@@ -20,6 +21,7 @@ from view_world import PSEUDONYM, guide, make_world
 
 from fhirfus.analysis.deid.policy import namespace_for
 from fhirfus.db.tables import deid_crosswalk
+from fhirfus.ig import folder
 
 AGE_BAND = re.compile(r"^(\d+-\d+|\d+|90\+)$")
 
@@ -68,6 +70,17 @@ def test_an_analyst_sees_pseudonyms_of_the_analysis_crosswalk_and_no_raw_ids(sec
             deid_crosswalk.c.namespace == namespace_for(TEST_DEID_KEY),
             deid_crosswalk.c.patient_id.in_(world["ids_a"]))).all())
     assert sorted(row["patient_key"] for row in rows) == sorted(crosswalk.values())
+
+
+def test_an_admin_who_asks_for_a_policy_gets_what_an_analyst_would(secure_server, world: dict) -> None:
+    with world["clients"]["admin"].http(secure_server.base) as admin, \
+            world["clients"]["analyst"].http(secure_server.base) as analyst:
+        asked = run(admin, viewReference="analysis_patient", group=world["group"], policy="safe-harbor")
+        theirs = run(analyst, viewReference="analysis_patient", group=world["group"])
+    assert sorted(orjson.dumps(r) for r in ndjson(asked)) == sorted(orjson.dumps(r) for r in ndjson(theirs))
+    sha256 = hashlib.sha256((folder("policies") / "safe-harbor.yaml").read_bytes()).hexdigest()
+    assert asked.headers["X-Deidentification-Policy"] == theirs.headers["X-Deidentification-Policy"] \
+        == f"safe-harbor; sha256={sha256}"
 
 
 def test_an_analysts_dates_are_day_offsets_from_the_first_session(secure_server, world: dict) -> None:

@@ -70,6 +70,8 @@ class ViewDeidentification:
         self.steps = [s for s in steps if s.rule.kind != "drop"]
         self.patient = patient
         self.released = tuple(s.column.name for s in self.steps)
+        self.policy_name = policy.name
+        self.policy_sha256 = policy.sha256
         self._pseudonym_of: dict[str, str] = {}
         self._zero: dict[str, date] | None = None
         self.blanked: Counter = Counter()

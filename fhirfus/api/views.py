@@ -24,6 +24,8 @@ from fhirfus.interactions import viewdefinition
 from fhirfus.operations.parameters import inputs
 
 router = APIRouter(prefix="/fhir")
+#: Names the policy a de-identified run went through, and its hash (as the analysis export's manifest does).
+POLICY_HEADER = "X-Deidentification-Policy"
 BOTH = ["GET", "POST"]
 
 
@@ -35,16 +37,18 @@ async def _run(request: Request, view_id: str | None = None) -> Response:
     analyst = who.role == "analyst"
     run = await run_in_threadpool(viewdefinition.prepare, store, who, given, view_id, deidentified=analyst)
     produced = viewdefinition.rows(store, who, run, base_url(request))
-    if analyst:
+    headers = {}
+    if analyst or given.get("policy") is not None:  # an analyst always, anybody who asks for it
         shaper = policy_shaper(store, request.app.state.settings.deid_key)
         policy = await run_in_threadpool(shaper, run, _policy(given))
         run = replace(run, released=policy.released)
         produced = policy.apply(produced)
+        headers[POLICY_HEADER] = f"{policy.policy_name}; sha256={policy.policy_sha256}"
     chunks = viewdefinition.encode(run, produced)
     # the first chunk is made before the answer starts: what fails early (a view too costly to
     # evaluate, a database error) is an OperationOutcome with its status, not a broken 200 stream
     first = await run_in_threadpool(next, chunks, b"")
-    return StreamingResponse(_then(first, chunks), media_type=run.media_type)
+    return StreamingResponse(_then(first, chunks), media_type=run.media_type, headers=headers)
 
 
 def _policy(given: dict) -> str | None:

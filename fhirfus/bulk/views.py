@@ -31,7 +31,7 @@ from fhirfus.bulk.worker import ExportWorker
 from fhirfus.bulk.writer import WrittenFile
 from fhirfus.errors import InvalidRequest
 from fhirfus.interactions import viewdefinition
-from fhirfus.interactions.viewdefinition import Inputs, Shaper
+from fhirfus.interactions.viewdefinition import Inputs, Shaper, ViewRun
 from fhirfus.store.repository import Store, format_instant
 
 LEVEL = "view"
@@ -75,6 +75,7 @@ def checked_request(store: Store, caller: Access, parts: Sequence[Mapping[str, A
     """Every view and option checked as ``$viewdefinition-run`` would (4xx now, not a failed job
     later), as the job row keeps it."""
     deidentified = caller.role == "analyst"
+    shaped = deidentified or given.get("policy") is not None  # an analyst always, anybody who asks for it
     unknown = sorted(set(given) - {*OPTIONS, "viewReference", "viewResource"})
     if unknown:
         raise InvalidRequest(f"Parameter '{unknown[0]}' is not supported by $viewdefinition-export (supported: view, "
@@ -85,7 +86,8 @@ def checked_request(store: Store, caller: Access, parts: Sequence[Mapping[str, A
         raise InvalidRequest("Name at least one view (a 'view' parameter with viewReference, viewCanonical or "
                              "viewResource)", "view")
     entries: list[dict[str, Any]] = []
-    patients: frozenset[str] | None = None
+    run: ViewRun | None = None
+    policy: dict[str, str] = {}
     for index, part in enumerate(views):
         unknown = sorted(set(part) - {"name", "viewReference", "viewCanonical", "viewResource"})
         if unknown:
@@ -94,18 +96,19 @@ def checked_request(store: Store, caller: Access, parts: Sequence[Mapping[str, A
                   "viewResource": part.get("viewResource")}
         one = {k: v for k, v in given.items() if k in OPTIONS} | {k: v for k, v in chosen.items() if v is not None}
         run = viewdefinition.prepare(store, caller, one, deidentified=deidentified)
-        if deidentified:
-            shaper(run, _text(given.get("policy")))  # refuses a view the policy cannot cover
+        if shaped:
+            shaping = shaper(run, _text(given.get("policy")))  # refuses a view the policy cannot cover
+            policy = {"name": shaping.policy_name, "sha256": shaping.policy_sha256}
         name = str(part.get("name") or run.definition.get("name") or f"view_{index + 1}")
         if not _NAME.match(name) or any(e["name"] == name for e in entries):
             raise InvalidRequest(f"View name '{name}' must be unique, start with a letter and hold letters, digits "
                                  "and '_' only (64 at most)", f"view[{index}].name")
         entries.append({"name": name, "view": run.definition, "from_guide": run.from_guide})
-        patients = run.patients
+    assert run is not None
     operation = {
-        "views": entries, "format": viewdefinition.output_format(given), "header": viewdefinition.header_flag(given),
-        "since": _iso(viewdefinition.since_of(given)), "patients": None if patients is None else sorted(patients),
-        "policy": _text(given.get("policy")), "role": caller.role,
+        "views": entries, "format": run.format, "header": run.header, "since": _iso(run.since),
+        "patients": None if run.patients is None else sorted(run.patients),
+        "policy": policy.get("name"), "policy_sha256": policy.get("sha256"), "role": caller.role,
         "grants": [[g.res_type, g.permissions] for g in caller.grants],
         "client_tracking_id": _text(given.get("clientTrackingId")),
     }
@@ -139,8 +142,8 @@ def run_view_export(store: Store, request: ExportRequest, directory: Path, *, sh
         run = viewdefinition.compile_run(entry["view"], entry["from_guide"], operation["format"],
                                          operation["header"], None, since, patients)
         produced = viewdefinition.rows(store, caller, run, request.base_url)
-        if caller.role == "analyst":
-            policy = shaper(run, operation.get("policy"))
+        if operation.get("policy") is not None:
+            policy = shaper(run, operation["policy"])
             run = replace(run, released=policy.released)
             produced = policy.apply(produced)
         counter = [0]
@@ -182,6 +185,9 @@ def manifest(job: jobs.Job, files: Sequence[WrittenFile], status_url: str) -> di
         {"name": "location", "valueUri": status_url},
         {"name": "_format", "valueCode": operation.get("format", "ndjson")},
     ]
+    if operation.get("policy"):  # what the analysis export's manifest says too: the policy and its hash
+        parameters += [{"name": "policy", "valueString": operation["policy"]},
+                       {"name": "policySha256", "valueString": operation.get("policy_sha256") or ""}]
     if job.transaction_time is not None:
         parameters.append({"name": "exportStartTime", "valueInstant": format_instant(job.transaction_time)})
     parameters.append({"name": "exportEndTime", "valueInstant": format_instant(job.updated)})

@@ -7,7 +7,7 @@ that the caller may read, as NDJSON, CSV, JSON or Parquet.
 ``group`` keep the Patient compartments of those patients. A site client's run sees its site's
 rows only (``caller.visibility``); an analyst's run is ``deidentified``: a de-identification
 policy (``fhirfus.analysis.viewpolicy``) shapes its rows, the caller's scopes do not apply and it
-names cohorts (``group``), never patients. Rows stream as they are made, so a resource whose data
+names cohorts (``group``), never patients. Others may ask for a policy too (``policy``). Rows stream as they are made, so a resource whose data
 breaks a column contract (several values in a scalar column) is skipped rather than failing the
 answer half-way.
 
@@ -81,6 +81,8 @@ class RowShaping(Protocol):
     """What a de-identification policy does to a run (``fhirfus.analysis.viewpolicy``)."""
 
     released: tuple[str, ...]  # the columns it lets out
+    policy_name: str
+    policy_sha256: str  # of the policy file's bytes, as the analysis export reports it
 
     def apply(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
 
@@ -155,19 +157,6 @@ def _view(given: Inputs, view_id: str | None) -> dict:
     if not isinstance(reference, str) or not reference:
         raise InvalidRequest("viewReference must name a ViewDefinition", "viewReference")
     return guide_view(reference)
-
-
-def output_format(given: Inputs) -> str:
-    """``_format`` as one of ``FORMATS`` (400 naming it otherwise)."""
-    return _format(given)
-
-
-def header_flag(given: Inputs) -> bool:
-    return _flag(given, "header", True)
-
-
-def since_of(given: Inputs) -> datetime | None:
-    return _since(given)
 
 
 def _format(given: Inputs) -> str:
