@@ -1,5 +1,6 @@
-"""An analyst's ViewDefinition, run through a de-identification policy (``$viewdefinition-run``
-and ``$viewdefinition-export`` with ``policy``, default ``safe-harbor``).
+"""A ViewDefinition run through a de-identification policy (``$viewdefinition-run`` and
+``$viewdefinition-export``: an analyst's always, with ``policy`` (default ``safe-harbor``); anybody
+else's that names a ``policy``).
 
 A policy gives its rules per view and column (``columns: {view name: {column: rule}}``), as for
 the analysis export. Those rules belong to the guide's views as published: a view gets them when
@@ -113,7 +114,7 @@ def deidentification(store: Store, key: str | None, run: ViewRun, policy_name: s
     policy = load_policy(policy_name)
     namespace = namespace_for(checked_key(key))
     try:
-        view = view_from(run.definition, "inline", "view")
+        view = view_from(run.definition, "request", "view")
     except ViewDefinitionError as exc:  # compiled before, so only a view the policy check cannot walk
         raise PolicyError(f"The view cannot be checked against the policy: {exc}", "viewResource") from exc
     rules = _rules_for(policy, run)

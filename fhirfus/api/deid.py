@@ -1,4 +1,5 @@
-"""The de-identification of analysts' views, as the routes and the export worker get it."""
+"""The de-identification of views (an analyst's, or anybody's naming a ``policy``), as the routes
+and the export worker get it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from fhirfus.store.repository import Store
 
 
 def policy_shaper(store: Store, key: str | None) -> Shaper:
-    """The de-identification of analysts' views, imported on first use (it brings pandas along)."""
+    """The policies' de-identification, imported on first use (it brings pandas along)."""
     def shape(run: ViewRun, policy_name: str | None) -> RowShaping:
         from fhirfus.analysis.viewpolicy import deidentification
 
