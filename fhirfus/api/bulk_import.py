@@ -16,13 +16,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from fhirfus.api.bulk import NDJSON, _prefer_tokens, _request_url
-from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body
+from fhirfus.api.bulk import NDJSON, request_url, require_async
+from fhirfus.api.http import base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.bulk.imports import service
 from fhirfus.bulk.imports.service import STATUS_SEGMENT
 from fhirfus.bulk.imports.worker import ImportWorker
-from fhirfus.errors import InvalidRequest, UnsupportedMediaType
+from fhirfus.errors import UnsupportedMediaType
 from fhirfus.fhir.outcome import information
 from fhirfus.fhir.validation import parse_json
 
@@ -53,14 +53,12 @@ async def import_kick_off(request: Request) -> Response:
     """``Prefer: respond-async`` required. Body: a Parameters resource or a manifest (JSON), or NDJSON
     (``Content-Type: application/fhir+ndjson``; ``?type=T`` when every line is a T)."""
     rendering = rendering_for(request)
-    Prefer.parse(request)
-    if "respond-async" not in _prefer_tokens(request):
-        raise InvalidRequest("A Bulk Data kick-off needs the header 'Prefer: respond-async'", "Prefer")
+    require_async(request)
     who = caller(request)
     base = base_url(request)
     worker = start_imports(request.app)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    url = _request_url(request, base)
+    url = request_url(request, base)
     if content_type in UPLOAD_TYPES:
         res_type = request.query_params.get("type")
         job_id, directory = await run_in_threadpool(service.begin_upload, worker, who, res_type)

@@ -2,8 +2,8 @@
 
 Jobs run on a small thread pool (``FHIRFUS_IMPORT_MAX_JOBS`` threads), never on the event loop.
 A running job beats its heartbeat between chunks; the supervisor (at start-up, then every few
-seconds) adopts jobs whose owner stopped beating for ``LEASE`` — a process that died — and
-**resumes** them from the last committed chunk (``fhirfus.bulk.imports.load``). A job interrupted
+seconds) adopts jobs whose owner stopped beating for ``FHIRFUS_JOB_LEASE_SECONDS`` — a process
+that died — and **resumes** them from the last committed chunk (``fhirfus.bulk.imports.load``). A job interrupted
 ``MAX_ATTEMPTS`` times fails with a reason instead of looping. An orderly shutdown hands jobs back
 unowned; the next process to look resumes them at once. Expired and cancelled jobs are deleted
 with their files.
@@ -32,7 +32,6 @@ from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.import")
 
-LEASE = timedelta(seconds=30)
 HEARTBEAT_SECONDS = 1.0
 SUPERVISE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
@@ -46,11 +45,11 @@ class ShuttingDown(Exception):
 class ImportWorker:
     """Runs this process's import jobs and resumes jobs that lost their process."""
 
-    def __init__(self, store: Store, settings: Settings, *, lease: timedelta = LEASE,
+    def __init__(self, store: Store, settings: Settings, *, lease: timedelta | None = None,
                  supervise_every: float = SUPERVISE_SECONDS, chunk_lines: int | None = None) -> None:
         self.store = store
         self.settings = settings
-        self.lease = lease
+        self.lease = lease if lease is not None else timedelta(seconds=settings.job_lease_seconds)
         self.supervise_every = supervise_every
         self.chunk_lines = chunk_lines
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
