@@ -119,6 +119,13 @@ class Settings:
     export_expire_seconds: int = setting(
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")
+    pull_dir: str = setting(
+        "FHIRFUS_PULL_DIR", "./var/pulls",
+        "where `fhirfus pull` keeps the files of an export until they are loaded (a rerun resumes them)")
+    pull_schedule_seconds: int = setting(
+        "FHIRFUS_PULL_SCHEDULE", 0,
+        "every this many seconds the server runs the stored pull definitions that are due (`fhirfus pull "
+        "--every`); 0: the server runs none")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
