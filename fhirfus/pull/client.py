@@ -94,6 +94,7 @@ class BulkClient:
         self.sleep = sleep
         self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
         self._token: str | None = None
+        self._files_want_token = False  # learnt from a 401 on a file the manifest said needs none
 
     def close(self) -> None:
         self.http.close()
@@ -184,8 +185,10 @@ class BulkClient:
         offset = part.stat().st_size if part.is_file() else 0
         headers = {"Accept": "application/fhir+ndjson"}
         headers |= {"Range": f"bytes={offset}-", "Accept-Encoding": "identity"} if offset else {"Accept-Encoding": "gzip"}
+        with_token = with_token or self._files_want_token
         response = self._stream_to(url, part, headers, offset, with_token)
         if response == 401 and not with_token:  # Medplum-style: a listed URL that wants the token anyway
+            self._files_want_token = True
             response = self._stream_to(url, part, headers, offset, True)
         if response == 416:  # nothing left to send: the part was complete
             response = 206
