@@ -35,7 +35,7 @@ from fhirfus.pull.run import PullReport, pull_once
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 from tests.auth_helpers import make_client
-from tests.conftest import TEST_DEID_KEY, Database, run_server
+from tests.conftest import TEST_DEID_KEY, Database, run_server, serving
 
 HUB_SCOPE = "system/*.rs"
 
@@ -261,3 +261,38 @@ def test_pull_list_shows_status_and_errors(site_server: Callable[[str], Site], h
     [shown] = [d for d in orjson.loads(output[start:]) if d["name"] == f"pull-{a}"]
     assert shown["status"] == "failed" and "refused the client" in shown["last_error"]
     assert shown["source"] == site.base and shown["site"] == a and shown["since"] is None
+
+
+def test_the_hub_server_runs_stored_definitions_on_their_schedule(
+    site_server: Callable[[str], Site], hub: Hub, unique: str,
+) -> None:
+    a = f"a{unique}"
+    site = site_server(a)
+    site.put([patient("p", a, "Scheduled")])
+    definitions.save(hub.store, definitions.Definition(
+        f"pull-{a}", site.base, site.hub_client_id, str(site.hub_key), a, every_seconds=1), datetime.now(UTC))
+    settings = Settings(database_url=hub.database.url, auth="off", pull_schedule_seconds=1, pull_dir=str(hub.work))
+    with serving(settings, hub.store):
+        assert _eventually(lambda: f"Patient/{a}-p" in hub.held(a))
+        site.put([observation("later", a, "p", 5)])
+        assert _eventually(lambda: f"Observation/{a}-later" in hub.held(a))  # the next round is incremental
+    assert definitions.get(hub.store, f"pull-{a}").status == "ok"
+
+
+def test_a_due_definition_is_claimed_by_one_scheduler_only(hub: Hub, unique: str, tmp_path: Path) -> None:
+    saved = definitions.save(hub.store, definitions.Definition(
+        f"pull-c{unique}", "http://127.0.0.1:9/fhir", "client", str(tmp_path / "key.pem"), f"c{unique}",
+        every_seconds=3600), datetime.now(UTC))
+    assert saved in definitions.due(hub.store, datetime.now(UTC))
+    assert definitions.claim(hub.store, saved, datetime.now(UTC))
+    assert not definitions.claim(hub.store, saved, datetime.now(UTC))  # the other process saw the same row
+    assert saved.name not in {d.name for d in definitions.due(hub.store, datetime.now(UTC))}
+
+
+def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -22,6 +24,7 @@ from fhirfus.domain.publication import publish
 from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
+from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
 from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
@@ -87,6 +90,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
+    if settings.pull_schedule_seconds > 0:
+        scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,
+                                  lambda: datetime.now(UTC))
+        app.state.pulls = scheduler
+        app.router.on_startup.append(scheduler.start)
+        app.router.on_shutdown.append(scheduler.stop)
     app.router.on_shutdown.append(app.state.audit.stop)
     return app
 

@@ -99,6 +99,16 @@ def due(store: Store, moment: datetime) -> list[Definition]:
             if d.every_seconds and (d.next_run is None or d.next_run <= moment)]
 
 
+def claim(store: Store, definition: Definition, moment: datetime) -> bool:
+    """Take a due definition for this process: its ``next_run`` moves on only if nobody moved it."""
+    seen = pull_definitions.c.next_run.is_(None) if definition.next_run is None \
+        else pull_definitions.c.next_run == definition.next_run
+    with store.writing() as conn:
+        result = conn.execute(update(pull_definitions).where(pull_definitions.c.name == definition.name, seen)
+                              .values(next_run=_next(definition, moment)))
+    return result.rowcount == 1
+
+
 def started(store: Store, name: str, moment: datetime) -> None:
     with store.writing() as conn:
         conn.execute(update(pull_definitions).where(pull_definitions.c.name == name)
