@@ -410,6 +410,7 @@ def test_every_ndjson_output_format_is_accepted(client: httpx.Client, output_for
     ("/$export?_elements=Foo.id", "_elements"),
     ("/$export?_elements=name.given", "_elements"),
     ("/$export?includeAssociatedData=_everything", "includeAssociatedData"),
+    ("/$export?includeAssociatedData=", "includeAssociatedData"),
     ("/$export?bogus=1", "bogus"),
     ("/$export?_typeFilter=Observation", "_typeFilter"),
     ("/$export?_typeFilter=Observation%3Fnonsense%3D1", "_typeFilter"),

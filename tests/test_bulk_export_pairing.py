@@ -90,3 +90,30 @@ def test_elements_keeps_the_named_and_mandatory_elements_and_marks_them_subsette
     for resource in (exported_patient, exported_observation):
         assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} \
             in resource["meta"]["tag"]
+
+
+def _provenance(http: httpx.Client, target: str) -> str:
+    created = http.post("/Provenance", json={
+        "resourceType": "Provenance", "target": [{"reference": target}], "recorded": "2026-01-01T00:00:00Z",
+        "agent": [{"who": {"display": "a study nurse"}}]})
+    assert created.status_code == 201, created.text
+    return created.json()["id"]
+
+
+def test_include_associated_data_adds_the_provenance_of_exported_resources(client: httpx.Client, unique: str) -> None:
+    exported = _observation(client, unique, "exported")
+    elsewhere = _observation(client, f"other-{unique}", "not exported")
+    older = _provenance(client, f"Observation/{exported}")
+    time.sleep(0.01)
+    newer = _provenance(client, f"Observation/{exported}")
+    _provenance(client, f"Observation/{elsewhere}")
+    query = f"/$export?_type=Observation&_typeFilter={quote(f'Observation?code={CODES}|{unique}', safe='')}"
+
+    def provenance_ids(value: str) -> list[str]:
+        manifest = manifest_of(client, kick_off(client, f"{query}&includeAssociatedData={value}"))
+        found = download(client, manifest["output"])
+        assert [r["id"] for r in found["Observation"]] == [exported]
+        return sorted(r["id"] for r in found.get("Provenance", []))
+
+    assert provenance_ids("RelevantProvenanceResources") == sorted([older, newer])
+    assert provenance_ids("LatestProvenanceResources") == [newer]

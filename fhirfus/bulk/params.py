@@ -35,7 +35,9 @@ NDJSON_FORMATS = frozenset(
     {"application/fhir+ndjson", "application/ndjson", "ndjson", "application/fhir ndjson"}
 )
 #: Parameters of the v2 specification that fhirfus does not implement.
-UNSUPPORTED = frozenset({"includeAssociatedData", "organizeOutputBy", "allowPartialManifests"})
+UNSUPPORTED = frozenset({"organizeOutputBy", "allowPartialManifests"})
+#: ``includeAssociatedData`` values fhirfus honours (the Provenance of the exported resources).
+ASSOCIATED = ("LatestProvenanceResources", "RelevantProvenanceResources")
 _SINGLE = ("_since", "_outputFormat")
 #: A root element name (``_elements`` names only top-level elements).
 _ELEMENT = re.compile(r"^[a-z][A-Za-z0-9]*$")
@@ -60,6 +62,7 @@ class ExportRequest:
     client_id: str | None = None                    # who asked: only they (or an admin) see the job
     operation: dict[str, Any] | None = None         # level "view": the views and options (``bulk.views``)
     elements: tuple[str, ...] = ()                  # ``_elements``: ``name`` or ``Type.name``
+    associated: tuple[str, ...] = ()                # ``includeAssociatedData`` (values of ASSOCIATED)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,7 @@ class ExportRequest:
             client_id=data.get("client_id"),
             operation=data.get("operation"),
             elements=tuple(data.get("elements") or ()),
+            associated=tuple(data.get("associated") or ()),
         )
 
     @property
@@ -112,6 +116,7 @@ def parse_export_params(
     patients: list[str] = []
     since: str | None = None
     elements: list[str] = []
+    associated: list[str] = []
     for name, value in params:
         seen[name] = seen.get(name, 0) + 1
         if name in _SINGLE and seen[name] > 1:
@@ -126,6 +131,8 @@ def parse_export_params(
             since = _parse_since(value)
         elif name == "_elements":
             elements += _parse_elements(level, value)
+        elif name == "includeAssociatedData":
+            associated += _parse_associated(value)
         elif name == "_typeFilter":
             filters += _parse_type_filters(level, value, base_url, seen_by, terminology)
         elif name == "patient":
@@ -159,7 +166,17 @@ def parse_export_params(
         ignored=tuple(ignored),
         base_url=base_url,
         elements=tuple(dict.fromkeys(elements)),
+        associated=tuple(dict.fromkeys(associated)),
     )
+
+
+def _parse_associated(value: str) -> list[str]:
+    values = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in values if v not in ASSOCIATED]
+    if unknown or not values:
+        raise InvalidRequest(f"includeAssociatedData {', '.join(map(shown, unknown)) or 'is empty'}: fhirfus "
+                             f"supports {' and '.join(ASSOCIATED)}", "includeAssociatedData")
+    return values
 
 
 def _parse_elements(level: str, value: str) -> list[str]:

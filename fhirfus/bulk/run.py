@@ -32,16 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, FromClause, Row, func, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Row, exists, func, literal, select
 
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.patients import stage_patients
 from fhirfus.bulk.select import export_types, selection, stage_type_filters
 from fhirfus.bulk.writer import NdjsonFileSet, WrittenFile
+from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import Visibility, content_text
 from fhirfus.errors import Issue
 from fhirfus.fhir.projection import bulk_elements
 from fhirfus.interactions import binary
+from fhirfus.search.compiler import params_rows
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
 
@@ -107,6 +109,9 @@ def run_export(
                       highest, report, shaped)
         if request.since_instant is not None:
             _deleted_pass(store, rows, request, transaction_time, deleted, limits.page_size)
+        if request.associated and "Provenance" not in export_types(request):
+            _associated_pass(store, seen_by, rows, condition, request, transaction_time, output, limits.page_size,
+                             shaped)
     except BaseException:
         output.abort()
         deleted.abort()
@@ -213,6 +218,43 @@ def _deleted_pass(
             output.write("Bundle", [deletion(row.res_type, row.res_id) for row in rows])
             after = rows[-1].pk
         if len(rows) < page:
+            return
+
+
+def _associated_pass(
+    store: Store, seen_by: Visibility, rows: FromClause, condition: ColumnElement[bool], request: ExportRequest,
+    moment: datetime, output: NdjsonFileSet, page: int, shaped: Callable[[bytes], bytes],
+) -> None:
+    """``includeAssociatedData``: the Provenance resources whose ``target`` is an exported resource
+    (all of them, or for ``LatestProvenanceResources`` alone only each target's latest one).
+    Skipped when Provenance is an exported type already."""
+    provenance = seen_by.resources().alias("associated")
+    link = search_reference.alias("associated_target")
+    exported = exists().where(rows.c.res_type == link.c.target_type, rows.c.res_id == link.c.target_id, condition,
+                              rows.c.deleted.is_(False), rows.c.last_updated <= moment)
+    targets = [link.c.resource_pk == provenance.c.pk, params_rows(link, "Provenance", ("target",)), exported]  # type: ignore[arg-type]
+    if "RelevantProvenanceResources" not in request.associated:
+        later = seen_by.resources().alias("later")
+        other = search_reference.alias("later_target")
+        targets.append(~select(literal(1)).where(
+            other.c.target_type == link.c.target_type, other.c.target_id == link.c.target_id,
+            params_rows(other, "Provenance", ("target",)), other.c.resource_pk == later.c.pk,  # type: ignore[arg-type]
+            later.c.res_type == "Provenance", later.c.deleted.is_(False), later.c.last_updated <= moment,
+            later.c.last_updated > provenance.c.last_updated,
+        ).correlate_except(later, other).exists())  # the candidate is two levels up: named, not guessed
+    after = 0
+    while True:
+        with store.reading() as conn:
+            found = conn.execute(
+                select(provenance.c.pk, content_text(provenance))
+                .where(provenance.c.res_type == "Provenance", provenance.c.deleted.is_(False),
+                       provenance.c.last_updated <= moment, provenance.c.pk > after, exists().where(*targets))
+                .order_by(provenance.c.pk).limit(page)
+            ).all()
+        if found:
+            output.write("Provenance", [shaped(row.text.encode()) for row in found])
+            after = found[-1].pk
+        if len(found) < page:
             return
 
 
