@@ -28,6 +28,7 @@ from sqlalchemy import select
 
 from fhirfus.db.tables import resources
 from fhirfus.pull import definitions
+from fhirfus.pull.client import PullError
 from fhirfus.pull.run import pull_once
 from fhirfus.store.repository import Store
 from tests.auth_helpers import new_key
@@ -48,6 +49,7 @@ class Source:
     base: str = ""
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)   # method, path, headers
     polls: int = 0
+    extra: dict = field(default_factory=dict)      # manifest members to add or replace
 
     @property
     def status_path(self) -> str:
@@ -58,8 +60,8 @@ class Source:
         return {"transactionTime": "2026-12-01T10:00:00.000+00:00", "request": f"{self.base}/fhir/$export",
                 "requiresAccessToken": requires,
                 "output": [{"type": path.split("/")[-1].split("-")[0], "url": f"{self.base}{path}"}
-                           for path in self.files],
-                "error": []}
+                           for path in self.files if not path.startswith("/deleted/")],
+                "error": [], **self.extra}
 
 
 def _handler(source: Source) -> type[BaseHTTPRequestHandler]:
@@ -230,3 +232,33 @@ def test_an_interrupted_download_resumes_with_a_range_request(
     assert any(headers.get("Range") == "bytes=50-" for _, _, headers in source.seen)
     assert {r for r in _held(database, label) if r.startswith("Patient/")} == {f"Patient/{label}-p{n}" for n in range(3)}
     assert not any(path == "/fhir/$export" for _, path, _ in source.seen)  # no second export
+
+
+def test_deletions_listed_by_a_source_reach_the_hub_and_a_malformed_manifest_is_refused(
+    serve, database: Database, tmp_path: Path, unique: str,  # type: ignore[no-untyped-def]
+) -> None:
+    key, key_path = _key_file(tmp_path)
+    source = serve(Source("generic", key.public_key(), _files(unique), polls_before_done=0))  # type: ignore[attr-defined]
+    store = Store(database.engine)
+    label = f"d{unique}"
+    name = f"pull-{label}"
+    definitions.save(store, definitions.Definition(
+        name, f"{source.base}/fhir", "hub-at-source", str(key_path), label), datetime.now(UTC))
+    pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
+    assert f"Patient/{label}-p1" in _held(database, label)
+
+    source.files = {"/deleted/1": _ndjson([{"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": "Patient/p1"}},
+        {"request": {"method": "DELETE", "url": "Observation/never-pulled"}}]}])}
+    source.extra = {"deleted": [{"type": "Bundle", "url": f"{source.base}/deleted/1"}]}
+    report = pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
+    assert report.deleted == 2 and f"Patient/{label}-p1" not in _held(database, label)
+    assert f"Patient/{label}-p0" in _held(database, label)
+    kick_offs = [path for method, path, _ in source.seen if urlsplit(path).path == "/fhir/$export"]
+    assert "_since=2026-12-01T10%3A00%3A00.000%2B00%3A00" in kick_offs[-1]  # incremental: the last transactionTime
+
+    source.extra = {"output": "not a list"}
+    with pytest.raises(PullError, match="output"):
+        pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
+    stored = definitions.get(store, name)
+    assert stored.status == "failed" and stored.since == "2026-12-01T10:00:00.000+00:00"  # the watermark stays

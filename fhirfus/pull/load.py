@@ -98,10 +98,12 @@ def load_deleted(store: Store, path: Path, site: str, loaded: Loaded, chunk_size
     context = bundles.Context(store, site_caller(site), "", integrity=False)
     entries: list[dict] = []
     for number, bundle in _lines(path):
-        for entry in bundle.get("entry") or [] if isinstance(bundle, dict) else []:
+        listed = bundle.get("entry") if isinstance(bundle, dict) else None
+        for entry in listed if isinstance(listed, list) else [None]:
             request = entry.get("request") if isinstance(entry, dict) else None
             url = request.get("url") if isinstance(request, dict) else None
-            if not isinstance(url, str) or request.get("method") != "DELETE" or url.count("/") != 1:  # type: ignore[union-attr]
+            method = request.get("method") if isinstance(request, dict) else None
+            if not isinstance(url, str) or method != "DELETE" or url.count("/") != 1:
                 raise InvalidRequest(f"{path.name} line {number}: a deleted entry must be DELETE Type/id",
                                      f"line {number}")
             res_type, res_id = url.split("/")

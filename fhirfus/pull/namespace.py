@@ -8,7 +8,9 @@ to ``Type/{site}-{id}`` (without the version: the hub's version numbers are its 
 elsewhere (another server, ``urn:uuid:``, ``#contained``) stay as they are. An id that would
 exceed FHIR's 64 characters is ``{site}-`` and a hash of the original id. Site labels from the
 source are replaced by the hub's label for it, so what a site calls itself never decides where
-its data belongs at the hub.
+its data belongs at the hub. Should two labels still meet (site ``A`` with id ``B-1`` and site
+``A-B`` with id ``1``), the store refuses to move an id to another site and the pull fails: it
+never overwrites another site's resource.
 """
 
 from __future__ import annotations
