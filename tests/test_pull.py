@@ -193,6 +193,17 @@ def test_a_site_client_pulls_only_its_own_sites_data(site_server: Callable[[str]
     assert hub.held(other) == {}
 
 
+def test_a_group_pull_brings_only_the_groups_patients(site_server: Callable[[str], Site], hub: Hub, unique: str) -> None:
+    a = f"a{unique}"
+    site = site_server(a)
+    site.put([patient("in", a, "In"), patient("out", a, "Out"), observation("in-obs", a, "in", 1),
+              observation("out-obs", a, "out", 2),
+              {"resourceType": "Group", "id": "cohort", "meta": _label(a), "type": "person", "actual": True,
+               "member": [{"entity": {"reference": "Patient/in"}}]}])
+    hub.pull(f"pull-{a}", site, a, group_id="cohort")
+    assert set(hub.held(a)) == {f"Patient/{a}-in", f"Observation/{a}-in-obs", f"Group/{a}-cohort"}  # a member's compartment holds its Group
+
+
 def test_credentials_of_one_site_are_refused_by_another_and_nothing_is_written(
     site_server: Callable[[str], Site], hub: Hub, unique: str,
 ) -> None:
