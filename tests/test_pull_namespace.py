@@ -3,10 +3,17 @@ rewritten alike, everything else untouched, the hub's site label."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
 from fhirfus.db.visibility import SITE_SYSTEM
+from fhirfus.errors import InvalidRequest
+from fhirfus.pull import definitions
 from fhirfus.pull.namespace import MAX_ID, hub_id, hub_reference, to_hub
+from fhirfus.store.repository import Store
+from tests.conftest import Database
 
 SOURCE = "https://site-a.example/fhir"
 
@@ -49,3 +56,19 @@ def test_the_hub_copy_has_the_hubs_label_and_no_source_version() -> None:
     assert stored["meta"]["security"] == [
         {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"},
         {"system": SITE_SYSTEM, "code": "A"}]
+
+
+@pytest.mark.parametrize(("site", "source", "element"), [
+    ("*", "https://a.example/fhir", "site"),
+    ("", "https://a.example/fhir", "site"),
+    ("a b", "https://a.example/fhir", "site"),
+    ("x" * 33, "https://a.example/fhir", "site"),
+    ("A", "ftp://a.example/fhir", "from"),
+])
+def test_a_definition_with_an_unusable_site_or_source_is_refused(
+    database: Database, tmp_path: Path, site: str, source: str, element: str,
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        definitions.save(Store(database.engine), definitions.Definition(
+            "bad", source, "client", str(tmp_path / "key.pem"), site), datetime.now(UTC))
+    assert refused.value.issues[0].expression == (element,)

@@ -8,6 +8,7 @@ converges to the source's data.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,8 @@ from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.store.repository import Store
 
 IDLE, RUNNING, OK, FAILED = "idle", "running", "ok", "failed"
+#: A site label that can lead a FHIR id (``{site}-{id}``), leaving room for the source's id.
+_SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,11 @@ def save(store: Store, definition: Definition, moment: datetime) -> Definition:
     unless the source, site, group or types change: then the next pull is a full one)."""
     if not definition.name or len(definition.name) > 64:
         raise InvalidRequest("a pull definition needs a name of at most 64 characters", "name")
+    if not _SITE.match(definition.site):
+        raise InvalidRequest(f"--site {definition.site!r}: a site label is 1-32 letters, digits, '-' or '.', "
+                             "starting with a letter or digit (it leads the ids of the site's data here)", "site")
+    if not definition.source_url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"--from {definition.source_url!r} is not an http(s) FHIR base URL", "from")
     values = {"source_url": definition.source_url.rstrip("/"), "client_id": definition.client_id,
               "key_path": definition.key_path, "site": definition.site, "group_id": definition.group_id,
               "types": ",".join(definition.types) or None, "every_seconds": definition.every_seconds}
