@@ -50,6 +50,7 @@ class Source:
     seen: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)   # method, path, headers
     polls: int = 0
     extra: dict = field(default_factory=dict)      # manifest members to add or replace
+    assertion_headers: list[dict] = field(default_factory=list)
 
     @property
     def status_path(self) -> str:
@@ -83,7 +84,9 @@ def _handler(source: Source) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             source.seen.append(("POST", self.path, dict(self.headers)))
             form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
-            claims = jwt.decode(form["client_assertion"][0], source.public_key,  # type: ignore[arg-type]
+            assertion = form["client_assertion"][0]
+            source.assertion_headers.append(jwt.get_unverified_header(assertion))
+            claims = jwt.decode(assertion, source.public_key,  # type: ignore[arg-type]
                                 algorithms=["RS384", "ES384"], audience=f"{source.base}/token")
             assert claims["iss"] == claims["sub"] == "hub-at-source"
             self._send(200, orjson.dumps({"access_token": TOKEN, "token_type": "bearer", "expires_in": 300}),
@@ -152,8 +155,14 @@ def _files(label: str) -> dict[str, bytes]:
     return {"/fhir/Binary/Patient-1": _ndjson(patients), "/fhir/Binary/Observation-1": _ndjson(observations)}
 
 
-def _key_file(tmp_path: Path) -> tuple[object, Path]:
-    key = new_key("RS384")
+def _key_file(tmp_path: Path, algorithm: str = "RS384") -> tuple[object, Path]:
+    """An RS384 key as PEM, or an ES384 key as a private JWK with its kid (both forms ``--key`` reads)."""
+    key = new_key(algorithm)
+    if algorithm == "ES384":
+        path = tmp_path / "key.jwk.json"
+        jwk = orjson.loads(jwt.algorithms.ECAlgorithm.to_jwk(key))
+        path.write_bytes(orjson.dumps({"keys": [{**jwk, "alg": "ES384", "kid": "hub-2026"}]}))
+        return key, path
     path = tmp_path / "key.pem"
     path.write_bytes(key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
                                        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
@@ -170,7 +179,7 @@ def _held(database: Database, label: str) -> set[str]:
 def test_the_hub_pulls_from_hapi_and_medplum_style_servers(
     serve, database: Database, tmp_path: Path, unique: str, flavour: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    key, key_path = _key_file(tmp_path)
+    key, key_path = _key_file(tmp_path, "RS384" if flavour == "hapi" else "ES384")
     source = serve(Source(flavour, key.public_key(), _files(unique)))  # type: ignore[attr-defined]
     store = Store(database.engine)
     label = f"{flavour[0]}{unique}"
@@ -193,6 +202,8 @@ def test_the_hub_pulls_from_hapi_and_medplum_style_servers(
     expected = {f"{source.base}{path}": hashlib.sha256(content).hexdigest() for path, content in source.files.items()}
     assert {f["url"]: f["sha256"] for f in report.files} == expected
     assert definitions.get(store, f"pull-{label}").since == "2026-12-01T10:00:00.000+00:00"
+    header = source.assertion_headers[0]
+    assert (header["alg"], header.get("kid")) == (("RS384", None) if flavour == "hapi" else ("ES384", "hub-2026"))
 
 
 def test_a_long_retry_after_is_capped(serve, database: Database, tmp_path: Path, unique: str) -> None:  # type: ignore[no-untyped-def]
