@@ -661,6 +661,7 @@ def pull(
     key: Path = typer.Option(None, "--key", dir_okay=False, help="The private key (PEM, or a JWK with its kid)."),
     site: str = typer.Option(None, "--site", help="The site label the pulled data gets here."),
     group: str = typer.Option(None, "--group", help="Export this Group at the source (default: everything)."),
+    patients: bool = typer.Option(False, "--patients", help="Export every patient's compartment (Patient/$export)."),
     types: str = typer.Option(None, "--type", help="Only these resource types (comma-separated)."),
     every: str = typer.Option(None, "--every", help="Pull again at this interval (30s, 15m, 1h, 1d); stored for "
                                                     "the server's schedule too."),
@@ -687,7 +688,8 @@ def pull(
                 raise _fail("a pull needs --from, --client-id, --key and --site (or only --name of a stored one)")
             definition = definitions.save(store, definitions.Definition(
                 name or site, source, client_id, str(key.resolve()), site, group,
-                tuple(t.strip() for t in (types or "").split(",") if t.strip()), _duration(every)),
+                tuple(t.strip() for t in (types or "").split(",") if t.strip()), _duration(every),
+                patient_level=patients),
                 datetime.now(UTC))
         elif name:
             definition = definitions.get(store, name)

@@ -204,6 +204,18 @@ def test_a_group_pull_brings_only_the_groups_patients(site_server: Callable[[str
     assert set(hub.held(a)) == {f"Patient/{a}-in", f"Observation/{a}-in-obs", f"Group/{a}-cohort"}  # a member's compartment holds its Group
 
 
+def test_a_patient_level_pull_leaves_what_no_patient_owns(
+    site_server: Callable[[str], Site], hub: Hub, unique: str,
+) -> None:
+    a = f"a{unique}"
+    site = site_server(a)
+    site.put([patient("p", a, "P"), observation("p-obs", a, "p", 1),
+              {"resourceType": "Organization", "id": "clinic", "meta": _label(a), "name": "Clinic"}])
+    hub.pull(f"pull-{a}", site, a, patient_level=True)
+    assert set(hub.held(a)) == {f"Patient/{a}-p", f"Observation/{a}-p-obs"}
+    assert definitions.get(hub.store, f"pull-{a}").level == "patient"
+
+
 def test_credentials_of_one_site_are_refused_by_another_and_nothing_is_written(
     site_server: Callable[[str], Site], hub: Hub, unique: str,
 ) -> None:

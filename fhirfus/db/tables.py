@@ -240,6 +240,7 @@ pull_definitions = Table(
     Column("client_id", String(255), nullable=False),
     Column("key_path", Text, nullable=False),
     Column("site", String(64), nullable=False),
+    Column("level", String(16), nullable=False),
     Column("group_id", String(64), nullable=True),
     Column("types", Text, nullable=True),
     Column("every_seconds", Integer, nullable=True),

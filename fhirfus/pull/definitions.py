@@ -40,10 +40,15 @@ class Definition:
     last_count: int = 0
     last_run: datetime | None = None
     next_run: datetime | None = None
+    patient_level: bool = False   # ``Patient/$export`` (every patient's compartment) instead of ``$export``
+
+    @property
+    def level(self) -> str:
+        return "group" if self.group_id else "patient" if self.patient_level else "system"
 
     def to_json(self) -> dict:
         return {"name": self.name, "source": self.source_url, "client_id": self.client_id, "key": self.key_path,
-                "site": self.site, "group": self.group_id, "types": list(self.types), "every_seconds": self.every_seconds,
+                "site": self.site, "level": self.level, "group": self.group_id, "types": list(self.types), "every_seconds": self.every_seconds,
                 "since": self.since, "status": self.status, "last_error": self.last_error,
                 "last_count": self.last_count, "last_run": _iso(self.last_run), "next_run": _iso(self.next_run),
                 "in_flight": self.job_url}
@@ -58,12 +63,12 @@ def _from_row(row: object) -> Definition:
     return Definition(
         r["name"], r["source_url"], r["client_id"], r["key_path"], r["site"], r["group_id"],
         tuple(t for t in (r["types"] or "").split(",") if t), r["every_seconds"], r["since"], r["job_url"],
-        r["status"], r["last_error"], r["last_count"], r["last_run"], r["next_run"])
+        r["status"], r["last_error"], r["last_count"], r["last_run"], r["next_run"], r["level"] == "patient")
 
 
 def save(store: Store, definition: Definition, moment: datetime) -> Definition:
     """Create the definition, or change where and how an existing one pulls (its watermark stays
-    unless the source, site, group or types change: then the next pull is a full one)."""
+    unless the source, site, level, group or types change: then the next pull is a full one)."""
     if not definition.name or len(definition.name) > 64:
         raise InvalidRequest("a pull definition needs a name of at most 64 characters", "name")
     if not _SITE.match(definition.site):
@@ -72,7 +77,7 @@ def save(store: Store, definition: Definition, moment: datetime) -> Definition:
     if not definition.source_url.startswith(("http://", "https://")):
         raise InvalidRequest(f"--from {definition.source_url!r} is not an http(s) FHIR base URL", "from")
     values = {"source_url": definition.source_url.rstrip("/"), "client_id": definition.client_id,
-              "key_path": definition.key_path, "site": definition.site, "group_id": definition.group_id,
+              "key_path": definition.key_path, "site": definition.site, "level": definition.level, "group_id": definition.group_id,
               "types": ",".join(definition.types) or None, "every_seconds": definition.every_seconds}
     with store.writing() as conn:
         row = conn.execute(select(pull_definitions).where(pull_definitions.c.name == definition.name)
@@ -81,7 +86,7 @@ def save(store: Store, definition: Definition, moment: datetime) -> Definition:
             conn.execute(insert(pull_definitions).values(name=definition.name, status=IDLE, last_count=0,
                                                          created=moment, next_run=moment, **values))
         else:
-            same_data = all(row._mapping[k] == values[k] for k in ("source_url", "site", "group_id", "types"))
+            same_data = all(row._mapping[k] == values[k] for k in ("source_url", "site", "level", "group_id", "types"))
             reset = {} if same_data else {"since": None, "job_url": None}
             conn.execute(update(pull_definitions).where(pull_definitions.c.name == definition.name)
                          .values(**values, **reset))

@@ -72,7 +72,8 @@ def _pull(store: Store, definition: Definition, work_dir: Path, clock: Callable[
         manifest = client.manifest(job_url) if job_url else None
         report.resumed_export = manifest is not None
         if manifest is None:
-            job_url = client.kick_off(group=definition.group_id, types=definition.types, since=definition.since)
+            job_url = client.kick_off(group=definition.group_id, patient_level=definition.patient_level,
+                                      types=definition.types, since=definition.since)
             definitions.in_flight(store, definition.name, job_url)
             stage(f"export started at {job_url}")
             manifest = client.manifest(job_url, stage)

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("client_id", sa.String(255), nullable=False),
         sa.Column("key_path", sa.Text, nullable=False),
         sa.Column("site", sa.String(64), nullable=False),
+        sa.Column("level", sa.String(16), nullable=False),
         sa.Column("group_id", sa.String(64), nullable=True),
         sa.Column("types", sa.Text, nullable=True),
         sa.Column("every_seconds", sa.Integer, nullable=True),
