@@ -51,6 +51,7 @@ class Source:
     polls: int = 0
     extra: dict = field(default_factory=dict)      # manifest members to add or replace
     assertion_headers: list[dict] = field(default_factory=list)
+    raw_manifest: bytes | None = None             # answered instead of the manifest (a broken source)
 
     @property
     def status_path(self) -> str:
@@ -107,7 +108,8 @@ def _handler(source: Source) -> type[BaseHTTPRequestHandler]:
                 if source.polls <= source.polls_before_done:
                     self._send(202, b"", {"Retry-After": source.retry_after, "X-Progress": "busy"})
                 else:
-                    self._send(200, orjson.dumps(source.manifest()), {"Content-Type": "application/json"})
+                    body = source.raw_manifest if source.raw_manifest is not None else orjson.dumps(source.manifest())
+                    self._send(200, body, {"Content-Type": "application/json"})
             elif path in source.files:
                 self._file(source.files[path])
             else:
@@ -273,3 +275,19 @@ def test_deletions_listed_by_a_source_reach_the_hub_and_a_malformed_manifest_is_
         pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
     stored = definitions.get(store, name)
     assert stored.status == "failed" and stored.since == "2026-12-01T10:00:00.000+00:00"  # the watermark stays
+
+
+@pytest.mark.parametrize("answer", [b"<html>maintenance</html>", b"[]", b'{"output": []}'])
+def test_a_status_answer_that_is_no_manifest_fails_the_pull_and_says_why(
+    serve, database: Database, tmp_path: Path, unique: str, answer: bytes,  # type: ignore[no-untyped-def]
+) -> None:
+    key, key_path = _key_file(tmp_path)
+    source = serve(Source("hapi", key.public_key(), _files(unique), polls_before_done=0, raw_manifest=answer))  # type: ignore[attr-defined]
+    store = Store(database.engine)
+    name = f"pull-m{unique}"
+    definitions.save(store, definitions.Definition(
+        name, f"{source.base}/fhir", "hub-at-source", str(key_path), f"m{unique}"), datetime.now(UTC))
+    with pytest.raises(PullError, match=r"JSON object|transactionTime"):
+        pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
+    stored = definitions.get(store, name)
+    assert stored.status == "failed" and stored.since is None and _held(database, f"m{unique}") == set()

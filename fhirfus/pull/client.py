@@ -105,7 +105,7 @@ class BulkClient:
         response = self.http.get(f"{self.base}/.well-known/smart-configuration", headers={"Accept": "application/json"})
         if response.status_code != 200:
             raise PullError(f"{self.base}/.well-known/smart-configuration answered {response.status_code}", "source")
-        endpoint = response.json().get("token_endpoint")
+        endpoint = _json_object(response).get("token_endpoint")
         if not isinstance(endpoint, str):
             raise PullError("the source's smart-configuration names no token_endpoint", "source")
         return endpoint
@@ -123,8 +123,11 @@ class BulkClient:
         if response.status_code != 200:
             raise PullError(f"the token endpoint {endpoint} refused the client: {response.status_code} "
                             f"{response.text[:300]}", "client-id")
-        self._token = response.json()["access_token"]
-        return self._token
+        token = _json_object(response).get("access_token")
+        if not isinstance(token, str) or not token:
+            raise PullError(f"the token endpoint {endpoint} answered no access_token", "client-id")
+        self._token = token
+        return token
 
     def _send(self, method: str, url: str, *, auth: bool = True, **kwargs: Any) -> httpx.Response:
         """A request with the bearer token (fetched or renewed once on 401)."""
@@ -161,7 +164,7 @@ class BulkClient:
         for _ in range(MAX_POLLS):
             response = self._send("GET", status_url, headers={"Accept": "application/json"})
             if response.status_code == 200:
-                return response.json()
+                return _json_object(response)
             if response.status_code in (404, 410):
                 return None
             if response.status_code not in (202, 429, 503):
@@ -211,6 +214,17 @@ class BulkClient:
                 for block in response.iter_bytes(CHUNK_BYTES):
                     handle.write(block)
             return response.status_code
+
+
+def _json_object(response: httpx.Response) -> dict:
+    """The JSON object a source answered (anything else is the source's error, said as such)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise PullError(f"{response.request.url} answered {response.status_code} without a JSON object", "source")
+    return body
 
 
 def retry_after(value: str | None) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 
 from fhirfus.db.visibility import with_site_label
 from fhirfus.errors import FhirError
@@ -54,7 +55,7 @@ def pull_once(
     definitions.started(store, definition.name, clock())
     try:
         return _pull(store, definition, work_dir, clock, transport, sleep, on_stage or (lambda _: None))
-    except (FhirError, httpx.HTTPError, OSError, ValueError, KeyError) as exc:
+    except (FhirError, httpx.HTTPError, jwt.PyJWTError, OSError, ValueError, KeyError, TypeError) as exc:
         message = exc.message if isinstance(exc, FhirError) else f"{type(exc).__name__}: {exc}"
         definitions.failed(store, definition, message, clock())
         raise PullError(f"pull {definition.name} failed: {message}", "pull") from exc
