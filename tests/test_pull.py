@@ -35,7 +35,7 @@ from fhirfus.pull.run import PullReport, pull_once
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 from tests.auth_helpers import make_client
-from tests.conftest import TEST_DEID_KEY, Database, run_server, serving
+from tests.conftest import TEST_DEID_KEY, Database, SecureServer, run_server, serving
 
 HUB_SCOPE = "system/*.rs"
 
@@ -319,3 +319,25 @@ def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def test_admins_see_pull_status_and_errors_over_http_and_nobody_else_does(
+    secure_server: SecureServer, hub: Hub, unique: str, tmp_path: Path,
+) -> None:
+    name = f"pull-e{unique}"
+    saved = definitions.save(hub.store, definitions.Definition(
+        name, "http://127.0.0.1:9/fhir", "client", str(tmp_path / "missing.pem"), f"e{unique}"), datetime.now(UTC))
+    with pytest.raises(PullError):
+        pull_once(hub.store, saved, hub.work, lambda: datetime.now(UTC))
+    token_url = f"{secure_server.root}/auth/token"
+    admin = make_client(hub.store, token_url, role="admin", scope="system/*.rs")
+    site = make_client(hub.store, token_url, role="site", scope="system/*.rs", site=f"e{unique}")
+    with admin.http(secure_server.base) as http:
+        answer = http.get("/_pulls")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    [shown] = [p for p in answer.json()["pulls"] if p["name"] == name]
+    assert shown["status"] == "failed" and "missing.pem" in shown["last_error"] and shown["level"] == "system"
+    with site.http(secure_server.base) as http:
+        refused = http.get("/_pulls")
+    assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
+    assert httpx.get(f"{secure_server.base}/_pulls").status_code == 401

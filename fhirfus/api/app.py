@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, limits, pulls, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
+    app.include_router(pulls.router)  # likewise /fhir/_pulls
     app.include_router(terminology.router)  # before resources: ValueSet/$expand is no id
     app.include_router(views.router)  # likewise ViewDefinition/$run
     app.include_router(resources.router)
