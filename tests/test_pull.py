@@ -341,3 +341,24 @@ def test_admins_see_pull_status_and_errors_over_http_and_nobody_else_does(
         refused = http.get("/_pulls")
     assert refused.status_code == 403 and refused.json()["resourceType"] == "OperationOutcome"
     assert httpx.get(f"{secure_server.base}/_pulls").status_code == 401
+
+
+def test_pull_every_loops_printing_a_line_per_run(site_server: Callable[[str], Site], hub: Hub, unique: str) -> None:
+    a = f"a{unique}"
+    site = site_server(a)
+    site.put([patient("p", a, "Looped")])
+    process = _cli(hub, "--from", site.base, "--client-id", site.hub_client_id, "--key", str(site.hub_key),
+                   "--site", a, "--every", "1s")
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        while len([line for line in lines if line.startswith(f"{a}: ")]) < 2:
+            line = process.stdout.readline().decode()
+            assert line, "fhirfus pull --every stopped:\n" + "".join(lines)
+            lines.append(line)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    runs = [line for line in lines if line.startswith(f"{a}: ")]  # stdout's report lines (progress: stderr)
+    assert runs[0].startswith(f"{a}: 1 written") and runs[1].startswith(f"{a}: 0 written")  # the second: incremental
+    assert definitions.get(hub.store, a).every_seconds == 1
