@@ -134,6 +134,13 @@ class Settings:
     import_max_jobs: int = setting(
         "FHIRFUS_IMPORT_MAX_JOBS", 1,
         "import jobs one server process runs at once; a kick-off beyond that gets 429 with `Retry-After`")
+    pull_dir: str = setting(
+        "FHIRFUS_PULL_DIR", "./var/pulls",
+        "where `fhirfus pull` keeps the files of an export until they are loaded (a rerun resumes them)")
+    pull_schedule_seconds: int = setting(
+        "FHIRFUS_PULL_SCHEDULE", 0,
+        "every this many seconds the server runs the stored pull definitions that are due (`fhirfus pull "
+        "--every`); 0: the server runs none")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

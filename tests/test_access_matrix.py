@@ -129,6 +129,7 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         lambda t: (f"/fhir/Group/{t.group}/$export", {"headers": ASYNC}), compare_body=False),
     ("GET", "/fhir/_export/{job_id}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}", {})),
     ("DELETE", "/fhir/_export/{job_id}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}", {})),
+    ("GET", "/fhir/_pulls"): Recipe(lambda t: ("/fhir/_pulls", {}), targeted=False),  # admins only: 403 to others
     ("GET", "/fhir/_export/{job_id}/{name}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}/{t.export_file}", {})),
     ("POST", "/fhir/$import"): Recipe(lambda t: ("/fhir/$import", {"headers": ASYNC | NDJSON, "content": REFUSED_LINE}),
                                       targeted=False),

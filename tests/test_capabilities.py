@@ -447,7 +447,7 @@ def test_the_statement_tells_formats_profiles_and_reference_policy(client: httpx
 
 #: Routes outside FHIR's REST interactions (authentication, API documentation): declared elsewhere.
 NOT_FHIR_REST = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/token",
-                 "/fhir/.well-known/smart-configuration"}
+                 "/fhir/.well-known/smart-configuration", "/fhir/_pulls"}  # _pulls: the hub's admin JSON
 
 
 def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
