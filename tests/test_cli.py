@@ -233,3 +233,39 @@ def test_fhirfus_serve_uses_every_core_by_default(server, tmp_path: Path) -> Non
     assert answers == [200] * 20
     assert len(workers) == (cores if cores > 1 else 0), (tmp_path / "serve.log").read_text()
     assert f"({cores} worker process" in (tmp_path / "serve.log").read_text()
+
+
+def test_the_workers_of_fhirfus_serve_die_with_it(server, tmp_path: Path) -> None:
+    """``kill -9`` of the supervisor leaves no worker serving the port (or running jobs) on its own."""
+    from fhirfus.testing import free_port
+
+    if server.database.backend != "sqlite":
+        pytest.skip("one backend is enough for process handling")
+    if not Path("/proc/self/task").exists():
+        pytest.skip("needs /proc to see processes")
+    port = free_port()
+    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate",
+                                "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(workers := _spawned_workers(process.pid)) < 2:
+            time.sleep(0.3)
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.3)
+        assert len(workers) == 2
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    assert not alive, "workers outlived their supervisor"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2)

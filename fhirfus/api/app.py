@@ -24,6 +24,7 @@ from fhirfus.domain.publication import publish
 from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
+from fhirfus.process import die_with_supervisor
 from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
@@ -32,6 +33,7 @@ from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
     """Build the app; tests pass their own settings and store, ``fhirfus serve`` uses the environment."""
+    die_with_supervisor()
     settings = settings or get_settings()
     store = store or Store(make_engine(settings.database_url, statement_timeout_ms=settings.statement_timeout_ms))
     app = FastAPI(
