@@ -30,6 +30,7 @@ from fhirfus.analysis.deid.policy import (
     pseudonyms,
 )
 from fhirfus.analysis.deid.rows import deidentify
+from fhirfus.analysis.disclosure import apply_disclosure_control
 from fhirfus.analysis.files import (
     FORMATS,
     MEDIA_TYPES,
@@ -37,6 +38,8 @@ from fhirfus.analysis.files import (
     write_json,
     write_table,
 )
+from fhirfus.analysis.longitudinal import longitudinal_model
+from fhirfus.analysis.plan import Plan, load_plan
 from fhirfus.analysis.report import render_report
 from fhirfus.analysis.source import (
     ALL_PATIENTS,
@@ -45,7 +48,16 @@ from fhirfus.analysis.source import (
     resolve_cohort,
 )
 from fhirfus.analysis.stats import cohort_statistics
+from fhirfus.analysis.tables import (
+    adverse_events,
+    completeness,
+    site_heterogeneity,
+    table_one,
+    targets_compared,
+    treatment_parameters,
+)
 from fhirfus.analysis.views import analysis_views
+from fhirfus.analysis.windows import window_statistics, window_values
 from fhirfus.db.engine import make_engine
 from fhirfus.errors import InvalidRequest
 from fhirfus.settings import Settings
@@ -121,11 +133,15 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     k_report = _k_anonymity(dataset.patients, policy)
     statistics = cohort_statistics(dataset.patients)
     statistics["cohort"]["unresolved_members"] = unresolved
+    plan = load_plan()
+    statistics.update(plan_statistics(dataset, plan))
+    clock.lap("plan_statistics")
     deidentification = {
         "policy": policy.name, "policy_sha256": policy.sha256, "policy_source": policy.source,
         "k_anonymity": k_report, "blanked_values": dict(sorted(deid.blanked.items())),
     }
     statistics["deidentification"] = deidentification
+    apply_disclosure_control(statistics, policy.min_k)
     clock.lap("dataset_and_statistics")
     if progress:
         progress("writing", 0, 5)
@@ -151,6 +167,23 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     if progress:
         progress("done", 5, 5)
     return AnalysisResult(out_dir, files, statistics, clock.laps, figures)
+
+
+def plan_statistics(dataset: Any, plan: Plan) -> dict[str, Any]:
+    """Everything the analysis plan asks for beyond the baseline → last summary."""
+    patients = dataset.patients
+    windowed = window_values(patients, dataset.assessments, plan)
+    return {
+        "plan": plan.as_dict(),
+        "table_one": table_one(patients, plan),
+        "adverse_events": adverse_events(patients, dataset.adverse_events),
+        "treatment_parameters": treatment_parameters(dataset.sessions),
+        "windows": window_statistics(patients, windowed, plan),
+        "targets_compared": targets_compared(patients, plan),
+        "site_heterogeneity": site_heterogeneity(patients, plan),
+        "completeness": completeness(patients, windowed, plan),
+        "model": longitudinal_model(patients, windowed, plan),
+    }
 
 
 def _k_anonymity(patients: pd.DataFrame, policy: Any) -> dict[str, Any]:
