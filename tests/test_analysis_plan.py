@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from fhirfus.store.repository import Store, current, replace
 from tests.test_analysis_statistics import TARGETS, _score
 
 KEY = "analysis-plan-test-key-0123456789"
+SNAPSHOT = datetime(2026, 12, 1, 8, 30, tzinfo=UTC)
 SITES = ("SA", "SB", "SC")
 PATIENTS = 40
 SEVERITY_OF = {"headache": "mild", "vertigo": "moderate", "nausea": "mild", "dysarthria": "severe"}
@@ -108,7 +109,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]
         assert report.ok, report.errors[:3]
         patients += expected_patients(site, site_file)
     _set_event_details(store)
-    run_analysis(store, None, root / "out", "csv", key=KEY)
+    run_analysis(store, None, root / "out", "csv", key=KEY, snapshot=SNAPSHOT)
     engine.dispose()
     return json.loads((root / "out" / "statistics.json").read_text()), patients, root / "out"
 
@@ -333,3 +334,40 @@ def test_completeness_flows_from_registered_to_each_window(exported: tuple) -> N
     assert close(got["m12"]["mean"]["mean"], d.mean())
     available = statistics["completeness"]["all_available"]["m12"]
     assert available["n"] == flow["in-window-m12"]
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def test_the_report_ends_with_what_reproduces_it(exported: tuple) -> None:
+    statistics, _, out = exported
+    report = (out / "report.html").read_text()
+    footer = report.split("<footer")[1]
+    from fhirfus import __version__
+    from fhirfus.analysis.deid.policy import load_policy
+    assert "Data snapshot: 2026-12-01T08:30:00Z" in footer
+    assert f"fhirfus {__version__}" in footer and "implementation guide" in footer
+    assert hashlib.sha256(PLAN_PATH.read_bytes()).hexdigest() in footer
+    assert load_policy("safe-harbor").sha256 in footer
+    assert statistics["provenance"]["plan_sha256"] == statistics["plan"]["sha256"]
+
+
+def test_the_report_has_the_plans_tables_and_plots(exported: tuple) -> None:
+    _, _, out = exported
+    report = (out / "report.html").read_text()
+    for heading in ("Table 1: patients at baseline", "Adverse events", "Treatment parameters per session",
+                    "Outcomes by visit window (all patients)", "Targets compared",
+                    "Site heterogeneity: improvement by site (forest plot)", "Completeness of follow-up",
+                    "Longitudinal model of the TWSTRS total"):
+        assert f"<h2>{heading}" in report, heading
+    assert report.count("<img ") == 5  # paired, trajectory, improvement, windows by window, forest
+    assert "Maximal power, watts" in report and "Sonications, count" in report
+
+
+def test_the_dictionary_gives_units_in_words(exported: tuple) -> None:
+    _, _, out = exported
+    rows = list(csv.DictReader((out / "dictionary.csv").open(encoding="utf-8")))
+    units = {r["column"]: r["unit"] for r in rows if r["file"] == "patients.csv"}
+    assert units["age_band"] == "years" and units["follow_up_days"] == "days"
+    assert units["total_baseline"] == "score points" and units["total_improvement_percent"] == "percent"
+    assert not {"a", "d", "1", "{score}", "%"} & {r["unit"] for r in rows}

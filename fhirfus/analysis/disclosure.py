@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 #: Parts of statistics.json that are not tables of patients (nothing to suppress there).
-NOT_CELLS = frozenset({"plan", "deidentification", "disclosure", "model"})
+NOT_CELLS = frozenset({"plan", "deidentification", "disclosure", "model", "provenance"})
 
 
 def _blank(block: Any) -> Any:

@@ -13,13 +13,16 @@ checked and the policy is checked against the views before a single resource is 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fhirfus import __version__
 from fhirfus.analysis.dataset import build_dataset
 from fhirfus.analysis.deid.policy import (
     check_policy,
@@ -56,7 +59,7 @@ from fhirfus.analysis.tables import (
     targets_compared,
     treatment_parameters,
 )
-from fhirfus.analysis.views import analysis_views
+from fhirfus.analysis.views import VIEW_DIR, analysis_views
 from fhirfus.analysis.windows import window_statistics, window_values
 from fhirfus.db.engine import make_engine
 from fhirfus.errors import InvalidRequest
@@ -102,9 +105,11 @@ def prepare(policy_name: str | None, key: str | None) -> tuple[Any, str]:
 
 
 def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "csv", policy_name: str | None = None,
-                 progress: Progress | None = None, *, key: str | None) -> AnalysisResult:
+                 progress: Progress | None = None, *, key: str | None, snapshot: datetime | None = None) -> AnalysisResult:
     """Export the cohort ``group_id`` (``_all`` or None: every patient) into ``out_dir``, with
-    pseudonyms in the namespace of ``key``."""
+    pseudonyms in the namespace of ``key``. ``snapshot``: when the data were taken (the job's
+    transaction time; now when not given)."""
+    snapshot = snapshot or datetime.now(UTC)
     fmt = output_format(fmt)
     policy, key = prepare(policy_name, key)
     views = analysis_views()
@@ -142,6 +147,7 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     }
     statistics["deidentification"] = deidentification
     apply_disclosure_control(statistics, policy.min_k)
+    statistics["provenance"] = provenance(snapshot, plan, policy)
     clock.lap("dataset_and_statistics")
     if progress:
         progress("writing", 0, 5)
@@ -160,13 +166,30 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     if progress:
         progress("report", 3, 5)
     title = f"TWSTRS outcomes after MRgFUS — {cohort.label}"
-    report = render_report(title, statistics, dataset.patients, dataset.assessments, deidentification)
+    report = render_report(title, statistics, dataset.patients, dataset.assessments, deidentification,
+                           statistics["provenance"])
     (out_dir / "report.html").write_text(report, encoding="utf-8")
     files.append(OutputFile("report.html", "report", MEDIA_TYPES["html"], None))
     clock.lap("report")
     if progress:
         progress("done", 5, 5)
     return AnalysisResult(out_dir, files, statistics, clock.laps, figures)
+
+
+def guide_version() -> str:
+    """The guide's version: the package's, with a digest of the analysis views that define the dataset."""
+    digest = hashlib.sha256()
+    for path in sorted(VIEW_DIR.glob("*.json")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{__version__} (views sha256 {digest.hexdigest()[:16]})"
+
+
+def provenance(snapshot: datetime, plan: Plan, policy: Any) -> dict[str, str]:
+    """The reproducibility footer: when the data were taken, which code and which plan and policy."""
+    return {"snapshot": snapshot.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "server_version": __version__, "ig_version": guide_version(), "plan": plan.name,
+            "plan_source": plan.source, "plan_sha256": plan.sha256, "policy": policy.name,
+            "policy_sha256": policy.sha256}
 
 
 def plan_statistics(dataset: Any, plan: Plan) -> dict[str, Any]:
