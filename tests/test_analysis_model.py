@@ -58,6 +58,33 @@ def test_planted_window_target_and_interaction_effects_lie_within_their_interval
 
 
 def test_a_model_without_enough_data_says_so_instead_of_failing() -> None:
-    data = planted(1, 1, seed=1)
+    data = planted(2, 1, seed=1)
     model = fit_model(data, load_plan(), site_intercept=False)
     assert model["converged"] is False and model["status"].startswith("not-fitted")
+
+
+@pytest.mark.parametrize("site_intercept", [False, True])
+def test_the_fit_is_the_one_statsmodels_mixedlm_finds(site_intercept: bool) -> None:
+    import statsmodels.formula.api as smf
+    data = planted(120, 4, seed=9)
+    ours = fit_model(data, load_plan(), site_intercept=site_intercept)
+    formula = "value ~ C(window, Treatment('baseline')) * C(target)"
+    if site_intercept:
+        model = smf.mixedlm(formula, data, groups=data["site"], re_formula="1", vc_formula={"patient": "0 + C(patient)"})
+    else:
+        model = smf.mixedlm(formula, data, groups=data["patient"])
+    theirs = model.fit(reml=True, method=["lbfgs"])
+    names = {"Intercept": "intercept", "C(target)[T.B]": "target[B]"}
+    for w in ("m3", "m6", "m12"):
+        names[f"C(window, Treatment('baseline'))[T.{w}]"] = f"window[{w}]"
+        names[f"C(window, Treatment('baseline'))[T.{w}]:C(target)[T.B]"] = f"window[{w}]:target[B]"
+    estimates = {e["term"]: e for e in ours["estimates"]}
+    for their_name, value in theirs.fe_params.items():
+        ours_here = estimates[names[str(their_name)]]
+        assert ours_here["estimate"] == pytest.approx(value, abs=1e-4)
+        assert ours_here["se"] == pytest.approx(theirs.bse_fe[their_name], rel=1e-3)
+    assert ours["variance"]["residual"] == pytest.approx(theirs.scale, rel=1e-3)
+    their_patient = theirs.vcomp[0] if site_intercept else theirs.cov_re.iloc[0, 0]
+    assert ours["variance"]["patient"] == pytest.approx(their_patient, rel=1e-3)
+    if site_intercept:
+        assert ours["variance"]["site"] == pytest.approx(theirs.cov_re.iloc[0, 0], rel=1e-3)
