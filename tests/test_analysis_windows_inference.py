@@ -72,9 +72,8 @@ def test_hodges_lehmann_has_no_exact_interval_below_six_pairs() -> None:
 
 def test_hodges_lehmann_normal_interval_for_large_n_without_building_every_walsh_average() -> None:
     rng = np.random.default_rng(3)
-    d = np.round(rng.normal(-10, 8, DIRECT_WALSH_MAX_N + 300) * 4) / 4   # quarter points, many ties
-    walsh = _walsh(d) if len(d) < 2500 else None
-    assert walsh is not None
+    d = np.round(rng.normal(-10, 8, DIRECT_WALSH_MAX_N + 900) * 4) / 4   # quarter points, many ties
+    walsh = _walsh(d)
     m, n = len(walsh), len(d)
     k = int(np.floor(m / 2 - stats.norm.ppf(0.975) * np.sqrt(n * (n + 1) * (2 * n + 1) / 24)))
     got = hodges_lehmann(d, 0.95, exact_max_n=50)
@@ -84,6 +83,16 @@ def test_hodges_lehmann_normal_interval_for_large_n_without_building_every_walsh
     sorted_d = np.sort(d)
     for rank in (1, 2, m // 3, m - 1, m):
         assert walsh_order_statistic(sorted_d, rank) == walsh[rank - 1]
+
+
+@pytest.mark.parametrize("gather", [0, 4])
+def test_the_walsh_selection_agrees_with_sorting_on_continuous_and_tied_data(gather: int) -> None:
+    rng = np.random.default_rng(11)
+    for d in (np.sort(rng.normal(0, 5, 400)), np.sort(rng.integers(-3, 3, 400).astype(float)),
+              np.sort(rng.exponential(2.0, 401))):
+        walsh = _walsh(d)
+        for rank in (1, 7, len(walsh) // 2, len(walsh) // 2 + 1, len(walsh) - 3, len(walsh)):
+            assert walsh_order_statistic(d, rank, gather) == walsh[rank - 1]
 
 
 def test_mean_interval_is_the_t_interval() -> None:

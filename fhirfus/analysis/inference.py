@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 #: Above this n the Walsh averages are not materialised (n² memory) but selected by bisection.
-DIRECT_WALSH_MAX_N = 1500
+DIRECT_WALSH_MAX_N = 100
 
 
 def number(value: Any) -> float | None:
@@ -70,29 +70,43 @@ def _walsh_k(n: int, confidence: float, exact_max_n: int) -> tuple[int, str]:
     return math.floor(m / 2 - z * math.sqrt(n * (n + 1) * (2 * n + 1) / 24)), "normal"
 
 
-def _walsh_count(d: np.ndarray, threshold: float) -> int:
-    """Walsh sums dᵢ + dⱼ (i ≤ j) that are ≤ ``threshold``, for sorted ``d``."""
-    j = np.searchsorted(d, threshold - d, side="right")
-    return int(np.clip(j - np.arange(len(d)), 0, None).sum())
+def _ranges(d: np.ndarray, above: float, upto: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per i, the j range (i ≤ j) of the Walsh sums dᵢ + dⱼ in (above; upto], for sorted ``d``."""
+    i = np.arange(len(d))
+    first = np.maximum(np.searchsorted(d, above - d, side="right"), i)
+    stop = np.maximum(np.searchsorted(d, upto - d, side="right"), i)
+    return first, stop
 
 
-def walsh_order_statistic(d: np.ndarray, k: int) -> float:
-    """The k-th smallest (1-based) Walsh average of sorted ``d``, without building all of them."""
-    lo, hi = 2 * float(d[0]) - 1.0, 2 * float(d[-1])   # count(lo) = 0 < k ≤ count(hi)
-    for _ in range(200):
+def walsh_order_statistic(d: np.ndarray, k: int, gather: int = 4) -> float:
+    """The k-th smallest (1-based) Walsh average of sorted ``d``, without building all n²/2 of them.
+
+    Bisection on the value narrows (lo; hi] around it, counting the sums below a value with one
+    ``searchsorted``; it stops when the interval holds one distinct sum (tied data) or few enough
+    sums (``gather`` × n) to select the answer among them directly."""
+    n = len(d)
+    lo, hi, below = 2 * float(d[0]) - 1.0, 2 * float(d[-1]), 0   # count(≤ lo) = below < k ≤ count(≤ hi)
+    while True:
+        first, stop = _ranges(d, lo, hi)
+        lengths = stop - first
+        inside = int(lengths.sum())
+        rows = np.flatnonzero(lengths)
+        smallest = float((d[rows] + d[first[rows]]).min())
+        largest = float((d[rows] + d[stop[rows] - 1]).max())
         mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        if _walsh_count(d, mid) >= k:
+        if smallest == largest:
+            return smallest / 2
+        if inside <= gather * n or mid in (lo, hi):
+            counts = lengths[rows]
+            offsets = np.arange(inside) - np.repeat(np.cumsum(counts) - counts, counts)
+            sums = d[np.repeat(rows, counts)] + d[np.repeat(first[rows], counts) + offsets]
+            return float(np.partition(sums, k - below - 1)[k - below - 1]) / 2
+        first_mid, stop_mid = _ranges(d, lo, mid)
+        at_mid = below + int((stop_mid - first_mid).sum())
+        if at_mid >= k:
             hi = mid
         else:
-            lo = mid
-    # The answer is the smallest Walsh sum above lo (count(lo) < k ≤ count(that sum)).
-    j = np.searchsorted(d, lo - d, side="right")
-    j = np.maximum(j, np.arange(len(d)))
-    valid = j < len(d)
-    sums = d[valid] + d[j[valid]]
-    return float(sums.min()) / 2
+            lo, below = mid, at_mid
 
 
 def _walsh(d: np.ndarray, ks: Sequence[int]) -> list[float]:
