@@ -78,6 +78,9 @@ def test_the_small_groups_figures_are_withheld_and_listed(exports: dict[str, Pat
     assert cell["value"]["median"] is None and cell["change"]["mean"]["ci_low"] is None
     assert cell["change"]["paired_t"]["p"] is None
     assert statistics["table_one"]["by_target"]["vo-complex"]["patients"] == {"n": None, "suppressed": True}
+    summary = statistics["by_target"]["vo-complex"]
+    assert summary["suppressed"] is True and summary["patients"] is None
+    assert summary["scores"]["total"]["last"]["median"] is None
     assert statistics["treatment_parameters"]["by_target"]["vo-complex"]["sdr"]["median"] is None
     listed = statistics["disclosure"]["suppressed"]
     assert "windows.by_target.vo-complex.m3.total" in listed
@@ -90,6 +93,9 @@ def test_the_report_shows_suppressed_cells_as_such_and_says_where(exports: dict[
     report = (exports["safe-harbor-pooled"] / "report.html").read_text()
     assert "Disclosure control" in report and "n &lt; 5" in report
     assert "<code>windows.by_target.vo-complex</code>" in report and "<code>table_one.by_target.vo-complex</code>" in report
+    summary = report.split("Summary, overall and per target</h2>")[1].split("</table>")[0]
+    vo_column = [row.split("<td>")[-1].split("</td>")[0] for row in summary.split("<tr>")[2:] if "<td>" in row]
+    assert len(vo_column) > 30 and set(vo_column) == {"n &lt; 5"}  # the last column is the Vo group
     section = report.split("target vo-complex</h2>")[1].split("</table>")[0]
     assert section.count("n &lt; 5") >= 3
     default = (exports["safe-harbor"] / "report.html").read_text()

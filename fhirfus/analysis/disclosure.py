@@ -1,6 +1,7 @@
 """Disclosure control of the published figures: small cells are suppressed everywhere.
 
-A cell is a block of statistics.json with a count ``n``; when 0 < n < the policy's minimum (its
+A cell is a block of statistics.json with a count ``n`` (or, for a group of the baseline → last
+summary, ``patients``); when 0 < n < the policy's minimum (its
 ``min_k``: 1 under ``safe-harbor``, 5 under ``safe-harbor-pooled``), the count and every number
 derived from it become ``null`` and the block is marked ``"suppressed": true``. The paths of the
 suppressed cells are listed so that the report can say where. Labels (strings) are kept.
@@ -27,7 +28,7 @@ def _blank(block: Any) -> Any:
 def suppress(block: Any, minimum: int, path: str, where: list[str]) -> Any:
     """``block`` with its small cells suppressed (recorded in ``where``)."""
     if isinstance(block, dict):
-        n = block.get("n")
+        n = block.get("n", block.get("patients"))  # "patients": the summary's per-target groups
         if isinstance(n, int) and not isinstance(n, bool) and 0 < n < minimum:
             where.append(path)
             return {**_blank(block), "suppressed": True}

@@ -83,9 +83,18 @@ def _rows(group: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _withheld(group: dict[str, Any], small: str) -> list[tuple[str, str]]:
+    """A group's rows with every suppressed figure shown as ``small`` (disclosure control)."""
+    rows = _rows(group)
+    if group.get("suppressed"):
+        return [(label, "" if label.startswith("§") else small) for label, _ in rows]
+    return [(label, small if value == "None" else value) for label, value in rows]
+
+
 def summary_table(statistics: dict[str, Any]) -> str:
     groups = [("Overall", statistics)] + [(t, g) for t, g in statistics["by_target"].items()]
-    columns = [_rows(g) for _, g in groups]
+    small = f"n < {statistics.get('disclosure', {}).get('min_cell', 1)}"
+    columns = [_withheld(g, small) for _, g in groups]
     head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in groups)
     body = []
     for i, (label, _) in enumerate(columns[0]):
