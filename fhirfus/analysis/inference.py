@@ -114,7 +114,8 @@ def _walsh(d: np.ndarray, ks: Sequence[int]) -> list[float]:
         rows, cols = np.triu_indices(len(d))
         walsh = np.sort((d[rows] + d[cols]) / 2)
         return [float(walsh[k - 1]) for k in ks]
-    return [walsh_order_statistic(d, k) for k in ks]
+    found = {k: walsh_order_statistic(d, k) for k in sorted(set(ks))}
+    return [found[k] for k in ks]
 
 
 def hodges_lehmann(d: np.ndarray, confidence: float, exact_max_n: int) -> dict[str, Any]:

@@ -88,18 +88,20 @@ def adverse_event_group(patients: pd.DataFrame, events: pd.DataFrame) -> dict[st
     total = len(patients)
     events = events[events["pseudonym"].isin(set(patients["pseudonym"]))]
     severity = events["severity"].astype("object").where(events["severity"].notna(), NOT_RECORDED)
-    events = events.assign(severity=severity)
+    events = events.assign(severity=severity, resolved=events["outcome"].isin(RESOLVED), any="any")
 
-    def row(frame: pd.DataFrame) -> dict[str, Any]:
-        return {
-            "patients": count(frame["pseudonym"].nunique(), total),
-            "events": {"n": len(frame)},
-            "by_severity": {s: {"n": int((frame["severity"] == s).sum())} for s in SEVERITIES},
-            "resolved": {"n": int(frame["outcome"].isin(RESOLVED).sum())},
-        }
-    terms = sorted(events["event"].dropna().unique())
-    return {"patients": {"n": total}, "any": row(events),
-            "by_term": {str(t): row(events[events["event"] == t]) for t in terms}}
+    def rows(by: str) -> dict[str, dict[str, Any]]:
+        grouped = events.groupby(by)
+        having, size, resolved = grouped["pseudonym"].nunique(), grouped.size(), grouped["resolved"].sum()
+        severities = pd.crosstab(events[by], events["severity"]) if len(events) else pd.DataFrame()
+        return {str(term): {
+            "patients": count(int(having[term]), total), "events": {"n": int(size[term])},
+            "by_severity": {s: {"n": int(severities.at[term, s]) if s in severities else 0} for s in SEVERITIES},
+            "resolved": {"n": int(resolved[term])},
+        } for term in sorted(size.index)}
+    empty = {"patients": count(0, total), "events": {"n": 0},
+             "by_severity": {s: {"n": 0} for s in SEVERITIES}, "resolved": {"n": 0}}
+    return {"patients": {"n": total}, "any": rows("any").get("any", empty), "by_term": rows("event")}
 
 
 def adverse_events(patients: pd.DataFrame, events: pd.DataFrame) -> dict[str, Any]:
