@@ -221,7 +221,8 @@ def window_plot(statistics: dict[str, Any], labels: dict[str, str], png: Any, ce
     ax.set_xticks(range(len(labels)), list(labels.values()))
     ax.set_ylabel("Change of the TWSTRS total from baseline, points")
     ax.set_title("Change from baseline by window (mean, 95 % CI)", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, frameon=False)
     return png(figure)
 
 
