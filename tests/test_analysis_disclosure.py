@@ -100,3 +100,12 @@ def test_the_report_shows_suppressed_cells_as_such_and_says_where(exports: dict[
     assert section.count("n &lt; 5") >= 3
     default = (exports["safe-harbor"] / "report.html").read_text()
     assert "n &lt; " not in default.split("target vo-complex</h2>")[1].split("</table>")[0]
+
+
+def test_plots_name_and_colour_only_targets_with_enough_patients(exports: dict[str, Path]) -> None:
+    import pandas as pd
+
+    from fhirfus.analysis.report import _colours
+    patients = pd.read_csv(exports["safe-harbor-pooled"] / "patients.csv")
+    assert set(_colours(patients, 5)) == {"pallidothalamic-tract"}
+    assert set(_colours(patients, 1)) == {"pallidothalamic-tract", "vo-complex"}

@@ -114,8 +114,11 @@ def _png(figure: plt.Figure, bottom: float = 0.14, left: float | None = None) ->
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _colours(patients: pd.DataFrame) -> dict[str, str]:
-    targets = sorted(patients["target"].dropna().unique())
+def _colours(patients: pd.DataFrame, minimum: int = 1) -> dict[str, str]:
+    """A colour per target with at least ``minimum`` patients; the lines of smaller groups stay
+    grey and unnamed (disclosure control)."""
+    counts = patients["target"].value_counts()
+    targets = sorted(t for t, n in counts.items() if n >= minimum)
     return {t: COLOURS[i % len(COLOURS)] for i, t in enumerate(targets)}
 
 
@@ -125,10 +128,10 @@ def _legend(ax: plt.Axes, colours: dict[str, str]) -> None:
         ax.legend(handles=handles, fontsize=8, frameon=False)
 
 
-def paired_plot(patients: pd.DataFrame) -> str:
+def paired_plot(patients: pd.DataFrame, minimum: int = 1) -> str:
     """Baseline → last total score, one line per included patient, coloured by target."""
     data = patients[patients["included"]]
-    colours = _colours(patients)
+    colours = _colours(patients, minimum)
     figure, ax = plt.subplots(figsize=(5, 4.5))
     segments = [[(0, b), (1, last)] for b, last in zip(data["total_baseline"], data["total_last"], strict=True)]
     line_colours = [colours.get(t, "#888") for t in data["target"]]
@@ -146,10 +149,11 @@ def paired_plot(patients: pd.DataFrame) -> str:
 
 
 def trajectory_plot(patients: pd.DataFrame, assessments: pd.DataFrame,
-                    summary: list[tuple[float, float | None, float | None, float | None, str]] | None = None) -> str:
+                    summary: list[tuple[float, float | None, float | None, float | None, str]] | None = None,
+                    minimum: int = 1) -> str:
     """TWSTRS total over months since the first session, one line per patient; the median [Q1; Q3]
     at baseline and per window on top, with each point's n (or its suppression) under the axis."""
-    colours = _colours(patients)
+    colours = _colours(patients, minimum)
     target_of = dict(zip(patients["pseudonym"], patients["target"], strict=True))
     data = assessments.dropna(subset=["total", "day"]).astype({"day": "float64"})
     data = data[data["phase"].notna()]
@@ -180,7 +184,7 @@ def improvement_plot(patients: pd.DataFrame, minimum: int = 1) -> str:
     """Improvement % of the total score by target: box plot with the patients as points (targets
     with fewer than ``minimum`` patients are left out: disclosure control)."""
     data = patients[patients["included"]].dropna(subset=["total_improvement_percent", "target"])
-    colours = _colours(patients)
+    colours = _colours(patients, minimum)
     targets = [t for t in colours if (data["target"] == t).sum() >= minimum]
     figure, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(targets) + 2), 4.5))
     groups = [data.loc[data["target"] == t, "total_improvement_percent"].to_numpy() for t in targets]
@@ -213,8 +217,8 @@ def render_report(title: str, statistics: dict[str, Any], patients: pd.DataFrame
     days = {w["name"]: w["nominal_day"] for w in plan["windows"]} if plan else {}
     summary = plan_part.trajectory_summary(statistics, labels, days, cells) if plan else None
     figures = [
-        ("Paired baseline → last follow-up, TWSTRS total", paired_plot(patients)),
-        ("TWSTRS total over time", trajectory_plot(patients, assessments, summary)),
+        ("Paired baseline → last follow-up, TWSTRS total", paired_plot(patients, minimum)),
+        ("TWSTRS total over time", trajectory_plot(patients, assessments, summary, minimum)),
         ("Improvement of the TWSTRS total by target", improvement_plot(patients, minimum)),
     ]
     parts = [
