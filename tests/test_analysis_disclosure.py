@@ -109,3 +109,25 @@ def test_plots_name_and_colour_only_targets_with_enough_patients(exports: dict[s
     patients = pd.read_csv(exports["safe-harbor-pooled"] / "patients.csv")
     assert set(_colours(patients, 5)) == {"pallidothalamic-tract"}
     assert set(_colours(patients, 1)) == {"pallidothalamic-tract", "vo-complex"}
+
+
+def _count_sets(block: Any, path: str = "") -> list[tuple[str, dict]]:
+    """Every set of sibling count cells ({"n", "percent"} blocks side by side)."""
+    found: list[tuple[str, dict]] = []
+    if isinstance(block, dict):
+        values = list(block.values())
+        if len(values) >= 2 and all(isinstance(v, dict) and v and set(v) <= {"n", "percent", "suppressed"}
+                                    and "n" in v for v in values):
+            found.append((path, block))
+        for k, v in block.items():
+            found += _count_sets(v, f"{path}.{k}")
+    return found
+
+
+def test_no_single_suppressed_count_can_be_recovered_from_its_siblings(exports: dict[str, Path]) -> None:
+    statistics = _statistics(exports["safe-harbor-pooled"])
+    sets = [(p, b) for key in ("table_one", "adverse_events") for p, b in _count_sets(statistics[key], key)]
+    hidden = {p: sum(bool(c.get("suppressed")) for c in b.values()) for p, b in sets}
+    assert any(n >= 2 for n in hidden.values())
+    by_path = dict(sets)
+    assert [p for p, n in hidden.items() if n == 1 and any(c["n"] for c in by_path[p].values())] == []
