@@ -173,17 +173,16 @@ def test_the_plan_is_package_data_named_by_its_hash_in_the_statistics(exported: 
 
 
 @pytest.mark.parametrize("change, problem", [
-    ("nominal_day: 90}", "nominal day outside"),
-    ("from_day: 150,", "overlaps"),
-    ("outcomes: [total, severity, disability, pain]", "unknown outcome"),
+    (("nominal_day: 90}", "nominal_day: 130}"), "nominal day outside"),
+    (("from_day: 150,", "from_day: 100,"), "overlaps"),
+    (("outcomes: [total, severity, disability, pain]", "outcomes: [total, mood]"), "unknown outcome"),
+    (("adjust: holm", "adjust: bonferroni"), "targets.adjust: 'bonferroni' is not implemented"),
+    (("median_change: hodges-lehmann", "median_change: bootstrap"), "'bootstrap' is not implemented"),
+    (("fixed: window * target", "fixed: window + target"), "model.fixed"),
 ])
-def test_a_broken_plan_is_refused_naming_the_problem(change: str, problem: str) -> None:
+def test_a_broken_plan_is_refused_naming_the_problem(change: tuple[str, str], problem: str) -> None:
     text = PLAN_PATH.read_text(encoding="utf-8")
-    broken = {
-        "nominal day outside": text.replace("nominal_day: 90}", "nominal_day: 130}"),
-        "overlaps": text.replace("from_day: 150,", "from_day: 100,"),
-        "unknown outcome": text.replace("outcomes: [total, severity, disability, pain]", "outcomes: [total, mood]"),
-    }[problem]
+    broken = text.replace(*change)
     assert broken != text
     with pytest.raises(PlanError, match=problem):
         parse_plan(broken.encode(), "analysis/broken.yaml")

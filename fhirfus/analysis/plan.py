@@ -22,6 +22,39 @@ from fhirfus.ig import folder
 PLAN_PATH = folder("analysis") / "plan.yaml"
 
 
+#: What this code implements, per plan entry: a plan naming anything else is refused rather than
+#: silently analysed another way.
+IMPLEMENTED = {
+    ("tests", "mean_change"): {"paired-t"}, ("tests", "median_change"): {"hodges-lehmann"},
+    ("tests", "paired"): {"paired-t", "wilcoxon"}, ("targets", "omnibus"): {"kruskal-wallis"},
+    ("targets", "pairwise"): {"mann-whitney"}, ("targets", "adjust"): {"holm"},
+    ("targets", "outcome"): {"improvement-percent"}, ("sites", "outcome"): {"improvement-percent"},
+    ("sites", "interval"): {"t"}, ("model", "fixed"): {"window * target"},
+    ("model", "random_intercept"): {"patient"}, ("groups", ""): {"overall", "target", "site"},
+}
+
+
+def _unimplemented(raw: dict[str, Any]) -> list[str]:
+    tests = raw.get("tests") or {}
+    found = {
+        ("tests", "mean_change"): tests.get("mean_change"), ("tests", "median_change"): tests.get("median_change"),
+        ("tests", "paired"): tests.get("paired"), ("model", "fixed"): (raw.get("model") or {}).get("fixed"),
+        ("model", "random_intercept"): (raw.get("model") or {}).get("random_intercept"),
+        ("groups", ""): raw.get("groups"),
+    }
+    for part in ("targets", "sites"):
+        for key, value in (tests.get(part) or {}).items():
+            found[(part, key)] = value
+    problems = []
+    for (part, key), value in found.items():
+        values = value if isinstance(value, list) else [value]
+        allowed = IMPLEMENTED.get((part, key))
+        for item in values:
+            if item is not None and (allowed is None or str(item) not in allowed):
+                problems.append(f"{part}.{key}: {item!r} is not implemented" if key else f"{part}: {item!r} is not implemented")
+    return problems
+
+
 class PlanError(ValueError):
     """The plan file is not a usable plan (a packaging error, caught by the tests)."""
 
@@ -84,6 +117,7 @@ def parse_plan(data: bytes, source: str) -> Plan:
                  if not w.from_day <= w.nominal_day <= w.to_day]
     problems += [f"window {b.name} overlaps {a.name}" for a, b in itertools.pairwise(windows)
                  if b.from_day <= a.to_day]
+    problems += _unimplemented(raw)
     if raw.get("ties", "earlier") != "earlier":
         problems.append("ties: only 'earlier' is implemented")
     if not 0 < plan.confidence < 1:
