@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from fhirfus.analysis.source import contains
 from fhirfus.analysis.views import analysis_views
-from fhirfus.settings import test_postgres_url
+from fhirfus.settings import test_postgres_url as postgres_url
 
 SCORE = {"resourceType": "Observation", "status": "final",
          "code": {"coding": [{"system": "http://loinc.org", "code": "x"},
@@ -25,7 +25,7 @@ OTHERS = [{"code": {"coding": []}}, {"code": {"text": "no coding"}}, {"code": {"
 def test_containment_matches_postgresql_for_every_views_prefilter(document: dict) -> None:
     patterns = [v.prefilter for v in analysis_views() if v.prefilter is not None]
     assert len(patterns) >= 2
-    engine = create_engine(test_postgres_url())
+    engine = create_engine(postgres_url())
     try:
         with engine.connect() as conn:
             for pattern in patterns:

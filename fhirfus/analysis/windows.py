@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from fhirfus.analysis.deid.rows import DAY_ZERO_SESSION
@@ -84,7 +83,3 @@ def window_statistics(patients: pd.DataFrame, windowed: pd.DataFrame, plan: Plan
     out["by_target"] = {t: group_windows(g, windowed, plan) for t, g in grouped(patients, "target").items()}
     out["by_site"] = {s: group_windows(g, windowed, plan) for s, g in grouped(patients, "site").items()}
     return out
-
-
-def array(series: pd.Series) -> np.ndarray:
-    return series.dropna().to_numpy(dtype=float)
