@@ -370,3 +370,5 @@ def test_the_dictionary_gives_units_in_words(exported: tuple) -> None:
     assert units["age_band"] == "years" and units["follow_up_days"] == "days"
     assert units["total_baseline"] == "score points" and units["total_improvement_percent"] == "percent"
     assert not {"a", "d", "1", "{score}", "%"} & {r["unit"] for r in rows}
+    export = {r["column"]: r["value"] for r in rows if r["file"] == "export"}
+    assert export["analysis_plan_sha256"] == hashlib.sha256(PLAN_PATH.read_bytes()).hexdigest()

@@ -2,9 +2,10 @@
 
 One call produces, in one directory:
 ``patients.{csv|parquet}``, ``assessments.{csv|parquet}``, ``dictionary.{csv|parquet}``,
-``statistics.json`` and ``report.html`` (domain.md §5). The order of the steps is the privacy
-argument: the views read coded data only, the policy de-identifies the view rows, and everything
-after that (dataset, k-anonymity, statistics, report) sees de-identified rows only. The key is
+``statistics.json`` and ``report.html`` (domain.md §5 and the analysis plan, ``analysis/plan.py``).
+The order of the steps is the privacy argument: the views read coded data only, the policy
+de-identifies the view rows, and everything after that (dataset, k-anonymity, statistics,
+disclosure control, report) sees de-identified rows only. The key is
 checked and the policy is checked against the views before a single resource is read.
 
 ``export_analysis`` is the CLI entry point; the API runs ``run_analysis`` in a job
@@ -157,7 +158,7 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
         OutputFile(write_table(frame, out_dir / f"{name}.{fmt}", fmt).name, name, MEDIA_TYPES[fmt], len(frame))
         for name, frame in tables.items()
     ]
-    data_dictionary = dictionary(tables, views, policy, deidentification, fmt)
+    data_dictionary = dictionary(tables, views, policy, deidentification, fmt, statistics["plan"])
     files.append(OutputFile(write_table(data_dictionary, out_dir / f"dictionary.{fmt}", fmt).name, "dictionary",
                             MEDIA_TYPES[fmt], len(data_dictionary)))
     files.append(OutputFile(write_json(statistics, out_dir / "statistics.json").name, "statistics",

@@ -90,7 +90,7 @@ def _column_specs(views: Mapping[str, AnalysisView], policy: Policy) -> dict[str
 
 
 def dictionary(tables: Mapping[str, pd.DataFrame], views: Sequence[AnalysisView], policy: Policy,
-               deidentification: Mapping[str, Any], fmt: str) -> pd.DataFrame:
+               deidentification: Mapping[str, Any], fmt: str, plan: Mapping[str, Any] | None = None) -> pd.DataFrame:
     specs = _column_specs({v.name: v for v in views}, policy)
     rows = []
     for name, table in tables.items():
@@ -110,6 +110,9 @@ def dictionary(tables: Mapping[str, pd.DataFrame], views: Sequence[AnalysisView]
         ("blanked_values", "Values outside their closed vocabulary, blanked, per view column", "",
          json.dumps(deidentification["blanked_values"], sort_keys=True)),
     ]
+    if plan is not None:
+        export += [("analysis_plan", "Analysis plan the statistics follow", plan["source"], plan["name"]),
+                   ("analysis_plan_sha256", "sha256 of the plan file's bytes", plan["source"], plan["sha256"])]
     rows += [["export", column, "string", "", "", description, source, value] for column, description, source, value in export]
     return pd.DataFrame(rows, columns=DICTIONARY_COLUMNS)
 
