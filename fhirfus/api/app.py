@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, limits, pulls, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
-from fhirfus.auth import ratelimit
+from fhirfus.auth import people, ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.db.engine import make_engine
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.domain.publication import publish
+from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
+from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
+from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -35,6 +42,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    try:
+        people.provisioning(settings.oidc_auto_provision)  # a wrong value stops the start, not a login
+    except FhirError as exc:
+        raise SystemExit(exc.message) from exc
     load_conformance()
     app.state.settings = settings
     app.state.store = store
@@ -47,6 +58,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store, settings.token_secret, settings.token_lifetime, status=app.state.client_status,
         client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
+    if settings.analyze_after:
+        keeper = store.statistics or StatisticsKeeper(
+            store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2, min_interval=2.0,
+            clock=time.monotonic)
+        store.statistics = keeper
+        app.router.on_startup.append(keeper.start)
+        app.router.on_shutdown.append(keeper.stop)
     install_error_handlers(app)
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:
@@ -59,6 +77,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
+    app.include_router(pulls.router)  # likewise /fhir/_pulls
     app.include_router(terminology.router)  # before resources: ValueSet/$expand is no id
     app.include_router(views.router)  # likewise ViewDefinition/$run
     app.include_router(resources.router)
@@ -72,6 +91,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
+    if settings.pull_schedule_seconds > 0:
+        scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,
+                                  lambda: datetime.now(UTC))
+        app.state.pulls = scheduler
+        app.router.on_startup.append(scheduler.start)
+        app.router.on_shutdown.append(scheduler.stop)
     app.router.on_shutdown.append(app.state.audit.stop)
     return app
 

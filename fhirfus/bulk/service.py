@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from fhirfus.auth.access import Access
-from fhirfus.bulk import jobs
+from fhirfus.bulk import jobs, views
 from fhirfus.bulk.params import ExportRequest, parse_export_params
 from fhirfus.bulk.worker import ExportWorker
 from fhirfus.bulk.writer import WrittenFile
@@ -95,6 +95,8 @@ def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires
         raise ExportFailed(job.error or "The export failed")
     files = jobs.files_of(store, job_id)
     headers = {"Expires": format_datetime(job.expires, usegmt=True)} if job.expires else {}
+    if job.request.level == views.LEVEL:  # $viewdefinition-export answers with its Parameters
+        return StatusAnswer(200, views.manifest(job, files, status_url(base_url, job.id)), headers)
     return StatusAnswer(200, manifest(job, files, base_url, requires_access_token=requires_access_token), headers)
 
 
@@ -106,13 +108,16 @@ def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requ
         return {"type": written.res_type, "url": f"{status_url(base_url, job.id)}/{written.name}",
                 "count": written.count}
 
-    return {
+    body = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request_url,
         "requiresAccessToken": requires_access_token,
         "output": [item(f) for f in files if f.kind == "output"],
         "error": [item(f) for f in files if f.kind == "error"],
     }
+    if job.request.since is not None:  # v2: what was deleted since, as transaction Bundles of DELETEs
+        body["deleted"] = [item(f) for f in files if f.kind == "deleted"]
+    return body
 
 
 def cancel(store: Store, caller: Access, job_id: str) -> None:
@@ -155,7 +160,8 @@ def _gone(job_id: str) -> NotFound:
 
 
 def _progress(job: jobs.Job) -> str:
-    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} resources written"
+    unit = "rows" if job.request.level == views.LEVEL else "resources"
+    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} {unit} written"
     return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
 
 

@@ -187,6 +187,8 @@ INDEX_TABLES = (
     search_token, search_string, search_date, search_reference, search_number, search_quantity, search_uri,
     search_composite,
 )
+#: What a search reads, by name (for statistics upkeep): the current resources first, then the index.
+SEARCHED_TABLE_NAMES = (resources.name, *(table.name for table in INDEX_TABLES))
 
 #: ``fhirfus load`` progress: a chunk is recorded in the transaction that stores it, so a rerun
 #: after an interruption skips exactly the chunks that are already in.
@@ -226,7 +228,33 @@ export_jobs = Table(
     Index("ix_export_jobs_owner", "owner", "status"),
 )
 
-#: The files of a finished job, listed in its manifest (``kind`` is ``output`` or ``error``).
+#: Pull definitions of a hub (``fhirfus.pull``): where to pull from, as whom, into which site
+#: label, and how far it got. ``since`` is the ``transactionTime`` of the last export loaded in
+#: full (the next pull's ``_since``); ``job_url`` the status URL of an export being pulled, so a
+#: rerun after a crash resumes its downloads instead of exporting again.
+pull_definitions = Table(
+    "pull_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("source_url", Text, nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("key_path", Text, nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("group_id", String(64), nullable=True),
+    Column("types", Text, nullable=True),
+    Column("every_seconds", Integer, nullable=True),
+    Column("since", String(64), nullable=True),
+    Column("job_url", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("last_count", Integer, nullable=False, default=0),
+    Column("last_run", UTCDateTime, nullable=True),
+    Column("next_run", UTCDateTime, nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+)
+
+#: The files of a finished job, listed in its manifest (``kind`` is ``output``, ``error`` or ``deleted``).
 export_files = Table(
     "export_files",
     metadata,

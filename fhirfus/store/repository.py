@@ -29,6 +29,14 @@ from fhirfus.db.visibility import PUBLISHED, Visibility, site_label, with_site_l
 from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
+from fhirfus.store.statistics import StatisticsKeeper
+
+#: ``Connection.info`` key: resource versions written in the connection's current transaction.
+WRITTEN = "fhirfus_written"
+
+
+def _count_written(conn: Connection, versions: int) -> None:
+    conn.info[WRITTEN] = conn.info.get(WRITTEN, 0) + versions
 
 
 @dataclass(frozen=True)
@@ -66,14 +74,20 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: told how many resource versions each committed write transaction wrote (the server sets it)
+        self.statistics: StatisticsKeeper | None = None
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
         """A write transaction (committed on success, rolled back on any exception)."""
         with self.engine.connect() as conn:
             conn.execution_options(fhirfus_write=True)
+            conn.info.pop(WRITTEN, None)  # the pooled connection's info outlives a rolled-back transaction
             with conn.begin():
                 yield conn
+            written = conn.info.pop(WRITTEN, 0)
+        if written and self.statistics is not None:
+            self.statistics.wrote(written)
 
     def analyze(self) -> None:
         """Refresh planner statistics after a bulk load (PostgreSQL plans chains badly without them)."""
@@ -256,6 +270,7 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)
     indexer.index_resource(conn, pk, res_type, body, fresh=True, also=[_history_row(stored)])
+    _count_written(conn, 1)
     return stored
 
 
@@ -290,6 +305,7 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
     ]
     history = (resource_history, [_history_row(s)[1][0] for s in stored])
     indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored], also=[history])  # type: ignore[misc]
+    _count_written(conn, len(stored))
     return stored
 
 
@@ -313,6 +329,7 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     indexer.index_resource(
         conn, previous.pk, previous.res_type, body, previous=previous.content, also=[_history_row(stored)]
     )
+    _count_written(conn, 1)
     return stored
 
 
@@ -325,6 +342,7 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
                     previous.site)
     assert previous.pk is not None
     indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content, also=[_history_row(stored)])
+    _count_written(conn, 1)
     return stored
 
 
