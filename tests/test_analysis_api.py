@@ -195,3 +195,13 @@ def test_finished_jobs_older_than_the_expiry_are_swept_with_their_files(tmp_path
     jobs.expire()
     assert not (tmp_path / "jobs" / old.id).exists() and (tmp_path / "jobs" / fresh.id / "files").is_dir()
     jobs.shutdown()
+
+
+def test_the_jobs_data_snapshot_is_its_transaction_time(client: httpx.Client, finished: tuple[httpx.Response, dict]) -> None:
+    _, manifest = finished
+    url = next(o["url"] for o in manifest["output"] if o["type"] == "statistics")
+    provenance = json.loads(client.get(url).text)["provenance"]
+    moment = manifest["transactionTime"]
+    assert provenance["snapshot"] == moment[:19] + "Z"  # to the second
+    report = client.get(next(o["url"] for o in manifest["output"] if o["type"] == "report")).text
+    assert f"Data snapshot: {provenance['snapshot']}" in report

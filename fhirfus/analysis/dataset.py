@@ -12,7 +12,7 @@ Rows are ordered by pseudonym (random), so row order reveals nothing about the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,10 @@ CONDITION_VIEW = "analysis_condition"
 PROCEDURE_VIEW = "analysis_procedure"
 ADVERSE_EVENT_VIEW = "analysis_adverse_event"
 SCORE_VIEW = "analysis_twstrs_score"
+PARAMETER_VIEW = "analysis_session_parameter"
+#: Treatment parameter code (sonication-parameter CodeSystem) → sessions column.
+PARAMETERS = {"sonication-count": "sonications", "power": "max_power_w", "energy": "max_energy_j",
+              "peak-temperature": "max_temperature_c", "skull-density-ratio": "sdr"}
 KEY = "patient_key"
 #: View column → patients column, for the columns passed through as they are released.
 PASSTHROUGH = {"site": "site", "gender": "sex", "birth_date": "age_band", "state": "state", "postal_code": "zip3"}
@@ -34,6 +38,42 @@ PASSTHROUGH = {"site": "site", "gender": "sex", "birth_date": "age_band", "state
 class Dataset:
     patients: pd.DataFrame
     assessments: pd.DataFrame
+    #: One row per MRgFUS session: pseudonym, day, target, and the PARAMETERS columns (for the
+    #: treatment table; not written as a file).
+    sessions: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: One row per adverse event: pseudonym, event, severity, outcome (for the adverse-event table).
+    adverse_events: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _sessions(procedures: pd.DataFrame, parameters: pd.DataFrame | None) -> pd.DataFrame:
+    """Sessions with their (joined) targets and, where recorded, their treatment parameters."""
+    columns = ["pseudonym", "day", "target", *PARAMETERS.values()]
+    if procedures.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = procedures.groupby("procedure_key", sort=False)
+    sessions = pd.DataFrame({
+        "pseudonym": grouped[KEY].first(), "day": grouped["performed"].min(),
+        "target": grouped["target"].agg(lambda codes: "+".join(sorted(set(codes.dropna()))) or None),
+    })
+    if parameters is not None and not parameters.empty:
+        values = parameters.dropna(subset=["procedure_key", "parameter", "value"]).astype({"value": "float64"})
+        wide = values.pivot_table(index="procedure_key", columns="parameter", values="value", aggfunc="max")
+        for code, column in PARAMETERS.items():
+            if code in wide:
+                sessions[column] = wide[code].reindex(sessions.index)
+    for column in PARAMETERS.values():
+        if column not in sessions:
+            sessions[column] = np.nan
+    return sessions.reset_index(drop=True)[columns]
+
+
+def _adverse_events(events: pd.DataFrame) -> pd.DataFrame:
+    columns = ["pseudonym", "event", "severity", "outcome"]
+    frame = events.rename(columns={KEY: "pseudonym"})
+    for column in columns:
+        if column not in frame:
+            frame[column] = None
+    return frame[columns].reset_index(drop=True)
 
 
 def _joined(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -124,7 +164,8 @@ def build_dataset(deid: DeidentifiedRows) -> Dataset:
     assessments = assessments.sort_values(["pseudonym", "day"], kind="stable", na_position="last")
     assessments = assessments[["pseudonym", "day", "phase", *SCORES]].reset_index(drop=True)
     patients = patients.reset_index().rename(columns={KEY: "pseudonym"})
-    return Dataset(patients[_patient_columns(patients)], assessments)
+    return Dataset(patients[_patient_columns(patients)], assessments,
+                   _sessions(procedures, frames.get(PARAMETER_VIEW)), _adverse_events(frames[ADVERSE_EVENT_VIEW]))
 
 
 def _patient_columns(patients: pd.DataFrame) -> list[str]:

@@ -2,9 +2,10 @@
 
 One call produces, in one directory:
 ``patients.{csv|parquet}``, ``assessments.{csv|parquet}``, ``dictionary.{csv|parquet}``,
-``statistics.json`` and ``report.html`` (domain.md §5). The order of the steps is the privacy
-argument: the views read coded data only, the policy de-identifies the view rows, and everything
-after that (dataset, k-anonymity, statistics, report) sees de-identified rows only. The key is
+``statistics.json`` and ``report.html`` (domain.md §5 and the analysis plan, ``analysis/plan.py``).
+The order of the steps is the privacy argument: the views read coded data only, the policy
+de-identifies the view rows, and everything after that (dataset, k-anonymity, statistics,
+disclosure control, report) sees de-identified rows only. The key is
 checked and the policy is checked against the views before a single resource is read.
 
 ``export_analysis`` is the CLI entry point; the API runs ``run_analysis`` in a job
@@ -13,13 +14,16 @@ checked and the policy is checked against the views before a single resource is 
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from fhirfus import __version__
 from fhirfus.analysis.dataset import build_dataset
 from fhirfus.analysis.deid.policy import (
     check_policy,
@@ -30,6 +34,7 @@ from fhirfus.analysis.deid.policy import (
     pseudonyms,
 )
 from fhirfus.analysis.deid.rows import deidentify
+from fhirfus.analysis.disclosure import apply_disclosure_control
 from fhirfus.analysis.files import (
     FORMATS,
     MEDIA_TYPES,
@@ -37,6 +42,8 @@ from fhirfus.analysis.files import (
     write_json,
     write_table,
 )
+from fhirfus.analysis.longitudinal import longitudinal_model
+from fhirfus.analysis.plan import Plan, load_plan
 from fhirfus.analysis.report import render_report
 from fhirfus.analysis.source import (
     ALL_PATIENTS,
@@ -45,7 +52,16 @@ from fhirfus.analysis.source import (
     resolve_cohort,
 )
 from fhirfus.analysis.stats import cohort_statistics
-from fhirfus.analysis.views import analysis_views
+from fhirfus.analysis.tables import (
+    adverse_events,
+    completeness,
+    site_heterogeneity,
+    table_one,
+    targets_compared,
+    treatment_parameters,
+)
+from fhirfus.analysis.views import VIEW_DIR, analysis_views
+from fhirfus.analysis.windows import window_statistics, window_values
 from fhirfus.db.engine import make_engine
 from fhirfus.errors import InvalidRequest
 from fhirfus.settings import Settings
@@ -90,9 +106,11 @@ def prepare(policy_name: str | None, key: str | None) -> tuple[Any, str]:
 
 
 def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "csv", policy_name: str | None = None,
-                 progress: Progress | None = None, *, key: str | None) -> AnalysisResult:
+                 progress: Progress | None = None, *, key: str | None, snapshot: datetime | None = None) -> AnalysisResult:
     """Export the cohort ``group_id`` (``_all`` or None: every patient) into ``out_dir``, with
-    pseudonyms in the namespace of ``key``."""
+    pseudonyms in the namespace of ``key``. ``snapshot``: when the data were taken (the job's
+    transaction time; now when not given)."""
+    snapshot = snapshot or datetime.now(UTC)
     fmt = output_format(fmt)
     policy, key = prepare(policy_name, key)
     views = analysis_views()
@@ -121,11 +139,16 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     k_report = _k_anonymity(dataset.patients, policy)
     statistics = cohort_statistics(dataset.patients)
     statistics["cohort"]["unresolved_members"] = unresolved
+    plan = load_plan()
+    statistics.update(plan_statistics(dataset, plan))
+    clock.lap("plan_statistics")
     deidentification = {
         "policy": policy.name, "policy_sha256": policy.sha256, "policy_source": policy.source,
         "k_anonymity": k_report, "blanked_values": dict(sorted(deid.blanked.items())),
     }
     statistics["deidentification"] = deidentification
+    apply_disclosure_control(statistics, policy.min_k)
+    statistics["provenance"] = provenance(snapshot, plan, policy)
     clock.lap("dataset_and_statistics")
     if progress:
         progress("writing", 0, 5)
@@ -135,7 +158,7 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
         OutputFile(write_table(frame, out_dir / f"{name}.{fmt}", fmt).name, name, MEDIA_TYPES[fmt], len(frame))
         for name, frame in tables.items()
     ]
-    data_dictionary = dictionary(tables, views, policy, deidentification, fmt)
+    data_dictionary = dictionary(tables, views, policy, deidentification, fmt, statistics["plan"])
     files.append(OutputFile(write_table(data_dictionary, out_dir / f"dictionary.{fmt}", fmt).name, "dictionary",
                             MEDIA_TYPES[fmt], len(data_dictionary)))
     files.append(OutputFile(write_json(statistics, out_dir / "statistics.json").name, "statistics",
@@ -144,13 +167,47 @@ def run_analysis(store: Store, group_id: str | None, out_dir: Path, fmt: str = "
     if progress:
         progress("report", 3, 5)
     title = f"TWSTRS outcomes after MRgFUS — {cohort.label}"
-    report = render_report(title, statistics, dataset.patients, dataset.assessments, deidentification)
+    report = render_report(title, statistics, dataset.patients, dataset.assessments, deidentification,
+                           statistics["provenance"])
     (out_dir / "report.html").write_text(report, encoding="utf-8")
     files.append(OutputFile("report.html", "report", MEDIA_TYPES["html"], None))
     clock.lap("report")
     if progress:
         progress("done", 5, 5)
     return AnalysisResult(out_dir, files, statistics, clock.laps, figures)
+
+
+def guide_version() -> str:
+    """The guide's version: the package's, with a digest of the analysis views that define the dataset."""
+    digest = hashlib.sha256()
+    for path in sorted(VIEW_DIR.glob("*.json")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{__version__} (views sha256 {digest.hexdigest()[:16]})"
+
+
+def provenance(snapshot: datetime, plan: Plan, policy: Any) -> dict[str, str]:
+    """The reproducibility footer: when the data were taken, which code and which plan and policy."""
+    return {"snapshot": snapshot.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "server_version": __version__, "ig_version": guide_version(), "plan": plan.name,
+            "plan_source": plan.source, "plan_sha256": plan.sha256, "policy": policy.name,
+            "policy_sha256": policy.sha256}
+
+
+def plan_statistics(dataset: Any, plan: Plan) -> dict[str, Any]:
+    """Everything the analysis plan asks for beyond the baseline → last summary."""
+    patients = dataset.patients
+    windowed = window_values(patients, dataset.assessments, plan)
+    return {
+        "plan": plan.as_dict(),
+        "table_one": table_one(patients, plan),
+        "adverse_events": adverse_events(patients, dataset.adverse_events),
+        "treatment_parameters": treatment_parameters(dataset.sessions),
+        "windows": window_statistics(patients, windowed, plan),
+        "targets_compared": targets_compared(patients, plan),
+        "site_heterogeneity": site_heterogeneity(patients, plan),
+        "completeness": completeness(patients, windowed, plan),
+        "model": longitudinal_model(patients, windowed, plan),
+    }
 
 
 def _k_anonymity(patients: pd.DataFrame, policy: Any) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def _column_specs(views: Mapping[str, AnalysisView], policy: Policy) -> dict[str
                       "FHIRFUS_DEID_KEY, unrelated ones under another key", src("analysis_patient", "patient_key", "pseudonym rule")),
         "site": ("string", "", "study site codes", "Study site", src("analysis_patient", "site")),
         "sex": ("string", "", codes("analysis_patient", "gender", False), "Administrative gender", src("analysis_patient", "gender")),
-        "age_band": ("string", "a", " ".join(bands), f"Age in whole years at day zero, {band}-year bands, "
+        "age_band": ("string", "years", " ".join(bands), f"Age in whole years at day zero, {band}-year bands, "
                      f"{policy.top_code}+ above", src("analysis_patient", "birth_date", "age-band rule")),
         "cd_subtype": ("string", "", codes("analysis_condition", "subtype", True), "Cervical-dystonia subtype(s)",
                        src("analysis_condition", "subtype")),
@@ -57,14 +57,14 @@ def _column_specs(views: Mapping[str, AnalysisView], policy: Policy) -> dict[str
                  src("analysis_patient", "postal_code", "zip3 rule")),
         "target": ("string", "", codes("analysis_procedure", "target", True), "Lesion target(s) over all sessions",
                    src("analysis_procedure", "target")),
-        "sessions": ("integer", "1", "", "MRgFUS sessions (completed or in progress)", src("analysis_procedure", "procedure_key", "distinct count")),
+        "sessions": ("integer", "count", "", "MRgFUS sessions (completed or in progress)", src("analysis_procedure", "procedure_key", "distinct count")),
         "day_zero": ("string", "", "first-session first-assessment", "The event all days count from: the first "
                      "MRgFUS session, else the first TWSTRS assessment", src("analysis_procedure", "performed", "minimum")),
-        "baseline_day": ("integer", "d", "≤ 0", f"Day of the baseline total score; {day_note}", src("analysis_twstrs_score", "effective")),
-        "last_day": ("integer", "d", "> 0", f"Day of the last total score; {day_note}", src("analysis_twstrs_score", "effective")),
-        "follow_up_days": ("integer", "d", "> 0", "Days from the first session to the last TWSTRS assessment "
+        "baseline_day": ("integer", "days", "≤ 0", f"Day of the baseline total score; {day_note}", src("analysis_twstrs_score", "effective")),
+        "last_day": ("integer", "days", "> 0", f"Day of the last total score; {day_note}", src("analysis_twstrs_score", "effective")),
+        "follow_up_days": ("integer", "days", "> 0", "Days from the first session to the last TWSTRS assessment "
                            "(months = days / 30.4375)", src("analysis_twstrs_score", "effective", "maximum after day zero")),
-        "adverse_events": ("integer", "1", "", "Adverse events that happened (actuality actual)",
+        "adverse_events": ("integer", "count", "", "Adverse events that happened (actuality actual)",
                            src("analysis_adverse_event", "patient_key", "count")),
         "included": ("boolean", "", "true false", "Has a session, a baseline and a last total score (in the statistics)", ""),
         "exclusion_reason": ("string", "", "no-session no-baseline-assessment no-follow-up-assessment",
@@ -72,25 +72,25 @@ def _column_specs(views: Mapping[str, AnalysisView], policy: Policy) -> dict[str
     }
     for score in SCORES:
         source = src("analysis_twstrs_score", "value", f"score = '{score}'")
-        patients[f"{score}_baseline"] = ("decimal", "{score}", _SCORE_NOTE[score], f"TWSTRS {score}: last value on or "
+        patients[f"{score}_baseline"] = ("decimal", "score points", _SCORE_NOTE[score], f"TWSTRS {score}: last value on or "
                                          "before the first session", source)
-        patients[f"{score}_last"] = ("decimal", "{score}", _SCORE_NOTE[score], f"TWSTRS {score}: latest value after "
+        patients[f"{score}_last"] = ("decimal", "score points", _SCORE_NOTE[score], f"TWSTRS {score}: latest value after "
                                      "the first session", source)
-        patients[f"{score}_improvement_percent"] = ("decimal", "%", "", f"100 × (baseline − last) / baseline of the "
+        patients[f"{score}_improvement_percent"] = ("decimal", "percent", "", f"100 × (baseline − last) / baseline of the "
                                                     f"TWSTRS {score} (empty when the baseline is 0)", source)
     assessments: dict[str, tuple] = {
         "pseudonym": patients["pseudonym"],
-        "day": ("integer", "d", "", f"Day of the assessment; {day_note}", src("analysis_twstrs_score", "effective", "day-offset rule")),
+        "day": ("integer", "days", "", f"Day of the assessment; {day_note}", src("analysis_twstrs_score", "effective", "day-offset rule")),
         "phase": ("string", "", "before after", "Before (on or before) or after the first session; empty without a session", ""),
     }
     for score in SCORES:
-        assessments[score] = ("decimal", "{score}", _SCORE_NOTE[score], f"TWSTRS {score} score of the assessment "
+        assessments[score] = ("decimal", "score points", _SCORE_NOTE[score], f"TWSTRS {score} score of the assessment "
                               "(empty when the subscale is incomplete)", src("analysis_twstrs_score", "value", f"score = '{score}'"))
     return {"patients": patients, "assessments": assessments}
 
 
 def dictionary(tables: Mapping[str, pd.DataFrame], views: Sequence[AnalysisView], policy: Policy,
-               deidentification: Mapping[str, Any], fmt: str) -> pd.DataFrame:
+               deidentification: Mapping[str, Any], fmt: str, plan: Mapping[str, Any] | None = None) -> pd.DataFrame:
     specs = _column_specs({v.name: v for v in views}, policy)
     rows = []
     for name, table in tables.items():
@@ -110,6 +110,9 @@ def dictionary(tables: Mapping[str, pd.DataFrame], views: Sequence[AnalysisView]
         ("blanked_values", "Values outside their closed vocabulary, blanked, per view column", "",
          json.dumps(deidentification["blanked_values"], sort_keys=True)),
     ]
+    if plan is not None:
+        export += [("analysis_plan", "Analysis plan the statistics follow", plan["source"], plan["name"]),
+                   ("analysis_plan_sha256", "sha256 of the plan file's bytes", plan["source"], plan["sha256"])]
     rows += [["export", column, "string", "", "", description, source, value] for column, description, source, value in export]
     return pd.DataFrame(rows, columns=DICTIONARY_COLUMNS)
 

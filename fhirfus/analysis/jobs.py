@@ -154,7 +154,9 @@ class AnalysisJobs:
 
         try:
             result = _run_analysis(self.store, job.group_id, self.root / job.id / "files", job.format, job.policy,
-                                  progress, key=self.key)
+                                  progress, key=self.key,
+                                  snapshot=datetime.fromisoformat(job.transaction_time.replace("Z", "+00:00"))
+                                  if job.transaction_time else None)
         except _Cancelled:
             return
         except FhirError as exc:

@@ -178,13 +178,32 @@ def _read_pages(store: Store, by_type: dict[str, list[AnalysisView]], members: f
                 progress("reading", out.rows_scanned, max(total, out.rows_scanned))
 
 
+def contains(document: object, pattern: object) -> bool:
+    """JSONB containment (``document @> pattern``) for objects, arrays and scalars."""
+    if isinstance(pattern, dict):
+        return isinstance(document, dict) and all(k in document and contains(document[k], v) for k, v in pattern.items())
+    if isinstance(pattern, list):
+        return isinstance(document, list) and all(any(contains(d, p) for d in document) for p in pattern)
+    return document == pattern
+
+
+def _dispatch(views: list[AnalysisView]) -> Callable[[dict], list[AnalysisView]]:
+    """The views a document of one type goes through. When several views share the type and each
+    has a pre-filter, only those whose pre-filter the document satisfies (the others' ``where``
+    would drop it anyway, at several times the cost of the containment check)."""
+    if len(views) < 2 or any(v.prefilter is None for v in views):
+        return lambda _document: views
+    return lambda document: [v for v in views if contains(document, v.prefilter)]
+
+
 def _view_page(batch: list, by_type: dict[str, list[AnalysisView]], members: frozenset[str] | None,
                out: SourceRows, patients: list[str]) -> None:
+    dispatch = {res_type: _dispatch(views) for res_type, views in by_type.items()}
     for record in batch:
         if record.content is None:
             continue
         out.resources_read += 1
-        for view in by_type[record.res_type]:
+        for view in dispatch[record.res_type](record.content):
             rows = view.compiled.rows(record.content)
             out.resources_viewed += 1
             if not rows:

@@ -39,6 +39,9 @@ class Options:
     p_two_baselines: float = 0.1
     p_incomplete_pain: float = 0.03
     p_very_old: float = 0.03
+    #: Known target effects: the patient's improvement share is multiplied by the factor of the
+    #: first session's target (``PTT``, ``Vo``, ``PTT+Vo``); none: the same for every target.
+    effect_by_target: tuple[tuple[str, float], ...] = ()
 
 
 def _answers(rng: random.Random, level: float, incomplete: bool) -> dict[str, str]:
@@ -80,6 +83,8 @@ def patient_rows(rng: random.Random, key: str, options: Options = Options()) -> 
                      "sdr": f"{rng.uniform(0.3, 0.7):.2f}", "adverse_events": ";".join(events)})
     if rng.random() >= options.p_no_follow_up:
         effect = rng.uniform(0.3, 0.8)
+        first_target = next(r["target"] for r in rows if r["visit_type"] == "session")
+        effect = min(1.0, effect * dict(options.effect_by_target).get(first_target, 1.0))
         for days in FOLLOW_UP_DAYS[: rng.randint(3, len(FOLLOW_UP_DAYS))]:
             day = first + timedelta(days=days + rng.randint(-7, 7))
             level = start_level * (1 - effect * min(1.0, days / 180)) + rng.uniform(-0.05, 0.05)

@@ -3,7 +3,7 @@
 Folders: ``questionnaires/`` (the TWSTRS Questionnaire), ``terminology/`` (CodeSystems, ValueSets,
 ConceptMaps), ``profiles/`` (StructureDefinitions), ``searchparameters/`` (custom parameters),
 ``rules/`` (plausibility ranges), ``inbound/`` (site file → FHIR mappings), ``views/``
-(ViewDefinitions of the analysis dataset), ``policies/`` (de-identification policies).
+(ViewDefinitions of the analysis dataset), ``policies/`` (de-identification policies), ``analysis/`` (the analysis plan).
 
 The files are the source of truth; code looks them up by canonical URL instead of repeating their
 content. They are found through ``importlib.resources``, so an installed wheel serves them from

@@ -69,13 +69,16 @@ def reference_days(source: SourceRows, policy: Policy) -> tuple[dict[str, date],
 
 
 def column_function(rule: Rule, column: ViewColumn, policy: Policy, pseudonym_of: Mapping[str, str],
-                     blanked: Counter, label: str) -> Callable[[Any, date | None], Any]:
-    """value, patient's day zero → released value, for one column (resolved once, applied per row)."""
+                    blanked: Counter, label: str, numbers: dict[Any, int] | None = None) -> Callable[[Any, date | None], Any]:
+    """value, patient's day zero → released value, for one column (resolved once, applied per row).
+
+    ``numbers``, when given, is shared by the opaque columns of one export, so a key and a
+    reference to it (a session and the parameters that are ``partOf`` it) get the same number."""
     if rule.kind == "pseudonym":
         return lambda value, _zero: None if value is None else pseudonym_of[value]
     if rule.kind == "opaque":
-        numbers: dict[Any, int] = {}
-        return lambda value, _zero: None if value is None else numbers.setdefault(value, len(numbers) + 1)
+        opaque: dict[Any, int] = {} if numbers is None else numbers
+        return lambda value, _zero: None if value is None else opaque.setdefault(value, len(opaque) + 1)
     if rule.kind == "day-offset":
         def offset(value: Any, zero: date | None) -> int | None:
             day = _day(value)
@@ -110,11 +113,12 @@ def deidentify(source: SourceRows, views: Sequence[AnalysisView], policy: Policy
     blanked: Counter = Counter()
     frames: dict[str, pd.DataFrame] = {}
     released: dict[str, list[str]] = {}
+    numbers: dict[Any, int] = {}
     for view in views:
         key = view.names.index(PATIENT_KEY)
         plan = [(i, c, policy.rule(view.name, c.name)) for i, c in enumerate(view.columns)]
         plan = [(i, c, r) for i, c, r in plan if r.kind != "drop"]
-        steps = [(i, column_function(r, c, policy, pseudonym_of, blanked, f"{view.name}.{c.name}"))
+        steps = [(i, column_function(r, c, policy, pseudonym_of, blanked, f"{view.name}.{c.name}", numbers))
                  for i, c, r in plan]
         out = [tuple(fn(row[i], days.get(row[key])) for i, fn in steps) for row in source.rows[view.name]]
         columns = [c.name for _, c, _ in plan]
