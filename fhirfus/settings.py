@@ -104,6 +104,29 @@ class Settings:
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")
 
+    subscription_key: str | None = setting(
+        "FHIRFUS_SUBSCRIPTION_KEY", None,
+        "secret (≥ 16 characters) from which each Subscription's signing key is derived (`fhirfus "
+        "subscription-secret ID` prints it for the receiver); notifications then carry `X-Fhirfus-Signature: "
+        "sha256=<hex HMAC of the body>`; unset: notifications are not signed")
+    subscription_attempts: int = setting(
+        "FHIRFUS_SUBSCRIPTION_ATTEMPTS", 8,
+        "failed deliveries in a row after which a Subscription gets `status` `error` (its notifications wait "
+        "queued until it is made active again)")
+    subscription_retry_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_RETRY_MS", 1000,
+        "wait before the first retry of a failed delivery; it doubles with each further failure (at most 5 minutes)")
+    subscription_timeout_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_TIMEOUT_MS", 10_000, "how long a notification POST/PUT may take before it counts as failed")
+    subscription_poll_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
+        "how often each server process looks for queued notifications written by other processes (its own writes "
+        "wake it at once) and re-reads the active Subscriptions")
+    subscription_private_targets: str = setting(
+        "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
+        "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny`: such "
+        "endpoints are refused at create and not delivered to (SSRF protection for a server on a public network)")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings of ``environ`` (the process environment by default); a malformed value exits."""

@@ -21,6 +21,7 @@ from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
+from fhirfus.subscriptions.service import Subscriptions
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store, settings.token_secret, settings.token_lifetime, status=app.state.client_status,
         client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
+    app.state.subscriptions = Subscriptions(store, settings)  # every write is matched from here on
     install_error_handlers(app)
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:
@@ -71,6 +73,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.router.on_shutdown.append(app.state.client_status.stop)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
+    app.router.on_startup.append(app.state.subscriptions.start)
+    app.router.on_shutdown.append(app.state.subscriptions.stop)
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     app.router.on_shutdown.append(app.state.audit.stop)
     return app

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -61,19 +61,58 @@ def stamp(content: dict, res_id: str, version: int, moment: datetime) -> dict:
     return stamped
 
 
+class WriteObserver(Protocol):
+    """Told about the resource versions of every write transaction (``Store.observe``): how layers
+    above the store (Subscriptions) follow writes without the store importing them."""
+
+    def written(self, conn: Connection, versions: list[Stored]) -> None:
+        """Inside the transaction, after its last write and before its commit: what it writes here
+        commits (or rolls back) with the versions."""
+
+    def committed(self) -> None:
+        """After a transaction that wrote resource versions committed."""
+
+
+#: Key of ``Connection.info`` under which a write transaction collects the versions it writes.
+WRITTEN = "fhirfus.written"
+
+
+def _written(conn: Connection, *versions: Stored) -> None:
+    collected = conn.info.get(WRITTEN)
+    if collected is not None:
+        collected.extend(versions)
+
+
 class Store:
     """Entry point of the storage layer: an engine plus transaction scopes."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.observers: list[WriteObserver] = []
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Have ``observer`` told about the versions of every write transaction of this store."""
+        self.observers.append(observer)
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
-        """A write transaction (committed on success, rolled back on any exception)."""
+        """A write transaction (committed on success, rolled back on any exception). Its observers
+        see the resource versions it wrote before it commits, and are told after it did."""
+        versions: list[Stored] = []
         with self.engine.connect() as conn:
             conn.execution_options(fhirfus_write=True)
-            with conn.begin():
-                yield conn
+            conn.info[WRITTEN] = versions
+            try:
+                with conn.begin():
+                    yield conn
+                    if versions:
+                        for observer in self.observers:
+                            observer.written(conn, versions)
+            finally:
+                conn.info.pop(WRITTEN, None)
+        if versions:
+            for observer in self.observers:
+                observer.committed()
 
     def analyze(self) -> None:
         """Refresh planner statistics after a bulk load (PostgreSQL plans chains badly without them)."""
@@ -256,6 +295,7 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)
     indexer.index_resource(conn, pk, res_type, body, fresh=True, also=[_history_row(stored)])
+    _written(conn, stored)
     return stored
 
 
@@ -290,6 +330,7 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
     ]
     history = (resource_history, [_history_row(s)[1][0] for s in stored])
     indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored], also=[history])  # type: ignore[misc]
+    _written(conn, *stored)
     return stored
 
 
@@ -313,6 +354,7 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     indexer.index_resource(
         conn, previous.pk, previous.res_type, body, previous=previous.content, also=[_history_row(stored)]
     )
+    _written(conn, stored)
     return stored
 
 
@@ -325,6 +367,7 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
                     previous.site)
     assert previous.pk is not None
     indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content, also=[_history_row(stored)])
+    _written(conn, stored)
     return stored
 
 

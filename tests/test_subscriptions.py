@@ -1,0 +1,279 @@
+"""Subscriptions that fire: R4 rest-hook notifications from a durable queue, on both databases.
+
+A fhirfus server with authentication on (its own database, so no other test's server delivers
+from its queue) and receivers that are real HTTP servers on loopback ports. Delivery is at least
+once and in order per Subscription; a site client's Subscription sees its site only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import orjson
+import pytest
+from auth_helpers import make_client
+from conftest import BACKENDS, TEST_DEID_KEY, database_url_for, serving
+
+from fhirfus.db import migrate
+from fhirfus.db.engine import make_engine
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store
+from fhirfus.subscriptions import queue
+from fhirfus.testing import Receiver
+
+SITE = "https://fhirfus.org/fhir/CodeSystem/site"
+KEY = "test-subscription-key-0123456789"
+ATTEMPTS = 4
+
+
+@dataclass
+class Deployment:
+    base: str
+    store: Store
+    admin: httpx.Client
+    site_a: httpx.Client
+    site_b: httpx.Client
+    sites: tuple[str, str]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    urls = database_url_for(request.param, tmp_path_factory)
+    url = next(urls)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    settings = Settings(database_url=url, auth="smart", token_secret="test-secret-" + uuid.uuid4().hex,
+                        deid_key=TEST_DEID_KEY, rate_limit_per_minute=100_000, token_rate_limit_per_minute=100_000,
+                        token_rate_limit_per_address=100_000, subscription_key=KEY,
+                        subscription_attempts=ATTEMPTS, subscription_retry_ms=100, subscription_poll_ms=50,
+                        subscription_timeout_ms=2000)
+    store = Store(engine)
+    suffix = uuid.uuid4().hex[:8]
+    sites = (f"A{suffix}", f"B{suffix}")
+    try:
+        with serving(settings, store) as (root, _app):
+            token_url = root + "/auth/token"
+            clients = [make_client(Store(engine), token_url, role="admin", scope="system/*.cruds"),
+                       *(make_client(Store(engine), token_url, role="site", site=site, scope="system/*.cruds")
+                         for site in sites)]
+            sessions = [client.http(root + "/fhir") for client in clients]
+            try:
+                yield Deployment(root + "/fhir", Store(engine), *sessions, sites)  # type: ignore[arg-type]
+            finally:
+                for session in sessions:
+                    session.close()
+    finally:
+        engine.dispose()
+        next(urls, None)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    hook = Receiver().start()
+    try:
+        yield hook
+    finally:
+        hook.stop()
+
+
+def subscribe(http: httpx.Client, criteria: str, endpoint: str, *, payload: str | None = None,
+              content: str | None = None, headers: tuple[str, ...] = ()) -> dict:
+    channel: dict = {"type": "rest-hook", "endpoint": endpoint, **({"header": list(headers)} if headers else {})}
+    if payload:
+        channel["payload"] = payload
+    if content:
+        channel["_payload"] = {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+            "valueCode": content}]}
+    response = http.post("/Subscription", json={"resourceType": "Subscription", "status": "requested",
+                                                "reason": "test", "criteria": criteria, "channel": channel})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def observation(code: str, value: float = 1.0) -> dict:
+    return {"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "urn:test:subscriptions", "code": code}]},
+            "valueQuantity": {"value": value, "unit": "mm"}}
+
+
+def created(http: httpx.Client, body: dict) -> dict:
+    response = http.post(f"/{body['resourceType']}", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_a_matching_write_reaches_the_receiver_within_one_second_with_its_resource_signed(
+        deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscription = subscribe(deployment.admin, f"Observation?code=urn:test:subscriptions|{code}", receiver.url,
+                             payload="application/fhir+json", headers=("Authorization: Bearer receiver-token",))
+    assert subscription["status"] == "active"
+
+    written = created(deployment.admin, observation(code, 4.5))
+    answered = time.monotonic()
+
+    [notification] = receiver.wait_for(1)
+    assert notification.at - answered < 1.0
+    assert notification.method == "PUT"
+    assert notification.path == f"/hook/Observation/{written['id']}"
+    assert orjson.loads(notification.body) == written
+    assert notification.headers["Authorization"] == "Bearer receiver-token"
+    assert notification.headers["X-Fhirfus-Subscription"] == f"Subscription/{subscription['id']}"
+    own_key = hmac.new(KEY.encode(), f"Subscription/{subscription['id']}".encode(), hashlib.sha256).hexdigest()
+    expected = hmac.new(own_key.encode(), notification.body, hashlib.sha256).hexdigest()
+    assert notification.headers["X-Fhirfus-Signature"] == f"sha256={expected}"
+
+
+def test_id_only_sends_the_id_and_version_and_no_payload_sends_no_body(
+        deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscribe(deployment.admin, f"Observation?code={code}", receiver.url, payload="application/fhir+json",
+              content="id-only")
+    bare = Receiver().start()
+    try:
+        subscribe(deployment.admin, f"Observation?code={code}", bare.url)
+        written = created(deployment.admin, observation(code))
+        [id_only] = receiver.wait_for(1)
+        [ping] = bare.wait_for(1)
+    finally:
+        bare.stop()
+    assert orjson.loads(id_only.body) == {"resourceType": "Observation", "id": written["id"],
+                                          "meta": {"versionId": "1"}}
+    assert (ping.method, ping.path, ping.body) == ("POST", "/hook", b"")
+
+
+def test_nothing_for_writes_that_do_not_match_nor_for_another_sites_writes(
+        deployment: Deployment, receiver: Receiver) -> None:
+    family = f"Fam{uuid.uuid4().hex[:10]}"
+    subscription = subscribe(deployment.site_a, f"Patient?family={family}", receiver.url,
+                             payload="application/fhir+json")
+    assert {"system": SITE, "code": deployment.sites[0]} in subscription["meta"]["security"]
+
+    created(deployment.site_b, {"resourceType": "Patient", "name": [{"family": family}]})   # another site's
+    created(deployment.site_a, {"resourceType": "Patient", "name": [{"family": "Other"}]})  # does not match
+    created(deployment.admin, {"resourceType": "Patient", "name": [{"family": family}]})    # of no site
+    own = created(deployment.site_a, {"resourceType": "Patient", "name": [{"family": family}]})
+
+    # Delivery is in queue order: had anything before ``own`` been queued, it would come first.
+    [first] = receiver.wait_for(1)
+    assert orjson.loads(first.body)["id"] == own["id"]
+    time.sleep(0.3)
+    assert len(receiver.received) == 1
+
+
+def test_while_the_receiver_is_down_notifications_wait_then_arrive_in_order(
+        deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscription = subscribe(deployment.admin, f"Observation?code={code}", receiver.url,
+                             payload="application/fhir+json")
+    receiver.stop()
+    first = created(deployment.admin, observation(code, 1))
+    for value in (2, 3):
+        response = deployment.admin.put(f"/Observation/{first['id']}", json={**observation(code, value),
+                                                                             "id": first["id"]})
+        assert response.status_code == 200, response.text
+    second = created(deployment.admin, observation(code, 10))
+    time.sleep(0.5)  # a few failed attempts (100 ms, 200 ms, …)
+    assert queue.waiting(deployment.store, subscription["id"]) == 4
+
+    receiver.start()
+    notifications = receiver.wait_for(4)
+    bodies = [orjson.loads(n.body) for n in notifications]
+    assert [(b["id"], b["meta"]["versionId"], b["valueQuantity"]["value"]) for b in bodies] == [
+        (first["id"], "1", 1), (first["id"], "2", 2), (first["id"], "3", 3), (second["id"], "1", 10)]
+    eventually(lambda: queue.waiting(deployment.store, subscription["id"]) == 0)  # deleted once answered
+    assert deployment.admin.get(f"/Subscription/{subscription['id']}").json()["status"] == "active"
+
+
+def test_repeated_failures_set_status_error_with_the_reason_and_reactivation_delivers(
+        deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscription = subscribe(deployment.admin, f"Observation?code={code}", receiver.url,
+                             payload="application/fhir+json")
+    receiver.status = 503
+    written = created(deployment.admin, observation(code))
+
+    deadline = time.monotonic() + 10
+    while (current := deployment.admin.get(f"/Subscription/{subscription['id']}").json())["status"] != "error":
+        assert time.monotonic() < deadline, current
+        time.sleep(0.1)
+    assert f"{ATTEMPTS} deliveries in a row failed" in current["error"]
+    assert "HTTP 503" in current["error"]
+    assert queue.waiting(deployment.store, subscription["id"]) == 1  # kept, not lost
+
+    receiver.status = 200
+    reactivated = deployment.admin.put(f"/Subscription/{subscription['id']}",
+                                       json={**current, "status": "requested"})
+    assert reactivated.status_code == 200, reactivated.text
+    assert reactivated.json()["status"] == "active" and "error" not in reactivated.json()
+    [notification] = receiver.wait_for(1)
+    assert orjson.loads(notification.body)["id"] == written["id"]
+
+
+def test_a_rolled_back_transaction_notifies_nobody(deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscribe(deployment.admin, f"Observation?code={code}", receiver.url, payload="application/fhir+json")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(code, 99), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Patient", "id": uuid.uuid4().hex},
+         "request": {"method": "PUT", "url": "Patient/never-written", "ifMatch": 'W/"5"'}},
+    ]}
+    bundle["entry"][1]["resource"]["id"] = "never-written"
+    refused = deployment.admin.post("", json=bundle)
+    assert refused.status_code == 412, refused.text
+
+    barrier = created(deployment.admin, observation(code, 1))
+    [first] = receiver.wait_for(1)
+    assert orjson.loads(first.body)["id"] == barrier["id"]
+    time.sleep(0.3)
+    assert len(receiver.received) == 1
+
+
+REFUSED = [
+    ({"channel": {"type": "email", "endpoint": "mailto:a@b.example"}}, "Subscription.channel.type"),
+    ({"criteria": "Nonsense?x=1"}, "Subscription.criteria"),
+    ({"criteria": "Observation?no-such-parameter=1"}, "Subscription.criteria"),
+    ({"criteria": "Observation?code=x&_count=5"}, "Subscription.criteria"),
+    ({"channel": {"type": "rest-hook", "endpoint": "ftp://files.example/x"}}, "Subscription.channel.endpoint"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://h.example/x", "payload": "application/fhir+xml"}},
+     "Subscription.channel.payload"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://h.example/x", "header": ["no colon"]}},
+     "Subscription.channel.header[0]"),
+    ({"channel": {"type": "rest-hook", "endpoint": "http://h.example/x", "header": ["Content-Type: text/plain"]}},
+     "Subscription.channel.header[0]"),
+]
+
+
+@pytest.mark.parametrize(("change", "element"), REFUSED)
+def test_subscriptions_the_server_cannot_honour_are_refused_at_create(
+        deployment: Deployment, change: dict, element: str) -> None:
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "test",
+            "criteria": "Observation?code=x", "channel": {"type": "rest-hook", "endpoint": "http://h.example/x"},
+            **change}
+    before = deployment.admin.get("/Subscription", params={"_summary": "count"}).json()["total"]
+    response = deployment.admin.post("/Subscription", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["issue"][0]["expression"] == [element]
+    assert deployment.admin.get("/Subscription", params={"_summary": "count"}).json()["total"] == before
+
+
+def test_a_site_client_cannot_subscribe_to_what_it_may_not_search(deployment: Deployment) -> None:
+    response = deployment.site_a.post("/Subscription", json={
+        "resourceType": "Subscription", "status": "requested", "reason": "test",
+        "criteria": "AuditEvent?action=C", "channel": {"type": "rest-hook", "endpoint": "http://h.example/x"}})
+    assert response.status_code == 422, response.text
+    assert response.json()["issue"][0]["expression"] == ["Subscription.criteria"]
