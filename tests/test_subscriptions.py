@@ -277,3 +277,65 @@ def test_a_site_client_cannot_subscribe_to_what_it_may_not_search(deployment: De
         "criteria": "AuditEvent?action=C", "channel": {"type": "rest-hook", "endpoint": "http://h.example/x"}})
     assert response.status_code == 422, response.text
     assert response.json()["issue"][0]["expression"] == ["Subscription.criteria"]
+
+
+def test_the_capability_statement_declares_rest_hook_subscriptions(deployment: Deployment) -> None:
+    statement = httpx.get(deployment.base + "/metadata", timeout=30).json()
+    [entry] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
+    assert "rest-hook" in entry["documentation"]
+    assert {"create", "update", "read", "delete"} <= {i["code"] for i in entry["interaction"]}
+
+
+@pytest.fixture(params=BACKENDS)
+def own_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated database no other server delivers from."""
+    urls = database_url_for(request.param, tmp_path_factory)
+    url = next(urls)
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        next(urls, None)
+
+
+def _open_settings(url: str) -> Settings:
+    return Settings(database_url=url, auth="off", subscription_retry_ms=50, subscription_poll_ms=50,
+                    subscription_attempts=1000, subscription_timeout_ms=2000)
+
+
+def test_queued_notifications_survive_a_restart_of_the_server(own_database: str, receiver: Receiver) -> None:
+    engine = make_engine(own_database)
+    try:
+        receiver.stop()
+        with serving(_open_settings(own_database), Store(engine)) as (root, _app), \
+                httpx.Client(base_url=root + "/fhir", timeout=30) as http:
+            subscription = subscribe(http, "Observation?code=restart", receiver.url, payload="application/fhir+json")
+            written = created(http, observation("restart"))
+            time.sleep(0.3)
+        assert queue.waiting(Store(engine), subscription["id"]) == 1
+
+        receiver.start()
+        with serving(_open_settings(own_database), Store(engine)):
+            [notification] = receiver.wait_for(1)
+        assert orjson.loads(notification.body)["id"] == written["id"]
+    finally:
+        engine.dispose()
+
+
+def test_two_server_processes_deliver_one_queue_once_each_and_in_order(own_database: str, receiver: Receiver) -> None:
+    engine = make_engine(own_database)
+    try:
+        with serving(_open_settings(own_database), Store(engine)) as (one, _a), \
+                serving(_open_settings(own_database), Store(engine)) as (two, _b), \
+                httpx.Client(timeout=30) as http, httpx.Client(base_url=one + "/fhir", timeout=30) as first:
+            subscription = subscribe(first, "Observation?code=pair", receiver.url, payload="application/fhir+json")
+            ids = [http.post(f"{root}/fhir/Observation", json=observation("pair", n)).json()["id"]
+                   for n in range(20) for root in (one, two)]
+            notifications = receiver.wait_for(len(ids))
+            eventually(lambda: queue.waiting(Store(engine), subscription["id"]) == 0)
+        assert [orjson.loads(n.body)["id"] for n in notifications] == ids
+        assert len(receiver.received) == len(ids)
+    finally:
+        engine.dispose()
