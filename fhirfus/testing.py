@@ -81,6 +81,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
             def _take(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 entry = Received(time.monotonic(), self.command, self.path, dict(self.headers.items()), body)

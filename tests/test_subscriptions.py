@@ -339,3 +339,13 @@ def test_two_server_processes_deliver_one_queue_once_each_and_in_order(own_datab
         assert len(receiver.received) == len(ids)
     finally:
         engine.dispose()
+
+
+def test_deleting_a_subscription_drops_what_it_had_queued(deployment: Deployment, receiver: Receiver) -> None:
+    code = uuid.uuid4().hex
+    subscription = subscribe(deployment.admin, f"Observation?code={code}", receiver.url)
+    receiver.stop()
+    created(deployment.admin, observation(code))
+    assert queue.waiting(deployment.store, subscription["id"]) == 1
+    assert deployment.admin.delete(f"/Subscription/{subscription['id']}").status_code in (200, 204)
+    eventually(lambda: queue.waiting(deployment.store, subscription["id"]) == 0)

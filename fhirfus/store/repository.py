@@ -181,6 +181,20 @@ def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, v
     )
 
 
+def versions(conn: Connection, seen_by: Visibility, keys: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], Stored]:
+    """Several versions at once, by (type, id, version): those that exist and ``seen_by`` may see."""
+    h = resource_history
+    found: dict[tuple[str, str, int], Stored] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        for row in conn.execute(select(h).where(tuple_(h.c.res_type, h.c.res_id, h.c.version).in_(chunk),
+                                                seen_by.rows_of(h))):
+            found[(row.res_type, row.res_id, row.version)] = Stored(
+                row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content,
+                row.method, site=row.site)
+    return found
+
+
 def by_canonical(conn: Connection, seen_by: Visibility, res_type: str, canonical: str) -> dict | None:
     """The newest live resource of ``res_type`` (a conformance resource) whose ``url`` is
     ``canonical`` (``url|version`` also matches the version), among those ``seen_by`` may see.

@@ -54,21 +54,31 @@ def ready(store: Store, moment: datetime) -> list[str]:
                 or_(q.c.lease_until.is_(None), q.c.lease_until < moment))).scalars())
 
 
-def take_head(store: Store, subscription_id: str, owner: str, moment: datetime, lease_until: datetime) -> Queued | None:
-    """Lease the head notification of a Subscription, if it is due and free."""
+def take_batch(store: Store, subscription_id: str, owner: str, moment: datetime, lease_until: datetime,
+               limit: int) -> list[Queued]:
+    """Lease up to ``limit`` notifications of a Subscription from its head on (none unless the head
+    is due and free), oldest first. The rows are locked while they are leased (PostgreSQL; SQLite
+    writes are serial), so two processes never lease overlapping batches."""
     with store.writing() as conn:
-        row = conn.execute(select(q).where(q.c.subscription_id == subscription_id).order_by(q.c.pk).limit(1)).first()
-        if row is None or row.due > moment or (row.lease_until is not None and row.lease_until >= moment):
-            return None
-        taken = conn.execute(update(q).where(
-            q.c.pk == row.pk, or_(q.c.lease_until.is_(None), q.c.lease_until < moment),
-        ).values(owner=owner, lease_until=lease_until))
-        return Queued.from_row(row) if taken.rowcount == 1 else None
+        rows = conn.execute(select(q).where(q.c.subscription_id == subscription_id).order_by(q.c.pk).limit(limit)
+                            .with_for_update()).all()
+        if not rows or rows[0].due > moment:
+            return []
+        free = []
+        for row in rows:
+            if row.lease_until is not None and row.lease_until >= moment:
+                break
+            free.append(row)
+        if not free or free[0].pk != rows[0].pk:
+            return []
+        conn.execute(update(q).where(q.c.pk.in_([row.pk for row in free])).values(owner=owner, lease_until=lease_until))
+        return [Queued.from_row(row) for row in free]
 
 
-def delivered(store: Store, pk: int, owner: str) -> None:
-    with store.writing() as conn:
-        conn.execute(delete(q).where(q.c.pk == pk, q.c.owner == owner))
+def delivered(store: Store, pks: list[int], owner: str) -> None:
+    if pks:
+        with store.writing() as conn:
+            conn.execute(delete(q).where(q.c.pk.in_(pks), q.c.owner == owner))
 
 
 def failed(store: Store, pk: int, owner: str, attempts: int, due: datetime, error: str) -> None:
@@ -78,10 +88,11 @@ def failed(store: Store, pk: int, owner: str, attempts: int, due: datetime, erro
             attempts=attempts, due=due, error=error[:2000], owner=None, lease_until=None))
 
 
-def release(store: Store, pk: int, owner: str) -> None:
-    """Hand a notification back untried (its Subscription is not active now)."""
-    with store.writing() as conn:
-        conn.execute(update(q).where(q.c.pk == pk, q.c.owner == owner).values(owner=None, lease_until=None))
+def release(store: Store, pks: list[int], owner: str) -> None:
+    """Hand notifications back untried."""
+    if pks:
+        with store.writing() as conn:
+            conn.execute(update(q).where(q.c.pk.in_(pks), q.c.owner == owner).values(owner=None, lease_until=None))
 
 
 def drop_subscription(store: Store, subscription_id: str) -> None:

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 import httpx
 
 from fhirfus.db.visibility import EVERYTHING
+from fhirfus.domain.subscription import FULL
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
 from fhirfus.subscriptions import delivery, queue
@@ -35,6 +36,10 @@ log = logging.getLogger("fhirfus.subscriptions")
 
 MAX_BACKOFF = timedelta(minutes=5)
 THREADS = 4
+#: Notifications of one Subscription leased together (delivered one by one, removed together).
+BATCH = 100
+#: Seconds a wake-up waits for more commits before it looks at the queue.
+COALESCE = 0.005
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,15 @@ class DeliveryPolicy:
     server_key: str | None
 
     @property
+    def attempt(self) -> timedelta:
+        """The longest one delivery can take."""
+        return timedelta(seconds=self.timeout + 1)
+
+    @property
     def lease(self) -> timedelta:
-        """Longer than one delivery can take, so a live owner never loses its notification."""
-        return timedelta(seconds=2 * self.timeout + 5)
+        """How long a batch is a process's: a delivery starts only while a whole attempt fits in
+        it, so a live owner never has its notifications taken over."""
+        return timedelta(seconds=max(30.0, 3 * self.timeout))
 
     def backoff(self, attempts: int) -> timedelta:
         return min(MAX_BACKOFF, self.retry * (2 ** max(0, attempts - 1)))
@@ -90,11 +101,23 @@ class SubscriptionWorker:
                 self.tend()
             except Exception:
                 log.exception("subscription delivery round failed")
-            self.wake.wait(self.policy.poll)
+            if self.wake.wait(self.policy.poll):
+                self._stopping.wait(COALESCE)  # the commits of the next few moments, looked for at once
 
     def tend(self) -> None:
         """One round: start draining every Subscription with a due, free notification."""
-        for subscription_id in queue.ready(self.store, self.clock()):
+        ready = queue.ready(self.store, self.clock())
+        if not ready:
+            return
+        with self.store.reading() as conn:
+            waiting = {sid for sid in ready if self.active.get(conn, sid) is None}  # off, in error, or deleted
+            gone = {sid for sid in waiting if (stored := repository.current(conn, EVERYTHING, "Subscription", sid))
+                    is None or stored.deleted}
+        for subscription_id in gone:
+            queue.drop_subscription(self.store, subscription_id)
+        for subscription_id in ready:
+            if subscription_id in waiting:
+                continue
             with self._lock:
                 if subscription_id in self._draining or self._stopping.is_set():
                     continue
@@ -103,7 +126,7 @@ class SubscriptionWorker:
 
     def _drain(self, subscription_id: str) -> None:
         try:
-            while not self._stopping.is_set() and self.deliver_head(subscription_id):
+            while not self._stopping.is_set() and self.deliver_batch(subscription_id):
                 pass
         except Exception:
             log.exception("subscription %s: delivery failed unexpectedly", subscription_id)
@@ -111,31 +134,49 @@ class SubscriptionWorker:
             with self._lock:
                 self._draining.discard(subscription_id)
 
-    def deliver_head(self, subscription_id: str) -> bool:
-        """Deliver the Subscription's head notification; whether the next one may follow at once."""
+    def deliver_batch(self, subscription_id: str) -> bool:
+        """Deliver the Subscription's next notifications, one by one in order; whether more may
+        follow at once (all of these were delivered)."""
         moment = self.clock()
-        head = queue.take_head(self.store, subscription_id, self.owner, moment, moment + self.policy.lease)
-        if head is None:
+        lease_until = moment + self.policy.lease
+        batch = queue.take_batch(self.store, subscription_id, self.owner, moment, lease_until, BATCH)
+        if not batch:
             return False
+        contents: dict[int, repository.Stored | None] = {}
+        gone = False
         with self.store.reading() as conn:
             subscription = self.active.get(conn, subscription_id)
-            stored = repository.current(conn, EVERYTHING, "Subscription", subscription_id)
-            version = repository.version(conn, EVERYTHING, head.res_type, head.res_id, head.version) \
-                if subscription is not None and subscription.channel.payload == "full-resource" else None
+            if subscription is None:
+                stored = repository.current(conn, EVERYTHING, "Subscription", subscription_id)
+                gone = stored is None or stored.deleted
+            elif subscription.channel.payload == FULL:
+                found = repository.versions(conn, EVERYTHING, [(h.res_type, h.res_id, h.version) for h in batch])
+                contents = {h.pk: found.get((h.res_type, h.res_id, h.version)) for h in batch}
         if subscription is None:
-            if stored is None or stored.deleted:
+            if gone:
                 queue.drop_subscription(self.store, subscription_id)
             else:
-                queue.release(self.store, head.pk, self.owner)  # off or in error: it waits
+                queue.release(self.store, [head.pk for head in batch], self.owner)  # off or in error: it waits
             return False
-        request = delivery.request_for(subscription, head.res_type, head.res_id, head.version,
-                                       version.content if version is not None else None, self.policy.server_key)
+        done: list[int] = []
         try:
-            delivery.send(self.http, request, self.policy.timeout, allow_private=self.policy.allow_private)
-        except delivery.DeliveryFailed as exc:
-            self._failed(subscription_id, head, str(exc))
-            return False
-        queue.delivered(self.store, head.pk, self.owner)
+            for index, head in enumerate(batch):
+                if self._stopping.is_set() or self.clock() + self.policy.attempt >= lease_until:
+                    queue.release(self.store, [h.pk for h in batch[index:]], self.owner)  # lease it anew
+                    return not self._stopping.is_set()
+                version = contents.get(head.pk) if subscription.channel.payload == FULL else None
+                request = delivery.request_for(subscription, head.res_type, head.res_id, head.version,
+                                               version.content if version is not None else None,
+                                               self.policy.server_key)
+                try:
+                    delivery.send(self.http, request, self.policy.timeout, allow_private=self.policy.allow_private)
+                except delivery.DeliveryFailed as exc:
+                    queue.release(self.store, [h.pk for h in batch[index + 1:]], self.owner)
+                    self._failed(subscription_id, head, str(exc))
+                    return False
+                done.append(head.pk)
+        finally:
+            queue.delivered(self.store, done, self.owner)
         return True
 
     def _failed(self, subscription_id: str, head: queue.Queued, reason: str) -> None:
