@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
@@ -349,3 +353,31 @@ def test_deleting_a_subscription_drops_what_it_had_queued(deployment: Deployment
     assert queue.waiting(deployment.store, subscription["id"]) == 1
     assert deployment.admin.delete(f"/Subscription/{subscription['id']}").status_code in (200, 204)
     eventually(lambda: queue.waiting(deployment.store, subscription["id"]) == 0)
+
+
+def _fhirfus(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fhirfus.cli", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_cli_prints_the_key_a_receiver_checks_signatures_with() -> None:
+    done = _fhirfus("subscription-secret", "abc", FHIRFUS_SUBSCRIPTION_KEY=KEY)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == hmac.new(KEY.encode(), b"Subscription/abc", hashlib.sha256).hexdigest()
+    assert _fhirfus("subscription-secret", "abc", FHIRFUS_SUBSCRIPTION_KEY="").returncode == 2
+
+
+def test_what_a_cli_data_command_writes_is_notified_by_the_server(
+        own_database: str, receiver: Receiver, tmp_path: Path) -> None:
+    engine = make_engine(own_database)
+    try:
+        with serving(_open_settings(own_database), Store(engine)) as (root, _app), \
+                httpx.Client(base_url=root + "/fhir", timeout=30) as http:
+            subscribe(http, "Observation?code=loaded", receiver.url, payload="application/fhir+json")
+            (tmp_path / "obs.ndjson").write_text(orjson.dumps({**observation("loaded"), "id": "from-cli"}).decode())
+            done = _fhirfus("load", str(tmp_path / "obs.ndjson"), FHIRFUS_DATABASE_URL=own_database)
+            assert done.returncode == 0, done.stderr
+            [notification] = receiver.wait_for(1)
+        assert notification.path == "/hook/Observation/from-cli"
+    finally:
+        engine.dispose()
