@@ -124,8 +124,9 @@ class Settings:
         "wake it at once) and re-reads the active Subscriptions")
     subscription_private_targets: str = setting(
         "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
-        "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny`: such "
-        "endpoints are refused at create and not delivered to (SSRF protection for a server on a public network)")
+        "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny` (or anything "
+        "but `allow`): notifications to an endpoint that is or resolves to such an address fail (SSRF protection "
+        "for a server on a public network)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -381,3 +381,20 @@ def test_what_a_cli_data_command_writes_is_notified_by_the_server(
         assert notification.path == "/hook/Observation/from-cli"
     finally:
         engine.dispose()
+
+
+def test_with_private_targets_denied_a_loopback_endpoint_is_never_notified(
+        own_database: str, receiver: Receiver) -> None:
+    engine = make_engine(own_database)
+    settings = Settings(database_url=own_database, auth="off", subscription_poll_ms=50, subscription_attempts=1,
+                        subscription_private_targets="deny")
+    try:
+        with serving(settings, Store(engine)) as (root, _app), \
+                httpx.Client(base_url=root + "/fhir", timeout=30) as http:
+            subscription = subscribe(http, "Observation?code=ssrf", receiver.url)
+            created(http, observation("ssrf"))
+            eventually(lambda: http.get(f"/Subscription/{subscription['id']}").json()["status"] == "error")
+            assert "private or loopback" in http.get(f"/Subscription/{subscription['id']}").json()["error"]
+        assert receiver.received == []
+    finally:
+        engine.dispose()
