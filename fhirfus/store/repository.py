@@ -88,11 +88,16 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.observers: list[WriteObserver] = []
+        self._observers: dict[str, WriteObserver] = {}
 
-    def observe(self, observer: WriteObserver) -> None:
-        """Have ``observer`` told about the versions of every write transaction of this store."""
-        self.observers.append(observer)
+    @property
+    def observers(self) -> list[WriteObserver]:
+        return list(self._observers.values())
+
+    def observe(self, name: str, observer: WriteObserver) -> None:
+        """Have ``observer`` told about the versions of every write transaction of this store, in
+        place of an earlier one of that ``name`` (two apps over one store do not observe twice)."""
+        self._observers[name] = observer
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:

@@ -24,7 +24,7 @@ def queue_writes(store: Store, settings: Settings, clock: Callable[[], datetime]
     looks next): for a process that writes but does not deliver, like the CLI's imports."""
     poll = max(0.01, settings.subscription_poll_ms / 1000)
     matcher = Matcher(ActiveSubscriptions(settings.base_url or "", refresh=poll), clock, threading.Event())
-    store.observe(matcher)
+    store.observe("subscriptions", matcher)
     return matcher
 
 
@@ -37,7 +37,7 @@ class Subscriptions:
         self.active = ActiveSubscriptions(settings.base_url or "", refresh=poll)
         self.wake = threading.Event()
         self.matcher = Matcher(self.active, clock, self.wake)
-        store.observe(self.matcher)
+        store.observe("subscriptions", self.matcher)
         self._own_http = http is None
         self.http = http or httpx.Client(follow_redirects=False)
         policy = DeliveryPolicy(
