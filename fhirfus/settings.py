@@ -121,7 +121,7 @@ class Settings:
     subscription_poll_ms: int = setting(
         "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
         "how often each server process looks for queued notifications written by other processes (its own writes "
-        "wake it at once) and re-reads the active Subscriptions")
+        "wake it at once) and for retries that came due")
     subscription_private_targets: str = setting(
         "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
         "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny` (or anything "

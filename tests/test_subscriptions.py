@@ -27,6 +27,7 @@ from conftest import BACKENDS, TEST_DEID_KEY, database_url_for, serving
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.settings import Settings
+from fhirfus.store import repository
 from fhirfus.store.repository import Store
 from fhirfus.subscriptions import queue
 from fhirfus.testing import Receiver
@@ -398,3 +399,14 @@ def test_with_private_targets_denied_a_loopback_endpoint_is_never_notified(
         assert receiver.received == []
     finally:
         engine.dispose()
+
+
+def test_an_active_subscription_stored_before_it_was_checked_is_set_to_error_not_ignored(
+        deployment: Deployment) -> None:
+    sid = uuid.uuid4().hex
+    with deployment.store.writing() as conn:  # as an older server stored it: never checked
+        repository.create(conn, "Subscription", sid, {
+            "resourceType": "Subscription", "status": "active", "reason": "old", "criteria": "Observation?code=x",
+            "channel": {"type": "email", "endpoint": "mailto:someone@example.org"}})
+    eventually(lambda: deployment.admin.get(f"/Subscription/{sid}").json()["status"] == "error")
+    assert "channel.type 'email'" in deployment.admin.get(f"/Subscription/{sid}").json()["error"]

@@ -1,8 +1,8 @@
 """R4 Subscriptions that fire: ``rest-hook`` notifications of matching writes.
 
 - ``active``: the active Subscriptions of the database, their criteria compiled once by the search
-  engine, cached per process (re-read after a Subscription is written, and every poll interval for
-  other processes' changes);
+  engine, cached per process and re-read when a write finds that the stored Subscriptions changed
+  (in any process);
 - ``matching``: the store's write observer — in the transaction of every write, the written
   versions are matched against the criteria (the compiled search restricted to their rows) and
   the matches queued in ``subscription_queue``, so a rolled-back write notifies nobody;

@@ -8,11 +8,10 @@ chains or ``_has`` only go through them); one of no site (an administrator's) se
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Select, bindparam, select
+from sqlalchemy import Connection, Select, bindparam, func, select
 
 from fhirfus.db.visibility import EVERYTHING, Visibility
 from fhirfus.domain.subscription import Channel, channel_of, parse_criteria
@@ -49,56 +48,58 @@ def compile_subscription(conn: Connection, res_id: str, site: str | None, conten
     return Active(res_id, site, query.res_type, channel_of(content), statement)
 
 
-def load(conn: Connection, base_url: str) -> dict[str, Active]:
-    """Every active Subscription by id (one the server can no longer compile is left out)."""
+def load(conn: Connection, base_url: str) -> tuple[dict[str, Active], dict[str, str]]:
+    """Every active Subscription by id, and those the server cannot honour (stored before it checked
+    them, or under other rules) with the reason: the worker sets those to ``error``."""
     rows = EVERYTHING.resources()
     found: dict[str, Active] = {}
+    broken: dict[str, str] = {}
     for row in conn.execute(select(rows.c.res_id, rows.c.site, rows.c.content).where(
             rows.c.res_type == "Subscription", rows.c.deleted.is_(False))):
         if (row.content or {}).get("status") != "active":
             continue
         try:
             found[row.res_id] = compile_subscription(conn, row.res_id, row.site, row.content, base_url)
-        except FhirError:
-            continue  # accepted under other rules (an older server); it waits to be corrected
-    return found
+        except FhirError as exc:
+            broken[row.res_id] = f"This server cannot honour the Subscription: {exc.message}"
+    return found, broken
 
 
 class ActiveSubscriptions:
-    """The process's cache of ``load``: re-read when this process wrote a Subscription, and at most
-    ``refresh`` seconds after another process did."""
+    """The process's cache of ``load``, keyed by a stamp of the stored Subscriptions (how many, and
+    the sum of their version numbers, which every write of one raises): each write reads the stamp
+    (one small query) and reloads only when it moved, so a Subscription applies to every write that
+    starts after it committed, in any process."""
 
-    def __init__(self, base_url: str, refresh: float) -> None:
+    def __init__(self, base_url: str) -> None:
         self.base_url = base_url
-        self.refresh = refresh
         self._lock = threading.Lock()
-        self._by_id: dict[str, Active] = {}
-        self._by_type: dict[str, list[Active]] = {}
-        self._loaded = float("-inf")
-        self._generation = 0
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._loaded = float("-inf")
+        self._cached: tuple[tuple[int, int] | None, dict[str, Active], dict[str, list[Active]], dict[str, str]] = \
+            (None, {}, {}, {})
 
     def by_type(self, conn: Connection) -> Mapping[str, list[Active]]:
-        self._refresh(conn)
-        return self._by_type
+        return self._current(conn)[2]
 
     def get(self, conn: Connection, subscription_id: str) -> Active | None:
-        self._refresh(conn)
-        return self._by_id.get(subscription_id)
+        return self._current(conn)[1].get(subscription_id)
 
-    def _refresh(self, conn: Connection) -> None:
-        if time.monotonic() - self._loaded < self.refresh:
-            return
-        started, generation = time.monotonic(), self._generation
-        by_id = load(conn, self.base_url)
+    def broken(self, conn: Connection) -> Mapping[str, str]:
+        """Active Subscriptions the server cannot honour, with the reason."""
+        return self._current(conn)[3]
+
+    def _current(self, conn: Connection) -> tuple:
+        rows = EVERYTHING.resources()
+        count, total = conn.execute(select(func.count(), func.coalesce(func.sum(rows.c.version), 0))
+                                    .where(rows.c.res_type == "Subscription")).one()
+        stamp = (int(count), int(total))
+        cached = self._cached
+        if cached[0] == stamp:
+            return cached
+        by_id, broken = load(conn, self.base_url)
         by_type: dict[str, list[Active]] = {}
         for active in by_id.values():
             by_type.setdefault(active.res_type, []).append(active)
+        fresh = (stamp, by_id, by_type, broken)
         with self._lock:
-            self._by_id, self._by_type = by_id, by_type
-            if generation == self._generation:  # an invalidation during the load forces the next one
-                self._loaded = started
+            self._cached = fresh
+        return fresh

@@ -6,7 +6,8 @@ the written rows (the index rows of the write are already there), as the Subscri
 the data. Matches are queued in the same transaction, so a rolled-back write queues nothing and a
 committed one cannot lose its notifications. Deletions are not notified (a criteria search cannot
 match a deleted resource); a resource written twice in one transaction is notified once, for its
-last version. With no active Subscription of a written type, a write costs a dictionary lookup.
+last version. With no active Subscription of a written type, a write costs one small query (whether the stored
+Subscriptions changed) and a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ class Matcher:
         self.wake = wake
 
     def written(self, conn: Connection, versions: list[Stored]) -> None:
-        if any(v.res_type == "Subscription" for v in versions):
-            self.active.invalidate()
         by_type = self.active.by_type(conn)
         if not by_type:
             return

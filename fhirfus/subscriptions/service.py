@@ -22,8 +22,7 @@ def utc_now() -> datetime:
 def queue_writes(store: Store, settings: Settings, clock: Callable[[], datetime] = utc_now) -> Matcher:
     """Queue the notifications of every write of ``store`` (delivered by whichever server process
     looks next): for a process that writes but does not deliver, like the CLI's imports."""
-    poll = max(0.01, settings.subscription_poll_ms / 1000)
-    matcher = Matcher(ActiveSubscriptions(settings.base_url or "", refresh=poll), clock, threading.Event())
+    matcher = Matcher(ActiveSubscriptions(settings.base_url or ""), clock, threading.Event())
     store.observe("subscriptions", matcher)
     return matcher
 
@@ -34,7 +33,7 @@ class Subscriptions:
     def __init__(self, store: Store, settings: Settings, *, http: httpx.Client | None = None,
                  clock: Callable[[], datetime] = utc_now) -> None:
         poll = max(0.01, settings.subscription_poll_ms / 1000)
-        self.active = ActiveSubscriptions(settings.base_url or "", refresh=poll)
+        self.active = ActiveSubscriptions(settings.base_url or "")
         self.wake = threading.Event()
         self.matcher = Matcher(self.active, clock, self.wake)
         store.observe("subscriptions", self.matcher)

@@ -105,7 +105,12 @@ class SubscriptionWorker:
                 self._stopping.wait(COALESCE)  # the commits of the next few moments, looked for at once
 
     def tend(self) -> None:
-        """One round: start draining every Subscription with a due, free notification."""
+        """One round: Subscriptions the server cannot honour to ``error``; start draining every
+        Subscription with a due, free notification."""
+        with self.store.reading() as conn:
+            broken = dict(self.active.broken(conn))
+        for subscription_id, reason in broken.items():
+            self.set_error(subscription_id, reason)
         ready = queue.ready(self.store, self.clock())
         if not ready:
             return
@@ -198,4 +203,3 @@ class SubscriptionWorker:
             content["meta"] = {k: v for k, v in (previous.content or {}).get("meta", {}).items()
                                if k not in ("versionId", "lastUpdated")}
             repository.replace(conn, previous, {**content, "status": "error", "error": reason[:1000]})
-        self.active.invalidate()
