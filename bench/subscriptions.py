@@ -17,6 +17,7 @@ A script, not a test: it prints figures and asserts nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -140,9 +141,12 @@ def main() -> None:
     report = Report(f"Subscription notifications under {args.rate:.0f} writes/s ({seconds:.0f} s per phase)",
                     ["backend", "phase", "writes", "writes/s", "write p50 ms", "write p95 ms", "notified",
                      "notify p50 ms", "notify p95 ms"])
+    load_before = os.getloadavg()[0]
     for backend in ("sqlite", "postgresql"):
         run_backend(backend, args.rate, seconds, report)
     report.notes += [
+        f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores "
+        "(other work on the machine shows in every column)",
         "notify: from sending the write to the receiver taking its notification (write latency included)",
         f"one server process, {CLIENTS} client threads and the receiver in this process; revision {_git_revision()}",
     ]
