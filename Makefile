@@ -45,6 +45,8 @@ bench: install
 	$(BIN)/python bench/bulk_export.py --resources $(BULK_RESOURCES)
 	$(BIN)/python bench/analysis_export.py --patients $(ANALYSIS_PATIENTS)
 	$(BIN)/python bench/terminology_views.py $(BENCH_ARGS)
+	$(BIN)/python bench/search_after_load.py $(BENCH_ARGS)
+	$(BIN)/python bench/scale_out.py $(BENCH_ARGS)
 	$(BIN)/python bench/subscriptions.py $(BENCH_ARGS)
 
 clean:

@@ -70,6 +70,7 @@ from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmar
     migrated,
     observation,
     payloads,
+    seed_references,
     updated,
 )
 from rich.markup import escape
@@ -255,6 +256,7 @@ def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResul
                  f"{counts.reads} reads, {counts.updates} updates")
     with backend_databases(backend, workdir) as (server_url, raw_url):
         migrated(server_url)
+        seed_references(server_url)
         migrated(raw_url)
         with fhirfus_server(server_url, workdir) as server, \
                 load_generator(options.loadgen, server.base, options.clients) as load:

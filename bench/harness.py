@@ -39,6 +39,8 @@ from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resources
 from fhirfus.settings import test_postgres_url
+from fhirfus.store import repository
+from fhirfus.store.repository import NewResource, Store
 from fhirfus.testing import free_port, scratch_postgres
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,6 +102,30 @@ _TWSTRS = "https://fhirfus.example.org/CodeSystem/twstrs"
 _SUBSCALES = (("severity", "TWSTRS severity", 35), ("disability", "TWSTRS disability", 30), ("pain", "TWSTRS pain", 20))
 
 
+#: Patients (and encounters) the benchmark Observations refer to; ``seed_references`` stores them,
+#: since a write whose references resolve to nothing is refused.
+_PEOPLE = 211
+
+
+def referenced_resources() -> list[dict[str, Any]]:
+    """What ``observation`` refers to: its patients, encounters and the practitioner."""
+    patients = [{"resourceType": "Patient", "id": f"p-{i:04d}", "gender": "female"} for i in range(_PEOPLE)]
+    encounters = [{"resourceType": "Encounter", "id": f"e-{i:04d}", "status": "finished",
+                   "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                   "subject": {"reference": f"Patient/p-{i:04d}"}} for i in range(_PEOPLE)]
+    return [*patients, *encounters, {"resourceType": "Practitioner", "id": "neurologist-7"}]
+
+
+def seed_references(url: str) -> None:
+    """Store ``referenced_resources`` in the (migrated) database at ``url``."""
+    engine = make_engine(url)
+    try:
+        with Store(engine).writing() as conn:
+            repository.create_many(conn, [NewResource(r["resourceType"], r["id"], r) for r in referenced_resources()])
+    finally:
+        engine.dispose()
+
+
 def observation(index: int, rng: random.Random) -> dict[str, Any]:
     """A ~1 KB TWSTRS score Observation: identifier, category, code, subject, quantity, components.
 
@@ -124,8 +150,8 @@ def observation(index: int, rng: random.Random) -> dict[str, Any]:
         }]}],
         "code": {"coding": [{"system": _TWSTRS, "code": "total", "display": "TWSTRS total score"}],
                  "text": "Toronto Western Spasmodic Torticollis Rating Scale"},
-        "subject": {"reference": f"Patient/p-{index % 211:04d}", "display": f"Study participant {index % 211}"},
-        "encounter": {"reference": f"Encounter/e-{index:07d}"},
+        "subject": {"reference": f"Patient/p-{index % _PEOPLE:04d}", "display": f"Study participant {index % _PEOPLE}"},
+        "encounter": {"reference": f"Encounter/e-{index % _PEOPLE:04d}"},
         "effectiveDateTime": f"2025-{1 + index % 12:02d}-{day:02d}T09:{index % 60:02d}:00+01:00",
         "issued": f"2025-{1 + index % 12:02d}-{day:02d}T10:15:00Z",
         "performer": [{"reference": "Practitioner/neurologist-7"}],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +29,7 @@ console = Console(stderr=True)
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="TCP port."),
-    workers: int = typer.Option(1, help="Worker processes."),
+    workers: int = typer.Option(None, help="Worker processes [default: FHIRFUS_WORKERS; 0 there: one per core]."),
     migrate: bool = typer.Option(True, help="Apply pending migrations first."),
 ) -> None:
     """Serve the FHIR API on http://HOST:PORT/fhir."""
@@ -47,12 +48,26 @@ def serve(
     elif settings.auth != "smart":
         console.print(f"[red]FHIRFUS_AUTH must be 'smart' or 'off', got {settings.auth!r}[/red]")
         raise typer.Exit(2)
-    console.print(f"fhirfus on http://{host}:{port}/fhir")
+    processes = _worker_count(workers if workers is not None else settings.workers, settings.database_url)
+    console.print(f"fhirfus on http://{host}:{port}/fhir ({processes} worker process{'es' if processes > 1 else ''})")
     uvicorn.run(
-        "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        "fhirfus.api.app:create_app", factory=True, host=host, port=port, workers=processes,
         log_level="info", access_log=False, log_config=_log_config(),
         http="fhirfus.api.limits:FhirHttpProtocol",  # an import string, like the app: cli does not import api
     )
+
+
+def _worker_count(asked: int, database_url: str) -> int:
+    """Every core by default: the processes share what they must (signing secret, rate counts, jobs,
+    sessions) through the database. An in-memory SQLite database exists once per process: one."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(database_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        return 1
+    if asked < 0:
+        raise _fail(f"--workers must be 0 (one per core) or more, got {asked}")
+    return asked or os.cpu_count() or 1
 
 
 def _log_config() -> dict:
@@ -324,11 +339,11 @@ def _show_plan(plan) -> None:
                [(str(e.line), e.patient or "?", e.column, e.value, e.reason) for e in plan.errors])
     for held in plan.held_back:
         console.print(held.sentence(), soft_wrap=True)
-    visits = plan.visit_kinds | {"patient"}
-    shown = [c for c in plan.changes if c.kind in visits or c.action != "added"]
+    shown = plan.listed_changes()
     if shown:
-        _table(f"changes ({plan.mode})", ("action", "patient", "record", "type", "date", "line"),
-               [(c.action, c.patient, c.record, c.resource_type, c.date or "", str(c.line or "")) for c in shown])
+        _table(f"changes ({plan.mode})", ("patient", "action", "record", "type", "date", "line", "change"),
+               [(c.patient, c.action, c.record, c.resource_type, c.date or "", str(c.line or ""), c.described())
+                for c in shown])
     if plan.kept_patients:
         console.print(f"{plan.kept_patients} patients of site {plan.site} are not in this file and stay as they are")
     console.print(plan.summary(), soft_wrap=True)

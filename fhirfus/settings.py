@@ -66,6 +66,14 @@ class Settings:
         "FHIRFUS_STATEMENT_TIMEOUT_MS", 30_000,
         "longest a single SQL statement of a request may run on PostgreSQL; beyond it the request gets 503 "
         "`too-costly` (0: no limit)")
+    workers: int = setting(
+        "FHIRFUS_WORKERS", 0,
+        "worker processes of `fhirfus serve` (0: one per CPU core; an in-memory SQLite database always gets one)")
+    analyze_after: int = setting(
+        "FHIRFUS_ANALYZE_AFTER", 1000,
+        "PostgreSQL: a server process refreshes the planner's statistics (`ANALYZE`) once it has written this many "
+        "resources plus a fifth of those the statistics last counted, so search stays fast right after data "
+        "arrives through the API (0: leave it to autovacuum)")
     referential_integrity: str = setting(
         "FHIRFUS_REFERENTIAL_INTEGRITY", "on",
         "`on`: a write whose local references name no resource (for the caller) is 400, deleting a resource "
@@ -81,6 +89,10 @@ class Settings:
     oidc_client_id: str | None = setting("FHIRFUS_OIDC_CLIENT_ID", None, "the console's client id at that provider")
     oidc_client_secret: str | None = setting(
         "FHIRFUS_OIDC_CLIENT_SECRET", None, "its client secret (unset: a public client, PKCE only)")
+    oidc_auto_provision: str | None = setting(
+        "FHIRFUS_OIDC_AUTO_PROVISION", None,
+        "account opened on a first login through the identity provider for an email no admin registered: "
+        "`analyst` or `site:CODE` (unset: only registered emails log in; an admin account is never opened this way)")
     cors_origins: tuple[str, ...] = setting(
         "FHIRFUS_CORS_ORIGINS", (), "comma-separated browser origins allowed by CORS (CORS is off without it)")
     max_body_bytes: int = setting("FHIRFUS_MAX_BODY_BYTES", 16 * 1024 * 1024, "request bodies above this get 413")
@@ -100,6 +112,10 @@ class Settings:
         "an NDJSON file is closed and the next of its type started at this many resources")
     export_file_max_bytes: int = setting(
         "FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024, "... or at this many bytes")
+    job_lease_seconds: int = setting(
+        "FHIRFUS_JOB_LEASE_SECONDS", 30,
+        "a Bulk Data export job whose server process (or host) stopped heartbeating this long is taken over and "
+        "rerun by another one")
     export_expire_seconds: int = setting(
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")

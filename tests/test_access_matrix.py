@@ -150,6 +150,11 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         targeted=False)
        for method in ("GET", "POST")
        for path in ("/fhir/$viewdefinition-run", "/fhir/ViewDefinition/$run", "/fhir/ViewDefinition/{view_id}/$run")},
+    **{("POST", path): Recipe(lambda t, path=path: (path, {"headers": ASYNC, "json": {
+        "resourceType": "Parameters", "parameter": [
+            {"name": "view", "part": [{"name": "viewReference", "valueString": "analysis_patient"}]},
+            {"name": "group", "valueString": t.group}]}}), compare_body=False)
+       for path in ("/fhir/$viewdefinition-export", "/fhir/ViewDefinition/$viewdefinition-export")},
     ("GET", "/fhir/{res_type}"): Recipe(lambda t: ("/fhir/Patient", {"params": {"_id": t.patient,
                                                                                 "_revinclude": "Observation:subject"}})),
     ("POST", "/fhir/{res_type}/_search"): Recipe(lambda t: ("/fhir/Observation/_search",
@@ -199,12 +204,15 @@ RECIPES: dict[tuple[str, str], Recipe] = {
            ("GET", "/app/imports", {}), ("POST", "/app/imports", {"data": {"csrf": "x", "mapping": "site-registry"}}),
            ("POST", "/app/imports/{upload_id}/commit", {"data": {"csrf": "x"}}),
            ("POST", "/app/imports/{upload_id}/cancel", {"data": {"csrf": "x"}}),
-           ("GET", "/app/imports/{upload_id}/report.csv", {}), ("GET", "/app/cohorts", {}),
+           ("GET", "/app/imports/{upload_id}/report.csv", {}), ("GET", "/app/imports/{upload_id}/changes.csv", {}),
+           ("GET", "/app/cohorts", {}),
            ("POST", "/app/cohorts/export", {"data": {"csrf": "x", "cohort": "_all"}}),
            ("GET", "/app/exports/{job_id}", {}), ("GET", "/app/exports/{job_id}/{name}", {}),
            ("GET", "/app/admin/people", {}), ("POST", "/app/admin/people", {"data": {"csrf": "x", "email": "e@x.org"}}),
            ("POST", "/app/admin/people/state", {"data": {"csrf": "x", "email": "e@x.org", "action": "disable"}}),
-           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}))},
+           ("GET", "/app/admin/clients", {}), ("GET", "/app/admin/jobs", {}), ("GET", "/app/admin/audit", {}),
+           ("POST", "/app/admin/jobs/bulk/{job_id}/cancel", {"data": {"csrf": "x"}}),
+           ("POST", "/app/admin/jobs/analysis/{job_id}/cancel", {"data": {"csrf": "x"}}))},
 }
 
 
@@ -361,8 +369,16 @@ def _follow(world: World, who: str, answer: httpx.Response) -> list[httpx.Respon
     done = _wait(http, location)
     found = [done]
     if done.status_code == 200:
-        found += [http.get(item["url"]) for item in done.json().get("output", []) + done.json().get("error", [])]
+        found += [http.get(url) for url in _output_urls(done.json())]
     return found
+
+
+def _output_urls(manifest: dict) -> list[str]:
+    """The files of a Bulk Data manifest, or of a ``$viewdefinition-export``'s Parameters."""
+    if manifest.get("resourceType") == "Parameters":
+        return [part["valueUri"] for p in manifest["parameter"] if p["name"] == "output"
+                for part in p["part"] if part["name"] == "location"]
+    return [item["url"] for item in manifest.get("output", []) + manifest.get("error", [])]
 
 
 def _b_traces(world: World, text: str) -> list[str]:
@@ -442,9 +458,14 @@ def test_no_caller_gets_a_server_error_on_any_route(world: World, who: str, monk
                 assert followed.status_code < 500, (who, key, kind, followed.text)
 
 
+def _deidentified(path: str) -> bool:
+    """Routes an analyst uses through a de-identification policy."""
+    return "analysis" in path or "ViewDefinition" in path or "viewdefinition" in path
+
+
 def test_an_analyst_reads_no_resource(world: World) -> None:
     for key in sorted(RECIPES):
-        if "analysis" in key[1] or key[1] in PUBLIC or key[1].startswith("/app"):
+        if _deidentified(key[1]) or key[1] in PUBLIC or key[1].startswith("/app"):
             continue  # console pages need a person's session (tests/test_console.py)
         for kind in ("own", "other"):
             answer = call(world, "analyst", key, world.targets[kind])
@@ -453,6 +474,19 @@ def test_an_analyst_reads_no_resource(world: World) -> None:
             else:
                 assert answer.status_code in (403, 404), (key, kind, answer.status_code, answer.text)
             assert world.marker_a not in answer.text and world.marker_b not in answer.text
+
+
+def test_an_analysts_views_hold_no_identifier_of_either_site(world: World) -> None:
+    """The view routes answer an analyst through the policy: rows, yes; names and server ids, never."""
+    for key in sorted(RECIPES):
+        if "iewDefinition" not in key[1] and "viewdefinition" not in key[1]:
+            continue
+        for kind in ("own", "other"):
+            answer = call(world, "analyst", key, world.targets[kind])
+            assert answer.status_code in (200, 202), (key, kind, answer.text)
+            for text in [answer.text, *(a.text for a in _follow(world, "analyst", answer))]:
+                leaked = [v for t in world.targets.values() for v in (t.patient, t.deleted) if v in text]
+                assert leaked == [] and world.marker_a not in text and world.marker_b not in text, (key, text[:500])
 
 
 def test_site_a_writes_aimed_at_site_b_changed_nothing(world: World) -> None:

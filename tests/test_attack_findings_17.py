@@ -555,7 +555,7 @@ def test_a_parquet_answer_is_bounded_and_streamed_formats_are_not(
     starts); NDJSON and CSV stream whatever the count. Before, one resource times a view of nested
     ``forEach`` grew the server's memory without bound. (The bound is lowered here: the server runs
     in this process.)"""
-    from fhirfus.operations import viewdefinition
+    from fhirfus.interactions import viewdefinition
 
     monkeypatch.setattr(viewdefinition, "PARQUET_ROWS", 150)
     client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": "Rows"}]})

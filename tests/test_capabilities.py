@@ -314,6 +314,11 @@ def operation_works(http: httpx.Client, level: str | None, name: str, patient: s
         answer = http.get("/$viewdefinition-run", params={"viewReference": "analysis_patient", "_format": "json",
                                                            "patient": patient})
         return answer.status_code == 200 and isinstance(answer.json(), list)
+    if name == "viewdefinition-export":
+        return _cancel(http, http.post("/$viewdefinition-export", headers=ASYNC, json={
+            "resourceType": "Parameters", "parameter": [
+                {"name": "view", "part": [{"name": "viewReference", "valueString": "analysis_patient"}]},
+                {"name": "patient", "valueString": patient}]}))
     if level in TERMINOLOGY and name in TERMINOLOGY[level]:
         params, check = TERMINOLOGY[level][name]
         answer = http.get(f"/{level}/${name}", params=params)
@@ -362,7 +367,7 @@ def test_every_declared_operation_runs(client: httpx.Client) -> None:
     assert not failing, failing
     assert {name for _, name in declared_ops} >= {"validate", "everything", "extract", "export", "analysis-export",
                                                    "expand", "lookup", "validate-code", "subsumes", "translate",
-                                                   "viewdefinition-run"}
+                                                   "viewdefinition-run", "viewdefinition-export"}
 
 
 def test_transaction_and_batch_and_system_search_and_history_are_declared_and_work(client: httpx.Client, unique: str) -> None:
@@ -456,6 +461,7 @@ def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
         ("GET", "/fhir/Patient/{res_id}/$everything"): ("Patient", "$everything"),
         **{(method, path): (None, "$viewdefinition-run")  # the operation under its earlier SQL on FHIR name
            for method in ("GET", "POST") for path in ("/fhir/ViewDefinition/$run", "/fhir/ViewDefinition/{view_id}/$run")},
+        ("POST", "/fhir/ViewDefinition/$viewdefinition-export"): (None, "$viewdefinition-export"),  # type level
     }
     if (method, path) in table:
         return table[(method, path)]

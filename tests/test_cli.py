@@ -96,6 +96,28 @@ def test_a_dry_run_shows_the_changes_and_writes_nothing(server, tmp_path: Path, 
 
 
 @needs_registry
+def test_a_corrected_visit_date_is_listed_with_its_old_and_new_value(server, tmp_path: Path, unique: str) -> None:
+    site = f"D{unique}"
+    assert fhirfus(server.database.url, *import_args(site, SITE_A)).returncode == 0
+    lines = SITE_A.read_text(encoding="utf-8").splitlines(keepends=True)
+    index = next(i for i, line in enumerate(lines) if ",follow-up," in line)
+    old_date = lines[index].split(",")[4]
+    new_date = old_date[:8] + ("27" if old_date[8:] != "27" else "26")
+    lines[index] = lines[index].replace(old_date, new_date)
+    corrected = tmp_path / "corrected.csv"
+    corrected.write_text("".join(lines), encoding="utf-8")
+    changes = tmp_path / "changes.csv"
+    result = fhirfus(server.database.url, *import_args(site, corrected), "--dry-run", "--changes", str(changes))
+    assert result.returncode == 0, result.stderr
+    patient = lines[index].split(",")[0]
+    listed = [line.split("\t") for line in result.stderr.splitlines() if line.startswith(f"{patient}\tchanged\t")]
+    assert [row[2] for row in listed] == ["twstrs/follow-up/1"]
+    assert f"authored: {old_date} → {new_date}" in listed[0][-1]
+    [row] = [r for r in csv.DictReader(changes.open(encoding="utf-8")) if r["action"] == "changed"]
+    assert row["patient"] == patient and f"authored: {old_date} → {new_date}" in row["change"]
+
+
+@needs_registry
 @pytest.mark.parametrize(("content", "reason"), [
     (b"", "the file is empty"),
     (b"\x00\x01binary", "not a text file"),
@@ -167,3 +189,47 @@ def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
     assert "GET /fhir/metadata 200 " in text
     assert "GET /fhir/{res_type} 200 " in text
     assert "secret-code" not in text
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The worker processes uvicorn's supervisor ``pid`` spawned (not multiprocessing's helpers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children
+            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes() and b"resource_tracker" not in
+            Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_fhirfus_serve_uses_every_core_by_default(server, tmp_path: Path) -> None:
+    """No flag, no setting: one worker process per core, all answering (they share the database)."""
+    from fhirfus.testing import free_port
+
+    if server.database.backend != "sqlite":
+        pytest.skip("one backend is enough for the process count")
+    if not Path("/proc/self/task").exists():
+        pytest.skip("needs /proc to count processes")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "FHIRFUS_WORKERS"}
+    env |= {"FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    cores = os.cpu_count() or 1
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_spawned_workers(process.pid)) < cores:
+            time.sleep(0.3)
+        answers = []
+        while time.monotonic() < deadline and len(answers) < 20:
+            try:
+                with httpx.Client() as fresh:  # a new connection each: the kernel spreads them over the workers
+                    answers.append(fresh.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code)
+            except httpx.TransportError:
+                time.sleep(0.3)
+        workers = _spawned_workers(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+    assert answers == [200] * 20
+    assert len(workers) == (cores if cores > 1 else 0), (tmp_path / "serve.log").read_text()
+    assert f"({cores} worker process" in (tmp_path / "serve.log").read_text()

@@ -309,3 +309,175 @@ def test_a_form_posted_from_another_site_is_refused_login_included(secure_server
         forged = http.post("/app/admin/people", data={"csrf": token, "email": "o@x.example", "role": "analyst"},
                            headers={"Origin": "https://attacker.example"})
         assert forged.status_code == 403
+
+
+SITE_A = SITE_FILES / "example-site-a.csv"
+
+
+def committed_upload(http: httpx.Client, path: Path) -> str:
+    preview = upload(http, path)
+    assert preview.status_code == 200, preview.text
+    upload_id = re.search(r"/app/imports/([0-9a-f]{32})/commit", preview.text).group(1)  # type: ignore[union-attr]
+    done = http.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)})
+    assert done.status_code == 200, done.text
+    return upload_id
+
+
+def listed_rows(preview: httpx.Response) -> list[tuple[str, ...]]:
+    """The preview's changes patient by patient: (patient, action, record, date, line, what changes)."""
+    table = re.search(r'<table aria-labelledby="listed-heading" id="listed">(.*?)</table>', preview.text, re.S)
+    assert table, preview.text[:2000]
+    return [tuple(cells) for cells in (re.findall(r"<td>([^<]*)</td>", row)
+                                       for row in re.findall(r"<tr class=\"\w+\">(.*?)</tr>", table.group(1), re.S))]
+
+
+@pytest.mark.skipif(not SITE_A.exists(), reason="the shared site files are absent")
+def test_the_preview_lists_each_patients_visits_added_changed_old_to_new_and_removed(
+        coordinator: httpx.Client, tmp_path: Path) -> None:
+    lines = SITE_A.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    header, a001 = lines[0], [line for line in lines if line.startswith("A001,")]
+    first = tmp_path / "first.csv"
+    first.write_text(header + "".join(a001))
+    committed_upload(coordinator, first)
+
+    follow_up = next(line for line in a001 if ",follow-up," in line)
+    old_date = follow_up.split(",")[4]
+    new_date = old_date[:8] + ("27" if old_date[8:] != "27" else "26")  # same month: the same follow-up
+    last = a001[-1]
+    corrected = [line.replace(old_date, new_date) if line == follow_up else line for line in a001 if line != last]
+    second = tmp_path / "second.csv"
+    second.write_text(header + "".join(corrected))
+    preview = upload(coordinator, second)
+    rows = listed_rows(preview)
+    changed = [r for r in rows if r[1] == "changed" and r[2].startswith("twstrs/")]
+    assert len(changed) == 1 and changed[0][0] == "A001"
+    assert f"authored: {old_date} → {new_date}" in changed[0][5].replace("&gt;", ">")
+    removed = [r for r in rows if r[1] == "removed"]
+    assert removed and {r[0] for r in removed} == {"A001"}
+    assert any(r[3] == last.split(",")[4] for r in removed)  # the removed row's visit, by its date
+
+    upload_id = re.search(r"/app/imports/([0-9a-f]{32})/commit", preview.text).group(1)  # type: ignore[union-attr]
+    download = coordinator.get(f"/app/imports/{upload_id}/changes.csv")
+    assert download.status_code == 200
+    assert f"authored: {old_date} → {new_date}" in download.text
+    assert all(f"removed,A001,{r[2]}," in download.text for r in removed)
+    done = coordinator.post(f"/app/imports/{upload_id}/commit", data={"csrf": csrf(preview)})
+    assert done.status_code == 200 and " removed," in done.text
+    assert f"/app/imports/{upload_id}/changes.csv" in coordinator.get("/app/imports").text
+    assert f"authored: {old_date} → {new_date}" in coordinator.get(f"/app/imports/{upload_id}/changes.csv").text
+
+
+def audit_events_of(store: Store, email: str, path: str) -> list[dict]:
+    from fhirfus.auth.access import SERVER
+    from fhirfus.interactions.search import search_bundle
+
+    bundle = search_bundle(store, SERVER, "", "AuditEvent", [("altid", f"person:{email}"), ("_count", "200")],
+                           default_count=200, max_count=200)
+    return [e["resource"] for e in bundle.get("entry", [])
+            if any(item.get("description") == f"POST {path}" for item in e["resource"].get("entity", []))]
+
+
+@pytest.mark.skipif(not SITE_A.exists(), reason="the shared site files are absent")
+def test_an_import_commits_with_its_audit_event_and_a_failed_commit_leaves_neither(
+        secure_server, store: Store, site: str, tmp_path: Path) -> None:
+    email = person(store, "site", site)
+    lines = SITE_A.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    header, a001 = lines[0], [line for line in lines if line.startswith("A001,")]
+    with login(secure_server.root, email) as http:
+        base = tmp_path / "base.csv"
+        base.write_text(header + "".join(a001))
+        committed_upload(http, base)
+        fewer, other = tmp_path / "fewer.csv", tmp_path / "other.csv"
+        fewer.write_text(header + "".join(a001[:-1]))
+        other.write_text(header + "".join(a001[:-2] + a001[-1:]))
+        stale, fresh = upload(http, fewer), upload(http, other)  # both checked against the same stored data
+        stale_id, fresh_id = (re.search(r"/app/imports/([0-9a-f]{32})/commit", p.text).group(1)  # type: ignore[union-attr]
+                              for p in (stale, fresh))
+
+        done = http.post(f"/app/imports/{fresh_id}/commit", data={"csrf": csrf(fresh)})
+        assert done.status_code == 200, done.text
+        # written with the import, not queued after it: there before any flush of the audit writer
+        [event] = audit_events_of(store, email, f"/app/imports/{fresh_id}/commit")
+        assert event["outcomeDesc"] == "committed" and event["agent"][0]["who"]["display"] == f"person {email}"
+
+        patients_before = http.get("/app/patients").text
+        refused = http.post(f"/app/imports/{stale_id}/commit", data={"csrf": csrf(stale)})
+        assert refused.status_code == 409 and "changed since" in refused.text
+        assert http.get("/app/patients").text == patients_before
+        assert audit_events_of(store, email, f"/app/imports/{stale_id}/commit") == []  # nothing committed with it
+        secure_server.app.state.audit.flush()
+        [failure] = audit_events_of(store, email, f"/app/imports/{stale_id}/commit")
+        assert failure["outcome"] == "4" and failure["outcomeDesc"] == "HTTP 409"  # the attempt is on the trail
+
+
+def bulk_job_elsewhere(store: Store, tmp_path: Path, *, failed: str | None = None) -> str:
+    """A Bulk Data export another server process is running (its heartbeat is fresh, so this
+    server's worker leaves it alone), 40 % done; ``failed``: it ended with this error instead."""
+    from datetime import timedelta
+
+    from fhirfus.bulk import jobs
+    from fhirfus.bulk.params import ExportRequest
+
+    job_id, owner = str(uuid.uuid4()), f"elsewhere-{uuid.uuid4().hex[:6]}"
+    jobs.create(store, job_id, ExportRequest(types=("Patient",), client_id="integration-client"),
+                "/fhir/$export?_type=Patient", owner)
+    jobs.start(store, job_id, owner, str(tmp_path / job_id))
+    jobs.beat(store, job_id, owner, 1200, 40)
+    if failed:
+        jobs.fail(store, job_id, owner, failed, jobs.now() + timedelta(hours=1))
+    return job_id
+
+
+def analysis_job_running(app, client: str) -> str:
+    """An analysis export at its second of five steps, as the job registry keeps it on disk."""
+    import os
+
+    from fhirfus.analysis.jobs import JobState
+    from fhirfus.api.analysis import analysis_jobs
+
+    registry = analysis_jobs(app)
+    moment = "2026-01-01T00:00:00.000Z"
+    job = JobState(uuid.uuid4().hex, "running", "console:_all", "_all", "csv", None, moment, moment,
+                   stage="views", done=2, total=5, pid=os.getpid(), client=client)
+    registry._write(job)
+    return job.id
+
+
+def test_the_admin_sees_running_jobs_with_requester_progress_and_errors_and_cancels_them(
+        secure_server, store: Store, site: str, tmp_path: Path) -> None:
+    from fhirfus.bulk import jobs
+
+    running, failed = bulk_job_elsewhere(store, tmp_path), bulk_job_elsewhere(store, tmp_path, failed="disk full")
+    analysis = analysis_job_running(secure_server.app, "person:analyst@example.org")
+    with login(secure_server.root, person(store, "site", site)) as coordinator:
+        if SITE_A.exists():
+            committed_upload(coordinator, SITE_A)
+        assert coordinator.get("/app/admin/jobs").status_code == 403
+        refused = coordinator.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(coordinator.get("/app/patients"))})
+        assert refused.status_code == 403 and jobs.get(store, running).status == jobs.RUNNING  # type: ignore[union-attr]
+    with login(secure_server.root, person(store, "admin")) as admin:
+        page = admin.get("/app/admin/jobs")
+        assert page.status_code == 200
+        row = re.search(rf'<tr id="bulk-{running}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "integration-client" in row and "running" in row and "40%, 1200 resources" in row
+        assert f"/app/admin/jobs/bulk/{running}/cancel" in row
+        row = re.search(rf'<tr id="bulk-{failed}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "failed" in row and "disk full" in row and "/cancel" not in row  # nothing to cancel
+        row = re.search(rf'<tr id="analysis-{analysis}">(.*?)</tr>', page.text, re.S).group(1)  # type: ignore[union-attr]
+        assert "person:analyst@example.org" in row and "views: 2/5 (40%)" in row
+        if SITE_A.exists():
+            assert f"<td>{site}</td><td>{SITE_A.name}</td>" in page.text  # the import history of every site
+
+        forged = admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": "forged"})
+        assert forged.status_code == 403 and jobs.get(store, running).status == jobs.RUNNING  # type: ignore[union-attr]
+        done = admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(page)})
+        assert done.status_code == 303
+        assert jobs.get(store, running).status == jobs.CANCELLED  # type: ignore[union-attr]
+        assert admin.post(f"/app/admin/jobs/bulk/{running}/cancel", data={"csrf": csrf(page)}).status_code == 404
+        finished = admin.post(f"/app/admin/jobs/bulk/{failed}/cancel", data={"csrf": csrf(page)})
+        assert finished.status_code == 400 and "not running" in finished.text
+        assert jobs.get(store, failed).status == jobs.FAILED  # type: ignore[union-attr]
+        assert admin.post(f"/app/admin/jobs/analysis/{analysis}/cancel", data={"csrf": csrf(page)}).status_code == 303
+        after = admin.get("/app/admin/jobs").text
+        assert f'id="analysis-{analysis}"' not in after and f'id="bulk-{running}"' not in after
+        assert admin.post(f"/app/admin/jobs/analysis/{analysis}/cancel", data={"csrf": csrf(page)}).status_code == 404

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_console import ERROR_FILE, PASSWORD, person
+from test_console import ERROR_FILE, PASSWORD, analysis_job_running, bulk_job_elsewhere, person
 
 from fhirfus.store.repository import Store
 
@@ -118,7 +118,8 @@ def test_a_coordinator_reads_the_rejected_rows_fixes_one_and_commits(open_page, 
     assert page.locator("svg[role=img] circle").count() >= 1  # the TWSTRS trajectory
     assert serious_violations(page) == []
     page.goto("/app/imports")
-    assert page.get_by_role("link", name=f"report of {fixed.name}").count() == 1
+    assert page.get_by_role("link", name=f"rejected rows of {fixed.name}").count() == 1
+    assert page.get_by_role("link", name=f"changes of {fixed.name}").count() == 1
     assert serious_violations(page) == []
     page.get_by_role("link", name="Data quality").click()
     page.wait_for_load_state()
@@ -143,6 +144,10 @@ def test_a_corrected_visit_date_leaves_one_assessment_not_two(open_page, store: 
     corrected = tmp_path / "site-corrected.csv"
     corrected.write_text(clean.read_text().replace(follow_up, follow_up.replace(date, date[:8] + "01", 1)))
     upload(page, corrected)
+    listed = page.get_by_role("table", name="Changes patient by patient").locator("tbody tr.changed")
+    assert listed.count() == 1  # the follow-up, with its old and new date
+    assert f"{date} → {date[:8]}01" in listed.inner_text()
+    assert serious_violations(page) == []
     page.get_by_role("button", name="Commit the valid patients").click()
     page.goto("/app/patients")
     page.get_by_role("link", name="B004").click()
@@ -205,3 +210,26 @@ def test_the_admin_pages_pass_the_accessibility_check(open_page, store: Store) -
     page.get_by_label("Role").select_option("analyst")
     page.get_by_role("button", name="Add").click()
     assert "/app/setup?token=" in page.locator("#setup-link").inner_text()
+
+
+def test_an_admin_cancels_a_running_export_from_the_jobs_page(open_page, store: Store, secure_server, tmp_path: Path) -> None:
+    from fhirfus.bulk import jobs
+
+    running = bulk_job_elsewhere(store, tmp_path)
+    analysis = analysis_job_running(secure_server.app, "person:analyst@example.org")
+    page = open_page()
+    log_in(page, person(store, "admin"))
+    page.goto("/app/admin/jobs")
+    exports = page.get_by_role("table", name="Bulk Data exports")
+    assert "40%, 1200 resources" in exports.locator(f"#bulk-{running}").inner_text()
+    assert "views: 2/5 (40%)" in page.locator(f"#analysis-{analysis}").inner_text()
+    assert serious_violations(page) == []
+    page.get_by_role("button", name=f"Cancel export {running[:8]}").click()
+    page.wait_for_load_state()
+    assert running in page.get_by_role("status").inner_text()
+    assert jobs.get(store, running).status == jobs.CANCELLED  # type: ignore[union-attr]
+    assert page.locator(f"#bulk-{running}").count() == 0
+    page.get_by_role("button", name=f"Cancel analysis {analysis[:8]}").click()
+    page.wait_for_load_state()
+    assert page.locator(f"#analysis-{analysis}").count() == 0
+    assert serious_violations(page) == []

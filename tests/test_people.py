@@ -145,3 +145,17 @@ def test_with_a_second_factor_login_needs_a_fresh_code_used_once(store: Store) -
     assert people.authenticate(store, "a@x.example", PASSWORD, later).has_totp
     with pytest.raises(people.LoginFailed):
         people.authenticate(store, "a@x.example", PASSWORD, later)  # replayed
+
+
+def test_a_provider_login_opens_an_account_only_as_the_setting_says_and_never_an_admin(store: Store) -> None:
+    with pytest.raises(people.NotRegistered, match="an admin registers the email first"):
+        people.person_for_email(store, "first@hospital.example")
+    assert "first@hospital.example" not in {p.email for p in people.list_people(store)}
+    opened = people.person_for_email(store, "First@Hospital.example", people.provisioning("site:A"))
+    assert (opened.email, opened.role, opened.site, opened.has_password) == ("first@hospital.example", "site", "A", False)
+    again = people.person_for_email(store, "first@hospital.example", people.provisioning("analyst"))
+    assert again.person_id == opened.person_id and again.role == "site"  # an existing account keeps its role
+    assert people.provisioning(None) is None and people.provisioning("") is None
+    for wrong in ("admin", "site", "analyst:A", "site:A B"):
+        with pytest.raises(InvalidRequest, match="FHIRFUS_OIDC_AUTO_PROVISION"):
+            people.provisioning(wrong)

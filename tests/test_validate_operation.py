@@ -33,6 +33,23 @@ def test_instance_validate_detects_id_mismatch(client: httpx.Client, unique: str
     assert issues[0]["expression"] == ["Patient.id"]
 
 
+
+def test_a_profile_naming_no_element_of_its_type_is_refused_at_that_path_and_not_stored(client: httpx.Client,
+                                                                                        unique: str) -> None:
+    profile = {"resourceType": "StructureDefinition", "id": f"p-{unique}", "url": f"https://example.org/sd/{unique}",
+               "name": "ObservationTest", "status": "draft", "kind": "resource", "abstract": False,
+               "type": "Observation", "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Observation",
+               "derivation": "constraint", "differential": {"element": [
+                   {"id": "Observation.valueQuantity", "path": "Observation.valueQuantity"},
+                   {"id": "Observation.valueQuantity", "path": "Observation.valueBla"}]}}
+    validated = client.post("/StructureDefinition/$validate", json=profile).json()["issue"]
+    assert [i["expression"] for i in validated if i["severity"] == "error"] == [
+        ["StructureDefinition.differential.element[1].path"]]
+    assert client.put(f"/StructureDefinition/p-{unique}", json=profile).status_code == 400
+    assert client.get(f"/StructureDefinition/p-{unique}").status_code == 404
+    profile["differential"]["element"].pop()
+    assert client.put(f"/StructureDefinition/p-{unique}", json=profile).status_code == 201
+
 # --- system level, mode, profile, warnings ---------------------------------------------------------
 
 BP_PROFILE = "http://hl7.org/fhir/StructureDefinition/bp"

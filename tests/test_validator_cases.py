@@ -21,16 +21,17 @@ from fhirfus.fhirpath.invariants import invariant_errors
 
 CASES = Path(__file__).parent / "data" / "validator-cases"
 #: The measured agreement, as a floor: raise it when a rule lands, never lower it.
-AGREEMENT_FLOOR = 78 / 83
+AGREEMENT_FLOOR = 79 / 83
 
 #: Cases the reference refuses and fhirfus accepts: what the reference checks, and who owns it.
 NOT_YET_REFUSED: dict[str, str] = {
     "pat-dob-ext.json": "an unknown extension of another namespace is a warning, as the issue asks (not planned)",
     "nested-questionnaire-nested-valueset.json": "an unknown extension of an IG published under hl7.org, SDC here, is "
                                                  "a warning, so that Synthea's US Core ones stay valid (not planned)",
-    "obs-temp-bad.json": "the body-temperature profile applied to an unclaimed Observation coded in SNOMED CT only; "
-                         "fhirfus applies vital signs profiles by LOINC code or category, as warnings (not planned)",
-    "obs-mz.json": "snapshot generation of a StructureDefinition (not planned)",
+    "obs-temp-bad.json": "the body-temperature profile applied to an unclaimed Observation coded in SNOMED CT only, "
+                         "by the reference's own table of LOINC and SNOMED CT codes, and refused; fhirfus implies vital "
+                         "signs profiles by the profiles' LOINC codes or the category and reports them as warnings, "
+                         "so that bare vital signs of EHR feeds and tests/search_data.py stay writable (not planned)",
     "signatures/example-2.json": "digital signature verification (not planned)",
 }
 

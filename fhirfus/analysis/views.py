@@ -66,9 +66,13 @@ def _walk(select: Mapping[str, Any], prefix: tuple[str, ...]) -> Iterator[tuple[
 
 
 def load_view(path: Path) -> AnalysisView:
-    view = json.loads(path.read_text(encoding="utf-8"))
-    compiled = compile_fast(view)  # raises ViewDefinitionError for an invalid view
-    name = str(view.get("name") or path.stem)
+    return view_from(json.loads(path.read_text(encoding="utf-8")), path.name, path.stem)
+
+
+def view_from(view: Mapping[str, Any], file: str, default_name: str) -> AnalysisView:
+    """A ViewDefinition with what the policy check needs per column (any view, not only the guide's)."""
+    compiled = compile_fast(dict(view))  # raises ViewDefinitionError for an invalid view
+    name = str(view.get("name") or default_name)
     columns: dict[str, ViewColumn] = {}
     sources: dict[str, str] = {}
     for column, above in _walk({"select": view["select"]}, ()):
@@ -78,7 +82,7 @@ def load_view(path: Path) -> AnalysisView:
     ordered = tuple(columns[c["name"]] for c in compiled.columns)
     prefilter = next((json.loads(e["valueString"]) for e in view.get("extension", []) if e.get("url") == PREFILTER_URL),
                      None)
-    return AnalysisView(name, path.name, compiled.resource, compiled, ordered, sources, prefilter)
+    return AnalysisView(name, file, compiled.resource, compiled, ordered, sources, prefilter)
 
 
 @cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
@@ -10,17 +12,19 @@ from fhirfus.api import analysis, auth, bulk, limits, resources, system, termino
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
-from fhirfus.auth import ratelimit
+from fhirfus.auth import people, ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
 from fhirfus.db.engine import make_engine
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.domain.publication import publish
+from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
+from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
 from fhirfus.subscriptions.service import Subscriptions
 
 
@@ -36,6 +40,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
+    try:
+        people.provisioning(settings.oidc_auto_provision)  # a wrong value stops the start, not a login
+    except FhirError as exc:
+        raise SystemExit(exc.message) from exc
     load_conformance()
     app.state.settings = settings
     app.state.store = store
@@ -49,6 +57,13 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
     app.state.subscriptions = Subscriptions(store, settings)  # every write is matched from here on
+    if settings.analyze_after:
+        keeper = store.statistics or StatisticsKeeper(
+            store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2, min_interval=2.0,
+            clock=time.monotonic)
+        store.statistics = keeper
+        app.router.on_startup.append(keeper.start)
+        app.router.on_shutdown.append(keeper.stop)
     install_error_handlers(app)
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:

@@ -20,9 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from fhirfus.api.deid import policy_shaper
 from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.bulk import service as bulk_export
+from fhirfus.bulk import views
 from fhirfus.bulk.params import parameters_resource_pairs
 from fhirfus.bulk.service import STATUS_SEGMENT
 from fhirfus.bulk.worker import ExportWorker
@@ -43,7 +45,8 @@ def start_exports(app: FastAPI) -> ExportWorker:
     with _start_lock:
         worker = getattr(app.state, "bulk_exports", None)
         if worker is None:
-            worker = ExportWorker(app.state.store, app.state.settings)
+            shaper = policy_shaper(app.state.store, app.state.settings.deid_key)
+            worker = ExportWorker(app.state.store, app.state.settings, runners={views.LEVEL: views.runner(shaper)})
             worker.start()
             app.state.bulk_exports = worker
         return worker
@@ -80,7 +83,8 @@ def export_status(request: Request, job_id: str) -> Response:
     )
     if answer.manifest is None:
         return Response(status_code=answer.status, headers=answer.headers)
-    return Response(orjson.dumps(answer.manifest), status_code=answer.status, media_type="application/json",
+    media_type = "application/fhir+json" if answer.manifest.get("resourceType") else "application/json"
+    return Response(orjson.dumps(answer.manifest), status_code=answer.status, media_type=media_type,
                     headers=answer.headers)
 
 
@@ -95,10 +99,11 @@ def export_file(request: Request, job_id: str, name: str) -> Response:
     """An output file, gzip-compressed on the fly when the client accepts it (NDJSON shrinks ~10×)."""
     path, expires = bulk_export.output_file(request.app.state.store, caller(request), job_id, name)
     headers = {"Expires": format_datetime(expires, usegmt=True)} if expires else {}
+    media_type = NDJSON if path.suffix == ".ndjson" else views.MEDIA_TYPES.get(path.suffix, NDJSON)
     if "gzip" in request.headers.get("accept-encoding", "").lower():
         headers |= {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
-        return StreamingResponse(_gzipped(path), media_type=NDJSON, headers=headers)
-    return FileResponse(path, media_type=NDJSON, headers=headers)
+        return StreamingResponse(_gzipped(path), media_type=media_type, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 def _gzipped(path: Path) -> Iterator[bytes]:
@@ -111,19 +116,25 @@ def _gzipped(path: Path) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-async def _kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
-    rendering = rendering_for(request)
+def require_async(request: Request) -> set[str]:
+    """The Prefer tokens of a kick-off, which must ask for ``respond-async`` (400 otherwise)."""
     Prefer.parse(request)  # a malformed Prefer is a 400 like everywhere else
     tokens = _prefer_tokens(request)
     if "respond-async" not in tokens:
-        raise InvalidRequest("A Bulk Data kick-off needs the header 'Prefer: respond-async'", "Prefer")
+        raise InvalidRequest("An asynchronous kick-off needs the header 'Prefer: respond-async'", "Prefer")
+    return tokens
+
+
+async def _kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
+    rendering = rendering_for(request)
+    tokens = require_async(request)
     params = list(request.query_params.multi_items())
     if request.method == "POST":
         params += await _body_params(request)
     base = base_url(request)
     worker = start_exports(request.app)
     job = await run_in_threadpool(
-        bulk_export.kick_off, worker, caller(request), level, params, request_url=_request_url(request, base), base_url=base,
+        bulk_export.kick_off, worker, caller(request), level, params, request_url=request_url(request, base), base_url=base,
         group_id=group_id, lenient="handling=lenient" in tokens,
     )
     location = bulk_export.status_url(base, job.id)
@@ -157,7 +168,7 @@ async def _body_params(request: Request) -> list[tuple[str, str]]:
     return parameters_resource_pairs(parse_json(raw))
 
 
-def _request_url(request: Request, base: str) -> str:
+def request_url(request: Request, base: str) -> str:
     """The kick-off URL as the client sees it (the manifest's ``request``)."""
     path = request.url.path
     tail = path[len("/fhir"):] if path.startswith("/fhir") else path

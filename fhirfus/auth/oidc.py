@@ -2,7 +2,9 @@
 
 The hospital's identity provider says who the person is; the console's own account says what they
 may do: the ID token's email (verified by the provider) must be an enabled account
-(``fhirfus.auth.people``), whose role and site apply. The ID token is checked for signature (the
+(``fhirfus.auth.people``), whose role and site apply; an admin registers the email first, unless
+``FHIRFUS_OIDC_AUTO_PROVISION`` opens accounts of one non-admin role on first login. Logging out
+ends the provider's session too when it publishes an ``end_session_endpoint``. The ID token is checked for signature (the
 provider's published keys), issuer, audience, expiry and the nonce of this login.
 """
 
@@ -81,6 +83,18 @@ class Provider:
                  "scope": "openid email", "state": attempt.state, "nonce": attempt.nonce,
                  "code_challenge": attempt.challenge, "code_challenge_method": "S256"}
         return f"{self.metadata['authorization_endpoint']}?{urlencode(query)}"
+
+    def logout_url(self, after: str) -> str | None:
+        """Where to end the person's session at the provider too (RP-initiated logout), coming back
+        to ``after``; None when the provider has no ``end_session_endpoint`` (or cannot be asked)."""
+        try:
+            endpoint = self.metadata.get("end_session_endpoint")
+        except OidcFailed:
+            return None
+        if not isinstance(endpoint, str) or not endpoint:
+            return None
+        query = urlencode({"client_id": self.client_id, "post_logout_redirect_uri": after})
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
 
     def email_of(self, code: str, redirect_uri: str, attempt: Attempt) -> str:
         """Exchange the code; the verified email of the checked ID token."""

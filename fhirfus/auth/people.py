@@ -194,11 +194,51 @@ def disable_totp(store: Store, person: Person) -> None:
                      .values(totp_secret=None, totp_last_step=None))
 
 
-def person_for_email(store: Store, email: str) -> Person:
-    """The enabled account of an email an identity provider vouched for (``LoginFailed`` otherwise)."""
+class NotRegistered(Unauthorized):
+    """An identity provider vouched for an email that has no console account (and none is opened)."""
+
+    def __init__(self, email: str) -> None:
+        super().__init__(f"There is no console account for {email}: an admin registers the email first "
+                         "(People → Add), then logging in through the identity provider works", "email")
+
+
+def provisioning(value: str | None) -> tuple[str, str | None] | None:
+    """The role and site of accounts opened on a first identity-provider login
+    (``FHIRFUS_OIDC_AUTO_PROVISION``: ``analyst`` or ``site:CODE``; unset: none is opened). An admin
+    account is never opened this way: the provider says who a person is, not what they may do."""
+    if not value:
+        return None
+    role, _, site = value.partition(":")
+    if role == "analyst" and not site:
+        return role, None
+    if role == "site" and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", site):
+        return role, site
+    raise InvalidRequest(f"FHIRFUS_OIDC_AUTO_PROVISION must be 'analyst' or 'site:CODE', got '{value}'",
+                         "FHIRFUS_OIDC_AUTO_PROVISION")
+
+
+def person_for_email(store: Store, email: str, provision: tuple[str, str | None] | None = None) -> Person:
+    """The enabled account of an email an identity provider vouched for. An unknown email gets an
+    account of ``provision``'s role and site when given (``provisioning``), else ``NotRegistered``;
+    a disabled account stays closed (``LoginFailed``)."""
+    email = email.strip().lower()
     with store.reading() as conn:
-        row = conn.execute(select(auth_people).where(auth_people.c.email == email.strip().lower())).first()
-    if row is None or row.disabled_at is not None:
+        row = conn.execute(select(auth_people).where(auth_people.c.email == email)).first()
+    if row is None and provision is not None:
+        if not _EMAIL.match(email):
+            raise NotRegistered(email)
+        try:
+            with store.writing() as conn:
+                conn.execute(insert(auth_people).values(
+                    person_id=uuid.uuid4().hex, email=email, role=provision[0], site=provision[1], password_hash=None,
+                    setup_hash=None, setup_expires_at=None, created_at=_now()))
+        except IntegrityError:
+            pass  # opened by a login of the same person a moment ago
+        with store.reading() as conn:
+            row = conn.execute(select(auth_people).where(auth_people.c.email == email)).first()
+    if row is None:
+        raise NotRegistered(email)
+    if row.disabled_at is not None:
         raise LoginFailed()
     return _person(row)
 

@@ -80,6 +80,14 @@ def get(store: Store, job_id: str) -> Job | None:
     return Job.from_row(row) if row is not None else None
 
 
+def recent(store: Store, limit: int = 200) -> list[Job]:
+    """The newest jobs, cancelled ones aside (what an admin watches)."""
+    with store.reading() as conn:
+        rows = conn.execute(select(export_jobs).where(export_jobs.c.status != CANCELLED)
+                            .order_by(export_jobs.c.created.desc()).limit(limit)).all()
+    return [Job.from_row(r) for r in rows]
+
+
 def count_active(store: Store, owner: str) -> int:
     with store.reading() as conn:
         return conn.execute(

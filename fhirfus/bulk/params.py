@@ -56,6 +56,7 @@ class ExportRequest:
     base_url: str = ""                              # for absolute references in _typeFilter
     site: str | None = None                         # a site client's export: only its site's rows
     client_id: str | None = None                    # who asked: only they (or an admin) see the job
+    operation: dict[str, Any] | None = None         # level "view": the views and options (``bulk.views``)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +74,7 @@ class ExportRequest:
             base_url=data.get("base_url") or "",
             site=data.get("site"),
             client_id=data.get("client_id"),
+            operation=data.get("operation"),
         )
 
     @property

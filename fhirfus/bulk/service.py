@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from fhirfus.auth.access import Access
-from fhirfus.bulk import jobs
+from fhirfus.bulk import jobs, views
 from fhirfus.bulk.params import ExportRequest, parse_export_params
 from fhirfus.bulk.worker import ExportWorker
 from fhirfus.bulk.writer import WrittenFile
@@ -95,6 +95,8 @@ def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires
         raise ExportFailed(job.error or "The export failed")
     files = jobs.files_of(store, job_id)
     headers = {"Expires": format_datetime(job.expires, usegmt=True)} if job.expires else {}
+    if job.request.level == views.LEVEL:  # $viewdefinition-export answers with its Parameters
+        return StatusAnswer(200, views.manifest(job, files, status_url(base_url, job.id)), headers)
     return StatusAnswer(200, manifest(job, files, base_url, requires_access_token=requires_access_token), headers)
 
 
@@ -155,7 +157,8 @@ def _gone(job_id: str) -> NotFound:
 
 
 def _progress(job: jobs.Job) -> str:
-    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} resources written"
+    unit = "rows" if job.request.level == views.LEVEL else "resources"
+    text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} {unit} written"
     return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
 
 

@@ -5,7 +5,7 @@ so exports do not hold up other requests. A process accepts a new job only while
 active jobs than that (else the kick-off gets 429 with ``Retry-After``).
 
 Restarts: a running job refreshes its heartbeat every second. The supervisor (once at start-up,
-then every few seconds) adopts jobs whose owner stopped beating for ``LEASE`` — a process that
+then every few seconds) adopts jobs whose owner stopped beating for the lease (``FHIRFUS_JOB_LEASE_SECONDS``) — a process that
 died — and **runs them again from scratch** under a new ``transactionTime``: nothing from the
 interrupted run was visible to the client, so a clean rerun is the simplest correct answer. A job
 interrupted ``MAX_ATTEMPTS`` times is marked failed instead (its status then answers 500 with an
@@ -24,20 +24,21 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
 from fhirfus.bulk import jobs
 from fhirfus.bulk.params import ExportRequest
-from fhirfus.bulk.run import Checkpoint, ExportLimits, run_export
-from fhirfus.errors import FhirError, TooManyRequests
+from fhirfus.bulk.run import Checkpoint, ExportLimits, ExportResult, run_export
+from fhirfus.errors import FhirError, NotImplementedYet, TooManyRequests
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
 log = logging.getLogger("fhirfus.export")
 
-LEASE = timedelta(seconds=30)
 HEARTBEAT_SECONDS = 1.0
 SUPERVISE_SECONDS = 5.0
 MAX_ATTEMPTS = 3
@@ -52,14 +53,29 @@ class ShuttingDown(Exception):
     """This process is stopping; the job is handed back."""
 
 
-class ExportWorker:
-    """Runs this process's export jobs and looks after jobs that lost their process."""
+class Runner(Protocol):
+    """Runs one job of a level into ``directory`` (``run.run_export`` for the Bulk Data levels)."""
 
-    def __init__(self, store: Store, settings: Settings, *, lease: timedelta = LEASE,
-                 supervise_every: float = SUPERVISE_SECONDS) -> None:
+    def __call__(self, store: Store, request: ExportRequest, directory: Path, *, job_id: str | None,
+                 limits: ExportLimits, checkpoint: Checkpoint | None) -> ExportResult: ...
+
+
+BULK_LEVELS = ("system", "patient", "group")
+
+
+class ExportWorker:
+    """Runs this process's export jobs and looks after jobs that lost their process.
+
+    ``runners`` adds job levels beyond Bulk Data's (``view``: ``$viewdefinition-export``, whose
+    runner the API composes): every kind of job shares the table, the threads and the restarts."""
+
+    def __init__(self, store: Store, settings: Settings, *, lease: timedelta | None = None,
+                 supervise_every: float = SUPERVISE_SECONDS, runners: Mapping[str, Runner] | None = None) -> None:
+        self.runners: dict[str, Runner] = dict.fromkeys(BULK_LEVELS, run_export)
+        self.runners.update(runners or {})
         self.store = store
         self.settings = settings
-        self.lease = lease
+        self.lease = lease if lease is not None else timedelta(seconds=settings.job_lease_seconds)
         self.supervise_every = supervise_every
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.root = Path(settings.export_dir).resolve()
@@ -125,8 +141,11 @@ class ExportWorker:
         if previous is not None and previous.directory:
             shutil.rmtree(previous.directory, ignore_errors=True)  # an interrupted earlier attempt
         try:
-            result = run_export(self.store, job.request, directory, job_id=job_id, limits=self.limits,
-                                checkpoint=self._checkpoint(job_id))
+            runner = self.runners.get(job.request.level)
+            if runner is None:
+                raise NotImplementedYet(f"This server process cannot run '{job.request.level}' export jobs")
+            result = runner(self.store, job.request, directory, job_id=job_id, limits=self.limits,
+                            checkpoint=self._checkpoint(job_id))
             if not jobs.complete(self.store, job_id, self.owner, result.transaction_time, result.files,
                                  jobs.now() + self._ttl()):
                 raise Stopped

@@ -187,6 +187,8 @@ INDEX_TABLES = (
     search_token, search_string, search_date, search_reference, search_number, search_quantity, search_uri,
     search_composite,
 )
+#: What a search reads, by name (for statistics upkeep): the current resources first, then the index.
+SEARCHED_TABLE_NAMES = (resources.name, *(table.name for table in INDEX_TABLES))
 
 #: ``fhirfus load`` progress: a chunk is recorded in the transaction that stores it, so a rerun
 #: after an interruption skips exactly the chunks that are already in.

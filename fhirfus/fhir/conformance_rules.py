@@ -1,11 +1,13 @@
-"""Rules for conformance resources that name the core search parameters, as the reference
-validator checks them: a composite SearchParameter has two or more components; one derived from a
-core parameter keeps its type, stays within its bases, and its expression starts at one of its
-own bases; a CapabilityStatement's ``searchParam`` has the type of the core parameter it names.
+"""Rules for conformance resources that name core definitions, as the reference validator checks
+them: a composite SearchParameter has two or more components; one derived from a core parameter
+keeps its type, stays within its bases, and its expression starts at one of its own bases; a
+CapabilityStatement's ``searchParam`` has the type of the core parameter it names; a
+StructureDefinition that constrains a core type only names elements that type has.
 
 The core parameters are the generated ``data/search_parameters.json`` (type → code → type),
 named by their canonical ``http://hl7.org/fhir/SearchParameter/{Type}-{code}``; a parameter shared
-by several types under another name is not judged here.
+by several types under another name is not judged here. The core types' elements are the generated
+``data/fhir_elements.json``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from fhirfus.errors import Issue
+from fhirfus.fhir.bindings import element_definitions
 
 CORE = "http://hl7.org/fhir/SearchParameter/"
+CORE_STRUCTURE = "http://hl7.org/fhir/StructureDefinition/"
+#: Types whose generated table is not R4's (the definitions it is generated from carry R5's
+#: EvidenceVariable.characteristic): their profiles are not judged, lest an R4 path be refused.
+NOT_R4_SHAPED = frozenset({"EvidenceVariable"})
+#: Pseudo-tables of the path walk: a primitive (``id``, ``extension`` and ``value`` below it), a
+#: primitive's value (nothing below it), a nested resource (anything below it: its type is not known).
+_PRIMITIVE, _VALUE, _RESOURCE = "<primitive>", "<value>", "<resource>"
 _DATA = Path(__file__).with_name("data") / "search_parameters.json"
 _STARTS = re.compile(r"(?:^|\|)\s*\(?\s*([A-Z][A-Za-z]+)\b")
 
@@ -44,6 +54,8 @@ def conformance_issues(resource: Mapping[str, Any], resource_type: str) -> list[
         return _search_parameter(resource)
     if resource_type == "CapabilityStatement":
         return _capability_statement(resource)
+    if resource_type == "StructureDefinition":
+        return _structure_definition(resource)
     return []
 
 
@@ -86,3 +98,81 @@ def _capability_statement(statement: Mapping[str, Any]) -> list[Issue]:
                         f"Type mismatch: {param['definition']} is a {core[2]} parameter, not {param['type']}",
                         "invalid", "error", (f"CapabilityStatement.rest[{r}].resource[{e}].searchParam[{p}]",)))
     return issues
+
+
+def _structure_definition(sd: Mapping[str, Any]) -> list[Issue]:
+    """Every element path of a constraint on a core resource or datatype names an element of that
+    type: the reference validator cannot build the snapshot of one that does not. Logical models,
+    specialisations and bases outside the core are not judged (their elements are not known here)."""
+    base, kind = sd.get("baseDefinition"), sd.get("type")
+    if (sd.get("derivation") != "constraint" or sd.get("kind") == "logical" or not isinstance(base, str)
+            or not base.startswith(CORE_STRUCTURE) or not isinstance(kind, str) or kind not in _tables()
+            or kind in NOT_R4_SHAPED):
+        return []
+    issues: list[Issue] = []
+    for part in ("differential", "snapshot"):
+        holder = sd.get(part)
+        elements = holder.get("element") if isinstance(holder, Mapping) else None
+        for index, element in enumerate(elements if isinstance(elements, list) else []):
+            path = element.get("path") if isinstance(element, Mapping) else None
+            problem = path_problem(kind, path) if isinstance(path, str) else None
+            if problem is not None:
+                issues.append(Issue(problem, "invalid", "error", (f"StructureDefinition.{part}.element[{index}].path",)))
+    return issues
+
+
+@cache
+def _tables() -> Mapping[str, Mapping[str, Any]]:
+    return element_definitions()["types"]
+
+
+def path_problem(kind: str, path: str) -> str | None:
+    """Why ``path`` names no element of the core type ``kind`` (None when it names one).
+
+    Walks one name at a time through the element tables of every type the path may be in so far:
+    backbone elements and ``contentReference``s by their own table, datatypes by theirs, a choice
+    element as ``value[x]`` (all its types) or renamed to one of its types (``valueQuantity``)."""
+    names = path.split(".")
+    if "" in names:
+        return f"Invalid path {path!r}: name portion missing ('..')"
+    if names[0] != kind:
+        return f"The path {path!r} does not start with {kind!r}, the type this StructureDefinition constrains"
+    tables = {kind}
+    for depth, name in enumerate(names[1:], 1):
+        if ":" in name:
+            return (f"The path {path!r} names a slice ({name!r}): a slice is named by the element's id "
+                    "and sliceName, its path is the sliced element's")
+        if _RESOURCE in tables:
+            return None
+        found: set[str] = set()
+        choices: set[str] = set()
+        for table in tables:
+            if table == _PRIMITIVE:
+                found |= {"id": {_PRIMITIVE}, "extension": {"Extension"}, "value": {_VALUE}}.get(name, set())
+                continue
+            elements = _tables().get(table, {})
+            if name in elements:
+                spec = elements[name]
+                found |= {spec["p"]} if "p" in spec else {_table_of(code) for code in spec["t"] or ["string"]}
+                continue
+            for choice, spec in elements.items():
+                stem = choice[:-3]
+                if choice.endswith("[x]") and name.startswith(stem) and len(name) > len(stem):
+                    choices.add(choice)
+                    found |= {_table_of(code) for code in spec["t"] if code[0].upper() + code[1:] == name[len(stem):]}
+        if not found:
+            parent = ".".join(names[:depth])
+            if choices:
+                choice = min(choices)
+                return (f"The path must be '{parent}.{choice}' not '{parent}.{name}': {name[len(choice) - 3:]} "
+                        f"is not a type that {parent}.{choice} allows")
+            return f"The path {path!r} names no element of {kind}: {parent} has no element {name!r}"
+        tables = found
+    return None
+
+
+def _table_of(code: str) -> str:
+    """Where the walk goes below an element of type ``code``."""
+    if code in ("Resource", "DomainResource"):
+        return _RESOURCE
+    return code if code in _tables() else _PRIMITIVE

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import re
 from collections import defaultdict
 from collections.abc import Iterator
@@ -53,6 +54,20 @@ _DATE_ELEMENTS = ("authored", "performedDateTime", "effectiveDateTime", "date", 
 
 
 @dataclass(frozen=True)
+class Difference:
+    """One element of a stored record that the import changes: what a data manager checks before
+    committing (a corrected visit date, a new score)."""
+
+    element: str             # the element's path, list items by linkId where they have one
+    old: str | None          # None: the element is new
+    new: str | None          # None: the element goes
+
+    def text(self) -> str:
+        return f"{self.element}: {self.old if self.old is not None else '(none)'} → " \
+               f"{self.new if self.new is not None else '(none)'}"
+
+
+@dataclass(frozen=True)
 class Change:
     """One resource the import adds, changes or removes."""
 
@@ -64,6 +79,13 @@ class Change:
     kind: str                # the mapping's resource name (session, twstrs, parameter …)
     date: str | None
     line: int | None         # the file line producing it (None for a removal)
+    differences: tuple[Difference, ...] = ()  # of a "changed" record: old → new, element by element
+
+    def described(self) -> str:
+        """What the change is, in words: the values a changed record changes."""
+        if self.action == "changed":
+            return "; ".join(d.text() for d in self.differences) or "stored form differs"
+        return f"{self.action} {self.kind}" + (f" of {self.date}" if self.date else "")
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,20 @@ class ImportPlan:
     def visit_kinds(self) -> set[str]:
         """The mapping's per-row resources that stand for a visit (not its details)."""
         return {r.name for r in self.spec.resources if r.per == "row" and not r.separate}
+
+    @property
+    def listed_kinds(self) -> set[str]:
+        """What the preview lists row by row: the patient, visits and per-row events (adverse
+        events); an added visit's details (its parameters) are part of the visit."""
+        return {"patient"} | {r.name for r in self.spec.resources if r.per == "row"}
+
+    def listed_changes(self) -> list[Change]:
+        """The changes a data manager reads one by one, per patient: added patients and visits,
+        and every changed or removed record (a changed parameter too)."""
+        kinds = self.listed_kinds
+        order = {"removed": 0, "changed": 1, "added": 2}
+        shown = [c for c in self.changes if c.resource_type != "Organization" and (c.kind in kinds or c.action != "added")]
+        return sorted(shown, key=lambda c: (c.patient, order.get(c.action, 3), c.record))
 
     @property
     def has_changes(self) -> bool:
@@ -352,8 +388,8 @@ def _compare(conn: Connection, plan: ImportPlan, rows: list[dict[str, str]], all
                             _date(resource), lines.get(entry["fullUrl"]))
             if stored is None:
                 plan.changes.append(change)
-            elif _stripped(stored.content, {}) != _stripped(resource, references) or _profile_changed(stored.content, resource):
-                plan.changes.append(Change("changed", *_rest(change)))
+            elif differences := _differences(stored.content, resource, references):
+                plan.changes.append(replace(change, action="changed", differences=differences))
             else:
                 plan.unchanged += 1
     if plan.mode == "replace":
@@ -366,12 +402,31 @@ def _compare(conn: Connection, plan: ImportPlan, rows: list[dict[str, str]], all
                                            _kind_of(spec, patient, name), _date(row.content), None))
 
 
-def _profile_changed(stored: dict, resource: dict) -> bool:
-    return (stored.get("meta") or {}).get("profile") != (resource.get("meta") or {}).get("profile")
+def _differences(stored: dict, resource: dict, references: dict[str, str]) -> tuple[Difference, ...]:
+    """The elements whose values differ between the stored record and what the file produces
+    (ids, meta and bundle-internal references aside; the profile counted)."""
+    old = _leaves(_stripped(stored, {}), "")
+    new = _leaves(_stripped(resource, references), "")
+    found = [Difference(path, old.get(path), new.get(path)) for path in sorted(old.keys() | new.keys())
+             if old.get(path) != new.get(path)]
+    old_profile, new_profile = ((content.get("meta") or {}).get("profile") for content in (stored, resource))
+    if old_profile != new_profile:
+        found.append(Difference("meta.profile", ", ".join(old_profile or []) or None, ", ".join(new_profile or []) or None))
+    return tuple(found)
 
 
-def _rest(change: Change) -> tuple:
-    return (change.resource_type, change.res_id, change.patient, change.record, change.kind, change.date, change.line)
+def _leaves(value: Any, path: str) -> dict[str, str]:
+    """Every primitive of ``value`` by its path; items of a list by their ``linkId`` where they
+    have one (a questionnaire answer stays named when an earlier item is added)."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _leaves(item, f"{path}.{key}" if path else key).items()}
+    if isinstance(value, list):
+        found: dict[str, str] = {}
+        for index, item in enumerate(value):
+            label = item.get("linkId") if isinstance(item, dict) else None
+            found.update(_leaves(item, f"{path}[{label if isinstance(label, str) else index}]"))
+        return found
+    return {path: value if isinstance(value, str) else json.dumps(value)}
 
 
 # --- commit ---------------------------------------------------------------------------------

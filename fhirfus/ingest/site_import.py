@@ -76,17 +76,19 @@ def write_report(report: ImportReport, path: Path) -> None:
 
 
 def write_changes(plan: ImportPlan, path: Path) -> None:
-    """What the import changes (or would change) as CSV, the held-back patients included: the
-    record a data manager keeps beside the rejected-row report."""
+    """What the import changes (or would change) as CSV, one row per record, a changed record with
+    its old → new values, the held-back patients included: the record a data manager keeps beside
+    the rejected-row report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["action", "patient", "record", "type", "id", "date", "line"])
+        writer.writerow(["action", "patient", "record", "type", "id", "date", "line", "change"])
         for change in plan.changes:
             writer.writerow([change.action, change.patient, change.record, change.resource_type, change.res_id or "",
-                             change.date or "", change.line or ""])
+                             change.date or "", change.line or "", change.described()])
         for held in plan.held_back:
-            writer.writerow(["held back", held.patient, "", "", "", "", " ".join(map(str, held.valid_lines))])
+            writer.writerow(["held back", held.patient, "", "", "", "", " ".join(map(str, held.valid_lines)),
+                             held.sentence()])
 
 
 __all__ = ["RECORD_SYSTEM", "FhirError", "ImportReport", "import_files", "report_of", "write_changes", "write_report"]

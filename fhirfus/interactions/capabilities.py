@@ -39,6 +39,9 @@ ANALYSIS_EXPORT = {"name": "analysis-export", "definition": "https://fhirfus.org
 #: SQL on FHIR v2 (``fhirfus.api.views``; also as ``ViewDefinition/$run``, its earlier name).
 VIEWDEFINITION_RUN = {"name": "viewdefinition-run",
                       "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run"}
+#: Its asynchronous form, in the Bulk Data pattern (``fhirfus.bulk.views``; also ``ViewDefinition/$viewdefinition-export``).
+VIEWDEFINITION_EXPORT = {"name": "viewdefinition-export",
+                         "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-export"}
 VALIDATE = {"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}
 #: Operations of one type beyond $validate and $export: (operation, the permission it needs).
 _CORE = "http://hl7.org/fhir/OperationDefinition"
@@ -179,7 +182,8 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
                 ],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": list(COMMON_PARAMS),
-                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT, VIEWDEFINITION_RUN, VALIDATE],
+                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT, VIEWDEFINITION_RUN, VIEWDEFINITION_EXPORT,
+                              VALIDATE],
             }
         ],
     }

@@ -29,6 +29,7 @@ from fhirfus.db.visibility import PUBLISHED, Visibility, site_label, with_site_l
 from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
+from fhirfus.store.statistics import StatisticsKeeper
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class WriteObserver(Protocol):
         """After a transaction that wrote resource versions committed."""
 
 
-#: Key of ``Connection.info`` under which a write transaction collects the versions it writes.
+#: Key of ``Connection.info`` under which a write transaction collects the versions it writes (the
+#: pooled connection's info outlives a transaction: ``Store.writing`` sets and removes it).
 WRITTEN = "fhirfus.written"
 
 
@@ -89,6 +91,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._observers: dict[str, WriteObserver] = {}
+        #: told how many resource versions each committed write transaction wrote (the server sets it)
+        self.statistics: StatisticsKeeper | None = None
 
     @property
     def observers(self) -> list[WriteObserver]:
@@ -116,6 +120,8 @@ class Store:
             finally:
                 conn.info.pop(WRITTEN, None)
         if versions:
+            if self.statistics is not None:
+                self.statistics.wrote(len(versions))
             for observer in self.observers:
                 observer.committed()
 

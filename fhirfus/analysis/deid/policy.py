@@ -42,8 +42,8 @@ SUPPRESSED = "*"
 #: No 0/O, 1/I/L: pseudonyms get read aloud and typed.
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 RULES = frozenset({"pseudonym", "opaque", "day-offset", "age-band", "keep", "map", "zip3", "drop"})
-_TEMPORAL = frozenset({"date", "dateTime", "instant"})
-_TEXT = frozenset({"string", "code", "id", "uri", "markdown", None})
+TEMPORAL = frozenset({"date", "dateTime", "instant"})
+TEXT = frozenset({"string", "code", "id", "uri", "markdown", None})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _ZIP_RE = re.compile(r"^(\d{3})\d{2}(?:-?\d{4})?$")
@@ -231,11 +231,11 @@ def check_policy(policy: Policy, columns: Iterable[ViewColumn]) -> None:
         for element in elements & set(policy.restricted_read):
             if rule.kind not in policy.restricted_read[element]:
                 problems.append(f"{where} reads {element} and may only be {'/'.join(sorted(policy.restricted_read[element]))}")
-        if rule.kind in ("keep", "map") and column.type in _TEMPORAL:
+        if rule.kind in ("keep", "map") and column.type in TEMPORAL:
             problems.append(f"{where} is a date: use day-offset, age-band or drop")
-        if rule.kind in ("day-offset", "age-band") and column.type not in _TEMPORAL:
+        if rule.kind in ("day-offset", "age-band") and column.type not in TEMPORAL:
             problems.append(f"{where} is not a date: {rule.kind} does not apply")
-        if rule.kind == "keep" and column.type in _TEXT and rule.pattern is None and column.allowed is None:
+        if rule.kind == "keep" and column.type in TEXT and rule.pattern is None and column.allowed is None:
             problems.append(f"{where} is text without a closed vocabulary: give the rule a pattern or the "
                             "view column a fhirfus-codesystem/fhirfus-allowed tag")
     for view, rules in policy.columns.items():

@@ -68,7 +68,7 @@ def reference_days(source: SourceRows, policy: Policy) -> tuple[dict[str, date],
     return days, kinds
 
 
-def _column_function(rule: Rule, column: ViewColumn, policy: Policy, pseudonym_of: Mapping[str, str],
+def column_function(rule: Rule, column: ViewColumn, policy: Policy, pseudonym_of: Mapping[str, str],
                      blanked: Counter, label: str) -> Callable[[Any, date | None], Any]:
     """value, patient's day zero → released value, for one column (resolved once, applied per row)."""
     if rule.kind == "pseudonym":
@@ -114,7 +114,7 @@ def deidentify(source: SourceRows, views: Sequence[AnalysisView], policy: Policy
         key = view.names.index(PATIENT_KEY)
         plan = [(i, c, policy.rule(view.name, c.name)) for i, c in enumerate(view.columns)]
         plan = [(i, c, r) for i, c, r in plan if r.kind != "drop"]
-        steps = [(i, _column_function(r, c, policy, pseudonym_of, blanked, f"{view.name}.{c.name}"))
+        steps = [(i, column_function(r, c, policy, pseudonym_of, blanked, f"{view.name}.{c.name}"))
                  for i, c, r in plan]
         out = [tuple(fn(row[i], days.get(row[key])) for i, fn in steps) for row in source.rows[view.name]]
         columns = [c.name for _, c, _ in plan]

@@ -10,6 +10,7 @@ history keeps the outcome and the rejected-rows report), cancelled, or left in p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fhirfus.auth.access import Access
-from fhirfus.errors import FhirError, InvalidRequest, NotFound
+from fhirfus.errors import Conflict, FhirError, InvalidRequest, NotFound
 from fhirfus.ingest.mapping.spec import available
 from fhirfus.ingest.plan import ImportPlan, commit_plan, plan_import
 from fhirfus.ingest.site_import import ImportReport, write_changes, write_report
@@ -40,6 +41,19 @@ class Rejected:
 
 
 @dataclass
+class ChangeRow:
+    """One line of the preview's list of changes: a patient's visit added, changed or removed."""
+
+    patient: str
+    action: str  # added | changed | removed
+    record: str
+    kind: str
+    date: str
+    line: str
+    change: str  # in words; a changed record's old → new values
+
+
+@dataclass
 class Preview:
     upload_id: str
     filename: str
@@ -52,6 +66,7 @@ class Preview:
     patients_stored: list[str]
     resources: dict[str, int] = field(default_factory=dict)  # what the accepted rows produce, by type
     changes: dict[str, int] = field(default_factory=dict)  # "added session" → count, against what is stored
+    listed: list[ChangeRow] = field(default_factory=list)  # the changes one by one, patient by patient
 
 
 @dataclass
@@ -71,6 +86,8 @@ class Outcome:
     updated: int = 0
     unchanged: int = 0
     rejected_rows: int = 0
+    removed: int = 0
+    http_status: int = 200  # a failed commit's error status: the page and its audit record say it failed
 
 
 def mappings() -> list[str]:
@@ -140,9 +157,10 @@ def preview(store: Store, caller: Access, export_dir: str, filename: str, conten
     except FhirError:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    write_changes(plan, folder / "changes.csv")
     (folder / "upload.json").write_text(json.dumps({
         "who": caller.client_id, "site": site, "mapping": mapping, "filename": name,
-        "at": datetime.now(UTC).isoformat(timespec="seconds")}))
+        "at": datetime.now(UTC).isoformat(timespec="seconds"), "changes": changes_digest(plan)}))
     result = plan.result
     resources: Counter[str] = Counter()
     for bundle in result.bundles.values():
@@ -155,7 +173,16 @@ def preview(store: Store, caller: Access, export_dir: str, filename: str, conten
         sorted(h.patient for h in plan.held_back),
         new, sorted(k for k in result.bundles if k not in new),
         dict(sorted(resources.items())), dict(sorted(changes.items())),
+        [ChangeRow(c.patient, c.action, c.record, c.kind, c.date or "", str(c.line or ""), c.described())
+         for c in plan.listed_changes()],
     )
+
+
+def changes_digest(plan: ImportPlan) -> str:
+    """What a preview showed, as a digest: a commit whose plan differs (the stored data changed
+    in between) is refused rather than writing what nobody saw."""
+    shown = [[asdict(c) for c in plan.changes], [asdict(h) for h in plan.held_back]]
+    return hashlib.sha256(json.dumps(shown, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _plan(store: Store, caller: Access, path: Path, mapping: str, site: str) -> ImportPlan:
@@ -175,9 +202,13 @@ def commit(store: Store, caller: Access, export_dir: str, upload_id: str, base_u
                       datetime.now(UTC).isoformat(timespec="seconds"), "committed", "")
     try:
         plan = _plan(store, caller, folder / meta["filename"], meta["mapping"], meta["site"])
+        if changes_digest(plan) != meta.get("changes"):
+            raise Conflict(f"The site's stored data changed since {meta['filename']} was checked, so the changes "
+                           "listed in the preview are no longer what it would do; check the file again", "upload")
         committed = commit_plan(store, plan, caller, base_url)
     except FhirError as exc:
-        outcome.status, outcome.message = "failed", exc.message
+        outcome.status, outcome.message, outcome.http_status = "failed", exc.message, exc.status
+        (folder / "changes.csv").unlink(missing_ok=True)  # nothing changed
     else:
         result = plan.result
         write_report(ImportReport(errors=result.errors), folder / "report.csv")
@@ -185,6 +216,7 @@ def commit(store: Store, caller: Access, export_dir: str, upload_id: str, base_u
         outcome.rows, outcome.patients_loaded, outcome.patients_rejected = (
             result.rows, len(result.bundles), len(result.rejected_patients))
         outcome.created, outcome.updated, outcome.unchanged = committed.added, committed.changed, plan.unchanged
+        outcome.removed = committed.removed
         outcome.rejected_rows = len(result.errors)
         outcome.message = committed.provenance or ""
     (folder / "outcome.json").write_text(json.dumps(asdict(outcome)))
@@ -201,13 +233,32 @@ def cancel(caller: Access, export_dir: str, upload_id: str) -> None:
 
 def history(caller: Access, export_dir: str) -> list[Outcome]:
     """The site's committed imports, newest first."""
+    return [o for o in all_history(export_dir) if o.site == caller.site]
+
+
+def all_history(export_dir: str) -> list[Outcome]:
+    """Every site's imports, committed or failed, newest first (the admin's jobs page)."""
     root = _root(export_dir)
-    found = []
-    for path in root.glob("*/outcome.json") if root.exists() else ():
-        outcome = Outcome(**json.loads(path.read_text()))
-        if outcome.site == caller.site:
-            found.append(outcome)
+    found = [Outcome(**json.loads(path.read_text())) for path in (root.glob("*/outcome.json") if root.exists() else ())]
     return sorted(found, key=lambda o: o.at, reverse=True)
+
+
+def changes_file(caller: Access, export_dir: str, upload_id: str) -> Path:
+    """The list of changes (CSV) of a previewed upload of this person, or of one of the site's
+    committed imports."""
+    folder = _folder(export_dir, upload_id)
+    outcome_path = folder / "outcome.json"
+    if outcome_path.exists():
+        visible = json.loads(outcome_path.read_text())["site"] == caller.site
+    else:
+        try:
+            _own_upload(export_dir, upload_id, caller)
+            visible = True
+        except NotFound:
+            visible = False
+    if not visible or not (folder / "changes.csv").exists():
+        raise NotFound(f"no list of changes {upload_id}", "upload")
+    return folder / "changes.csv"
 
 
 def report_file(caller: Access, export_dir: str, upload_id: str) -> Path:

@@ -39,6 +39,8 @@ from fhirfus.api.console.web import (
 from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
+from fhirfus.bulk import jobs as bulk_jobs
+from fhirfus.bulk import service as bulk_export
 from fhirfus.errors import FhirError, InvalidRequest, NotFound, PayloadTooLarge
 from fhirfus.interactions.search import search_bundle
 
@@ -68,13 +70,16 @@ def _oidc(request: Request) -> oidc.Provider | None:
 
 
 OIDC_COOKIE = "fhirfus_oidc"
+#: Set beside the session cookie when the session was opened through the identity provider: logging
+#: out then ends the provider's session too (it holds no secret; the session cookie is the session).
+IDP_COOKIE = "fhirfus_idp"
 
 
 def _callback_url(request: Request) -> str:
     return str(request.url_for("oidc_callback"))
 
 
-@router.get("/login")
+@router.get("/login", name="login_form")
 async def login_form(request: Request) -> Response:
     return render(request, "login.html", next=request.query_params.get("next", ""), oidc=_oidc(request) is not None)
 
@@ -114,7 +119,8 @@ async def oidc_callback(request: Request) -> Response:
             raise oidc.OidcFailed(request.query_params.get("error_description") or request.query_params["error"])
         email = await run_in_threadpool(provider.email_of, request.query_params.get("code", ""),
                                         _callback_url(request), attempt)
-        person = await run_in_threadpool(people.person_for_email, store, email)
+        provision = people.provisioning(request.app.state.settings.oidc_auto_provision)
+        person = await run_in_threadpool(people.person_for_email, store, email, provision)
         token, _ = await run_in_threadpool(people.open_session, store, person)
     except FhirError as exc:
         request.app.state.audit.record(AuditRecord.of(None, request.scope, exc.status))
@@ -124,6 +130,8 @@ async def oidc_callback(request: Request) -> Response:
     request.app.state.audit.record(AuditRecord.of(people.access_for(person), request.scope, 200))
     response = render(request, "continue.html", target=HOME[person.role])
     set_session_cookie(response, request, token)
+    response.set_cookie(IDP_COOKIE, "1", max_age=int(people.SESSION_LIFETIME.total_seconds()), path="/app",
+                        httponly=True, samesite="strict", secure=secure_cookie(request))
     response.delete_cookie(OIDC_COOKIE, path="/app/login")
     return response
 
@@ -151,9 +159,18 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 @page(form=True)
 async def logout(request: Request, visit: Visit, data: Any) -> Response:
+    """End the console session; one opened through the identity provider is ended there too
+    (RP-initiated logout) when the provider publishes an ``end_session_endpoint``."""
     await run_in_threadpool(people.close_session, request.app.state.store, request.cookies.get(COOKIE))
-    response = RedirectResponse("/app/login", status_code=303)
+    target = "/app/login"
+    provider = _oidc(request) if request.cookies.get(IDP_COOKIE) else None
+    if provider is not None:
+        login_page = str(request.url_for("login_form"))
+        at_provider: str | None = await run_in_threadpool(provider.logout_url, login_page)
+        target = at_provider or target
+    response = RedirectResponse(target, status_code=303)
     response.delete_cookie(COOKIE, path="/app")
+    response.delete_cookie(IDP_COOKIE, path="/app")
     return response
 
 
@@ -289,7 +306,7 @@ async def import_preview(request: Request, visit: Visit, data: Any) -> Response:
 async def import_commit(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
     outcome = await run_in_threadpool(imports.commit, request.app.state.store, visit.access, _export_dir(request),
                                       upload_id, request.app.state.settings.base_url or "")
-    return render(request, "committed.html", visit=visit, outcome=outcome)
+    return render(request, "committed.html", outcome.http_status, visit=visit, outcome=outcome)
 
 
 @router.post("/imports/{upload_id}/cancel")
@@ -297,6 +314,13 @@ async def import_commit(request: Request, visit: Visit, data: Any, upload_id: st
 async def import_cancel(request: Request, visit: Visit, data: Any, upload_id: str) -> Response:
     await run_in_threadpool(imports.cancel, visit.access, _export_dir(request), upload_id)
     return RedirectResponse("/app/imports", status_code=303)
+
+
+@router.get("/imports/{upload_id}/changes.csv")
+@page("site")
+async def import_changes(request: Request, visit: Visit, upload_id: str) -> Response:
+    path = await run_in_threadpool(imports.changes_file, visit.access, _export_dir(request), upload_id)
+    return FileResponse(path, media_type="text/csv", filename=f"import-{upload_id[:8]}-changes.csv")
 
 
 @router.get("/imports/{upload_id}/report.csv")
@@ -451,8 +475,39 @@ async def clients_page(request: Request, visit: Visit) -> Response:
 @router.get("/admin/jobs")
 @page("admin")
 async def jobs_page(request: Request, visit: Visit) -> Response:
-    jobs = await run_in_threadpool(_jobs, request, None)
-    return render(request, "jobs.html", visit=visit, jobs=jobs)
+    """Everything running or recently run: Bulk Data exports, analysis exports, site imports."""
+    store = request.app.state.store
+    analysis = await run_in_threadpool(_jobs, request, None)
+    exports = await run_in_threadpool(bulk_jobs.recent, store)
+    done = await run_in_threadpool(imports.all_history, _export_dir(request))
+    return render(request, "jobs.html", visit=visit, jobs=analysis, exports=exports, imports=done,
+                  active=bulk_jobs.ACTIVE, cancelled=request.query_params.get("cancelled", ""))
+
+
+@router.post("/admin/jobs/bulk/{job_id}/cancel")
+@page("admin", form=True)
+async def bulk_job_cancel(request: Request, visit: Visit, data: Any, job_id: str) -> Response:
+    """Stop a running Bulk Data export (its worker notices at its next page and drops its files)."""
+    store = request.app.state.store
+    job = await run_in_threadpool(bulk_jobs.get, store, job_id)
+    if job is None or job.status == bulk_jobs.CANCELLED:
+        raise NotFound(f"No export job {job_id}", "job")
+    if job.status not in bulk_jobs.ACTIVE:
+        raise InvalidRequest(f"Export job {job_id} is {job.status}, not running; there is nothing to cancel", "job")
+    await run_in_threadpool(bulk_export.cancel, store, visit.access, job_id)
+    return RedirectResponse(f"/app/admin/jobs?cancelled={job_id}", status_code=303)
+
+
+@router.post("/admin/jobs/analysis/{job_id}/cancel")
+@page("admin", form=True)
+async def analysis_job_cancel(request: Request, visit: Visit, data: Any, job_id: str) -> Response:
+    """Stop a running analysis export (it stops at its next step; its files are removed)."""
+    jobs = analysis_jobs(request.app)
+    job = await run_in_threadpool(jobs.get, job_id)
+    if job.status not in ("accepted", "running"):
+        raise InvalidRequest(f"Analysis job {job_id} is {job.status}, not running; there is nothing to cancel", "job")
+    await run_in_threadpool(jobs.delete, job_id)
+    return RedirectResponse(f"/app/admin/jobs?cancelled={job_id}", status_code=303)
 
 
 AUDIT_FILTERS = ("altid", "date", "outcome", "subtype")

@@ -5,24 +5,29 @@ that the caller may read, as NDJSON, CSV, JSON or Parquet.
 
 ``_limit`` caps the rows, ``_since`` keeps resources changed since an instant, ``patient`` and
 ``group`` keep the Patient compartments of those patients. A site client's run sees its site's
-rows only (``caller.visibility``); analysts read de-identified exports only, never views of raw
-data. Rows stream as they are made, so a resource whose data breaks a column contract (several
-values in a scalar column) is skipped rather than failing the answer half-way.
+rows only (``caller.visibility``); an analyst's run is ``deidentified``: a de-identification
+policy (``fhirfus.analysis.viewpolicy``) shapes its rows, the caller's scopes do not apply and it
+names cohorts (``group``), never patients. Others may ask for a policy too (``policy``). Rows stream as they are made, so a resource whose data
+breaks a column contract (several values in a scalar column) is skipped rather than failing the
+answer half-way.
+
+Shared by the synchronous run (``fhirfus.api.views``) and the asynchronous
+``$viewdefinition-export`` (``fhirfus.bulk.views``), hence here below both.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import and_, false, literal, select
 
-from fhirfus.auth.access import Access
+from fhirfus.auth.access import SERVER, Access
 from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import content_text
 from fhirfus.errors import Forbidden, InvalidRequest, NotFound, TooCostly
@@ -32,7 +37,6 @@ from fhirfus.fhir.references import reference_target
 from fhirfus.fhir.validation import served_types
 from fhirfus.ig import folder
 from fhirfus.interactions import binary, crud
-from fhirfus.operations.parameters import Inputs
 from fhirfus.search.compiler import local_reference, params_rows
 from fhirfus.sqlonfhir.fastpath import FastView, compile_fast
 from fhirfus.sqlonfhir.runner import ViewDefinitionError, ViewEvaluationError
@@ -43,6 +47,8 @@ FORMATS = {"ndjson": "application/x-ndjson", "csv": "text/csv; charset=utf-8", "
 _ALIASES = {"application/x-ndjson": "ndjson", "application/ndjson": "ndjson", "text/csv": "csv",
             "application/json": "json", "application/vnd.apache.parquet": "parquet"}
 REPEATED = frozenset({"patient", "group"})
+#: Operation inputs by name (``fhirfus.operations.parameters.inputs``).
+Inputs = Mapping[str, Any]
 PAGE = 1000  # resources read per statement
 
 
@@ -57,10 +63,32 @@ class ViewRun:
     limit: int | None
     since: datetime | None
     patients: frozenset[str] | None  # None: every patient
+    definition: Mapping[str, Any]  # the ViewDefinition as given or as the guide has it
+    from_guide: bool  # named by viewReference (one of the guide's), not given inline
+    released: tuple[str, ...] | None = None  # the columns a policy lets out (None: every column)
 
     @property
     def media_type(self) -> str:
         return FORMATS[self.format]
+
+    @property
+    def names(self) -> list[str]:
+        """The output's columns, in order."""
+        return list(self.released) if self.released is not None else [c["name"] for c in self.view.columns]
+
+
+class RowShaping(Protocol):
+    """What a de-identification policy does to a run (``fhirfus.analysis.viewpolicy``)."""
+
+    released: tuple[str, ...]  # the columns it lets out
+    policy_name: str
+    policy_sha256: str  # of the policy file's bytes, as the analysis export reports it
+
+    def apply(self, rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]: ...
+
+
+#: (run, policy name) → the policy checked against the run's view (4xx/503 if it cannot apply).
+Shaper = Callable[["ViewRun", str | None], RowShaping]
 
 
 def guide_view(reference: str) -> dict:
@@ -73,22 +101,45 @@ def guide_view(reference: str) -> dict:
     raise NotFound(f"ViewDefinition '{reference}' is not known to this server", "viewReference")
 
 
-def prepare(store: Store, caller: Access, given: Inputs, view_id: str | None = None) -> ViewRun:
-    """Check the caller and every input before a row is read: errors here are 4xx, not a broken stream."""
-    if caller.role == "analyst":
-        raise Forbidden("Analysts read de-identified data only: use Group/{id}/$analysis-export", "viewResource")
-    view = _view(given, view_id)
+def prepare(store: Store, caller: Access, given: Inputs, view_id: str | None = None, *,
+            deidentified: bool = False) -> ViewRun:
+    """Check the caller and every input before a row is read: errors here are 4xx, not a broken stream.
+
+    ``deidentified``: the rows go through a de-identification policy before anybody sees them (an
+    analyst's run); otherwise an analyst is refused, as analysts never read raw data."""
+    if caller.role == "analyst" and not deidentified:
+        raise Forbidden("Analysts read views through a de-identification policy only", "policy")
+    if deidentified and given.get("patient"):
+        raise Forbidden("A de-identified run names cohorts (group), never patients", "patient")
+    view, from_guide = view_of(given, view_id)
+    run = compile_run(view, from_guide, _format(given), _flag(given, "header", True), _limit(given), _since(given),
+                      None)
+    if not deidentified:
+        caller.require(run.resource_type, "s")
+    # a de-identified run reads the Group as the server does for $analysis-export: analysts may name
+    # a cohort without being allowed to read its (identifiable) member list
+    patients = _patients(store, SERVER if deidentified else caller, given, run.resource_type)
+    return replace(run, patients=patients)
+
+
+def compile_run(view: Mapping[str, Any], from_guide: bool, fmt: str, header: bool, limit: int | None,
+                since: datetime | None, patients: frozenset[str] | None) -> ViewRun:
+    """A ViewRun of checked parts (also how an export job rebuilds its runs from the job row)."""
     try:
-        compiled = compile_fast(view)
+        compiled = compile_fast(dict(view))
     except ViewDefinitionError as exc:
         raise InvalidRequest(f"Invalid ViewDefinition: {exc}", "viewResource") from exc
     resource_type = str(view.get("resource"))
     if resource_type not in served_types():
         raise InvalidRequest(f"ViewDefinition.resource '{resource_type}' is not a resource type served here",
                              "viewResource")
-    caller.require(resource_type, "s")
-    return ViewRun(compiled, resource_type, _format(given), _flag(given, "header", True), _limit(given),
-                   _since(given), _patients(store, caller, given, resource_type))
+    return ViewRun(compiled, resource_type, fmt, header, limit, since, patients, dict(view), from_guide)
+
+
+def view_of(given: Inputs, view_id: str | None = None) -> tuple[dict, bool]:
+    """The ViewDefinition the inputs name, and whether it is one of the guide's."""
+    view = _view(given, view_id)
+    return view, given.get("viewResource") is None
 
 
 def _view(given: Inputs, view_id: str | None) -> dict:
@@ -258,7 +309,7 @@ def encode(run: ViewRun, produced: Iterator[dict[str, Any]]) -> Iterator[bytes]:
 
 
 def _pieces(run: ViewRun, produced: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    names = [c["name"] for c in run.view.columns]
+    names = run.names
     if run.format == "ndjson":
         for row in produced:
             yield orjson.dumps(row) + b"\n"
