@@ -2,7 +2,7 @@
 
 For each backend (a temporary SQLite file; a throw-away PostgreSQL database) it starts the real
 server (``fhirfus serve``, one process, authentication off) and a receiver (``fhirfus.testing.Receiver``,
-a real HTTP server in this process), then runs three phases of the same paced writes (POST
+a real HTTP server, in a process of its own), then runs three phases of the same paced writes (POST
 Observation at ``--rate`` per second for ``--seconds``, from 4 client threads):
 
 1. ``baseline``: no Subscription — write latency alone;
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -94,11 +96,50 @@ def subscribe(base: str, code: str, endpoint: str) -> None:
     response.raise_for_status()
 
 
+class ReceiverProcess:
+    """A ``Receiver`` in a process of its own (this one is busy generating writes), which appends
+    ``monotonic-time path`` to a file for each notification (``time.monotonic`` is one clock for
+    every process of the machine)."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.process = subprocess.Popen([sys.executable, __file__, "--receiver", str(log)], stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+
+    def received(self) -> list[tuple[float, str]]:
+        if not self.log.exists():
+            return []
+        lines = self.log.read_text().splitlines()
+        return [(float(at), path) for at, path in (line.split(" ", 1) for line in lines if " " in line)]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def serve_receiver(log: Path) -> None:
+    receiver = Receiver()
+    receiver.start()
+    print(receiver.url, flush=True)
+    written = 0
+    with log.open("a") as out:
+        while True:
+            with receiver._changed:
+                receiver._changed.wait(0.5)
+                fresh = receiver.received[written:]
+            for note in fresh:
+                out.write(f"{note.at} {note.path}\n")
+            out.flush()
+            written += len(fresh)
+
+
 def run_backend(backend: str, rate: float, seconds: float, report: Report) -> None:
     with tempfile.TemporaryDirectory(prefix="fhirfus-bench-") as tmp, \
             backend_databases(backend, Path(tmp)) as (url, _raw):
         migrated(url)
-        receiver = Receiver().start()
+        receiver = ReceiverProcess(Path(tmp) / "received.log")
         try:
             with fhirfus_server(url, Path(tmp)) as server:
                 paced_writes(server.base, "warm-up", rate, 1.0)
@@ -108,17 +149,17 @@ def run_backend(backend: str, rate: float, seconds: float, report: Report) -> No
                     code = uuid.uuid4().hex
                     if subscribed is not None:
                         subscribe(server.base, code if subscribed == "match" else subscribed, receiver.url)
-                    before = len(receiver.received)
+                    before = len(receiver.received())
                     sent, latencies, elapsed = paced_writes(server.base, code, rate, seconds)
                     delays: list[float] = []
                     if subscribed == "match":
-                        deadline = time.monotonic() + 30
-                        while len(receiver.received) - before < len(sent) and time.monotonic() < deadline:
-                            time.sleep(0.05)
-                        for note in receiver.received[before:]:
-                            res_id = note.path.rsplit("/", 1)[-1]
+                        deadline = time.monotonic() + 60
+                        while len(receiver.received()) - before < len(sent) and time.monotonic() < deadline:
+                            time.sleep(0.2)
+                        for at, path in receiver.received()[before:]:
+                            res_id = path.rsplit("/", 1)[-1]
                             if res_id in sent:
-                                delays.append(note.at - sent[res_id])
+                                delays.append(at - sent[res_id])
                     report.rows.append([
                         backend, label, f"{len(sent):,}", _fmt(len(sent) / elapsed, 0),
                         _fmt((percentile(latencies, 0.5) or 0) * 1000), _fmt((percentile(latencies, 0.95) or 0) * 1000),
@@ -135,7 +176,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="writes per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each phase")
     parser.add_argument("--quick", action="store_true", help="3-second phases")
+    parser.add_argument("--receiver", type=Path, help=argparse.SUPPRESS)  # run as the receiver process
     args = parser.parse_args()
+    if args.receiver is not None:
+        serve_receiver(args.receiver)
+        return
     seconds = 3.0 if args.quick else args.seconds
     _terminate_on_sigterm()
     report = Report(f"Subscription notifications under {args.rate:.0f} writes/s ({seconds:.0f} s per phase)",
@@ -148,7 +193,7 @@ def main() -> None:
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores "
         "(other work on the machine shows in every column)",
         "notify: from sending the write to the receiver taking its notification (write latency included)",
-        f"one server process, {CLIENTS} client threads and the receiver in this process; revision {_git_revision()}",
+        f"one server process, {CLIENTS} client threads, the receiver in a process of its own; revision {_git_revision()}",
     ]
     console.print(report.rich())
     for note in report.notes:

@@ -44,6 +44,9 @@ COALESCE = 0.005
 
 @dataclass(frozen=True)
 class DeliveryPolicy:
+    """How hard a worker tries (from the settings): failures before ``error``, first retry wait,
+    one request's timeout, poll interval, whether private addresses may be notified, signing key."""
+
     attempts: int
     retry: timedelta
     timeout: float
@@ -67,6 +70,8 @@ class DeliveryPolicy:
 
 
 class SubscriptionWorker:
+    """Delivers the queued notifications of every active Subscription (see the module docstring)."""
+
     def __init__(self, store: Store, active: ActiveSubscriptions, policy: DeliveryPolicy, *, http: httpx.Client,
                  clock: Callable[[], datetime], wake: threading.Event) -> None:
         self.store = store
