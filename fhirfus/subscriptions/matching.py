@@ -30,6 +30,15 @@ class Matcher:
         self.active = active
         self.clock = clock
         self.wake = wake
+        self._lock = threading.Lock()
+        self._touched: set[str] = set()
+
+    def touched(self) -> set[str]:
+        """The Subscriptions notifications were queued for since the last call (a rolled-back
+        write's included: a worker then looks and finds nothing)."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        return touched
 
     def written(self, conn: Connection, versions: list[Stored]) -> None:
         by_type = self.active.by_type(conn)
@@ -55,6 +64,9 @@ class Matcher:
                          for v in candidates if v.pk in matched]
         rows.sort(key=lambda row: row[0])
         queue.enqueue(conn, [row[1:] for row in rows], self.clock())
+        if rows:
+            with self._lock:
+                self._touched.update(row[1] for row in rows)
 
     def committed(self) -> None:
         self.wake.set()

@@ -44,7 +44,8 @@ class Subscriptions:
             retry=timedelta(milliseconds=max(0, settings.subscription_retry_ms)),
             timeout=max(0.1, settings.subscription_timeout_ms / 1000), poll=poll,
             allow_private=settings.subscription_private_targets == "allow", server_key=settings.subscription_key)
-        self.worker = SubscriptionWorker(store, self.active, policy, http=self.http, clock=clock, wake=self.wake)
+        self.worker = SubscriptionWorker(store, self.active, policy, http=self.http, clock=clock, wake=self.wake,
+                                         touched=self.matcher.touched)
 
     def start(self) -> None:
         self.worker.start()

@@ -1,9 +1,10 @@
 """The delivery worker of one server process.
 
-A supervisor thread wakes when this process committed a write (``Matcher.committed``) or every
-poll interval (other processes' writes, retries that came due), finds the Subscriptions whose head
-notification is due and free, and hands each to a small thread pool, which delivers that
-Subscription's notifications one after another until its queue is empty or one fails. A failure
+A supervisor thread, every poll interval, finds the Subscriptions whose head notification is due
+and free (other processes' writes, retries that came due); in between, when this process commits
+a write (``Matcher.committed``), it takes only the Subscriptions that write queued for, without a
+query. Each is handed to a small thread pool, which delivers that Subscription's notifications
+one after another until its queue is empty or one fails. A failure
 is retried after ``retry * 2**(attempts-1)`` (at most ``MAX_BACKOFF``); after ``attempts`` failures
 in a row the Subscription is set to ``status`` ``error`` with the reason in ``error``, and its
 notifications wait in the queue until someone makes it active again (a new ``requested``
@@ -17,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +75,10 @@ class SubscriptionWorker:
     """Delivers the queued notifications of every active Subscription (see the module docstring)."""
 
     def __init__(self, store: Store, active: ActiveSubscriptions, policy: DeliveryPolicy, *, http: httpx.Client,
-                 clock: Callable[[], datetime], wake: threading.Event) -> None:
+                 clock: Callable[[], datetime], wake: threading.Event, touched: Callable[[], set[str]]) -> None:
+        """``wake`` is set after this process committed a write; ``touched`` names the Subscriptions
+        its writes queued notifications for since it was last asked."""
+        self.touched = touched
         self.store = store
         self.active = active
         self.policy = policy
@@ -84,6 +89,7 @@ class SubscriptionWorker:
         self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="fhirfus-notify")
         self._lock = threading.Lock()
         self._draining: set[str] = set()
+        self._again: set[str] = set()  # draining, and queued for again since: look once more before stopping
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -100,14 +106,20 @@ class SubscriptionWorker:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def _supervise(self) -> None:
+        """Every poll interval a full round (``tend``); in between, on this process's commits, only
+        the Subscriptions they queued for (no query at all)."""
         while not self._stopping.is_set():
-            self.wake.clear()
             try:
                 self.tend()
             except Exception:
                 log.exception("subscription delivery round failed")
-            if self.wake.wait(self.policy.poll):
-                self._stopping.wait(COALESCE)  # the commits of the next few moments, looked for at once
+            deadline = time.monotonic() + self.policy.poll
+            while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+                if self.wake.wait(left):
+                    self.wake.clear()
+                    self._stopping.wait(COALESCE)  # the commits of the next few moments, looked at once
+                    for subscription_id in self.touched():
+                        self._start(subscription_id)
 
     def tend(self) -> None:
         """One round: Subscriptions the server cannot honour to ``error``; start draining every
@@ -126,23 +138,33 @@ class SubscriptionWorker:
         for subscription_id in gone:
             queue.drop_subscription(self.store, subscription_id)
         for subscription_id in ready:
-            if subscription_id in waiting:
-                continue
-            with self._lock:
-                if subscription_id in self._draining or self._stopping.is_set():
-                    continue
-                self._draining.add(subscription_id)
-            self._executor.submit(self._drain, subscription_id)
+            if subscription_id not in waiting:
+                self._start(subscription_id)
+
+    def _start(self, subscription_id: str) -> None:
+        """Drain a Subscription's queue on the pool, or have its running drain look once more."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            if subscription_id in self._draining:
+                self._again.add(subscription_id)
+                return
+            self._draining.add(subscription_id)
+        self._executor.submit(self._drain, subscription_id)
 
     def _drain(self, subscription_id: str) -> None:
-        try:
-            while not self._stopping.is_set() and self.deliver_batch(subscription_id):
-                pass
-        except Exception:
-            log.exception("subscription %s: delivery failed unexpectedly", subscription_id)
-        finally:
-            with self._lock:
-                self._draining.discard(subscription_id)
+        while True:
+            try:
+                while not self._stopping.is_set() and self.deliver_batch(subscription_id):
+                    pass
+            except Exception:
+                log.exception("subscription %s: delivery failed unexpectedly", subscription_id)
+            with self._lock:  # one decision with ``_start``'s: a notification queued meanwhile is looked at
+                if subscription_id not in self._again or self._stopping.is_set():
+                    self._draining.discard(subscription_id)
+                    self._again.discard(subscription_id)
+                    return
+                self._again.discard(subscription_id)
 
     def deliver_batch(self, subscription_id: str) -> bool:
         """Deliver the Subscription's next notifications, one by one in order; whether more may
