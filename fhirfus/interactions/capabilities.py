@@ -74,7 +74,7 @@ R4_FORM_REFUSED = {"Evidence": "Read-only: an R4 Evidence cannot be validated (f
 SUBSCRIPTION_DOCUMENTATION = (
     "R4 Subscriptions that fire, channel rest-hook only (others are refused with 422): criteria are a search "
     "of this server, matched on every committed write as the Subscription's site sees the data; notifications "
-    "come from a durable queue, at least once and in order per Subscription. No payload: POST [endpoint] "
+    "come from a durable queue, at least once and in order per resource. No payload: POST [endpoint] "
     "without body; channel.payload application/fhir+json: PUT [endpoint]/[type]/[id] with the resource (the "
     "backport-payload-content extension id-only: only its id and versionId); channel.header sent as given; "
     "X-Fhirfus-Signature: sha256=<HMAC of the body> when the server has a signing key. The server sets "

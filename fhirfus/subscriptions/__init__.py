@@ -8,6 +8,6 @@
   the matches queued in ``subscription_queue``, so a rolled-back write notifies nobody;
 - ``queue``: the durable queue (leases, retries, order);
 - ``delivery``: one notification as an HTTP request (payload, headers, HMAC signature);
-- ``worker``: the delivery thread of a server process (at-least-once, in order per Subscription,
+- ``worker``: the delivery thread of a server process (at-least-once, in order per resource,
   exponential backoff, ``status`` ``error`` after repeated failures).
 """

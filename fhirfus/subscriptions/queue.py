@@ -1,8 +1,9 @@
 """The durable notification queue (``subscription_queue``).
 
-Order: a Subscription's notifications go out oldest first, one at a time — only its head row (the
-lowest ``pk``) is ever delivered, so a failing head holds back the rest (version 2 of a resource
-never arrives before version 1). Concurrency: a process takes a head with a lease
+Order: a Subscription's notifications are leased in batches from its head row (the lowest ``pk``)
+up to the first one that is not due, so a failed notification waiting for its retry holds back
+everything queued after it (version 2 of a resource never arrives before version 1); within a
+batch the worker keeps the order of each resource's versions. Concurrency: a process takes a head with a lease
 (``owner``, ``lease_until``); another process takes it only once the lease ran out (the first one
 died or hung), which may deliver it twice — at least once, never zero times.
 """
@@ -56,8 +57,8 @@ def ready(store: Store, moment: datetime) -> list[str]:
 
 def take_batch(store: Store, subscription_id: str, owner: str, moment: datetime, lease_until: datetime,
                limit: int) -> list[Queued]:
-    """Lease up to ``limit`` notifications of a Subscription from its head on (none unless the head
-    is due and free), oldest first. The rows are locked while they are leased (PostgreSQL; SQLite
+    """Lease up to ``limit`` notifications of a Subscription from its head on, up to the first that
+    is not due or not free (none unless the head is due and free), oldest first. The rows are locked while they are leased (PostgreSQL; SQLite
     writes are serial), so two processes never lease overlapping batches."""
     with store.writing() as conn:
         rows = conn.execute(select(q).where(q.c.subscription_id == subscription_id).order_by(q.c.pk).limit(limit)
@@ -66,7 +67,7 @@ def take_batch(store: Store, subscription_id: str, owner: str, moment: datetime,
             return []
         free = []
         for row in rows:
-            if row.lease_until is not None and row.lease_until >= moment:
+            if row.due > moment or (row.lease_until is not None and row.lease_until >= moment):
                 break
             free.append(row)
         if not free or free[0].pk != rows[0].pk:

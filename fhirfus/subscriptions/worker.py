@@ -4,7 +4,8 @@ A supervisor thread, every poll interval, finds the Subscriptions whose head not
 and free (other processes' writes, retries that came due); in between, when this process commits
 a write (``Matcher.committed``), it takes only the Subscriptions that write queued for, without a
 query. Each is handed to a small thread pool, which delivers that Subscription's notifications
-one after another until its queue is empty or one fails. A failure
+batch after batch until its queue is empty or one fails: within a batch, the notifications of one
+resource one after another (version 2 never before version 1), different resources side by side. A failure
 is retried after ``retry * 2**(attempts-1)`` (at most ``MAX_BACKOFF``); after ``attempts`` failures
 in a row the Subscription is set to ``status`` ``error`` with the reason in ``error``, and its
 notifications wait in the queue until someone makes it active again (a new ``requested``
@@ -38,6 +39,8 @@ log = logging.getLogger("fhirfus.subscriptions")
 
 MAX_BACKOFF = timedelta(minutes=5)
 THREADS = 4
+#: Requests in flight for one batch: the notifications of different resources go out side by side.
+SENDERS = 8
 #: Notifications of one Subscription leased together (delivered one by one, removed together).
 BATCH = 100
 #: Seconds a wake-up waits for more commits before it looks at the queue.
@@ -87,6 +90,7 @@ class SubscriptionWorker:
         self.wake = wake
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="fhirfus-notify")
+        self._senders = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="fhirfus-notify-send")
         self._lock = threading.Lock()
         self._draining: set[str] = set()
         self._again: set[str] = set()  # draining, and queued for again since: look once more before stopping
@@ -104,6 +108,7 @@ class SubscriptionWorker:
         if self._thread is not None:
             self._thread.join(timeout)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._senders.shutdown(wait=True, cancel_futures=True)
 
     def _supervise(self) -> None:
         """Every poll interval a full round (``tend``); in between, on this process's commits, only
@@ -167,8 +172,9 @@ class SubscriptionWorker:
                 self._again.discard(subscription_id)
 
     def deliver_batch(self, subscription_id: str) -> bool:
-        """Deliver the Subscription's next notifications, one by one in order; whether more may
-        follow at once (all of these were delivered)."""
+        """Deliver the Subscription's next notifications: those of one resource one after another,
+        oldest first, those of different resources side by side; whether more may follow at once
+        (none failed)."""
         moment = self.clock()
         lease_until = moment + self.policy.lease
         batch = queue.take_batch(self.store, subscription_id, self.owner, moment, lease_until, BATCH)
@@ -190,12 +196,19 @@ class SubscriptionWorker:
             else:
                 queue.release(self.store, [head.pk for head in batch], self.owner)  # off or in error: it waits
             return False
-        done: list[int] = []
-        try:
-            for index, head in enumerate(batch):
+        groups: dict[tuple[str, str], list[queue.Queued]] = {}
+        for head in batch:
+            groups.setdefault((head.res_type, head.res_id), []).append(head)
+        done: list[int] = []  # appended to by the sender threads as each notification is taken
+        failures: list[tuple[queue.Queued, str]] = []
+        untried: list[int] = []
+
+        def send_in_order(rows: list[queue.Queued]) -> None:
+            """The notifications of one resource, oldest first; the first failure stops them."""
+            for index, head in enumerate(rows):
                 if self._stopping.is_set() or self.clock() + self.policy.attempt >= lease_until:
-                    queue.release(self.store, [h.pk for h in batch[index:]], self.owner)  # lease it anew
-                    return not self._stopping.is_set()
+                    untried.extend(row.pk for row in rows[index:])  # lease them anew
+                    return
                 version = contents.get(head.pk) if subscription.channel.payload == FULL else None
                 request = delivery.request_for(subscription, head.res_type, head.res_id, head.version,
                                                version.content if version is not None else None,
@@ -203,13 +216,19 @@ class SubscriptionWorker:
                 try:
                     delivery.send(self.http, request, self.policy.timeout, allow_private=self.policy.allow_private)
                 except delivery.DeliveryFailed as exc:
-                    queue.release(self.store, [h.pk for h in batch[index + 1:]], self.owner)
-                    self._failed(subscription_id, head, str(exc))
-                    return False
+                    failures.append((head, str(exc)))
+                    untried.extend(row.pk for row in rows[index + 1:])
+                    return
                 done.append(head.pk)
+
+        try:
+            list(self._senders.map(send_in_order, groups.values()))
         finally:
             queue.delivered(self.store, done, self.owner)
-        return True
+        queue.release(self.store, untried, self.owner)
+        for head, reason in failures:
+            self._failed(subscription_id, head, reason)
+        return not failures and not self._stopping.is_set()
 
     def _failed(self, subscription_id: str, head: queue.Queued, reason: str) -> None:
         attempts = head.attempts + 1
