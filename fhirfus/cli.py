@@ -22,6 +22,8 @@ export_app = typer.Typer(help="Exports: Bulk Data NDJSON, de-identified analysis
 app.add_typer(export_app, name="export")
 users_app = typer.Typer(help="People who use the web console at /app.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+pull_app = typer.Typer(help="Pull a site server's Bulk Data export into this one (the hub side).")
+app.add_typer(pull_app, name="pull")
 console = Console(stderr=True)
 
 
@@ -651,6 +653,93 @@ def users_disable(email: str = typer.Option(..., "--email", help="The person's e
 
     _client_command(set_enabled, _clients_store(), email, False)
     console.print(f"{email} disabled")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str | None) -> int | None:
+    """``30s``, ``15m``, ``1h``, ``1d`` (or plain seconds) as seconds."""
+    if text is None:
+        return None
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in _UNITS else (text, "s")
+    if not number.isdigit() or int(number) == 0:
+        raise _fail(f"--every must look like 30s, 15m, 1h or 1d, got {text!r}")
+    return int(number) * _UNITS[unit]
+
+
+@pull_app.callback(invoke_without_command=True)
+def pull(
+    ctx: typer.Context,
+    source: str = typer.Option(None, "--from", help="The source's FHIR base URL (e.g. https://site-a/fhir)."),
+    client_id: str = typer.Option(None, "--client-id", help="This hub's client id at the source."),
+    key: Path = typer.Option(None, "--key", dir_okay=False, help="The private key (PEM, or a JWK with its kid)."),
+    site: str = typer.Option(None, "--site", help="The site label the pulled data gets here."),
+    group: str = typer.Option(None, "--group", help="Export this Group at the source (default: everything)."),
+    patients: bool = typer.Option(False, "--patients", help="Export every patient's compartment (Patient/$export)."),
+    types: str = typer.Option(None, "--type", help="Only these resource types (comma-separated)."),
+    every: str = typer.Option(None, "--every", help="Pull again at this interval (30s, 15m, 1h, 1d); stored for "
+                                                    "the server's schedule too."),
+    name: str = typer.Option(None, "--name", help="The pull definition's name (default: the site); with only "
+                                                  "--name, run a stored definition."),
+    create: bool = typer.Option(False, "--create", help="Create the database when there is none."),
+) -> None:
+    """Pull from a site server: export (incremental after the first), download, load under --site."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+    from datetime import UTC, datetime
+
+    from fhirfus.errors import FhirError
+    from fhirfus.pull import definitions
+    from fhirfus.pull.run import pull_once
+
+    settings = get_settings()
+    store = _store(_database(create))
+    given = (source, client_id, key, site)
+    try:
+        if any(v is not None for v in given):
+            if not all(v is not None for v in given):
+                raise _fail("a pull needs --from, --client-id, --key and --site (or only --name of a stored one)")
+            definition = definitions.save(store, definitions.Definition(
+                name or site, source, client_id, str(key.resolve()), site, group,
+                tuple(t.strip() for t in (types or "").split(",") if t.strip()), _duration(every),
+                patient_level=patients),
+                datetime.now(UTC))
+        elif name:
+            definition = definitions.get(store, name)
+        else:
+            raise _fail("a pull needs --from, --client-id, --key and --site (or --name of a stored one)")
+    except FhirError as exc:
+        raise _fail(exc.message) from exc
+    interval = _duration(every)
+    while True:
+        try:
+            report = pull_once(store, definitions.get(store, definition.name), Path(settings.pull_dir),
+                               lambda: datetime.now(UTC), on_stage=lambda text: console.print(text, soft_wrap=True))
+            typer.echo(report.line())
+        except FhirError as exc:
+            console.print(f"[red]{exc.message}[/red]", soft_wrap=True)
+            if interval is None:
+                raise typer.Exit(1) from exc
+        if interval is None:
+            return
+        time.sleep(interval)
+
+
+@pull_app.command("list")
+def pull_list(as_json: bool = typer.Option(False, "--json", help="One JSON array instead of a table.")) -> None:
+    """The stored pull definitions: source, site, watermark, status and last error."""
+    import orjson
+
+    from fhirfus.pull.definitions import all_definitions
+
+    rows = [d.to_json() for d in all_definitions(_clients_store())]
+    if as_json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    _table("pull definitions", ("name", "source", "site", "since", "status", "last error"),
+           [(r["name"], r["source"], r["site"], r["since"] or "", r["status"], r["last_error"] or "") for r in rows])
 
 
 def main() -> None:

@@ -114,11 +114,33 @@ class Settings:
         "FHIRFUS_EXPORT_FILE_BYTES", 256 * 1024 * 1024, "... or at this many bytes")
     job_lease_seconds: int = setting(
         "FHIRFUS_JOB_LEASE_SECONDS", 30,
-        "a Bulk Data export job whose server process (or host) stopped heartbeating this long is taken over and "
-        "rerun by another one")
+        "a Bulk Data job whose server process (or host) stopped heartbeating this long is taken over by another "
+        "one (an export is rerun, an import resumed from its last committed chunk)")
     export_expire_seconds: int = setting(
         "FHIRFUS_EXPORT_EXPIRES", 24 * 3600,
         "seconds a finished job and its files are kept (the manifest's `Expires` header)")
+    import_max_inputs: int = setting(
+        "FHIRFUS_IMPORT_MAX_INPUTS", 100, "`$import`: most `input` files (URLs) one job may name")
+    import_max_bytes: int = setting(
+        "FHIRFUS_IMPORT_MAX_BYTES", 1024 * 1024 * 1024,
+        "`$import`: most bytes of all inputs of one job together (fetched or uploaded); more is refused")
+    import_fetch_timeout: int = setting(
+        "FHIRFUS_IMPORT_FETCH_TIMEOUT", 60,
+        "`$import`: seconds to connect to an input URL and between two reads of it")
+    import_allowed_hosts: tuple[str, ...] = setting(
+        "FHIRFUS_IMPORT_ALLOWED_HOSTS", (),
+        "`$import`: hosts (names or addresses, comma-separated) whose URLs may be fetched even when they "
+        "resolve to a loopback, private or link-local address, which are refused otherwise (SSRF)")
+    import_max_jobs: int = setting(
+        "FHIRFUS_IMPORT_MAX_JOBS", 1,
+        "import jobs one server process runs at once; a kick-off beyond that gets 429 with `Retry-After`")
+    pull_dir: str = setting(
+        "FHIRFUS_PULL_DIR", "./var/pulls",
+        "where `fhirfus pull` keeps the files of an export until they are loaded (a rerun resumes them)")
+    pull_schedule_seconds: int = setting(
+        "FHIRFUS_PULL_SCHEDULE", 0,
+        "every this many seconds the server runs the stored pull definitions that are due (`fhirfus pull "
+        "--every`); 0: the server runs none")
 
     subscription_key: str | None = setting(
         "FHIRFUS_SUBSCRIPTION_KEY", None,

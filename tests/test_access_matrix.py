@@ -47,6 +47,8 @@ class Targets:
     response: str
     export_job: str
     export_file: str
+    import_job: str
+    import_file: str
     analysis_job: str
     analysis_file: str
     identifier: str
@@ -69,6 +71,9 @@ def _json(body: Any) -> dict[str, Any]:
     return {"json": body}
 
 
+NDJSON = {"Content-Type": "application/fhir+ndjson"}
+#: An ``$import`` upload whose one line is refused: the job completes with an error file, writing nothing.
+REFUSED_LINE = b'{"resourceType": "Patient", "gender": "not-a-gender"}\n'
 PATCH = {"content": json.dumps([{"op": "add", "path": "/active", "value": True}]),
          "headers": {"Content-Type": "application/json-patch+json"}}
 
@@ -124,7 +129,13 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         lambda t: (f"/fhir/Group/{t.group}/$export", {"headers": ASYNC}), compare_body=False),
     ("GET", "/fhir/_export/{job_id}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}", {})),
     ("DELETE", "/fhir/_export/{job_id}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}", {})),
+    ("GET", "/fhir/_pulls"): Recipe(lambda t: ("/fhir/_pulls", {}), targeted=False),  # admins only: 403 to others
     ("GET", "/fhir/_export/{job_id}/{name}"): Recipe(lambda t: (f"/fhir/_export/{t.export_job}/{t.export_file}", {})),
+    ("POST", "/fhir/$import"): Recipe(lambda t: ("/fhir/$import", {"headers": ASYNC | NDJSON, "content": REFUSED_LINE}),
+                                      targeted=False),
+    ("GET", "/fhir/_import/{job_id}"): Recipe(lambda t: (f"/fhir/_import/{t.import_job}", {})),
+    ("DELETE", "/fhir/_import/{job_id}"): Recipe(lambda t: (f"/fhir/_import/{t.import_job}", {})),
+    ("GET", "/fhir/_import/{job_id}/{name}"): Recipe(lambda t: (f"/fhir/_import/{t.import_job}/{t.import_file}", {})),
     ("GET", "/fhir/$analysis-export"): Recipe(lambda t: ("/fhir/$analysis-export", {"headers": ASYNC}), targeted=False),
     ("GET", "/fhir/Group/{group_id}/$analysis-export"): Recipe(
         lambda t: (f"/fhir/Group/{t.group}/$analysis-export", {"headers": ASYNC}), compare_body=False),
@@ -276,7 +287,14 @@ def _site_data(http: httpx.Client, marker: str, system: str) -> dict[str, str]:
     manifest = _wait(http, kick.headers["Content-Location"]).json()
     job = kick.headers["Content-Location"].rsplit("/", 1)[1]
     terminology = _terminology(http, marker, f"{system}:cs:{uuid.uuid4().hex}")
-    return {**terminology, "patient": patient["id"], "deleted": deleted["id"], "group": group["id"],
+    upload = "\n".join([json.dumps({"resourceType": "Patient", "id": uuid.uuid4().hex, "name": [{"family": marker}]}),
+                        json.dumps({"resourceType": "Patient", "name": [{"family": marker}], "gender": marker})]).encode()
+    imported = http.post("/$import", headers=ASYNC | NDJSON, content=upload)
+    assert imported.status_code == 202, imported.text
+    import_manifest = _wait(http, imported.headers["Content-Location"]).json()
+    assert import_manifest["output"][0]["count"] == 1, import_manifest
+    return {**terminology, "import_job": imported.headers["Content-Location"].rsplit("/", 1)[1],
+            "import_file": import_manifest["error"][0]["url"].rsplit("/", 1)[1], "patient": patient["id"], "deleted": deleted["id"], "group": group["id"],
             "response": response.json()["id"], "export_job": job,
             "export_file": manifest["output"][0]["url"].rsplit("/", 1)[1], "identifier": f"{system}|{value}"}
 
@@ -322,8 +340,8 @@ def world(secure_server) -> Iterator[World]:
 
     def unknown() -> Targets:
         never = {k: uuid.uuid4().hex for k in ("patient", "deleted", "group", "response", "export_job", "analysis_job",
-                                               "codesystem", "valueset", "conceptmap", "codesystem_url")}
-        return Targets("unknown", export_file="Patient.1.ndjson", analysis_file=analysis["analysis_file"],
+                                               "codesystem", "valueset", "conceptmap", "codesystem_url", "import_job")}
+        return Targets("unknown", export_file="Patient.1.ndjson", import_file="errors-0.ndjson", analysis_file=analysis["analysis_file"],
                        identifier=f"{system}|{uuid.uuid4().hex}", **never)
 
     targets = {
@@ -354,7 +372,7 @@ def call(world: World, who: str, key: tuple[str, str], targets: Targets) -> http
     url, kwargs = RECIPES[key].build(targets)
     for _ in range(30):
         answer = world.sessions[who].request(method, url, **kwargs)
-        if answer.status_code != 429 or "export" not in url:
+        if answer.status_code != 429 or ("export" not in url and "$import" not in url):
             return answer
         time.sleep(float(answer.headers.get("Retry-After", "1")))
     return answer
@@ -378,7 +396,8 @@ def _output_urls(manifest: dict) -> list[str]:
     if manifest.get("resourceType") == "Parameters":
         return [part["valueUri"] for p in manifest["parameter"] if p["name"] == "output"
                 for part in p["part"] if part["name"] == "location"]
-    return [item["url"] for item in manifest.get("output", []) + manifest.get("error", [])]
+    return [item["url"] for item in manifest.get("output", []) + manifest.get("error", [])
+            if "url" in item]  # an import's output names the inputs it loaded, not files of its own
 
 
 def _b_traces(world: World, text: str) -> list[str]:
@@ -440,7 +459,7 @@ def test_a_sites_own_reads_work_through_every_recipe(world: World, key: tuple[st
 
 
 def _without_ids(text: str, targets: Targets) -> str:
-    for name in ("patient", "deleted", "group", "response", "export_job", "analysis_job", "identifier",
+    for name in ("patient", "deleted", "group", "response", "export_job", "analysis_job", "import_job", "identifier",
                  "codesystem", "valueset", "conceptmap", "codesystem_url"):
         text = text.replace(getattr(targets, name), f"<{name}>")
     return text
@@ -497,4 +516,6 @@ def test_site_a_writes_aimed_at_site_b_changed_nothing(world: World) -> None:
     assert b_versions(world) == world.b_versions
     other = world.targets["other"]
     assert world.fhir["b"].get(f"/_export/{other.export_job}").status_code == 200
+    assert world.fhir["b"].get(f"/_import/{other.import_job}").status_code == 200
+    assert world.fhir["b"].get(f"/_import/{other.import_job}/{other.import_file}").status_code == 200
     assert world.fhir["b"].get(f"/Patient/{other.patient}").status_code == 200

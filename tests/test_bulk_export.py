@@ -407,7 +407,10 @@ def test_every_ndjson_output_format_is_accepted(client: httpx.Client, output_for
     ("/$export?_since=yesterday", "_since"),
     ("/$export?_since=2024-01-01T00:00:00Z&_since=2024-02-01T00:00:00Z", "_since"),
     ("/$export?_outputFormat=text/csv", "_outputFormat"),
-    ("/$export?_elements=id", "_elements"),
+    ("/$export?_elements=Foo.id", "_elements"),
+    ("/$export?_elements=name.given", "_elements"),
+    ("/$export?includeAssociatedData=_everything", "includeAssociatedData"),
+    ("/$export?includeAssociatedData=", "includeAssociatedData"),
     ("/$export?bogus=1", "bogus"),
     ("/$export?_typeFilter=Observation", "_typeFilter"),
     ("/$export?_typeFilter=Observation%3Fnonsense%3D1", "_typeFilter"),
@@ -432,11 +435,11 @@ def test_kick_off_needs_prefer_respond_async(client: httpx.Client) -> None:
 
 
 def test_lenient_handling_ignores_unsupported_parameters_and_says_so(client: httpx.Client) -> None:
-    location = kick_off(client, "/$export?_type=Organization&_elements=id",
+    location = kick_off(client, "/$export?_type=Organization&organizeOutputBy=Patient",
                         headers={"Prefer": "respond-async, handling=lenient"})
     manifest = manifest_of(client, location)
     outcomes = download(client, manifest["error"])["OperationOutcome"]
-    assert "_elements" in outcomes[0]["issue"][0]["diagnostics"]
+    assert "organizeOutputBy" in outcomes[0]["issue"][0]["diagnostics"]
     finish(client, location)
 
 

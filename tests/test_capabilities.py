@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -307,6 +308,15 @@ def operation_works(http: httpx.Client, level: str | None, name: str, patient: s
     if name == "export":
         path = {None: "/$export", "Patient": "/Patient/$export", "Group": f"/Group/{group}/$export"}[level]
         return _cancel(http, http.get(path, headers=ASYNC))
+    if name == "import":
+        line = json.dumps({"resourceType": "Patient", "id": f"cap-{uuid.uuid4().hex}"}).encode()
+        kicked = http.post("/$import", headers=ASYNC | {"Content-Type": "application/fhir+ndjson"}, content=line)
+        if kicked.status_code != 202:
+            return False
+        deadline = time.monotonic() + 30
+        while (status := http.get(kicked.headers["Content-Location"])).status_code == 202 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return status.status_code == 200 and status.json()["output"][0]["count"] == 1
     if name == "analysis-export":
         path = {None: "/$analysis-export", "Group": f"/Group/{group}/$analysis-export"}[level]
         return _cancel(http, http.get(path, headers=ASYNC))
@@ -367,7 +377,8 @@ def test_every_declared_operation_runs(client: httpx.Client) -> None:
     assert not failing, failing
     assert {name for _, name in declared_ops} >= {"validate", "everything", "extract", "export", "analysis-export",
                                                    "expand", "lookup", "validate-code", "subsumes", "translate",
-                                                   "viewdefinition-run", "viewdefinition-export"}
+                                                   "viewdefinition-run", "viewdefinition-export",
+                                                   "import"}
 
 
 def test_transaction_and_batch_and_system_search_and_history_are_declared_and_work(client: httpx.Client, unique: str) -> None:
@@ -436,7 +447,7 @@ def test_the_statement_tells_formats_profiles_and_reference_policy(client: httpx
 
 #: Routes outside FHIR's REST interactions (authentication, API documentation): declared elsewhere.
 NOT_FHIR_REST = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/token",
-                 "/fhir/.well-known/smart-configuration"}
+                 "/fhir/.well-known/smart-configuration", "/fhir/_pulls"}  # _pulls: the hub's admin JSON
 
 
 def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
@@ -477,6 +488,8 @@ def _route_declaration(method: str, path: str) -> tuple[str | None, str] | None:
                 return (level, operation)
     if path.startswith("/fhir/_export/"):
         return (None, "$export")  # status, files and cancel of an export job
+    if path.startswith("/fhir/_import/"):
+        return (None, "$import")  # status, error files and cancel of an import job
     if path.startswith("/fhir/_analysis/"):
         return (None, "$analysis-export")
     return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from fhirfus import __version__
-from fhirfus.api import analysis, auth, bulk, limits, resources, system, terminology, views
+from fhirfus.api import analysis, auth, bulk, bulk_import, limits, pulls, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.request_log import RequestLog
@@ -22,6 +24,7 @@ from fhirfus.domain.publication import publish
 from fhirfus.errors import FhirError
 from fhirfus.heap import freeze_start_up_heap
 from fhirfus.interactions import paging
+from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
 from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
@@ -75,7 +78,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(console.router)  # the web console for people at /app
     app.include_router(system.router)
     app.include_router(bulk.router)  # before resources: /fhir/_export/... is not a resource type
+    app.include_router(bulk_import.router)  # likewise /fhir/_import/...
     app.include_router(analysis.router)  # likewise /fhir/_analysis/...
+    app.include_router(pulls.router)  # likewise /fhir/_pulls
     app.include_router(terminology.router)  # before resources: ValueSet/$expand is no id
     app.include_router(views.router)  # likewise ViewDefinition/$run
     app.include_router(resources.router)
@@ -88,9 +93,17 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.router.on_shutdown.append(app.state.client_status.stop)
     app.router.on_startup.append(lambda: bulk.start_exports(app))
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
+    app.router.on_startup.append(lambda: bulk_import.start_imports(app))
+    app.router.on_shutdown.append(lambda: bulk_import.stop_imports(app))
     app.router.on_startup.append(app.state.subscriptions.start)
     app.router.on_shutdown.append(app.state.subscriptions.stop)
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
+    if settings.pull_schedule_seconds > 0:
+        scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,
+                                  lambda: datetime.now(UTC))
+        app.state.pulls = scheduler
+        app.router.on_startup.append(scheduler.start)
+        app.router.on_shutdown.append(scheduler.stop)
     app.router.on_shutdown.append(app.state.audit.stop)
     return app
 

@@ -35,6 +35,9 @@ class Access:
     grants: tuple[Grant, ...]
     #: Set per request when authentication is on: every committed write carries its AuditEvent.
     audit: WriteAudit | None = None
+    #: Set by a site client's bulk import only: it writes under ids derived from the site and the
+    #: file's ids (``fhirfus.bulk.imports.load``), which no other site uses, so it may create them.
+    derived_ids: bool = False
 
     def allows(self, res_type: str, permission: str) -> bool:
         if self.role == "analyst":
@@ -68,7 +71,7 @@ class Access:
     def chooses_ids(self) -> bool:
         """Whether a PUT to an unused id creates it (update-as-create). Not for site clients: an id
         another site uses would have to be refused, which would tell that it exists."""
-        return self.role != "site"
+        return self.role != "site" or self.derived_ids
 
     def labelled(self, resource: dict) -> dict:
         """A site client's write carries its site's label (403 when it names another site); others

@@ -43,5 +43,8 @@ def export_to_directory(
         "output": [{"type": f.res_type, "url": f.name, "count": f.count} for f in result.files if f.kind == "output"],
         "error": [{"type": f.res_type, "url": f.name, "count": f.count} for f in result.files if f.kind == "error"],
     }
+    if request.since is not None:
+        manifest["deleted"] = [{"type": f.res_type, "url": f.name, "count": f.count}
+                               for f in result.files if f.kind == "deleted"]
     (out / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return result

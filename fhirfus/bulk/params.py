@@ -35,8 +35,12 @@ NDJSON_FORMATS = frozenset(
     {"application/fhir+ndjson", "application/ndjson", "ndjson", "application/fhir ndjson"}
 )
 #: Parameters of the v2 specification that fhirfus does not implement.
-UNSUPPORTED = frozenset({"_elements", "includeAssociatedData", "organizeOutputBy", "allowPartialManifests"})
+UNSUPPORTED = frozenset({"organizeOutputBy", "allowPartialManifests"})
+#: ``includeAssociatedData`` values fhirfus honours (the Provenance of the exported resources).
+ASSOCIATED = ("LatestProvenanceResources", "RelevantProvenanceResources")
 _SINGLE = ("_since", "_outputFormat")
+#: A root element name (``_elements`` names only top-level elements).
+_ELEMENT = re.compile(r"^[a-z][A-Za-z0-9]*$")
 #: A new ``_typeFilter`` query starts where a comma is followed by ``Type?``; commas inside one
 #: query (``status=active,completed``) stay with it.
 _TYPE_FILTER_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
@@ -57,6 +61,8 @@ class ExportRequest:
     site: str | None = None                         # a site client's export: only its site's rows
     client_id: str | None = None                    # who asked: only they (or an admin) see the job
     operation: dict[str, Any] | None = None         # level "view": the views and options (``bulk.views``)
+    elements: tuple[str, ...] = ()                  # ``_elements``: ``name`` or ``Type.name``
+    associated: tuple[str, ...] = ()                # ``includeAssociatedData`` (values of ASSOCIATED)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +81,8 @@ class ExportRequest:
             site=data.get("site"),
             client_id=data.get("client_id"),
             operation=data.get("operation"),
+            elements=tuple(data.get("elements") or ()),
+            associated=tuple(data.get("associated") or ()),
         )
 
     @property
@@ -107,6 +115,8 @@ def parse_export_params(
     filters: list[tuple[str, str]] = []
     patients: list[str] = []
     since: str | None = None
+    elements: list[str] = []
+    associated: list[str] = []
     for name, value in params:
         seen[name] = seen.get(name, 0) + 1
         if name in _SINGLE and seen[name] > 1:
@@ -119,6 +129,10 @@ def parse_export_params(
             types += _parse_types(level, value)
         elif name == "_since":
             since = _parse_since(value)
+        elif name == "_elements":
+            elements += _parse_elements(level, value)
+        elif name == "includeAssociatedData":
+            associated += _parse_associated(value)
         elif name == "_typeFilter":
             filters += _parse_type_filters(level, value, base_url, seen_by, terminology)
         elif name == "patient":
@@ -151,7 +165,34 @@ def parse_export_params(
         patients=tuple(dict.fromkeys(patients)),
         ignored=tuple(ignored),
         base_url=base_url,
+        elements=tuple(dict.fromkeys(elements)),
+        associated=tuple(dict.fromkeys(associated)),
     )
+
+
+def _parse_associated(value: str) -> list[str]:
+    values = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in values if v not in ASSOCIATED]
+    if unknown or not values:
+        raise InvalidRequest(f"includeAssociatedData {', '.join(map(shown, unknown)) or 'is empty'}: fhirfus "
+                             f"supports {' and '.join(ASSOCIATED)}", "includeAssociatedData")
+    return values
+
+
+def _parse_elements(level: str, value: str) -> list[str]:
+    """``name`` (every type that has it) or ``Type.name``; root elements only."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise InvalidRequest("_elements must list at least one element", "_elements")
+    for name in names:
+        res_type, dot, element = name.rpartition(".")
+        if dot and (res_type not in allowed_types(level) or not element):
+            raise InvalidRequest(f"_elements names {shown(name)}: {shown(res_type)} is not a type this export "
+                                 "can contain", "_elements")
+        if not _ELEMENT.match(element):
+            raise InvalidRequest(f"_elements names {shown(name)}: only root elements like 'status' or "
+                                 "'Observation.status' are allowed", "_elements")
+    return names
 
 
 def _check_output_format(value: str) -> None:

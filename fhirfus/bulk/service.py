@@ -108,13 +108,16 @@ def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requ
         return {"type": written.res_type, "url": f"{status_url(base_url, job.id)}/{written.name}",
                 "count": written.count}
 
-    return {
+    body = {
         "transactionTime": format_instant(job.transaction_time),
         "request": job.request_url,
         "requiresAccessToken": requires_access_token,
         "output": [item(f) for f in files if f.kind == "output"],
         "error": [item(f) for f in files if f.kind == "error"],
     }
+    if job.request.since is not None:  # v2: what was deleted since, as transaction Bundles of DELETEs
+        body["deleted"] = [item(f) for f in files if f.kind == "deleted"]
+    return body
 
 
 def cancel(store: Store, caller: Access, job_id: str) -> None:

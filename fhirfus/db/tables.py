@@ -228,7 +228,33 @@ export_jobs = Table(
     Index("ix_export_jobs_owner", "owner", "status"),
 )
 
-#: The files of a finished job, listed in its manifest (``kind`` is ``output`` or ``error``).
+#: Pull definitions of a hub (``fhirfus.pull``): where to pull from, as whom, into which site
+#: label, and how far it got. ``since`` is the ``transactionTime`` of the last export loaded in
+#: full (the next pull's ``_since``); ``job_url`` the status URL of an export being pulled, so a
+#: rerun after a crash resumes its downloads instead of exporting again.
+pull_definitions = Table(
+    "pull_definitions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("source_url", Text, nullable=False),
+    Column("client_id", String(255), nullable=False),
+    Column("key_path", Text, nullable=False),
+    Column("site", String(64), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("group_id", String(64), nullable=True),
+    Column("types", Text, nullable=True),
+    Column("every_seconds", Integer, nullable=True),
+    Column("since", String(64), nullable=True),
+    Column("job_url", Text, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("last_count", Integer, nullable=False, default=0),
+    Column("last_run", UTCDateTime, nullable=True),
+    Column("next_run", UTCDateTime, nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+)
+
+#: The files of a finished job, listed in its manifest (``kind`` is ``output``, ``error`` or ``deleted``).
 export_files = Table(
     "export_files",
     metadata,
@@ -257,6 +283,42 @@ export_job_matches = Table(
     metadata,
     Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
     Column("resource_pk", SurrogateKey, primary_key=True),
+)
+
+#: Bulk ``$import`` jobs (``fhirfus.bulk.imports``): who asked (the caller is rebuilt from these
+#: columns when the job runs), the inputs, and ``progress`` — the input and line the next chunk
+#: starts at and the counts so far, written in the transaction of each committed chunk, so a job
+#: adopted after its process died continues exactly where the last commit left it.
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("client_id", String(200), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("site", String(64), nullable=True),
+    Column("scopes", Text, nullable=False),
+    Column("request", JsonDocument, nullable=False),
+    Column("progress", JsonDocument, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("owner", String(100), nullable=True),
+    Column("heartbeat", UTCDateTime, nullable=False),
+    Column("directory", Text, nullable=True),
+    Column("created", UTCDateTime, nullable=False),
+    Column("updated", UTCDateTime, nullable=False),
+    Column("expires", UTCDateTime, nullable=True),
+    Index("ix_import_jobs_status", "status", "heartbeat"),
+)
+
+#: One OperationOutcome per input line an import could not load (the job's error file).
+import_errors = Table(
+    "import_errors",
+    metadata,
+    Column("job_id", String(36), ForeignKey("import_jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("input", Integer, primary_key=True),
+    Column("line", Integer, primary_key=True),
+    Column("outcome", JsonDocument, nullable=False),
 )
 
 #: De-identification crosswalk (``fhirfus.analysis.deid.policy``): the random pseudonym of a Patient in one

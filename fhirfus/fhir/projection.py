@@ -62,3 +62,13 @@ def project(resource: dict, summary: str | None, elements: tuple[str, ...]) -> d
     if elements:
         return _subsetted(resource, ALWAYS | set(elements) | mandatory_elements(res_type))
     return resource
+
+
+def bulk_elements(resource: dict, elements: tuple[str, ...]) -> dict:
+    """Bulk Data ``_elements`` (``name`` for every type, ``Type.name`` for one): the named and the
+    mandatory elements, tagged SUBSETTED; a resource of a type no entry applies to stays whole."""
+    res_type = resource.get("resourceType", "")
+    named = {e.rpartition(".")[2] for e in elements if e.rpartition(".")[0] in ("", res_type)}
+    if not named:
+        return resource
+    return _subsetted(resource, ALWAYS | named | mandatory_elements(res_type))

@@ -36,6 +36,8 @@ EXPORT_OPERATIONS = {
 }
 #: De-identified analysis dataset of a cohort (fhirfus operation; analysts and admins).
 ANALYSIS_EXPORT = {"name": "analysis-export", "definition": "https://fhirfus.org/fhir/OperationDefinition/analysis-export"}
+#: Bulk ``$import`` of NDJSON named by URL or uploaded (``fhirfus.api.bulk_import``; site clients and admins).
+IMPORT = {"name": "import", "definition": "https://fhirfus.org/fhir/OperationDefinition/import"}
 #: SQL on FHIR v2 (``fhirfus.api.views``; also as ``ViewDefinition/$run``, its earlier name).
 VIEWDEFINITION_RUN = {"name": "viewdefinition-run",
                       "definition": "http://sql-on-fhir.org/OperationDefinition/$viewdefinition-run"}
@@ -182,7 +184,7 @@ def capability_statement(base: str, *, integrity: bool = True, cors: bool = Fals
                 ],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": list(COMMON_PARAMS),
-                "operation": [EXPORT_OPERATIONS[None], ANALYSIS_EXPORT, VIEWDEFINITION_RUN, VIEWDEFINITION_EXPORT,
+                "operation": [EXPORT_OPERATIONS[None], IMPORT, ANALYSIS_EXPORT, VIEWDEFINITION_RUN, VIEWDEFINITION_EXPORT,
                               VALIDATE],
             }
         ],

@@ -1,7 +1,7 @@
 """The notification queue of Subscriptions (``subscription_queue``).
 
-Revision ID: 0014
-Revises: 0013
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-03
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from fhirfus.db.types import UTCDateTime
 
-revision = "0014"
-down_revision = "0013"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,1 @@
+"""Bulk ``$import``: NDJSON files named by URL (or uploaded) loaded asynchronously, resumably."""
