@@ -135,10 +135,13 @@ def _store(url: str):
     from fhirfus.domain.conformance import load_conformance
     from fhirfus.heap import freeze_start_up_heap
     from fhirfus.store.repository import Store
+    from fhirfus.subscriptions.service import queue_writes
 
     load_conformance()
     freeze_start_up_heap()  # as the server does at start-up
-    return Store(make_engine(url))
+    store = Store(make_engine(url))
+    queue_writes(store, get_settings())  # what a command writes notifies Subscriptions as a request's write does
+    return store
 
 
 def _upgrade(url: str, revision: str) -> None:
@@ -437,6 +440,18 @@ def export_analysis_command(
             console.print(f"[red]{exc.message}[/red]")
             raise typer.Exit(2) from exc
     console.print(f"analysis files written to {target}")
+
+
+@app.command("subscription-secret")
+def subscription_secret(subscription_id: str = typer.Argument(..., help="The id of the Subscription.")) -> None:
+    """Print the key that signs a Subscription's notifications (``X-Fhirfus-Signature``), for its receiver."""
+    from fhirfus.subscriptions.delivery import signing_key
+
+    settings = get_settings()
+    if not settings.subscription_key:
+        console.print("[red]FHIRFUS_SUBSCRIPTION_KEY is not set: notifications are not signed[/red]")
+        raise typer.Exit(2)
+    print(signing_key(settings.subscription_key, subscription_id))
 
 
 def _clients_store():

@@ -142,6 +142,30 @@ class Settings:
         "every this many seconds the server runs the stored pull definitions that are due (`fhirfus pull "
         "--every`); 0: the server runs none")
 
+    subscription_key: str | None = setting(
+        "FHIRFUS_SUBSCRIPTION_KEY", None,
+        "secret (≥ 16 characters) from which each Subscription's signing key is derived (`fhirfus "
+        "subscription-secret ID` prints it for the receiver); notifications then carry `X-Fhirfus-Signature: "
+        "sha256=<hex HMAC of the body>`; unset: notifications are not signed")
+    subscription_attempts: int = setting(
+        "FHIRFUS_SUBSCRIPTION_ATTEMPTS", 8,
+        "failed deliveries in a row after which a Subscription gets `status` `error` (its notifications wait "
+        "queued until it is made active again)")
+    subscription_retry_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_RETRY_MS", 1000,
+        "wait before the first retry of a failed delivery; it doubles with each further failure (at most 5 minutes)")
+    subscription_timeout_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_TIMEOUT_MS", 10_000, "how long a notification POST/PUT may take before it counts as failed")
+    subscription_poll_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
+        "how often each server process looks for queued notifications written by other processes (its own writes "
+        "wake it at once) and for retries that came due")
+    subscription_private_targets: str = setting(
+        "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
+        "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny` (or anything "
+        "but `allow`): notifications to an endpoint that is or resolves to such an address fail (SSRF protection "
+        "for a server on a public network)")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings of ``environ`` (the process environment by default); a malformed value exits."""

@@ -1,4 +1,5 @@
-"""What the tests and the benchmarks both need: throw-away PostgreSQL databases and free ports.
+"""What the tests and the benchmarks both need: throw-away PostgreSQL databases, free ports, and a
+receiver of Subscription notifications (a real HTTP server that records what it is sent).
 
 Not used by the server. A scratch database has a random name on the server of
 ``FHIRFUS_TEST_POSTGRES_URL``, so runs never collide, and is dropped ``WITH (FORCE)`` afterwards
@@ -8,9 +9,13 @@ unless it is kept by name (a benchmark reusing a loaded database).
 from __future__ import annotations
 
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -47,3 +52,69 @@ def scratch_postgres(count: int = 1, *, prefix: str = "fhirfus_test", keep: str 
                 for name in created:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@dataclass(frozen=True)
+class Received:
+    """One request a ``Receiver`` took: when (``time.monotonic``), how, and what."""
+
+    at: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """An HTTP endpoint on a fixed loopback port that records every request and answers ``status``
+    (200 unless told otherwise); ``stop``/``start`` take it down and bring it back on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.status = 200
+        self.received: list[Received] = []
+        self._changed = threading.Condition()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> Receiver:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver
+            def _take(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                entry = Received(time.monotonic(), self.command, self.path, dict(self.headers.items()), body)
+                with receiver._changed:
+                    if receiver.status < 300:
+                        receiver.received.append(entry)
+                    receiver._changed.notify_all()
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_POST = do_PUT = _take  # the names http.server dispatches to
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        """The first ``count`` accepted requests, once there are that many (AssertionError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self.received) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(self.received)} of {count} notifications arrived within {timeout} s")
+                self._changed.wait(left)
+            return list(self.received[:count])

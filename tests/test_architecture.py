@@ -57,7 +57,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"store"}),                                    # versioned resources and history
     frozenset({"auth", "domain"}),                           # callers, tokens, audit; TWSTRS, profiles, derived data
     frozenset({"interactions"}),                             # the REST interactions
-    frozenset({"operations", "bulk", "analysis", "ingest", "pull"}),  # $operations, Bulk Data, analysis export, imports, pulls
+    frozenset({"operations", "bulk", "analysis", "ingest", "pull", "subscriptions"}),  # $operations, Bulk Data, analysis export, imports, pulls, Subscriptions
     frozenset({"api", "cli"}),                               # HTTP and the command line
 )
 LEVEL = {package: level for level, packages in enumerate(LAYERS) for package in packages}

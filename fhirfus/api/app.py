@@ -29,6 +29,7 @@ from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
 from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
+from fhirfus.subscriptions.service import Subscriptions
 
 
 def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store, settings.token_secret, settings.token_lifetime, status=app.state.client_status,
         client_limit=ratelimit.ExactLimiter(counts, "token-client", settings.token_rate_limit_per_minute))
     app.state.audit = AuditWriter(store)
+    app.state.subscriptions = Subscriptions(store, settings)  # every write is matched from here on
     if settings.analyze_after:
         keeper = store.statistics or StatisticsKeeper(
             store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2, min_interval=2.0,
@@ -95,6 +97,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.router.on_shutdown.append(lambda: bulk.stop_exports(app))
     app.router.on_startup.append(lambda: bulk_import.start_imports(app))
     app.router.on_shutdown.append(lambda: bulk_import.stop_imports(app))
+    app.router.on_startup.append(app.state.subscriptions.start)
+    app.router.on_shutdown.append(app.state.subscriptions.stop)
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     if settings.pull_schedule_seconds > 0:
         scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,

@@ -415,3 +415,25 @@ auth_person_sessions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
 )
+
+#: Notifications of Subscriptions waiting to be delivered (``fhirfus.subscriptions``): one row per
+#: matching version, queued in the transaction of the write (a rolled-back write queues nothing),
+#: delivered oldest first per subscription, deleted once the endpoint accepted it. ``owner`` and
+#: ``lease_until``: the server process delivering it now (another may take it once the lease ends);
+#: ``attempts``/``due``/``error``: the failures so far, when to try again, and why the last one failed.
+subscription_queue = Table(
+    "subscription_queue",
+    metadata,
+    Column("pk", SurrogateKey, primary_key=True, autoincrement=True),
+    Column("subscription_id", String(64), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created", UTCDateTime, nullable=False),
+    Column("due", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("owner", String(100), nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_subscription_queue_subscription", "subscription_id", "pk"),
+)

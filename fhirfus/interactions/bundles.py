@@ -23,7 +23,7 @@ import orjson
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
-from fhirfus.domain import rules
+from fhirfus.domain import rules, subscription
 from fhirfus.domain.derived import derived_keys, to_create_with
 from fhirfus.errors import FhirError, Forbidden, InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import operation_outcome
@@ -270,6 +270,8 @@ def validate_entries(caller: Access, entries: list[Entry]) -> None:
             try:
                 require_storable(probe)
                 rules.enforce(probe)
+                if entry.res_type == "Subscription":
+                    probe = subscription.accept(probe, lambda searched: caller.allows(searched, "s"))
                 entry.resource = caller.labelled(probe)
             except FhirError as exc:
                 raise _fail(entry, exc) from exc

@@ -73,7 +73,15 @@ BINARY_DOCUMENTATION = (
 #: knows no ``exposureBackground``): stored ones are read and searched, none can be written.
 R4_FORM_REFUSED = {"Evidence": "Read-only: an R4 Evidence cannot be validated (fhirfus checks structure "
                                "with the R4B model, whose Evidence differs), so it cannot be written."}
-DOCUMENTATION = {"Binary": BINARY_DOCUMENTATION, **R4_FORM_REFUSED}
+SUBSCRIPTION_DOCUMENTATION = (
+    "R4 Subscriptions that fire, channel rest-hook only (others are refused with 422): criteria are a search "
+    "of this server, matched on every committed write as the Subscription's site sees the data; notifications "
+    "come from a durable queue, at least once and in order per resource. No payload: POST [endpoint] "
+    "without body; channel.payload application/fhir+json: PUT [endpoint]/[type]/[id] with the resource (the "
+    "backport-payload-content extension id-only: only its id and versionId); channel.header sent as given; "
+    "X-Fhirfus-Signature: sha256=<HMAC of the body> when the server has a signing key. The server sets "
+    "status active on accepting, and error (with the reason) after repeated failed deliveries.")
+DOCUMENTATION = {"Binary": BINARY_DOCUMENTATION, "Subscription": SUBSCRIPTION_DOCUMENTATION, **R4_FORM_REFUSED}
 _STARTED = datetime.now(UTC).isoformat(timespec="seconds")
 #: type → (the registry's parameters it was built from, the entry): rebuilt when they change.
 _built: dict[str, tuple[Mapping[str, SearchParam], dict]] = {}

@@ -16,7 +16,7 @@ import jsonpatch
 from sqlalchemy import Connection
 
 from fhirfus.auth.access import Access
-from fhirfus.domain import rules
+from fhirfus.domain import rules, subscription
 from fhirfus.domain.derived import after_write
 from fhirfus.errors import (
     BusinessRuleViolation,
@@ -65,6 +65,8 @@ def accept(caller: Access, body: Any, res_type: str) -> dict:
     if broken := invariant_errors(resource):
         raise InvalidResource(broken[0].diagnostics, issues=broken)
     rules.enforce(resource)
+    if res_type == "Subscription":
+        resource = subscription.accept(resource, lambda searched: caller.allows(searched, "s"))
     return caller.labelled(resource)
 
 

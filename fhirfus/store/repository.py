@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache, partial
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, and_, case, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -30,13 +30,6 @@ from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
 from fhirfus.store.statistics import StatisticsKeeper
-
-#: ``Connection.info`` key: resource versions written in the connection's current transaction.
-WRITTEN = "fhirfus_written"
-
-
-def _count_written(conn: Connection, versions: int) -> None:
-    conn.info[WRITTEN] = conn.info.get(WRITTEN, 0) + versions
 
 
 @dataclass(frozen=True)
@@ -69,25 +62,68 @@ def stamp(content: dict, res_id: str, version: int, moment: datetime) -> dict:
     return stamped
 
 
+class WriteObserver(Protocol):
+    """Told about the resource versions of every write transaction (``Store.observe``): how layers
+    above the store (Subscriptions) follow writes without the store importing them."""
+
+    def written(self, conn: Connection, versions: list[Stored]) -> None:
+        """Inside the transaction, after its last write and before its commit: what it writes here
+        commits (or rolls back) with the versions."""
+
+    def committed(self) -> None:
+        """After a transaction that wrote resource versions committed."""
+
+
+#: Key of ``Connection.info`` under which a write transaction collects the versions it writes (the
+#: pooled connection's info outlives a transaction: ``Store.writing`` sets and removes it).
+WRITTEN = "fhirfus.written"
+
+
+def _written(conn: Connection, *versions: Stored) -> None:
+    collected = conn.info.get(WRITTEN)
+    if collected is not None:
+        collected.extend(versions)
+
+
 class Store:
     """Entry point of the storage layer: an engine plus transaction scopes."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._observers: dict[str, WriteObserver] = {}
         #: told how many resource versions each committed write transaction wrote (the server sets it)
         self.statistics: StatisticsKeeper | None = None
 
+    @property
+    def observers(self) -> list[WriteObserver]:
+        return list(self._observers.values())
+
+    def observe(self, name: str, observer: WriteObserver) -> None:
+        """Have ``observer`` told about the versions of every write transaction of this store, in
+        place of an earlier one of that ``name`` (two apps over one store do not observe twice)."""
+        self._observers[name] = observer
+
     @contextmanager
     def writing(self) -> Iterator[Connection]:
-        """A write transaction (committed on success, rolled back on any exception)."""
+        """A write transaction (committed on success, rolled back on any exception). Its observers
+        see the resource versions it wrote before it commits, and are told after it did."""
+        versions: list[Stored] = []
         with self.engine.connect() as conn:
             conn.execution_options(fhirfus_write=True)
-            conn.info.pop(WRITTEN, None)  # the pooled connection's info outlives a rolled-back transaction
-            with conn.begin():
-                yield conn
-            written = conn.info.pop(WRITTEN, 0)
-        if written and self.statistics is not None:
-            self.statistics.wrote(written)
+            conn.info[WRITTEN] = versions
+            try:
+                with conn.begin():
+                    yield conn
+                    if versions:
+                        for observer in self.observers:
+                            observer.written(conn, versions)
+            finally:
+                conn.info.pop(WRITTEN, None)
+        if versions:
+            if self.statistics is not None:
+                self.statistics.wrote(len(versions))
+            for observer in self.observers:
+                observer.committed()
 
     def analyze(self) -> None:
         """Refresh planner statistics after a bulk load (PostgreSQL plans chains badly without them)."""
@@ -154,6 +190,20 @@ def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, v
         row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content, row.method,
         site=row.site,
     )
+
+
+def versions(conn: Connection, seen_by: Visibility, keys: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], Stored]:
+    """Several versions at once, by (type, id, version): those that exist and ``seen_by`` may see."""
+    h = resource_history
+    found: dict[tuple[str, str, int], Stored] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        for row in conn.execute(select(h).where(tuple_(h.c.res_type, h.c.res_id, h.c.version).in_(chunk),
+                                                seen_by.rows_of(h))):
+            found[(row.res_type, row.res_id, row.version)] = Stored(
+                row.res_type, row.res_id, row.version, row.last_updated, row.method == "DELETE", row.content,
+                row.method, site=row.site)
+    return found
 
 
 def by_canonical(conn: Connection, seen_by: Visibility, res_type: str, canonical: str) -> dict | None:
@@ -270,7 +320,7 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)
     indexer.index_resource(conn, pk, res_type, body, fresh=True, also=[_history_row(stored)])
-    _count_written(conn, 1)
+    _written(conn, stored)
     return stored
 
 
@@ -305,7 +355,7 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
     ]
     history = (resource_history, [_history_row(s)[1][0] for s in stored])
     indexer.index_many(conn, [(s.pk, s.res_type, s.content) for s in stored], also=[history])  # type: ignore[misc]
-    _count_written(conn, len(stored))
+    _written(conn, *stored)
     return stored
 
 
@@ -329,7 +379,7 @@ def replace(conn: Connection, previous: Stored, content: dict, method: str = "PU
     indexer.index_resource(
         conn, previous.pk, previous.res_type, body, previous=previous.content, also=[_history_row(stored)]
     )
-    _count_written(conn, 1)
+    _written(conn, stored)
     return stored
 
 
@@ -342,7 +392,7 @@ def tombstone(conn: Connection, previous: Stored) -> Stored:
                     previous.site)
     assert previous.pk is not None
     indexer.remove_resource(conn, previous.pk, previous.res_type, previous.content, also=[_history_row(stored)])
-    _count_written(conn, 1)
+    _written(conn, stored)
     return stored
 
 

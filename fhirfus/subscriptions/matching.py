@@ -1,0 +1,72 @@
+"""Matching writes against Subscriptions: the store's write observer.
+
+In the transaction of every write, before it commits, the versions written are matched against
+the active Subscriptions of their type: each Subscription's compiled criteria run restricted to
+the written rows (the index rows of the write are already there), as the Subscription's site sees
+the data. Matches are queued in the same transaction, so a rolled-back write queues nothing and a
+committed one cannot lose its notifications. Deletions are not notified (a criteria search cannot
+match a deleted resource); a resource written twice in one transaction is notified once, for its
+last version. With no active Subscription of a written type, a write costs one small query (whether the stored
+Subscriptions changed) and a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from fhirfus.store.repository import Stored
+from fhirfus.subscriptions import queue
+from fhirfus.subscriptions.active import ActiveSubscriptions
+
+
+class Matcher:
+    """Queues the notifications of each write; wakes the delivery worker after its commit."""
+
+    def __init__(self, active: ActiveSubscriptions, clock: Callable[[], datetime], wake: threading.Event) -> None:
+        self.active = active
+        self.clock = clock
+        self.wake = wake
+        self._lock = threading.Lock()
+        self._touched: set[str] = set()
+
+    def touched(self) -> set[str]:
+        """The Subscriptions notifications were queued for since the last call (a rolled-back
+        write's included: a worker then looks and finds nothing)."""
+        with self._lock:
+            touched, self._touched = self._touched, set()
+        return touched
+
+    def written(self, conn: Connection, versions: list[Stored]) -> None:
+        by_type = self.active.by_type(conn)
+        if not by_type:
+            return
+        latest: dict[tuple[str, str], Stored] = {}
+        for version in versions:
+            latest.pop((version.res_type, version.res_id), None)
+            latest[(version.res_type, version.res_id)] = version  # last write of an id, in write order
+        written: dict[str, list[Stored]] = {}
+        for version in latest.values():
+            if not version.deleted and version.pk is not None and version.res_type in by_type:
+                written.setdefault(version.res_type, []).append(version)
+        rows: list[tuple[int, str, str, str, int]] = []
+        for res_type, group in written.items():
+            order = {v.pk: n for n, v in enumerate(group)}
+            for subscription in by_type[res_type]:
+                candidates = [v for v in group if subscription.visibility.sees(v.site)]
+                if not candidates:
+                    continue
+                matched = set(conn.execute(subscription.matches, {"pks": [v.pk for v in candidates]}).scalars())
+                rows += [(order[v.pk], subscription.id, v.res_type, v.res_id, v.version)
+                         for v in candidates if v.pk in matched]
+        rows.sort(key=lambda row: row[0])
+        queue.enqueue(conn, [row[1:] for row in rows], self.clock())
+        if rows:
+            with self._lock:
+                self._touched.update(row[1] for row in rows)
+
+    def committed(self) -> None:
+        self.wake.set()
