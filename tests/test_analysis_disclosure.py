@@ -131,3 +131,25 @@ def test_no_single_suppressed_count_can_be_recovered_from_its_siblings(exports: 
     assert any(n >= 2 for n in hidden.values())
     by_path = dict(sets)
     assert [p for p, n in hidden.items() if n == 1 and any(c["n"] for c in by_path[p].values())] == []
+
+
+def _cohort_counts(block: Any) -> list[Any]:
+    """Every plain count of excluded patients (totals and per reason) anywhere in ``block``."""
+    if isinstance(block, dict):
+        here = []
+        if isinstance(block.get("excluded_by_reason"), dict):
+            here = [block.get("excluded"), *block["excluded_by_reason"].values()]
+        return here + [c for v in block.values() for c in _cohort_counts(v)]
+    if isinstance(block, list):
+        return [c for v in block for c in _cohort_counts(v)]
+    return []
+
+
+def test_counts_of_excluded_patients_are_suppressed_like_cells(exports: dict[str, Path]) -> None:
+    released = _cohort_counts(_statistics(exports["safe-harbor"]))
+    assert any(isinstance(c, int) and 0 < c < 5 for c in released)  # the cohort does trip it
+    pooled = _cohort_counts(_statistics(exports["safe-harbor-pooled"]))
+    assert len(pooled) == len(released)
+    assert not [c for c in pooled if isinstance(c, int) and 0 < c < 5]
+    assert any(p.split(".")[-2:][0] == "excluded_by_reason" or p.endswith(".excluded")
+               for p in _statistics(exports["safe-harbor-pooled"])["disclosure"]["suppressed"])

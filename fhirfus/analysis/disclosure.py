@@ -34,6 +34,8 @@ def suppress(block: Any, minimum: int, path: str, where: list[str]) -> Any:
         if isinstance(n, int) and not isinstance(n, bool) and 0 < n < minimum:
             where.append(path)
             return {**_blank(block), "suppressed": True}
+        if isinstance(block.get("excluded_by_reason"), dict):
+            block = _cohort_counts(block, minimum, path, where)
         out = {k: suppress(v, minimum, f"{path}.{k}" if path else k, where) for k, v in block.items()}
         return _complement(out, minimum, path, where)
     if isinstance(block, list):
@@ -42,6 +44,30 @@ def suppress(block: Any, minimum: int, path: str, where: list[str]) -> Any:
 
 
 _COUNT_KEYS = frozenset({"n", "percent", "suppressed"})
+
+
+def _small(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < minimum
+
+
+def _cohort_counts(cohort: dict[str, Any], minimum: int, path: str, where: list[str]) -> dict[str, Any]:
+    """A cohort's plain counts: the excluded patients and their reasons. Small ones become null; one
+    small reason among others takes the smallest other with it (the total would give it away)."""
+    prefix = f"{path}." if path else ""
+    reasons = dict(cohort["excluded_by_reason"])
+    hidden = [k for k, v in reasons.items() if _small(v, minimum)]
+    if len(hidden) == 1:
+        others = [(v, k) for k, v in reasons.items() if k not in hidden and isinstance(v, int) and v > 0]
+        if others:
+            hidden.append(min(others)[1])
+    for key in hidden:
+        reasons[key] = None
+        where.append(f"{prefix}excluded_by_reason.{key}")
+    out = {**cohort, "excluded_by_reason": reasons}
+    if _small(cohort.get("excluded"), minimum):
+        out["excluded"] = None
+        where.append(f"{prefix}excluded")
+    return out
 
 
 def _complement(block: dict[str, Any], minimum: int, path: str, where: list[str]) -> dict[str, Any]:

@@ -88,7 +88,7 @@ def _withheld(group: dict[str, Any], small: str) -> list[tuple[str, str]]:
     rows = _rows(group)
     if group.get("suppressed"):
         return [(label, "" if label.startswith("§") else small) for label, _ in rows]
-    return [(label, small if value == "None" else value) for label, value in rows]
+    return [(label, small if value == "None" else value.replace("(None)", f"({small})")) for label, value in rows]
 
 
 def summary_table(statistics: dict[str, Any]) -> str:
