@@ -372,3 +372,14 @@ def test_the_dictionary_gives_units_in_words(exported: tuple) -> None:
     assert not {"a", "d", "1", "{score}", "%"} & {r["unit"] for r in rows}
     export = {r["column"]: r["value"] for r in rows if r["file"] == "export"}
     assert export["analysis_plan_sha256"] == hashlib.sha256(PLAN_PATH.read_bytes()).hexdigest()
+
+
+def test_the_reports_tables_have_a_column_per_released_site(exported: tuple) -> None:
+    statistics, _, out = exported
+    report = (out / "report.html").read_text()
+    table_one = report.split("<h2>Table 1: patients at baseline</h2>")[1].split("</table>")[0]
+    events = report.split("<h2>Adverse events</h2>")[1].split("<h2>")[0]
+    for site in SITES:
+        assert site in statistics["table_one"]["by_site"]
+        assert f"<th>site {site}</th>" in table_one, site
+        assert f"<th>site {site}</th>" in events, site

@@ -80,7 +80,9 @@ def table(head: list[str], rows: list[list[str]], sections: dict[int, str] | Non
 
 
 def _columns(block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [("Overall", block["overall"]), *block["by_target"].items()]
+    """Overall, per target, and per site where the policy releases sites (``by_site`` is empty else)."""
+    return [("Overall", block["overall"]), *block["by_target"].items(),
+            *((f"site {site}", group) for site, group in block.get("by_site", {}).items())]
 
 
 def table_one(statistics: dict[str, Any], cells: Cells) -> str:
@@ -110,7 +112,11 @@ def adverse_event_table(statistics: dict[str, Any], cells: Cells) -> str:
     for name, row in [("Any adverse event", block["any"]), *block["by_term"].items()]:
         rows.append([name, cells.count(row["patients"]), cells.count(row["events"]),
                      *[cells.count(row["by_severity"][s]) for s in SEVERITIES], cells.count(row["resolved"])])
-    return table(head, rows)
+    groups = _columns(statistics["adverse_events"])
+    per_group = [[label] + [cells.count(g["any"][key]) for _, g in groups]
+                 for key, label in (("patients", "Patients with ≥ 1, n (%)"), ("events", "Events"),
+                                    ("resolved", "Resolved"))]
+    return table(head, rows) + table(["Any adverse event", *[name for name, _ in groups]], per_group)
 
 
 def treatment_table(statistics: dict[str, Any], cells: Cells) -> str:
