@@ -161,30 +161,41 @@ def test_every_request_is_one_log_line_without_patient_data(client: httpx.Client
     assert not any(secret in line for line in lines for secret in ("secret", "Müller", "Schmidt"))
 
 
-def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
+def _serve(database_url: str, log: Path, *options: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """``fhirfus serve`` in its own process, answering: (the process, its /fhir base)."""
     from fhirfus.testing import free_port
 
+    port = free_port()
+    environment = {**(env if env is not None else os.environ), "FHIRFUS_DATABASE_URL": database_url,
+                   "FHIRFUS_AUTH": "off"}
+    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate",
+                                *options], env=environment, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/metadata").status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError(f"fhirfus serve did not answer: {log.read_text()[-2000:]}")
+
+
+def _stopped(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_fhirfus_serve_writes_the_request_log(server, tmp_path: Path) -> None:
     if server.database.backend != "sqlite":
         pytest.skip("one backend is enough for the log wiring")
-    port = free_port()
-    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    process, base = _serve(server.database.url, tmp_path / "serve.log")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
-        httpx.get(f"http://127.0.0.1:{port}/fhir/Observation", params={"code": "secret-code"})
+        httpx.get(f"{base}/Observation", params={"code": "secret-code"})
         time.sleep(0.5)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        _stopped(process)
     text = (tmp_path / "serve.log").read_text()
     assert "GET /fhir/metadata 200 " in text
     assert "GET /fhir/{res_type} 200 " in text
@@ -199,37 +210,30 @@ def _spawned_workers(pid: int) -> list[int]:
             Path(f"/proc/{c}/cmdline").read_bytes()]
 
 
+def _wait_for_workers(pid: int, count: int) -> list[int]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(workers := _spawned_workers(pid)) < count:
+        time.sleep(0.3)
+    return workers
+
+
 def test_fhirfus_serve_uses_every_core_by_default(server, tmp_path: Path) -> None:
     """No flag, no setting: one worker process per core, all answering (they share the database)."""
-    from fhirfus.testing import free_port
-
     if server.database.backend != "sqlite":
         pytest.skip("one backend is enough for the process count")
     if not Path("/proc/self/task").exists():
         pytest.skip("needs /proc to count processes")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "FHIRFUS_WORKERS"}
-    env |= {"FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
     cores = os.cpu_count() or 1
+    env = {k: v for k, v in os.environ.items() if k != "FHIRFUS_WORKERS"}
+    process, base = _serve(server.database.url, tmp_path / "serve.log", env=env)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(_spawned_workers(process.pid)) < cores:
-            time.sleep(0.3)
+        workers = _wait_for_workers(process.pid, cores if cores > 1 else 0)
         answers = []
-        while time.monotonic() < deadline and len(answers) < 20:
-            try:
-                with httpx.Client() as fresh:  # a new connection each: the kernel spreads them over the workers
-                    answers.append(fresh.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code)
-            except httpx.TransportError:
-                time.sleep(0.3)
-        workers = _spawned_workers(process.pid)
+        for _ in range(20):
+            with httpx.Client() as fresh:  # a new connection each: the kernel spreads them over the workers
+                answers.append(fresh.get(f"{base}/metadata").status_code)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
+        _stopped(process)
     assert answers == [200] * 20
     assert len(workers) == (cores if cores > 1 else 0), (tmp_path / "serve.log").read_text()
     assert f"({cores} worker process" in (tmp_path / "serve.log").read_text()
@@ -237,26 +241,13 @@ def test_fhirfus_serve_uses_every_core_by_default(server, tmp_path: Path) -> Non
 
 def test_the_workers_of_fhirfus_serve_die_with_it(server, tmp_path: Path) -> None:
     """``kill -9`` of the supervisor leaves no worker serving the port (or running jobs) on its own."""
-    from fhirfus.testing import free_port
-
     if server.database.backend != "sqlite":
         pytest.skip("one backend is enough for process handling")
     if not Path("/proc/self/task").exists():
         pytest.skip("needs /proc to see processes")
-    port = free_port()
-    env = {**os.environ, "FHIRFUS_DATABASE_URL": server.database.url, "FHIRFUS_AUTH": "off"}
-    process = subprocess.Popen([sys.executable, "-m", "fhirfus.cli", "serve", "--port", str(port), "--no-migrate",
-                                "--workers", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process, base = _serve(server.database.url, tmp_path / "serve.log", "--workers", "2")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(workers := _spawned_workers(process.pid)) < 2:
-            time.sleep(0.3)
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/fhir/metadata").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        workers = _wait_for_workers(process.pid, 2)
         assert len(workers) == 2
     finally:
         process.kill()
@@ -268,4 +259,4 @@ def test_the_workers_of_fhirfus_serve_die_with_it(server, tmp_path: Path) -> Non
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
     assert not alive, "workers outlived their supervisor"
     with pytest.raises(httpx.TransportError):
-        httpx.get(f"http://127.0.0.1:{port}/fhir/metadata", timeout=2)
+        httpx.get(f"{base}/metadata", timeout=2)
