@@ -281,6 +281,22 @@ def read(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
         return read_in(conn, caller, res_type, res_id)
 
 
+async def read_raw(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
+    """``read`` on the event loop with the content as stored (``Stored.raw``), for a store with
+    ``async_reads`` and any type but Binary (whose read checks its ``securityContext``)."""
+    require_known_type(res_type)
+    caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
+    if store.async_reads is None or res_type == "Binary":
+        raise ValueError("read_raw needs a store with async reads and a type other than Binary")
+    stored = await repository.current_raw(store.async_reads, caller.visibility, res_type, res_id)
+    if stored is None:
+        raise _not_found(res_type, res_id)
+    if stored.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
+    return stored
+
+
 def vread(store: Store, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
     require_known_type(res_type)
     with store.reading() as conn:

@@ -1,0 +1,109 @@
+"""Reads by id (``GET``/``HEAD /fhir/{type}/{id}``) answered on the event loop, ahead of routing.
+
+The read is the most frequent request and the cheapest for the database, so what surrounds it
+decides its cost: FastAPI's routing through every router, its dependency solving and the
+thread-pool hop of a sync route each cost more CPU than the lookup. ``FastRead`` sits behind the
+auth gate (the caller is resolved, the read is audited, rate limits apply, the request log sees
+it) and answers the requests the router would hand to ``resources.read`` itself: one regular
+expression, the caller's permission, one pre-compiled statement on an async connection
+(``Store.async_reads``), and the stored JSON sent as it is (it already carries ``id`` and
+``meta``). XML and ``_pretty`` parse it to render it; conditional reads (``If-None-Match``,
+``If-Modified-Since``), HEAD and errors answer as the route does. What it does not take (Binary,
+SQLite, any other path or method) goes on to the router unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import psycopg
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from fhirfus.api.errors import outcome_response
+from fhirfus.api.http import caller, version_headers
+from fhirfus.api.negotiation import rendering_for
+from fhirfus.errors import FhirError, Issue
+from fhirfus.fhir.validation import served_types, valid_id
+from fhirfus.interactions import crud
+from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
+
+log = logging.getLogger("fhirfus.api")
+
+#: ``/fhir/{res_type}/{res_id}``: every other route of two segments under /fhir has a segment no
+#: served type or valid id can be (``$op``, ``_export``, ``_history``), checked by the tests.
+_READ_PATH = re.compile(r"/fhir/([A-Za-z]+)/([^/]+)")
+
+
+def takes(method: str, path: str) -> tuple[str, str] | None:
+    """(type, id) of a read by id this fast path answers, None for everything else."""
+    if method not in ("GET", "HEAD"):
+        return None
+    match = _READ_PATH.fullmatch(path)
+    if match is None:
+        return None
+    res_type, res_id = match.groups()
+    if res_type == "Binary" or res_type not in served_types() or not valid_id(res_id):
+        return None  # Binary's content and securityContext, unknown types and bad ids: the route's answers
+    return res_type, res_id
+
+
+class FastRead:
+    """Pure ASGI middleware answering reads by id (see module docstring)."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+        self._route: Any = None
+
+    def route(self) -> Any:
+        """The ``resources.read`` route, left in the scope as routing would (the request log's template)."""
+        if self._route is None:
+            from fhirfus.api import resources
+
+            self._route = next(route for included in self.fastapi_app.routes
+                               for route in getattr(getattr(included, "original_router", None), "routes", ())
+                               if getattr(route, "endpoint", None) is resources.read)
+        return self._route
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        store = self.fastapi_app.state.store
+        wanted = takes(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if wanted is None or store.async_reads is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route()
+        request = Request(scope, receive)
+        try:
+            response = await read_response(request, store, *wanted)
+        except FhirError as exc:
+            response = outcome_response(request, exc.status, exc.issues, exc.headers)
+        except psycopg.errors.QueryCanceled:  # the statement time limit, as api/errors.py answers it
+            response = outcome_response(request, 503, [Issue(
+                "The request took longer than the server allows", "too-costly")], {"Retry-After": "5"})
+        except psycopg.OperationalError:
+            log.exception("Database error on %s %s", scope["method"], scope["path"])
+            response = outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
+                                        {"Retry-After": "5"})
+        await response(scope, receive, send)
+
+
+async def read_response(request: Request, store: Any, res_type: str, res_id: str) -> Response:
+    """The answer of ``resources.read`` for a type other than Binary, from ``crud.read_raw``."""
+    rendering = rendering_for(request)
+    stored = await crud.read_raw(store, caller(request), res_type, res_id)
+    headers = version_headers(request, stored)
+    if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
+    if if_none_match == stored.version or (
+            if_none_match is None and not_modified_since(request.headers.get("if-modified-since"), stored.last_updated)):
+        return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        return Response(status_code=200, headers=headers, media_type=rendering.content_type)
+    raw = stored.raw or b"{}"
+    body = raw if not rendering.xml and not rendering.pretty else rendering.dumps(orjson.loads(raw))
+    return Response(body, status_code=200, headers=headers, media_type=rendering.content_type)
