@@ -34,6 +34,7 @@ class AsyncReadPool:
         self.conninfo = conninfo
         self.size = size
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopPool] = weakref.WeakKeyDictionary()
+        self._last: tuple[asyncio.AbstractEventLoop, _LoopPool] | None = None  # a server runs one loop
 
     @classmethod
     def for_engine(cls, engine: Engine, *, statement_timeout_ms: int = 0, size: int = 10) -> AsyncReadPool | None:
@@ -49,9 +50,13 @@ class AsyncReadPool:
 
     def _pool(self) -> _LoopPool:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
         pool = self._loops.get(loop)
         if pool is None:
             pool = self._loops[loop] = _LoopPool(asyncio.Semaphore(self.size))
+        self._last = (loop, pool)
         return pool
 
     @asynccontextmanager
@@ -72,6 +77,9 @@ class AsyncReadPool:
 
     async def close(self) -> None:
         """Close the idle connections of the running loop (at shutdown)."""
-        pool = self._loops.pop(asyncio.get_running_loop(), None)
+        loop = asyncio.get_running_loop()
+        pool = self._loops.pop(loop, None)
+        if self._last is not None and self._last[0] is loop:
+            self._last = None
         for conn in pool.idle if pool else ():
             await conn.close()
