@@ -202,7 +202,9 @@ async def current_raw(pool: AsyncReadPool, seen_by: Visibility, res_type: str, r
     used or not visible to ``seen_by``, a tombstone as ``deleted``."""
     sql, params = _current_raw_sql(seen_by)
     async with pool.connection() as conn:
-        cursor = await conn.execute(sql, {**params, "res_type": res_type, "res_id": res_id})
+        # prepared on each connection's first use: a lookup by the unique key has one plan whatever
+        # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
+        cursor = await conn.execute(sql, {**params, "res_type": res_type, "res_id": res_id}, prepare=True)
         row = await cursor.fetchone()
     if row is None:
         return None
