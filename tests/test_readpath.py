@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 
@@ -13,11 +14,12 @@ import httpx
 import orjson
 import pytest
 from auth_helpers import make_client
+from sqlalchemy import text
 
 from fhirfus.api.app import create_app
 from fhirfus.api.readpath import takes
 from fhirfus.auth.access import DEVELOPMENT
-from fhirfus.db.async_pool import AsyncReadPool
+from fhirfus.db.async_pool import APPLICATION_NAME, AsyncReadPool
 from fhirfus.errors import NotFound
 from fhirfus.interactions import crud
 from fhirfus.settings import Settings
@@ -174,3 +176,19 @@ def test_reads_are_in_the_request_log_under_the_route_template(client: httpx.Cli
 
 def test_an_id_breaking_the_r4_rule_is_refused_by_the_route(client: httpx.Client) -> None:
     assert client.get(f"/Observation/{uuid.uuid4()}%00").status_code == 400
+
+
+def test_reads_go_on_after_postgresql_closed_the_pooled_connections(client: httpx.Client, server, unique: str) -> None:
+    created = client.post("/Observation", json=observation(unique)).json()
+    with ThreadPoolExecutor(4) as readers:  # several connections in the pool, all of them closed below
+        assert set(readers.map(lambda _: client.get(f"/Observation/{created['id']}").status_code, range(16))) == {200}
+    if server.database.backend == "postgresql":
+        with server.database.engine.connect() as conn:
+            closed = conn.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :name AND datname = current_database()"), {"name": APPLICATION_NAME}).scalar_one()
+        assert closed >= 1  # the read above left its connection in the pool
+    for _ in range(3):
+        response = client.get(f"/Observation/{created['id']}")
+        assert response.status_code == 200, response.text
+        assert response.json() == created

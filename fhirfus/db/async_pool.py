@@ -20,6 +20,9 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine
 
+#: How the pool's connections show in ``pg_stat_activity`` (unless the URL names one).
+APPLICATION_NAME = "fhirfus-reads"
+
 
 @dataclass
 class _LoopPool:
@@ -44,6 +47,7 @@ class AsyncReadPool:
             return None
         args = url.translate_connect_args(username="user", database="dbname")
         options = {key: value for key, value in url.query.items() if isinstance(value, str)}
+        options.setdefault("application_name", APPLICATION_NAME)
         if statement_timeout_ms:  # the same per-statement limit as the engine's connections
             options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
         return cls(make_conninfo(**{key: str(value) for key, value in args.items()}, **options), size)
@@ -74,6 +78,13 @@ class AsyncReadPool:
                     pool.idle.append(conn)
                 else:
                     await conn.close()
+
+    async def discard_idle(self) -> None:
+        """Close the running loop's idle connections (after one of them was found closed by the server)."""
+        pool = self._pool()
+        idle, pool.idle = pool.idle, []
+        for conn in idle:
+            await conn.close()
 
     async def close(self) -> None:
         """Close the idle connections of the running loop (at shutdown)."""

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache, partial
 from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -201,11 +202,20 @@ async def current_raw(pool: AsyncReadPool, seen_by: Visibility, res_type: str, r
     """``current`` on the event loop, its content as stored (``Stored.raw``): None for an id never
     used or not visible to ``seen_by``, a tombstone as ``deleted``."""
     sql, params = _current_raw_sql(seen_by)
-    async with pool.connection() as conn:
-        # prepared on each connection's first use: a lookup by the unique key has one plan whatever
-        # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
-        cursor = await conn.execute(sql, {**params, "res_type": res_type, "res_id": res_id}, prepare=True)
-        row = await cursor.fetchone()
+    values = {**params, "res_type": res_type, "res_id": res_id}
+    for attempt in (1, 2):
+        try:
+            async with pool.connection() as conn:
+                # prepared on each connection's first use: a lookup by the unique key has one plan whatever
+                # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
+                row = await (await conn.execute(sql, values, prepare=True)).fetchone()
+            break
+        except psycopg.errors.QueryCanceled:
+            raise
+        except psycopg.OperationalError:
+            if attempt == 2:
+                raise
+            await pool.discard_idle()  # the server closed them (a restart): the read is idempotent, retried once
     if row is None:
         return None
     version_id, last_updated, deleted, text, site = row
