@@ -192,3 +192,18 @@ def test_reads_go_on_after_postgresql_closed_the_pooled_connections(client: http
         response = client.get(f"/Observation/{created['id']}")
         assert response.status_code == 200, response.text
         assert response.json() == created
+
+
+def test_summary_and_elements_project_a_read_and_tag_it_subsetted(client: httpx.Client, unique: str) -> None:
+    created = client.post("/Observation", json=observation(unique, note=[{"text": "not in the summary"}])).json()
+    path = f"/Observation/{created['id']}"
+    summary = client.get(path, params={"_summary": "true"}).json()
+    assert summary["status"] == "final" and "note" not in summary
+    assert {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"} in summary["meta"]["tag"]
+    elements = client.get(path, params={"_elements": "valueQuantity", "_format": "xml"})
+    assert "<valueQuantity>" in elements.text and "<note>" not in elements.text and "SUBSETTED" in elements.text
+    data = client.get(path, params={"_summary": "data"}).json()
+    assert data["note"] == [{"text": "not in the summary"}]
+    assert client.get(path, params={"_summary": "false"}).json() == created
+    refused = client.get(path, params={"_summary": "count"})
+    assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["_summary"]

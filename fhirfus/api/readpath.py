@@ -7,7 +7,7 @@ auth gate (the caller is resolved, the read is audited, rate limits apply, the r
 it) and answers the requests the router would hand to ``resources.read`` itself: one regular
 expression, the caller's permission, one pre-compiled statement on an async connection
 (``Store.async_reads``), and the stored JSON sent as it is (it already carries ``id`` and
-``meta``). XML and ``_pretty`` parse it to render it; conditional reads (``If-None-Match``,
+``meta``). XML, ``_pretty``, ``_summary`` and ``_elements`` parse it to render it; conditional reads (``If-None-Match``,
 ``If-Modified-Since``), HEAD and errors answer as the route does. What it does not take (Binary,
 SQLite, any other path or method) goes on to the router unchanged.
 """
@@ -26,9 +26,10 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fhirfus.api.errors import outcome_response
-from fhirfus.api.http import caller, version_headers
+from fhirfus.api.http import caller, projection, version_headers
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.errors import FhirError, Issue
+from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import served_types, valid_id
 from fhirfus.interactions import crud
 from fhirfus.interactions.preconditions import not_modified_since, parse_version_tag
@@ -96,6 +97,7 @@ class FastRead:
 async def read_response(request: Request, store: Any, res_type: str, res_id: str) -> Response:
     """The answer of ``resources.read`` for a type other than Binary, from ``crud.read_raw``."""
     rendering = rendering_for(request)
+    summary, elements = projection(request)
     stored = await crud.read_raw(store, caller(request), res_type, res_id)
     headers = version_headers(request, stored)
     if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
@@ -105,5 +107,8 @@ async def read_response(request: Request, store: Any, res_type: str, res_id: str
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=rendering.content_type)
     raw = stored.raw or b"{}"
-    body = raw if not rendering.xml and not rendering.pretty else rendering.dumps(orjson.loads(raw))
+    if summary or elements:
+        body = rendering.dumps(project(orjson.loads(raw), summary, elements))
+    else:
+        body = raw if not rendering.xml and not rendering.pretty else rendering.dumps(orjson.loads(raw))
     return Response(body, status_code=200, headers=headers, media_type=rendering.content_type)
