@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from fhirfus.api import resources
 from fhirfus.api.errors import outcome_response
 from fhirfus.api.http import caller, projection, version_headers
 from fhirfus.api.negotiation import rendering_for
@@ -65,8 +66,6 @@ class FastRead:
     def route(self) -> Any:
         """The ``resources.read`` route, left in the scope as routing would (the request log's template)."""
         if self._route is None:
-            from fhirfus.api import resources
-
             self._route = next(route for included in self.fastapi_app.routes
                                for route in getattr(getattr(included, "original_router", None), "routes", ())
                                if getattr(route, "endpoint", None) is resources.read)
