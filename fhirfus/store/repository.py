@@ -49,7 +49,7 @@ class Stored:
     pk: int | None = None
     site: str | None = None
     #: the stored JSON as PostgreSQL keeps it (``current_raw``): sent as it is, parsed only when
-    #: another rendering (XML, ``_pretty``) needs it; ``content`` is then None
+    #: another rendering (XML, ``_pretty``, ``_summary``, ``_elements``) needs it; ``content`` is then None
     raw: bytes | None = None
 
 
