@@ -116,19 +116,21 @@ def test_the_fast_path_takes_exactly_what_the_router_gives_the_read_route(databa
     app = create_app(Settings(database_url=database.url, auth="off"), Store(database.engine))
     others = [route.path for included in app.routes
               for route in getattr(getattr(included, "original_router", None), "routes", ())
-              if route.path.count("/") == 3 and route.path.startswith("/fhir/")
+              if route.path.startswith("/fhir/")
               and {"GET", "HEAD"} & set(getattr(route, "methods", ()) or ())
-              and route.endpoint.__name__ != "read"]
-    assert "/fhir/ValueSet/$expand" in others and "/fhir/{res_type}/_history" in others
+              and route.endpoint.__name__ not in ("read", "vread")]
+    assert "/fhir/ValueSet/$expand" in others and "/fhir/{res_type}/{res_id}/_history" in others
     for template in others:
-        for filler in ("Observation", "abc-1"):
+        for filler in ("Observation", "abc-1", "1"):
             path = re.sub(r"\{[^}]+\}", filler, template)
             assert takes("GET", path) is None, path
-    assert takes("GET", "/fhir/Observation/abc-1") == ("Observation", "abc-1")
-    assert takes("HEAD", "/fhir/Patient/p.1") == ("Patient", "p.1")
+    assert takes("GET", "/fhir/Observation/abc-1") == ("Observation", "abc-1", None)
+    assert takes("HEAD", "/fhir/Patient/p.1") == ("Patient", "p.1", None)
+    assert takes("GET", "/fhir/Observation/abc-1/_history/12") == ("Observation", "abc-1", "12")
+    assert takes("HEAD", "/fhir/Observation/abc-1/_history/12") is None  # vread is GET only: the router's 405
     assert takes("PUT", "/fhir/Observation/abc-1") is None
     assert takes("GET", "/fhir/Binary/abc-1") is None  # its content and securityContext: the route's
-    assert takes("GET", "/fhir/Observation/abc-1/_history/1") is None
+    assert takes("GET", "/fhir/Observation/abc-1/_history/x") is None  # the route's 400
 
 
 def test_on_postgresql_the_read_runs_on_an_async_connection_with_the_stored_bytes(database, unique: str) -> None:
@@ -140,19 +142,20 @@ def test_on_postgresql_the_read_runs_on_an_async_connection_with_the_stored_byte
     store = Store(database.engine, pool)
     created = crud.create(store, DEVELOPMENT, "Observation", observation(unique), None, "").stored
 
-    async def read_twice() -> list:
+    async def read_and_vread() -> list:
         try:
-            found = [await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id) for _ in range(2)]
+            found = [await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id),
+                     await crud.vread_raw(store, DEVELOPMENT, "Observation", created.res_id, "1")]
             with pytest.raises(NotFound):
                 await crud.read_raw(store, DEVELOPMENT, "Observation", f"never-{unique}")
             return found
         finally:
             await pool.close()
 
-    first, second = asyncio.run(read_twice())
+    first, second = asyncio.run(read_and_vread())
     assert first.raw is not None and orjson.loads(first.raw) == created.content
     assert (first.version, first.last_updated, first.site) == (1, created.last_updated, None)
-    assert second == first
+    assert (second.raw, second.version, second.last_updated, second.method) == (first.raw, 1, first.last_updated, "POST")
 
 
 def test_reads_are_in_the_request_log_under_the_route_template(client: httpx.Client, unique: str,
@@ -207,3 +210,32 @@ def test_summary_and_elements_project_a_read_and_tag_it_subsetted(client: httpx.
     assert client.get(path, params={"_summary": "false"}).json() == created
     refused = client.get(path, params={"_summary": "count"})
     assert refused.status_code == 400 and refused.json()["issue"][0]["expression"] == ["_summary"]
+
+
+def test_vread_answers_each_version_as_it_was_written(client: httpx.Client, unique: str) -> None:
+    created = client.post("/Observation", json=observation(unique)).json()
+    second = client.put(f"/Observation/{created['id']}", json={**created, "status": "amended"}).json()
+    client.delete(f"/Observation/{created['id']}")
+    first = client.get(f"/Observation/{created['id']}/_history/1")
+    assert first.status_code == 200 and first.json() == created and first.headers["ETag"] == 'W/"1"'
+    assert client.get(f"/Observation/{created['id']}/_history/2", params={"_format": "xml"}).text.count(
+        '<status value="amended"/>') == 1
+    assert client.get(f"/Observation/{created['id']}/_history/2").json() == second
+    assert client.get(f"/Observation/{created['id']}/_history/3").status_code == 410
+    missing = client.get(f"/Observation/{created['id']}/_history/4")
+    assert missing.status_code == 404 and missing.json()["issue"][0]["expression"] == ["meta.versionId"]
+    assert client.get(f"/Observation/never-{unique}/_history/1").status_code == 404
+    assert client.get(f"/Observation/{created['id']}/_history/0").status_code == 400
+    assert client.head(f"/Observation/{created['id']}/_history/1").status_code == 405
+
+
+def test_a_site_never_vreads_another_sites_versions(secure_server, unique: str) -> None:
+    store = Store(secure_server.database.engine)
+    token_url = secure_server.root + "/auth/token"
+    a = make_client(store, token_url, role="site", site=f"A{unique}", scope="system/*.cruds").http(secure_server.base)
+    b = make_client(store, token_url, role="site", site=f"B{unique}", scope="system/*.cruds").http(secure_server.base)
+    with a, b:
+        created = b.post("/Observation", json=observation(unique)).json()
+        assert b.get(f"/Observation/{created['id']}/_history/1").json() == created
+        hidden = a.get(f"/Observation/{created['id']}/_history/1")
+        assert hidden.status_code == 404 and f"readpath-{unique}" not in hidden.text

@@ -1,4 +1,4 @@
-"""Reads by id (``GET``/``HEAD /fhir/{type}/{id}``) answered on the event loop, ahead of routing.
+"""Reads by id (``GET``/``HEAD /fhir/{type}/{id}``, and vreads) answered on the event loop, ahead of routing.
 
 The read is the most frequent request and the cheapest for the database, so what surrounds it
 decides its cost: FastAPI's routing through every router, its dependency solving and the
@@ -39,20 +39,20 @@ log = logging.getLogger("fhirfus.api")
 
 #: ``/fhir/{res_type}/{res_id}``: every other route of two segments under /fhir has a segment no
 #: served type or valid id can be (``$op``, ``_export``, ``_history``), checked by the tests.
-_READ_PATH = re.compile(r"/fhir/([A-Za-z]+)/([^/]+)")
+_READ_PATH = re.compile(r"/fhir/([A-Za-z]+)/([^/]+)(?:/_history/([0-9]+))?")
 
 
-def takes(method: str, path: str) -> tuple[str, str] | None:
-    """(type, id) of a read by id this fast path answers, None for everything else."""
-    if method not in ("GET", "HEAD"):
-        return None
+def takes(method: str, path: str) -> tuple[str, str, str | None] | None:
+    """(type, id, version or None) of a read or vread this fast path answers, None for everything else."""
     match = _READ_PATH.fullmatch(path)
     if match is None:
         return None
-    res_type, res_id = match.groups()
+    res_type, res_id, version_id = match.groups()
+    if method != "GET" and (method != "HEAD" or version_id is not None):
+        return None  # vread is GET only (the router answers HEAD with 405)
     if res_type == "Binary" or res_type not in served_types() or not valid_id(res_id):
-        return None  # Binary's content and securityContext, unknown types and bad ids: the route's answers
-    return res_type, res_id
+        return None  # Binary's content and securityContext, unknown types, bad ids: the routes' answers
+    return res_type, res_id, version_id
 
 
 class FastRead:
@@ -61,15 +61,16 @@ class FastRead:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._route: Any = None
+        self._routes: dict[Callable[..., Any], Any] = {}
 
-    def route(self) -> Any:
-        """The ``resources.read`` route, left in the scope as routing would (the request log's template)."""
-        if self._route is None:
-            self._route = next(route for included in self.fastapi_app.routes
-                               for route in getattr(getattr(included, "original_router", None), "routes", ())
-                               if getattr(route, "endpoint", None) is resources.read)
-        return self._route
+    def route(self, endpoint: Callable[..., Any]) -> Any:
+        """The route of ``endpoint``, left in the scope as routing would (the request log's template)."""
+        if endpoint not in self._routes:
+            self._routes[endpoint] = next(
+                route for included in self.fastapi_app.routes
+                for route in getattr(getattr(included, "original_router", None), "routes", ())
+                if getattr(route, "endpoint", None) is endpoint)
+        return self._routes[endpoint]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         store = self.fastapi_app.state.store
@@ -77,10 +78,14 @@ class FastRead:
         if wanted is None or store.async_reads is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route()
+        res_type, res_id, version_id = wanted
+        scope["route"] = self.route(resources.read if version_id is None else resources.vread)
         request = Request(scope, receive)
         try:
-            response = await read_response(request, store, *wanted)
+            if version_id is None:
+                response = await read_response(request, store, res_type, res_id)
+            else:
+                response = await vread_response(request, store, res_type, res_id, version_id)
         except FhirError as exc:
             response = outcome_response(request, exc.status, exc.issues, exc.headers)
         except psycopg.errors.QueryCanceled:  # the statement time limit, as api/errors.py answers it
@@ -111,3 +116,12 @@ async def read_response(request: Request, store: Any, res_type: str, res_id: str
     else:
         body = raw if not rendering.xml and not rendering.pretty else rendering.dumps(orjson.loads(raw))
     return Response(body, status_code=200, headers=headers, media_type=rendering.content_type)
+
+
+async def vread_response(request: Request, store: Any, res_type: str, res_id: str, version_id: str) -> Response:
+    """The answer of ``resources.vread`` for a type other than Binary, from ``crud.vread_raw``."""
+    rendering = rendering_for(request)
+    stored = await crud.vread_raw(store, caller(request), res_type, res_id, version_id)
+    raw = stored.raw or b"{}"
+    body = raw if not rendering.xml and not rendering.pretty else rendering.dumps(orjson.loads(raw))
+    return Response(body, status_code=200, headers=version_headers(request, stored), media_type=rendering.content_type)

@@ -202,25 +202,61 @@ async def current_raw(pool: AsyncReadPool, seen_by: Visibility, res_type: str, r
     """``current`` on the event loop, its content as stored (``Stored.raw``): None for an id never
     used or not visible to ``seen_by``, a tombstone as ``deleted``."""
     sql, params = _current_raw_sql(seen_by)
-    values = {**params, "res_type": res_type, "res_id": res_id}
-    for attempt in (1, 2):
-        try:
-            async with pool.connection() as conn:
-                # prepared on each connection's first use: a lookup by the unique key has one plan whatever
-                # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
-                row = await (await conn.execute(sql, values, prepare=True)).fetchone()
-            break
-        except psycopg.errors.QueryCanceled:
-            raise
-        except psycopg.OperationalError:
-            if attempt == 2:
-                raise
-            await pool.discard_idle()  # the server closed them (a restart): the read is idempotent, retried once
+    row = await _fetch_one(pool, sql, {**params, "res_type": res_type, "res_id": res_id})
     if row is None:
         return None
     version_id, last_updated, deleted, text, site = row
     return Stored(res_type, res_id, version_id, last_updated.astimezone(UTC), deleted, None, site=site,
                   raw=None if text is None else text.encode())
+
+
+@cache
+def _version_raw_sql(seen_by: Visibility) -> tuple[str, dict[str, Any]]:
+    """``version``'s statement for ``seen_by`` beside the visibility of the current row, compiled
+    once: the current row with the asked version joined (no current row: not visible or unknown)."""
+    r, h = resources, resource_history
+    joined = r.outerjoin(h, and_(h.c.res_type == r.c.res_type, h.c.res_id == r.c.res_id,
+                                 h.c.version == bindparam("version", 0), seen_by.rows_of(h)))
+    query = select(h.c.version, h.c.last_updated, h.c.method, cast(h.c.content, Text), h.c.site).select_from(
+        joined).where(r.c.res_type == bindparam("res_type", ""), r.c.res_id == bindparam("res_id", ""),
+                      seen_by.rows_of(r))
+    compiled = query.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
+    return str(compiled), dict(compiled.params)
+
+
+async def version_raw(
+    pool: AsyncReadPool, seen_by: Visibility, res_type: str, res_id: str, version_id: int,
+) -> tuple[bool, Stored | None]:
+    """``version`` on the event loop, its content as stored: (whether the id is visible at all, the
+    version or None)."""
+    sql, params = _version_raw_sql(seen_by)
+    row = await _fetch_one(pool, sql, {**params, "res_type": res_type, "res_id": res_id, "version": version_id})
+    if row is None:
+        return False, None
+    found, last_updated, method, text, site = row
+    if found is None:
+        return True, None
+    return True, Stored(res_type, res_id, found, last_updated.astimezone(UTC), method == "DELETE", None, method,
+                        site=site, raw=None if text is None else text.encode())
+
+
+async def _fetch_one(pool: AsyncReadPool, sql: str, values: dict[str, Any]) -> Any:
+    """One row of a prepared statement on a pooled connection (a read: retried once on a fresh
+    connection when the server closed the pooled ones, as a restart does)."""
+    try:
+        return await _fetch_once(pool, sql, values)
+    except psycopg.errors.QueryCanceled:
+        raise
+    except psycopg.OperationalError:
+        await pool.discard_idle()
+    return await _fetch_once(pool, sql, values)
+
+
+async def _fetch_once(pool: AsyncReadPool, sql: str, values: dict[str, Any]) -> Any:
+    async with pool.connection() as conn:
+        # prepared on each connection's first use: a lookup by a unique key has one plan whatever
+        # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
+        return await (await conn.execute(sql, values, prepare=True)).fetchone()
 
 
 def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, version_id: int) -> Stored | None:
