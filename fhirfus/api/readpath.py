@@ -4,11 +4,11 @@ The read is the most frequent request and the cheapest for the database, so what
 decides its cost: FastAPI's routing through every router, its dependency solving and the
 thread-pool hop of a sync route each cost more CPU than the lookup. ``FastRead`` sits behind the
 auth gate (the caller is resolved, the read is audited, rate limits apply, the request log sees
-it) and answers the requests the router would hand to ``resources.read`` itself: one regular
-expression, the caller's permission, one pre-compiled statement on an async connection
+it) and answers the requests the router would hand to ``resources.read`` (or ``vread``) itself:
+one regular expression, the caller's permission, one pre-compiled statement on an async connection
 (``Store.async_reads``), and the stored JSON sent as it is (it already carries ``id`` and
-``meta``). XML, ``_pretty``, ``_summary`` and ``_elements`` parse it to render it; conditional reads (``If-None-Match``,
-``If-Modified-Since``), HEAD and errors answer as the route does. What it does not take (Binary,
+``meta``). XML, ``_pretty``, ``_summary`` and ``_elements`` parse it to render it; conditional
+reads (``If-None-Match``, ``If-Modified-Since``), HEAD and errors answer as the route does. What it does not take (Binary,
 SQLite, any other path or method) goes on to the router unchanged.
 """
 
