@@ -13,11 +13,13 @@ from fhirfus import __version__
 from fhirfus.api import analysis, auth, bulk, bulk_import, limits, pulls, resources, system, terminology, views
 from fhirfus.api.console import pages as console
 from fhirfus.api.errors import install_error_handlers
+from fhirfus.api.readpath import FastRead
 from fhirfus.api.request_log import RequestLog
 from fhirfus.auth import people, ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
 from fhirfus.auth.tokens import TokenService
+from fhirfus.db.async_pool import AsyncReadPool
 from fhirfus.db.engine import make_engine
 from fhirfus.domain.conformance import load_conformance
 from fhirfus.domain.publication import publish
@@ -69,7 +71,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store.statistics = keeper
         app.router.on_startup.append(keeper.start)
         app.router.on_shutdown.append(keeper.stop)
+    if store.async_reads is None:  # reads by id on the event loop (PostgreSQL)
+        store.async_reads = AsyncReadPool.for_engine(store.engine, statement_timeout_ms=settings.statement_timeout_ms)
     install_error_handlers(app)
+    app.add_middleware(FastRead, fastapi_app=app)  # behind the gate: the caller is known, the read audited
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["*"],
@@ -107,6 +112,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         app.router.on_startup.append(scheduler.start)
         app.router.on_shutdown.append(scheduler.stop)
     app.router.on_shutdown.append(app.state.audit.stop)
+    if store.async_reads is not None:
+        app.router.on_shutdown.append(store.async_reads.close)
     return app
 
 

@@ -97,6 +97,19 @@ class Prefer:
         return cls(returns, values.get("handling", "lenient").lower(), respond_async)
 
 
+def projection(request: Request) -> tuple[str | None, tuple[str, ...]]:
+    """``_summary`` and ``_elements`` of a read (``fhir.projection.project``): (None, ()) asks for
+    the whole resource; ``_summary=count`` is a search's, refused here (400)."""
+    if not request.scope.get("query_string"):
+        return None, ()
+    query = request.query_params
+    summary = query.get("_summary")
+    if summary is not None and summary not in ("true", "false", "data", "text"):
+        raise InvalidRequest(f"_summary of a read must be true, false, data or text, got '{summary}'", "_summary")
+    elements = tuple(e.strip() for e in (query.get("_elements") or "").split(",") if e.strip())
+    return (None if summary in (None, "false") else summary), elements
+
+
 def http_date(stored: Stored) -> str:
     return format_datetime(stored.last_updated, usegmt=True)
 

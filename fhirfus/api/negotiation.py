@@ -9,8 +9,10 @@ body that is neither gets 415.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import orjson
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from fhirfus.errors import NotAcceptable, UnsupportedMediaType
@@ -82,14 +84,21 @@ def media_ranges(accept: str) -> list[tuple[str, float]]:
 
 def rendering_for(request: Request) -> Rendering:
     """Decide the response format from ``_format``, ``Accept`` and ``_pretty``."""
-    pretty = request.query_params.get("_pretty", "false").lower() == "true"
-    requested = request.query_params.get("_format")
+    return _rendering(request.scope.get("query_string", b""), request.headers.get("accept", ""))
+
+
+@lru_cache(maxsize=512)
+def _rendering(query_string: bytes, accept: str) -> Rendering:
+    """``rendering_for`` of a query string and Accept header: clients send the same few again and
+    again, so each pair is decided once (a refusal is not cached: it raises)."""
+    query = QueryParams(query_string)
+    pretty = query.get("_pretty", "false").lower() == "true"
+    requested = query.get("_format")
     if requested:
         media = _FORMAT_ALIASES.get(requested.strip().lower().split(";")[0].replace(" ", "+"))
         if media is None:
             raise NotAcceptable(f"_format '{requested}' is not supported; fhirfus serves JSON and XML", "_format")
         return Rendering(media, pretty)
-    accept = request.headers.get("accept", "")
     if not accept.strip():
         return Rendering(FHIR_JSON, pretty)
     acceptable = [(media, q) for media, q in media_ranges(accept) if q > 0 and media in _ANSWERABLE]

@@ -16,6 +16,7 @@ from fhirfus.api.http import (
     base_url,
     caller,
     fhir_response,
+    projection,
     read_body,
     read_json,
     version_headers,
@@ -24,6 +25,7 @@ from fhirfus.api.http import (
 from fhirfus.api.negotiation import body_is_xml, rendering_for, require_json_body
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.outcome import information, operation_outcome
+from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import parse_json
 from fhirfus.fhir.xml import from_xml
 from fhirfus.interactions import crud, history, search
@@ -182,6 +184,7 @@ def history_type(request: Request, res_type: str) -> Response:
 @router.api_route("/{res_type}/{res_id}", methods=["GET", "HEAD"])
 def read(request: Request, res_type: str, res_id: str) -> Response:
     rendering = None if res_type == "Binary" else rendering_for(request)  # a Binary may answer its content
+    summary, elements = projection(request)
     stored = crud.read(_store(request), caller(request), res_type, res_id)
     headers = version_headers(request, stored)
     if_none_match = parse_version_tag(request.headers.get("if-none-match"), "If-None-Match")
@@ -193,7 +196,8 @@ def read(request: Request, res_type: str, res_id: str) -> Response:
     rendering = rendering or rendering_for(request)
     if request.method == "HEAD":
         return Response(status_code=200, headers=headers, media_type=rendering.content_type)
-    return fhir_response(request, stored.content, 200, headers, rendering)
+    content = project(stored.content, summary, elements) if stored.content and (summary or elements) else stored.content
+    return fhir_response(request, content, 200, headers, rendering)
 
 
 @router.put("/{res_type}/{res_id}")

@@ -281,6 +281,40 @@ def read(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
         return read_in(conn, caller, res_type, res_id)
 
 
+async def read_raw(store: Store, caller: Access, res_type: str, res_id: str) -> Stored:
+    """``read`` on the event loop with the content as stored (``Stored.raw``), for a store with
+    ``async_reads`` and any type but Binary (whose read checks its ``securityContext``)."""
+    require_known_type(res_type)
+    caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
+    if store.async_reads is None or res_type == "Binary":
+        raise ValueError("read_raw needs a store with async reads and a type other than Binary")
+    stored = await repository.current_raw(store.async_reads, caller.visibility, res_type, res_id)
+    if stored is None:
+        raise _not_found(res_type, res_id)
+    if stored.deleted:
+        raise Gone(f"{res_type}/{res_id} was deleted (version {stored.version})", f"{res_type}.id")
+    return stored
+
+
+async def vread_raw(store: Store, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
+    """``vread`` on the event loop with the content as stored, under ``read_raw``'s conditions."""
+    require_known_type(res_type)
+    caller.require(res_type, "r")
+    require_valid_id(res_id, res_type)
+    version = parse_version_id(version_id)
+    if store.async_reads is None or res_type == "Binary":
+        raise ValueError("vread_raw needs a store with async reads and a type other than Binary")
+    visible, stored = await repository.version_raw(store.async_reads, caller.visibility, res_type, res_id, version)
+    if not visible:
+        raise _not_found(res_type, res_id)
+    if stored is None:
+        raise NotFound(f"{res_type}/{res_id} has no version {version_id}", "meta.versionId")
+    if stored.deleted:
+        raise Gone(f"{res_type}/{res_id} version {version_id} is a deletion", "meta.versionId")
+    return stored
+
+
 def vread(store: Store, caller: Access, res_type: str, res_id: str, version_id: str) -> Stored:
     require_known_type(res_type)
     with store.reading() as conn:
