@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 HOST_PORT = 8000
@@ -57,7 +57,9 @@ def unavailable() -> str | None:
 def socket_url(url: str) -> str:
     """The same PostgreSQL database through its Unix socket: reachable from every namespace."""
     parsed = make_url(url)
-    return parsed.set(host=None, port=None, query={"host": POSTGRES_SOCKET_DIR}).render_as_string(hide_password=False)
+    local = URL.create(parsed.drivername, parsed.username, parsed.password, None, None, parsed.database,
+                       {"host": POSTGRES_SOCKET_DIR})
+    return local.render_as_string(hide_password=False)
 
 
 @dataclass

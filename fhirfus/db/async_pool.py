@@ -50,7 +50,8 @@ class AsyncReadPool:
         options.setdefault("application_name", APPLICATION_NAME)
         if statement_timeout_ms:  # the same per-statement limit as the engine's connections
             options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
-        return cls(make_conninfo(**{key: str(value) for key, value in args.items()}, **options), size)
+        params = {key: str(value) for key, value in args.items()} | options  # the query wins, as in SQLAlchemy
+        return cls(make_conninfo(**params), size)
 
     def _pool(self) -> _LoopPool:
         loop = asyncio.get_running_loop()
