@@ -14,22 +14,25 @@ A kick-off is one of
 Inputs are fetched with plain ``GET`` over http(s) only, without credentials. SSRF: a URL whose host
 resolves to a loopback, private, link-local or otherwise non-public address is refused unless the
 host is listed in ``FHIRFUS_IMPORT_ALLOWED_HOSTS`` (the tests list ``127.0.0.1``); redirects are
-followed by hand, each hop checked the same way.
+followed by hand, each hop checked the same way. A ``manifestUrl`` is read while the kick-off
+waits, so it must arrive whole within the fetch timeout (a server trickling bytes cannot hold the
+request).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
+from fhirfus.addresses import http_url, is_public
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.fhir.validation import parse_json, require_known_type, validate_resource
 
@@ -122,10 +125,13 @@ def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInp
                 if response.status_code != 200:
                     raise InvalidRequest(f"GET {url} answered {response.status_code}", where)
                 size = 0
-                for block in response.iter_bytes(READ_BYTES):
+                deadline = time.monotonic() + limits.timeout
+                for block in response.iter_bytes():  # as it arrives, so a trickle meets the deadline
                     size += len(block)
                     if size > MANIFEST_BYTES:
                         raise InvalidRequest(f"The manifest at {url} is larger than {MANIFEST_BYTES} bytes", where)
+                    if time.monotonic() > deadline:
+                        raise InvalidRequest(f"The manifest at {url} took longer than {limits.timeout} s to read", where)
                     handle.write(block)
         except httpx.HTTPError as exc:
             raise InvalidRequest(f"GET {url} failed: {exc}", where) from exc
@@ -139,9 +145,19 @@ def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInp
     if manifest.get("requiresAccessToken"):
         raise InvalidRequest(f"The files of {url} require an access token, which $import does not send", where)
     return [_input(item.get("type") if isinstance(item, dict) else None,
-                   urljoin(url, item["url"]) if isinstance(item, dict) and isinstance(item.get("url"), str) else None,
+                   _joined(url, item.get("url"), f"{where} output[{index}].url") if isinstance(item, dict) else None,
                    f"{where} output[{index}]")
             for index, item in enumerate(manifest["output"])]
+
+
+def _joined(base: str, url: Any, where: str) -> str | None:
+    """A manifest's file URL, resolved against the manifest's own (400 naming it when malformed)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return urljoin(base, url)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{url}' is not a well-formed URL ({exc})", where) from exc
 
 
 def _from_manifest(body: dict) -> tuple[list[ImportInput], str | None]:
@@ -181,13 +197,15 @@ def _input(res_type: Any, url: Any, where: str) -> ImportInput:
 
 
 def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
-    """400 unless ``url`` is http(s) with a host that is public, or listed as allowed."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"'{url}' is not an http(s) URL", where)
+    """400 unless ``url`` is a well-formed http(s) URL with a host that is public (``addresses.is_public``:
+    also through an IPv4 address an IPv6 form embeds), or listed as allowed."""
+    try:
+        parts = http_url(url)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), where) from exc
     if parts.username or parts.password:
         raise InvalidRequest(f"'{url}' carries credentials; they are not accepted in a URL", where)
-    host = parts.hostname
+    host = parts.hostname or ""
     if host in allowed_hosts:
         return
     try:
@@ -195,7 +213,7 @@ def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidRequest(f"The host of '{url}' cannot be resolved", where) from exc
     for address in addresses:
-        if not ipaddress.ip_address(str(address).split("%")[0]).is_global:
+        if not is_public(str(address)):
             raise InvalidRequest(
                 f"The host of '{url}' is a non-public address ({address}); list it in FHIRFUS_IMPORT_ALLOWED_HOSTS "
                 "to import from it", where)
@@ -212,7 +230,10 @@ def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Calla
             try:
                 with http.stream("GET", current) as response:
                     if response.is_redirect and "location" in response.headers:
-                        current = urljoin(current, response.headers["location"])
+                        try:
+                            current = urljoin(current, response.headers["location"])
+                        except ValueError as exc:
+                            raise FetchFailed(f"GET {url} redirected to a malformed URL ({exc})", "url") from exc
                         continue
                     if response.status_code != 200:
                         raise FetchFailed(f"GET {url} answered {response.status_code}", "url")

@@ -1,0 +1,282 @@
+"""An attacker's pass over issue #19 (Bulk ``$import``, Subscriptions, ``fhirfus pull``): every finding
+as the rule it defends, over the whole family of inputs that broke it. Auth off (``client``) unless
+a rule is about who may do what; servers the attacker controls are real HTTP servers on loopback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from conftest import TEST_DEID_KEY, Database, serving
+
+from fhirfus.addresses import is_public
+from fhirfus.pull import definitions
+from fhirfus.pull.client import MAX_ANSWER_BYTES, PullError
+from fhirfus.pull.run import pull_once
+from fhirfus.settings import Settings
+from fhirfus.store.repository import Store
+from fhirfus.subscriptions import delivery
+from fhirfus.testing import Receiver
+from tests.test_pull_other_servers import Source, _handler, _held, _key_file
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+def _import_parameters(*parameters: dict) -> dict:
+    return {"resourceType": "Parameters", "parameter": list(parameters)}
+
+
+def _input(url: str) -> dict:
+    return {"name": "input", "part": [{"name": "type", "valueCode": "Patient"}, {"name": "url", "valueUri": url}]}
+
+
+def _subscription(endpoint: str, headers: list[str] | None = None) -> dict:
+    channel: dict = {"type": "rest-hook", "endpoint": endpoint, **({"header": headers} if headers else {})}
+    return {"resourceType": "Subscription", "status": "requested", "reason": "attack", "criteria": "Observation",
+            "channel": channel}
+
+
+# --- a URL a client gives is parsed whole: a malformed one is a 4xx naming it, never a 500 -------
+
+MALFORMED_URLS = [
+    "http://[::1",                  # unclosed IPv6 bracket (urlsplit raises)
+    "http://[::1]x/Patient.ndjson",  # text after the bracket
+    "http://example.org:99999/x",   # port out of range (SplitResult.port raises)
+    "http://example.org:abc/x",     # port not a number
+    "http://example.org:0/x",       # port 0
+    "http://\u2100.com/x",          # netloc that NFKC-normalises into URL syntax
+    "http://example.org/a b",       # a space
+    "http://example.org/\tx",       # a control character
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_import_url_is_a_400_naming_the_input(client: httpx.Client, url: str) -> None:
+    """Rule: an ``$import`` kick-off's URL (a Parameters ``input``, a manifest's ``output``, a
+    ``manifestUrl``) that does not parse as http(s) with a valid port is a 400 naming where it was
+    given. Before, ``urlsplit``/``.port`` raised ``ValueError`` and the kick-off was a 500."""
+    cases = [  # the element, or the datatype element when FHIR validation already refuses the uri
+        (_import_parameters(_input(url)), {"input[0].url", "Parameters.parameter[0].part[1].valueUri"}),
+        ({"output": [{"type": "Patient", "url": url}]}, {"input[0].url"}),
+        (_import_parameters({"name": "manifestUrl", "valueUrl": url}),
+         {"Parameters.parameter[0].value", "Parameters.parameter[0].valueUrl"}),
+    ]
+    for body, elements in cases:
+        answer = client.post("/$import", headers=ASYNC, json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert answer.json()["issue"][0]["expression"][0] in elements, answer.text
+
+
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_subscription_endpoint_is_refused_at_create(client: httpx.Client, url: str) -> None:
+    """Rule: ``channel.endpoint`` parses whole (host, port) or the write is a 422 naming it and
+    nothing is stored (400 when FHIR's ``url`` datatype already refuses it). Before, some were a 500 and others (a bad port) were stored and made every
+    delivery raise an error the worker did not expect."""
+    before = client.get("/Subscription", params={"_summary": "count"}).json()["total"]
+    answer = client.post("/Subscription", json=_subscription(url))
+    assert answer.status_code in (400, 422), answer.text
+    assert answer.json()["issue"][0]["expression"] == ["Subscription.channel.endpoint"]
+    assert client.get("/Subscription", params={"_summary": "count"}).json()["total"] == before
+
+
+# --- SSRF: an address is judged by the address it reaches ---------------------------------------
+
+NOT_PUBLIC = [
+    "::ffff:127.0.0.1",      # IPv4-mapped loopback
+    "::127.0.0.1",           # IPv4-compatible loopback (is_global before)
+    "64:ff9b::a9fe:a9fe",    # NAT64 of 169.254.169.254, the cloud metadata address (is_global before)
+    "64:ff9b::7f00:1",       # NAT64 of loopback
+    "2002:c0a8:101::1",      # 6to4 of 192.168.1.1 (is_global before)
+    "2002:7f00:1::1",        # 6to4 of loopback
+    "100.64.0.1",            # shared address space (a Subscription's private check let it through)
+    "0.0.0.0",
+    "::",
+    "224.0.0.251",           # multicast
+    "fd00::1",
+]
+
+
+@pytest.mark.parametrize("address", NOT_PUBLIC)
+def test_an_ipv6_form_of_a_private_address_is_no_public_import_host(client: httpx.Client, address: str) -> None:
+    """Rule: ``$import`` refuses a URL whose host is not public, whatever form the address takes.
+    Before, ``is_global`` alone judged IPv6 forms that embed an IPv4 address (IPv4-compatible,
+    6to4, NAT64) as public, so ``http://[64:ff9b::a9fe:a9fe]/`` passed the SSRF check."""
+    host = f"[{address}]" if ":" in address else address
+    answer = client.post("/$import", headers=ASYNC, json=_import_parameters(_input(f"http://{host}/Patient.ndjson")))
+    assert answer.status_code == 400, answer.text
+    issue = answer.json()["issue"][0]
+    assert "non-public address" in issue["diagnostics"] and issue["expression"] == ["input[0].url"]
+
+
+@pytest.mark.parametrize("address", NOT_PUBLIC)
+def test_the_import_and_subscription_checks_agree_on_what_is_private(address: str) -> None:
+    """Rule: one judgement of addresses serves ``$import`` and Subscription delivery (``deny``).
+    Before, delivery's own list missed the shared range ``100.64.0.0/10`` and every IPv6 form
+    embedding a private IPv4 address."""
+    host = f"[{address}]" if ":" in address else address
+    assert not is_public(address)
+    assert delivery.private_target(f"http://{host}/hook")
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "2606:4700:4700::1111", "64:ff9b::808:808", "2002:808:808::1"])
+def test_public_addresses_stay_public_in_every_form(address: str) -> None:
+    """The rule above keeps public addresses reachable, also through NAT64 and 6to4."""
+    host = f"[{address}]" if ":" in address else address
+    assert is_public(address)
+    assert not delivery.private_target(f"http://{host}/hook")
+
+
+# --- Subscription headers: only what the delivery can send --------------------------------------
+
+@pytest.mark.parametrize("header", [
+    "X-Token: caf\u00e9",          # beyond ASCII: httpx cannot encode it (UnicodeEncodeError)
+    "X-Token: a\u0000b",           # NUL
+    "X-Token: a\u000bb",           # vertical tab
+    "X-Token: a\u007fb",           # DEL
+    "X-Token: a\u2028b",           # Unicode line separator
+    "X-Token: \u001b[31mred",      # escape sequence
+    "X-Token: a\rInjected: 1",     # CR
+    "X-Token: a\nInjected: 1",     # LF
+])
+def test_a_channel_header_the_delivery_cannot_send_is_refused_at_create(client: httpx.Client, header: str) -> None:
+    """Rule: every ``channel.header`` value is printable ASCII (and tabs), or the write is a 422 naming
+    it (400 when FHIR's ``string`` already refuses a control character). Before, a value beyond ASCII was stored; each delivery then raised ``UnicodeEncodeError``,
+    which the worker did not count as a failed delivery: the notifications stayed leased and were
+    retried for ever, and the Subscription never went to ``error``."""
+    answer = client.post("/Subscription", json=_subscription("http://example.org/hook", ["X-Ok: fine", header]))
+    assert answer.status_code in (400, 422), answer.text
+    assert answer.json()["issue"][0]["expression"] == ["Subscription.channel.header[1]"]
+
+
+def test_headers_a_receiver_needs_are_still_accepted(client: httpx.Client) -> None:
+    answer = client.post("/Subscription", json=_subscription(
+        "http://example.org/hook", ["Authorization: Bearer abc.def-ghi", "X-Tabbed:\tvalue with spaces"]))
+    assert answer.status_code == 201, answer.text
+
+
+@pytest.mark.parametrize(("url", "headers"), [
+    ("http://127.0.0.1:{port}/hook", {"X-Token": "caf\u00e9"}),
+    ("http://127.0.0.1:abc/hook", {}),
+    ("http://[::1/hook", {}),
+])
+def test_a_stored_channel_that_cannot_be_sent_is_a_failed_delivery(url: str, headers: dict[str, str]) -> None:
+    """Rule: whatever a stored channel holds (one written before these checks), sending it ends in
+    ``DeliveryFailed`` — counted, retried, and finally ``status`` ``error`` — never in an exception
+    that leaves its notifications leased for ever."""
+    receiver = Receiver().start()
+    try:
+        request = delivery.Request("POST", url.format(port=receiver.port), headers, b"")
+        with httpx.Client() as http, pytest.raises(delivery.DeliveryFailed):
+            delivery.send(http, request, 2.0, allow_private=False)
+        with httpx.Client() as http, pytest.raises(delivery.DeliveryFailed):
+            delivery.send(http, request, 2.0, allow_private=True)
+        assert receiver.received == []
+    finally:
+        receiver.stop()
+
+
+# --- a hostile server cannot hold a kick-off nor fill the hub -----------------------------------
+
+class _Trickle(BaseHTTPRequestHandler):
+    """A manifest that never ends: one byte every 0.2 s, always within any read timeout."""
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        try:
+            self.wfile.write(b'{"output": [')
+            for _ in range(600):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def trickling() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/manifest.json"
+    finally:
+        httpd.shutdown()
+
+
+def test_a_manifest_url_that_trickles_cannot_hold_the_kick_off(
+        database: Database, tmp_path: Path, trickling: str) -> None:
+    """Rule: a ``manifestUrl`` is read whole within ``FHIRFUS_IMPORT_FETCH_TIMEOUT`` seconds, or the
+    kick-off is a 400 naming it. Before, the timeout bounded each read only: a server sending a byte
+    now and then held the request (and a server thread) for as long as it liked."""
+    settings = Settings(database_url=database.url, auth="off", deid_key=TEST_DEID_KEY, export_dir=str(tmp_path),
+                        import_allowed_hosts=("127.0.0.1",), import_fetch_timeout=1)
+    with serving(settings, Store(database.engine)) as (root, _app), \
+            httpx.Client(base_url=root + "/fhir", timeout=30) as http:
+        started = time.monotonic()
+        answer = http.post("/$import", headers=ASYNC, json=_import_parameters(
+            {"name": "manifestUrl", "valueUrl": trickling}))
+        assert time.monotonic() - started < 10
+    assert answer.status_code == 400, answer.text
+    issue = answer.json()["issue"][0]
+    assert issue["expression"] == ["Parameters.parameter[0].value"] and "took longer" in issue["diagnostics"]
+
+
+def _bomb(label: str) -> dict[str, bytes]:
+    """A Patient file of about 1 MB unpacked that the source sends gzipped (it gzips when asked) in a tenth of that."""
+    lines = (orjson.dumps({"resourceType": "Patient", "id": f"p{n}", "name": [{"family": label}]}) + b"\n"
+             for n in range(16_000))
+    return {"/fhir/Binary/Patient-1": b"".join(lines)}
+
+
+@pytest.mark.parametrize("case", ["gzip bomb file", "huge status answer"])
+def test_a_source_cannot_make_the_hub_store_or_hold_without_limit(
+    database: Database, tmp_path: Path, unique: str, case: str) -> None:
+    """Rule: a pulled file is at most ``FHIRFUS_PULL_MAX_FILE_BYTES`` unpacked, and what the hub reads
+    into memory (status, manifest, token answers) at most ``MAX_ANSWER_BYTES``; beyond either the pull
+    fails saying so, loads nothing and leaves no partial file. Before, a source could fill the hub's
+    disk with one file (or a small gzip bomb) and its memory with one status answer."""
+    key, key_path = _key_file(tmp_path)
+    label = f"z{unique}"
+    files = _bomb(label)
+    raw = b'{"pad": "' + b"x" * (MAX_ANSWER_BYTES + 1) + b'"}' if case == "huge status answer" else None
+    source = Source("hapi", key.public_key(), files, polls_before_done=0, raw_manifest=raw)  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(source))  # a Bulk Data source in HAPI's style
+    source.base = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _pull_within_limits(database, tmp_path, label, source, key_path, case)
+    finally:
+        server.shutdown()
+
+
+def _pull_within_limits(database: Database, tmp_path: Path, label: str, source: Source, key_path: Path,
+                        case: str) -> None:
+    files = source.files
+    assert len(files["/fhir/Binary/Patient-1"]) > 1_000_000 > 10 * len(gzip.compress(files["/fhir/Binary/Patient-1"]))
+    store = Store(database.engine)
+    name = f"pull-{label}"
+    definitions.save(store, definitions.Definition(
+        name, f"{source.base}/fhir", "hub-at-source", str(key_path), label), datetime.now(UTC))
+    work = tmp_path / "work"
+    with pytest.raises(PullError, match=r"larger than|more than"):
+        pull_once(store, definitions.get(store, name), work, lambda: datetime.now(UTC), max_file_bytes=500_000)
+    assert definitions.get(store, name).status == "failed"
+    assert _held(database, label) == set()
+    assert [p for p in work.rglob("*") if p.is_file()] == []
+    if case == "gzip bomb file":  # the limit is what refused it: within a larger one the same pull loads
+        report = pull_once(store, definitions.get(store, name), work, lambda: datetime.now(UTC),
+                           max_file_bytes=2_000_000)
+        assert report.written == 16_000 and len(_held(database, label)) == 16_000
