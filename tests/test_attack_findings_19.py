@@ -19,6 +19,9 @@ import pytest
 from conftest import TEST_DEID_KEY, Database, serving
 
 from fhirfus.addresses import is_public
+from fhirfus.auth.access import SERVER
+from fhirfus.db.visibility import with_site_label
+from fhirfus.interactions import bundles
 from fhirfus.pull import definitions
 from fhirfus.pull.client import MAX_ANSWER_BYTES, PullError
 from fhirfus.pull.run import pull_once
@@ -280,3 +283,48 @@ def _pull_within_limits(database: Database, tmp_path: Path, label: str, source: 
         report = pull_once(store, definitions.get(store, name), work, lambda: datetime.now(UTC),
                            max_file_bytes=2_000_000)
         assert report.written == 16_000 and len(_held(database, label)) == 16_000
+
+
+# --- a pulled resource cannot reach another site's data through its references -----------------
+
+@pytest.mark.parametrize("form", ["conditional by identifier", "conditional by _id", "rooted", "in an extension"])
+def test_a_pulled_reference_cannot_name_another_sites_patient(
+        database: Database, tmp_path: Path, unique: str, form: str) -> None:
+    """Rule: every reference of a pulled resource either stays outside the hub (another server,
+    ``#contained``, ``urn:``) or is put in the pulling site's namespace; one the hub would resolve
+    itself fails the pull naming the line, and nothing of it is written. Before, the load ran as the
+    server: ``Patient?identifier=…`` was resolved against every site's patients, so a hostile source
+    attached its Observations to another site's patient (and learnt from a failed or working pull
+    whether that patient exists), and ``/Patient/{id}`` became a reference to any hub id."""
+    store = Store(database.engine)
+    other, hostile = f"b{unique}", f"a{unique}"
+    victim = f"{other}-secret"
+    patient = {"resourceType": "Patient", "id": victim, "identifier": [{"system": "urn:mrn", "value": unique}]}
+    bundles.process(bundles.Context(store, SERVER, "", integrity=False), {  # another site's patient, as a pull stores it
+        "resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "PUT", "url": f"Patient/{victim}"}, "resource": with_site_label(patient, other)}]},
+        "minimal")
+    reference = {"conditional by identifier": f"Patient?identifier=urn:mrn|{unique}",
+                 "conditional by _id": f"Patient?_id={victim}", "rooted": f"/Patient/{victim}",
+                 "in an extension": f"Patient?identifier=urn:mrn|{unique}"}[form]
+    observation: dict = {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "TWSTRS"}}
+    if form == "in an extension":
+        observation["extension"] = [{"url": "urn:test:about", "valueReference": {"reference": reference}}]
+    else:
+        observation["subject"] = {"reference": reference}
+    key, key_path = _key_file(tmp_path)
+    source = Source("hapi", key.public_key(), {"/fhir/Binary/Observation-1": orjson.dumps(observation) + b"\n"},  # type: ignore[attr-defined]
+                    polls_before_done=0)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(source))
+    source.base = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = f"pull-{hostile}"
+        definitions.save(store, definitions.Definition(
+            name, f"{source.base}/fhir", "hub-at-source", str(key_path), hostile), datetime.now(UTC))
+        with pytest.raises(PullError, match=r"line 1: Reference .* namespace"):
+            pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
+    finally:
+        server.shutdown()
+    assert _held(database, hostile) == set()
+    assert _held(database, other) == {f"Patient/{victim}"}
