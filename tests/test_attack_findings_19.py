@@ -17,9 +17,11 @@ import httpx
 import orjson
 import pytest
 from conftest import TEST_DEID_KEY, Database, serving
+from sqlalchemy import select
 
 from fhirfus.addresses import is_public
 from fhirfus.auth.access import SERVER
+from fhirfus.db.tables import resources
 from fhirfus.db.visibility import with_site_label
 from fhirfus.interactions import bundles
 from fhirfus.pull import definitions
@@ -328,3 +330,36 @@ def test_a_pulled_reference_cannot_name_another_sites_patient(
         server.shutdown()
     assert _held(database, hostile) == set()
     assert _held(database, other) == {f"Patient/{victim}"}
+
+
+def _pull_from(database: Database, tmp_path: Path, site: str, resources: list[dict]) -> None:
+    """One pull by ``site`` from a hostile source exporting ``resources`` (raises what the pull raises)."""
+    key, key_path = _key_file(tmp_path)
+    files = {f"/fhir/Binary/{r['resourceType']}-{n}": orjson.dumps(r) + b"\n" for n, r in enumerate(resources)}
+    source = Source("hapi", key.public_key(), files, polls_before_done=0)  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(source))
+    source.base = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(database.engine)
+    try:
+        definitions.save(store, definitions.Definition(
+            f"pull-{site}", f"{source.base}/fhir", "hub-at-source", str(key_path), site), datetime.now(UTC))
+        pull_once(store, definitions.get(store, f"pull-{site}"), tmp_path / f"work-{site}", lambda: datetime.now(UTC))
+    finally:
+        server.shutdown()
+
+
+def test_ids_crafted_to_collide_across_site_labels_never_overwrite_another_site(
+        database: Database, tmp_path: Path, unique: str) -> None:
+    """Rule: site ``S`` exporting ``y-1`` and site ``S-y`` exporting ``1`` both map to ``S-y-1`` at the
+    hub; the second pull fails and the first site's resource is unchanged (its site, its content)."""
+    first, second = f"s{unique}", f"s{unique}-y"
+    _pull_from(database, tmp_path, first, [{"resourceType": "Patient", "id": "y-1", "gender": "female"}])
+    with pytest.raises(PullError):
+        _pull_from(database, tmp_path, second, [{"resourceType": "Patient", "id": "1", "gender": "male"}])
+    assert _held(database, first) == {f"Patient/{first}-y-1"} and _held(database, second) == set()
+    with database.engine.connect() as conn:
+        content = conn.execute(select(resources.c.content).where(
+            resources.c.res_type == "Patient", resources.c.res_id == f"{first}-y-1")).scalar_one()
+    stored = orjson.loads(content) if isinstance(content, (bytes, str)) else content
+    assert stored["gender"] == "female"
