@@ -165,6 +165,10 @@ class Settings:
         "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
         "how often each server process looks for queued notifications written by other processes (its own writes "
         "wake it at once) and for retries that came due")
+    subscription_max_per_site: int = setting(
+        "FHIRFUS_SUBSCRIPTION_MAX_PER_SITE", 100,
+        "most Subscriptions one site (or the administrators, without a site) may hold; a write beyond it is "
+        "refused (each one is matched against every write of its site); 0: no limit")
     subscription_private_targets: str = setting(
         "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
         "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny` (or anything "

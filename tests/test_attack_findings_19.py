@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from auth_helpers import make_client
 from conftest import TEST_DEID_KEY, Database, serving
 from sqlalchemy import select
 
@@ -363,3 +364,36 @@ def test_ids_crafted_to_collide_across_site_labels_never_overwrite_another_site(
             resources.c.res_type == "Patient", resources.c.res_id == f"{first}-y-1")).scalar_one()
     stored = orjson.loads(content) if isinstance(content, (bytes, str)) else content
     assert stored["gender"] == "female"
+
+
+# --- Subscriptions are bounded per site -----------------------------------------------------------
+
+def test_a_site_cannot_hold_more_subscriptions_than_the_limit(database: Database, tmp_path: Path, unique: str) -> None:
+    """Rule: a site holds at most ``FHIRFUS_SUBSCRIPTION_MAX_PER_SITE`` Subscriptions, however it writes
+    them (create, transaction); the write beyond is a 422 and writes nothing; deleting one makes room;
+    another site's count is its own. Before, a site client could store any number: each is matched
+    against every write of its site, and each change made every process recompile all of them."""
+    settings = Settings(database_url=database.url, auth="smart", token_secret="attack19-secret-" + unique + "-" * 20,
+                        deid_key=TEST_DEID_KEY, rate_limit_per_minute=100_000, token_rate_limit_per_minute=100_000,
+                        token_rate_limit_per_address=100_000, subscription_max_per_site=3)
+    store = Store(database.engine)
+    with serving(settings, store) as (root, _app):
+        sites = [make_client(store, root + "/auth/token", role="site", site=f"{name}{unique}", scope="system/*.cruds")
+                 for name in ("p", "q")]
+        first, second = (client.http(root + "/fhir") for client in sites)
+        try:
+            made = [first.post("/Subscription", json=_subscription("http://example.org/hook")) for _ in range(3)]
+            assert [r.status_code for r in made] == [201, 201, 201]
+            beyond = first.post("/Subscription", json=_subscription("http://example.org/hook"))
+            assert beyond.status_code == 422, beyond.text
+            assert "FHIRFUS_SUBSCRIPTION_MAX_PER_SITE" in beyond.json()["issue"][0]["diagnostics"]
+            batch = first.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"request": {"method": "POST", "url": "Subscription"}, "resource": _subscription("http://e.org/h")}]})
+            assert batch.status_code == 422, batch.text
+            assert first.get("/Subscription", params={"_summary": "count"}).json()["total"] == 3
+            assert second.post("/Subscription", json=_subscription("http://example.org/hook")).status_code == 201
+            assert first.delete(f"/Subscription/{made[0].json()['id']}").status_code in (200, 204)
+            assert first.post("/Subscription", json=_subscription("http://example.org/hook")).status_code == 201
+        finally:
+            first.close()
+            second.close()
