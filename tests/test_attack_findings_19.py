@@ -192,8 +192,12 @@ def test_a_stored_channel_that_cannot_be_sent_is_a_failed_delivery(url: str, hea
 
 # --- a hostile server cannot hold a kick-off nor fill the hub -----------------------------------
 
+PATIENT_LINE = b'{"resourceType": "Patient", "gender": "other"}\n'
+
+
 class _Trickle(BaseHTTPRequestHandler):
-    """A manifest that never ends: one byte every 0.2 s, always within any read timeout."""
+    """Files that never end: one byte every 0.2 s, always within any read timeout (``/ok.ndjson``
+    is one Patient, served at once)."""
 
     def log_message(self, *_: object) -> None:
         pass
@@ -201,9 +205,14 @@ class _Trickle(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        if self.path == "/ok.ndjson":
+            self.send_header("Content-Length", str(len(PATIENT_LINE)))
+            self.end_headers()
+            self.wfile.write(PATIENT_LINE)
+            return
         self.end_headers()
         try:
-            self.wfile.write(b'{"output": [')
+            self.wfile.write(b'{"output": [' if self.path.endswith(".json") else PATIENT_LINE)
             for _ in range(600):
                 self.wfile.write(b" ")
                 self.wfile.flush()
@@ -238,6 +247,33 @@ def test_a_manifest_url_that_trickles_cannot_hold_the_kick_off(
     assert answer.status_code == 400, answer.text
     issue = answer.json()["issue"][0]
     assert issue["expression"] == ["Parameters.parameter[0].value"] and "took longer" in issue["diagnostics"]
+
+
+def test_an_input_that_trickles_can_be_cancelled_and_frees_the_worker(
+        database: Database, tmp_path: Path, trickling: str) -> None:
+    """Rule: while an input downloads, the job beats its heartbeat and notices a DELETE at every read,
+    so a cancelled job stops and the next job runs. Before, the download was read in 256 kB blocks
+    and the job looked only between blocks: a server sending a byte now and then kept the job (and,
+    with ``FHIRFUS_IMPORT_MAX_JOBS=1``, every later import of every site) stuck for hours."""
+    root_url = trickling.rsplit("/", 1)[0]
+    settings = Settings(database_url=database.url, auth="off", deid_key=TEST_DEID_KEY, export_dir=str(tmp_path),
+                        import_allowed_hosts=("127.0.0.1",), import_fetch_timeout=5, import_max_jobs=1)
+    with serving(settings, Store(database.engine)) as (root, _app), \
+            httpx.Client(base_url=root + "/fhir", timeout=30) as http:
+        slow = http.post("/$import", headers=ASYNC, json=_import_parameters(_input(f"{root_url}/slow.ndjson")))
+        assert slow.status_code == 202, slow.text
+        time.sleep(1.5)  # the download has started
+        assert http.delete(slow.headers["Content-Location"]).status_code == 202
+        deadline = time.monotonic() + 20
+        while (next_job := http.post("/$import", headers=ASYNC, json=_import_parameters(
+                _input(f"{root_url}/ok.ndjson")))).status_code == 429:
+            assert time.monotonic() < deadline, "the cancelled job still holds the worker"
+            time.sleep(0.2)
+        assert next_job.status_code == 202, next_job.text
+        while (status := http.get(next_job.headers["Content-Location"])).status_code == 202:
+            assert time.monotonic() < deadline, "the next job did not run: the worker is still busy"
+            time.sleep(0.2)
+        assert status.status_code == 200 and status.json()["output"][0]["count"] == 1, status.text
 
 
 def _bomb(label: str) -> dict[str, bytes]:

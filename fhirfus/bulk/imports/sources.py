@@ -38,7 +38,6 @@ from fhirfus.fhir.validation import parse_json, require_known_type, validate_res
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 MAX_REDIRECTS = 5
-READ_BYTES = 256 * 1024
 MANIFEST_BYTES = 16 * 1024 * 1024
 
 
@@ -239,7 +238,7 @@ def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Calla
                         raise FetchFailed(f"GET {url} answered {response.status_code}", "url")
                     size = 0
                     with target.open("wb") as handle:
-                        for block in response.iter_bytes(READ_BYTES):
+                        for block in response.iter_bytes():  # as read: a trickle still beats and can be cancelled
                             size += len(block)
                             if size > budget:
                                 raise InvalidRequest(
