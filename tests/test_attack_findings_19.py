@@ -6,12 +6,14 @@ a rule is about who may do what; servers the attacker controls are real HTTP ser
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import orjson
@@ -22,8 +24,10 @@ from sqlalchemy import select
 
 from fhirfus.addresses import is_public
 from fhirfus.auth.access import SERVER
+from fhirfus.bulk.imports.sources import FetchLimits, fetch, manifest_inputs
 from fhirfus.db.tables import resources
 from fhirfus.db.visibility import with_site_label
+from fhirfus.errors import FhirError
 from fhirfus.interactions import bundles
 from fhirfus.pull import definitions
 from fhirfus.pull.client import MAX_ANSWER_BYTES, PullError
@@ -433,3 +437,55 @@ def test_a_site_cannot_hold_more_subscriptions_than_the_limit(database: Database
         finally:
             first.close()
             second.close()
+
+
+# --- DNS rebinding: the address checked is the address fetched ---------------------------------
+
+class _Recording(BaseHTTPRequestHandler):
+    """A loopback server standing for an internal service; it records who reached it."""
+
+    seen: ClassVar[list[str]] = []
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        _Recording.seen.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PATIENT_LINE)))
+        self.end_headers()
+        self.wfile.write(PATIENT_LINE)
+
+
+@pytest.mark.parametrize("what", ["input", "manifestUrl"])
+def test_a_name_that_rebinds_to_loopback_after_the_check_is_not_fetched(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, what: str) -> None:
+    """Rule: an ``$import`` URL is fetched from the address its SSRF check judged. A hostile DNS server
+    answers a public address to the check and loopback to the next lookup (rebinding, simulated
+    here by the resolver); the internal service must never see a request. Before, the check and
+    the HTTP client each resolved the name, so the second answer decided where the request went."""
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    port = internal.server_address[1]
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])  # the first answer only is public
+
+    def rebinding(host: object, *args: object, **kwargs: object) -> list:
+        if host != "rebind.example":
+            return real(host, *args, **kwargs)  # type: ignore[arg-type]
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    limits = FetchLimits(max_inputs=10, max_bytes=1_000_000, timeout=2, allowed_hosts=())
+    url = f"http://rebind.example:{port}/Patient.ndjson"
+    _Recording.seen = []
+    try:
+        with pytest.raises(FhirError):
+            if what == "input":
+                fetch(url, tmp_path / "input.ndjson", limits, limits.max_bytes)
+            else:
+                manifest_inputs(url, limits, "manifestUrl")
+    finally:
+        internal.shutdown()
+    assert _Recording.seen == []

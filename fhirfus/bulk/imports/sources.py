@@ -13,8 +13,9 @@ A kick-off is one of
 
 Inputs are fetched with plain ``GET`` over http(s) only, without credentials. SSRF: a URL whose host
 resolves to a loopback, private, link-local or otherwise non-public address is refused unless the
-host is listed in ``FHIRFUS_IMPORT_ALLOWED_HOSTS`` (the tests list ``127.0.0.1``); redirects are
-followed by hand, each hop checked the same way. A ``manifestUrl`` is read while the kick-off
+host is listed in ``FHIRFUS_IMPORT_ALLOWED_HOSTS`` (the tests list ``127.0.0.1``), and the request goes
+to the address that was checked (no second DNS lookup to rebind); redirects are followed by hand,
+each hop checked the same way. A ``manifestUrl`` is read while the kick-off
 waits, so it must arrive whole within the fetch timeout (a server trickling bytes cannot hold the
 request).
 """
@@ -28,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlunsplit
 
 import httpx
 
@@ -116,11 +117,12 @@ def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInp
     """The files of the completion manifest at ``url`` (400 naming ``where`` when it cannot be used)."""
     if not isinstance(url, str):
         raise InvalidRequest("manifestUrl is a URL", where)
-    check_url(url, limits.allowed_hosts, where)
+    checked = check_url(url, limits.allowed_hosts, where)
     with tempfile.TemporaryFile() as handle:
         try:
             with httpx.Client(timeout=limits.timeout, follow_redirects=False) as http, \
-                    http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                    http.stream("GET", checked.url, headers={"Accept": "application/json", **checked.headers},
+                                extensions=checked.extensions) as response:
                 if response.status_code != 200:
                     raise InvalidRequest(f"GET {url} answered {response.status_code}", where)
                 size = 0
@@ -195,9 +197,20 @@ def _input(res_type: Any, url: Any, where: str) -> ImportInput:
     return ImportInput(res_type, url)
 
 
-def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
+@dataclass(frozen=True)
+class Checked:
+    """A URL as it is requested once checked: its host replaced by the address that was judged (so a
+    second DNS answer, a rebinding, cannot send the request elsewhere), with ``Host`` and the TLS
+    server name (which the certificate is checked against) kept as the URL said."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> Checked:
     """400 unless ``url`` is a well-formed http(s) URL with a host that is public (``addresses.is_public``:
-    also through an IPv4 address an IPv6 form embeds), or listed as allowed."""
+    also through an IPv4 address an IPv6 form embeds), or listed as allowed; how to request it."""
     try:
         parts = http_url(url)
     except ValueError as exc:
@@ -206,16 +219,22 @@ def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
         raise InvalidRequest(f"'{url}' carries credentials; they are not accepted in a URL", where)
     host = parts.hostname or ""
     if host in allowed_hosts:
-        return
+        return Checked(url, {}, {})
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)}
+        found = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidRequest(f"The host of '{url}' cannot be resolved", where) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     for address in addresses:
-        if not is_public(str(address)):
+        if not is_public(address):
             raise InvalidRequest(
                 f"The host of '{url}' is a non-public address ({address}); list it in FHIRFUS_IMPORT_ALLOWED_HOSTS "
                 "to import from it", where)
+    if not addresses:
+        raise InvalidRequest(f"The host of '{url}' cannot be resolved", where)
+    literal = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
+    pinned = urlunsplit(parts._replace(netloc=literal + (f":{parts.port}" if parts.port is not None else "")))
+    return Checked(pinned, {"Host": parts.netloc}, {"sni_hostname": host} if parts.scheme == "https" else {})
 
 
 def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Callable[[], None] = lambda: None) -> int:
@@ -225,9 +244,9 @@ def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Calla
                       headers={"Accept": "application/fhir+ndjson"}) as http:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, limits.allowed_hosts, "url")
+            checked = check_url(current, limits.allowed_hosts, "url")
             try:
-                with http.stream("GET", current) as response:
+                with http.stream("GET", checked.url, headers=checked.headers, extensions=checked.extensions) as response:
                     if response.is_redirect and "location" in response.headers:
                         try:
                             current = urljoin(current, response.headers["location"])
