@@ -11,7 +11,7 @@ which ``ipaddress.is_global`` alone does not do.
 from __future__ import annotations
 
 import ipaddress
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import httpx
 
@@ -57,3 +57,14 @@ def is_public(address: str) -> bool:
         if inner is not None and not is_public(str(inner)):
             return False
     return ip.is_global and not ip.is_multicast
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """How to request ``url`` at ``address`` (the one a check judged, so that no second DNS lookup can
+    rebind the name): the URL with that address as its host, the ``Host`` header, and for https the
+    TLS server name that the certificate is checked against (httpx's ``sni_hostname`` extension)."""
+    parts = http_url(url)
+    literal = f"[{address}]" if ":" in address else address
+    netloc = literal + (f":{parts.port}" if parts.port is not None else "")
+    extensions = {"sni_hostname": parts.hostname or ""} if parts.scheme == "https" else {}
+    return urlunsplit(parts._replace(netloc=netloc)), {"Host": parts.netloc}, extensions

@@ -456,11 +456,14 @@ class _Recording(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(PATIENT_LINE)
 
+    do_POST = do_GET
 
-@pytest.mark.parametrize("what", ["input", "manifestUrl"])
+
+@pytest.mark.parametrize("what", ["input", "manifestUrl", "notification"])
 def test_a_name_that_rebinds_to_loopback_after_the_check_is_not_fetched(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, what: str) -> None:
-    """Rule: an ``$import`` URL is fetched from the address its SSRF check judged. A hostile DNS server
+    """Rule: an ``$import`` URL is fetched, and a notification (``FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS=deny``)
+    sent, at the address the SSRF check judged. A hostile DNS server
     answers a public address to the check and loopback to the next lookup (rebinding, simulated
     here by the resolver); the internal service must never see a request. Before, the check and
     the HTTP client each resolved the name, so the second answer decided where the request went."""
@@ -481,11 +484,15 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_is_not_fetched(
     url = f"http://rebind.example:{port}/Patient.ndjson"
     _Recording.seen = []
     try:
-        with pytest.raises(FhirError):
-            if what == "input":
-                fetch(url, tmp_path / "input.ndjson", limits, limits.max_bytes)
-            else:
-                manifest_inputs(url, limits, "manifestUrl")
+        if what == "notification":
+            with httpx.Client() as http, pytest.raises(delivery.DeliveryFailed):
+                delivery.send(http, delivery.Request("POST", url, {}, b""), 2.0, allow_private=False)
+        else:
+            with pytest.raises(FhirError):
+                if what == "input":
+                    fetch(url, tmp_path / "input.ndjson", limits, limits.max_bytes)
+                else:
+                    manifest_inputs(url, limits, "manifestUrl")
     finally:
         internal.shutdown()
     assert _Recording.seen == []

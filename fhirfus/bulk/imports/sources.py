@@ -29,11 +29,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlunsplit
+from urllib.parse import urljoin
 
 import httpx
 
-from fhirfus.addresses import http_url, is_public
+from fhirfus.addresses import http_url, is_public, pinned
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.fhir.validation import parse_json, require_known_type, validate_resource
 
@@ -232,9 +232,7 @@ def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> Checked:
                 "to import from it", where)
     if not addresses:
         raise InvalidRequest(f"The host of '{url}' cannot be resolved", where)
-    literal = f"[{addresses[0]}]" if ":" in addresses[0] else addresses[0]
-    pinned = urlunsplit(parts._replace(netloc=literal + (f":{parts.port}" if parts.port is not None else "")))
-    return Checked(pinned, {"Host": parts.netloc}, {"sni_hostname": host} if parts.scheme == "https" else {})
+    return Checked(*pinned(url, addresses[0]))
 
 
 def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Callable[[], None] = lambda: None) -> int:
