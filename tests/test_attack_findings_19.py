@@ -496,3 +496,55 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_is_not_fetched(
     finally:
         internal.shutdown()
     assert _Recording.seen == []
+
+
+@pytest.mark.parametrize("how", ["file url", "redirect"])
+def test_a_source_cannot_point_the_hub_at_its_own_network(
+        database: Database, tmp_path: Path, unique: str, how: str) -> None:
+    """Rule: the hub's requests of a pull go to the source's own host or to public addresses; a
+    manifest's file URL or a redirect to another host that is loopback or private fails the pull
+    and that service sees no request. Before, the puller fetched whatever the manifest named and
+    followed every redirect (blind SSRF from the hub, e.g. to a cloud metadata address)."""
+    internal = ThreadingHTTPServer(("127.0.0.1", 0), _Recording)
+    threading.Thread(target=internal.serve_forever, daemon=True).start()
+    elsewhere = f"http://localhost:{internal.server_address[1]}/latest/meta-data"  # another host name, loopback
+    _Recording.seen = []
+    key, key_path = _key_file(tmp_path)
+    files = {"/fhir/Binary/Patient-1": PATIENT_LINE}
+    source = Source("hapi", key.public_key(), files, polls_before_done=0)  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(source))
+    source.base = f"http://127.0.0.1:{server.server_address[1]}"
+    if how == "file url":
+        source.extra = {"output": [{"type": "Patient", "url": elsewhere}]}
+    else:
+        redirect = ThreadingHTTPServer(("127.0.0.1", 0), _redirecting(elsewhere))
+        threading.Thread(target=redirect.serve_forever, daemon=True).start()
+        source.extra = {"output": [{"type": "Patient", "url": f"http://127.0.0.1:{redirect.server_address[1]}/f"}]}
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = Store(database.engine)
+    label = f"n{unique}"
+    try:
+        definitions.save(store, definitions.Definition(
+            f"pull-{label}", f"{source.base}/fhir", "hub-at-source", str(key_path), label), datetime.now(UTC))
+        with pytest.raises(PullError, match="neither on the source's host nor at a public address"):
+            pull_once(store, definitions.get(store, f"pull-{label}"), tmp_path / "work", lambda: datetime.now(UTC))
+    finally:
+        server.shutdown()
+        internal.shutdown()
+        if how == "redirect":
+            redirect.shutdown()
+    assert _Recording.seen == [] and _held(database, label) == set()
+
+
+def _redirecting(target: str) -> type[BaseHTTPRequestHandler]:
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    return Redirect

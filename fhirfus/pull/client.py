@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
@@ -28,6 +29,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from fhirfus.addresses import is_public
 from fhirfus.errors import FhirError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -97,13 +99,29 @@ class BulkClient:
         self.key = key
         self.scope = scope
         self.sleep = sleep
-        self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True,
+                                 event_hooks={"request": [self._check_host]})
         self.max_file_bytes = max_file_bytes
         self._token: str | None = None
         self._files_want_token = False  # learnt from a 401 on a file the manifest said needs none
 
     def close(self) -> None:
         self.http.close()
+
+    def _check_host(self, request: httpx.Request) -> None:
+        """Every request (a redirect's too) goes to the source's own host or to a public address: a
+        hostile source cannot point the hub, by a manifest's file URL, a token endpoint or a
+        redirect, at a service on the hub's network (the source itself may be on a private one)."""
+        host = request.url.host
+        if host == (urlsplit(self.base).hostname or ""):
+            return
+        try:
+            found = {str(info[4][0]) for info in socket.getaddrinfo(host, request.url.port or 443)}
+        except (OSError, UnicodeError) as exc:
+            raise PullError(f"{request.url}: its host cannot be resolved", "source") from exc
+        if not found or not all(is_public(address) for address in found):
+            raise PullError(f"{request.url} is neither on the source's host nor at a public address; the hub does "
+                            "not fetch it", "source")
 
     # --- authentication ---------------------------------------------------------------------
 
