@@ -126,7 +126,8 @@ class Settings:
         "`$import`: most bytes of all inputs of one job together (fetched or uploaded); more is refused")
     import_fetch_timeout: int = setting(
         "FHIRFUS_IMPORT_FETCH_TIMEOUT", 60,
-        "`$import`: seconds to connect to an input URL and between two reads of it")
+        "`$import`: seconds to connect to an input URL and between two reads of it; a kick-off's `manifestUrl` "
+        "must be read whole within it")
     import_allowed_hosts: tuple[str, ...] = setting(
         "FHIRFUS_IMPORT_ALLOWED_HOSTS", (),
         "`$import`: hosts (names or addresses, comma-separated) whose URLs may be fetched even when they "
@@ -137,6 +138,10 @@ class Settings:
     pull_dir: str = setting(
         "FHIRFUS_PULL_DIR", "./var/pulls",
         "where `fhirfus pull` keeps the files of an export until they are loaded (a rerun resumes them)")
+    pull_max_file_bytes: int = setting(
+        "FHIRFUS_PULL_MAX_FILE_BYTES", 8 << 30,
+        "`fhirfus pull`: most bytes one file of a source may have (unpacked, so a gzip bomb counts at its size); "
+        "a larger one fails the pull")
     pull_schedule_seconds: int = setting(
         "FHIRFUS_PULL_SCHEDULE", 0,
         "every this many seconds the server runs the stored pull definitions that are due (`fhirfus pull "
@@ -160,6 +165,10 @@ class Settings:
         "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
         "how often each server process looks for queued notifications written by other processes (its own writes "
         "wake it at once) and for retries that came due")
+    subscription_max_per_site: int = setting(
+        "FHIRFUS_SUBSCRIPTION_MAX_PER_SITE", 100,
+        "most Subscriptions one site (or the administrators, without a site) may hold; a write beyond it is "
+        "refused (each one is matched against every write of its site); 0: no limit")
     subscription_private_targets: str = setting(
         "FHIRFUS_SUBSCRIPTION_PRIVATE_TARGETS", "allow",
         "`allow`: endpoints may be loopback or private addresses (hospital networks, tests); `deny` (or anything "

@@ -49,7 +49,7 @@ def test_the_caller_is_passed_in_not_read_from_a_context_variable() -> None:
 #: The layers, lowest first. A package imports only from lower layers and from itself: no upward
 #: import, and no import between two packages of one layer (so no cycle between packages).
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "errors", "settings", "heap", "process"}),   # the error hierarchy, every setting
+    frozenset({"__init__", "errors", "settings", "heap", "process", "addresses"}),  # errors, settings, SSRF checks
     frozenset({"fhir", "ig", "testing", "testing_hosts"}),                    # FHIR knowledge, the guide's data; test helpers
     frozenset({"fhirpath", "terminology"}),                  # FHIRPath: paths compiled, the engine; code systems, value sets, concept maps
     frozenset({"db", "sqlonfhir"}),                          # schema, engine, rows, confinement; the view runner

@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     if settings.pull_schedule_seconds > 0:
         scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,
-                                  lambda: datetime.now(UTC))
+                                  lambda: datetime.now(UTC), max_file_bytes=settings.pull_max_file_bytes)
         app.state.pulls = scheduler
         app.router.on_startup.append(scheduler.start)
         app.router.on_shutdown.append(scheduler.stop)

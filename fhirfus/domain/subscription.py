@@ -11,7 +11,8 @@ deliver is refused here (422 naming the element) instead of being stored and nev
 - ``channel.payload`` is absent (a notification without body) or ``application/fhir+json``, with
   the R4B backport's ``backport-payload-content`` extension choosing ``id-only`` or
   ``full-resource`` (the default) — XML payloads are not offered;
-- every ``channel.header`` is ``Name: value`` and names no header the server sets itself.
+- every ``channel.header`` is ``Name: value`` (printable ASCII: a value the HTTP client cannot send
+  would fail every delivery) and names no header the server sets itself.
 
 The server owns ``status`` (R4: it moves ``requested`` to ``active`` once it accepted the
 Subscription; ``off`` stays off; ``error`` is the server's to set) and ``error``.
@@ -22,8 +23,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
+from fhirfus.addresses import http_url
 from fhirfus.errors import BusinessRuleViolation, FhirError
 from fhirfus.fhir.validation import served_types
 from fhirfus.search.query import RESULT_PARAMETERS, SearchQuery, criteria_types, parse_query
@@ -36,6 +38,9 @@ NONE, ID_ONLY, FULL = "none", "id-only", "full-resource"
 RESERVED_HEADERS = frozenset({"host", "content-type", "content-length", "transfer-encoding", "connection",
                               "x-fhirfus-signature", "x-fhirfus-subscription"})
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+#: What an HTTP client can send as a header value: visible ASCII, spaces and tabs (no control
+#: character, no line break, nothing beyond ASCII, which the delivery's client cannot encode).
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True)
@@ -79,9 +84,11 @@ def channel_of(resource: dict) -> Channel:
         raise _refuse(f"channel.type '{channel.get('type')}' is not delivered by this server (only rest-hook)",
                       "channel.type")
     endpoint = channel.get("endpoint")
-    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
-    if not isinstance(endpoint, str) or parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _refuse("channel.endpoint must be an absolute http(s) URL", "channel.endpoint")
+    endpoint = endpoint if isinstance(endpoint, str) else ""
+    try:
+        http_url(endpoint)
+    except ValueError as exc:
+        raise _refuse(f"channel.endpoint must be an absolute http(s) URL: {exc}", "channel.endpoint") from exc
     payload = NONE
     if "payload" in channel or "_payload" in channel:
         if channel.get("payload") != JSON:
@@ -98,8 +105,9 @@ def channel_of(resource: dict) -> Channel:
     headers = []
     for index, header in enumerate(channel.get("header") or []):
         name, colon, value = header.partition(":") if isinstance(header, str) else ("", "", "")
-        if not colon or not _HEADER_NAME.fullmatch(name) or "\r" in value or "\n" in value:
-            raise _refuse(f"channel.header[{index}] must read 'Name: value'", f"channel.header[{index}]")
+        if not colon or not _HEADER_NAME.fullmatch(name) or not _HEADER_VALUE.fullmatch(value):
+            raise _refuse(f"channel.header[{index}] must read 'Name: value' (the value printable ASCII)",
+                          f"channel.header[{index}]")
         if name.lower() in RESERVED_HEADERS:
             raise _refuse(f"channel.header[{index}] may not set {name} (the server sets it)", f"channel.header[{index}]")
         headers.append((name, value.strip()))

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 import jwt
@@ -28,6 +29,7 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from fhirfus.addresses import is_public
 from fhirfus.errors import FhirError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -36,6 +38,11 @@ MAX_POLL_SECONDS = 60
 #: Polls of one export before the pull gives up.
 MAX_POLLS = 10_000
 CHUNK_BYTES = 1 << 20
+#: The most a source may send for one file (decoded: a gzip bomb counts at its unpacked size);
+#: ``FHIRFUS_PULL_MAX_FILE_BYTES`` passes the server's setting.
+MAX_FILE_BYTES = 8 << 30
+#: The most a source may answer to anything read into memory (smart-configuration, token, status, manifest).
+MAX_ANSWER_BYTES = 16 << 20
 
 
 class PullError(FhirError):
@@ -86,23 +93,41 @@ class BulkClient:
 
     def __init__(self, base_url: str, client_id: str, key: SigningKey, *, scope: str = "system/*.rs",
                  transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.base = base_url.rstrip("/")
         self.client_id = client_id
         self.key = key
         self.scope = scope
         self.sleep = sleep
-        self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True)
+        self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=True,
+                                 event_hooks={"request": [self._check_host]})
+        self.max_file_bytes = max_file_bytes
         self._token: str | None = None
         self._files_want_token = False  # learnt from a 401 on a file the manifest said needs none
 
     def close(self) -> None:
         self.http.close()
 
+    def _check_host(self, request: httpx.Request) -> None:
+        """Every request (a redirect's too) goes to the source's own host or to a public address: a
+        hostile source cannot point the hub, by a manifest's file URL, a token endpoint or a
+        redirect, at a service on the hub's network (the source itself may be on a private one)."""
+        host = request.url.host
+        if host == (urlsplit(self.base).hostname or ""):
+            return
+        try:
+            found = {str(info[4][0]) for info in socket.getaddrinfo(host, request.url.port or 443)}
+        except (OSError, UnicodeError) as exc:
+            raise PullError(f"{request.url}: its host cannot be resolved", "source") from exc
+        if not found or not all(is_public(address) for address in found):
+            raise PullError(f"{request.url} is neither on the source's host nor at a public address; the hub does "
+                            "not fetch it", "source")
+
     # --- authentication ---------------------------------------------------------------------
 
     def token_endpoint(self) -> str:
-        response = self.http.get(f"{self.base}/.well-known/smart-configuration", headers={"Accept": "application/json"})
+        response = self._read("GET", f"{self.base}/.well-known/smart-configuration",
+                              headers={"Accept": "application/json"})
         if response.status_code != 200:
             raise PullError(f"{self.base}/.well-known/smart-configuration answered {response.status_code}", "source")
         endpoint = _json_object(response).get("token_endpoint")
@@ -117,7 +142,7 @@ class BulkClient:
                   "jti": str(uuid.uuid4())}
         headers = {"kid": self.key.kid} if self.key.kid else {}
         assertion = jwt.encode(claims, self.key.key, algorithm=self.key.algorithm, headers=headers)
-        response = self.http.post(endpoint, data={
+        response = self._read("POST", endpoint, data={
             "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
             "client_assertion": assertion, "scope": self.scope})
         if response.status_code != 200:
@@ -136,12 +161,29 @@ class BulkClient:
             self.authenticate()
         if auth:
             headers["Authorization"] = f"Bearer {self._token}"
-        response = self.http.request(method, url, headers=headers, **kwargs)
+        response = self._read(method, url, headers=headers, **kwargs)
         if auth and response.status_code == 401:
             self.authenticate()
             headers["Authorization"] = f"Bearer {self._token}"
-            response = self.http.request(method, url, headers=headers, **kwargs)
+            response = self._read(method, url, headers=headers, **kwargs)
         return response
+
+    def _read(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A request whose answer is read into memory: at most ``MAX_ANSWER_BYTES`` of it (a source
+        answering a status poll with gigabytes fails the pull instead of the process)."""
+        request = self.http.build_request(method, url, **kwargs)
+        response = self.http.send(request, stream=True)
+        body = bytearray()
+        try:
+            for block in response.iter_bytes():
+                body += block
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise PullError(f"{url} answered more than {MAX_ANSWER_BYTES} bytes", "source")
+        finally:
+            response.close()
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=response.request)
 
     # --- export -----------------------------------------------------------------------------
 
@@ -210,8 +252,15 @@ class BulkClient:
                 mode = "wb"
             else:
                 return response.status_code
+            size = offset if mode == "ab" else 0
             with part.open(mode) as handle:
                 for block in response.iter_bytes(CHUNK_BYTES):
+                    size += len(block)
+                    if size > self.max_file_bytes:
+                        handle.close()
+                        part.unlink(missing_ok=True)  # a rerun starts it again rather than resuming past the limit
+                        raise PullError(f"{url} is larger than {self.max_file_bytes} bytes (FHIRFUS_PULL_MAX_FILE_BYTES)",
+                                        "source")
                     handle.write(block)
             return response.status_code
 

@@ -83,7 +83,10 @@ def load_output(store: Store, path: Path, site: str, source_base: str, loaded: L
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str) \
                 or not isinstance(resource.get("id"), str):
             raise InvalidRequest(f"{path.name} line {number}: not a FHIR resource with an id", f"line {number}")
-        resource = to_hub(resource, site, source_base)
+        try:
+            resource = to_hub(resource, site, source_base)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{path.name} line {number}: {exc.message}", f"line {number}") from exc
         url = f"{resource['resourceType']}/{resource['id']}"
         entries.append({"resource": resource, "request": {"method": "PUT", "url": url}})
         if len(entries) == chunk_size:

@@ -5,7 +5,10 @@ Two sites both have ``Patient/1``; at the hub they must stay two patients. Every
 site happens to use it later), and every reference to the source server — relative
 (``Patient/1``, ``Patient/1/_history/3``) or absolute under the source's base URL — is rewritten
 to ``Type/{site}-{id}`` (without the version: the hub's version numbers are its own). References
-elsewhere (another server, ``urn:uuid:``, ``#contained``) stay as they are. An id that would
+elsewhere (another server, ``urn:uuid:``, ``#contained``) stay as they are. A conditional reference
+(``Patient?identifier=…``) or a rooted one (``/Patient/1``) fails the load: at the hub the first would
+be resolved against every site's data (naming, and revealing the existence of, another site's
+patient) and the second would name a hub id outside the site's namespace. An id that would
 exceed FHIR's 64 characters is ``{site}-`` and a hash of the original id. Site labels from the
 source are replaced by the hub's label for it, so what a site calls itself never decides where
 its data belongs at the hub. Should two labels still meet (site ``A`` with id ``B-1`` and site
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 
 from fhirfus.db.visibility import SITE_SYSTEM, with_site_label
+from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.references import reference_target, rewrite_references
 
 MAX_ID = 64
@@ -41,6 +45,10 @@ def hub_reference(site: str, source_base: str, reference: str) -> str | None:
         if not text.startswith(prefix):
             return None
         text = text[len(prefix):]
+    if "?" in text or text.startswith("/"):
+        raise InvalidRequest(f"Reference '{reference}' is not one the hub can keep in the site's namespace: a "
+                             "conditional reference would be resolved against every site's data at the hub, and "
+                             "'/Type/id' would name the hub's own resources", "reference")
     parts = text.split("/")
     if len(parts) not in (2, 4) or (len(parts) == 4 and parts[2] != "_history"):
         return None

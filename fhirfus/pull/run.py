@@ -22,7 +22,7 @@ import jwt
 from fhirfus.db.visibility import with_site_label
 from fhirfus.errors import FhirError
 from fhirfus.pull import definitions
-from fhirfus.pull.client import BulkClient, PullError, SigningKey
+from fhirfus.pull.client import MAX_FILE_BYTES, BulkClient, PullError, SigningKey
 from fhirfus.pull.definitions import Definition
 from fhirfus.pull.load import Loaded, commit_provenance, load_deleted, load_order, load_output, skipped_type
 from fhirfus.store.repository import Store
@@ -49,12 +49,14 @@ class PullReport:
 def pull_once(
     store: Store, definition: Definition, work_dir: Path, clock: Callable[[], datetime], *,
     transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, max_file_bytes: int = MAX_FILE_BYTES,
 ) -> PullReport:
-    """Run ``definition`` once; its status row says how it went (and the error, raised too)."""
+    """Run ``definition`` once; its status row says how it went (and the error, raised too).
+    ``max_file_bytes``: the most one file of the source may be (``FHIRFUS_PULL_MAX_FILE_BYTES``)."""
     definitions.started(store, definition.name, clock())
     try:
-        return _pull(store, definition, work_dir, clock, transport, sleep, on_stage or (lambda _: None))
+        return _pull(store, definition, work_dir, clock, transport, sleep, on_stage or (lambda _: None),
+                     max_file_bytes)
     except (FhirError, httpx.HTTPError, jwt.PyJWTError, OSError, ValueError, KeyError, TypeError) as exc:
         message = exc.message if isinstance(exc, FhirError) else f"{type(exc).__name__}: {exc}"
         definitions.failed(store, definition, message, clock())
@@ -63,9 +65,10 @@ def pull_once(
 
 def _pull(store: Store, definition: Definition, work_dir: Path, clock: Callable[[], datetime],
           transport: httpx.BaseTransport | None, sleep: Callable[[float], None] | None,
-          stage: Callable[[str], None]) -> PullReport:
+          stage: Callable[[str], None], max_file_bytes: int) -> PullReport:
     key = SigningKey.read(Path(definition.key_path))
-    options: dict[str, Any] = {"transport": transport} | ({"sleep": sleep} if sleep else {})
+    options: dict[str, Any] = {"transport": transport, "max_file_bytes": max_file_bytes} | (
+        {"sleep": sleep} if sleep else {})
     client = BulkClient(definition.source_url, definition.client_id, key, **options)
     report = PullReport(definition.name)
     try:

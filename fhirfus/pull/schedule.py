@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fhirfus.errors import FhirError
 from fhirfus.pull import definitions
+from fhirfus.pull.client import MAX_FILE_BYTES
 from fhirfus.pull.run import PullReport, pull_once
 from fhirfus.store.repository import Store
 
@@ -24,8 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class PullScheduler:
-    def __init__(self, store: Store, work_dir: Path, interval: float, clock: Callable[[], datetime]) -> None:
+    def __init__(self, store: Store, work_dir: Path, interval: float, clock: Callable[[], datetime], *,
+                 max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.store = store
+        self.max_file_bytes = max_file_bytes
         self.work_dir = work_dir
         self.interval = interval
         self.clock = clock
@@ -55,7 +58,8 @@ class PullScheduler:
             if not definitions.claim(self.store, definition, self.clock()):
                 continue  # another process runs it
             try:
-                reports.append(pull_once(self.store, definition, self.work_dir, self.clock))
+                reports.append(pull_once(self.store, definition, self.work_dir, self.clock,
+                                           max_file_bytes=self.max_file_bytes))
             except FhirError as exc:  # recorded in the definition's row by pull_once
                 log.warning("scheduled pull %s failed: %s", definition.name, exc.message)
         return reports

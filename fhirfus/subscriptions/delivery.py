@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from fhirfus.addresses import is_public, pinned
 from fhirfus.domain.subscription import FULL, ID_ONLY, JSON, NONE
 from fhirfus.subscriptions.active import Active
 
@@ -77,29 +77,38 @@ def request_for(subscription: Active, res_type: str, res_id: str, version: int, 
 
 
 def private_target(url: str) -> bool:
-    """Whether ``url``'s host is (or resolves to) a loopback, private, link-local or reserved address."""
-    host = urlsplit(url).hostname or ""
+    """Whether ``url``'s host is (or resolves to) an address that is not public (``addresses.is_public``:
+    loopback, private, shared, link-local, reserved, multicast, or an IPv6 form embedding one)."""
+    return not all(is_public(address) for address in _addresses(url))
+
+
+def _addresses(url: str) -> list[str]:
+    """What ``url``'s host resolves to, in the resolver's order (none when it does not resolve)."""
     try:
-        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
-    except OSError:
-        return False  # it will fail to connect anyway
-    return any(_private(address) for address in addresses)
-
-
-def _private(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%")[0])
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast \
-        or ip.is_unspecified
+        return list(dict.fromkeys(str(info[4][0]) for info in socket.getaddrinfo(urlsplit(url).hostname or "", None)))
+    except (OSError, UnicodeError):
+        return []
 
 
 def send(http: httpx.Client, request: Request, timeout: float, *, allow_private: bool) -> None:
-    """Deliver, or raise ``DeliveryFailed``."""
-    if not allow_private and private_target(request.url):
-        raise DeliveryFailed(f"{request.url} is a private or loopback address, which this server does not notify")
+    """Deliver, or raise ``DeliveryFailed`` — whatever the stored channel holds, so that a bad one
+    ends in ``status`` ``error`` rather than in notifications retried for ever. Without
+    ``allow_private`` the request goes to the public address that was checked (no second DNS lookup
+    that could rebind the name to a private one)."""
     try:
-        answer = http.request(request.method, request.url, headers=request.headers, content=request.body,
-                              timeout=timeout)
-    except httpx.HTTPError as exc:
+        url, headers, extensions = request.url, request.headers, dict[str, str]()
+        if not allow_private:
+            addresses = _addresses(request.url)
+            if not all(is_public(address) for address in addresses):
+                raise DeliveryFailed(
+                    f"{request.url} is a private or loopback address, which this server does not notify")
+            if not addresses:
+                raise DeliveryFailed(f"The host of {request.url} cannot be resolved")
+            url, host, extensions = pinned(request.url, addresses[0])
+            headers = {**request.headers, **host}
+        answer = http.request(request.method, url, headers=headers, content=request.body, timeout=timeout,
+                              extensions=extensions)
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: a header it cannot encode
         raise DeliveryFailed(f"{request.method} {request.url} failed: {type(exc).__name__}: {exc}") from exc
     if not 200 <= answer.status_code < 300:
         raise DeliveryFailed(f"{request.method} {request.url} answered HTTP {answer.status_code}")

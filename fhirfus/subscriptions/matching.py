@@ -16,8 +16,10 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 
+from fhirfus.db.visibility import EVERYTHING
+from fhirfus.errors import BusinessRuleViolation
 from fhirfus.store.repository import Stored
 from fhirfus.subscriptions import queue
 from fhirfus.subscriptions.active import ActiveSubscriptions
@@ -26,8 +28,10 @@ from fhirfus.subscriptions.active import ActiveSubscriptions
 class Matcher:
     """Queues the notifications of each write; wakes the delivery worker after its commit."""
 
-    def __init__(self, active: ActiveSubscriptions, clock: Callable[[], datetime], wake: threading.Event) -> None:
+    def __init__(self, active: ActiveSubscriptions, clock: Callable[[], datetime], wake: threading.Event, *,
+                 max_per_site: int = 0) -> None:
         self.active = active
+        self.max_per_site = max_per_site
         self.clock = clock
         self.wake = wake
         self._lock = threading.Lock()
@@ -41,6 +45,8 @@ class Matcher:
         return touched
 
     def written(self, conn: Connection, versions: list[Stored]) -> None:
+        if self.max_per_site > 0:
+            self._check_limit(conn, {v.site for v in versions if v.res_type == "Subscription" and not v.deleted})
         by_type = self.active.by_type(conn)
         if not by_type:
             return
@@ -67,6 +73,21 @@ class Matcher:
         if rows:
             with self._lock:
                 self._touched.update(row[1] for row in rows)
+
+    def _check_limit(self, conn: Connection, sites: set[str | None]) -> None:
+        """422 (the write rolls back) when a site would hold more Subscriptions than the limit: each
+        one costs a query on every write of its site, and each change recompiles all of them in
+        every process, so their number is the server's to bound, not a client's."""
+        rows = EVERYTHING.resources()
+        for site in sites:
+            held = conn.execute(select(func.count()).where(
+                rows.c.res_type == "Subscription", rows.c.deleted.is_(False),
+                rows.c.site.is_(None) if site is None else rows.c.site == site)).scalar_one()
+            if held > self.max_per_site:
+                raise BusinessRuleViolation(
+                    f"{'Site ' + site if site else 'The server'} would hold {held} Subscriptions, more than the "
+                    f"{self.max_per_site} allowed (FHIRFUS_SUBSCRIPTION_MAX_PER_SITE); delete some first",
+                    "Subscription")
 
     def committed(self) -> None:
         self.wake.set()

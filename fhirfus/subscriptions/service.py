@@ -22,7 +22,8 @@ def utc_now() -> datetime:
 def queue_writes(store: Store, settings: Settings, clock: Callable[[], datetime] = utc_now) -> Matcher:
     """Queue the notifications of every write of ``store`` (delivered by whichever server process
     looks next): for a process that writes but does not deliver, like the CLI's imports."""
-    matcher = Matcher(ActiveSubscriptions(settings.base_url or ""), clock, threading.Event())
+    matcher = Matcher(ActiveSubscriptions(settings.base_url or ""), clock, threading.Event(),
+                      max_per_site=settings.subscription_max_per_site)
     store.observe("subscriptions", matcher)
     return matcher
 
@@ -35,7 +36,7 @@ class Subscriptions:
         poll = max(0.01, settings.subscription_poll_ms / 1000)
         self.active = ActiveSubscriptions(settings.base_url or "")
         self.wake = threading.Event()
-        self.matcher = Matcher(self.active, clock, self.wake)
+        self.matcher = Matcher(self.active, clock, self.wake, max_per_site=settings.subscription_max_per_site)
         store.observe("subscriptions", self.matcher)
         self._own_http = http is None
         self.http = http or httpx.Client(follow_redirects=False)

@@ -13,29 +13,32 @@ A kick-off is one of
 
 Inputs are fetched with plain ``GET`` over http(s) only, without credentials. SSRF: a URL whose host
 resolves to a loopback, private, link-local or otherwise non-public address is refused unless the
-host is listed in ``FHIRFUS_IMPORT_ALLOWED_HOSTS`` (the tests list ``127.0.0.1``); redirects are
-followed by hand, each hop checked the same way.
+host is listed in ``FHIRFUS_IMPORT_ALLOWED_HOSTS`` (the tests list ``127.0.0.1``), and the request goes
+to the address that was checked (no second DNS lookup to rebind); redirects are followed by hand,
+each hop checked the same way. A ``manifestUrl`` is read while the kick-off
+waits, so it must arrive whole within the fetch timeout (a server trickling bytes cannot hold the
+request).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
+from fhirfus.addresses import http_url, is_public, pinned
 from fhirfus.errors import FhirError, InvalidRequest
 from fhirfus.fhir.validation import parse_json, require_known_type, validate_resource
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 MAX_REDIRECTS = 5
-READ_BYTES = 256 * 1024
 MANIFEST_BYTES = 16 * 1024 * 1024
 
 
@@ -114,18 +117,22 @@ def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInp
     """The files of the completion manifest at ``url`` (400 naming ``where`` when it cannot be used)."""
     if not isinstance(url, str):
         raise InvalidRequest("manifestUrl is a URL", where)
-    check_url(url, limits.allowed_hosts, where)
+    checked = check_url(url, limits.allowed_hosts, where)
     with tempfile.TemporaryFile() as handle:
         try:
             with httpx.Client(timeout=limits.timeout, follow_redirects=False) as http, \
-                    http.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                    http.stream("GET", checked.url, headers={"Accept": "application/json", **checked.headers},
+                                extensions=checked.extensions) as response:
                 if response.status_code != 200:
                     raise InvalidRequest(f"GET {url} answered {response.status_code}", where)
                 size = 0
-                for block in response.iter_bytes(READ_BYTES):
+                deadline = time.monotonic() + limits.timeout
+                for block in response.iter_bytes():  # as it arrives, so a trickle meets the deadline
                     size += len(block)
                     if size > MANIFEST_BYTES:
                         raise InvalidRequest(f"The manifest at {url} is larger than {MANIFEST_BYTES} bytes", where)
+                    if time.monotonic() > deadline:
+                        raise InvalidRequest(f"The manifest at {url} took longer than {limits.timeout} s to read", where)
                     handle.write(block)
         except httpx.HTTPError as exc:
             raise InvalidRequest(f"GET {url} failed: {exc}", where) from exc
@@ -139,9 +146,19 @@ def manifest_inputs(url: Any, limits: FetchLimits, where: str) -> list[ImportInp
     if manifest.get("requiresAccessToken"):
         raise InvalidRequest(f"The files of {url} require an access token, which $import does not send", where)
     return [_input(item.get("type") if isinstance(item, dict) else None,
-                   urljoin(url, item["url"]) if isinstance(item, dict) and isinstance(item.get("url"), str) else None,
+                   _joined(url, item.get("url"), f"{where} output[{index}].url") if isinstance(item, dict) else None,
                    f"{where} output[{index}]")
             for index, item in enumerate(manifest["output"])]
+
+
+def _joined(base: str, url: Any, where: str) -> str | None:
+    """A manifest's file URL, resolved against the manifest's own (400 naming it when malformed)."""
+    if not isinstance(url, str):
+        return None
+    try:
+        return urljoin(base, url)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{url}' is not a well-formed URL ({exc})", where) from exc
 
 
 def _from_manifest(body: dict) -> tuple[list[ImportInput], str | None]:
@@ -180,25 +197,42 @@ def _input(res_type: Any, url: Any, where: str) -> ImportInput:
     return ImportInput(res_type, url)
 
 
-def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> None:
-    """400 unless ``url`` is http(s) with a host that is public, or listed as allowed."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"'{url}' is not an http(s) URL", where)
+@dataclass(frozen=True)
+class Checked:
+    """A URL as it is requested once checked: its host replaced by the address that was judged (so a
+    second DNS answer, a rebinding, cannot send the request elsewhere), with ``Host`` and the TLS
+    server name (which the certificate is checked against) kept as the URL said."""
+
+    url: str
+    headers: dict[str, str]
+    extensions: dict[str, Any]
+
+
+def check_url(url: str, allowed_hosts: Iterable[str], where: str) -> Checked:
+    """400 unless ``url`` is a well-formed http(s) URL with a host that is public (``addresses.is_public``:
+    also through an IPv4 address an IPv6 form embeds), or listed as allowed; how to request it."""
+    try:
+        parts = http_url(url)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), where) from exc
     if parts.username or parts.password:
         raise InvalidRequest(f"'{url}' carries credentials; they are not accepted in a URL", where)
-    host = parts.hostname
+    host = parts.hostname or ""
     if host in allowed_hosts:
-        return
+        return Checked(url, {}, {})
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)}
+        found = socket.getaddrinfo(host, parts.port or 443, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise InvalidRequest(f"The host of '{url}' cannot be resolved", where) from exc
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
     for address in addresses:
-        if not ipaddress.ip_address(str(address).split("%")[0]).is_global:
+        if not is_public(address):
             raise InvalidRequest(
                 f"The host of '{url}' is a non-public address ({address}); list it in FHIRFUS_IMPORT_ALLOWED_HOSTS "
                 "to import from it", where)
+    if not addresses:
+        raise InvalidRequest(f"The host of '{url}' cannot be resolved", where)
+    return Checked(*pinned(url, addresses[0]))
 
 
 def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Callable[[], None] = lambda: None) -> int:
@@ -208,17 +242,20 @@ def fetch(url: str, target: Path, limits: FetchLimits, budget: int, alive: Calla
                       headers={"Accept": "application/fhir+ndjson"}) as http:
         current = url
         for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, limits.allowed_hosts, "url")
+            checked = check_url(current, limits.allowed_hosts, "url")
             try:
-                with http.stream("GET", current) as response:
+                with http.stream("GET", checked.url, headers=checked.headers, extensions=checked.extensions) as response:
                     if response.is_redirect and "location" in response.headers:
-                        current = urljoin(current, response.headers["location"])
+                        try:
+                            current = urljoin(current, response.headers["location"])
+                        except ValueError as exc:
+                            raise FetchFailed(f"GET {url} redirected to a malformed URL ({exc})", "url") from exc
                         continue
                     if response.status_code != 200:
                         raise FetchFailed(f"GET {url} answered {response.status_code}", "url")
                     size = 0
                     with target.open("wb") as handle:
-                        for block in response.iter_bytes(READ_BYTES):
+                        for block in response.iter_bytes():  # as read: a trickle still beats and can be cancelled
                             size += len(block)
                             if size > budget:
                                 raise InvalidRequest(
