@@ -311,7 +311,8 @@ def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
 def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
     model = get_fhir_model_class(resource_type)
     if resource_type == "QuestionnaireResponse":
-        return _split_issues(data, resource_type, lambda shell: _model_errors(model, shell))
+        return _split_issues(data, resource_type, lambda shell: () if _valid_with_shared(
+            model, resource_type, shell) else _model_errors(model, shell))
     if _valid_with_shared(model, resource_type, data):
         return []
     return _issues(resource_type, _model_errors(model, data))
