@@ -116,3 +116,13 @@ def test_json_nested_beyond_the_checks_recursion_is_an_error_not_a_crash() -> No
         extension = {"url": "https://x.org/a", "extension": [extension]}
     issues = rule_issues({"resourceType": "Patient", "extension": [extension]}, "Patient")
     assert [(i.severity, i.code) for i in issues] == [("error", "too-costly")]
+
+
+def test_a_remembered_verdict_on_a_string_holds_for_its_type_only() -> None:
+    """Verdicts on short strings are remembered by (type, string): the same text is a fine string
+    and a bad uri, each time it is seen."""
+    text = "urn:oid:1.x"
+    for _ in range(2):
+        assert resource_issues({"resourceType": "Basic", "code": {"text": text}}) == []
+        [issue] = resource_issues({"resourceType": "Basic", "code": {"coding": [{"system": text}]}})
+        assert (issue.diagnostics, issue.expression) == (f"'{text}' is not a valid uri", ("Basic.code.coding[0].system",))

@@ -270,6 +270,47 @@ def test_invariant_twstrs_1_needs_the_twstrs_questionnaire() -> None:
     assert "twstrs-1" in issue.diagnostics
 
 
+def _variants() -> list[dict]:
+    """Conditions and responses that meet, break or cannot be judged by cd-1 and twstrs-1."""
+    out = [condition(), response()]
+    for codings in ([], [{"system": ICD10, "code": "G24.8"}], [{"code": "G24.3"}], [{"system": ICD10}],
+                    [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "G24.3"}]):
+        out.append({**condition(), "code": {"coding": codings}})
+    twstrs_url = response()["questionnaire"]
+    for questionnaire in (f"{twstrs_url}|1994", f"{twstrs_url}x", "http://example.org/Questionnaire/other", None):
+        variant = response()
+        if questionnaire is None:
+            del variant["questionnaire"]
+        else:
+            variant["questionnaire"] = questionnaire
+        out.append(variant)
+    return out
+
+
+@pytest.mark.parametrize("resource", _variants())
+def test_the_invariants_compiled_to_closures_answer_as_the_engine(resource: dict) -> None:
+    """cd-1 and twstrs-1 run as closures (no engine context per resource); the engine, given each
+    element as the closures are, is the reference."""
+    for profile in profiles.profiles().values():
+        for rule in profile.elements.values():
+            path = ".".join(part.split(":")[0] for part in rule.id.split("."))
+            for invariant in rule.invariants:
+                engine = profiles.compile_expression(invariant.expression)
+                for value in ([resource] if path == resource["resourceType"] else []):
+                    assert profiles._invariant(invariant.expression, path)(value) == profiles.evaluate(engine, value)
+
+
+def test_the_profile_invariants_are_compiled() -> None:
+    """Both fhirfus invariants are in the compiled subset: a resource is not checked by the engine."""
+    from fhirfus.fhirpath.compiler import ExpressionCompiler
+
+    for profile in profiles.profiles().values():
+        for rule in profile.elements.values():
+            path = ".".join(part.split(":")[0] for part in rule.id.split("."))
+            for invariant in rule.invariants:
+                ExpressionCompiler(path.split(".")[0]).compile(invariant.expression, path)
+
+
 # --- what a claim means ---------------------------------------------------------------------------------
 
 

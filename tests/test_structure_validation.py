@@ -100,3 +100,48 @@ def test_large_items_are_checked_but_not_remembered() -> None:
     assert resource_issues(response(big, small)) == []
     assert orjson.dumps(small) in validation._item_errors
     assert orjson.dumps(big) not in validation._item_errors
+
+
+# --- common datatypes, checked once per distinct value ---------------------------------------------------
+
+
+def observation(**elements: object) -> dict:
+    return {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}, **elements}
+
+
+def whole_model_issues(document: dict) -> list:
+    """The issues of the model given the whole resource, nothing remembered."""
+    return validation._issues(document["resourceType"], validation._model_errors(
+        validation.get_fhir_model_class(document["resourceType"]), document))
+
+
+def test_a_remembered_valid_element_does_not_hide_errors_beside_it() -> None:
+    assert resource_issues(observation()) == []
+    broken = observation(valueQuantity={"value": "many"}, category=[{"coding": [{"system": 1}]}])
+    issues = resource_issues(broken)
+    assert issues == whole_model_issues(broken)
+    assert {e for i in issues for e in i.expression} >= {"Observation.category[0].coding[0].system"}
+
+
+def test_an_invalid_element_is_reported_every_time_it_is_seen() -> None:
+    bad_reference = {"reference": "Patient/p1", "display": {"text": "not a string"}}
+    for _ in range(3):
+        issues = resource_issues(observation(subject=bad_reference))
+        assert issues and issues == whole_model_issues(observation(subject=bad_reference))
+
+
+def test_a_resource_that_breaks_a_rule_of_its_own_is_caught_with_remembered_elements() -> None:
+    assert resource_issues(observation()) == []
+    both_values = observation(valueQuantity={"value": 1}, valueString="one")  # value[x] twice
+    assert resource_issues(both_values) == whole_model_issues(both_values) != []
+    unknown = observation(colour="red")
+    assert [i.expression for i in resource_issues(unknown)] == [("Observation.colour",)]
+
+
+def test_elements_are_remembered_by_type_and_value() -> None:
+    code = {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]}
+    assert resource_issues(observation(code=code)) == []
+    assert (validation._shared_fields("Observation")["code"], orjson.dumps(code)) in validation._shared
+    assert validation._shared_fields("Observation")["valueQuantity"].__name__ == "Quantity"
+    assert "valueAge" not in validation._shared_fields("Observation")  # not a shared type: checked in place

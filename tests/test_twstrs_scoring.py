@@ -433,3 +433,37 @@ def _calculated(response: dict) -> dict[str, Any]:
 def test_questionnaire_calculated_expressions_agree_with_the_scorer(answers: dict) -> None:
     for response in (nested(answers), flat(answers)):
         assert _calculated(response) == score_response(response).by_code()
+
+
+# --- a response read twice (domain rules, then derived scores) -------------------------------------------
+
+
+def test_a_response_read_again_gives_the_same_answers_and_issues_unaffected_by_what_callers_did() -> None:
+    from fhirfus.domain import questionnaire
+
+    response = nested(changed({"severity.rotation": 9}))  # out of range: one issue
+    definition = by_canonical_definition(response)
+    first_answers, first_issues = questionnaire.read_answers(definition, response)
+    first_answers.clear()
+    first_issues.append(first_issues[0])
+    answers, issues = questionnaire.read_answers(definition, copy.deepcopy(response))
+    assert len(issues) == 1 and "severity.rotation" in issues[0].diagnostics
+    assert "severity.rotation" not in answers and "severity.duration" in answers
+
+
+def test_a_response_with_other_answers_is_read_anew() -> None:
+    from fhirfus.domain import questionnaire
+
+    definition = by_canonical_definition(nested())
+    assert questionnaire.read_answers(definition, nested())[1] == []
+    _, issues = questionnaire.read_answers(definition, nested(changed({"severity.rotation": 9})))
+    assert [i.expression for i in issues] != []
+
+
+def by_canonical_definition(response: dict) -> Any:
+    """The questionnaire definition the response's scoring rules read."""
+    from fhirfus.domain import twstrs
+
+    rules, issues = twstrs._resolve(response)
+    assert rules is not None, issues
+    return rules.definition

@@ -49,6 +49,7 @@ from typing import Any
 
 from fhirfus.errors import Issue
 from fhirfus.fhir.core_profiles import CORE, core_profile_definitions
+from fhirfus.fhirpath.compiler import ExpressionCompiler, Unsupported
 from fhirfus.fhirpath.engine import compile_expression, element_node, evaluate
 from fhirfus.ig import resources_in
 from fhirfus.terminology.expansion import ValueSetError, expand
@@ -353,10 +354,32 @@ def valuesets() -> dict[str, ValueSetCodes | None]:
 
 
 @cache
-def _invariant(expression: str) -> Callable[[Any], list]:
-    """An invariant's expression compiled once (``fhirfus.fhirpath``), evaluated on an element."""
+def _invariant(expression: str, path: str) -> Callable[[Any], list]:
+    """An invariant's expression compiled once, evaluated on an instance of element ``path``.
+
+    To closures (``fhirpath.compiler``) when they cover it, as the core invariants are: the engine
+    builds a context and walks a syntax tree per instance. The engine still answers what the
+    closures cannot decide, and expressions reading ``%`` variables or a choice element."""
     compiled = compile_expression(expression)
-    return lambda value: evaluate(compiled, value)
+
+    def on_engine(value: Any) -> list:
+        typed = value if "." not in path or not isinstance(value, Mapping) else element_node(value, path)
+        return evaluate(compiled, typed)
+
+    if "%" in expression or "[" in path:
+        return on_engine
+    try:
+        closures = ExpressionCompiler(path.split(".")[0]).compile(expression, path)
+    except Unsupported:
+        return on_engine
+
+    def run(value: Any) -> list:
+        try:
+            return closures([value], value)  # the root is only read through %resource: not here
+        except Exception:  # Undecided, or data the closures do not expect: the engine's answer stands
+            return on_engine(value)
+
+    return run
 
 
 # --------------------------------------------------------------------------- walking
@@ -551,12 +574,10 @@ class _Check:
     def invariants(self, rule: ElementRule) -> None:
         path = ".".join(part.split(":")[0] for part in rule.id.split("."))  # choice elements resolve by it
         for invariant in rule.invariants:
-            evaluate = _invariant(invariant.expression)
+            evaluate = _invariant(invariant.expression, path)
             for node in self.nodes(rule.id):
-                typed = node.value if "." not in path or not isinstance(node.value, Mapping) else element_node(
-                    node.value, path)
                 try:
-                    result = evaluate(typed)
+                    result = evaluate(node.value)
                 except Exception as exc:
                     self.issue(rule, f"invariant {invariant.key} could not be evaluated: {exc}", "invariant", node.expr)
                     continue

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
+
 from fhirfus.errors import Issue
 
 MIN_VALUE = "http://hl7.org/fhir/StructureDefinition/minValue"
@@ -205,10 +207,36 @@ def _walk(
             yield from _question_issues(item, entry, here)
 
 
+#: Outcomes of ``read_answers`` by (definition, JSON of the items): a write reads a response twice,
+#: when its domain rules are checked and when its scores are derived after the references are
+#: resolved, which leaves the items as they were. Answers and issues are immutable; the containers
+#: are copied out.
+_READ_KEPT = 512
+_read: dict[tuple[int, bytes], tuple[QuestionnaireDefinition, dict[str, Answer], list[Issue]]] = {}
+
+
 def read_answers(
     definition: QuestionnaireDefinition, response: Mapping[str, Any]
 ) -> tuple[dict[str, Answer], list[Issue]]:
     """The usable answers of ``response`` by linkId, and every issue found on the way."""
+    try:
+        key: tuple[int, bytes] | None = (id(definition), orjson.dumps(response.get("item", [])))
+    except TypeError:  # e.g. an integer beyond 64 bits: read, not remembered
+        key = None
+    known = _read.get(key) if key is not None else None
+    if known is not None and known[0] is definition:
+        return dict(known[1]), list(known[2])
+    answers, issues = _read_answers(definition, response)
+    if key is not None:
+        if len(_read) >= _READ_KEPT:
+            _read.clear()
+        _read[key] = (definition, dict(answers), list(issues))
+    return answers, issues
+
+
+def _read_answers(
+    definition: QuestionnaireDefinition, response: Mapping[str, Any]
+) -> tuple[dict[str, Answer], list[Issue]]:
     answers: dict[str, Answer] = {}
     issues: list[Issue] = []
     for found in _walk(definition, response.get("item", []), "QuestionnaireResponse", None, set()):

@@ -13,34 +13,49 @@ from fhirfus.fhir.reference_syntax import split_literal
 
 def iter_references(node: Any) -> Iterator[dict]:
     """Every JSON object with a string ``reference`` (i.e. every Reference), depth first."""
+    out: list[dict] = []
+    _collect(node, out)
+    return iter(out)
+
+
+def _collect(node: Any, out: list[dict]) -> None:
+    """Plain recursion, not nested generators: ``yield from`` hands each item up every level."""
     if isinstance(node, dict):
         if isinstance(node.get("reference"), str):
-            yield node
+            out.append(node)
         for value in node.values():
             if isinstance(value, dict | list):
-                yield from iter_references(value)
+                _collect(value, out)
     elif isinstance(node, list):
         for item in node:
-            yield from iter_references(item)
+            if isinstance(item, dict | list):
+                _collect(item, out)
 
 
 def references_at(node: Any, path: str, *, nested_resources: bool = True) -> Iterator[tuple[str, str]]:
     """(path of the Reference, reference) of every Reference in ``node``, depth first. Contained
     resources are skipped (they belong to their container, addressed by ``#id``); other nested
     resources (Bundle entries, Parameters parts) too unless ``nested_resources``."""
+    out: list[tuple[str, str]] = []
+    _collect_at(node, path, nested_resources, out)
+    return iter(out)
+
+
+def _collect_at(node: Any, path: str, nested_resources: bool, out: list[tuple[str, str]]) -> None:
     if isinstance(node, dict):
         reference = node.get("reference")
         if isinstance(reference, str):
-            yield path, reference
+            out.append((path, reference))
         for key, value in node.items():
             if key == "contained" or not isinstance(value, dict | list):
                 continue
             if not nested_resources and isinstance(value, dict) and "resourceType" in value:
                 continue
-            yield from references_at(value, f"{path}.{key}", nested_resources=nested_resources)
+            _collect_at(value, f"{path}.{key}", nested_resources, out)
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            yield from references_at(item, f"{path}[{index}]", nested_resources=nested_resources)
+            if isinstance(item, dict | list):
+                _collect_at(item, f"{path}[{index}]", nested_resources, out)
 
 
 def rewrite_references(resource: dict, resolve: Callable[[str], str | None]) -> None:

@@ -77,8 +77,29 @@ def _issue(message: str, expr: str, code: str = "value") -> Issue:
 def shape_issues(resource: Mapping[str, Any], root: str) -> list[Issue]:
     """Empty values, misplaced ``null`` and unaligned ``x`` / ``_x`` arrays, anywhere in the JSON."""
     out: list[Issue] = []
-    _object(resource, root, out)
+    if not _clean(resource):  # the common case answered without building a path for every value
+        _object(resource, root, out)
     return out
+
+
+def _clean(obj: Mapping[str, Any]) -> bool:
+    """Whether ``_object`` would find nothing in ``obj``: the same rules, no messages or paths."""
+    for key, value in obj.items():
+        if value is None or value == "":
+            return False
+        if isinstance(value, dict):
+            if not _clean(value):
+                return False
+        elif isinstance(value, list):
+            if not value:
+                return False
+            partner = obj.get(key[1:] if key.startswith("_") else f"_{key}")
+            if isinstance(partner, list) and len(partner) != len(value):
+                return False  # unaligned (reported from the side without the underscore)
+            for item in value:
+                if item is None or item == "" or (isinstance(item, dict) and not _clean(item)):
+                    return False
+    return True
 
 
 def _object(obj: Mapping[str, Any], expr: str, out: list[Issue]) -> None:
@@ -165,12 +186,29 @@ def primitive_problem(kind: str, value: Any) -> tuple[str, str] | None:
     return None
 
 
+#: Verdicts of ``keep_primitive`` on short strings: codes, systems, units and dates repeat across
+#: resources, and a dictionary look-up costs less than the format's regular expression. Keyed by
+#: (type, string) only: ``True`` and ``1`` are equal keys, so no other JSON type may enter.
+_KEPT_MAX = 8192
+_KEY_LENGTH_MAX = 200
+_kept: dict[tuple[str, str], bool] = {}
+
+
 def keep_primitive(kind: str, value: Any) -> bool:
     """Which primitives a walk must hand on: narrative, and those with a problem (most have none,
     and not making a node for them is most of the walk's cost)."""
-    if kind == "string" and value.__class__ is str and len(value) <= STRING_MAX and not _CONTROL.search(value):
-        return False  # the common case, decided without the general checks
-    return kind == "xhtml" or primitive_problem(kind, value) is not None
+    if value.__class__ is not str or len(value) > _KEY_LENGTH_MAX:
+        if kind == "string" and value.__class__ is str and len(value) <= STRING_MAX and not _CONTROL.search(value):
+            return False  # the common case, decided without the general checks
+        return kind == "xhtml" or primitive_problem(kind, value) is not None
+    key = (kind, value)
+    verdict = _kept.get(key)
+    if verdict is None:
+        verdict = kind == "xhtml" or primitive_problem(kind, value) is not None
+        if len(_kept) >= _KEPT_MAX:
+            _kept.clear()
+        _kept[key] = verdict
+    return verdict
 
 
 def _decoded(data: Any) -> bytes | None:

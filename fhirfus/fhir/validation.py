@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import typing
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
@@ -231,10 +232,89 @@ def _item_model() -> Any:
     return QuestionnaireResponseItem
 
 
+# The common datatypes of a resource are checked once per distinct JSON value, and the resource's
+# model is handed the checked instances (which pydantic takes as they are): a patient's reference,
+# the codes and units of a study recur in every Bundle. Only a valid outcome is taken from this
+# path; anything else is checked again whole, so every message and location is the model's own.
+_SHARED_TYPES = frozenset({
+    "CodeableConcept", "Coding", "Reference", "Identifier", "Quantity", "Period", "HumanName", "Address",
+    "ContactPoint", "Meta",
+})
+_SHARED_KEPT = 8192
+_shared: dict[tuple[type, bytes], Any] = {}  # (model class, JSON) → checked instance, None when invalid
+
+
+@cache
+def _shared_fields(resource_type: str) -> dict[str, Any]:
+    """JSON key → model class of the resource's elements of a ``_SHARED_TYPES`` type."""
+    fields: dict[str, Any] = {}
+    for name, field in get_fhir_model_class(resource_type).model_fields.items():
+        stack = [field.annotation]
+        while stack:
+            annotation = stack.pop()
+            klass = getattr(annotation, "get_model_klass", None)
+            if klass is not None:
+                model = klass()
+                if getattr(model, "__name__", "") in _SHARED_TYPES:
+                    fields[field.alias or name] = model
+                break
+            stack.extend(typing.get_args(annotation))
+    return fields
+
+
+def _instance(model: Any, value: dict) -> Any:
+    """The checked instance of an element (None: invalid, or not to be remembered)."""
+    try:
+        blob = orjson.dumps(value)
+    except TypeError:
+        return None
+    if len(blob) > _ITEM_KEY_MAX:
+        return None
+    key = (model, blob)
+    try:
+        return _shared[key]
+    except KeyError:
+        pass
+    try:
+        found = model.model_validate(value)
+    except (ValidationError, ValueError, TypeError):
+        found = None
+    if len(_shared) >= _SHARED_KEPT:
+        _shared.clear()
+    _shared[key] = found
+    return found
+
+
+def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
+    """Whether the resource is valid, its common datatypes checked once per distinct value (False
+    also when this path cannot tell: the caller then checks it whole)."""
+    shell = dict(data)
+    for key, element_model in _shared_fields(resource_type).items():
+        value = data.get(key)
+        if isinstance(value, dict):
+            checked = _instance(element_model, value)
+            if checked is None:
+                return False
+            shell[key] = checked
+        elif isinstance(value, list):
+            items = []
+            for item in value:
+                if isinstance(item, dict):
+                    item = _instance(element_model, item)
+                    if item is None:
+                        return False
+                items.append(item)
+            shell[key] = items
+    return not _model_errors(model, shell)
+
+
 def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
     model = get_fhir_model_class(resource_type)
     if resource_type == "QuestionnaireResponse":
-        return _split_issues(data, resource_type, lambda shell: _model_errors(model, shell))
+        return _split_issues(data, resource_type, lambda shell: () if _valid_with_shared(
+            model, resource_type, shell) else _model_errors(model, shell))
+    if _valid_with_shared(model, resource_type, data):
+        return []
     return _issues(resource_type, _model_errors(model, data))
 
 

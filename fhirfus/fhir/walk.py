@@ -44,25 +44,61 @@ def walk(resource: Mapping[str, Any], keep: Keep = lambda kind, value: True) -> 
     if not isinstance(resource_type, str) or resource_type not in resource_types():
         return []
     out = [Node(resource_type, resource_type, resource_type, resource, resource_type)]
-    _children(resource, resource_type, resource_type, resource_type, element_tables(), keep, out)
+    _children(resource, resource_type, resource_type, resource_type, keep, out)
     return out
 
 
-def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tables: Mapping[str, Any],
-              keep: Keep, out: list[Node]) -> None:
+class _Key(NamedTuple):
+    """What a JSON key of one table means to the walk, worked out once per (table, key)."""
+
+    name: str  # the element's name (``given`` for both ``given`` and ``_given``)
+    kind: str  # its type code (a resource's own ``id`` is an ``id``)
+    definition: str  # ``{table}.{name}``
+    partner: bool  # the ``_x`` partner of a primitive
+    needed: bool  # its objects always become nodes (``NEEDED``)
+    table: str | None  # the table its objects are walked with (``Element`` for a partner)
+    nested: bool  # holds a resource walked with its own ``resourceType``'s table
+
+
+#: table key → JSON key → ``_Key``, filled as tables are met: none of it depends on the values.
+_plans: dict[str, dict[str, _Key | None]] = {}
+
+
+def _plan(table_key: str) -> dict[str, _Key | None]:
+    plan = _plans.get(table_key)
+    if plan is None:
+        plan = _plans[table_key] = {}
+    return plan
+
+
+def _key(table_key: str, key: str) -> _Key | None:
+    """The meaning of ``key`` in ``table_key`` (None: not an element there; the structure check reports it)."""
+    partner = key.startswith("_")
+    name = key[1:] if partner else key
+    element = element_tables().get(table_key, {}).get(name)
+    if element is None:
+        return None
+    kind = "id" if name == "id" and table_key in resource_types() else element.type
+    nested = not partner and element.table == RESOURCE_TABLE
+    table = "Element" if partner else (None if nested else element.table)
+    return _Key(name, kind, f"{table_key}.{name}", partner, kind in NEEDED, table, nested)
+
+
+def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, keep: Keep, out: list[Node]) -> None:
     """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node).
 
     Objects become nodes only when a rule reads them (``NEEDED``) or they may be an extension's
     parent or carry a ``resourceType``; the rest are only walked through."""
-    table = tables.get(table_key, {})
+    plan = _plan(table_key)
     append = out.append
     for key, value in obj.items():
-        partner = key.startswith("_")
-        name = key[1:] if partner else key
-        element = table.get(name)
-        if element is None:
+        try:
+            meaning = plan[key]
+        except KeyError:
+            meaning = plan[key] = _key(table_key, key)
+        if meaning is None:
             continue
-        kind = "id" if name == "id" and table_key in resource_types() else element.type  # a resource's id is an id
+        name, kind, definition, partner, needed, table, nested = meaning
         repeated = isinstance(value, list)
         child_path = f"{path}.{name}"
         for index, item in enumerate(value) if repeated else ((None, value),):
@@ -71,16 +107,14 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, tabl
                 continue
             child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
             if not is_object:
-                append(Node(child_expr, child_path, kind, item, f"{table_key}.{name}"))
+                append(Node(child_expr, child_path, kind, item, definition))
                 continue
-            if kind in NEEDED or "extension" in item or "modifierExtension" in item or "resourceType" in item:
-                append(Node(child_expr, child_path, kind, item, f"{table_key}.{name}", partner))
-            if partner:
-                _children(item, "Element", child_expr, child_path, tables, keep, out)
-            elif element.table == RESOURCE_TABLE:
-                nested = item.get("resourceType")
-                if isinstance(nested, str) and nested in resource_types():
-                    append(Node(child_expr, nested, nested, item, nested))
-                    _children(item, nested, child_expr, nested, tables, keep, out)
-            elif element.table is not None:
-                _children(item, element.table, child_expr, child_path, tables, keep, out)
+            if needed or "extension" in item or "modifierExtension" in item or "resourceType" in item:
+                append(Node(child_expr, child_path, kind, item, definition, partner))
+            if nested:
+                inner = item.get("resourceType")
+                if isinstance(inner, str) and inner in resource_types():
+                    append(Node(child_expr, inner, inner, item, inner))
+                    _children(item, inner, child_expr, inner, keep, out)
+            elif table is not None:
+                _children(item, table, child_expr, child_path, keep, out)

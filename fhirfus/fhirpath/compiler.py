@@ -2,7 +2,7 @@
 
 fhirpathpy interprets its AST node by node; a view runner evaluates the same few expressions on
 hundreds of thousands of resources. ``ExpressionCompiler`` compiles the common subset (member
-paths, ``where``, ``exists``, ``empty``, ``not``, ``first``, ``ofType`` on choice elements,
+paths, ``where``, ``exists``, ``empty``, ``not``, ``first``, ``startsWith`` of a literal, ``ofType`` on choice elements,
 ``getResourceKey``, ``getReferenceKey``, ``=``/``!=`` against literals, ``and``/``or``, ``|``)
 from the strict parse tree of ``fhirfus.fhirpath.engine``. An expression outside the subset is
 ``Unsupported`` (the caller evaluates it with the engine); data the subset does not decide
@@ -231,6 +231,18 @@ class ExpressionCompiler:
             return _Compiled(negate, None)
         if name == "first" and not params:
             return _Compiled(lambda focus, root: inner(focus, root)[:1], left.path)
+        if name == "startsWith" and len(params) == 1:
+            prefix = self.literal(params[0])
+            if not isinstance(prefix, str):
+                raise Unsupported("startsWith() of a non-string literal")
+            def starts_with(focus: list, root: Mapping[str, Any]) -> list:
+                items = inner(focus, root)
+                if not items:
+                    return []
+                if len(items) > 1 or not isinstance(items[0], str):
+                    raise Undecided  # the engine's error, or its conversion of a non-string
+                return [items[0].startswith(prefix)]
+            return _Compiled(starts_with, None)
         if name == "getResourceKey" and not params:
             def resource_key(focus: list, root: Mapping[str, Any]) -> list:
                 return [i["id"] for i in inner(focus, root)
