@@ -427,6 +427,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_the_readme_example_runs_as_written(database: Database) -> None:
     if database.backend != "sqlite":
         pytest.skip("the README example runs on its own SQLite file")
+    synthea = REPO.parent / "shared" / "data" / "synthea-bulk-10-patients"
+    if not synthea.is_dir():
+        pytest.skip(f"the README example imports the shared Synthea files, absent at {synthea}")
     [block] = re.findall(r"```sh bulk-import\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
     for path in REPO.glob("var/bulk-import.db*"):
         path.unlink()
