@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,14 +26,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import URL, make_url
 
+from fhirfus.testing import free_port
+
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 HOST_PORT = 8000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def unavailable() -> str | None:
@@ -170,7 +165,7 @@ def hosts_behind_balancer(count: int, env: Mapping[str, str], workdir: Path, *, 
             hosts.append(host)
         for host in hosts:
             _wait_until_up(host.url, host.process, host.log)
-        port = _free_port()
+        port = free_port()
         config = workdir / "haproxy.cfg"
         config.write_text(_haproxy_config(port, addresses))
         balancer = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=(workdir / "haproxy.log").open("w"),

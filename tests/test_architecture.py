@@ -50,8 +50,8 @@ def test_the_caller_is_passed_in_not_read_from_a_context_variable() -> None:
 #: import, and no import between two packages of one layer (so no cycle between packages).
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors", "settings", "heap", "process", "addresses"}),  # errors, settings, SSRF checks
-    frozenset({"fhir", "ig", "testing", "testing_hosts"}),                    # FHIR knowledge, the guide's data; test helpers
-    frozenset({"fhirpath", "terminology"}),                  # FHIRPath: paths compiled, the engine; code systems, value sets, concept maps
+    frozenset({"fhir", "ig", "testing"}),                    # FHIR knowledge, the guide's data; test helpers
+    frozenset({"fhirpath", "terminology", "testing_hosts"}),                  # FHIRPath: paths compiled, the engine; code systems, value sets, concept maps; hosts for the scale-out tests (above testing)
     frozenset({"db", "sqlonfhir"}),                          # schema, engine, rows, confinement; the view runner
     frozenset({"search"}),                                   # parameters, extraction, index rows, SQL
     frozenset({"store"}),                                    # versioned resources and history
