@@ -466,6 +466,8 @@ def test_a_running_job_stops_when_cancelled(database: Database, client: httpx.Cl
     seen: list[str] = []
 
     def beat_then_cancel(store: Store, job_id: str, owner: str, progress: int, percent: int) -> bool:
+        if owner != worker.owner:  # the shared test server's own export threads beat too
+            return real_beat(store, job_id, owner, progress, percent)
         seen.append(job_id)
         bulk_jobs.cancel(store, job_id)  # the client's DELETE arrives while the job runs
         return real_beat(store, job_id, owner, progress, percent)
