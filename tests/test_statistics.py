@@ -106,3 +106,21 @@ def test_small_writes_do_not_trigger_an_analyze(postgres: Engine) -> None:
         time.sleep(3)
         assert store.statistics is not None and store.statistics.runs == 0
     assert "search_token" not in _analysed(postgres)
+
+
+def test_a_refused_look_at_the_statistics_never_holds_up_the_start() -> None:
+    """The keeper's first look at the planner's estimate happens in its own thread: a database that
+    refuses it (here: nothing listens on the port; in CI it was a 1 ms statement time limit) costs a
+    warning, never the server's start."""
+    from fhirfus.store.statistics import StatisticsKeeper
+    from fhirfus.testing import free_port
+
+    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none?connect_timeout=1")
+    keeper = StatisticsKeeper(engine, STATISTICS_TABLES, min_rows=1, fraction=0.2, min_interval=0,
+                              clock=time.monotonic)
+    started = time.monotonic()
+    keeper.start()
+    assert time.monotonic() - started < 0.5
+    keeper.wrote(10)  # the refresh it triggers fails too, and is only logged
+    keeper.stop()
+    assert keeper.runs == 0

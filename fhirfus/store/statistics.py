@@ -67,7 +67,6 @@ class StatisticsKeeper:
         if self.engine.dialect.name != "postgresql" or self._thread is not None:
             return
         self._stopping.clear()
-        self._known = self._resource_estimate()
         self._thread = threading.Thread(target=self._run, name="fhirfus-statistics", daemon=True)
         self._thread.start()
 
@@ -79,6 +78,10 @@ class StatisticsKeeper:
             self._thread = None
 
     def _run(self) -> None:
+        try:  # in this thread, so that a slow or refused look never holds up the server's start
+            self._known = self._resource_estimate()
+        except SQLAlchemyError as exc:
+            log.warning("reading the planner's row estimate failed: %s", exc)
         while not self._stopping.is_set():
             self._wake.wait()
             if self._stopping.is_set():
