@@ -717,7 +717,7 @@ def pull(
         try:
             report = pull_once(store, definitions.get(store, definition.name), Path(settings.pull_dir),
                                lambda: datetime.now(UTC), on_stage=lambda text: console.print(text, soft_wrap=True),
-                               max_file_bytes=settings.pull_max_file_bytes)
+                               max_file_bytes=settings.pull_max_file_bytes, hub_base=settings.base_url or "")
             typer.echo(report.line())
         except FhirError as exc:
             console.print(f"[red]{exc.message}[/red]", soft_wrap=True)

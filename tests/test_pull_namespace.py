@@ -3,6 +3,7 @@ rewritten alike, everything else untouched, the hub's site label."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -72,3 +73,43 @@ def test_a_definition_with_an_unusable_site_or_source_is_refused(
         definitions.save(Store(database.engine), definitions.Definition(
             "bad", source, "client", str(tmp_path / "key.pem"), site), datetime.now(UTC))
     assert refused.value.issues[0].expression == (element,)
+
+
+HUB = "https://hub.example/fhir"
+
+
+@pytest.mark.parametrize("reference", [
+    f"{HUB}/Patient/B-1",                # another site's patient, by the hub's own URL
+    f"{HUB}/Patient/A-1/_history/1",     # even the site's own: ids at the hub are the hub's to assign
+    f"{HUB}/Observation/x",
+])
+def test_a_reference_under_the_hubs_own_base_is_refused(reference: str) -> None:
+    """Search takes the hub's own absolute URLs for local references: pulled data naming one would
+    link a site's record to a hub resource outside the site's namespace."""
+    with pytest.raises(InvalidRequest) as refused:
+        hub_reference("A", SOURCE, reference, HUB)
+    assert refused.value.issues[0].expression == ("reference",)
+    assert hub_reference("A", SOURCE, reference) is None  # without a configured hub base: not recognisable
+
+
+@pytest.mark.parametrize("reference", ["https://hub.example/fhirx/Patient/1", "https://hub.example.org/fhir/Patient/1"])
+def test_a_url_that_only_starts_like_the_hubs_is_anothers(reference: str) -> None:
+    assert hub_reference("A", SOURCE, reference, HUB) is None
+
+
+def test_a_pulled_file_pointing_into_the_hub_fails_naming_the_line_and_writes_nothing(
+    database: Database, tmp_path: Path,
+) -> None:
+    from fhirfus.pull.load import Loaded, load_output
+    from fhirfus.store.reindex import count_live
+
+    store = Store(database.engine)
+    lines = [{"resourceType": "Patient", "id": "p1"},
+             {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+              "subject": {"reference": f"{HUB}/Patient/B-1"}}]
+    path = tmp_path / "output.ndjson"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(InvalidRequest) as refused:
+        load_output(store, path, "A", SOURCE, Loaded(), hub_base=HUB)
+    assert "line 2" in refused.value.message and refused.value.issues[0].expression == ("line 2",)
+    assert count_live(store) == 0  # the chunk with the good line 1 is not committed either

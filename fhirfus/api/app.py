@@ -107,7 +107,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.router.on_shutdown.append(lambda: analysis.stop_analysis_jobs(app))
     if settings.pull_schedule_seconds > 0:
         scheduler = PullScheduler(store, Path(settings.pull_dir), settings.pull_schedule_seconds,
-                                  lambda: datetime.now(UTC), max_file_bytes=settings.pull_max_file_bytes)
+                                  lambda: datetime.now(UTC), max_file_bytes=settings.pull_max_file_bytes,
+                                  hub_base=settings.base_url or "")
         app.state.pulls = scheduler
         app.router.on_startup.append(scheduler.start)
         app.router.on_shutdown.append(scheduler.stop)

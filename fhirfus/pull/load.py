@@ -75,8 +75,8 @@ def skipped_type(res_type: str, asked: tuple[str, ...]) -> bool:
 
 
 def load_output(store: Store, path: Path, site: str, source_base: str, loaded: Loaded,
-                chunk_size: int = CHUNK_SIZE) -> None:
-    """One output file: PUT by hub id, a transaction per chunk."""
+                chunk_size: int = CHUNK_SIZE, *, hub_base: str = "") -> None:
+    """One output file: PUT by hub id, a transaction per chunk (``hub_base``: the hub's own base URL)."""
     context = bundles.Context(store, SERVER, "", integrity=False)
     entries: list[dict] = []
     for number, resource in _lines(path):
@@ -84,7 +84,7 @@ def load_output(store: Store, path: Path, site: str, source_base: str, loaded: L
                 or not isinstance(resource.get("id"), str):
             raise InvalidRequest(f"{path.name} line {number}: not a FHIR resource with an id", f"line {number}")
         try:
-            resource = to_hub(resource, site, source_base)
+            resource = to_hub(resource, site, source_base, hub_base)
         except InvalidRequest as exc:
             raise InvalidRequest(f"{path.name} line {number}: {exc.message}", f"line {number}") from exc
         url = f"{resource['resourceType']}/{resource['id']}"

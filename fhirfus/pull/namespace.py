@@ -6,9 +6,10 @@ site happens to use it later), and every reference to the source server — rela
 (``Patient/1``, ``Patient/1/_history/3``) or absolute under the source's base URL — is rewritten
 to ``Type/{site}-{id}`` (without the version: the hub's version numbers are its own). References
 elsewhere (another server, ``urn:uuid:``, ``#contained``) stay as they are. A conditional reference
-(``Patient?identifier=…``) or a rooted one (``/Patient/1``) fails the load: at the hub the first would
-be resolved against every site's data (naming, and revealing the existence of, another site's
-patient) and the second would name a hub id outside the site's namespace. An id that would
+(``Patient?identifier=…``), a rooted one (``/Patient/1``) or an absolute one under the hub's own
+base URL (``FHIRFUS_BASE_URL``) fails the load: at the hub the first would be resolved against every
+site's data (naming, and revealing the existence of, another site's patient), and the other two would
+name a hub id outside the site's namespace (search treats the hub's own absolute URLs as local). An id that would
 exceed FHIR's 64 characters is ``{site}-`` and a hash of the original id. Site labels from the
 source are replaced by the hub's label for it, so what a site calls itself never decides where
 its data belongs at the hub. Should two labels still meet (site ``A`` with id ``B-1`` and site
@@ -35,14 +36,19 @@ def hub_id(site: str, source_id: str) -> str:
     return f"{site}-{hashlib.sha256(source_id.encode()).hexdigest()[: MAX_ID - len(site) - 1]}"
 
 
-def hub_reference(site: str, source_base: str, reference: str) -> str | None:
-    """The hub's form of a reference to the source (None: not the source's, left unchanged)."""
+def hub_reference(site: str, source_base: str, reference: str, hub_base: str = "") -> str | None:
+    """The hub's form of a reference to the source (None: not the source's, left unchanged).
+    ``hub_base``: the hub's own base URL, when configured (a reference under it is refused)."""
     if reference.startswith(("#", "urn:")):
         return None
     text = reference
     if "://" in text:
         prefix = source_base.rstrip("/") + "/"
         if not text.startswith(prefix):
+            if hub_base and text.startswith(hub_base.rstrip("/") + "/"):
+                raise InvalidRequest(f"Reference '{reference}' points into the hub itself, outside the site's "
+                                     "namespace: a site's data may name the site's own server, not the hub",
+                                     "reference")
             return None
         text = text[len(prefix):]
     if "?" in text or text.startswith("/"):
@@ -58,7 +64,7 @@ def hub_reference(site: str, source_base: str, reference: str) -> str | None:
     return f"{res_type}/{hub_id(site, res_id)}"
 
 
-def to_hub(resource: dict, site: str, source_base: str) -> dict:
+def to_hub(resource: dict, site: str, source_base: str, hub_base: str = "") -> dict:
     """The resource as the hub stores it (``resource``, freshly parsed, is changed in place)."""
     meta = dict(resource.get("meta") or {})
     for name in ("versionId", "lastUpdated"):
@@ -73,5 +79,5 @@ def to_hub(resource: dict, site: str, source_base: str) -> dict:
     resource["meta"] = meta
     if not meta:
         del resource["meta"]
-    rewrite_references(resource, lambda reference: hub_reference(site, source_base, reference))
+    rewrite_references(resource, lambda reference: hub_reference(site, source_base, reference, hub_base))
     return with_site_label(resource, site)

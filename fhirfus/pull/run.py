@@ -49,14 +49,15 @@ class PullReport:
 def pull_once(
     store: Store, definition: Definition, work_dir: Path, clock: Callable[[], datetime], *,
     transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] | None = None,
-    on_stage: Callable[[str], None] | None = None, max_file_bytes: int = MAX_FILE_BYTES,
+    on_stage: Callable[[str], None] | None = None, max_file_bytes: int = MAX_FILE_BYTES, hub_base: str = "",
 ) -> PullReport:
     """Run ``definition`` once; its status row says how it went (and the error, raised too).
-    ``max_file_bytes``: the most one file of the source may be (``FHIRFUS_PULL_MAX_FILE_BYTES``)."""
+    ``max_file_bytes``: the most one file of the source may be (``FHIRFUS_PULL_MAX_FILE_BYTES``);
+    ``hub_base``: the hub's own base URL (``FHIRFUS_BASE_URL``), under which pulled data may not point."""
     definitions.started(store, definition.name, clock())
     try:
         return _pull(store, definition, work_dir, clock, transport, sleep, on_stage or (lambda _: None),
-                     max_file_bytes)
+                     max_file_bytes, hub_base)
     except (FhirError, httpx.HTTPError, jwt.PyJWTError, OSError, ValueError, KeyError, TypeError) as exc:
         message = exc.message if isinstance(exc, FhirError) else f"{type(exc).__name__}: {exc}"
         definitions.failed(store, definition, message, clock())
@@ -65,7 +66,7 @@ def pull_once(
 
 def _pull(store: Store, definition: Definition, work_dir: Path, clock: Callable[[], datetime],
           transport: httpx.BaseTransport | None, sleep: Callable[[float], None] | None,
-          stage: Callable[[str], None], max_file_bytes: int) -> PullReport:
+          stage: Callable[[str], None], max_file_bytes: int, hub_base: str) -> PullReport:
     key = SigningKey.read(Path(definition.key_path))
     options: dict[str, Any] = {"transport": transport, "max_file_bytes": max_file_bytes} | (
         {"sleep": sleep} if sleep else {})
@@ -95,7 +96,7 @@ def _pull(store: Store, definition: Definition, work_dir: Path, clock: Callable[
                 loaded.skipped += int(item.get("count") or 0)
                 continue
             path = _fetch(client, report, folder, f"output-{index:05d}", item, "output", with_token)
-            load_output(store, path, definition.site, definition.source_url, loaded)
+            load_output(store, path, definition.site, definition.source_url, loaded, hub_base=hub_base)
             stage(f"loaded {item['type']} ({loaded.written} so far)")
         for index, item in enumerate(_items(manifest, "deleted")):  # Bundles of deletes of any type
             path = _fetch(client, report, folder, f"deleted-{index:05d}", item, "deleted", with_token)

@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 class PullScheduler:
     def __init__(self, store: Store, work_dir: Path, interval: float, clock: Callable[[], datetime], *,
-                 max_file_bytes: int = MAX_FILE_BYTES) -> None:
+                 max_file_bytes: int = MAX_FILE_BYTES, hub_base: str = "") -> None:
         self.store = store
+        self.hub_base = hub_base
         self.max_file_bytes = max_file_bytes
         self.work_dir = work_dir
         self.interval = interval
@@ -59,7 +60,7 @@ class PullScheduler:
                 continue  # another process runs it
             try:
                 reports.append(pull_once(self.store, definition, self.work_dir, self.clock,
-                                           max_file_bytes=self.max_file_bytes))
+                                           max_file_bytes=self.max_file_bytes, hub_base=self.hub_base))
             except FhirError as exc:  # recorded in the definition's row by pull_once
                 log.warning("scheduled pull %s failed: %s", definition.name, exc.message)
         return reports
