@@ -26,8 +26,8 @@ from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.interactions import binary
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_url
-from fhirfus.search.compiler import TABLE_OF, Compiler, local_reference, param_rows
-from fhirfus.search.query import ANY_TYPE, Include, SearchQuery, SortKey, criteria_types, parse_query
+from fhirfus.search.compiler import TABLE_OF, Compiler, is_plain, lead_rank, local_reference, param_rows
+from fhirfus.search.query import ANY_TYPE, Criterion, Include, SearchQuery, SortKey, criteria_types, parse_query
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
 
@@ -137,10 +137,24 @@ def match_condition(rows: FromClause, queries: dict[str | None, SearchQuery], co
     parameters only)."""
     alternatives = []
     for res_type, query in queries.items():
-        criteria = [compiler.criterion(rows, c) for c in query.criteria]
+        criteria = _criteria(rows, query.criteria, compiler)
         type_filter = rows.c.res_type == res_type if res_type is not None else true()
         alternatives.append(and_(type_filter, *criteria))
     return and_(rows.c.deleted.is_(False), or_(*alternatives))
+
+
+def _criteria(rows: FromClause, criteria: Sequence[Criterion], compiler: Compiler) -> list[ColumnElement[bool]]:
+    """Every criterion's condition; with several plain ones, only the lead's is a lookup and the
+    others are probes of each of its resources (``search.compiler``'s docstring says why). With
+    ``_id`` among the criteria, the row lookup by id leads and every plain criterion is a probe."""
+    plain = [c for c in criteria if is_plain(c)]
+    if len(plain) < 2 and not (plain and any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria)):
+        return [compiler.criterion(rows, c) for c in criteria]
+    lead = None
+    if not any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria):
+        lead = min(plain, key=lead_rank)  # the first of the query's among equals
+    return [compiler.criterion(rows, c) if c is lead or not is_plain(c) else compiler.probe(rows, c)
+            for c in criteria]
 
 
 def single_lookup(queries: dict[str | None, SearchQuery], compiler: Compiler) -> Select | None:

@@ -5,6 +5,15 @@ Every criterion becomes a boolean condition on a ``resources`` alias, mostly of 
 several values of one criterion are OR-ed inside that sub-select, several criteria AND-ed.
 Chains join references to their targets, ``_has`` joins back from the referring resources.
 Nothing is filtered in Python.
+
+Several plain criteria are not left to the planner's estimates (which, on tables that grew since
+their last ``ANALYZE``, can take a code matching thousands of rows for one matching a single row
+and start there). As Blaze does, the search starts from one criterion, the *lead*, picked by
+the kind of its parameter (``lead_rank``: a reference to one resource before an identifier
+before a code …), and checks every other one resource by resource: ``EXISTS (SELECT 1 FROM
+search_<type> WHERE resource_pk = pk AND param = … AND <value> OFFSET 0)``. The probe names no
+``res_type``, so no value index (they all begin with it) can serve it, only the index on
+``resource_pk``; ``OFFSET 0`` keeps PostgreSQL from turning it into a join it could reorder.
 """
 
 from __future__ import annotations
@@ -104,14 +113,24 @@ class Compiler:
         """``SELECT resource_pk FROM search_<type> WHERE …`` when ``criterion`` is one plain lookup in
         an index table (not a chain, ``_has``, ``:missing``, ``:not`` nor a column of ``resources``);
         None otherwise. Lets a single-criterion search page and count on the index alone."""
-        ref = criterion.ref
-        if ref.has_source is not None or ref.chains or ref.modifier in ("missing", *NEGATING) \
-                or ref.param.code in NOT_EXTRACTED:
+        if not is_plain(criterion):
             return None
-        return self._index_rows(ref, criterion.values, criterion.name)
+        return self._index_rows(criterion.ref, criterion.values, criterion.name)
+
+    def probe(self, alias: FromClause, criterion: Criterion) -> ColumnElement[bool]:
+        """A plain criterion checked for ``alias``'s row alone, through the index on ``resource_pk``
+        (the form of every criterion but a search's lead: see the module's docstring)."""
+        table, conditions = self._index_conditions(criterion.ref, criterion.values, criterion.name)
+        return exists(select(literal(1)).select_from(table)
+                      .where(table.c.resource_pk == alias.c.pk, *conditions).offset(0))
 
     def _index_rows(self, ref: ParamRef, values: tuple[str, ...], name: str) -> Select:
         """The index rows of resources with any of ``values`` for ``ref`` (modifiers applied)."""
+        table, conditions = self._index_conditions(ref, values, name)
+        return select(table.c.resource_pk).where(_of_type(table, ref), *conditions)
+
+    def _index_conditions(self, ref: ParamRef, values: tuple[str, ...], name: str) -> tuple[Table, list]:
+        """The index table of ``ref`` and the conditions on its rows, but the resource type's."""
         code, kind = ref.param.code, ref.param.type
         if kind == "reference" and ref.modifier == "identifier":
             kind, code = "token", f"{code}:identifier"  # Reference.identifier, indexed as a token
@@ -124,7 +143,7 @@ class Compiler:
         if kind != "composite":
             values = tuple(unescape_dollar(value) for value in values)
         matches = or_(*[build(table, ref, value, name) for value in values])
-        return select(table.c.resource_pk).where(_of_type(table, ref), param_rows(table, ref.res_type, code), matches)
+        return table, [param_rows(table, ref.res_type, code), matches]
 
     # --- special parameters, chains, reverse chains ------------------------------------------
 
@@ -382,6 +401,30 @@ def _missing_wanted(values: tuple[str, ...], name: str) -> bool:
     if values[-1] not in ("true", "false"):
         raise InvalidRequest(f"{name} must be true or false", name)
     return values[-1] == "true"
+
+
+def is_plain(criterion: Criterion) -> bool:
+    """Whether ``criterion`` is one lookup in an index table: not a chain, ``_has``, ``:missing``,
+    ``:not`` nor a column of ``resources`` (``_id``, ``_lastUpdated``)."""
+    ref = criterion.ref
+    return not (ref.has_source is not None or ref.chains or ref.modifier in ("missing", *NEGATING)
+                or ref.param.code in NOT_EXTRACTED)
+
+
+#: How few resources a plain criterion of each kind tends to match, fewest first: a reference names
+#: one resource; an identifier, one record; a code, a kind of record; a date or quantity, a range.
+LEAD_ORDER = ("reference", "identifier", "token", "uri", "composite", "date", "number", "quantity", "string")
+
+
+def lead_rank(criterion: Criterion) -> int:
+    """The place of a plain criterion among candidates to lead a search (lower: leads)."""
+    ref = criterion.ref
+    kind = ref.param.type
+    if ref.modifier == "identifier" or (kind == "token" and ref.param.code == "identifier"):
+        kind = "identifier"
+    elif kind == "token" and ref.modifier in ("text", "in", "below", "above", "of-type"):
+        kind = "date"  # a set of codes, or words: a range rather than one code
+    return LEAD_ORDER.index(kind) if kind in LEAD_ORDER else len(LEAD_ORDER)
 
 
 def param_rows(table: Table, res_type: str, code: str) -> ColumnElement[bool]:
