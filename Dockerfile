@@ -1,6 +1,6 @@
 # The fhirfus server image (docker-compose.yml runs it beside PostgreSQL). Everything the server
 # reads at run time (migrations, the guide, mappings, console templates) is package data of
-# `fhirfus`, so the package is all the image copies. tests/test_compose.py runs these commands
+# `fhirfus`, so the package is all the image copies. tests/system/test_compose.py runs these commands
 # without Docker; the image build itself needs a Docker engine.
 FROM python:3.11-slim
 WORKDIR /app

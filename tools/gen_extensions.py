@@ -4,7 +4,7 @@ Why: ``fhirfus.fhir.extensions`` checks every extension against its definition (
 cardinality, value type, sub-extensions). Reading the official definitions (4 MB of
 StructureDefinitions) at start-up would cost seconds; a compact table generated here is loaded
 in milliseconds, and the fhir layer cannot read ``fhirfus/ig`` itself (same layer), so the IG's
-extension definitions are generated into the same table (``tests/test_extensions.py`` checks
+extension definitions are generated into the same table (``tests/fhir/test_extensions.py`` checks
 the table is current).
 
 Usage::

@@ -4,7 +4,7 @@ Why: ``validator/manifest.json`` of FHIR/fhir-test-cases records, per case, what
 validator concluded. The cases kept are the R4 JSON ones that need nothing fhirfus cannot have: no
 profile, IG package, supporting definitions, terminology server, external fetch or special option.
 Each keeps the Java validator's verdict (its error and fatal issues), which
-``tests/test_validator_cases.py`` compares with fhirfus's.
+``tests/fhir/test_validator_cases.py`` compares with fhirfus's.
 
 Usage (a checkout or bare mirror of the repository, and the commit to take)::
 

@@ -15,7 +15,7 @@ guide: Questionnaire, profiles, terminology) is owned by ``PUBLISHED``: every ca
 sees it, only the publisher changes it.
 
 Outside ``fhirfus.store`` the resource tables are reached only through ``Visibility.resources()``
-and ``Visibility.history()`` (checked by ``tests/test_architecture.py``), so a new read path
+and ``Visibility.history()`` (checked by ``tests/system/test_architecture.py``), so a new read path
 cannot forget the filter: it has no other way in.
 """
 

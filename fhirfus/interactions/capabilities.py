@@ -3,7 +3,7 @@
 Per type, an interaction is declared only when some caller may perform it (``SERVER``, the
 unrestricted caller, stands for the most any scope allows: the audit trail, for instance, is
 read-only for everybody), and the search parameters are the registry's (the IG's custom ones
-included; an entry is rebuilt when its type's parameters change). ``tests/test_capabilities.py`` exercises every
+included; an entry is rebuilt when its type's parameters change). ``tests/api/test_capabilities.py`` exercises every
 declared kind over HTTP, and maps every route of the app to a declaration.
 """
 

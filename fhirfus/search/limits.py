@@ -26,7 +26,7 @@ MAX_OR_VALUES = 100
 #: ``_has:`` level counts one.
 MAX_CHAIN_DEPTH = 4
 
-#: The limits as the README documents them (``tests/test_bad_input.py`` keeps the two equal).
+#: The limits as the README documents them (``tests/api/test_bad_input.py`` keeps the two equal).
 LIMITS = (
     ("characters of a parameter name or of one value", MAX_VALUE_LENGTH),
     ("parameters of one search", MAX_PARAMETERS),

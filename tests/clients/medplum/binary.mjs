@@ -1,7 +1,7 @@
 // Medplum's client against a running fhirfus: upload an attachment as a Binary, read it back.
 // Usage: node binary.mjs http://127.0.0.1:PORT/   (fhirfus answers under /fhir)
 // With FHIRFUS_TOKEN set, every request carries it as a bearer token (SMART authentication on).
-// Prints one JSON line with what came back; the pytest test (tests/test_medplum_client.py) judges it.
+// Prints one JSON line with what came back; the pytest test (tests/system/test_medplum_client.py) judges it.
 // @medplum/core touches WebSocket when it loads; Node < 22 has none without a flag, and this test
 // never opens one (subscriptions only), so a placeholder is enough there.
 globalThis.WebSocket ??= class WebSocket {};
