@@ -334,6 +334,28 @@ def _other_share(measurements: list[Measurement]) -> float | None:
     return None if busy <= 0 else sum(u.other_s or 0.0 for u in usages) / busy
 
 
+def _per_thousand(m: Measurement, seconds: float | None) -> str:
+    """CPU seconds per 1,000 operations."""
+    return "—" if seconds is None or not m.count else f"{seconds * 1000 / m.count:.2f}"
+
+
+def reads_report(results: list[BackendResult]) -> Report:
+    """Reads by id of fhirfus beside the bare endpoint, measured in the same run (issue #21)."""
+    report = Report("Reads by id: fhirfus beside bare FastAPI (same run, same clients, one worker each)",
+                    ["backend", "server", "reads/s", "p95 ms", "share of bare", "server CPU s / 1,000 reads",
+                     "server + PG CPU s / 1,000 reads"])
+    for r in results:
+        for name, m in (("fhirfus", r.http["read"]), ("bare FastAPI", r.ceiling)):
+            cpu = m.cpu
+            server = cpu.server_s if cpu else None
+            both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
+            report.rows.append([r.backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2),
+                                _share(m.rate, r.ceiling.rate), _per_thousand(m, server), _per_thousand(m, both)])
+    report.notes.append("The bare endpoint answers one document it read once at start: no database per read, "
+                        "so its PG column is empty.")
+    return report
+
+
 def summary_report(results: list[BackendResult]) -> Report:
     report = Report("Aims (set for PostgreSQL; SQLite shown for reference)",
                     ["backend", "aim", "measured", "met"])
@@ -418,7 +440,7 @@ def run(options: Options) -> int:
     seconds = time.perf_counter() - started
     reports = [backend_report(r, options) for r in backends_done]
     if backends_done:
-        reports.append(summary_report(backends_done))
+        reports += [reads_report(backends_done), summary_report(backends_done)]
     console.print()
     for report in reports:
         console.print(report.rich())
