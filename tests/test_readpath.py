@@ -15,11 +15,12 @@ import orjson
 import psycopg
 import pytest
 from auth_helpers import make_client
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 
 from fhirfus.api.app import create_app
 from fhirfus.api.readpath import takes
 from fhirfus.auth.access import DEVELOPMENT
+from fhirfus.db import migrate
 from fhirfus.db.async_pool import APPLICATION_NAME, AsyncReadPool, Statement
 from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, with_site_label
 from fhirfus.errors import NotFound
@@ -311,3 +312,37 @@ def test_site_parameters_reach_the_prepared_statement_as_the_site_names(database
     assert own is not None and (own.site, own.version, own.deleted) == (site, 1, False)
     assert other is None and nowhere is None
     assert everything is not None and everything.raw == own.raw
+
+
+def test_the_stored_json_comes_as_utf8_from_a_database_of_another_encoding(database, unique: str) -> None:
+    if database.backend != "postgresql":
+        pytest.skip("the async read pool is PostgreSQL's")
+    admin = create_engine(database.engine.url, isolation_level="AUTOCOMMIT")
+    name = f"fhirfus_test_latin1_{unique}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+        engine = create_engine(database.engine.url.set(database=name))
+        try:
+            migrate.upgrade(engine)
+            pool = AsyncReadPool.for_engine(engine)
+            assert pool is not None
+            store = Store(engine, pool)
+            created = crud.create(store, DEVELOPMENT, "Observation", observation(unique, note=[{"text": "Müller, Zürich"}]),
+                                  None, "").stored
+
+            async def read() -> bytes | None:
+                try:
+                    return (await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id)).raw
+                finally:
+                    await pool.close()
+
+            raw = asyncio.run(read())
+            assert raw is not None and "Müller, Zürich".encode() in raw
+            assert orjson.loads(raw) == created.content
+        finally:
+            engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

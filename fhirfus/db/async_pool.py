@@ -179,6 +179,7 @@ class AsyncReadPool:
         args = url.translate_connect_args(username="user", database="dbname")
         options = {key: value for key, value in url.query.items() if isinstance(value, str)}
         options.setdefault("application_name", APPLICATION_NAME)
+        options["client_encoding"] = "UTF8"  # text columns are sent on as they arrive: UTF-8, whatever the database's
         if statement_timeout_ms:  # the same per-statement limit as the engine's connections
             options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
         params = {key: str(value) for key, value in args.items()} | options  # the query wins, as in SQLAlchemy
