@@ -9,7 +9,8 @@ file; a throw-away PostgreSQL database on ``FHIRFUS_TEST_POSTGRES_URL``) it
    random created ids (GET) and updates of distinct ids (PUT), recording every latency;
 3. starts a bare FastAPI app (``harness.py --bare-server``) whose one GET endpoint returns a
    document read once from the same database, and hits it with the same reads: the ceiling
-   that no FHIR read can beat with this stack on this machine;
+   that no FHIR read can beat with this stack on this machine (the reads of both run in
+   rounds, alternating, so other work on a shared machine weighs on both alike);
 4. inserts, selects and updates the same JSON documents in a second fresh database with
    SQLAlchemy Core and no FHIR logic (one transaction per row, the same way the server opens
    them, and batched): the raw-database baseline.
@@ -48,6 +49,7 @@ from harness import (  # bench/harness.py: bench/ leads sys.path when a benchmar
     SEED,
     BenchError,
     Counts,
+    CpuUsage,
     HttpCall,
     LoadGenerator,
     Measurement,
@@ -190,11 +192,15 @@ def _encode(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
-def http_phases(
+#: The reads are measured in this many rounds, fhirfus and the bare endpoint alternating, so a
+#: burst of other work on the shared machine falls on both rather than on one of them.
+READ_ROUNDS = 3
+
+
+def http_writes(
     load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe, tag: str
-) -> tuple[dict[str, Measurement], list[HttpCall]]:
-    """Warm-up, creates, reads of random created ids, updates of distinct ids (in that order)."""
-    rng = random.Random(SEED + 2)
+) -> tuple[dict[str, Measurement], list[tuple[str, dict[str, Any]]]]:
+    """Warm-up, then creates; the created (id, document) pairs."""
     path = f"/{RES_TYPE}"
     warm_docs, docs = documents[: counts.warmup], documents[: counts.creates]
     warm, warm_ids = load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in warm_docs], probe)
@@ -207,19 +213,55 @@ def http_phases(
     created = [(i, d) for i, d in zip(ids, docs, strict=True) if i]
     if not created:
         raise BenchError(f"no resource was created: {results['create'].first_error}")
-    reads = [HttpCall("GET", f"{path}/{rng.choice(created)[0]}", None, 200) for _ in range(counts.reads)]
-    results["read"], _ = load.run("HTTP read (GET by id)", reads, probe)
-    _progress(tag, results["read"])
+    return results, created
+
+
+def read_phases(
+    fhirfus: tuple[LoadGenerator, Probe], bare: tuple[LoadGenerator, Probe], reads: list[HttpCall], counts: Counts,
+    tag: str,
+) -> tuple[Measurement, Measurement]:
+    """The same reads against fhirfus and the bare endpoint, in alternating rounds after a warm-up of each."""
+    for load, probe in (fhirfus, bare):
+        load.run("warm-up", reads[: counts.warmup], probe)
+    rounds: dict[str, list[Measurement]] = {"fhirfus": [], "bare": []}
+    size = -(-len(reads) // READ_ROUNDS)
+    for offset in range(0, len(reads), size):
+        for name, (load, probe) in (("fhirfus", fhirfus), ("bare", bare)):
+            rounds[name].append(load.run(name, reads[offset : offset + size], probe)[0])
+    read = _combined("HTTP read (GET by id)", rounds["fhirfus"])
+    ceiling = _combined("bare FastAPI read", rounds["bare"])
+    _progress(tag, read)
+    _progress(tag, ceiling)
+    return read, ceiling
+
+
+def _combined(label: str, parts: list[Measurement]) -> Measurement:
+    """One measurement of several rounds: counts, times, latencies and CPU added up."""
+    def total(values: list[float | None]) -> float | None:
+        return None if any(v is None for v in values) else sum(v or 0.0 for v in values)
+
+    usages = [p.cpu for p in parts if p.cpu is not None]
+    cpu = None
+    if len(usages) == len(parts) and usages:
+        machine_s = total([u.machine_s for u in usages])
+        seconds = sum(p.seconds for p in parts)
+        busy = None if machine_s is None or seconds <= 0 else machine_s / (seconds * (os.cpu_count() or 1))
+        cpu = CpuUsage(total([u.server_s for u in usages]), sum(u.loadgen_s for u in usages),
+                       total([u.database_s for u in usages]), busy, machine_s)
+    errors = [p.first_error for p in parts if p.first_error]
+    return Measurement(label, sum(p.count for p in parts), sum(p.seconds for p in parts),
+                       [x for p in parts for x in p.latencies], sum(p.errors for p in parts),
+                       errors[0] if errors else None, cpu)
+
+
+def http_updates(
+    load: LoadGenerator, created: list[tuple[str, dict[str, Any]]], counts: Counts, probe: Probe, tag: str
+) -> Measurement:
+    """Updates of distinct created ids."""
+    rng = random.Random(SEED + 3)
     targets = rng.sample(created, min(counts.updates, len(created)))
-    puts = [HttpCall("PUT", f"{path}/{i}", _encode(updated(d, i)), 200) for i, d in targets]
-    results["update"], _ = load.run("HTTP update (PUT)", puts, probe)
-    _progress(tag, results["update"])
-    return results, reads
-
-
-def ceiling_phase(load: LoadGenerator, reads: list[HttpCall], counts: Counts, probe: Probe, tag: str) -> Measurement:
-    load.run("warm-up", reads[: counts.warmup], probe)
-    measured, _ = load.run("bare FastAPI read", reads, probe)
+    puts = [HttpCall("PUT", f"/{RES_TYPE}/{i}", _encode(updated(d, i)), 200) for i, d in targets]
+    measured, _ = load.run("HTTP update (PUT)", puts, probe)
     _progress(tag, measured)
     return measured
 
@@ -260,11 +302,14 @@ def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResul
         migrated(raw_url)
         with fhirfus_server(server_url, workdir) as server, \
                 load_generator(options.loadgen, server.base, options.clients) as load:
-            http, reads = http_phases(load, documents, counts, Probe(server.pid, _pg_name(server_url)), backend)
-        sample_id = reads[0].path.rsplit("/", 1)[1]
-        with bare_server(server_url, sample_id, workdir) as bare, \
-                load_generator(options.loadgen, bare.base, options.clients) as load:
-            ceiling = ceiling_phase(load, reads, counts, Probe(bare.pid), backend)
+            probe = Probe(server.pid, _pg_name(server_url))
+            http, created = http_writes(load, documents, counts, probe, backend)
+            rng = random.Random(SEED + 2)
+            reads = [HttpCall("GET", f"/{RES_TYPE}/{rng.choice(created)[0]}", None, 200) for _ in range(counts.reads)]
+            with bare_server(server_url, created[0][0], workdir) as bare, \
+                    load_generator(options.loadgen, bare.base, options.clients) as bare_load:
+                http["read"], ceiling = read_phases((load, probe), (bare_load, Probe(bare.pid)), reads, counts, backend)
+            http["update"] = http_updates(load, created, counts, probe, backend)
         raw = raw_baseline(raw_url, documents, counts, options.clients, Probe(None, _pg_name(raw_url)))
         for key in ("insert", "insert_batched", "select_key", "select_pk", "update"):
             _progress(backend, raw[key])
@@ -332,6 +377,28 @@ def _other_share(measurements: list[Measurement]) -> float | None:
     usages = [m.cpu for m in measurements if m.cpu and m.cpu.machine_s and m.cpu.other_s is not None]
     busy = sum(u.machine_s or 0.0 for u in usages)
     return None if busy <= 0 else sum(u.other_s or 0.0 for u in usages) / busy
+
+
+def _per_thousand(m: Measurement, seconds: float | None) -> str:
+    """CPU seconds per 1,000 operations."""
+    return "—" if seconds is None or not m.count else f"{seconds * 1000 / m.count:.2f}"
+
+
+def reads_report(results: list[BackendResult]) -> Report:
+    """Reads by id of fhirfus beside the bare endpoint, measured in the same run (issue #21)."""
+    report = Report("Reads by id: fhirfus beside bare FastAPI (same run, same clients, one worker each)",
+                    ["backend", "server", "reads/s", "p95 ms", "share of bare", "server CPU s / 1,000 reads",
+                     "server + PG CPU s / 1,000 reads"])
+    for r in results:
+        for name, m in (("fhirfus", r.http["read"]), ("bare FastAPI", r.ceiling)):
+            cpu = m.cpu
+            server = cpu.server_s if cpu else None
+            both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
+            report.rows.append([r.backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2),
+                                _share(m.rate, r.ceiling.rate), _per_thousand(m, server), _per_thousand(m, both)])
+    report.notes.append("The bare endpoint answers one document it read once at start: no database per read, "
+                        "so its PG column is empty.")
+    return report
 
 
 def summary_report(results: list[BackendResult]) -> Report:
@@ -418,7 +485,7 @@ def run(options: Options) -> int:
     seconds = time.perf_counter() - started
     reports = [backend_report(r, options) for r in backends_done]
     if backends_done:
-        reports.append(summary_report(backends_done))
+        reports += [reads_report(backends_done), summary_report(backends_done)]
     console.print()
     for report in reports:
         console.print(report.rich())

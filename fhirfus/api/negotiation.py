@@ -87,6 +87,11 @@ def rendering_for(request: Request) -> Rendering:
     return _rendering(request.scope.get("query_string", b""), request.headers.get("accept", ""))
 
 
+def rendering_of(query_string: bytes, accept: str) -> Rendering:
+    """``rendering_for`` of a raw query string and ``Accept`` header (a path that keeps no ``Request``)."""
+    return _rendering(query_string, accept)
+
+
 @lru_cache(maxsize=512)
 def _rendering(query_string: bytes, accept: str) -> Rendering:
     """``rendering_for`` of a query string and Accept header: clients send the same few again and

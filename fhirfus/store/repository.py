@@ -20,13 +20,12 @@ from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import Connection, Engine, Text, and_, bindparam, case, cast, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from fhirfus.db import rows
-from fhirfus.db.async_pool import AsyncReadPool
+from fhirfus.db.async_pool import AsyncReadPool, Statement
 from fhirfus.db.tables import resource_history, resources, search_uri
 from fhirfus.db.visibility import PUBLISHED, Visibility, site_label, with_site_label
 from fhirfus.errors import Conflict, Forbidden
@@ -187,41 +186,35 @@ def current(
 
 
 @cache
-def _current_raw_sql(seen_by: Visibility) -> tuple[str, dict[str, Any]]:
-    """``current``'s statement for ``seen_by``, compiled once into psycopg's SQL and parameters
-    (the content as text: the stored bytes go out without a parse)."""
-    query = select(resources.c.version, resources.c.last_updated, resources.c.deleted,
-                   cast(resources.c.content, Text), resources.c.site).where(
-        resources.c.res_type == bindparam("res_type", ""), resources.c.res_id == bindparam("res_id", ""),
-        seen_by.rows_of(resources))
-    compiled = query.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
-    return str(compiled), dict(compiled.params)
+def _current_raw_sql(seen_by: Visibility) -> Statement:
+    """``current``'s statement for ``seen_by``, compiled once (the content as text: the stored
+    bytes go out without a parse)."""
+    return Statement.of(select(
+        resources.c.version, resources.c.last_updated, resources.c.deleted, cast(resources.c.content, Text),
+        resources.c.site).where(resources.c.res_type == bindparam("res_type", ""),
+                                resources.c.res_id == bindparam("res_id", ""), seen_by.rows_of(resources)))
 
 
 async def current_raw(pool: AsyncReadPool, seen_by: Visibility, res_type: str, res_id: str) -> Stored | None:
     """``current`` on the event loop, its content as stored (``Stored.raw``): None for an id never
     used or not visible to ``seen_by``, a tombstone as ``deleted``."""
-    sql, params = _current_raw_sql(seen_by)
-    row = await _fetch_one(pool, sql, {**params, "res_type": res_type, "res_id": res_id})
+    row = await _fetch_one(pool, _current_raw_sql(seen_by), {"res_type": res_type, "res_id": res_id})
     if row is None:
         return None
-    version_id, last_updated, deleted, text, site = row
-    return Stored(res_type, res_id, version_id, last_updated.astimezone(UTC), deleted, None, site=site,
-                  raw=None if text is None else text.encode())
+    version_id, last_updated, deleted, raw, site = row
+    return Stored(res_type, res_id, version_id, last_updated, deleted, None, site=_text(site), raw=raw)
 
 
 @cache
-def _version_raw_sql(seen_by: Visibility) -> tuple[str, dict[str, Any]]:
+def _version_raw_sql(seen_by: Visibility) -> Statement:
     """``version``'s statement for ``seen_by`` beside the visibility of the current row, compiled
     once: the current row with the asked version joined (no current row: not visible or unknown)."""
     r, h = resources, resource_history
     joined = r.outerjoin(h, and_(h.c.res_type == r.c.res_type, h.c.res_id == r.c.res_id,
                                  h.c.version == bindparam("version", 0), seen_by.rows_of(h)))
-    query = select(h.c.version, h.c.last_updated, h.c.method, cast(h.c.content, Text), h.c.site).select_from(
-        joined).where(r.c.res_type == bindparam("res_type", ""), r.c.res_id == bindparam("res_id", ""),
-                      seen_by.rows_of(r))
-    compiled = query.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
-    return str(compiled), dict(compiled.params)
+    return Statement.of(select(h.c.version, h.c.last_updated, h.c.method, cast(h.c.content, Text), h.c.site)
+                        .select_from(joined).where(r.c.res_type == bindparam("res_type", ""),
+                                                   r.c.res_id == bindparam("res_id", ""), seen_by.rows_of(r)))
 
 
 async def version_raw(
@@ -229,34 +222,31 @@ async def version_raw(
 ) -> tuple[bool, Stored | None]:
     """``version`` on the event loop, its content as stored: (whether the id is visible at all, the
     version or None)."""
-    sql, params = _version_raw_sql(seen_by)
-    row = await _fetch_one(pool, sql, {**params, "res_type": res_type, "res_id": res_id, "version": version_id})
+    row = await _fetch_one(pool, _version_raw_sql(seen_by),
+                           {"res_type": res_type, "res_id": res_id, "version": version_id})
     if row is None:
         return False, None
-    found, last_updated, method, text, site = row
+    found, last_updated, method, raw, site = row
     if found is None:
         return True, None
-    return True, Stored(res_type, res_id, found, last_updated.astimezone(UTC), method == "DELETE", None, method,
-                        site=site, raw=None if text is None else text.encode())
+    return True, Stored(res_type, res_id, found, last_updated, method == b"DELETE", None, _text(method) or "",
+                        site=_text(site), raw=raw)
 
 
-async def _fetch_one(pool: AsyncReadPool, sql: str, values: dict[str, Any]) -> Any:
+def _text(data: bytes | None) -> str | None:
+    return None if data is None else data.decode()
+
+
+async def _fetch_one(pool: AsyncReadPool, statement: Statement, values: dict[str, Any]) -> Any:
     """One row of a prepared statement on a pooled connection (a read: retried once on a fresh
     connection when the server closed the pooled ones, as a restart does)."""
     try:
-        return await _fetch_once(pool, sql, values)
+        return await pool.fetch_one(statement, values)
     except psycopg.errors.QueryCanceled:
         raise
     except psycopg.OperationalError:
         await pool.discard_idle()
-    return await _fetch_once(pool, sql, values)
-
-
-async def _fetch_once(pool: AsyncReadPool, sql: str, values: dict[str, Any]) -> Any:
-    async with pool.connection() as conn:
-        # prepared on each connection's first use: a lookup by a unique key has one plan whatever
-        # the values, so PostgreSQL's generic plan (which the engine avoids for searches) is safe here
-        return await (await conn.execute(sql, values, prepare=True)).fetchone()
+    return await pool.fetch_one(statement, values)
 
 
 def version(conn: Connection, seen_by: Visibility, res_type: str, res_id: str, version_id: int) -> Stored | None:

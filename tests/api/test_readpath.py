@@ -12,18 +12,22 @@ from email.utils import format_datetime, parsedate_to_datetime
 
 import httpx
 import orjson
+import psycopg
 import pytest
 from auth_helpers import make_client
-from sqlalchemy import text
+from sqlalchemy import create_engine, func, select, text
 
 from fhirfus.api.app import create_app
 from fhirfus.api.readpath import takes
 from fhirfus.auth.access import DEVELOPMENT
-from fhirfus.db.async_pool import APPLICATION_NAME, AsyncReadPool
+from fhirfus.db import migrate
+from fhirfus.db.async_pool import APPLICATION_NAME, AsyncReadPool, Statement
+from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, with_site_label
 from fhirfus.errors import NotFound
 from fhirfus.interactions import crud
 from fhirfus.settings import Settings
-from fhirfus.store.repository import Store
+from fhirfus.store import repository
+from fhirfus.store.repository import Store, Stored
 
 SITE = "https://fhirfus.org/fhir/CodeSystem/site"
 
@@ -239,3 +243,106 @@ def test_a_site_never_vreads_another_sites_versions(secure_server, unique: str) 
         assert b.get(f"/Observation/{created['id']}/_history/1").json() == created
         hidden = a.get(f"/Observation/{created['id']}/_history/1")
         assert hidden.status_code == 404 and f"readpath-{unique}" not in hidden.text
+
+
+def _postgres_pool(database, **kwargs: int) -> AsyncReadPool:
+    if database.backend != "postgresql":
+        pytest.skip("the async read pool is PostgreSQL's")
+    pool = AsyncReadPool.for_engine(database.engine, **kwargs)
+    assert pool is not None
+    return pool
+
+
+def test_a_read_cancelled_mid_statement_leaves_no_connection_mid_answer_in_the_pool(database, unique: str) -> None:
+    pool = _postgres_pool(database, size=1)  # one connection: the read after the cancel must not get a half-read one
+    store = Store(database.engine, pool)
+    created = crud.create(store, DEVELOPMENT, "Observation", observation(unique), None, "").stored
+    slow = Statement.of(select(func.pg_sleep(2)))
+
+    async def cancel_then_read() -> tuple[bool, bytes | None]:
+        try:
+            waiting = asyncio.create_task(pool.fetch_one(slow, {}))
+            await asyncio.sleep(0.2)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            read = await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id)
+            return read.raw is not None, read.raw
+        finally:
+            await pool.close()
+
+    found, raw = asyncio.run(asyncio.wait_for(cancel_then_read(), 1.5))  # not after the 2 s sleep's answer
+    assert found and orjson.loads(raw or b"") == created.content
+
+
+def test_a_read_beyond_the_statement_limit_is_refused_and_the_connection_serves_the_next(database, unique: str) -> None:
+    pool = _postgres_pool(database, statement_timeout_ms=100, size=1)
+    store = Store(database.engine, pool)
+    created = crud.create(store, DEVELOPMENT, "Observation", observation(unique), None, "").stored
+
+    async def timeout_then_read() -> tuple[int, int]:
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                await pool.fetch_one(Statement.of(select(func.pg_sleep(1))), {})
+            first = (await pool.fetch_one(Statement.of(select(func.pg_backend_pid())), {}) or (0,))[0]
+            read = await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id)
+            assert read.version == 1 and read.last_updated == created.last_updated
+            return first, (await pool.fetch_one(Statement.of(select(func.pg_backend_pid())), {}) or (0,))[0]
+        finally:
+            await pool.close()
+
+    before, after = asyncio.run(timeout_then_read())
+    assert before == after != 0  # the refused statement left its connection idle and in the pool
+
+
+def test_site_parameters_reach_the_prepared_statement_as_the_site_names(database, unique: str) -> None:
+    pool = _postgres_pool(database)
+    site = f"S{unique}"
+    with Store(database.engine).writing() as conn:
+        stored = repository.create(conn, "Observation", f"site-{unique}", with_site_label(observation(unique), site))
+
+    async def reads() -> list[Stored | None]:
+        try:
+            return [await repository.current_raw(pool, seen_by, "Observation", stored.res_id)
+                    for seen_by in (Visibility(site), Visibility(f"T{unique}"), NOWHERE, EVERYTHING)]
+        finally:
+            await pool.close()
+
+    own, other, nowhere, everything = asyncio.run(reads())
+    assert own is not None and (own.site, own.version, own.deleted) == (site, 1, False)
+    assert other is None and nowhere is None
+    assert everything is not None and everything.raw == own.raw
+
+
+def test_the_stored_json_comes_as_utf8_from_a_database_of_another_encoding(database, unique: str) -> None:
+    if database.backend != "postgresql":
+        pytest.skip("the async read pool is PostgreSQL's")
+    admin = create_engine(database.engine.url, isolation_level="AUTOCOMMIT")
+    name = f"fhirfus_test_latin1_{unique}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
+        engine = create_engine(database.engine.url.set(database=name))
+        try:
+            migrate.upgrade(engine)
+            pool = AsyncReadPool.for_engine(engine)
+            assert pool is not None
+            store = Store(engine, pool)
+            created = crud.create(store, DEVELOPMENT, "Observation", observation(unique, note=[{"text": "Müller, Zürich"}]),
+                                  None, "").stored
+
+            async def read() -> bytes | None:
+                try:
+                    return (await crud.read_raw(store, DEVELOPMENT, "Observation", created.res_id)).raw
+                finally:
+                    await pool.close()
+
+            raw = asyncio.run(read())
+            assert raw is not None and "Müller, Zürich".encode() in raw
+            assert orjson.loads(raw) == created.content
+        finally:
+            engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
