@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import orjson
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -31,7 +30,9 @@ from starlette.responses import FileResponse, Response
 
 from fhirfus.analysis.jobs import AnalysisJobs, JobState
 from fhirfus.analysis.source import ALL_PATIENTS, resolve_cohort
+from fhirfus.api.asyncjobs import accepted, require_async, status_response
 from fhirfus.api.http import base_url, caller, fhir_response
+from fhirfus.bulk.status import StatusAnswer
 from fhirfus.errors import InvalidRequest, Issue, NotFound
 from fhirfus.fhir.outcome import information, operation_outcome
 
@@ -84,13 +85,12 @@ def _own_job(request: Request, job_id: str) -> JobState:
 def analysis_status(request: Request, job_id: str) -> Response:
     job = _own_job(request, job_id)
     if job.status in ("accepted", "running"):
-        return Response(status_code=202, headers={"X-Progress": job.progress, "Retry-After": "1"})
+        return status_response(StatusAnswer.in_progress(job.progress, retry_after=1))
     if job.status == "failed":
         issues = [Issue(i.get("diagnostics", ""), i.get("code", "exception"), i.get("severity", "error"),
                         tuple(i.get("expression", ()))) for i in job.issues]
         return fhir_response(request, operation_outcome(issues), job.http_status or 500)
-    manifest = _manifest(request, job)
-    return Response(orjson.dumps(manifest), status_code=200, media_type="application/json")
+    return status_response(StatusAnswer.done(_manifest(request, job)))
 
 
 @router.delete(f"/{STATUS_SEGMENT}/{{job_id}}")
@@ -133,9 +133,7 @@ def _camel(name: str) -> str:
 async def _kick_off(request: Request, group_id: str) -> Response:
     who = caller(request)
     who.require_role("analyst", "admin")
-    prefer = {token.strip().lower() for header in request.headers.getlist("prefer") for token in header.split(",")}
-    if "respond-async" not in prefer:
-        raise InvalidRequest("$analysis-export runs asynchronously: send the header 'Prefer: respond-async'", "Prefer")
+    require_async(request, "$analysis-export runs asynchronously: send the header 'Prefer: respond-async'")
     params = request.query_params
     unknown = sorted(set(params) - PARAMETERS)
     if unknown:
@@ -155,5 +153,4 @@ async def _kick_off(request: Request, group_id: str) -> Response:
     jobs = analysis_jobs(request.app)
     job = jobs.submit(str(request.url), group_id, fmt, policy, who.client_id)
     location = f"{base_url(request)}/{STATUS_SEGMENT}/{job.id}"
-    return fhir_response(request, information(f"Analysis export {job.id} accepted; poll {location}"), 202,
-                         {"Content-Location": location})
+    return accepted(request, location, f"Analysis export {job.id} accepted; poll {location}")

@@ -30,7 +30,7 @@ from fhirfus.process import die_with_supervisor
 from fhirfus.pull.schedule import PullScheduler
 from fhirfus.settings import Settings, get_settings
 from fhirfus.store.repository import Store
-from fhirfus.store.statistics import STATISTICS_TABLES, StatisticsKeeper
+from fhirfus.store.statistics import OBSERVER, STATISTICS_TABLES, StatisticsKeeper
 from fhirfus.subscriptions.service import Subscriptions
 
 
@@ -65,10 +65,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.audit = AuditWriter(store)
     app.state.subscriptions = Subscriptions(store, settings)  # every write is matched from here on
     if settings.analyze_after:
-        keeper = store.statistics or StatisticsKeeper(
-            store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2, min_interval=2.0,
-            clock=time.monotonic)
-        store.statistics = keeper
+        keeper = store.observer(OBSERVER)
+        if not isinstance(keeper, StatisticsKeeper):  # one per store, however many apps serve it
+            keeper = StatisticsKeeper(store.engine, STATISTICS_TABLES, min_rows=settings.analyze_after, fraction=0.2,
+                                      min_interval=2.0, clock=time.monotonic)
+            store.observe(OBSERVER, keeper)
         app.router.on_startup.append(keeper.start)
         app.router.on_shutdown.append(keeper.stop)
     if store.async_reads is None:  # reads by id on the event loop (PostgreSQL)

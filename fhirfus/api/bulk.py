@@ -14,21 +14,21 @@ from collections.abc import Iterator
 from email.utils import format_datetime
 from pathlib import Path
 
-import orjson
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from fhirfus.api.asyncjobs import accepted, request_url, require_async, status_response
 from fhirfus.api.deid import policy_shaper
-from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_body
+from fhirfus.api.http import base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.bulk import service as bulk_export
 from fhirfus.bulk import views
 from fhirfus.bulk.params import parameters_resource_pairs
 from fhirfus.bulk.service import STATUS_SEGMENT
 from fhirfus.bulk.worker import ExportWorker
-from fhirfus.errors import InvalidRequest, UnsupportedMediaType
+from fhirfus.errors import UnsupportedMediaType
 from fhirfus.fhir.outcome import information
 from fhirfus.fhir.validation import parse_json
 
@@ -76,16 +76,8 @@ async def export_group(request: Request, group_id: str) -> Response:
 
 @router.get(f"/{STATUS_SEGMENT}/{{job_id}}")
 def export_status(request: Request, job_id: str) -> Response:
-    settings = request.app.state.settings
-    answer = bulk_export.status(
-        request.app.state.store, caller(request), job_id, base_url(request),
-        requires_access_token=settings.auth != "off"
-    )
-    if answer.manifest is None:
-        return Response(status_code=answer.status, headers=answer.headers)
-    media_type = "application/fhir+json" if answer.manifest.get("resourceType") else "application/json"
-    return Response(orjson.dumps(answer.manifest), status_code=answer.status, media_type=media_type,
-                    headers=answer.headers)
+    return status_response(bulk_export.status(request.app.state.store, caller(request), job_id, base_url(request),
+                                              requires_access_token=request.app.state.settings.auth != "off"))
 
 
 @router.delete(f"/{STATUS_SEGMENT}/{{job_id}}")
@@ -116,15 +108,6 @@ def _gzipped(path: Path) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def require_async(request: Request) -> set[str]:
-    """The Prefer tokens of a kick-off, which must ask for ``respond-async`` (400 otherwise)."""
-    Prefer.parse(request)  # a malformed Prefer is a 400 like everywhere else
-    tokens = _prefer_tokens(request)
-    if "respond-async" not in tokens:
-        raise InvalidRequest("An asynchronous kick-off needs the header 'Prefer: respond-async'", "Prefer")
-    return tokens
-
-
 async def _kick_off(request: Request, level: str, group_id: str | None = None) -> Response:
     rendering = rendering_for(request)
     tokens = require_async(request)
@@ -138,18 +121,7 @@ async def _kick_off(request: Request, level: str, group_id: str | None = None) -
         group_id=group_id, lenient="handling=lenient" in tokens,
     )
     location = bulk_export.status_url(base, job.id)
-    return fhir_response(
-        request, information(f"Export job {job.id} accepted; poll {location}"), 202,
-        {"Content-Location": location}, rendering,
-    )
-
-
-def _prefer_tokens(request: Request) -> set[str]:
-    return {
-        token.strip().replace(" ", "").lower()
-        for header in request.headers.getlist("prefer")
-        for token in header.split(",")
-    }
+    return accepted(request, location, f"Export job {job.id} accepted; poll {location}", rendering)
 
 
 async def _body_params(request: Request) -> list[tuple[str, str]]:
@@ -166,11 +138,3 @@ async def _body_params(request: Request) -> list[tuple[str, str]]:
             f"Content-Type '{content_type}' is not supported; send a Parameters resource or a form", "Content-Type"
         )
     return parameters_resource_pairs(parse_json(raw))
-
-
-def request_url(request: Request, base: str) -> str:
-    """The kick-off URL as the client sees it (the manifest's ``request``)."""
-    path = request.url.path
-    tail = path[len("/fhir"):] if path.startswith("/fhir") else path
-    query = request.url.query
-    return f"{base}{tail}" + (f"?{query}" if query else "")

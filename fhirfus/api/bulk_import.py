@@ -10,13 +10,13 @@ from __future__ import annotations
 import threading
 from email.utils import format_datetime
 
-import orjson
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
-from fhirfus.api.bulk import NDJSON, request_url, require_async
+from fhirfus.api.asyncjobs import accepted, request_url, require_async, status_response
+from fhirfus.api.bulk import NDJSON
 from fhirfus.api.http import base_url, caller, fhir_response, read_body
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.bulk.imports import service
@@ -77,18 +77,13 @@ async def import_kick_off(request: Request) -> Response:
             f"Content-Type '{content_type}' is not supported; send a Parameters resource, a manifest or {NDJSON}",
             "Content-Type")
     location = service.status_url(base, job_id)
-    return fhir_response(request, information(f"Import job {job_id} accepted; poll {location}"), 202,
-                         {"Content-Location": location}, rendering)
+    return accepted(request, location, f"Import job {job_id} accepted; poll {location}", rendering)
 
 
 @router.get(f"/{STATUS_SEGMENT}/{{job_id}}")
 def import_status(request: Request, job_id: str) -> Response:
-    answer = service.status(request.app.state.store, caller(request), job_id, base_url(request),
-                            requires_access_token=request.app.state.settings.auth != "off")
-    if answer.manifest is None:
-        return Response(status_code=answer.status, headers=answer.headers)
-    return Response(orjson.dumps(answer.manifest), status_code=answer.status, media_type="application/json",
-                    headers=answer.headers)
+    return status_response(service.status(request.app.state.store, caller(request), job_id, base_url(request),
+                                          requires_access_token=request.app.state.settings.auth != "off"))
 
 
 @router.delete(f"/{STATUS_SEGMENT}/{{job_id}}")

@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from fhirfus.api.bulk import request_url, require_async, start_exports
+from fhirfus.api.asyncjobs import accepted, request_url, require_async
+from fhirfus.api.bulk import start_exports
 from fhirfus.api.deid import policy_shaper
-from fhirfus.api.http import base_url, caller, fhir_response, read_json
+from fhirfus.api.http import base_url, caller, read_json
 from fhirfus.bulk import views
 from fhirfus.bulk.service import status_url
 from fhirfus.interactions import viewdefinition
@@ -101,4 +102,4 @@ async def _export(request: Request) -> Response:
         views.kick_off, worker, who, parts, given, request_url=request_url(request, base), base_url=base,
         shaper=policy_shaper(store, request.app.state.settings.deid_key))
     location = status_url(base, job.id)
-    return fhir_response(request, views.accepted(job, location), 202, {"Content-Location": location})
+    return accepted(request, location, views.accepted(job, location))

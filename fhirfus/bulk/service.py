@@ -9,20 +9,18 @@ when the job failed; 404 with an OperationOutcome for unknown, cancelled or expi
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import parse_qsl
 
 from fhirfus.auth.access import Access
 from fhirfus.bulk import jobs, views
 from fhirfus.bulk.params import ExportRequest, parse_export_params
+from fhirfus.bulk.status import StatusAnswer, answer, gone, listed_file
 from fhirfus.bulk.worker import ExportWorker
 from fhirfus.bulk.writer import WrittenFile
-from fhirfus.errors import FhirError, NotFound
 from fhirfus.interactions import crud
 from fhirfus.search.query import criteria_types, parse_query
 from fhirfus.store import repository
@@ -30,22 +28,6 @@ from fhirfus.store.repository import Store, format_instant
 
 #: Where status and files live below the FHIR base (``/fhir/_export/{job}[/{file}]``).
 STATUS_SEGMENT = "_export"
-
-
-class ExportFailed(FhirError):
-    """The export job ended in an error (the status URL answers 500 with the reason)."""
-
-    status = 500
-    issue_code = "exception"
-
-
-@dataclass(frozen=True)
-class StatusAnswer:
-    """What the status URL answers: 202 (in progress, no body) or 200 (the manifest)."""
-
-    status: int
-    manifest: dict | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def kick_off(
@@ -89,15 +71,14 @@ def status_url(base_url: str, job_id: str) -> str:
 
 def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires_access_token: bool) -> StatusAnswer:
     job = _visible_job(store, caller, job_id)
-    if job.status in jobs.ACTIVE:
-        return StatusAnswer(202, None, {"X-Progress": _progress(job), "Retry-After": str(_retry_after(job))})
-    if job.status == jobs.FAILED:
-        raise ExportFailed(job.error or "The export failed")
-    files = jobs.files_of(store, job_id)
-    headers = {"Expires": format_datetime(job.expires, usegmt=True)} if job.expires else {}
-    if job.request.level == views.LEVEL:  # $viewdefinition-export answers with its Parameters
-        return StatusAnswer(200, views.manifest(job, files, status_url(base_url, job.id)), headers)
-    return StatusAnswer(200, manifest(job, files, base_url, requires_access_token=requires_access_token), headers)
+
+    def completed() -> dict:
+        files = jobs.files_of(store, job_id)
+        if job.request.level == views.LEVEL:  # $viewdefinition-export answers with its Parameters
+            return views.manifest(job, files, status_url(base_url, job.id))
+        return manifest(job, files, base_url, requires_access_token=requires_access_token)
+
+    return answer(job, jobs.now(), progress=lambda: _progress(job), manifest=completed, failed="The export failed")
 
 
 def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requires_access_token: bool) -> dict:
@@ -123,49 +104,27 @@ def manifest(job: jobs.Job, files: Sequence[WrittenFile], base_url: str, *, requ
 def cancel(store: Store, caller: Access, job_id: str) -> None:
     """DELETE on the status URL: a running job stops at its next page; files of a finished one go now."""
     _visible_job(store, caller, job_id)
-    job = jobs.cancel(store, job_id)
-    if job is None:
-        raise _gone(job_id)
-    if job.status not in jobs.ACTIVE:
-        if job.directory:
-            shutil.rmtree(job.directory, ignore_errors=True)
-        jobs.remove(store, job_id)
+    if jobs.TABLE.withdraw(store, job_id) is None:
+        raise gone("export", job_id)
 
 
 def output_file(store: Store, caller: Access, job_id: str, name: str) -> tuple[Path, datetime | None]:
     """The file of a completed job named in its manifest (nothing else under the export directory)."""
     job = _visible_job(store, caller, job_id)
     listed = {f.name for f in jobs.files_of(store, job_id)} if job.status == jobs.COMPLETED else set()
-    if name not in listed or not job.directory:
-        raise NotFound(f"Export job {job_id} has no file '{name}'", "file")
-    path = Path(job.directory) / name
-    if not path.is_file():
-        raise NotFound(f"The file '{name}' of export job {job_id} is no longer available", "file")
-    return path, job.expires
+    return listed_file("export", job, name, listed), job.expires
 
 
 def _visible_job(store: Store, caller: Access, job_id: str) -> jobs.Job:
     """The job, if the caller may see it: the client that kicked it off, or an admin. To anybody
     else it does not exist (404, as for an unknown id): its files hold the requester's data."""
-    job = jobs.get(store, job_id)
-    if job is None or job.status == jobs.CANCELLED or (job.expires is not None and job.expires <= jobs.now()):
-        raise _gone(job_id)
-    if caller.role != "admin" and caller.client_id != job.request.client_id:
-        raise _gone(job_id)
+    job = jobs.live(store, job_id)
+    if job is None or (caller.role != "admin" and caller.client_id != job.request.client_id):
+        raise gone("export", job_id)
     return job
-
-
-def _gone(job_id: str) -> NotFound:
-    return NotFound(f"No export job '{job_id}': unknown, cancelled or expired", "job")
 
 
 def _progress(job: jobs.Job) -> str:
     unit = "rows" if job.request.level == views.LEVEL else "resources"
     text = "queued" if job.status == jobs.QUEUED else f"{job.percent}% done, {job.progress} {unit} written"
     return f"{text} (attempt {job.attempts})" if job.attempts > 1 else text
-
-
-def _retry_after(job: jobs.Job) -> int:
-    """Poll every second at first, then back off to at most every ten seconds."""
-    elapsed = (jobs.now() - job.created).total_seconds()
-    return max(1, min(10, int(elapsed // 10)))

@@ -201,31 +201,53 @@ load_journal = Table(
     Column("loaded_at", UTCDateTime, nullable=False),
 )
 
+
+def job_table(name: str, *columns: Column, indexes: tuple[Index, ...] = ()) -> Table:
+    """A table of jobs leased by server processes (``fhirfus.bulk.jobtable``): ``id``, the kind's own
+    ``columns`` (``job_status()`` among them), then the columns of the life cycle every kind shares, and
+    the B-tree of the supervisors' look for orphans (status, heartbeat)."""
+    return Table(
+        name,
+        metadata,
+        Column("id", String(36), primary_key=True),
+        *columns,
+        Column("error", Text, nullable=True),
+        Column("attempts", Integer, nullable=False, default=0),
+        Column("owner", String(100), nullable=True),
+        Column("heartbeat", UTCDateTime, nullable=False),
+        Column("directory", Text, nullable=True),
+        Column("created", UTCDateTime, nullable=False),
+        Column("updated", UTCDateTime, nullable=False),
+        Column("expires", UTCDateTime, nullable=True),
+        Index(f"ix_{name}_status", "status", "heartbeat"),
+        *indexes,
+    )
+
+
+def job_status() -> Column:
+    """A job's state (queued, running, completed, failed, cancelled), where each kind's table has it."""
+    return Column("status", String(16), nullable=False)
+
+
+def job_key(jobs: str) -> Column:
+    """The job a row belongs to (deleted with it)."""
+    return Column("job_id", String(36), ForeignKey(f"{jobs}.id", ondelete="CASCADE"), primary_key=True)
+
+
 #: Bulk Data ``$export`` jobs (``fhirfus.bulk.jobs``). A job is owned by one server process
 #: while it runs; ``heartbeat`` tells the others whether that owner is still alive, so a job left
 #: behind by a dead process is picked up again (see ``fhirfus.bulk.worker``).
-export_jobs = Table(
+export_jobs = job_table(
     "export_jobs",
-    metadata,
-    Column("id", String(36), primary_key=True),
     Column("level", String(16), nullable=False),
     Column("group_id", String(64), nullable=True),
-    Column("status", String(16), nullable=False),
+    job_status(),
     Column("request_url", Text, nullable=False),
     Column("params", JsonDocument, nullable=False),
     Column("transaction_time", UTCDateTime, nullable=True),
     Column("progress", Integer, nullable=False, default=0),
     Column("percent", Integer, nullable=False, default=0),
-    Column("error", Text, nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("owner", String(100), nullable=True),
-    Column("heartbeat", UTCDateTime, nullable=False),
-    Column("directory", Text, nullable=True),
-    Column("created", UTCDateTime, nullable=False),
-    Column("updated", UTCDateTime, nullable=False),
-    Column("expires", UTCDateTime, nullable=True),
-    Index("ix_export_jobs_status", "status", "heartbeat"),
-    Index("ix_export_jobs_owner", "owner", "status"),
+    indexes=(Index("ix_export_jobs_owner", "owner", "status"),),
 )
 
 #: Pull definitions of a hub (``fhirfus.pull``): where to pull from, as whom, into which site
@@ -258,7 +280,7 @@ pull_definitions = Table(
 export_files = Table(
     "export_files",
     metadata,
-    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    job_key("export_jobs"),
     Column("name", String(128), primary_key=True),
     Column("kind", String(8), nullable=False),
     Column("res_type", String(64), nullable=False),
@@ -272,7 +294,7 @@ export_files = Table(
 export_job_patients = Table(
     "export_job_patients",
     metadata,
-    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    job_key("export_jobs"),
     Column("patient_id", String(64), primary_key=True),
 )
 
@@ -281,7 +303,7 @@ export_job_patients = Table(
 export_job_matches = Table(
     "export_job_matches",
     metadata,
-    Column("job_id", String(36), ForeignKey("export_jobs.id", ondelete="CASCADE"), primary_key=True),
+    job_key("export_jobs"),
     Column("resource_pk", SurrogateKey, primary_key=True),
 )
 
@@ -289,33 +311,22 @@ export_job_matches = Table(
 #: columns when the job runs), the inputs, and ``progress`` — the input and line the next chunk
 #: starts at and the counts so far, written in the transaction of each committed chunk, so a job
 #: adopted after its process died continues exactly where the last commit left it.
-import_jobs = Table(
+import_jobs = job_table(
     "import_jobs",
-    metadata,
-    Column("id", String(36), primary_key=True),
-    Column("status", String(16), nullable=False),
+    job_status(),
     Column("client_id", String(200), nullable=False),
     Column("role", String(16), nullable=False),
     Column("site", String(64), nullable=True),
     Column("scopes", Text, nullable=False),
     Column("request", JsonDocument, nullable=False),
     Column("progress", JsonDocument, nullable=False),
-    Column("error", Text, nullable=True),
-    Column("attempts", Integer, nullable=False, default=0),
-    Column("owner", String(100), nullable=True),
-    Column("heartbeat", UTCDateTime, nullable=False),
-    Column("directory", Text, nullable=True),
-    Column("created", UTCDateTime, nullable=False),
-    Column("updated", UTCDateTime, nullable=False),
-    Column("expires", UTCDateTime, nullable=True),
-    Index("ix_import_jobs_status", "status", "heartbeat"),
 )
 
 #: One OperationOutcome per input line an import could not load (the job's error file).
 import_errors = Table(
     "import_errors",
     metadata,
-    Column("job_id", String(36), ForeignKey("import_jobs.id", ondelete="CASCADE"), primary_key=True),
+    job_key("import_jobs"),
     Column("input", Integer, primary_key=True),
     Column("line", Integer, primary_key=True),
     Column("outcome", JsonDocument, nullable=False),

@@ -31,7 +31,6 @@ from fhirfus.db.visibility import PUBLISHED, Visibility, site_label, with_site_l
 from fhirfus.errors import Conflict, Forbidden
 from fhirfus.search import index as indexer
 from fhirfus.search.compiler import param_rows
-from fhirfus.store.statistics import StatisticsKeeper
 
 
 @dataclass(frozen=True)
@@ -69,14 +68,15 @@ def stamp(content: dict, res_id: str, version: int, moment: datetime) -> dict:
 
 class WriteObserver(Protocol):
     """Told about the resource versions of every write transaction (``Store.observe``): how layers
-    above the store (Subscriptions) follow writes without the store importing them."""
+    above the store (Subscriptions) follow writes without the store importing them, and how the
+    planner statistics learn how much was written (``statistics.py``)."""
 
     def written(self, conn: Connection, versions: list[Stored]) -> None:
         """Inside the transaction, after its last write and before its commit: what it writes here
         commits (or rolls back) with the versions."""
 
-    def committed(self) -> None:
-        """After a transaction that wrote resource versions committed."""
+    def committed(self, versions: list[Stored]) -> None:
+        """After a transaction that wrote ``versions`` committed."""
 
 
 #: Key of ``Connection.info`` under which a write transaction collects the versions it writes (the
@@ -98,8 +98,6 @@ class Store:
         #: reads by id on the event loop (PostgreSQL; None: reads run on threads through ``reading``)
         self.async_reads = async_reads
         self._observers: dict[str, WriteObserver] = {}
-        #: told how many resource versions each committed write transaction wrote (the server sets it)
-        self.statistics: StatisticsKeeper | None = None
 
     @property
     def observers(self) -> list[WriteObserver]:
@@ -109,6 +107,10 @@ class Store:
         """Have ``observer`` told about the versions of every write transaction of this store, in
         place of an earlier one of that ``name`` (two apps over one store do not observe twice)."""
         self._observers[name] = observer
+
+    def observer(self, name: str) -> WriteObserver | None:
+        """The observer of that ``name``, if any."""
+        return self._observers.get(name)
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
@@ -127,10 +129,8 @@ class Store:
             finally:
                 conn.info.pop(WRITTEN, None)
         if versions:
-            if self.statistics is not None:
-                self.statistics.wrote(len(versions))
             for observer in self.observers:
-                observer.committed()
+                observer.committed(versions)
 
     def analyze(self) -> None:
         """Refresh planner statistics after a bulk load (PostgreSQL plans chains badly without them)."""

@@ -6,8 +6,9 @@ takes a ``code`` criterion matching thousands of index rows for one matching a s
 starts its plan there, and every search is slow until autovacuum happens to come by (it looks
 once a minute at best, and only counts what it sees).
 
-So each server process counts the resources it writes (``Store.writing`` reports them after the
-commit). Once a process has written more than ``min_rows`` plus ``fraction`` of the resources the
+So each server process counts the resources it writes: the keeper is one of the store's write
+observers (``Store.observe``), told the versions of each transaction after it committed (a
+rolled-back one counts nothing). Once a process has written more than ``min_rows`` plus ``fraction`` of the resources the
 statistics last knew of, a thread of its own runs ``ANALYZE`` on the resource and index tables,
 at most once per ``min_interval`` seconds, under an advisory lock so that processes and hosts do
 not analyse the same tables at once. Writers never wait for it. SQLite needs none of this: its
@@ -20,10 +21,11 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhirfus.db.tables import SEARCHED_TABLE_NAMES
+from fhirfus.store.repository import Stored
 
 log = logging.getLogger("fhirfus.statistics")
 
@@ -31,10 +33,13 @@ log = logging.getLogger("fhirfus.statistics")
 ADVISORY_LOCK = 0x66687266  # "fhrf"
 #: The current resources (first: their count is the growth measure) and the search index.
 STATISTICS_TABLES = SEARCHED_TABLE_NAMES
+#: The keeper's name among the store's write observers.
+OBSERVER = "statistics"
 
 
 class StatisticsKeeper:
-    """Runs ``ANALYZE`` on ``tables`` when this process's writes have made their statistics stale."""
+    """Runs ``ANALYZE`` on ``tables`` when this process's writes have made their statistics stale
+    (a write observer of the store: ``Store.observe(OBSERVER, keeper)``)."""
 
     def __init__(self, engine: Engine, tables: Sequence[str], *, min_rows: int, fraction: float,
                  min_interval: float, clock: Callable[[], float]) -> None:
@@ -52,6 +57,18 @@ class StatisticsKeeper:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def written(self, conn: Connection, versions: list[Stored]) -> None:
+        """Nothing to do inside the transaction: only committed versions count."""
+
+    def committed(self, versions: list[Stored]) -> None:
+        self.wrote(len(versions))
+
+    @property
+    def pending(self) -> int:
+        """Resources written by this process since its last ``ANALYZE``."""
+        with self._lock:
+            return self._written
 
     def wrote(self, resources: int) -> None:
         """Called after a commit that wrote ``resources`` resource versions; cheap and non-blocking."""

@@ -89,5 +89,5 @@ class Matcher:
                     f"{self.max_per_site} allowed (FHIRFUS_SUBSCRIPTION_MAX_PER_SITE); delete some first",
                     "Subscription")
 
-    def committed(self) -> None:
+    def committed(self, versions: list[Stored]) -> None:
         self.wake.set()

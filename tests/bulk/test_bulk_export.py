@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from fhirfus import cli
 from fhirfus.bulk import jobs as bulk_jobs
-from fhirfus.bulk import worker as bulk_worker
+from fhirfus.bulk import jobworker
 from fhirfus.bulk.params import ExportRequest
 from fhirfus.bulk.run import ExportLimits, run_export
 from fhirfus.bulk.worker import ExportWorker
@@ -461,18 +461,16 @@ def test_a_running_job_stops_when_cancelled(database: Database, client: httpx.Cl
     make_cohort(client, unique, size=2)
     worker = ExportWorker(Store(database.engine), Settings(database_url=database.url, export_dir=str(tmp_path)))
     worker.limits = ExportLimits(page_size=1)
-    monkeypatch.setattr(bulk_worker, "HEARTBEAT_SECONDS", 0.0)
-    real_beat = bulk_jobs.beat
+    worker.heartbeat_seconds = 0.0
+    real_heartbeat = worker.table.heartbeat
     seen: list[str] = []
 
-    def beat_then_cancel(store: Store, job_id: str, owner: str, progress: int, percent: int) -> bool:
-        if owner != worker.owner:  # the shared test server's own export threads beat too
-            return real_beat(store, job_id, owner, progress, percent)
+    def beat_then_cancel(store: Store, job_id: str, owner: str, **progress: int) -> bool:
         seen.append(job_id)
         bulk_jobs.cancel(store, job_id)  # the client's DELETE arrives while the job runs
-        return real_beat(store, job_id, owner, progress, percent)
+        return real_heartbeat(store, job_id, owner, **progress)
 
-    monkeypatch.setattr(bulk_jobs, "beat", beat_then_cancel)
+    monkeypatch.setattr(worker.table, "heartbeat", beat_then_cancel)  # this worker's table only
     request = ExportRequest(types=("Patient",), type_filters=(("Patient", f"family={unique}"),))
     job = bulk_jobs.create(worker.store, uuid.uuid4().hex, request, "http://x/fhir/$export", worker.owner)
     worker._run(job.id)
@@ -518,7 +516,7 @@ def test_a_job_left_running_by_a_dead_server_is_run_again(
 def test_a_job_interrupted_too_often_fails_with_a_reason(
     database: Database, exporter: Callable[..., Exporter],
 ) -> None:
-    job_id = insert_job(database, ExportRequest(types=("Patient",)), attempts=bulk_worker.MAX_ATTEMPTS,
+    job_id = insert_job(database, ExportRequest(types=("Patient",)), attempts=jobworker.MAX_ATTEMPTS,
                         heartbeat=datetime.now(UTC) - timedelta(hours=1))
     server = exporter()
     with server.client() as http:

@@ -15,8 +15,9 @@ from sqlalchemy import Engine, text
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
 from fhirfus.settings import Settings
+from fhirfus.store import repository
 from fhirfus.store.repository import Store
-from fhirfus.store.statistics import STATISTICS_TABLES
+from fhirfus.store.statistics import OBSERVER, STATISTICS_TABLES, StatisticsKeeper
 from fhirfus.testing import scratch_postgres
 from tests.conftest import serving
 
@@ -66,6 +67,12 @@ def _estimated_code_rows(engine: Engine) -> float:
     return float(plan[0]["Plan"]["Plan Rows"])
 
 
+def _keeper(store: Store) -> StatisticsKeeper:
+    keeper = store.observer(OBSERVER)
+    assert isinstance(keeper, StatisticsKeeper), "the server made the keeper one of the store's write observers"
+    return keeper
+
+
 def _wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -85,7 +92,7 @@ def test_statistics_are_refreshed_after_a_load_through_transactions(postgres: En
         # the figure of a refresh taken part-way through the load
         assert _wait_for(lambda: 75 <= _estimated_code_rows(postgres) <= 400, 15), _estimated_code_rows(postgres)
         assert {"resources", "search_token"} <= _analysed(postgres)
-        assert store.statistics is not None and store.statistics.runs >= 1
+        assert _keeper(store).runs >= 1
 
 
 def test_without_the_setting_nothing_is_analysed(postgres: Engine) -> None:
@@ -104,7 +111,7 @@ def test_small_writes_do_not_trigger_an_analyze(postgres: Engine) -> None:
     with serving(settings, store) as (base, _app):
         _load(base, 300)  # 303 resource versions: under the threshold
         time.sleep(3)
-        assert store.statistics is not None and store.statistics.runs == 0
+        assert _keeper(store).runs == 0
     assert "search_token" not in _analysed(postgres)
 
 
@@ -112,7 +119,6 @@ def test_a_refused_look_at_the_statistics_never_holds_up_the_start() -> None:
     """The keeper's first look at the planner's estimate happens in its own thread: a database that
     refuses it (here: nothing listens on the port; in CI it was a 1 ms statement time limit) costs a
     warning, never the server's start."""
-    from fhirfus.store.statistics import StatisticsKeeper
     from fhirfus.testing import free_port
 
     engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/none?connect_timeout=1")
@@ -124,3 +130,22 @@ def test_a_refused_look_at_the_statistics_never_holds_up_the_start() -> None:
     keeper.wrote(10)  # the refresh it triggers fails too, and is only logged
     keeper.stop()
     assert keeper.runs == 0
+
+
+def test_the_keeper_counts_the_versions_of_committed_writes_only(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As a write observer the keeper hears of a transaction after its commit: a rolled-back write
+    made no statistics stale."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'counted.db'}")
+    migrate.upgrade(engine)
+    store = Store(engine)
+    keeper = StatisticsKeeper(engine, STATISTICS_TABLES, min_rows=1000, fraction=0.2, min_interval=0,
+                              clock=time.monotonic)
+    store.observe(OBSERVER, keeper)
+    with store.writing() as conn:
+        repository.create(conn, "Patient", "counted-1", {"resourceType": "Patient"})
+        repository.create(conn, "Patient", "counted-2", {"resourceType": "Patient"})
+    with pytest.raises(RuntimeError), store.writing() as conn:
+        repository.create(conn, "Patient", "rolled-back", {"resourceType": "Patient"})
+        raise RuntimeError("the request fails after the insert")
+    assert keeper.pending == 2
+    engine.dispose()

@@ -94,10 +94,11 @@ class Pending:
 
 def run_import(store: Store, job: jobs.ImportJob, owner: str, limits: FetchLimits, *, base_url: str = "",
                checkpoint: Checkpoint = lambda: None, audit: WriteAudit | None = None,
-               chunk_lines: int = CHUNK_LINES) -> None:
-    """Run (or resume) ``job`` to its last phase; raises ``jobs.Stopped`` if it is taken away."""
+               chunk_lines: int = CHUNK_LINES, table: jobs.ImportJobs = jobs.TABLE) -> None:
+    """Run (or resume) ``job`` to its last phase, its progress written to ``table``; raises
+    ``jobs.Stopped`` if it is taken away."""
     assert job.directory is not None
-    run = _Run(store, job, owner, Path(job.directory), base_url, checkpoint, chunk_lines)
+    run = _Run(store, job, owner, Path(job.directory), base_url, checkpoint, chunk_lines, table)
     if run.progress["phase"] == jobs.FETCH:
         run.fetch_all(limits)
     if run.progress["phase"] == jobs.LOAD:
@@ -112,8 +113,9 @@ def run_import(store: Store, job: jobs.ImportJob, owner: str, limits: FetchLimit
 
 class _Run:
     def __init__(self, store: Store, job: jobs.ImportJob, owner: str, directory: Path, base_url: str,
-                 checkpoint: Checkpoint, chunk_lines: int) -> None:
+                 checkpoint: Checkpoint, chunk_lines: int, table: jobs.ImportJobs) -> None:
         self.store = store
+        self.table = table
         self.job = job
         self.owner = owner
         self.directory = directory
@@ -139,7 +141,7 @@ class _Run:
                 used += fetch(item["url"], target, limits, limits.max_bytes - used, self.checkpoint)
         progress = {**self.progress, "phase": jobs.LOAD}
         with self.store.writing() as conn:
-            jobs.commit_progress(conn, self.job.id, self.owner, progress)
+            self.table.commit_progress(conn, self.job.id, self.owner, progress)
         self.progress = progress
 
     # --- loading -----------------------------------------------------------------------------
@@ -290,7 +292,7 @@ class _Run:
 
         def before_commit(conn: Connection) -> None:
             self._check_references(conn, [entry["resource"] for entry in entries])
-            jobs.commit_progress(conn, self.job.id, self.owner, progress, errors)
+            self.table.commit_progress(conn, self.job.id, self.owner, progress, errors)
 
         bundles.process(self.context, bundle, "minimal", before_commit=before_commit)
         self.progress = progress
@@ -298,7 +300,7 @@ class _Run:
     def _commit_only(self, index: int, errors: list[tuple[int, int, dict]], line: int, read: int) -> None:
         progress = self._advanced(index, line, read, 0, len(errors))
         with self.store.writing() as conn:
-            jobs.commit_progress(conn, self.job.id, self.owner, progress, errors)
+            self.table.commit_progress(conn, self.job.id, self.owner, progress, errors)
         self.progress = progress
 
     def _check_references(self, conn: Connection, written: list[dict]) -> None:
@@ -327,7 +329,7 @@ class _Run:
         caller = replace(self.caller, audit=audit)
         if not targets:
             with self.store.writing() as conn:
-                jobs.commit_progress(conn, self.job.id, self.owner, progress)
+                self.table.commit_progress(conn, self.job.id, self.owner, progress)
                 if audit is not None:
                     audit.record_in(conn)
             self.progress = progress
@@ -336,7 +338,7 @@ class _Run:
         bundle = {"resourceType": "Bundle", "type": "transaction",
                   "entry": [{"resource": provenance, "request": {"method": "PUT", "url": f"Provenance/{provenance['id']}"}}]}
         bundles.process(replace(self.context, caller=caller), bundle, "minimal",
-                        before_commit=lambda conn: jobs.commit_progress(conn, self.job.id, self.owner, progress))
+                        before_commit=lambda conn: self.table.commit_progress(conn, self.job.id, self.owner, progress))
         self.progress = progress
 
     def _loaded_targets(self) -> list[str]:

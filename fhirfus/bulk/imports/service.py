@@ -13,9 +13,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +22,14 @@ from fhirfus.bulk.imports import jobs
 from fhirfus.bulk.imports.load import error_file, input_file, load_rank, progress_text
 from fhirfus.bulk.imports.sources import parse_kick_off
 from fhirfus.bulk.imports.worker import ImportWorker
-from fhirfus.errors import FhirError, InvalidRequest, NotFound, PayloadTooLarge
+from fhirfus.bulk.status import StatusAnswer, answer, gone, listed_file
+from fhirfus.errors import FhirError, InvalidRequest, PayloadTooLarge
 from fhirfus.fhir.validation import require_known_type
 from fhirfus.store.repository import Store, format_instant
 
 #: Where status and files live below the FHIR base (``/fhir/_import/{job}[/{file}]``).
 STATUS_SEGMENT = "_import"
 UPLOADED = "upload"
-
-
-class ImportFailed(FhirError):
-    status = 500
-    issue_code = "exception"
-
-
-@dataclass(frozen=True)
-class StatusAnswer:
-    status: int
-    manifest: dict | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def _require_importer(caller: Access) -> None:
@@ -63,7 +50,7 @@ def kick_off(worker: ImportWorker, caller: Access, body: Any, *, request_url: st
     directory = worker.new_directory(job_id)
     request = {"inputs": [i.to_json() for i in ordered], "source": source, "request_url": request_url,
                "base": base_url}
-    jobs.create(worker.store, job_id, caller, request, str(directory), worker.owner, jobs.FETCH)
+    worker.table.create(worker.store, job_id, caller, request, str(directory), worker.owner, jobs.FETCH)
     worker.submit(job_id)
     return job_id
 
@@ -102,7 +89,7 @@ def finish_upload(worker: ImportWorker, caller: Access, job_id: str, directory: 
     """Queue the job of a stored upload; it is loaded like a fetched input."""
     request = {"inputs": [{"type": res_type, "url": UPLOADED, "uploaded": True}], "source": None,
                "request_url": request_url, "base": base_url}
-    jobs.create(worker.store, job_id, caller, request, str(directory), worker.owner, jobs.LOAD)
+    worker.table.create(worker.store, job_id, caller, request, str(directory), worker.owner, jobs.LOAD)
     worker.submit(job_id)
     return job_id
 
@@ -117,14 +104,10 @@ def status_url(base_url: str, job_id: str) -> str:
 
 def status(store: Store, caller: Access, job_id: str, base_url: str, *, requires_access_token: bool) -> StatusAnswer:
     job = _visible_job(store, caller, job_id)
-    if job.status in jobs.ACTIVE:
-        text = "queued" if job.status == jobs.QUEUED and job.attempts == 0 else \
-            progress_text(job.progress, job.request["inputs"])
-        return StatusAnswer(202, None, {"X-Progress": text, "Retry-After": str(_retry_after(job))})
-    if job.status == jobs.FAILED:
-        raise ImportFailed(job.error or "The import failed")
-    headers = {"Expires": format_datetime(job.expires, usegmt=True)} if job.expires else {}
-    return StatusAnswer(200, manifest(job, base_url, requires_access_token=requires_access_token), headers)
+    return answer(job, jobs.now(), failed="The import failed",
+                  progress=lambda: "queued" if job.status == jobs.QUEUED and job.attempts == 0 else
+                  progress_text(job.progress, job.request["inputs"]),
+                  manifest=lambda: manifest(job, base_url, requires_access_token=requires_access_token))
 
 
 def manifest(job: jobs.ImportJob, base_url: str, *, requires_access_token: bool) -> dict:
@@ -146,13 +129,8 @@ def manifest(job: jobs.ImportJob, base_url: str, *, requires_access_token: bool)
 def cancel(store: Store, caller: Access, job_id: str) -> None:
     """DELETE on the status URL: a running job stops before its next chunk (what is committed stays)."""
     _visible_job(store, caller, job_id)
-    job = jobs.cancel(store, job_id)
-    if job is None:
-        raise _gone(job_id)
-    if job.status not in jobs.ACTIVE:
-        if job.directory:
-            shutil.rmtree(job.directory, ignore_errors=True)
-        jobs.remove(store, job_id)
+    if jobs.TABLE.withdraw(store, job_id) is None:
+        raise gone("import", job_id)
 
 
 def output_file(store: Store, caller: Access, job_id: str, name: str) -> tuple[Path, datetime | None]:
@@ -160,28 +138,12 @@ def output_file(store: Store, caller: Access, job_id: str, name: str) -> tuple[P
     job = _visible_job(store, caller, job_id)
     listed = {error_file(i) for i, c in enumerate(job.progress["inputs"]) if c["errors"]} \
         if job.status == jobs.COMPLETED else set()
-    if name not in listed or not job.directory:
-        raise NotFound(f"Import job {job_id} has no file '{name}'", "file")
-    path = Path(job.directory) / name
-    if not path.is_file():
-        raise NotFound(f"The file '{name}' of import job {job_id} is no longer available", "file")
-    return path, job.expires
+    return listed_file("import", job, name, listed), job.expires
 
 
 def _visible_job(store: Store, caller: Access, job_id: str) -> jobs.ImportJob:
     """The job, to the client that kicked it off only; to anybody else it does not exist."""
-    job = jobs.get(store, job_id)
-    if job is None or job.status == jobs.CANCELLED or (job.expires is not None and job.expires <= jobs.now()):
-        raise _gone(job_id)
-    if caller.client_id != job.client_id or caller.site != job.site:
-        raise _gone(job_id)
+    job = jobs.TABLE.live(store, job_id)
+    if job is None or caller.client_id != job.client_id or caller.site != job.site:
+        raise gone("import", job_id)
     return job
-
-
-def _gone(job_id: str) -> NotFound:
-    return NotFound(f"No import job '{job_id}': unknown, cancelled or expired", "job")
-
-
-def _retry_after(job: jobs.ImportJob) -> int:
-    elapsed = (jobs.now() - job.created).total_seconds()
-    return max(1, min(10, int(elapsed // 10)))
