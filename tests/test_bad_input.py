@@ -539,3 +539,98 @@ def test_every_operation_refuses_a_parameters_body_whose_parameter_is_no_array(h
                                                                             parameter: object) -> None:
     outcome = refused(http.post(target, json={"resourceType": "Parameters", "parameter": parameter}))
     assert expressions(outcome) == ["Parameters.parameter"]
+
+
+# --- found by the route fuzz (tests/test_bad_input_routes.py) -------------------------------------
+
+#: Every kick-off that reads the ``part``s of a Parameters body, with a body whose first ``part`` is
+#: replaced (the ``{}`` in the template) — the readers share ``fhir.validation.parameter_parts``.
+PART_READERS = {
+    "$import input": ("/$import", {"Prefer": "respond-async"}, {"resourceType": "Parameters", "parameter": [
+        {"name": "input", "part": "{}"}]}),
+    "$import storageDetail": ("/$import", {"Prefer": "respond-async"}, {"resourceType": "Parameters", "parameter": [
+        {"name": "storageDetail", "part": "{}"}]}),
+    "$viewdefinition-export view": ("/$viewdefinition-export", {"Prefer": "respond-async"}, {
+        "resourceType": "Parameters", "parameter": [{"name": "view", "part": "{}"}]}),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(PART_READERS))
+@pytest.mark.parametrize("part", [-1, 1.5, True, "x", {"name": "type"}, [5], [{"valueString": "no name"}]])
+def test_a_parameters_part_of_the_wrong_shape_is_400_naming_it(http: httpx.Client, server: Server, reader: str,
+                                                               part: object) -> None:
+    path, headers, template = PART_READERS[reader]
+    body = json.loads(json.dumps(template).replace('"{}"', json.dumps(part)))
+    before = server.database.counts()
+    outcome = refused(http.post(path, json=body, headers=headers))
+    assert any(e.startswith("Parameters.parameter[0]") for e in expressions(outcome)), outcome
+    assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("part", [-1, "x", {"name": "type"}, [5]])
+def test_a_viewdefinition_export_part_of_the_wrong_shape_after_other_parameters_is_400(http: httpx.Client,
+                                                                                      part: object) -> None:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_format", "valueCode": "csv"},
+                                                        {"name": "view", "part": part}]}
+    outcome = refused(http.post("/$viewdefinition-export", json=body, headers={"Prefer": "respond-async"}))
+    assert any(e.startswith("Parameters.parameter[1]") for e in expressions(outcome)), outcome
+
+
+def _parameters_value_types() -> list[str]:
+    from fhir.resources.R4B.parameters import ParametersParameter
+
+    return sorted(info.alias or name for name, info in ParametersParameter.model_fields.items()
+                  if name.startswith("value") and not name.endswith("__ext"))
+
+
+def test_every_datatype_given_each_wrong_json_type_is_an_issue_never_a_crash() -> None:
+    """Parameters.parameter.value[x] takes every R4 datatype: each given each JSON type it is not
+    (the ``url`` validator of the models called string methods on numbers). A scalar in the wrong
+    place is an issue naming the element."""
+    from fhirfus.fhir.validation import resource_issues
+
+    unnamed = []
+    for element in _parameters_value_types():
+        for wrong in (0, -1, 2**70, 1.5, True, "", "x", [], [None], {}, {"a": 1}):
+            issues = resource_issues({"resourceType": "Parameters", "parameter": [{"name": "x", element: wrong}]})
+            named = [e for issue in issues for e in issue.expression if element in e]
+            if issues and not named and not isinstance(wrong, list | dict):
+                unnamed.append((element, wrong, issues[0].diagnostics))
+    assert unnamed == []
+
+
+@pytest.mark.parametrize("value", [1, 1.5, True])
+def test_a_url_element_given_a_number_is_400_naming_it(http: httpx.Client, server: Server, value: object) -> None:
+    before = server.database.counts()
+    outcome = refused(http.post("/Patient", json={"resourceType": "Patient", "photo": [{"url": value}]}))
+    assert expressions(outcome) == ["Patient.photo[0].url"]
+    assert server.database.counts() == before
+
+
+#: Whole-number parameters of operations, by route: each beyond FHIR's integer (2^31-1) is a 400
+#: naming it (unbounded, they reached the JSON encoder or the database driver: a 500).
+WHOLE_NUMBERS = [
+    ("GET", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&count={}", "count"),
+    ("GET", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&offset={}", "offset"),
+    ("POST", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&count={}", "count"),
+    ("GET", "/$viewdefinition-run?viewReference=analysis_patient&_format=json&_limit={}", "_limit"),
+    ("GET", "/ViewDefinition/analysis_patient/$run?_format=csv&_limit={}", "_limit"),
+]
+
+
+@pytest.mark.parametrize("method,template,name", WHOLE_NUMBERS)
+@pytest.mark.parametrize("value", ["99999999999999999999", "2147483648", "-1", "1e3", "1.5", "NaN", "%00"])
+def test_a_whole_number_parameter_out_of_range_is_400_naming_it(http: httpx.Client, method: str, template: str,
+                                                                 name: str, value: str) -> None:
+    outcome = refused(http.request(method, template.format(value)))
+    assert expressions(outcome) == [name], outcome
+
+
+def test_a_whole_number_in_a_parameters_body_is_read_as_in_the_query(http: httpx.Client) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "url", "valueUri": "https://fhirfus.org/fhir/ValueSet/mrgfus-target"},
+        {"name": "count", "valueInteger": 2**40}]}
+    assert expressions(refused(http.post("/ValueSet/$expand", json=body))) == ["count"]
+    body["parameter"][1] = {"name": "count", "valueInteger": 2}
+    answer = http.post("/ValueSet/$expand", json=body)
+    assert answer.status_code == 200 and len(answer.json()["expansion"]["contains"]) == 2, answer.text
