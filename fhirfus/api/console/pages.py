@@ -36,6 +36,7 @@ from fhirfus.api.console.web import (
     secure_cookie,
     set_session_cookie,
 )
+from fhirfus.api.http import read_form
 from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
@@ -139,7 +140,7 @@ async def oidc_callback(request: Request) -> Response:
 @router.post("/login")
 async def login(request: Request) -> Response:
     """Email and password → a session cookie (SameSite=Strict, so no other site can post here with it)."""
-    data = await request.form()
+    data = await read_form(request)
     store = request.app.state.store
     try:
         check_origin(request)
@@ -187,7 +188,7 @@ async def setup_form(request: Request) -> Response:
 
 @router.post("/setup")
 async def setup(request: Request) -> Response:
-    data = await request.form()
+    data = await read_form(request)
     token = str(data.get("token") or "")
     store = request.app.state.store
     try:
