@@ -657,3 +657,23 @@ def test_a_nul_in_any_form_field_is_400(http: httpx.Client, path: str, form: str
         answer = http.post(path, files={k: (None, v) for k, v in parse_qsl(form, keep_blank_values=True)},
                            headers=headers)
     refused(answer)
+
+
+#: Routes that answer a file named in the path; ``{}`` is the name.
+FILE_ROUTES = ["/app/static/{}", "/fhir/_export/" + "0" * 32 + "/{}", "/fhir/_import/" + "0" * 32 + "/{}",
+               "/fhir/_analysis/" + "0" * 32 + "/{}"]
+
+
+@pytest.mark.parametrize("route", FILE_ROUTES)
+@pytest.mark.parametrize("name", ["x" * 300, "x" * 5000, "..", "%2e%2e%2fpages.py", "console.css%00", ".hidden",
+                                  "a%2Fb", "%FF", "con", "console.css/"])
+def test_a_file_name_in_the_path_that_names_no_file_is_a_4xx(server: Server, route: str, name: str) -> None:
+    """(A name longer than the file system allows was an OSError: 500.)"""
+    root = server.base.removesuffix("/fhir")
+    answer = send_raw(root, RawRequest("GET", route.format(name)))
+    assert 400 <= answer.status < 500, (answer.status, answer.body[:300])
+
+
+def test_the_console_serves_its_stylesheet(server: Server) -> None:
+    answer = httpx.get(server.base.removesuffix("/fhir") + "/app/static/console.css")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/css")
