@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, Response, StreamingResponse
 
 from fhirfus.api.asyncjobs import accepted, request_url, require_async, status_response
 from fhirfus.api.deid import policy_shaper
-from fhirfus.api.http import base_url, caller, fhir_response, read_body
+from fhirfus.api.http import base_url, caller, fhir_response, read_body, read_form
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.bulk import service as bulk_export
 from fhirfus.bulk import views
@@ -128,7 +128,7 @@ async def _body_params(request: Request) -> list[tuple[str, str]]:
     """POST kick-off: a ``Parameters`` resource (the v2 way) or an HTML form."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
+        form = await read_form(request)
         return [(k, str(v)) for k, v in form.multi_items()]
     raw = await read_body(request)
     if not raw.strip():

@@ -18,6 +18,7 @@ from fhirfus.api.http import (
     fhir_response,
     projection,
     read_body,
+    read_form,
     read_json,
     version_headers,
     write_response,
@@ -73,7 +74,7 @@ def search_type(request: Request, res_type: str) -> Response:
 
 @router.post("/{res_type}/_search")
 async def search_type_post(request: Request, res_type: str) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
     return await run_in_threadpool(run_search, request, res_type, params)
 

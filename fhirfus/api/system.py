@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_json
+from fhirfus.api.http import Prefer, base_url, caller, fhir_response, read_form, read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.api.resources import run_search, run_validate
 from fhirfus.errors import InvalidRequest
@@ -50,7 +50,7 @@ def search_system(request: Request) -> Response:
 
 @router.post("/_search")
 async def search_system_post(request: Request) -> Response:
-    form = await request.form()
+    form = await read_form(request)
     params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
     return await run_in_threadpool(run_search, request, None, params)
 

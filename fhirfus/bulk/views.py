@@ -30,6 +30,7 @@ from fhirfus.bulk.run import Checkpoint, ExportLimits, ExportResult
 from fhirfus.bulk.worker import ExportWorker
 from fhirfus.bulk.writer import WrittenFile
 from fhirfus.errors import InvalidRequest
+from fhirfus.fhir.validation import parameter_list, parameter_parts
 from fhirfus.interactions import viewdefinition
 from fhirfus.interactions.viewdefinition import Inputs, Shaper, ViewRun
 from fhirfus.store.repository import Store, format_instant
@@ -48,15 +49,14 @@ def view_parts(body: Any) -> tuple[list[dict[str, Any]], Any]:
     if not isinstance(body, Mapping) or body.get("resourceType") != "Parameters":
         return [], body
     views, rest = [], []
-    for parameter in body.get("parameter") or []:
+    for index, parameter in enumerate(parameter_list(body)):
         if not isinstance(parameter, Mapping) or parameter.get("name") != "view":
             rest.append(parameter)
             continue
         parts: dict[str, Any] = {}
-        for part in parameter.get("part") or []:
-            values = [v for k, v in part.items() if k.startswith("value") or k == "resource"] \
-                if isinstance(part, Mapping) else []
-            if not isinstance(part, Mapping) or len(values) != 1 or not isinstance(part.get("name"), str):
+        for part in parameter_parts(parameter, f"Parameters.parameter[{index}]"):
+            values = [v for k, v in part.items() if k.startswith("value") or k == "resource"]
+            if len(values) != 1:
                 raise InvalidRequest("Every part of 'view' needs a name and exactly one value", "view.part")
             parts[part["name"]] = values[0]
         views.append(parts)

@@ -98,6 +98,18 @@ def parameter_list(parameters: Mapping[str, Any]) -> list:
     return items
 
 
+def parameter_parts(parameter: Mapping[str, Any], where: str) -> list[Mapping[str, Any]]:
+    """The ``part`` array of one parameter (absent: empty), each part an object with a string
+    ``name``: like ``parameter_list``, so a ``part`` of another JSON type is a 400 naming it."""
+    items = parameter.get("part") or []
+    if not isinstance(items, list):
+        raise InvalidRequest(f"{where}.part must be an array, got {shown(items)}", f"{where}.part")
+    for index, part in enumerate(items):
+        if not isinstance(part, Mapping) or not isinstance(part.get("name"), str):
+            raise InvalidRequest("Every part needs a name", f"{where}.part[{index}]")
+    return items
+
+
 def parse_json(body: bytes) -> Any:
     """Decode a JSON body; malformed JSON is a 400 that says where it broke, and so is a NUL
     character (``\\u0000``) in any string or name: no FHIR string may hold one, and PostgreSQL
@@ -155,8 +167,8 @@ def _model_errors(model: Any, data: dict) -> Errors:
         model.model_validate(data)
     except ValidationError as exc:
         return tuple((e.get("type", ""), tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors(include_url=False))
-    except (ValueError, TypeError) as exc:  # models raise these for some malformed primitives
-        return (("malformed", (), str(exc)),)
+    except (ValueError, TypeError, AttributeError) as exc:  # models raise these for some malformed primitives
+        return (("malformed", (), str(exc)),)  # (a ``url`` given a number: AttributeError from its validator)
     return ()
 
 
@@ -277,7 +289,7 @@ def _instance(model: Any, value: dict) -> Any:
         pass
     try:
         found = model.model_validate(value)
-    except (ValidationError, ValueError, TypeError):
+    except (ValidationError, ValueError, TypeError, AttributeError):
         found = None
     if len(_shared) >= _SHARED_KEPT:
         _shared.clear()
@@ -315,7 +327,12 @@ def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
             model, resource_type, shell) else _model_errors(model, shell))
     if _valid_with_shared(model, resource_type, data):
         return []
-    return _issues(resource_type, _model_errors(model, data))
+    errors = _model_errors(model, data)
+    if any(kind == "malformed" for kind, _, _ in errors):  # the model could not say where: the R4 rules can
+        located = [issue for issue in rule_issues(data, resource_type) if issue.severity in ("error", "fatal")]
+        if located:
+            return located
+    return _issues(resource_type, errors)
 
 
 def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bool = False) -> list[Issue]:

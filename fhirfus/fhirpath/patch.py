@@ -19,7 +19,7 @@ from typing import Any
 
 from fhirfus.errors import InvalidRequest
 from fhirfus.fhir.elements import element_model
-from fhirfus.fhir.validation import parameter_list
+from fhirfus.fhir.validation import parameter_list, parameter_parts
 from fhirfus.fhirpath.engine import (
     FhirPathEvaluationError,
     FhirPathSyntaxError,
@@ -73,9 +73,7 @@ def apply(resource: dict, parameters: Mapping[str, Any]) -> dict:
 
 def _parts(parameter: Mapping[str, Any], where: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
-    for part in parameter.get("part") or []:
-        if not isinstance(part, Mapping) or not isinstance(part.get("name"), str):
-            raise PatchError("Every part needs a name", where)
+    for part in parameter_parts(parameter, where):
         name = part["name"]
         if name == "value":
             found["value"] = _value(part, where)

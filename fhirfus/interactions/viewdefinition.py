@@ -33,6 +33,7 @@ from fhirfus.db.visibility import content_text
 from fhirfus.errors import Forbidden, InvalidRequest, NotFound, TooCostly
 from fhirfus.fhir.compartment import compartment
 from fhirfus.fhir.dates import fhir_search_date
+from fhirfus.fhir.numbers import whole_number
 from fhirfus.fhir.references import reference_target
 from fhirfus.fhir.validation import served_types
 from fhirfus.ig import folder
@@ -180,15 +181,7 @@ def _flag(given: Inputs, name: str, default: bool) -> bool:
 
 def _limit(given: Inputs) -> int | None:
     value = given.get("_limit")
-    if value is None:
-        return None
-    try:
-        limit = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"_limit must be a whole number, not {value!r}", "_limit") from exc
-    if limit < 1:
-        raise InvalidRequest("_limit must be at least 1", "_limit")
-    return limit
+    return None if value is None else whole_number(value, "_limit", minimum=1)
 
 
 def _since(given: Inputs) -> datetime | None:

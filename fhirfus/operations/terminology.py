@@ -17,6 +17,7 @@ from typing import Any
 
 from fhirfus.auth.access import Access
 from fhirfus.errors import InvalidRequest, NotFound
+from fhirfus.fhir.numbers import whole_number
 from fhirfus.fhir.validation import validate_resource
 from fhirfus.interactions import crud
 from fhirfus.operations.parameters import Inputs
@@ -44,15 +45,7 @@ def _text(given: Inputs, name: str, required: bool = False) -> str | None:
 
 def _number(given: Inputs, name: str, default: int) -> int:
     value = given.get(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"Parameter '{name}' must be a whole number, not {value!r}", name) from exc
-    if number < 0:
-        raise InvalidRequest(f"Parameter '{name}' cannot be negative", name)
-    return number
+    return default if value is None else whole_number(value, name)
 
 
 def _string(value: Any, element: str) -> str | None:

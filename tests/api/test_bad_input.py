@@ -539,3 +539,141 @@ def test_every_operation_refuses_a_parameters_body_whose_parameter_is_no_array(h
                                                                             parameter: object) -> None:
     outcome = refused(http.post(target, json={"resourceType": "Parameters", "parameter": parameter}))
     assert expressions(outcome) == ["Parameters.parameter"]
+
+
+# --- found by the route fuzz (tests/test_bad_input_routes.py) -------------------------------------
+
+#: Every kick-off that reads the ``part``s of a Parameters body, with a body whose first ``part`` is
+#: replaced (the ``{}`` in the template) — the readers share ``fhir.validation.parameter_parts``.
+PART_READERS = {
+    "$import input": ("/$import", {"Prefer": "respond-async"}, {"resourceType": "Parameters", "parameter": [
+        {"name": "input", "part": "{}"}]}),
+    "$import storageDetail": ("/$import", {"Prefer": "respond-async"}, {"resourceType": "Parameters", "parameter": [
+        {"name": "storageDetail", "part": "{}"}]}),
+    "$viewdefinition-export view": ("/$viewdefinition-export", {"Prefer": "respond-async"}, {
+        "resourceType": "Parameters", "parameter": [{"name": "view", "part": "{}"}]}),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(PART_READERS))
+@pytest.mark.parametrize("part", [-1, 1.5, True, "x", {"name": "type"}, [5], [{"valueString": "no name"}]])
+def test_a_parameters_part_of_the_wrong_shape_is_400_naming_it(http: httpx.Client, server: Server, reader: str,
+                                                               part: object) -> None:
+    path, headers, template = PART_READERS[reader]
+    body = json.loads(json.dumps(template).replace('"{}"', json.dumps(part)))
+    before = server.database.counts()
+    outcome = refused(http.post(path, json=body, headers=headers))
+    assert any(e.startswith("Parameters.parameter[0]") for e in expressions(outcome)), outcome
+    assert server.database.counts() == before
+
+
+@pytest.mark.parametrize("part", [-1, "x", {"name": "type"}, [5]])
+def test_a_viewdefinition_export_part_of_the_wrong_shape_after_other_parameters_is_400(http: httpx.Client,
+                                                                                      part: object) -> None:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_format", "valueCode": "csv"},
+                                                        {"name": "view", "part": part}]}
+    outcome = refused(http.post("/$viewdefinition-export", json=body, headers={"Prefer": "respond-async"}))
+    assert any(e.startswith("Parameters.parameter[1]") for e in expressions(outcome)), outcome
+
+
+def _parameters_value_types() -> list[str]:
+    from fhir.resources.R4B.parameters import ParametersParameter
+
+    return sorted(info.alias or name for name, info in ParametersParameter.model_fields.items()
+                  if name.startswith("value") and not name.endswith("__ext"))
+
+
+def test_every_datatype_given_each_wrong_json_type_is_an_issue_never_a_crash() -> None:
+    """Parameters.parameter.value[x] takes every R4 datatype: each given each JSON type it is not
+    (the ``url`` validator of the models called string methods on numbers). A scalar in the wrong
+    place is an issue naming the element."""
+    from fhirfus.fhir.validation import resource_issues
+
+    unnamed = []
+    for element in _parameters_value_types():
+        for wrong in (0, -1, 2**70, 1.5, True, "", "x", [], [None], {}, {"a": 1}):
+            issues = resource_issues({"resourceType": "Parameters", "parameter": [{"name": "x", element: wrong}]})
+            named = [e for issue in issues for e in issue.expression if element in e]
+            if issues and not named and not isinstance(wrong, list | dict):
+                unnamed.append((element, wrong, issues[0].diagnostics))
+    assert unnamed == []
+
+
+@pytest.mark.parametrize("value", [1, 1.5, True])
+def test_a_url_element_given_a_number_is_400_naming_it(http: httpx.Client, server: Server, value: object) -> None:
+    before = server.database.counts()
+    outcome = refused(http.post("/Patient", json={"resourceType": "Patient", "photo": [{"url": value}]}))
+    assert expressions(outcome) == ["Patient.photo[0].url"]
+    assert server.database.counts() == before
+
+
+#: Whole-number parameters of operations, by route: each beyond FHIR's integer (2^31-1) is a 400
+#: naming it (unbounded, they reached the JSON encoder or the database driver: a 500).
+WHOLE_NUMBERS = [
+    ("GET", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&count={}", "count"),
+    ("GET", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&offset={}", "offset"),
+    ("POST", "/ValueSet/$expand?url=https://fhirfus.org/fhir/ValueSet/mrgfus-target&count={}", "count"),
+    ("GET", "/$viewdefinition-run?viewReference=analysis_patient&_format=json&_limit={}", "_limit"),
+    ("GET", "/ViewDefinition/analysis_patient/$run?_format=csv&_limit={}", "_limit"),
+]
+
+
+@pytest.mark.parametrize("method,template,name", WHOLE_NUMBERS)
+@pytest.mark.parametrize("value", ["99999999999999999999", "2147483648", "-1", "1e3", "1.5", "NaN", "%00"])
+def test_a_whole_number_parameter_out_of_range_is_400_naming_it(http: httpx.Client, method: str, template: str,
+                                                                 name: str, value: str) -> None:
+    outcome = refused(http.request(method, template.format(value)))
+    assert expressions(outcome) == [name], outcome
+
+
+def test_a_whole_number_in_a_parameters_body_is_read_as_in_the_query(http: httpx.Client) -> None:
+    body = {"resourceType": "Parameters", "parameter": [
+        {"name": "url", "valueUri": "https://fhirfus.org/fhir/ValueSet/mrgfus-target"},
+        {"name": "count", "valueInteger": 2**40}]}
+    assert expressions(refused(http.post("/ValueSet/$expand", json=body))) == ["count"]
+    body["parameter"][1] = {"name": "count", "valueInteger": 2}
+    answer = http.post("/ValueSet/$expand", json=body)
+    assert answer.status_code == 200 and len(answer.json()["expansion"]["contains"]) == 2, answer.text
+
+
+#: Every route that reads a form body (``api.http.read_form``), with what else it needs.
+FORM_READERS = {"/_search": {}, "/Patient/_search": {}, "/$export": {"Prefer": "respond-async"}}
+
+
+@pytest.mark.parametrize("path", sorted(FORM_READERS))
+@pytest.mark.parametrize("form", ["name=a%00b", "a%00=x", "_type=Patient&_count=1%00"])
+@pytest.mark.parametrize("encoding", ["urlencoded", "multipart"])
+def test_a_nul_in_any_form_field_is_400(http: httpx.Client, path: str, form: str, encoding: str) -> None:
+    """As a NUL in the query is (limits.url_error): refused once, where forms are read, not by the
+    database that cannot store it (PostgreSQL answered 500)."""
+    headers = FORM_READERS[path]
+    if encoding == "multipart" and form.startswith("a%00"):
+        return  # a client escapes a NUL in a multipart field's name (httpx sends %00): none reaches the server
+    if encoding == "urlencoded":
+        answer = http.post(path, content=form, headers={"Content-Type": "application/x-www-form-urlencoded", **headers})
+    else:
+        from urllib.parse import parse_qsl
+
+        answer = http.post(path, files={k: (None, v) for k, v in parse_qsl(form, keep_blank_values=True)},
+                           headers=headers)
+    refused(answer)
+
+
+#: Routes that answer a file named in the path; ``{}`` is the name.
+FILE_ROUTES = ["/app/static/{}", "/fhir/_export/" + "0" * 32 + "/{}", "/fhir/_import/" + "0" * 32 + "/{}",
+               "/fhir/_analysis/" + "0" * 32 + "/{}"]
+
+
+@pytest.mark.parametrize("route", FILE_ROUTES)
+@pytest.mark.parametrize("name", ["x" * 300, "x" * 5000, "..", "%2e%2e%2fpages.py", "console.css%00", ".hidden",
+                                  "a%2Fb", "%FF", "con", "console.css/"])
+def test_a_file_name_in_the_path_that_names_no_file_is_a_4xx(server: Server, route: str, name: str) -> None:
+    """(A name longer than the file system allows was an OSError: 500.)"""
+    root = server.base.removesuffix("/fhir")
+    answer = send_raw(root, RawRequest("GET", route.format(name)))
+    assert 400 <= answer.status < 500, (answer.status, answer.body[:300])
+
+
+def test_the_console_serves_its_stylesheet(server: Server) -> None:
+    answer = httpx.get(server.base.removesuffix("/fhir") + "/app/static/console.css")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/css")

@@ -481,3 +481,24 @@ def test_the_admin_sees_running_jobs_with_requester_progress_and_errors_and_canc
         after = admin.get("/app/admin/jobs").text
         assert f'id="analysis-{analysis}"' not in after and f'id="bulk-{running}"' not in after
         assert admin.post(f"/app/admin/jobs/analysis/{analysis}/cancel", data={"csrf": csrf(page)}).status_code == 404
+
+
+@pytest.mark.parametrize("form", [{"email": "a\x00b@example.org", "password": "x"}, {"email": "x", "password": "\x00"},
+                                  {"email\x00": "x"}])
+def test_a_nul_in_a_login_or_setup_field_is_400_and_opens_nothing(secure_server, form: dict) -> None:
+    """(PostgreSQL cannot hold a NUL: unchecked, the email reached a query and answered 500.)"""
+    with httpx.Client(base_url=secure_server.root) as http:
+        for path in ("/app/login", "/app/setup"):
+            answer = http.post(path, data=form)
+            assert answer.status_code == 400 and "set-cookie" not in answer.headers, answer.text
+
+
+def test_a_nul_in_a_console_form_field_is_400_and_changes_nothing(secure_server, store: Store) -> None:
+    with login(secure_server.root, person(store, "admin")) as http:
+        token = csrf(http.get("/app/admin/people"))
+        before = {p.email for p in people.list_people(store)}
+        for data in ({"csrf": token, "email": "n\x00@example.org", "role": "analyst"},
+                     {"csrf": token, "email": "n@example.org", "role": "analyst\x00"}):
+            answer = http.post("/app/admin/people", data=data)
+            assert answer.status_code == 400, answer.text
+        assert {p.email for p in people.list_people(store)} == before

@@ -36,6 +36,7 @@ from fhirfus.api.console.web import (
     secure_cookie,
     set_session_cookie,
 )
+from fhirfus.api.http import read_form
 from fhirfus.auth import clients, oidc, people, totp
 from fhirfus.auth.access import SERVER
 from fhirfus.auth.audit import AuditRecord
@@ -46,6 +47,7 @@ from fhirfus.interactions.search import search_bundle
 
 router = APIRouter(prefix="/app", include_in_schema=False)
 STATIC = HERE / "static"
+ASSETS = frozenset(path.name for path in STATIC.iterdir() if path.is_file() and not path.name.startswith("."))
 HOME = {"site": "/app/patients", "analyst": "/app/cohorts", "admin": "/app/admin/people"}
 
 
@@ -139,7 +141,7 @@ async def oidc_callback(request: Request) -> Response:
 @router.post("/login")
 async def login(request: Request) -> Response:
     """Email and password → a session cookie (SameSite=Strict, so no other site can post here with it)."""
-    data = await request.form()
+    data = await read_form(request)
     store = request.app.state.store
     try:
         check_origin(request)
@@ -187,7 +189,7 @@ async def setup_form(request: Request) -> Response:
 
 @router.post("/setup")
 async def setup(request: Request) -> Response:
-    data = await request.form()
+    data = await read_form(request)
     token = str(data.get("token") or "")
     store = request.app.state.store
     try:
@@ -242,10 +244,11 @@ async def home(request: Request) -> Response:
 
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
-    path = STATIC / name
-    if "/" in name or name.startswith(".") or not path.is_file():
-        raise NotFound(f"no console asset {name}", "name")
-    return FileResponse(path, headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
+    """One of the shipped assets, looked up by name among them: a requested name never reaches the
+    file system (one too long for it was an OSError, a 500)."""
+    if name not in ASSETS:
+        raise NotFound(f"no console asset {name[:100]}", "name")
+    return FileResponse(STATIC / name, headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
 
 
 # --- coordinator --------------------------------------------------------------------------------

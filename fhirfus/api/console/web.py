@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from fhirfus.api.http import read_form
 from fhirfus.auth import people
 from fhirfus.auth.access import Access
 from fhirfus.auth.audit import AuditRecord, RequestAudit
@@ -121,7 +122,7 @@ def page(*roles: str, form: bool = False, max_body: bool = False) -> Callable[[H
                     raise PayloadTooLarge(f"The upload is larger than the {limit} bytes the server accepts", "file")
                 if form:
                     check_origin(request)
-                    data = await request.form()
+                    data = await read_form(request)
                     check_csrf(session, data)
                     kwargs["data"] = data
                 response = await handler(request, visit=visit, **kwargs)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import httpx
 
 from fhirfus.addresses import http_url, is_public, pinned
 from fhirfus.errors import FhirError, InvalidRequest
-from fhirfus.fhir.validation import parse_json, require_known_type, validate_resource
+from fhirfus.fhir.validation import parameter_list, parameter_parts, parse_json, require_known_type, validate_resource
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 MAX_REDIRECTS = 5
@@ -91,20 +91,22 @@ def _from_parameters(body: dict, limits: FetchLimits) -> tuple[list[ImportInput]
     validate_resource(body, "Parameters")
     inputs: list[ImportInput] = []
     source: str | None = None
-    for index, parameter in enumerate(body.get("parameter", [])):
+    for index, parameter in enumerate(parameter_list(body)):
         where = f"Parameters.parameter[{index}]"
+        if not isinstance(parameter, Mapping):
+            raise InvalidRequest("Every parameter is an object with a name", where)
         name = parameter.get("name")
         if name == "inputFormat":
             _check_format(_value(parameter), f"{where}.value")
         elif name == "inputSource":
             source = _value(parameter)
         elif name == "storageDetail":
-            for part in parameter.get("part", []):
+            for part in parameter_parts(parameter, where):
                 if part.get("name") == "type" and _value(part) not in ("https", "http"):
                     raise InvalidRequest(f"storageDetail type '{_value(part)}' is not supported (https only)",
                                          f"{where}.part")
         elif name == "input":
-            parts = {part.get("name"): _value(part) for part in parameter.get("part", [])}
+            parts = {part["name"]: _value(part) for part in parameter_parts(parameter, where)}
             inputs.append(_input(parts.get("type"), parts.get("url"), f"{where}.part"))
         elif name == "manifestUrl":
             inputs += manifest_inputs(_value(parameter), limits, f"{where}.value")
@@ -175,7 +177,7 @@ def _from_manifest(body: dict) -> tuple[list[ImportInput], str | None]:
     return inputs, source if isinstance(source, str) else None
 
 
-def _value(parameter: dict) -> Any:
+def _value(parameter: Mapping[str, Any]) -> Any:
     return next((v for k, v in parameter.items() if k.startswith("value")), None)
 
 
