@@ -35,15 +35,15 @@ import httpx
 import pytest
 from auth_helpers import make_client
 from starlette.routing import Mount
-from test_access_matrix import _site_data
-from test_bad_input_fuzz import URL_IDS, WRONG_VALUES, Answer, Request, _nested, _paths, _replaced, send_raw
-from test_console import PASSWORD, person
-from test_domain_writes import response_for
 
 from fhirfus.api.console.web import COOKIE
 from fhirfus.store.repository import Store
+from tests.api.test_bad_input_fuzz import URL_IDS, WRONG_VALUES, Answer, Request, _nested, _paths, _replaced, send_raw
+from tests.api.test_console import PASSWORD, person
+from tests.auth.test_access_matrix import _site_data
+from tests.domain.test_domain_writes import response_for
 
-SITE_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "site-registry" / "example-site-a.csv"
+SITE_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "site-registry" / "example-site-a.csv"
 #: Requests drawn per route and family (a family with fewer cases sends them all).
 PER_FAMILY = 3
 ASYNC = {"Prefer": "respond-async"}
