@@ -3,10 +3,13 @@
 A create touches the history table and several index tables. Through SQLAlchemy that is one
 round trip per table; on PostgreSQL the rows go through psycopg instead:
 
-- a *pipeline* for the few rows of a single-resource write (all statements sent together and
-  acknowledged together: one round trip);
+- a *pipeline* for the few rows of a single-resource write (its deletes and one statement
+  inserting the rows of every table, sent together and acknowledged together: one round trip);
 - ``COPY … FROM STDIN`` for the thousands of rows of a bulk create (Bundles, ``fhirfus load``):
   no statement per row to parse and bind; measured 2–3× faster than a pipelined executemany.
+
+A write transaction's small reads that need not come first (whether the stored Subscriptions
+changed) ride along in that pipeline (``ride_along``) instead of paying a round trip of their own.
 
 SQLite runs in-process and needs no such trick.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -40,13 +43,45 @@ COPY_FROM = 8
 KEYED_COPY_FROM = 64
 
 
+#: ``Connection.info`` keys: the reads waiting to ride along (name → SQL) and the first rows they
+#: returned (name → row). ``forget_riders`` clears both when the transaction ends.
+RIDERS = "fhirfus.riders"
+RIDDEN = "fhirfus.ridden"
+
+
+def ride_along(conn: Connection, name: str, sql: str) -> None:
+    """Send the read ``sql`` (no parameters) with the next pipelined round trip of ``write`` on
+    ``conn`` (PostgreSQL), its first row then ``ridden(conn, name)``: a write transaction pays that
+    trip anyway. Without one (SQLite, or a write of COPYs only) the read never runs: the caller runs
+    it itself when ``ridden`` answers None."""
+    conn.info.setdefault(RIDERS, {})[name] = sql
+
+
+def ridden(conn: Connection, name: str) -> Any:
+    """The first row of the read queued under ``name`` (once), or None if it did not ride yet."""
+    return conn.info.get(RIDDEN, {}).pop(name, None)
+
+
+def forget_riders(conn: Connection) -> None:
+    conn.info.pop(RIDERS, None)
+    conn.info.pop(RIDDEN, None)
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-@cache
-def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+@lru_cache(maxsize=1024)
+def _insert_sql(shape: tuple[tuple[str, tuple[str, ...], int], ...]) -> str:
+    """One statement inserting into each (table, columns, row count) of ``shape``: a multi-row
+    INSERT, and for several tables data-modifying CTEs before the last one. One statement costs
+    psycopg one send and one parse on the server where a row each cost both."""
+    inserts = [f"INSERT INTO {name} ({', '.join(columns)}) VALUES "
+               + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * count)
+               for name, columns, count in shape]
+    if len(inserts) == 1:
+        return inserts[0]
+    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(inserts[:-1])) + " " + inserts[-1]
 
 
 @cache
@@ -140,14 +175,26 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
     assert isinstance(raw, psycopg.Connection)
     small = [(table, rows) for table, rows in inserts if len(rows) < COPY_FROM]
     large = [(table, rows) for table, rows in inserts if len(rows) >= COPY_FROM]
+    riders: dict[str, str] = conn.info.pop(RIDERS, None) or {}
     with raw.cursor() as cursor:
-        if deletes or small:
+        if deletes or small or riders:
+            readers = [(name, raw.cursor()) for name in riders]
             with raw.pipeline():
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
-                for table, rows in small:
-                    columns, values = _row_form(table, rows)
-                    cursor.executemany(_insert_sql(table, columns), [values(r) for r in rows])
+                if small:
+                    shape, params = [], []
+                    for table, rows in small:
+                        columns, values = _row_form(table, rows)
+                        shape.append((table.name, columns, len(rows)))
+                        params += [value for row in rows for value in values(row)]
+                    cursor.execute(_insert_sql(tuple(shape)), params)
+                for name, reader in readers:
+                    reader.execute(riders[name])
+            ridden_rows = conn.info.setdefault(RIDDEN, {})
+            for name, reader in readers:
+                ridden_rows[name] = reader.fetchone()
+                reader.close()
         for table, rows in large:
             columns, values = _row_form(table, rows)
             try:

@@ -19,12 +19,14 @@ off too: the references of a whole export resolve, those of one of its chunks ne
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, or_, select, tuple_
+from sqlalchemy import Connection, Select, and_, bindparam, or_, select, tuple_
 
 from fhirfus.auth.access import Access
 from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import Visibility
 from fhirfus.errors import Conflict, InvalidResource, Issue
 from fhirfus.fhir.references import reference_target, references_at
 from fhirfus.search.compiler import local_reference
@@ -65,15 +67,21 @@ def missing_targets(
                 wanted.setdefault(target, []).append((tag, path))
     if not wanted:
         return []
-    rows = caller.visibility.resources()
     found: set[tuple[str, str]] = set()
     keys = list(wanted)
+    statement = _live_among(caller.visibility)
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        found.update((r.res_type, r.res_id) for r in conn.execute(
-            select(rows.c.res_type, rows.c.res_id)
-            .where(tuple_(rows.c.res_type, rows.c.res_id).in_(chunk), rows.c.deleted.is_(False))))
+        found.update((r.res_type, r.res_id) for r in conn.execute(statement, {"keys": keys[start:start + _CHUNK]}))
     return [(tag, path, f"{t}/{i}") for (t, i) in keys if (t, i) not in found for tag, path in wanted[(t, i)]]
+
+
+@cache
+def _live_among(seen_by: Visibility) -> Select:
+    """The (type, id) of ``:keys`` that name a live resource ``seen_by`` may see: one statement per
+    visibility, built once (every write with references runs it; building it cost more than running it)."""
+    rows = seen_by.resources()
+    return select(rows.c.res_type, rows.c.res_id).where(
+        tuple_(rows.c.res_type, rows.c.res_id).in_(bindparam("keys", expanding=True)), rows.c.deleted.is_(False))
 
 
 def check_written(conn: Connection, caller: Access, written: Iterable[dict], base: str) -> None:
