@@ -26,7 +26,7 @@ import orjson
 import psycopg
 from sqlalchemy import JSON, Connection, Table, delete, insert, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 #: Rows of one table: dicts (by column name), or tuples holding every column in the table's order
 #: (the index rows, built that way to skip a dict per row on the bulk path).
@@ -126,6 +126,33 @@ def _adapt(value: Any) -> Any:
 
         return Jsonb(value, dumps=_json)
     return value
+
+
+@cache
+def _psycopg_sql(statement: Any, columns: tuple[str, ...]) -> str:
+    return str(statement.compile(dialect=postgresql.psycopg.dialect(), column_keys=list(columns)))
+
+
+def insert_returning(conn: Connection, statement: Any, values: dict[str, Any]) -> Any:
+    """The first column of the first row an ``INSERT … RETURNING`` (built once, the row as
+    ``values``) returns, or None. On PostgreSQL straight through psycopg, the SQL compiled once:
+    a create's one statement before its rows, not worth a SQLAlchemy execution (whose setup cost
+    more CPU than the statement). Errors come as SQLAlchemy's, as from ``Connection.execute``."""
+    if conn.dialect.name != "postgresql":
+        return conn.execute(statement, values).scalar()
+    raw = conn.connection.dbapi_connection
+    assert isinstance(raw, psycopg.Connection)
+    sql = _psycopg_sql(statement, tuple(values))
+    params = {name: _adapt(value) for name, value in values.items()}
+    with raw.cursor() as cursor:
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        except psycopg.Error as exc:
+            if conn.dialect.is_disconnect(exc, raw, cursor):
+                conn.invalidate(exc)
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=conn.dialect) from exc
+    return None if row is None else row[0]
 
 
 def insert_with_keys(conn: Connection, table: Table, rows: list[dict]) -> list[int]:

@@ -401,9 +401,9 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
     moment = _next_moment(None)
     body = stamp(content, res_id, 1, moment)
     site = site_label(body)
-    pk = conn.execute(_insert_current(conn.dialect.name), {
+    pk = rows.insert_returning(conn, _insert_current(conn.dialect.name), {
         "res_type": res_type, "res_id": res_id, "version": 1, "last_updated": moment, "deleted": False,
-        "content": body, "site": site}).scalar()
+        "content": body, "site": site})
     if pk is None:
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)
