@@ -16,6 +16,7 @@ SQLite runs in-process and needs no such trick.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache, lru_cache
@@ -32,11 +33,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 #: (the index rows, built that way to skip a dict per row on the bulk path).
 Batch = tuple[Table, list[dict] | list[tuple]]
 
-#: From this many rows in one table, COPY beats a pipelined executemany. COPY costs one more round
-#: trip per table; a pipelined row costs 10–15 µs of psycopg CPU against COPY's 1–3 (measured with
-#: 4–128 token rows on PostgreSQL 15: COPY is as fast in wall time from 4 rows and twice as fast
-#: from 8). Tables with fewer rows of a write go together in one pipelined round trip.
-COPY_FROM = 8
+#: From this many rows in one table, COPY beats a place in the pipelined multi-row INSERT. COPY
+#: costs two more round trips per table; a row of the INSERT only its values' dump. Tables with fewer
+#: rows of a write go together in the one statement of its pipelined round trip, so a single
+#: resource's write (a few rows per table) needs no COPY.
+COPY_FROM = 64
 
 #: Rows keyed by a serial go in by COPY from this many: COPY first draws the keys from the
 #: sequence, a round trip that a small ``INSERT … RETURNING`` does not need.
@@ -75,9 +76,12 @@ def _json(value: Any) -> str:
 def _insert_sql(shape: tuple[tuple[str, tuple[str, ...], int], ...]) -> str:
     """One statement inserting into each (table, columns, row count) of ``shape``: a multi-row
     INSERT, and for several tables data-modifying CTEs before the last one. One statement costs
-    psycopg one send and one parse on the server where a row each cost both."""
+    psycopg one send and one parse on the server where a row each cost both. Its placeholders are
+    PostgreSQL's own (``$1``), for a ``psycopg.RawCursor``: psycopg converts ``%s`` by a regular
+    expression on every execution of a statement with more than 50 parameters (it caches fewer)."""
+    numbers = itertools.count(1)
     inserts = [f"INSERT INTO {name} ({', '.join(columns)}) VALUES "
-               + ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * count)
+               + ", ".join("(" + ", ".join(f"${next(numbers)}" for _ in columns) + ")" for _ in range(count))
                for name, columns, count in shape]
     if len(inserts) == 1:
         return inserts[0]
@@ -206,7 +210,8 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
     with raw.cursor() as cursor:
         if deletes or small or riders:
             readers = [(name, raw.cursor()) for name in riders]
-            with raw.pipeline():
+            inserting = psycopg.RawCursor(raw)
+            with inserting, raw.pipeline():
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
                 if small:
@@ -215,7 +220,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                         columns, values = _row_form(table, rows)
                         shape.append((table.name, columns, len(rows)))
                         params += [value for row in rows for value in values(row)]
-                    cursor.execute(_insert_sql(tuple(shape)), params)
+                    inserting.execute(_insert_sql(tuple(shape)), params)
                 for name, reader in readers:
                     reader.execute(riders[name])
             ridden_rows = conn.info.setdefault(RIDDEN, {})
