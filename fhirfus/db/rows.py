@@ -50,16 +50,16 @@ RIDERS = "fhirfus.riders"
 RIDDEN = "fhirfus.ridden"
 
 
-def ride_along(conn: Connection, name: str, sql: str) -> None:
-    """Send the read ``sql`` (no parameters) with the next pipelined round trip of ``write`` on
-    ``conn`` (PostgreSQL), its first row then ``ridden(conn, name)``: a write transaction pays that
-    trip anyway. Without one (SQLite, or a write of COPYs only) the read never runs: the caller runs
-    it itself when ``ridden`` answers None."""
-    conn.info.setdefault(RIDERS, {})[name] = sql
+def ride_along(conn: Connection, name: str, sql: str, params: dict[str, Any] | None = None) -> None:
+    """Send the read ``sql`` (psycopg's, with ``params``) with the next pipelined round trip of
+    ``write`` on ``conn`` (PostgreSQL), its rows then ``ridden(conn, name)``: a write transaction
+    pays that trip anyway. Without one (SQLite, or a write of COPYs only) the read never runs: the
+    caller runs it itself when ``ridden`` answers None."""
+    conn.info.setdefault(RIDERS, {})[name] = (sql, params)
 
 
-def ridden(conn: Connection, name: str) -> Any:
-    """The first row of the read queued under ``name`` (once), or None if it did not ride yet."""
+def ridden(conn: Connection, name: str) -> list[tuple] | None:
+    """The rows of the read queued under ``name`` (once), or None if it did not ride yet."""
     return conn.info.get(RIDDEN, {}).pop(name, None)
 
 
@@ -206,7 +206,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
     assert isinstance(raw, psycopg.Connection)
     small = [(table, rows) for table, rows in inserts if len(rows) < COPY_FROM]
     large = [(table, rows) for table, rows in inserts if len(rows) >= COPY_FROM]
-    riders: dict[str, str] = conn.info.pop(RIDERS, None) or {}
+    riders: dict[str, tuple[str, Any]] = conn.info.pop(RIDERS, None) or {}
     with raw.cursor() as cursor:
         if deletes or small or riders:
             readers = [(name, raw.cursor()) for name in riders]
@@ -222,10 +222,10 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                         params += [value for row in rows for value in values(row)]
                     inserting.execute(_insert_sql(tuple(shape)), params)
                 for name, reader in readers:
-                    reader.execute(riders[name])
+                    reader.execute(*riders[name])
             ridden_rows = conn.info.setdefault(RIDDEN, {})
             for name, reader in readers:
-                ridden_rows[name] = reader.fetchone()
+                ridden_rows[name] = reader.fetchall()
                 reader.close()
         for table, rows in large:
             columns, values = _row_form(table, rows)

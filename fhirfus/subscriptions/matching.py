@@ -56,7 +56,8 @@ class Matcher:
     def written(self, conn: Connection, versions: list[Stored]) -> None:
         if self.max_per_site > 0:
             self._check_limit(conn, {v.site for v in versions if v.res_type == "Subscription" and not v.deleted})
-        by_type = self.active.by_type(conn, db_rows.ridden(conn, _STAMP))
+        stamp = db_rows.ridden(conn, _STAMP)
+        by_type = self.active.by_type(conn, None if stamp is None else stamp[0])
         if not by_type:
             return
         latest: dict[tuple[str, str], Stored] = {}
