@@ -344,9 +344,10 @@ def update(
     require_known_type(res_type)
     resource = check_update_body(caller, res_type, res_id, body)
     with write_transaction(store, caller) as conn:
+        check = references.check_along(conn, caller, [resource], base_url) if integrity else None
         result = update_in(conn, caller, res_type, res_id, resource, if_match)
-        if integrity:
-            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        if check is not None:
+            check()
         return result
 
 
