@@ -7,10 +7,12 @@ file; a throw-away PostgreSQL database on ``FHIRFUS_TEST_POSTGRES_URL``) it
    separate process, so that the server and the load generator do not share a GIL;
 2. drives it with N concurrent keep-alive clients: a warm-up, then creates (POST), reads of
    random created ids (GET) and updates of distinct ids (PUT), recording every latency;
-3. starts a bare FastAPI app (``harness.py --bare-server``) whose one GET endpoint returns a
-   document read once from the same database, and hits it with the same reads: the ceiling
-   that no FHIR read can beat with this stack on this machine (the reads of both run in
-   rounds, alternating, so other work on a shared machine weighs on both alike);
+3. starts a bare FastAPI app (``harness.py --bare-server``, as many worker processes as the
+   server) whose POST endpoint stores the same documents as a create does (current and history
+   row, one transaction, no FHIR logic) and whose GET endpoint returns a document read once from
+   the same database, and sends it the same creates and reads: the ceilings that no FHIR create or
+   read can beat with this stack on this machine (the reads of both run in rounds, alternating,
+   so other work on a shared machine weighs on both alike);
 4. inserts, selects and updates the same JSON documents in a second fresh database with
    SQLAlchemy Core and no FHIR logic (one transaction per row, the same way the server opens
    them, and batched): the raw-database baseline.
@@ -266,6 +268,17 @@ def http_updates(
     return measured
 
 
+def bare_creates(load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe,
+                 tag: str) -> Measurement:
+    """The bare endpoint's creates of the same documents (current and history row, no FHIR logic), warmed up."""
+    path = f"/{RES_TYPE}"
+    load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in documents[: counts.warmup]], probe)
+    measured, _ = load.run("bare FastAPI create", [HttpCall("POST", path, _encode(d), 201)
+                                                   for d in documents[: counts.creates]], probe)
+    _progress(tag, measured)
+    return measured
+
+
 def _require_clean(measurement: Measurement, tag: str) -> None:
     if measurement.errors == measurement.count:
         raise BenchError(f"[{tag}] every warm-up request failed, e.g. {measurement.first_error}")
@@ -274,6 +287,8 @@ def _require_clean(measurement: Measurement, tag: str) -> None:
 def _progress(tag: str, m: Measurement) -> None:
     p95 = m.percentile_ms(0.95)
     extra = f", p95 {p95:.1f} ms" if p95 is not None else ""
+    server_ms = m.cpu_ms_per_op(m.cpu.server_s if m.cpu else None)
+    extra += f", server CPU {server_ms:.2f} ms/request ({server_ms:.2f} s per 1,000)" if server_ms is not None else ""
     errors = f", [red]{m.errors} errors[/red]" if m.errors else ""
     console.print(f"  {escape(f'[{tag}]')} {m.label}: {m.count} in {m.seconds:.2f} s = {m.rate:,.0f}/s{extra}{errors}")
 
@@ -285,6 +300,7 @@ def _progress(tag: str, m: Measurement) -> None:
 class BackendResult:
     backend: str
     http: dict[str, Measurement]
+    bare_create: Measurement
     ceiling: Measurement
     raw: dict[str, Measurement]
     seconds: float
@@ -308,12 +324,13 @@ def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResul
             reads = [HttpCall("GET", f"/{RES_TYPE}/{rng.choice(created)[0]}", None, 200) for _ in range(counts.reads)]
             with bare_server(server_url, created[0][0], workdir) as bare, \
                     load_generator(options.loadgen, bare.base, options.clients) as bare_load:
+                bare_create = bare_creates(bare_load, documents, counts, Probe(bare.pid, _pg_name(server_url)), backend)
                 http["read"], ceiling = read_phases((load, probe), (bare_load, Probe(bare.pid)), reads, counts, backend)
             http["update"] = http_updates(load, created, counts, probe, backend)
         raw = raw_baseline(raw_url, documents, counts, options.clients, Probe(None, _pg_name(raw_url)))
         for key in ("insert", "insert_batched", "select_key", "select_pk", "update"):
             _progress(backend, raw[key])
-    return BackendResult(backend, http, ceiling, raw, time.perf_counter() - started)
+    return BackendResult(backend, http, bare_create, ceiling, raw, time.perf_counter() - started)
 
 
 # --- reporting -------------------------------------------------------------------------------
@@ -341,13 +358,15 @@ def _row_cells(m: Measurement, ratio: str) -> list[str]:
 
 
 def backend_report(result: BackendResult, options: Options) -> Report:
-    http, raw, ceiling = result.http, result.raw, result.ceiling
+    http, raw, ceiling, bare_create = result.http, result.raw, result.ceiling, result.bare_create
     report = Report(f"{result.backend}: fhirfus over HTTP vs bare FastAPI vs raw database", list(_COLUMNS))
     report.rows += [
-        _row_cells(http["create"], f"{_share(http['create'].rate, raw['insert'].rate)} of raw"),
+        _row_cells(http["create"], f"{_share(http['create'].rate, bare_create.rate)} of bare / "
+                                   f"{_share(http['create'].rate, raw['insert'].rate)} raw"),
         _row_cells(http["read"], f"{_share(http['read'].rate, ceiling.rate)} of bare / "
                                  f"{_share(http['read'].rate, raw['select_key'].rate)} raw"),
         _row_cells(http["update"], f"{_share(http['update'].rate, raw['update'].rate)} of raw"),
+        _row_cells(bare_create, "ceiling"),
         _row_cells(ceiling, "ceiling"),
     ]
     report.rows += [_row_cells(raw[key], "baseline") for key in
@@ -355,7 +374,7 @@ def backend_report(result: BackendResult, options: Options) -> Report:
     report.notes += [
         f"{options.clients} concurrent keep-alive clients ({options.loadgen}); server = `fhirfus serve` in its own "
         "process; raw = SQLAlchemy Core on the same table shape, same thread count, no HTTP, no FHIR logic.",
-        "CPU columns are CPU ms per operation: server = the server process (SQLite runs inside it), "
+        "CPU columns are CPU ms per operation (= CPU seconds per 1,000 operations): server = the server process (SQLite runs inside it), "
         "loadgen = this process (for raw rows: client + driver), PG = the PostgreSQL backends of the bench "
         "database, other = the rest of the busy CPU (shared PostgreSQL writers, other work on the machine: "
         "high means noisy figures); "
@@ -363,12 +382,12 @@ def backend_report(result: BackendResult, options: Options) -> Report:
         "The bare ceiling is bounded by the load generator too (one Python process): read it as "
         "'what this client reaches against an endpoint doing nothing', not as the server's limit.",
     ]
-    noise = _other_share([*http.values(), ceiling])
+    noise = _other_share([*http.values(), bare_create, ceiling])
     if noise is not None and noise > NOISY_SHARE:
         report.notes.append(f"WARNING: other work took {noise:.0%} of the busy CPU during the HTTP phases; "
                             "these figures are low and noisy, run again on a quiet machine.")
     report.notes += [f"{m.label}: {m.errors} errors, first: {m.first_error}"
-                     for m in [*http.values(), ceiling, *raw.values()] if m.errors]
+                     for m in [*http.values(), bare_create, ceiling, *raw.values()] if m.errors]
     return report
 
 
@@ -407,10 +426,14 @@ def summary_report(results: list[BackendResult]) -> Report:
     for r in results:
         create, read = r.http["create"], r.http["read"]
         share = read.rate / r.ceiling.rate if r.ceiling.rate else 0.0
+        create_cpu = create.cpu_ms_per_op(create.cpu.server_s if create.cpu else None)
+        bare_cpu = r.bare_create.cpu_ms_per_op(r.bare_create.cpu.server_s if r.bare_create.cpu else None)
         p95 = read.percentile_ms(0.95) or float("inf")
         report.rows += [
             [r.backend, f"create ≥ {AIM_CREATE_RATE:.0f}/s", f"{create.rate:,.0f}/s",
              _mark(create.rate >= AIM_CREATE_RATE)],
+            [r.backend, "server CPU per create (fhirfus / bare FastAPI)",
+             f"{_fmt(create_cpu, 2)} / {_fmt(bare_cpu, 2)} ms", "—"],
             [r.backend, f"read ≥ {AIM_READ_SHARE:.0%} of bare FastAPI",
              f"{share:.0%} ({read.rate:,.0f} of {r.ceiling.rate:,.0f}/s)", _mark(share >= AIM_READ_SHARE)],
             [r.backend, f"p95 read ≤ {AIM_READ_P95_MS:.0f} ms", f"{p95:.2f} ms", _mark(p95 <= AIM_READ_P95_MS)],

@@ -3,19 +3,23 @@
 A create touches the history table and several index tables. Through SQLAlchemy that is one
 round trip per table; on PostgreSQL the rows go through psycopg instead:
 
-- a *pipeline* for the few rows of a single-resource write (all statements sent together and
-  acknowledged together: one round trip);
+- a *pipeline* for the few rows of a single-resource write (its deletes and one statement
+  inserting the rows of every table, sent together and acknowledged together: one round trip);
 - ``COPY … FROM STDIN`` for the thousands of rows of a bulk create (Bundles, ``fhirfus load``):
   no statement per row to parse and bind; measured 2–3× faster than a pipelined executemany.
+
+A write transaction's small reads that need not come first (whether the stored Subscriptions
+changed) ride along in that pipeline (``ride_along``) instead of paying a round trip of their own.
 
 SQLite runs in-process and needs no such trick.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
-from functools import cache
+from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any
 
@@ -23,30 +27,65 @@ import orjson
 import psycopg
 from sqlalchemy import JSON, Connection, Table, delete, insert, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 #: Rows of one table: dicts (by column name), or tuples holding every column in the table's order
 #: (the index rows, built that way to skip a dict per row on the bulk path).
 Batch = tuple[Table, list[dict] | list[tuple]]
 
-#: From this many rows in one table, COPY beats a pipelined executemany. COPY costs one more round
-#: trip per table; a pipelined row costs 10–15 µs of psycopg CPU against COPY's 1–3 (measured with
-#: 4–128 token rows on PostgreSQL 15: COPY is as fast in wall time from 4 rows and twice as fast
-#: from 8). Tables with fewer rows of a write go together in one pipelined round trip.
-COPY_FROM = 8
+#: From this many rows in one table, COPY beats a place in the pipelined multi-row INSERT. COPY
+#: costs two more round trips per table; a row of the INSERT only its values' dump. Tables with fewer
+#: rows of a write go together in the one statement of its pipelined round trip, so a single
+#: resource's write (a few rows per table) needs no COPY.
+COPY_FROM = 64
 
 #: Rows keyed by a serial go in by COPY from this many: COPY first draws the keys from the
 #: sequence, a round trip that a small ``INSERT … RETURNING`` does not need.
 KEYED_COPY_FROM = 64
 
 
+#: ``Connection.info`` keys: the reads waiting to ride along (name → SQL) and the first rows they
+#: returned (name → row). ``forget_riders`` clears both when the transaction ends.
+RIDERS = "fhirfus.riders"
+RIDDEN = "fhirfus.ridden"
+
+
+def ride_along(conn: Connection, name: str, sql: str, params: dict[str, Any] | None = None) -> None:
+    """Send the read ``sql`` (psycopg's, with ``params``) with the next pipelined round trip of
+    ``write`` on ``conn`` (PostgreSQL), its rows then ``ridden(conn, name)``: a write transaction
+    pays that trip anyway. Without one (SQLite, or a write of COPYs only) the read never runs: the
+    caller runs it itself when ``ridden`` answers None."""
+    conn.info.setdefault(RIDERS, {})[name] = (sql, params)
+
+
+def ridden(conn: Connection, name: str) -> list[tuple] | None:
+    """The rows of the read queued under ``name`` (once), or None if it did not ride yet."""
+    return conn.info.get(RIDDEN, {}).pop(name, None)
+
+
+def forget_riders(conn: Connection) -> None:
+    conn.info.pop(RIDERS, None)
+    conn.info.pop(RIDDEN, None)
+
+
 def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-@cache
-def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+@lru_cache(maxsize=1024)
+def _insert_sql(shape: tuple[tuple[str, tuple[str, ...], int], ...]) -> str:
+    """One statement inserting into each (table, columns, row count) of ``shape``: a multi-row
+    INSERT, and for several tables data-modifying CTEs before the last one. One statement costs
+    psycopg one send and one parse on the server where a row each cost both. Its placeholders are
+    PostgreSQL's own (``$1``), for a ``psycopg.RawCursor``: psycopg converts ``%s`` by a regular
+    expression on every execution of a statement with more than 50 parameters (it caches fewer)."""
+    numbers = itertools.count(1)
+    inserts = [f"INSERT INTO {name} ({', '.join(columns)}) VALUES "
+               + ", ".join("(" + ", ".join(f"${next(numbers)}" for _ in columns) + ")" for _ in range(count))
+               for name, columns, count in shape]
+    if len(inserts) == 1:
+        return inserts[0]
+    return "WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(inserts[:-1])) + " " + inserts[-1]
 
 
 @cache
@@ -91,6 +130,33 @@ def _adapt(value: Any) -> Any:
 
         return Jsonb(value, dumps=_json)
     return value
+
+
+@cache
+def _psycopg_sql(statement: Any, columns: tuple[str, ...]) -> str:
+    return str(statement.compile(dialect=postgresql.psycopg.dialect(), column_keys=list(columns)))
+
+
+def insert_returning(conn: Connection, statement: Any, values: dict[str, Any]) -> Any:
+    """The first column of the first row an ``INSERT … RETURNING`` (built once, the row as
+    ``values``) returns, or None. On PostgreSQL straight through psycopg, the SQL compiled once:
+    a create's one statement before its rows, not worth a SQLAlchemy execution (whose setup cost
+    more CPU than the statement). Errors come as SQLAlchemy's, as from ``Connection.execute``."""
+    if conn.dialect.name != "postgresql":
+        return conn.execute(statement, values).scalar()
+    raw = conn.connection.dbapi_connection
+    assert isinstance(raw, psycopg.Connection)
+    sql = _psycopg_sql(statement, tuple(values))
+    params = {name: _adapt(value) for name, value in values.items()}
+    with raw.cursor() as cursor:
+        try:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        except psycopg.Error as exc:
+            if conn.dialect.is_disconnect(exc, raw, cursor):
+                conn.invalidate(exc)
+            raise DBAPIError.instance(sql, params, exc, psycopg.Error, dialect=conn.dialect) from exc
+    return None if row is None else row[0]
 
 
 def insert_with_keys(conn: Connection, table: Table, rows: list[dict]) -> list[int]:
@@ -140,14 +206,27 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
     assert isinstance(raw, psycopg.Connection)
     small = [(table, rows) for table, rows in inserts if len(rows) < COPY_FROM]
     large = [(table, rows) for table, rows in inserts if len(rows) >= COPY_FROM]
+    riders: dict[str, tuple[str, Any]] = conn.info.pop(RIDERS, None) or {}
     with raw.cursor() as cursor:
-        if deletes or small:
-            with raw.pipeline():
+        if deletes or small or riders:
+            readers = [(name, raw.cursor()) for name in riders]
+            inserting = psycopg.RawCursor(raw)
+            with inserting, raw.pipeline():
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
-                for table, rows in small:
-                    columns, values = _row_form(table, rows)
-                    cursor.executemany(_insert_sql(table, columns), [values(r) for r in rows])
+                if small:
+                    shape, params = [], []
+                    for table, rows in small:
+                        columns, values = _row_form(table, rows)
+                        shape.append((table.name, columns, len(rows)))
+                        params += [value for row in rows for value in values(row)]
+                    inserting.execute(_insert_sql(tuple(shape)), params)
+                for name, reader in readers:
+                    reader.execute(*riders[name])
+            ridden_rows = conn.info.setdefault(RIDDEN, {})
+            for name, reader in readers:
+                ridden_rows[name] = reader.fetchall()
+                reader.close()
         for table, rows in large:
             columns, values = _row_form(table, rows)
             try:

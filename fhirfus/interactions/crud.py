@@ -269,9 +269,10 @@ def create(
     require_known_type(res_type)
     resource = accept(caller, body, res_type)
     with write_transaction(store, caller) as conn:
+        check = references.check_along(conn, caller, [resource], base_url) if integrity else None
         result = create_in(conn, caller, res_type, resource, if_none_exist, base_url=base_url)
-        if integrity and result.created:
-            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        if check is not None and result.created:
+            check()
         return result
 
 
@@ -343,9 +344,10 @@ def update(
     require_known_type(res_type)
     resource = check_update_body(caller, res_type, res_id, body)
     with write_transaction(store, caller) as conn:
+        check = references.check_along(conn, caller, [resource], base_url) if integrity else None
         result = update_in(conn, caller, res_type, res_id, resource, if_match)
-        if integrity:
-            references.check_written(conn, caller, [result.stored.content or {}], base_url)
+        if check is not None:
+            check()
         return result
 
 

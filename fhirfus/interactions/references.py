@@ -18,13 +18,17 @@ off too: the references of a whole export resolve, those of one of its chunks ne
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, and_, or_, select, tuple_
+from sqlalchemy import ARRAY, Connection, Select, Text, and_, bindparam, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql
 
 from fhirfus.auth.access import Access
+from fhirfus.db import rows as db_rows
 from fhirfus.db.tables import search_reference
+from fhirfus.db.visibility import Visibility
 from fhirfus.errors import Conflict, InvalidResource, Issue
 from fhirfus.fhir.references import reference_target, references_at
 from fhirfus.search.compiler import local_reference
@@ -56,6 +60,14 @@ def missing_targets(
     """(tag, element path, ``Type/id``) of each local reference of the ``written`` resources (tagged
     by the caller) that names no live resource the caller may see (the transaction's own writes
     included: they are in ``conn`` already)."""
+    wanted = _wanted(written, base)
+    if not wanted:
+        return []
+    return _missing(wanted, _found(conn, caller, list(wanted)))
+
+
+def _wanted(written: Iterable[tuple[T, dict]], base: str) -> dict[tuple[str, str], list[tuple[T, str]]]:
+    """The local targets of the ``written`` resources, each with the (tag, element path) naming it."""
     wanted: dict[tuple[str, str], list[tuple[T, str]]] = {}
     for tag, resource in written:
         res_type = resource.get("resourceType", "Resource")
@@ -63,17 +75,65 @@ def missing_targets(
             target = local_target(reference, base)
             if target is not None and target != (res_type, resource.get("id")):
                 wanted.setdefault(target, []).append((tag, path))
-    if not wanted:
-        return []
-    rows = caller.visibility.resources()
+    return wanted
+
+
+def _found(conn: Connection, caller: Access, keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
-    keys = list(wanted)
+    statement = _live_among(caller.visibility)
     for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        found.update((r.res_type, r.res_id) for r in conn.execute(
-            select(rows.c.res_type, rows.c.res_id)
-            .where(tuple_(rows.c.res_type, rows.c.res_id).in_(chunk), rows.c.deleted.is_(False))))
-    return [(tag, path, f"{t}/{i}") for (t, i) in keys if (t, i) not in found for tag, path in wanted[(t, i)]]
+        found.update((r.res_type, r.res_id) for r in conn.execute(statement, {"keys": keys[start:start + _CHUNK]}))
+    return found
+
+
+def _missing(wanted: dict[tuple[str, str], list[tuple[T, str]]], found: set[tuple[str, str]]) -> list[tuple[T, str, str]]:
+    return [(tag, path, f"{t}/{i}") for (t, i), named in wanted.items() if (t, i) not in found for tag, path in named]
+
+
+@cache
+def _live_among(seen_by: Visibility) -> Select:
+    """The (type, id) of ``:keys`` that name a live resource ``seen_by`` may see: one statement per
+    visibility, built once (every write with references runs it; building it cost more than running it)."""
+    rows = seen_by.resources()
+    return select(rows.c.res_type, rows.c.res_id).where(
+        tuple_(rows.c.res_type, rows.c.res_id).in_(bindparam("keys", expanding=True)), rows.c.deleted.is_(False))
+
+
+@cache
+def _live_among_sql(seen_by: Visibility) -> tuple[str, dict[str, Any]]:
+    """``_live_among`` for PostgreSQL as psycopg's SQL and its fixed parameters, the keys given as
+    two arrays (``:types``, ``:ids``): one text whatever their number, to ride along a write."""
+    rows = seen_by.resources()
+    keys = select(func.unnest(bindparam("types", [], type_=ARRAY(Text))).label("res_type"),
+                  func.unnest(bindparam("ids", [], type_=ARRAY(Text))).label("res_id")).subquery()
+    statement = select(rows.c.res_type, rows.c.res_id).where(
+        tuple_(rows.c.res_type, rows.c.res_id).in_(select(keys.c.res_type, keys.c.res_id)), rows.c.deleted.is_(False))
+    compiled = statement.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True})
+    return str(compiled), dict(compiled.params)
+
+
+_CHECK = "references.check"
+
+
+def check_along(conn: Connection, caller: Access, written: list[dict], base: str) -> Callable[[], None]:
+    """``check_written`` for resources about to be written in ``conn``'s transaction: called before
+    the writes, its read rides along their round trip (PostgreSQL); the function it returns, called
+    after them, raises as ``check_written`` would (running the read itself if it did not ride)."""
+    wanted = _wanted(((None, resource) for resource in written), base)
+    if not wanted:
+        return lambda: None
+    keys = list(wanted)
+    if conn.dialect.name == "postgresql" and len(keys) <= _CHUNK:
+        sql, fixed = _live_among_sql(caller.visibility)
+        db_rows.ride_along(conn, _CHECK, sql, {**fixed, "types": [t for t, _ in keys], "ids": [i for _, i in keys]})
+
+    def finish() -> None:
+        rode = db_rows.ridden(conn, _CHECK)
+        found = _found(conn, caller, keys) if rode is None else {(t, i) for t, i in rode}
+        if missing := _missing(wanted, found):
+            raise dangling(missing)
+
+    return finish
 
 
 def check_written(conn: Connection, caller: Access, written: Iterable[dict], base: str) -> None:

@@ -71,6 +71,10 @@ class WriteObserver(Protocol):
     above the store (Subscriptions) follow writes without the store importing them, and how the
     planner statistics learn how much was written (``statistics.py``)."""
 
+    def begun(self, conn: Connection) -> None:
+        """At the start of a write transaction, before its first write: a read the observer will
+        need in ``written`` may ride along the transaction's writes (``fhirfus.db.rows.ride_along``)."""
+
     def written(self, conn: Connection, versions: list[Stored]) -> None:
         """Inside the transaction, after its last write and before its commit: what it writes here
         commits (or rolls back) with the versions."""
@@ -122,12 +126,15 @@ class Store:
             conn.info[WRITTEN] = versions
             try:
                 with conn.begin():
+                    for observer in self.observers:
+                        observer.begun(conn)
                     yield conn
                     if versions:
                         for observer in self.observers:
                             observer.written(conn, versions)
             finally:
                 conn.info.pop(WRITTEN, None)
+                rows.forget_riders(conn)
         if versions:
             for observer in self.observers:
                 observer.committed(versions)
@@ -369,10 +376,13 @@ def _history_row(stored: Stored) -> tuple:
     }])
 
 
-def _insert_current(conn: Connection) -> Any:
-    """INSERT into ``resources`` that skips (instead of failing on) an id taken concurrently."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    return dialect_insert(resources).on_conflict_do_nothing(index_elements=["res_type", "res_id"])
+@cache
+def _insert_current(dialect: str) -> Any:
+    """INSERT into ``resources`` that skips (instead of failing on) an id taken concurrently and
+    returns the new key; built once per dialect, the row given as parameters."""
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return dialect_insert(resources).on_conflict_do_nothing(index_elements=["res_type", "res_id"]).returning(
+        resources.c.pk)
 
 
 def create(conn: Connection, res_type: str, res_id: str, content: dict, method: str = "POST") -> Stored:
@@ -381,12 +391,9 @@ def create(conn: Connection, res_type: str, res_id: str, content: dict, method: 
     moment = _next_moment(None)
     body = stamp(content, res_id, 1, moment)
     site = site_label(body)
-    pk = conn.execute(
-        _insert_current(conn)
-        .values(res_type=res_type, res_id=res_id, version=1, last_updated=moment, deleted=False, content=body,
-                site=site)
-        .returning(resources.c.pk)
-    ).scalar()
+    pk = rows.insert_returning(conn, _insert_current(conn.dialect.name), {
+        "res_type": res_type, "res_id": res_id, "version": 1, "last_updated": moment, "deleted": False,
+        "content": body, "site": site})
     if pk is None:
         raise Conflict(f"{res_type}/{res_id} was created concurrently; retry", f"{res_type}.id")
     stored = Stored(res_type, res_id, 1, moment, False, body, method, pk, site)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 
-from sqlalchemy import Connection, Select, bindparam, func, select
+from sqlalchemy import Connection, Row, Select, bindparam, func, select
+from sqlalchemy.dialects import postgresql
 
 from fhirfus.db.visibility import EVERYTHING, Visibility
 from fhirfus.domain.subscription import Channel, channel_of, parse_criteria
@@ -65,11 +67,22 @@ def load(conn: Connection, base_url: str) -> tuple[dict[str, Active], dict[str, 
     return found, broken
 
 
+#: The stamp of the stored Subscriptions: how many, and the sum of their version numbers, which
+#: every write of one raises (a delete too). One statement built once: a write runs it.
+_ROWS = EVERYTHING.resources()
+STAMP = select(func.count(), func.coalesce(func.sum(_ROWS.c.version), 0)).where(_ROWS.c.res_type == "Subscription")
+
+
+@cache
+def stamp_sql() -> str:
+    """``STAMP`` as PostgreSQL SQL without parameters, to ride along a write's round trip."""
+    return str(STAMP.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"literal_binds": True}))
+
+
 class ActiveSubscriptions:
-    """The process's cache of ``load``, keyed by a stamp of the stored Subscriptions (how many, and
-    the sum of their version numbers, which every write of one raises): each write reads the stamp
-    (one small query) and reloads only when it moved, so a Subscription applies to every write that
-    starts after it committed, in any process."""
+    """The process's cache of ``load``, keyed by ``STAMP``: each write reads the stamp (riding along
+    its own writes on PostgreSQL: no round trip of its own) and reloads only when it moved, so a
+    Subscription applies to every write that starts after it committed, in any process."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
@@ -77,8 +90,9 @@ class ActiveSubscriptions:
         self._cached: tuple[tuple[int, int] | None, dict[str, Active], dict[str, list[Active]], dict[str, str]] = \
             (None, {}, {}, {})
 
-    def by_type(self, conn: Connection) -> Mapping[str, list[Active]]:
-        return self._current(conn)[2]
+    def by_type(self, conn: Connection, stamp: Row | tuple | None = None) -> Mapping[str, list[Active]]:
+        """``stamp``: ``STAMP``'s row as read in ``conn``'s transaction already (None: read it now)."""
+        return self._current(conn, stamp)[2]
 
     def get(self, conn: Connection, subscription_id: str) -> Active | None:
         return self._current(conn)[1].get(subscription_id)
@@ -87,10 +101,8 @@ class ActiveSubscriptions:
         """Active Subscriptions the server cannot honour, with the reason."""
         return self._current(conn)[3]
 
-    def _current(self, conn: Connection) -> tuple:
-        rows = EVERYTHING.resources()
-        count, total = conn.execute(select(func.count(), func.coalesce(func.sum(rows.c.version), 0))
-                                    .where(rows.c.res_type == "Subscription")).one()
+    def _current(self, conn: Connection, read: Row | tuple | None = None) -> tuple:
+        count, total = read if read is not None else conn.execute(STAMP).one()
         stamp = (int(count), int(total))
         cached = self._cached
         if cached[0] == stamp:

@@ -141,3 +141,22 @@ def test_an_unknown_cascade_mode_is_400(client: httpx.Client) -> None:
     assert answer.status_code == 400
     assert answer.json()["issue"][0]["expression"] == ["_cascade"]
     assert client.get(f"/Patient/{pid}").status_code == 200
+
+
+def test_a_site_client_may_refer_to_its_own_sites_resources_and_not_to_another_sites(secure_server) -> None:
+    """The check runs as the writer sees the data: another site's patient is as absent as one never
+    written, the writer's own is there (the check's read rides along the create's round trip on
+    PostgreSQL: its site filter is the writer's)."""
+    token_url = secure_server.root + "/auth/token"
+    store = Store(secure_server.database.engine)
+    own, other = (f"S{uuid.uuid4().hex[:8]}" for _ in range(2))
+    mine = make_client(store, token_url, role="site", site=own, scope="system/*.cruds")
+    theirs = make_client(store, token_url, role="site", site=other, scope="system/*.cruds")
+    with mine.http(secure_server.base) as http, theirs.http(secure_server.base) as other_http:
+        own_patient, other_patient = patient(http), patient(other_http)
+        refused = http.post("/Observation", json=observation(f"Patient/{other_patient}"))
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0]["expression"][0].endswith("subject")
+        assert f"Patient/{other_patient}" in refused.json()["issue"][0]["diagnostics"]
+        accepted = http.post("/Observation", json=observation(f"Patient/{own_patient}"))
+        assert accepted.status_code == 201, accepted.text
