@@ -288,9 +288,12 @@ def _instance(model: Any, value: dict) -> Any:
 def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
     """Whether the resource is valid, its common datatypes checked once per distinct value (False
     also when this path cannot tell: the caller then checks it whole)."""
+    shared = _shared_fields(resource_type)
     shell = dict(data)
-    for key, element_model in _shared_fields(resource_type).items():
-        value = data.get(key)
+    for key, value in data.items():
+        element_model = shared.get(key)
+        if element_model is None:
+            continue
         if isinstance(value, dict):
             checked = _instance(element_model, value)
             if checked is None:
@@ -305,7 +308,18 @@ def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
                         return False
                 items.append(item)
             shell[key] = items
-    return not _model_errors(model, shell)
+    return _accepts(model, shell)
+
+
+def _accepts(model: Any, data: dict) -> bool:
+    """Whether ``model`` takes ``data``, through its constructor: ``model_validate`` of a FHIR model
+    calls that same constructor (which validates everything) and then runs the model's after-checks
+    a second time: the same verdict for less work."""
+    try:
+        model(**data)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
