@@ -20,7 +20,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
-from fhirfus.fhir.bindings import check_elements, resource_types
+from fhirfus.fhir.bindings import resource_types
 from fhirfus.fhir.checks import rule_issues
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -357,8 +357,7 @@ def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bo
     issues = _structure_issues(resource_type, data)
     if issues:
         return issues
-    issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)]
-    issues += rule_issues(data, resource_type)
+    issues = rule_issues(data, resource_type)  # required bindings and reference targets first
     return issues if warnings else [i for i in issues if i.severity in ("error", "fatal")]
 
 
