@@ -68,6 +68,9 @@ class Entry:
     error: FhirError | None = None
     existing: bool = False  # a POST whose ifNoneExist matched: nothing is created
     server_id: bool = False  # a conditional PUT that matched nothing: it creates, the server names it
+    #: ``Type/id`` of every reference of the resource, when each named an entry of the Bundle by its
+    #: fullUrl (None: some reference is to be looked up by the integrity check)
+    targets: set[str] | None = None
 
     @property
     def where(self) -> str:
@@ -323,9 +326,14 @@ def resolve_references(
     cache: dict[str, str] = {}
 
     def resolve_for(entry: Entry) -> Callable[[str], str | None]:
+        entry.targets = set()
+
         def resolve(reference: str) -> str | None:
             if reference in mapping:
+                if entry.targets is not None:
+                    entry.targets.add(mapping[reference])
                 return mapping[reference]
+            entry.targets = None
             if reference.startswith(("urn:uuid:", "urn:oid:")):
                 raise _fail(entry, InvalidRequest(f"Reference '{reference}' names no entry of this Bundle", "resource"))
             if "?" in reference:
@@ -487,8 +495,10 @@ def _check_integrity(
     """References of what ``entries`` wrote resolve; what they deleted nobody refers to (at the end
     of the transaction, so entries may refer to each other in any order). ``live``: (type, id) this
     transaction created where the caller sees them, which no lookup needs to confirm."""
+    created = {f"{res_type}/{res_id}" for res_type, res_id in live}
     written = [(e, responses[e.index]["_resource"]) for e in entries
-               if e.method in ("POST", "PUT", "PATCH") and isinstance(responses[e.index].get("_resource"), dict)]
+               if e.method in ("POST", "PUT", "PATCH") and isinstance(responses[e.index].get("_resource"), dict)
+               and (e.targets is None or not e.targets <= created)]  # else nothing to look up or walk
     missing = references.missing_targets(conn, ctx.caller, written, ctx.base, live)
     if missing:
         raise _fail(missing[0][0], references.dangling([m for m in missing if m[0] is missing[0][0]]))
