@@ -286,7 +286,7 @@ def _instance(model: Any, value: dict) -> Any:
 
 
 # A resource's model costs the same fixed work whatever the resource holds: the model walks all
-# of its fields (fifty and more) in its own checks, twice, for a resource that fills eight. The
+# of its fields in its own checks, twice, for a resource that fills a handful of them. The
 # fast path below checks the fields present, each with the model's own type for it (a shared
 # datatype by its remembered instance, a short primitive by a remembered verdict), and makes the
 # model's own checks of the whole (no unknown key, no null, one value per choice, the required
@@ -301,7 +301,7 @@ class _Field(typing.NamedTuple):
     name: str  # the model's field name
     repeated: bool  # the element is a list
     shared: Any  # the element model of a ``_SHARED_TYPES`` element, else None
-    adapter: TypeAdapter[Any]  # the field's own type
+    annotation: Any  # the field's own type (its validator is built when first needed: ``_adapter``)
 
 
 class _FastPlan(typing.NamedTuple):
@@ -333,7 +333,7 @@ def _fast_plan(resource_type: str) -> _FastPlan | None:
         annotation: Any = info.annotation
         repeated = typing.get_origin(annotation) is list or any(
             typing.get_origin(arg) is list for arg in typing.get_args(annotation))
-        fields[key] = _Field(name, repeated, shared.get(key), TypeAdapter(annotation))
+        fields[key] = _Field(name, repeated, shared.get(key), annotation)
     aliases = {info.alias or name: name for name, info in model.model_fields.items()}
     named = {name: key for key, name in aliases.items()}
     required.update(element for element, _ in model.get_required_fields(None))  # type: ignore[arg-type]
@@ -380,12 +380,21 @@ def _field_valid(resource_type: str, key: str, field: _Field, value: Any) -> boo
         memo = (resource_type, key, value.__class__, value)
         verdict = _verdicts.get(memo)
         if verdict is None:
-            verdict = _adapter_accepts(field.adapter, value)
+            verdict = _adapter_accepts(_adapter(resource_type, key), value)
             if len(_verdicts) >= _VERDICTS_KEPT:
                 _verdicts.clear()
             _verdicts[memo] = verdict
         return verdict
-    return _adapter_accepts(field.adapter, value)
+    return _adapter_accepts(_adapter(resource_type, key), value)
+
+
+@cache
+def _adapter(resource_type: str, key: str) -> TypeAdapter[Any]:
+    """A validator of one field's type, built once and only for the fields met (building one for
+    every field of a model would hold up a server's first write of each type)."""
+    plan = _fast_plan(resource_type)
+    assert plan is not None
+    return TypeAdapter(plan.fields[key].annotation)
 
 
 def _adapter_accepts(adapter: TypeAdapter[Any], value: Any) -> bool:
