@@ -26,8 +26,8 @@ from typing import Any, Final
 from fhirfus.fhir.reference_syntax import named_type
 
 __all__ = [
-    "BindingViolation", "check_elements", "check_required_bindings", "element_tables", "enumerated_valueset",
-    "r4_system_codes", "resource_types",
+    "BindingViolation", "check_elements", "check_required_bindings", "check_value", "container_of", "element_tables",
+    "enumerated_valueset", "r4_system_codes", "resource_types",
 ]
 
 DATA_FILE: Final = Path(__file__).with_name("data") / "fhir_elements.json"
@@ -245,6 +245,23 @@ def _visit(
         # nested resource (a Bundle entry, a Parameters part) is a container of its own
         inner = container if element.path.endswith(".contained") else _Container.of(value)
         _walk(value, model.tables[nested_type], expr, model, inner, out)
+
+
+def container_of(resource: Mapping[str, Any]) -> _Container:
+    """What ``#id`` references inside ``resource`` can name (for ``check_value``)."""
+    return _Container.of(resource)
+
+
+def check_value(
+    value: Any, element: _Element, expr: str, container: _Container, out: list[BindingViolation],
+) -> None:
+    """``check_elements``' checks of one value (its binding, the targets of a Reference) without
+    descending into it: for the typed walk (``fhirfus.fhir.walk``), which descends itself, so a
+    resource is walked once for its element rules and these."""
+    if element.valueset is not None:
+        _check_binding(value, element, element.valueset, expr, out)
+    if element.type == "Reference" and element.table is not None and isinstance(value, Mapping):
+        _check_reference(value, element, expr, _model(), container, out)
 
 
 def _check_reference(

@@ -2,7 +2,8 @@
 
 Why: the JSON representation, narrative, extension and Bundle rules each look at part of the
 resource; ``fhirfus.fhir.validation.resource_issues`` calls this once, and one typed walk
-(``fhirfus.fhir.walk``) feeds the families that need element types. Issues carry their severity:
+(``fhirfus.fhir.walk``) feeds the families that need element types and makes the binding and
+reference-target checks on the way. Issues carry their severity:
 errors refuse a write, warnings are only reported by ``$validate``.
 """
 
@@ -21,12 +22,14 @@ from fhirfus.fhir import (
     narrative,
     representation,
 )
+from fhirfus.fhir.bindings import BindingViolation
 from fhirfus.fhir.walk import walk
 
 
 def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
-    """Issues of every rule family, errors and warnings alike (a 400, never a crash, for JSON
-    nested beyond what the recursive checks can follow)."""
+    """Issues of required bindings and reference targets (``fhirfus.fhir.bindings``, checked on
+    the typed walk), then of every rule family, errors and warnings alike (a 400, never a crash,
+    for JSON nested beyond what the recursive checks can follow)."""
     try:
         return _rule_issues(resource, resource_type)
     except RecursionError:
@@ -34,8 +37,11 @@ def rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
 
 
 def _rule_issues(resource: Mapping[str, Any], resource_type: str) -> list[Issue]:
-    issues = representation.shape_issues(resource, resource_type)
-    nodes = walk(resource, representation.keep_primitive)
+    shape = representation.shape_issues(resource, resource_type)
+    violations: list[BindingViolation] = []
+    nodes = walk(resource, representation.keep_primitive, violations)
+    issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in violations]
+    issues += shape
     issues += representation.node_issues(nodes)
     issues += narrative.narrative_issues(nodes)
     issues += extensions.extension_issues(nodes)

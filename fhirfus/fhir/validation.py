@@ -17,10 +17,10 @@ from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
-from fhirfus.fhir.bindings import check_elements, resource_types
+from fhirfus.fhir.bindings import resource_types
 from fhirfus.fhir.checks import rule_issues
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -297,12 +297,139 @@ def _instance(model: Any, value: dict) -> Any:
     return found
 
 
+# A resource's model costs the same fixed work whatever the resource holds: the model walks all
+# of its fields in its own checks, twice, for a resource that fills a handful of them. The
+# fast path below checks the fields present, each with the model's own type for it (a shared
+# datatype by its remembered instance, a short primitive by a remembered verdict), and makes the
+# model's own checks of the whole (no unknown key, no null, one value per choice, the required
+# elements there) itself. It only ever says "valid"; whatever it cannot decide goes to the model.
+_VERDICTS_KEPT = 8192
+_verdicts: dict[tuple[Any, ...], bool] = {}
+#: The model-level checks the fast path makes itself (any other: the type has no fast path).
+_MODEL_CHECKS = frozenset({"reject_null_complex_elements", "validate_after_model_construction"})
+
+
+class _Field(typing.NamedTuple):
+    name: str  # the model's field name
+    repeated: bool  # the element is a list
+    shared: Any  # the element model of a ``_SHARED_TYPES`` element, else None
+    annotation: Any  # the field's own type (its validator is built when first needed: ``_adapter``)
+
+
+class _FastPlan(typing.NamedTuple):
+    fields: dict[str, _Field]  # JSON key → field (no ``_x`` partners: those go to the model)
+    required: frozenset[str]  # JSON keys that must hold a value
+    choices: tuple[tuple[frozenset[str], bool], ...]  # the keys of each choice element, whether required
+
+
+@cache
+def _fast_plan(resource_type: str) -> _FastPlan | None:
+    """How the fast path checks a type, or None when the model does more than the fast path knows
+    (a validator of its own, a constructor of its own)."""
+    from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+    model = get_fhir_model_class(resource_type)
+    decorators = model.__pydantic_decorators__
+    if (set(decorators.model_validators) - _MODEL_CHECKS or decorators.field_validators or decorators.validators
+            or decorators.root_validators or model.__init__ is not FHIRAbstractModel.__init__):
+        return None
+    shared = _shared_fields(resource_type)
+    fields: dict[str, _Field] = {}
+    required: set[str] = set()
+    for name, info in model.model_fields.items():
+        key = info.alias or name
+        if info.is_required():
+            required.add(key)
+        if key.startswith("_") or name == "fhir_comments":
+            continue
+        annotation: Any = info.annotation
+        repeated = typing.get_origin(annotation) is list or any(
+            typing.get_origin(arg) is list for arg in typing.get_args(annotation))
+        fields[key] = _Field(name, repeated, shared.get(key), annotation)
+    aliases = {info.alias or name: name for name, info in model.model_fields.items()}
+    named = {name: key for key, name in aliases.items()}
+    required.update(element for element, _ in model.get_required_fields(None))  # type: ignore[arg-type]
+    choices = tuple(
+        (frozenset(named[name] for name in group),
+         (model.model_fields[group[0]].json_schema_extra or {}).get("one_of_many_required") is True)  # type: ignore[union-attr]
+        for group in model.get_one_of_many_fields(None).values()  # type: ignore[arg-type]
+    )
+    if not required <= fields.keys() or any(not keys <= fields.keys() for keys, _ in choices):
+        return None
+    return _FastPlan(fields, frozenset(required), choices)
+
+
+def _fast_valid(resource_type: str, data: dict) -> bool:
+    """True when the fast path finds the resource valid (False: it cannot tell, the model decides)."""
+    plan = _fast_plan(resource_type)
+    if plan is None:
+        return False
+    fields = plan.fields
+    for key, value in data.items():
+        if key == "resourceType":
+            continue
+        field = fields.get(key)
+        if field is None or value is None or not _field_valid(resource_type, key, field, value):
+            return False
+    if not plan.required <= data.keys():
+        return False
+    for keys, needed in plan.choices:
+        present = len(keys.intersection(data))
+        if present > 1 or (needed and not present):
+            return False
+    return True
+
+
+def _field_valid(resource_type: str, key: str, field: _Field, value: Any) -> bool:
+    if field.repeated:
+        if not isinstance(value, list) or any(item is None for item in value):
+            return False
+        if field.shared is not None:
+            return all(isinstance(item, dict) and _instance(field.shared, item) is not None for item in value)
+    elif field.shared is not None:
+        return isinstance(value, dict) and _instance(field.shared, value) is not None
+    if value.__class__ in (str, int, float, bool) and (value.__class__ is not str or len(value) <= _ITEM_KEY_MAX):
+        memo = (resource_type, key, value.__class__, value)
+        verdict = _verdicts.get(memo)
+        if verdict is None:
+            verdict = _adapter_accepts(_adapter(resource_type, key), value)
+            if len(_verdicts) >= _VERDICTS_KEPT:
+                _verdicts.clear()
+            _verdicts[memo] = verdict
+        return verdict
+    return _adapter_accepts(_adapter(resource_type, key), value)
+
+
+@cache
+def _adapter(resource_type: str, key: str) -> TypeAdapter[Any]:
+    """A validator of one field's type, built once and only for the fields met (building one for
+    every field of a model would hold up a server's first write of each type)."""
+    plan = _fast_plan(resource_type)
+    assert plan is not None
+    return TypeAdapter(plan.fields[key].annotation)
+
+
+def _adapter_accepts(adapter: TypeAdapter[Any], value: Any) -> bool:
+    """Whether the field's type takes ``value``; any failure, of whatever kind, leaves the verdict
+    (and its message) to the model."""
+    try:
+        adapter.validate_python(value)
+    except Exception:
+        return False
+    return True
+
+
 def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
     """Whether the resource is valid, its common datatypes checked once per distinct value (False
     also when this path cannot tell: the caller then checks it whole)."""
+    if _fast_valid(resource_type, data):
+        return True
+    shared = _shared_fields(resource_type)
     shell = dict(data)
-    for key, element_model in _shared_fields(resource_type).items():
-        value = data.get(key)
+    for key, value in data.items():
+        element_model = shared.get(key)
+        if element_model is None:
+            continue
         if isinstance(value, dict):
             checked = _instance(element_model, value)
             if checked is None:
@@ -317,7 +444,18 @@ def _valid_with_shared(model: Any, resource_type: str, data: dict) -> bool:
                         return False
                 items.append(item)
             shell[key] = items
-    return not _model_errors(model, shell)
+    return _accepts(model, shell)
+
+
+def _accepts(model: Any, data: dict) -> bool:
+    """Whether ``model`` takes ``data``, through its constructor: ``model_validate`` of a FHIR model
+    calls that same constructor (which validates everything) and then runs the model's after-checks
+    a second time: the same verdict for less work."""
+    try:
+        model(**data)
+    except (ValidationError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _structure_issues(resource_type: str, data: dict) -> list[Issue]:
@@ -360,8 +498,7 @@ def resource_issues(data: Any, expected_type: str | None = None, *, warnings: bo
     issues = _structure_issues(resource_type, data)
     if issues:
         return issues
-    issues = [Issue(v.message, v.code, "error", (v.expression,)) for v in check_elements(data)]
-    issues += rule_issues(data, resource_type)
+    issues = rule_issues(data, resource_type)  # required bindings and reference targets first
     return issues if warnings else [i for i in issues if i.severity in ("error", "fatal")]
 
 

@@ -8,7 +8,9 @@ element tables generated from the official definitions (``data/fhir_elements.jso
 The walk follows the JSON exactly as sent: ``given`` and its ``_given`` partner are both visited,
 the partner as an ``Element`` of the primitive's type (``primitive=True``) so primitive
 extensions are checked like any other. Keys the tables do not know are skipped: the structural
-validator reports them.
+validator reports them. Given a list of ``violations``, the walk also makes the checks of
+``fhirfus.fhir.bindings.check_elements`` (required bindings, reference targets) on the way, so a
+resource is walked once for both.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from fhirfus.fhir.bindings import RESOURCE_TABLE, element_tables, resource_types
+from fhirfus.fhir.bindings import (
+    RESOURCE_TABLE,
+    BindingViolation,
+    check_value,
+    container_of,
+    element_tables,
+    resource_types,
+)
 
 
 class Node(NamedTuple):
@@ -37,14 +46,19 @@ NEEDED = frozenset({"Extension", "Attachment", "Coding", "Resource"})
 Keep = Callable[[str, Any], bool]
 
 
-def walk(resource: Mapping[str, Any], keep: Keep = lambda kind, value: True) -> list[Node]:
+def walk(
+    resource: Mapping[str, Any], keep: Keep = lambda kind, value: True,
+    violations: list[BindingViolation] | None = None,
+) -> list[Node]:
     """The objects of ``resource`` the rules read (itself first) and the primitives ``keep`` asks
-    for, depth first, contained resources included."""
+    for, depth first, contained resources included; ``violations`` collects what
+    ``check_elements`` would report, in its order."""
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in resource_types():
         return []
     out = [Node(resource_type, resource_type, resource_type, resource, resource_type)]
-    _children(resource, resource_type, resource_type, resource_type, keep, out)
+    _children(resource, resource_type, resource_type, resource_type, keep, out,
+              violations, container_of(resource) if violations is not None else None)
     return out
 
 
@@ -58,6 +72,7 @@ class _Key(NamedTuple):
     needed: bool  # its objects always become nodes (``NEEDED``)
     table: str | None  # the table its objects are walked with (``Element`` for a partner)
     nested: bool  # holds a resource walked with its own ``resourceType``'s table
+    bound: Any  # the element, when its values have a binding or reference targets to check (bindings)
 
 
 #: table key → JSON key → ``_Key``, filled as tables are met: none of it depends on the values.
@@ -81,10 +96,14 @@ def _key(table_key: str, key: str) -> _Key | None:
     kind = "id" if name == "id" and table_key in resource_types() else element.type
     nested = not partner and element.table == RESOURCE_TABLE
     table = "Element" if partner else (None if nested else element.table)
-    return _Key(name, kind, f"{table_key}.{name}", partner, kind in NEEDED, table, nested)
+    bound = None if partner or (element.valueset is None and element.type != "Reference") else element
+    return _Key(name, kind, f"{table_key}.{name}", partner, kind in NEEDED, table, nested, bound)
 
 
-def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, keep: Keep, out: list[Node]) -> None:
+def _children(
+    obj: Mapping[str, Any], table_key: str, expr: str, path: str, keep: Keep, out: list[Node],
+    violations: list[BindingViolation] | None, container: Any,
+) -> None:
     """Append the nodes under ``obj`` (a list, not nested generators: those cost per level per node).
 
     Objects become nodes only when a rule reads them (``NEEDED``) or they may be an extension's
@@ -98,11 +117,15 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, keep
             meaning = plan[key] = _key(table_key, key)
         if meaning is None:
             continue
-        name, kind, definition, partner, needed, table, nested = meaning
+        name, kind, definition, partner, needed, table, nested, bound = meaning
         repeated = isinstance(value, list)
         child_path = f"{path}.{name}"
+        check = bound is not None and violations is not None
         for index, item in enumerate(value) if repeated else ((None, value),):
             is_object = isinstance(item, dict)
+            if check:
+                check_value(item, bound, f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}", container,
+                            violations)  # type: ignore[arg-type]
             if not is_object and (partner or not keep(kind, item)):
                 continue
             child_expr = f"{expr}.{name}[{index}]" if repeated else f"{expr}.{name}"
@@ -115,6 +138,10 @@ def _children(obj: Mapping[str, Any], table_key: str, expr: str, path: str, keep
                 inner = item.get("resourceType")
                 if isinstance(inner, str) and inner in resource_types():
                     append(Node(child_expr, inner, inner, item, inner))
-                    _children(item, inner, child_expr, inner, keep, out)
+                    # contained resources refer to their container's other contained resources; any
+                    # other nested resource (a Bundle entry, a Parameters part) is a container of its own
+                    inner_container = container if violations is None or definition.endswith(".contained") \
+                        else container_of(item)
+                    _children(item, inner, child_expr, inner, keep, out, violations, inner_container)
             elif table is not None:
-                _children(item, table, child_expr, child_path, keep, out)
+                _children(item, table, child_expr, child_path, keep, out, violations, container)

@@ -68,6 +68,9 @@ class Entry:
     error: FhirError | None = None
     existing: bool = False  # a POST whose ifNoneExist matched: nothing is created
     server_id: bool = False  # a conditional PUT that matched nothing: it creates, the server names it
+    #: ``Type/id`` of every reference of the resource, when each named an entry of the Bundle by its
+    #: fullUrl (None: some reference is to be looked up by the integrity check)
+    targets: set[str] | None = None
 
     @property
     def where(self) -> str:
@@ -323,9 +326,14 @@ def resolve_references(
     cache: dict[str, str] = {}
 
     def resolve_for(entry: Entry) -> Callable[[str], str | None]:
+        entry.targets = set()
+
         def resolve(reference: str) -> str | None:
             if reference in mapping:
+                if entry.targets is not None:
+                    entry.targets.add(mapping[reference])
                 return mapping[reference]
+            entry.targets = None
             if reference.startswith(("urn:uuid:", "urn:oid:")):
                 raise _fail(entry, InvalidRequest(f"Reference '{reference}' names no entry of this Bundle", "resource"))
             if "?" in reference:
@@ -469,22 +477,29 @@ def _transaction(
         for entry in (e for e in ordered if e.method == "DELETE"):
             responses[entry.index] = _run(conn, entry, ctx)
         bulk = _bulk_creatable(conn, ctx.caller, entries)
-        responses.update(_create_all(conn, ctx.caller, bulk))
+        created, live = _create_all(conn, ctx.caller, bulk)
+        responses.update(created)
         for entry in (e for e in ordered if e.method != "DELETE" and e.index not in responses):
             responses[entry.index] = _run(conn, entry, ctx)
         if ctx.integrity:
-            _check_integrity(conn, ctx, entries, responses)
+            _check_integrity(conn, ctx, entries, responses, live)
         if before_commit is not None:
             before_commit(conn)
     return responses
 
 
-def _check_integrity(conn: Connection, ctx: Context, entries: list[Entry], responses: dict[int, dict]) -> None:
+def _check_integrity(
+    conn: Connection, ctx: Context, entries: list[Entry], responses: dict[int, dict],
+    live: frozenset[tuple[str, str]] = frozenset(),
+) -> None:
     """References of what ``entries`` wrote resolve; what they deleted nobody refers to (at the end
-    of the transaction, so entries may refer to each other in any order)."""
+    of the transaction, so entries may refer to each other in any order). ``live``: (type, id) this
+    transaction created where the caller sees them, which no lookup needs to confirm."""
+    created = {f"{res_type}/{res_id}" for res_type, res_id in live}
     written = [(e, responses[e.index]["_resource"]) for e in entries
-               if e.method in ("POST", "PUT", "PATCH") and isinstance(responses[e.index].get("_resource"), dict)]
-    missing = references.missing_targets(conn, ctx.caller, written, ctx.base)
+               if e.method in ("POST", "PUT", "PATCH") and isinstance(responses[e.index].get("_resource"), dict)
+               and (e.targets is None or not e.targets <= created)]  # else nothing to look up or walk
+    missing = references.missing_targets(conn, ctx.caller, written, ctx.base, live)
     if missing:
         raise _fail(missing[0][0], references.dangling([m for m in missing if m[0] is missing[0][0]]))
     for entry in entries:
@@ -531,8 +546,13 @@ def _bulk_creatable(conn: Connection, caller: Access, entries: list[Entry]) -> l
     return creates
 
 
-def _create_all(conn: Connection, caller: Access, creates: list[Entry]) -> dict[int, dict]:
-    """Creating entries of a transaction in one bulk insert (after DELETEs, before updates)."""
+def _create_all(
+    conn: Connection, caller: Access, creates: list[Entry],
+) -> tuple[dict[int, dict], frozenset[tuple[str, str]]]:
+    """Creating entries of a transaction in one bulk insert (after DELETEs, before updates): their
+    responses, and the (type, id) created that the caller sees. Those stay live to the end of the
+    transaction (its DELETEs ran before, and no later entry may name an id an earlier one took),
+    so references to them need no lookup."""
     for entry in creates:
         try:
             caller.require(entry.res_type, "c")  # type: ignore[arg-type]
@@ -546,7 +566,9 @@ def _create_all(conn: Connection, caller: Access, creates: list[Entry]) -> dict[
     stored: list[Stored] = []
     for start in range(0, len(items), CREATE_CHUNK):  # bounded statement size and serialised JSON
         stored += repository.create_many(conn, items[start:start + CREATE_CHUNK])
-    return {e.index: _write_response(WriteResult(s, created=True)) for e, s in zip(creates, stored[:len(creates)], strict=True)}
+    responses = {e.index: _write_response(WriteResult(s, created=True))
+                 for e, s in zip(creates, stored[:len(creates)], strict=True)}
+    return responses, frozenset((s.res_type, s.res_id) for s in stored if caller.visibility.sees(s.site))
 
 
 def _batch(ctx: Context, entries: list[Entry]) -> dict[int, dict]:

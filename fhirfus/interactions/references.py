@@ -18,7 +18,7 @@ off too: the references of a whole export resolve, those of one of its chunks ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from functools import cache
 from typing import Any, TypeVar
 
@@ -56,24 +56,28 @@ def local_target(reference: str, base: str) -> tuple[str, str] | None:
 
 def missing_targets(
     conn: Connection, caller: Access, written: Iterable[tuple[T, dict]], base: str,
+    live: Collection[tuple[str, str]] = frozenset(),
 ) -> list[tuple[T, str, str]]:
     """(tag, element path, ``Type/id``) of each local reference of the ``written`` resources (tagged
     by the caller) that names no live resource the caller may see (the transaction's own writes
-    included: they are in ``conn`` already)."""
-    wanted = _wanted(written, base)
+    included: they are in ``conn`` already). ``live``: targets the caller knows to be live and
+    visible to it (what its transaction created), not looked up."""
+    wanted = _wanted(written, base, live)
     if not wanted:
         return []
     return _missing(wanted, _found(conn, caller, list(wanted)))
 
 
-def _wanted(written: Iterable[tuple[T, dict]], base: str) -> dict[tuple[str, str], list[tuple[T, str]]]:
-    """The local targets of the ``written`` resources, each with the (tag, element path) naming it."""
+def _wanted(written: Iterable[tuple[T, dict]], base: str,
+            live: Collection[tuple[str, str]] = frozenset()) -> dict[tuple[str, str], list[tuple[T, str]]]:
+    """The local targets of the ``written`` resources, each with the (tag, element path) naming it,
+    but those in ``live``."""
     wanted: dict[tuple[str, str], list[tuple[T, str]]] = {}
     for tag, resource in written:
         res_type = resource.get("resourceType", "Resource")
         for path, reference in references_at(resource, res_type):
             target = local_target(reference, base)
-            if target is not None and target != (res_type, resource.get("id")):
+            if target is not None and target != (res_type, resource.get("id")) and target not in live:
                 wanted.setdefault(target, []).append((tag, path))
     return wanted
 

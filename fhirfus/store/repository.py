@@ -422,9 +422,8 @@ def create_many(conn: Connection, items: list[NewResource]) -> list[Stored]:
          "content": body, "site": site}
         for i, body, site in zip(items, bodies, sites, strict=True)
     ]
-    try:
-        with conn.begin_nested():
-            pks = rows.insert_with_keys(conn, resources, current)
+    try:  # no savepoint: a failed insert ends the whole write transaction, whose rollback undoes it
+        pks = rows.insert_with_keys(conn, resources, current)
     except IntegrityError as exc:
         raise Conflict("A resource id of this batch was created concurrently; retry") from exc
     stored = [

@@ -58,6 +58,9 @@ class StatisticsKeeper:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def begun(self, conn: Connection) -> None:
+        """Nothing to read along a write: the keeper only counts, after the commit."""
+
     def written(self, conn: Connection, versions: list[Stored]) -> None:
         """Nothing to do inside the transaction: only committed versions count."""
 

@@ -203,3 +203,52 @@ def test_official_example_has_no_binding_violations(path: Path) -> None:
     if path.name in KNOWN_VIOLATING_EXAMPLES:
         pytest.xfail(KNOWN_VIOLATING_EXAMPLES[path.name])
     assert check_required_bindings(resource) == []
+
+
+def _walked_violations(resource: dict[str, Any]) -> list[BindingViolation]:
+    from fhirfus.fhir.representation import keep_primitive
+    from fhirfus.fhir.walk import walk
+
+    found: list[BindingViolation] = []
+    walk(resource, keep_primitive, found)
+    return found
+
+
+PLANTED: list[dict[str, Any]] = [
+    patient(gender="banana", contact=[{"gender": "nope"}]),
+    {"resourceType": "Observation", "status": "bogus", "code": {"text": "x"}, "subject": {"reference": "Medication/1"},
+     "performer": [{"reference": "#nowhere"}, {"reference": "#me", "type": "Substance"}],
+     "contained": [{"resourceType": "Patient", "id": "me", "gender": "other",
+                    "generalPractitioner": [{"reference": "#me"}, {"reference": "#ghost"}]}]},
+    {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Patient", "gender": "x", "managingOrganization": {"reference": "#org"},
+                      "contained": [{"resourceType": "Organization", "id": "org"}]}},
+        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                      "subject": {"reference": "#org"}}},
+    ]},
+]
+
+
+@pytest.mark.parametrize("resource", PLANTED + [json.loads(p.read_text()) for p in EXAMPLE_FILES],
+                         ids=lambda r: str(r.get("resourceType")))
+def test_the_typed_walk_finds_what_check_elements_finds(resource: dict[str, Any]) -> None:
+    """Writes take binding and reference-target violations from the one typed walk of the rule
+    families (``fhirfus.fhir.walk``); ``check_elements`` walks on its own. The same violations, in
+    the same order, or a write would be refused (or let through) differently from ``$validate``."""
+    from fhirfus.fhir.bindings import check_elements
+
+    assert _walked_violations(resource) == check_elements(resource)
+
+
+def test_the_planted_violations_are_found() -> None:
+    """The comparison above has violations to compare: codes, targets and ``#id``s at every depth,
+    a contained resource's references resolved in its container, a Bundle entry's in itself."""
+    from fhirfus.fhir.bindings import check_elements
+
+    assert [[v.expression for v in check_elements(r)] for r in PLANTED] == [
+        ["Patient.gender", "Patient.contact[0].gender"],
+        ["Observation.status", "Observation.subject.reference", "Observation.performer[0].reference",
+         "Observation.performer[1].type", "Observation.contained[0].generalPractitioner[0].reference",
+         "Observation.contained[0].generalPractitioner[1].reference"],
+        ["Bundle.entry[0].resource.gender", "Bundle.entry[1].resource.subject.reference"],
+    ]

@@ -6,13 +6,17 @@ setting off; across sites, another site's resource is as absent as one never wri
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import httpx
 import pytest
 from auth_helpers import make_client
 from conftest import serving
+from sqlalchemy import event
 
+from fhirfus.auth.access import SERVER
+from fhirfus.interactions import bundles
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 
@@ -66,6 +70,45 @@ def test_entries_of_one_transaction_may_refer_to_each_other_in_any_order(client:
         {"resource": {"resourceType": "Patient", "id": pid}, "request": {"method": "PUT", "url": f"Patient/{pid}"}},
     ]}
     assert client.post("", json=bundle).status_code == 200
+
+
+def test_a_dangling_reference_beside_references_to_new_entries_is_still_refused(client: httpx.Client) -> None:
+    missing = f"Practitioner/{uuid.uuid4()}"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:5b1c0c1e-0000-4000-8000-000000000001", "resource": {"resourceType": "Patient"},
+         "request": {"method": "POST", "url": "Patient"}},
+        {"resource": observation("urn:uuid:5b1c0c1e-0000-4000-8000-000000000001",
+                                 performer=[{"reference": missing}]),
+         "request": {"method": "POST", "url": "Observation"}},
+    ]}
+    answer = client.post("", json=bundle)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.performer[0]"]
+
+
+def test_references_to_what_the_transaction_created_are_not_looked_up(database) -> None:
+    """The transaction's own new resources are live and the caller's to the end of it: checking
+    references to them would ask the database what it was just told."""
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": "urn:uuid:5b1c0c1e-0000-4000-8000-000000000002", "resource": {"resourceType": "Patient"},
+         "request": {"method": "POST", "url": "Patient"}},
+        *[{"resource": observation("urn:uuid:5b1c0c1e-0000-4000-8000-000000000002"),
+           "request": {"method": "POST", "url": "Observation"}} for _ in range(3)],
+    ]}
+    statements: list[str] = []
+    here = threading.get_ident()  # the session's server shares the engine: its threads' statements are not ours
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        if threading.get_ident() == here:
+            statements.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", seen)
+    try:
+        answer = bundles.process(bundles.Context(Store(database.engine), SERVER, "http://test.local/fhir"), bundle)
+    finally:
+        event.remove(database.engine, "before_cursor_execute", seen)
+    assert [e["response"]["status"] for e in answer["entry"]] == ["201 Created"] * 4
+    assert not [s for s in statements if s.lstrip().upper().startswith("SELECT") and "resources" in s]
 
 
 def test_absolute_references_under_this_base_are_checked_and_other_servers_are_not(server, client: httpx.Client) -> None:
