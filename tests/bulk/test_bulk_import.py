@@ -471,7 +471,7 @@ def test_an_import_whose_server_is_killed_resumes_in_another_process(
                 time.sleep(0.2)
         with httpx.Client(base_url=base, timeout=30) as http:
             job_id = kick_off(http, parameters(("Patient", f"{root}/{name}"))).rsplit("/", 1)[1]
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240
         while (job := jobs.get(store, job_id)) is None or job.progress["chunks"] < 2:
             assert time.monotonic() < deadline
             time.sleep(0.02)
