@@ -96,3 +96,14 @@ def make_client(store: Store, token_url: str, *, role: str, scope: str, site: st
     kid = uuid.uuid4().hex[:8]
     client = register(store, f"test {role} {site or ''}", role, scope, {"keys": [public_jwk(key, kid, algorithm)]}, site)
     return TestClient(client.client_id, key, algorithm, kid, token_url, scope)
+
+
+def two_sites_and_roles(store: Store, token_url: str, site_a: str, site_b: str) -> dict[str, TestClient]:
+    """A client of each kind the access rules tell apart: a site client of each of two sites, an
+    admin and an analyst (the cast of the matrix and of the bad-input fuzz)."""
+    return {
+        "a": make_client(store, token_url, role="site", site=site_a, scope="system/*.cruds"),
+        "b": make_client(store, token_url, role="site", site=site_b, scope="system/*.cruds"),
+        "admin": make_client(store, token_url, role="admin", scope="system/*.cruds"),
+        "analyst": make_client(store, token_url, role="analyst", scope="system/*.rs"),
+    }

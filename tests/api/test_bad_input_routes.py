@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_helpers import make_client
+from auth_helpers import two_sites_and_roles
 from starlette.routing import Mount
 
 from fhirfus.api.console.web import COOKIE
@@ -375,12 +375,7 @@ def world(secure_server: Any) -> Iterator[World]:
     token_url = secure_server.root + "/auth/token"
     suffix = uuid.uuid4().hex[:8]
     site_a, site_b = f"FA{suffix}", f"FB{suffix}"
-    clients = {
-        "a": make_client(store, token_url, role="site", site=site_a, scope="system/*.cruds"),
-        "b": make_client(store, token_url, role="site", site=site_b, scope="system/*.cruds"),
-        "admin": make_client(store, token_url, role="admin", scope="system/*.cruds"),
-        "analyst": make_client(store, token_url, role="analyst", scope="system/*.rs"),
-    }
+    clients = two_sites_and_roles(store, token_url, site_a, site_b)
     fhir = {name: c.http(secure_server.base) for name, c in clients.items()}
     system = f"urn:routes:{suffix}"
     marker_a, marker_b = f"routeA{suffix}", f"routeB{suffix}"

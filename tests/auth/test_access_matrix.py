@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_helpers import make_client
+from auth_helpers import two_sites_and_roles
 
 from fhirfus.store.repository import Store
 from tests.domain.test_domain_writes import response_for
@@ -320,12 +320,7 @@ def world(secure_server) -> Iterator[World]:
     token_url = secure_server.root + "/auth/token"
     suffix = uuid.uuid4().hex[:8]
     site_a, site_b = f"MA{suffix}", f"MB{suffix}"
-    clients = {
-        "a": make_client(store, token_url, role="site", site=site_a, scope="system/*.cruds"),
-        "b": make_client(store, token_url, role="site", site=site_b, scope="system/*.cruds"),
-        "admin": make_client(store, token_url, role="admin", scope="system/*.cruds"),
-        "analyst": make_client(store, token_url, role="analyst", scope="system/*.rs"),
-    }
+    clients = two_sites_and_roles(store, token_url, site_a, site_b)
     sessions = {name: c.http(secure_server.root) for name, c in clients.items()}
     sessions["none"] = httpx.Client(base_url=secure_server.root, timeout=30)
     fhir = {name: c.http(secure_server.base) for name, c in clients.items()}
