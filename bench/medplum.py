@@ -65,6 +65,12 @@ MEDPLUM_START_TIMEOUT_S = 900.0
 ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.com", "medplum_admin"  # seeded by Medplum on first start
 CLIENTS = 4
 BUNDLE_ENTRIES = 100
+#: Medplum 5's ``dist/index.js`` starts itself only ``if (import.meta.main)``, which Node 20 does not set;
+#: importing it and calling its exported ``main`` works on every Node version.
+LAUNCH = "const server = await import(process.argv[1]); await server.main(process.argv[2]);"
+#: NODE_ENV=test only keeps Medplum from asking its vendor for a newer version when it starts (it has
+#: no setting for that; this machine has no route out) and lowers its default log level.
+MEDPLUM_ENV = {**os.environ, "NODE_ENV": "test"}
 _CREATED = re.compile(r"/Observation/([^/?]+)")
 
 
@@ -165,7 +171,8 @@ def medplum_server(folder: Path, database_url: str, workdir: Path) -> Iterator[S
     flush_redis()
     log = CACHE / "medplum.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(["node", "dist/index.js", f"file:{config}"], cwd=folder, stdout=out,
+        process = subprocess.Popen(["node", "--input-type=module", "-e", LAUNCH, str(folder / "dist" / "index.js"),
+                                    f"file:{config}"], cwd=folder, env=MEDPLUM_ENV, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=bench._die_with_parent)
     try:
