@@ -33,7 +33,8 @@ test: install
 ## search on 1,000,000 resources, transaction-Bundle ingest, the cost of authentication, Bulk Data
 ## export of 1,000,000 resources, the analysis export of 10,000 patients, a hub's pull of 100,000
 ## resources from a site server (beside a local load of the same files), Subscription notification
-## latency under 200 writes/s. A full run loads large databases (tens of minutes);
+## latency under 200 writes/s, fhirfus beside Medplum per CPU-second (skipped without a built Medplum server:
+## MEDPLUM_SERVER_DIR, see bench/medplum.py). A full run loads large databases (tens of minutes);
 ## `make bench BENCH_ARGS=--quick` is a smoke run of the first three.
 BULK_RESOURCES ?= 1000000
 ANALYSIS_PATIENTS ?= 10000
@@ -51,6 +52,7 @@ bench: install
 	$(BIN)/python bench/scale_out.py $(BENCH_ARGS)
 	$(BIN)/python bench/pull.py --resources $(PULL_RESOURCES) $(BENCH_ARGS)
 	$(BIN)/python bench/subscriptions.py $(BENCH_ARGS)
+	$(BIN)/python bench/medplum.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
