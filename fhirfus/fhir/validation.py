@@ -453,7 +453,7 @@ def _accepts(model: Any, data: dict) -> bool:
     a second time: the same verdict for less work."""
     try:
         model(**data)
-    except (ValidationError, ValueError, TypeError):
+    except (ValidationError, ValueError, TypeError, AttributeError):  # AttributeError: a `url` given a number
         return False
     return True
 
