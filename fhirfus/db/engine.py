@@ -32,6 +32,9 @@ def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) 
     # search to a value-blind generic plan, which turned a 0.3 ms patient+code+date search into
     # 1.9 s on 1,000,000 resources. Unnamed statements are planned with their actual values.
     connect_args["prepare_threshold"] = None
+    # The fast row writers (``db/rows.py``) hand psycopg JSON already encoded as UTF-8; a connection
+    # in the database's own encoding (LATIN1, say) would store those bytes as mojibake.
+    connect_args["client_encoding"] = "utf8"
     engine = create_engine(
         url,
         echo=echo,

@@ -22,6 +22,7 @@ from fhirfus.api.readpath import takes
 from fhirfus.auth.access import DEVELOPMENT
 from fhirfus.db import migrate
 from fhirfus.db.async_pool import APPLICATION_NAME, AsyncReadPool, Statement
+from fhirfus.db.engine import make_engine
 from fhirfus.db.visibility import EVERYTHING, NOWHERE, Visibility, with_site_label
 from fhirfus.errors import NotFound
 from fhirfus.interactions import crud
@@ -322,7 +323,7 @@ def test_the_stored_json_comes_as_utf8_from_a_database_of_another_encoding(datab
     try:
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"))
-        engine = create_engine(database.engine.url.set(database=name))
+        engine = make_engine(database.engine.url.set(database=name).render_as_string(hide_password=False))
         try:
             migrate.upgrade(engine)
             pool = AsyncReadPool.for_engine(engine)

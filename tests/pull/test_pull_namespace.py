@@ -4,10 +4,12 @@ rewritten alike, everything else untouched, the hub's site label."""
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from fhirfus.db.visibility import SITE_SYSTEM
 from fhirfus.errors import InvalidRequest
@@ -100,16 +102,19 @@ def test_a_url_that_only_starts_like_the_hubs_is_anothers(reference: str) -> Non
 def test_a_pulled_file_pointing_into_the_hub_fails_naming_the_line_and_writes_nothing(
     database: Database, tmp_path: Path,
 ) -> None:
+    from fhirfus.db.visibility import Visibility
     from fhirfus.pull.load import Loaded, load_output
-    from fhirfus.store.reindex import count_live
 
     store = Store(database.engine)
+    site = f"S{uuid.uuid4().hex[:8]}"  # the test database is shared: a site of this test's own
     lines = [{"resourceType": "Patient", "id": "p1"},
              {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
               "subject": {"reference": f"{HUB}/Patient/B-1"}}]
     path = tmp_path / "output.ndjson"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with pytest.raises(InvalidRequest) as refused:
-        load_output(store, path, "A", SOURCE, Loaded(), hub_base=HUB)
+        load_output(store, path, site, SOURCE, Loaded(), hub_base=HUB)
     assert "line 2" in refused.value.message and refused.value.issues[0].expression == ("line 2",)
-    assert count_live(store) == 0  # the chunk with the good line 1 is not committed either
+    rows = Visibility(site).resources()
+    with store.reading() as conn:  # the chunk with the good line 1 is not committed either
+        assert conn.execute(select(func.count()).select_from(rows)).scalar_one() == 0
