@@ -40,7 +40,7 @@ from fhirfus.api.console.web import COOKIE
 from fhirfus.store.repository import Store
 from tests.api.test_bad_input_fuzz import URL_IDS, WRONG_VALUES, Answer, Request, _nested, _paths, _replaced, send_raw
 from tests.api.test_console import PASSWORD, person
-from tests.auth.test_access_matrix import _site_data
+from tests.auth.test_access_matrix import _site_data, _wait
 from tests.domain.test_domain_writes import response_for
 
 SITE_FILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "site-registry" / "example-site-a.csv"
@@ -344,15 +344,6 @@ class World:
     b_fhir: httpx.Client
     admin_fhir: httpx.Client
     b_versions: dict[str, int] = field(default_factory=dict)
-
-
-def _wait(http: httpx.Client, url: str) -> httpx.Response:
-    deadline = time.monotonic() + 60
-    while True:
-        answer = http.get(url)
-        if answer.status_code != 202 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.1)
 
 
 def _upload(root: str, email: str) -> str:
