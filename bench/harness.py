@@ -42,7 +42,7 @@ from fhirfus.db.tables import resources
 from fhirfus.settings import test_postgres_url
 from fhirfus.store import repository
 from fhirfus.store.repository import NewResource, Store
-from fhirfus.testing import free_port, scratch_postgres
+from fhirfus.testing import NotReady, free_port, scratch_postgres, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench-results" / "bench.md"
@@ -546,17 +546,10 @@ def server_process(command: list[str], env: dict[str, str], port: int, log: Path
 
 
 def _wait_ready(process: subprocess.Popen[bytes], base: str, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise BenchError(f"server exited with status {process.returncode}:\n{_tail(log)}")
-        try:
-            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise BenchError(f"server did not answer {base}/metadata within {START_TIMEOUT_S:.0f} s:\n{_tail(log)}")
+    try:
+        wait_until_ready(f"{base}/metadata", process, START_TIMEOUT_S)
+    except NotReady as error:
+        raise BenchError(f"server {error}:\n{_tail(log)}") from error
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -47,7 +47,6 @@ import secrets
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +57,8 @@ import httpx
 import ingest
 import orjson
 from sqlalchemy.engine import make_url
+
+from fhirfus.testing import NotReady, wait_until_ready
 
 CACHE = bench.REPO / "bench" / ".medplum"
 #: Redis logical database of the bench's Medplum (0 is everyone's default; Medplum's tests take 7).
@@ -179,19 +180,10 @@ def medplum_server(folder: Path, database_url: str, workdir: Path) -> Iterator[S
                                    preexec_fn=bench._die_with_parent)
     try:
         root = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + MEDPLUM_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                raise Unavailable(f"Medplum exited with status {process.returncode}:\n{bench._tail(log)}")
-            try:
-                if httpx.get(f"{root}healthcheck", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise Unavailable(f"Medplum did not answer /healthcheck within {MEDPLUM_START_TIMEOUT_S:.0f} s:\n"
-                                  f"{bench._tail(log)}")
-            time.sleep(1)
+        try:
+            wait_until_ready(f"{root}healthcheck", process, MEDPLUM_START_TIMEOUT_S, interval=1)
+        except NotReady as error:
+            raise Unavailable(f"Medplum {error}:\n{bench._tail(log)}") from error
         headers = {**bench.HEADERS, "Authorization": f"Bearer {medplum_token(root)}"}
         yield Server(f"Medplum {json.loads((folder / 'package.json').read_text()).get('version', '?')}",
                      f"{root}fhir/R4", process.pid, database, headers)

@@ -1,5 +1,6 @@
-"""What the tests and the benchmarks both need: throw-away PostgreSQL databases, free ports, and a
-receiver of Subscription notifications (a real HTTP server that records what it is sent).
+"""What the tests and the benchmarks both need: throw-away PostgreSQL databases, free ports, waiting
+for a started server to answer, and a receiver of Subscription notifications (a real HTTP server that
+records what it is sent).
 
 Not used by the server. A scratch database has a random name on the server of
 ``FHIRFUS_TEST_POSTGRES_URL``, so runs never collide, and is dropped ``WITH (FORCE)`` afterwards
@@ -9,6 +10,7 @@ unless it is kept by name (a benchmark reusing a loaded database).
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -28,6 +31,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class NotReady(RuntimeError):
+    """A server waited on by ``wait_until_ready`` exited, or did not answer in time; the caller adds
+    its own name and log."""
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout: float, *, interval: float = 0.1,
+                     request_timeout: float = 2.0) -> None:
+    """Return once ``url`` answers 200; ``NotReady`` as soon as ``process`` exits, or after ``timeout``
+    seconds (a refused or slow connection is a server still starting, not an error)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise NotReady(f"exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=request_timeout).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise NotReady(f"did not answer {url} within {timeout:.0f} s")
+        time.sleep(interval)
 
 
 @contextmanager

@@ -16,17 +16,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 from sqlalchemy.engine import URL, make_url
 
-from fhirfus.testing import free_port
+from fhirfus.testing import NotReady, free_port, wait_until_ready
 
 POSTGRES_SOCKET_DIR = "/var/run/postgresql"
 HOST_PORT = 8000
@@ -108,17 +106,10 @@ def _namespace(name: str, subnet: str) -> Iterator[str]:
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"host stopped: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/fhir/metadata", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"host did not start: {log.read_text()[-2000:]}")
+    try:
+        wait_until_ready(f"{url}/fhir/metadata", process, seconds, interval=0.3, request_timeout=5)
+    except NotReady as error:
+        raise RuntimeError(f"host {error}: {log.read_text()[-2000:]}") from error
 
 
 def _haproxy_config(port: int, hosts: list[tuple[str, str]]) -> str:
