@@ -148,11 +148,10 @@ def _criteria(rows: FromClause, criteria: Sequence[Criterion], compiler: Compile
     others are probes of each of its resources (``search.compiler``'s docstring says why). With
     ``_id`` among the criteria, the row lookup by id leads and every plain criterion is a probe."""
     plain = [c for c in criteria if is_plain(c)]
-    if len(plain) < 2 and not (plain and any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria)):
+    by_id = any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria)
+    if len(plain) < 2 and not (plain and by_id):
         return [compiler.criterion(rows, c) for c in criteria]
-    lead = None
-    if not any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria):
-        lead = min(plain, key=lead_rank)  # the first of the query's among equals
+    lead = None if by_id else min(plain, key=lead_rank)  # the first of the query's among equals
     return [compiler.criterion(rows, c) if c is lead or not is_plain(c) else compiler.probe(rows, c)
             for c in criteria]
 
