@@ -98,6 +98,31 @@ def make_client(store: Store, token_url: str, *, role: str, scope: str, site: st
     return TestClient(client.client_id, key, algorithm, kid, token_url, scope)
 
 
+@dataclass
+class SiteIds:
+    """What a request can name, all of one ``kind``: ``own`` (site A's), ``other`` (site B's) or
+    ``unknown`` (never used); the targets of the access matrix and of the bad-input route fuzz."""
+
+    kind: str
+    patient: str
+    deleted: str
+    group: str
+    response: str
+    export_job: str
+    export_file: str
+    import_job: str
+    import_file: str
+    analysis_job: str
+    analysis_file: str
+    identifier: str
+    codesystem: str
+    valueset: str
+    conceptmap: str
+    codesystem_url: str
+    #: A file previewed in the web console (only the route fuzz makes one; else an id never used).
+    upload: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
 def two_sites_and_roles(store: Store, token_url: str, site_a: str, site_b: str) -> dict[str, TestClient]:
     """A client of each kind the access rules tell apart: a site client of each of two sites, an
     admin and an analyst (the cast of the matrix and of the bad-input fuzz)."""

@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_helpers import two_sites_and_roles
+from auth_helpers import SiteIds, two_sites_and_roles
 from starlette.routing import Mount
 
 from fhirfus.api.console.web import COOKIE
@@ -87,7 +87,7 @@ class Shape:
 
     ``caller``: a (site A's client), admin, analyst, public (no credentials needed); console-site,
     console-analyst, console-admin (a person's session), console-public. ``params``: path parameter
-    → kind of id (a key of ``Ids``) or a literal after ``=``. ``body``: a JSON document, form fields
+    → kind of id (a key of ``SiteIds``) or a literal after ``=``. ``body``: a JSON document, form fields
     (a dict with ``form=True``) or raw bytes."""
 
     caller: str
@@ -311,34 +311,13 @@ EXEMPT: dict[tuple[str, str], str] = {}
 
 
 @dataclass
-class Ids:
-    """What a path parameter or body can name: one site's ids."""
-
-    patient: str
-    deleted: str
-    group: str
-    response: str
-    export_job: str
-    export_file: str
-    import_job: str
-    import_file: str
-    codesystem: str
-    valueset: str
-    conceptmap: str
-    codesystem_url: str
-    upload: str
-    analysis_job: str
-    analysis_file: str
-
-
-@dataclass
 class World:
     root: str
     store: Store
     marker_b: str
     site_b: str
-    own: Ids
-    other: Ids
+    own: SiteIds
+    other: SiteIds
     clients: dict[str, Any]
     people: dict[str, str]  # console role → email
     b_fhir: httpx.Client
@@ -380,11 +359,9 @@ def world(secure_server: Any) -> Iterator[World]:
                 "analysis_file": manifest["output"][0]["url"].rsplit("/", 1)[1]}
     people_ = {"console-site": person(store, "site", site_a), "console-analyst": person(store, "analyst"),
                "console-admin": person(store, "admin"), "console-b": person(store, "site", site_b)}
-    keep = ("patient", "deleted", "group", "response", "export_job", "export_file", "import_job", "import_file",
-            "codesystem", "valueset", "conceptmap", "codesystem_url")
-    own = Ids(**{k: a[k] for k in keep}, upload=_upload(secure_server.root, people_["console-site"]),
-              analysis_job=uuid.uuid4().hex, analysis_file=analysis["analysis_file"])
-    other = Ids(**{k: b[k] for k in keep}, upload=_upload(secure_server.root, people_["console-b"]), **analysis)
+    own = SiteIds("own", **a, upload=_upload(secure_server.root, people_["console-site"]),
+                  analysis_job=uuid.uuid4().hex, analysis_file=analysis["analysis_file"])
+    other = SiteIds("other", **b, upload=_upload(secure_server.root, people_["console-b"]), **analysis)
     w = World(secure_server.root, store, marker_b, site_b, own, other, clients, people_, fhir["b"], fhir["admin"])
     w.b_versions = _b_versions(w)
     try:
@@ -513,7 +490,7 @@ class Generator:
     def __init__(self, method: str, path: str, shape: Shape, world: World, creds: Credentials) -> None:
         self.method, self.path, self.shape, self.world, self.creds = method, path, shape, world, creds
 
-    def names(self, ids: Ids) -> _Names:
+    def names(self, ids: SiteIds) -> _Names:
         names = _Names({k: str(v) for k, v in vars(ids).items()})
         names["response_body"] = ""
         names["token"] = self.creds.token_of_a
@@ -527,7 +504,7 @@ class Generator:
             path = path.replace("{" + name + "}", value)
         return path + (f"?{query}" if query else "")
 
-    def good_params(self, ids: Ids) -> dict[str, str]:
+    def good_params(self, ids: SiteIds) -> dict[str, str]:
         values = vars(ids)
         return {name: kind[1:] if kind.startswith("=") else str(values[kind]) for name, kind in self.shape.params.items()}
 
@@ -550,7 +527,7 @@ class Generator:
 
     def request(self, query: list[tuple[str, str]] | str, body: Any, *, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, raw_body: bytes | None = None, auth: dict[str, str] | None = None,
-                ids: Ids | None = None) -> Request:
+                ids: SiteIds | None = None) -> Request:
         ids = ids or self.world.own
         text = query if isinstance(query, str) else "&".join(f"{k}={_quote(v)}" for k, v in query)
         type_header, encoded = self.encode(body)

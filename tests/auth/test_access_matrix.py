@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from auth_helpers import two_sites_and_roles
+from auth_helpers import SiteIds, two_sites_and_roles
 
 from fhirfus.store.repository import Store
 from tests.domain.test_domain_writes import response_for
@@ -36,33 +36,11 @@ PUBLIC = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/auth/to
           "/fhir/.well-known/smart-configuration"}
 
 
-@dataclass
-class Targets:
-    """The ids a request names: ``kind`` own (A's), other (B's) or unknown (never used)."""
-
-    kind: str
-    patient: str
-    deleted: str
-    group: str
-    response: str
-    export_job: str
-    export_file: str
-    import_job: str
-    import_file: str
-    analysis_job: str
-    analysis_file: str
-    identifier: str
-    codesystem: str
-    valueset: str
-    conceptmap: str
-    codesystem_url: str
-
-
 @dataclass(frozen=True)
 class Recipe:
     """How to call one route: method, URL, request arguments; whether answers compare body for body."""
 
-    build: Callable[[Targets], tuple[str, dict[str, Any]]]
+    build: Callable[[SiteIds], tuple[str, dict[str, Any]]]
     compare_body: bool = True
     targeted: bool = True  # False: the route names no id (run once per caller, scanned only)
 
@@ -78,7 +56,7 @@ PATCH = {"content": json.dumps([{"op": "add", "path": "/active", "value": True}]
          "headers": {"Content-Type": "application/json-patch+json"}}
 
 
-def _batch(t: Targets) -> dict[str, Any]:
+def _batch(t: SiteIds) -> dict[str, Any]:
     return _json({"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": f"Patient/{t.patient}"}},
         {"request": {"method": "GET", "url": f"Patient/{t.deleted}/_history/1"}},
@@ -255,7 +233,7 @@ class World:
     site_b: str
     sessions: dict[str, httpx.Client]  # base: the server root (recipes name whole paths)
     fhir: dict[str, httpx.Client]  # base: the FHIR base
-    targets: dict[str, Targets]
+    targets: dict[str, SiteIds]
     b_versions: dict[str, int] = field(default_factory=dict)
 
 
@@ -333,15 +311,15 @@ def world(secure_server) -> Iterator[World]:
     analysis = {"analysis_job": kick.headers["Content-Location"].rsplit("/", 1)[1],
                 "analysis_file": manifest["output"][0]["url"].rsplit("/", 1)[1]}
 
-    def unknown() -> Targets:
+    def unknown() -> SiteIds:
         never = {k: uuid.uuid4().hex for k in ("patient", "deleted", "group", "response", "export_job", "analysis_job",
                                                "codesystem", "valueset", "conceptmap", "codesystem_url", "import_job")}
-        return Targets("unknown", export_file="Patient.1.ndjson", import_file="errors-0.ndjson", analysis_file=analysis["analysis_file"],
+        return SiteIds("unknown", export_file="Patient.1.ndjson", import_file="errors-0.ndjson", analysis_file=analysis["analysis_file"],
                        identifier=f"{system}|{uuid.uuid4().hex}", **never)
 
     targets = {
-        "own": Targets("own", analysis_job=uuid.uuid4().hex, analysis_file=analysis["analysis_file"], **a),
-        "other": Targets("other", **analysis, **b),
+        "own": SiteIds("own", analysis_job=uuid.uuid4().hex, analysis_file=analysis["analysis_file"], **a),
+        "other": SiteIds("other", **analysis, **b),
         "unknown": unknown(),
     }
     w = World(secure_server.root, f"markA{suffix}", f"markB{suffix}", site_a, site_b, sessions, fhir, targets)
@@ -360,7 +338,7 @@ def b_versions(world: World) -> dict[str, int]:
     return {ref: world.fhir["admin"].get(f"/{ref}/_history").json()["total"] for ref in refs}
 
 
-def call(world: World, who: str, key: tuple[str, str], targets: Targets) -> httpx.Response:
+def call(world: World, who: str, key: tuple[str, str], targets: SiteIds) -> httpx.Response:
     """One request; an export kick-off refused because the server's job slots are busy (429) is
     sent again after its Retry-After, as a client would."""
     method, _ = key
@@ -453,7 +431,7 @@ def test_a_sites_own_reads_work_through_every_recipe(world: World, key: tuple[st
         assert world.marker_a in answer.text, (key, answer.text[:500])
 
 
-def _without_ids(text: str, targets: Targets) -> str:
+def _without_ids(text: str, targets: SiteIds) -> str:
     for name in ("patient", "deleted", "group", "response", "export_job", "analysis_job", "import_job", "identifier",
                  "codesystem", "valueset", "conceptmap", "codesystem_url"):
         text = text.replace(getattr(targets, name), f"<{name}>")
