@@ -164,7 +164,12 @@ class Settings:
     subscription_poll_ms: int = setting(
         "FHIRFUS_SUBSCRIPTION_POLL_MS", 200,
         "how often each server process looks for queued notifications written by other processes (its own writes "
-        "wake it at once) and for retries that came due")
+        "wake it at once) and for retries that came due, while there is work")
+    subscription_idle_poll_ms: int = setting(
+        "FHIRFUS_SUBSCRIPTION_IDLE_POLL_MS", 2000,
+        "the longest an idle process waits between two such looks: the wait doubles from "
+        "FHIRFUS_SUBSCRIPTION_POLL_MS after each look that found nothing, and is back to it after any work, "
+        "write of its own or failed delivery")
     subscription_max_per_site: int = setting(
         "FHIRFUS_SUBSCRIPTION_MAX_PER_SITE", 100,
         "most Subscriptions one site (or the administrators, without a site) may hold; a write beyond it is "

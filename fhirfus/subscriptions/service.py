@@ -44,6 +44,7 @@ class Subscriptions:
             attempts=max(1, settings.subscription_attempts),
             retry=timedelta(milliseconds=max(0, settings.subscription_retry_ms)),
             timeout=max(0.1, settings.subscription_timeout_ms / 1000), poll=poll,
+            idle_poll=max(poll, settings.subscription_idle_poll_ms / 1000),
             allow_private=settings.subscription_private_targets == "allow", server_key=settings.subscription_key)
         self.worker = SubscriptionWorker(store, self.active, policy, http=self.http, clock=clock, wake=self.wake,
                                          touched=self.matcher.touched)

@@ -3,7 +3,9 @@
 A supervisor thread, every poll interval, finds the Subscriptions whose head notification is due
 and free (other processes' writes, retries that came due); in between, when this process commits
 a write (``Matcher.committed``), it takes only the Subscriptions that write queued for, without a
-query. Each is handed to a small thread pool, which delivers that Subscription's notifications
+query. While nothing happens the interval doubles after each empty round, up to the idle poll, so an
+idle server hardly queries; any work, write of this process or failed delivery brings it back to the
+poll interval (and a retry this process scheduled is looked at when it comes due). Each is handed to a small thread pool, which delivers that Subscription's notifications
 batch after batch until its queue is empty or one fails: within a batch, the notifications of one
 resource one after another (version 2 never before version 1), different resources side by side. A failure
 is retried after ``retry * 2**(attempts-1)`` (at most ``MAX_BACKOFF``); after ``attempts`` failures
@@ -16,6 +18,7 @@ from delivering one Subscription at once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -50,7 +53,8 @@ COALESCE = 0.005
 @dataclass(frozen=True)
 class DeliveryPolicy:
     """How hard a worker tries (from the settings): failures before ``error``, first retry wait,
-    one request's timeout, poll interval, whether private addresses may be notified, signing key."""
+    one request's timeout, poll interval (and the longest one, when idle), whether private addresses
+    may be notified, signing key."""
 
     attempts: int
     retry: timedelta
@@ -58,6 +62,7 @@ class DeliveryPolicy:
     poll: float
     allow_private: bool
     server_key: str | None
+    idle_poll: float = 0.0  # at most ``poll`` means: never back off
 
     @property
     def attempt(self) -> timedelta:
@@ -96,6 +101,7 @@ class SubscriptionWorker:
         self._again: set[str] = set()  # draining, and queued for again since: look once more before stopping
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._retry_at: float | None = None  # time.monotonic() of the earliest retry this process scheduled
 
     def start(self) -> None:
         if self._thread is None:
@@ -111,31 +117,44 @@ class SubscriptionWorker:
         self._senders.shutdown(wait=True, cancel_futures=True)
 
     def _supervise(self) -> None:
-        """Every poll interval a full round (``tend``); in between, on this process's commits, only
-        the Subscriptions they queued for (no query at all)."""
+        """Full rounds (``tend``), further apart while they find nothing; in between, on this
+        process's commits, only the Subscriptions they queued for (no query at all)."""
+        interval = self.policy.poll
         while not self._stopping.is_set():
             try:
-                self.tend()
+                busy = self.tend()
             except Exception:
                 log.exception("subscription delivery round failed")
-            deadline = time.monotonic() + self.policy.poll
+                busy = True
+            interval = self.policy.poll if busy else min(max(self.policy.poll, self.policy.idle_poll), interval * 2)
+            deadline = time.monotonic() + min(interval, self._until_retry())
             while not self._stopping.is_set() and (left := deadline - time.monotonic()) > 0:
                 if self.wake.wait(left):
                     self.wake.clear()
                     self._stopping.wait(COALESCE)  # the commits of the next few moments, looked at once
                     for subscription_id in self.touched():
                         self._start(subscription_id)
+                    interval = self.policy.poll  # activity: the next rounds at the working pace
+                    deadline = min(deadline, time.monotonic() + min(interval, self._until_retry()))
 
-    def tend(self) -> None:
+    def _until_retry(self) -> float:
+        """Seconds until the earliest retry this process scheduled (then forgotten), else infinity."""
+        with self._lock:
+            at, now = self._retry_at, time.monotonic()
+            if at is not None and at <= now:
+                self._retry_at = None
+        return math.inf if at is None else max(0.0, at - now)
+
+    def tend(self) -> bool:
         """One round: Subscriptions the server cannot honour to ``error``; start draining every
-        Subscription with a due, free notification."""
+        Subscription with a due, free notification. Whether there was anything to do."""
         with self.store.reading() as conn:
             broken = dict(self.active.broken(conn))
         for subscription_id, reason in broken.items():
             self.set_error(subscription_id, reason)
         ready = queue.ready(self.store, self.clock())
         if not ready:
-            return
+            return bool(broken)
         with self.store.reading() as conn:
             waiting = {sid for sid in ready if self.active.get(conn, sid) is None}  # off, in error, or deleted
             gone = {sid for sid in waiting if (stored := repository.current(conn, EVERYTHING, "Subscription", sid))
@@ -145,6 +164,7 @@ class SubscriptionWorker:
         for subscription_id in ready:
             if subscription_id not in waiting:
                 self._start(subscription_id)
+        return True
 
     def _start(self, subscription_id: str) -> None:
         """Drain a Subscription's queue on the pool, or have its running drain look once more."""
@@ -234,7 +254,12 @@ class SubscriptionWorker:
         attempts = head.attempts + 1
         log.info("subscription %s: delivery %d failed: %s", subscription_id, attempts, reason)
         if attempts < self.policy.attempts:
-            queue.failed(self.store, head.pk, self.owner, attempts, self.clock() + self.policy.backoff(attempts), reason)
+            wait = self.policy.backoff(attempts)
+            queue.failed(self.store, head.pk, self.owner, attempts, self.clock() + wait, reason)
+            with self._lock:
+                at = time.monotonic() + wait.total_seconds()
+                self._retry_at = at if self._retry_at is None else min(self._retry_at, at)
+            self.wake.set()  # the supervisor's wait is cut to the retry's
             return
         queue.failed(self.store, head.pk, self.owner, 0, self.clock(), reason)
         self.set_error(subscription_id, f"{attempts} deliveries in a row failed; the last: {reason}")
