@@ -8,7 +8,8 @@ from the registry. A disabled or removed client's tokens thus stop working withi
 seconds plus one query. A client the snapshots have never shown was registered since the last
 one: its token is trusted if it was issued after that snapshot was taken, until the next one.
 If the database does not answer, the last snapshot stays in use: requests then fail on their own
-database work anyway.
+database work anyway. Without any snapshot yet (the first read failed at start-up) no token is
+trusted, and the read is tried again every second until one succeeds: the server starts all the same.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ class ClientStatus:
         return issued_at + 1 > self._as_of
 
     def start(self) -> None:
-        """Read the first snapshot now, then keep it fresh on a daemon thread."""
-        self.refresh()
+        """Read the first snapshot now (if the database answers), then keep it fresh on a daemon thread."""
+        try:
+            self.refresh()
+        except Exception:
+            log.warning("could not read client status at start-up; no token is trusted until it is read",
+                        exc_info=True)
         self._thread = threading.Thread(target=self._run, name="fhirfus-client-status", daemon=True)
         self._thread.start()
 
@@ -67,7 +72,7 @@ class ClientStatus:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.interval if self._as_of != float("inf") else min(self.interval, 1.0)):
             try:
                 self.refresh()
             except Exception:

@@ -49,11 +49,16 @@ def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) 
         # the server's time limit per SQL statement: a runaway query is cancelled, not left running.
         # Set on each new connection after SQLAlchemy's own first-connect queries (type lookups in
         # the catalog), which are no request's and must not be cancelled by a small limit.
+        # The SET runs outside a transaction: no COMMIT after it, which the new limit could cancel.
         @event.listens_for(engine, "connect")
         def _limit(dbapi_connection: Any, _record: Any) -> None:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-            dbapi_connection.commit()
+            autocommit = dbapi_connection.autocommit
+            dbapi_connection.autocommit = True
+            try:
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+            finally:
+                dbapi_connection.autocommit = autocommit
 
     return engine
 
