@@ -6,14 +6,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from auth_helpers import TestClient, make_client, new_key, public_jwk
 from conftest import serving
+from sqlalchemy.exc import OperationalError
 from typer.testing import CliRunner
 
 from fhirfus.auth import clients
@@ -153,6 +156,35 @@ def test_client_status_snapshot(store) -> None:
     newer = clients.register(store, "newer", "admin", "system/*.rs", {"keys": [public_jwk(new_key(), "k", "RS384")]})
     assert status.allows(newer.client_id, int(clock.time) + 1)  # registered after the snapshot
     assert not status.allows(newer.client_id, int(clock.time) - 10)  # a token older than the snapshot: forged
+
+
+class _FirstReadFails:
+    """A store whose first read fails (as a cancelled query does), the later ones succeed."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.failed = store, False
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        if not self.failed:
+            self.failed = True
+            raise OperationalError("SELECT", {}, Exception("canceling statement due to statement timeout"))
+        with self.store.reading() as conn:
+            yield conn
+
+
+def test_a_failed_first_snapshot_does_not_stop_the_start_and_is_read_again_soon(store) -> None:
+    client = clients.register(store, "late", "admin", "system/*.rs", {"keys": [public_jwk(new_key(), "k", "RS384")]})
+    status = ClientStatus(_FirstReadFails(store), interval=60)  # type: ignore[arg-type]
+    status.start()
+    try:
+        assert not status.allows(client.client_id, 0)  # no snapshot: nothing is trusted
+        deadline = time.monotonic() + 5
+        while not status.allows(client.client_id, 0):  # read again within about a second, not ``interval``
+            assert time.monotonic() < deadline, "the snapshot was not read again"
+            time.sleep(0.05)
+    finally:
+        status.stop()
 
 
 def _until_refused(http: httpx.Client, limit: float) -> float:
