@@ -25,6 +25,7 @@ from fhirfus.errors import BusinessRuleViolation
 from fhirfus.store.repository import Stored
 from fhirfus.subscriptions import queue
 from fhirfus.subscriptions.active import ActiveSubscriptions, stamp_sql
+from fhirfus.subscriptions.listener import CHANNEL
 
 #: The name of the stamp's read riding along a write (``fhirfus.db.rows.ride_along``).
 _STAMP = "subscriptions.stamp"
@@ -34,8 +35,11 @@ class Matcher:
     """Queues the notifications of each write; wakes the delivery worker after its commit."""
 
     def __init__(self, active: ActiveSubscriptions, clock: Callable[[], datetime], wake: threading.Event, *,
-                 max_per_site: int = 0) -> None:
+                 max_per_site: int = 0, announce: bool = False) -> None:
+        """``announce``: tell the server processes (PostgreSQL ``NOTIFY``, sent at commit) when a
+        write queued notifications; for a process that writes but does not deliver."""
         self.active = active
+        self.announce = announce
         self.max_per_site = max_per_site
         self.clock = clock
         self.wake = wake
@@ -83,6 +87,8 @@ class Matcher:
         if rows:
             with self._lock:
                 self._touched.update(row[1] for row in rows)
+            if self.announce and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
     def _check_limit(self, conn: Connection, sites: set[str | None]) -> None:
         """422 (the write rolls back) when a site would hold more Subscriptions than the limit: each

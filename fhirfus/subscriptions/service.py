@@ -1,4 +1,5 @@
-"""Subscriptions of one process: the write observer on its store and its delivery worker."""
+"""Subscriptions of one process: the write observer on its store, its delivery worker and (on
+PostgreSQL) the listener that wakes the worker when another process queued notifications."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import httpx
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 from fhirfus.subscriptions.active import ActiveSubscriptions
+from fhirfus.subscriptions.listener import QueueListener, conninfo
 from fhirfus.subscriptions.matching import Matcher
 from fhirfus.subscriptions.worker import DeliveryPolicy, SubscriptionWorker
 
@@ -23,7 +25,7 @@ def queue_writes(store: Store, settings: Settings, clock: Callable[[], datetime]
     """Queue the notifications of every write of ``store`` (delivered by whichever server process
     looks next): for a process that writes but does not deliver, like the CLI's imports."""
     matcher = Matcher(ActiveSubscriptions(settings.base_url or ""), clock, threading.Event(),
-                      max_per_site=settings.subscription_max_per_site)
+                      max_per_site=settings.subscription_max_per_site, announce=True)
     store.observe("subscriptions", matcher)
     return matcher
 
@@ -48,11 +50,17 @@ class Subscriptions:
             allow_private=settings.subscription_private_targets == "allow", server_key=settings.subscription_key)
         self.worker = SubscriptionWorker(store, self.active, policy, http=self.http, clock=clock, wake=self.wake,
                                          touched=self.matcher.touched)
+        self.listener = QueueListener(conninfo(store.engine), self.worker.look_now) \
+            if store.engine.dialect.name == "postgresql" else None
 
     def start(self) -> None:
         self.worker.start()
+        if self.listener is not None:
+            self.listener.start()
 
     def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         self.worker.stop()
         if self._own_http:
             self.http.close()

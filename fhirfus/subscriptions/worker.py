@@ -5,7 +5,8 @@ and free (other processes' writes, retries that came due); in between, when this
 a write (``Matcher.committed``), it takes only the Subscriptions that write queued for, without a
 query. While nothing happens the interval doubles after each empty round, up to the idle poll, so an
 idle server hardly queries; any work, write of this process or failed delivery brings it back to the
-poll interval (and a retry this process scheduled is looked at when it comes due). Each is handed to a small thread pool, which delivers that Subscription's notifications
+poll interval (and a retry this process scheduled is looked at when it comes due); on PostgreSQL
+another process's queued notifications wake it too (``listener``). Each is handed to a small thread pool, which delivers that Subscription's notifications
 batch after batch until its queue is empty or one fails: within a batch, the notifications of one
 resource one after another (version 2 never before version 1), different resources side by side. A failure
 is retried after ``retry * 2**(attempts-1)`` (at most ``MAX_BACKOFF``); after ``attempts`` failures
@@ -102,6 +103,7 @@ class SubscriptionWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._retry_at: float | None = None  # time.monotonic() of the earliest retry this process scheduled
+        self._look = threading.Event()  # another process queued notifications: a full round now
 
     def start(self) -> None:
         if self._thread is None:
@@ -136,6 +138,14 @@ class SubscriptionWorker:
                         self._start(subscription_id)
                     interval = self.policy.poll  # activity: the next rounds at the working pace
                     deadline = min(deadline, time.monotonic() + min(interval, self._until_retry()))
+                    if self._look.is_set():
+                        self._look.clear()
+                        break
+
+    def look_now(self) -> None:
+        """Another process queued notifications (``listener``): a full round at once."""
+        self._look.set()
+        self.wake.set()
 
     def _until_retry(self) -> float:
         """Seconds until the earliest retry this process scheduled (then forgotten), else infinity."""
