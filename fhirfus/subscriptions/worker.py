@@ -3,11 +3,12 @@
 A supervisor thread, every poll interval, finds the Subscriptions whose head notification is due
 and free (other processes' writes, retries that came due); in between, when this process commits
 a write (``Matcher.committed``), it takes only the Subscriptions that write queued for, without a
-query. While nothing happens the interval doubles after each empty round, up to the idle poll, so an
-idle server hardly queries; any work, write of this process or failed delivery brings it back to the
-poll interval (and a retry this process scheduled is looked at when it comes due); on PostgreSQL
-another process's queued notifications wake it too (``listener``). Each is handed to a small thread pool, which delivers that Subscription's notifications
-batch after batch until its queue is empty or one fails: within a batch, the notifications of one
+query. While nothing happens the interval doubles after each empty round, up to the idle poll, so
+an idle server hardly queries; any work, write of this process or failed delivery brings it back
+to the poll interval, a retry this process scheduled is looked at when it comes due, and on
+PostgreSQL another process's queued notifications wake it too (``listener``). Each Subscription
+found is handed to a small thread pool, which delivers that Subscription's notifications batch
+after batch until its queue is empty or one fails: within a batch, the notifications of one
 resource one after another (version 2 never before version 1), different resources side by side. A failure
 is retried after ``retry * 2**(attempts-1)`` (at most ``MAX_BACKOFF``); after ``attempts`` failures
 in a row the Subscription is set to ``status`` ``error`` with the reason in ``error``, and its
@@ -102,7 +103,7 @@ class SubscriptionWorker:
         self._again: set[str] = set()  # draining, and queued for again since: look once more before stopping
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._retry_at: float | None = None  # time.monotonic() of the earliest retry this process scheduled
+        self._retries: list[float] = []  # time.monotonic() of the retries this process scheduled, not yet due
         self._look = threading.Event()  # another process queued notifications: a full round now
 
     def start(self) -> None:
@@ -148,12 +149,11 @@ class SubscriptionWorker:
         self.wake.set()
 
     def _until_retry(self) -> float:
-        """Seconds until the earliest retry this process scheduled (then forgotten), else infinity."""
+        """Seconds until the next retry this process scheduled (those due are forgotten), else infinity."""
         with self._lock:
-            at, now = self._retry_at, time.monotonic()
-            if at is not None and at <= now:
-                self._retry_at = None
-        return math.inf if at is None else max(0.0, at - now)
+            now = time.monotonic()
+            self._retries = [at for at in self._retries if at > now]
+            return min(self._retries, default=math.inf) - now
 
     def tend(self) -> bool:
         """One round: Subscriptions the server cannot honour to ``error``; start draining every
@@ -267,8 +267,7 @@ class SubscriptionWorker:
             wait = self.policy.backoff(attempts)
             queue.failed(self.store, head.pk, self.owner, attempts, self.clock() + wait, reason)
             with self._lock:
-                at = time.monotonic() + wait.total_seconds()
-                self._retry_at = at if self._retry_at is None else min(self._retry_at, at)
+                self._retries.append(time.monotonic() + wait.total_seconds())
             self.wake.set()  # the supervisor's wait is cut to the retry's
             return
         queue.failed(self.store, head.pk, self.owner, 0, self.clock(), reason)
