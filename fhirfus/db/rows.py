@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any
@@ -66,6 +67,26 @@ def ridden(conn: Connection, name: str) -> list[tuple] | None:
 def forget_riders(conn: Connection) -> None:
     conn.info.pop(RIDERS, None)
     conn.info.pop(RIDDEN, None)
+
+
+#: ``prepare_threshold`` while a write runs: high enough that psycopg prepares nothing by count,
+#: only the statements executed with ``prepare=True`` (see ``prepared_writes``).
+_BY_REQUEST_ONLY = 1 << 30
+
+
+@contextmanager
+def prepared_writes(raw: psycopg.Connection) -> Iterator[None]:
+    """Let ``prepare=True`` prepare this write's INSERTs on the connection (psycopg ignores it while
+    ``prepare_threshold`` is None, as ``db/engine.py`` sets it for the searches' sake): a create's
+    statements have the same text every time, and parsing them again each time is most of what
+    PostgreSQL spends on them. An INSERT … VALUES has no plan to get wrong, unlike a search."""
+    before = raw.prepare_threshold
+    if before is None:
+        raw.prepare_threshold = _BY_REQUEST_ONLY
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = before
 
 
 def _json(value: Any) -> str:
@@ -148,9 +169,9 @@ def insert_returning(conn: Connection, statement: Any, values: dict[str, Any]) -
     assert isinstance(raw, psycopg.Connection)
     sql = _psycopg_sql(statement, tuple(values))
     params = {name: _adapt(value) for name, value in values.items()}
-    with raw.cursor() as cursor:
+    with raw.cursor() as cursor, prepared_writes(raw):
         try:
-            cursor.execute(sql, params)
+            cursor.execute(sql, params, prepare=True)
             row = cursor.fetchone()
         except psycopg.Error as exc:
             if conn.dialect.is_disconnect(exc, raw, cursor):
@@ -211,7 +232,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
         if deletes or small or riders:
             readers = [(name, raw.cursor()) for name in riders]
             inserting = psycopg.RawCursor(raw)
-            with inserting, raw.pipeline():
+            with inserting, raw.pipeline(), prepared_writes(raw):
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
                 if small:
@@ -220,7 +241,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                         columns, values = _row_form(table, rows)
                         shape.append((table.name, columns, len(rows)))
                         params += [value for row in rows for value in values(row)]
-                    inserting.execute(_insert_sql(tuple(shape)), params)
+                    inserting.execute(_insert_sql(tuple(shape)), params, prepare=True)
                 for name, reader in readers:
                     reader.execute(*riders[name])
             ridden_rows = conn.info.setdefault(RIDDEN, {})
