@@ -69,20 +69,19 @@ def forget_riders(conn: Connection) -> None:
     conn.info.pop(RIDDEN, None)
 
 
-#: ``prepare_threshold`` while a write runs: high enough that psycopg prepares nothing by count,
-#: only the statements executed with ``prepare=True`` (see ``prepared_writes``).
-_BY_REQUEST_ONLY = 1 << 30
+#: ``prepare_threshold`` while a write runs: a statement is prepared on its connection from its
+#: second execution there (a single resource's write repeats the same few; a Bundle's shapes seldom).
+WRITES_PREPARED_AFTER = 1
 
 
 @contextmanager
 def prepared_writes(raw: psycopg.Connection) -> Iterator[None]:
-    """Let ``prepare=True`` prepare this write's INSERTs on the connection (psycopg ignores it while
-    ``prepare_threshold`` is None, as ``db/engine.py`` sets it for the searches' sake): a create's
-    statements have the same text every time, and parsing them again each time is most of what
-    PostgreSQL spends on them. An INSERT … VALUES has no plan to get wrong, unlike a search."""
+    """Have psycopg prepare the write statements that recur on this connection, which
+    ``db/engine.py`` otherwise turns off for the searches' sake: PostgreSQL then stops parsing a
+    create's same statements again for every create. An INSERT … VALUES or a DELETE by key has no
+    plan to get wrong, unlike a search; the reads riding along are sent with ``prepare=False``."""
     before = raw.prepare_threshold
-    if before is None:
-        raw.prepare_threshold = _BY_REQUEST_ONLY
+    raw.prepare_threshold = WRITES_PREPARED_AFTER
     try:
         yield
     finally:
@@ -171,7 +170,7 @@ def insert_returning(conn: Connection, statement: Any, values: dict[str, Any]) -
     params = {name: _adapt(value) for name, value in values.items()}
     with raw.cursor() as cursor, prepared_writes(raw):
         try:
-            cursor.execute(sql, params, prepare=True)
+            cursor.execute(sql, params)
             row = cursor.fetchone()
         except psycopg.Error as exc:
             if conn.dialect.is_disconnect(exc, raw, cursor):
@@ -241,9 +240,9 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                         columns, values = _row_form(table, rows)
                         shape.append((table.name, columns, len(rows)))
                         params += [value for row in rows for value in values(row)]
-                    inserting.execute(_insert_sql(tuple(shape)), params, prepare=True)
+                    inserting.execute(_insert_sql(tuple(shape)), params)
                 for name, reader in readers:
-                    reader.execute(*riders[name])
+                    reader.execute(*riders[name], prepare=False)
             ridden_rows = conn.info.setdefault(RIDDEN, {})
             for name, reader in readers:
                 ridden_rows[name] = reader.fetchall()
