@@ -427,7 +427,10 @@ class ThreadedLoad:
     """
 
     def __init__(self, base: str, clients: int) -> None:
-        self._clients = [httpx.Client(base_url=base, headers=HEADERS, timeout=60) for _ in range(clients)]
+        # Idle connections are dropped after 2 s: between alternating rounds one server's clients wait
+        # for seconds, and a request sent just as uvicorn closes an idle connection (after 5 s) fails.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        self._clients = [httpx.Client(base_url=base, headers=HEADERS, timeout=60, limits=limits) for _ in range(clients)]
 
     def run(
         self, label: str, calls: Sequence[HttpCall], probe: Probe
