@@ -194,28 +194,48 @@ def _encode(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
-#: The reads are measured in this many rounds, fhirfus and the bare endpoint alternating, so a
-#: burst of other work on the shared machine falls on both rather than on one of them.
-READ_ROUNDS = 3
+#: Creates and reads are measured in this many rounds, fhirfus and the bare endpoint alternating,
+#: so a burst of other work on the shared machine falls on both rather than on one of them.
+ROUNDS = 3
 
 
-def http_writes(
-    load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe, tag: str
-) -> tuple[dict[str, Measurement], list[tuple[str, dict[str, Any]]]]:
-    """Warm-up, then creates; the created (id, document) pairs."""
+def warm_up(load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe, tag: str) -> list[str]:
+    """Warm-up creates and reads; the ids created."""
     path = f"/{RES_TYPE}"
-    warm_docs, docs = documents[: counts.warmup], documents[: counts.creates]
-    warm, warm_ids = load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in warm_docs], probe)
+    warm, warm_ids = load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in documents[: counts.warmup]],
+                              probe)
     _require_clean(warm, tag)
     load.run("warm-up", [HttpCall("GET", f"{path}/{i}", None, 200) for i in warm_ids if i], probe)
-    results: dict[str, Measurement] = {}
-    posts = [HttpCall("POST", path, _encode(d), 201) for d in docs]
-    results["create"], ids = load.run("HTTP create (POST)", posts, probe)
-    _progress(tag, results["create"])
-    created = [(i, d) for i, d in zip(ids, docs, strict=True) if i]
+    return [i for i in warm_ids if i]
+
+
+def create_phases(
+    fhirfus: tuple[LoadGenerator, Probe], bare: tuple[LoadGenerator, Probe], documents: list[dict[str, Any]],
+    counts: Counts, tag: str,
+) -> tuple[Measurement, Measurement, list[tuple[str, dict[str, Any]]]]:
+    """The same creates against fhirfus and the bare endpoint, in alternating rounds (the bare one
+    warmed up first); the measurements and the (id, document) pairs fhirfus created."""
+    path = f"/{RES_TYPE}"
+    bare_load, bare_probe = bare
+    bare_load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in documents[: counts.warmup]], bare_probe)
+    docs = documents[: counts.creates]
+    rounds: dict[str, list[Measurement]] = {"fhirfus": [], "bare": []}
+    created: list[tuple[str, dict[str, Any]]] = []
+    size = -(-len(docs) // ROUNDS)
+    for offset in range(0, len(docs), size):
+        part = docs[offset : offset + size]
+        for name, (load, probe) in (("fhirfus", fhirfus), ("bare", bare)):
+            measured, ids = load.run(name, [HttpCall("POST", path, _encode(d), 201) for d in part], probe)
+            rounds[name].append(measured)
+            if name == "fhirfus":
+                created += [(i, d) for i, d in zip(ids, part, strict=True) if i]
+    create = _combined("HTTP create (POST)", rounds["fhirfus"])
+    ceiling = _combined("bare FastAPI create", rounds["bare"])
+    _progress(tag, create)
+    _progress(tag, ceiling)
     if not created:
-        raise BenchError(f"no resource was created: {results['create'].first_error}")
-    return results, created
+        raise BenchError(f"no resource was created: {create.first_error}")
+    return create, ceiling, created
 
 
 def read_phases(
@@ -226,7 +246,7 @@ def read_phases(
     for load, probe in (fhirfus, bare):
         load.run("warm-up", reads[: counts.warmup], probe)
     rounds: dict[str, list[Measurement]] = {"fhirfus": [], "bare": []}
-    size = -(-len(reads) // READ_ROUNDS)
+    size = -(-len(reads) // ROUNDS)
     for offset in range(0, len(reads), size):
         for name, (load, probe) in (("fhirfus", fhirfus), ("bare", bare)):
             rounds[name].append(load.run(name, reads[offset : offset + size], probe)[0])
@@ -268,17 +288,6 @@ def http_updates(
     return measured
 
 
-def bare_creates(load: LoadGenerator, documents: list[dict[str, Any]], counts: Counts, probe: Probe,
-                 tag: str) -> Measurement:
-    """The bare endpoint's creates of the same documents (current and history row, no FHIR logic), warmed up."""
-    path = f"/{RES_TYPE}"
-    load.run("warm-up", [HttpCall("POST", path, _encode(d), 201) for d in documents[: counts.warmup]], probe)
-    measured, _ = load.run("bare FastAPI create", [HttpCall("POST", path, _encode(d), 201)
-                                                   for d in documents[: counts.creates]], probe)
-    _progress(tag, measured)
-    return measured
-
-
 def _require_clean(measurement: Measurement, tag: str) -> None:
     if measurement.errors == measurement.count:
         raise BenchError(f"[{tag}] every warm-up request failed, e.g. {measurement.first_error}")
@@ -316,15 +325,18 @@ def bench_backend(backend: str, options: Options, workdir: Path) -> BackendResul
         migrated(server_url)
         seed_references(server_url)
         migrated(raw_url)
-        with fhirfus_server(server_url, workdir) as server, \
+        with fhirfus_server(server_url, workdir, options.workers) as server, \
                 load_generator(options.loadgen, server.base, options.clients) as load:
             probe = Probe(server.pid, _pg_name(server_url))
-            http, created = http_writes(load, documents, counts, probe, backend)
-            rng = random.Random(SEED + 2)
-            reads = [HttpCall("GET", f"/{RES_TYPE}/{rng.choice(created)[0]}", None, 200) for _ in range(counts.reads)]
-            with bare_server(server_url, created[0][0], workdir) as bare, \
+            warm_ids = warm_up(load, documents, counts, probe, backend)
+            with bare_server(server_url, warm_ids[0], workdir, options.workers) as bare, \
                     load_generator(options.loadgen, bare.base, options.clients) as bare_load:
-                bare_create = bare_creates(bare_load, documents, counts, Probe(bare.pid, _pg_name(server_url)), backend)
+                http: dict[str, Measurement] = {}
+                http["create"], bare_create, created = create_phases(
+                    (load, probe), (bare_load, Probe(bare.pid, _pg_name(server_url))), documents, counts, backend)
+                rng = random.Random(SEED + 2)
+                reads = [HttpCall("GET", f"/{RES_TYPE}/{rng.choice(created)[0]}", None, 200)
+                         for _ in range(counts.reads)]
                 http["read"], ceiling = read_phases((load, probe), (bare_load, Probe(bare.pid)), reads, counts, backend)
             http["update"] = http_updates(load, created, counts, probe, backend)
         raw = raw_baseline(raw_url, documents, counts, options.clients, Probe(None, _pg_name(raw_url)))
@@ -403,9 +415,9 @@ def _per_thousand(m: Measurement, seconds: float | None) -> str:
     return "—" if seconds is None or not m.count else f"{seconds * 1000 / m.count:.2f}"
 
 
-def reads_report(results: list[BackendResult]) -> Report:
+def reads_report(results: list[BackendResult], options: Options) -> Report:
     """Reads by id of fhirfus beside the bare endpoint, measured in the same run (issue #21)."""
-    report = Report("Reads by id: fhirfus beside bare FastAPI (same run, same clients, one worker each)",
+    report = Report(f"Reads by id: fhirfus beside bare FastAPI (same run, same clients, {options.workers} worker(s) each)",
                     ["backend", "server", "reads/s", "p95 ms", "share of bare", "server CPU s / 1,000 reads",
                      "server + PG CPU s / 1,000 reads"])
     for r in results:
@@ -420,6 +432,25 @@ def reads_report(results: list[BackendResult]) -> Report:
     return report
 
 
+def creates_report(results: list[BackendResult], options: Options) -> Report:
+    """Creates of fhirfus beside the bare endpoint, same run, alternating rounds, same workers (issue #21)."""
+    report = Report(f"Creates: fhirfus beside bare FastAPI (same run, alternating rounds, {options.workers} "
+                    f"worker process{'es' if options.workers > 1 else ''} each)",
+                    ["backend", "server", "creates/s", "p95 ms", "share of bare", "server CPU s / 1,000 creates",
+                     "server + PG CPU s / 1,000 creates"])
+    for r in results:
+        for name, m in (("fhirfus", r.http["create"]), ("bare FastAPI", r.bare_create)):
+            cpu = m.cpu
+            server = cpu.server_s if cpu else None
+            both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
+            report.rows.append([r.backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2),
+                                _share(m.rate, r.bare_create.rate), _per_thousand(m, server), _per_thousand(m, both)])
+    report.notes.append("The bare create stores the same documents (current and history row, one transaction) "
+                        "with no FHIR logic: validation, search index, references, Subscriptions and audit are "
+                        "what fhirfus adds.")
+    return report
+
+
 def summary_report(results: list[BackendResult]) -> Report:
     report = Report("Aims (set for PostgreSQL; SQLite shown for reference)",
                     ["backend", "aim", "measured", "met"])
@@ -430,8 +461,8 @@ def summary_report(results: list[BackendResult]) -> Report:
         bare_cpu = r.bare_create.cpu_ms_per_op(r.bare_create.cpu.server_s if r.bare_create.cpu else None)
         p95 = read.percentile_ms(0.95) or float("inf")
         report.rows += [
-            [r.backend, f"create ≥ {AIM_CREATE_RATE:.0f}/s", f"{create.rate:,.0f}/s",
-             _mark(create.rate >= AIM_CREATE_RATE)],
+            [r.backend, f"create ≥ {AIM_CREATE_RATE:.0f}/s", f"{create.rate:,.0f}/s (bare FastAPI "
+             f"{r.bare_create.rate:,.0f}/s)", _mark(create.rate >= AIM_CREATE_RATE)],
             [r.backend, "server CPU per create (fhirfus / bare FastAPI)",
              f"{_fmt(create_cpu, 2)} / {_fmt(bare_cpu, 2)} ms", "—"],
             [r.backend, f"read ≥ {AIM_READ_SHARE:.0%} of bare FastAPI",
@@ -450,7 +481,7 @@ def write_markdown(
         f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_git_revision()}, Python {platform.python_version()}, "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores (server, PostgreSQL and load generator "
         "on the same machine)",
-        f"- {options.clients} keep-alive clients ({options.loadgen}); per backend: {counts.warmup} warm-up, "
+        f"- {options.clients} keep-alive clients ({options.loadgen}), {options.workers} worker process(es) per server; per backend: {counts.warmup} warm-up, "
         f"{counts.creates} creates, {counts.reads} reads, {counts.updates} updates of ~"
         f"{len(_encode(observation(0, random.Random(SEED))))} B {RES_TYPE} resources",
         f"- total run time {seconds:.0f} s; CPU busy before the run (other work): "
@@ -469,12 +500,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run, noisier figures)")
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "all"), default="all")
     parser.add_argument("--clients", type=int, default=4, help="concurrent keep-alive clients (default 4)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="worker processes of fhirfus and of the bare endpoint alike (default 1)")
     parser.add_argument("--loadgen", choices=("threads", "async"), default="threads",
                         help="threads with httpx.Client (default) or asyncio with httpx.AsyncClient")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"Markdown file (default {RESULTS})")
     args = parser.parse_args(argv)
-    if args.clients < 1:
-        parser.error("--clients must be at least 1")
+    if args.clients < 1 or args.workers < 1:
+        parser.error("--clients and --workers must be at least 1")
     return args
 
 
@@ -508,7 +541,7 @@ def run(options: Options) -> int:
     seconds = time.perf_counter() - started
     reports = [backend_report(r, options) for r in backends_done]
     if backends_done:
-        reports += [reads_report(backends_done), summary_report(backends_done)]
+        reports += [creates_report(backends_done, options), reads_report(backends_done, options), summary_report(backends_done)]
     console.print()
     for report in reports:
         console.print(report.rich())
@@ -529,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loadgen=args.loadgen,
         backends=("sqlite", "postgresql") if args.backend == "all" else (args.backend,),
         output=args.output,
+        workers=args.workers,
     )
     try:
         return run(options)

@@ -96,6 +96,8 @@ class Options:
     loadgen: str
     backends: tuple[str, ...]
     output: Path
+    #: worker processes of fhirfus and of the bare endpoint alike (issue 21: the same workers)
+    workers: int = 1
 
 
 # --- payloads --------------------------------------------------------------------------------
@@ -425,7 +427,10 @@ class ThreadedLoad:
     """
 
     def __init__(self, base: str, clients: int) -> None:
-        self._clients = [httpx.Client(base_url=base, headers=HEADERS, timeout=60) for _ in range(clients)]
+        # Idle connections are dropped after 2 s: between alternating rounds one server's clients wait
+        # for seconds, and a request sent just as uvicorn closes an idle connection (after 5 s) fails.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        self._clients = [httpx.Client(base_url=base, headers=HEADERS, timeout=60, limits=limits) for _ in range(clients)]
 
     def run(
         self, label: str, calls: Sequence[HttpCall], probe: Probe
@@ -580,10 +585,10 @@ def fhirfus_server(database_url: str, workdir: Path, workers: int = 1) -> Iterat
 
 
 @contextmanager
-def bare_server(database_url: str, res_id: str, workdir: Path) -> Iterator[RunningServer]:
+def bare_server(database_url: str, res_id: str, workdir: Path, workers: int = 1) -> Iterator[RunningServer]:
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), "--bare-server", str(port),
-               "--database-url", database_url, "--resource-id", res_id]
+               "--database-url", database_url, "--resource-id", res_id, "--workers", str(workers)]
     with server_process(command, dict(os.environ), port, workdir / f"bare-{port}.log") as running:
         yield running
 
@@ -591,7 +596,50 @@ def bare_server(database_url: str, res_id: str, workdir: Path) -> Iterator[Runni
 # --- the bare FastAPI ceiling (runs in its own process) --------------------------------------
 
 
-def serve_bare(port: int, database_url: str, res_id: str) -> None:
+def serve_bare(port: int, database_url: str, res_id: str, workers: int = 1) -> None:
+    """The bare endpoint (``bare_app``) in this process, or in ``workers`` forked children sharing
+    one listening socket (as ``fhirfus serve --workers`` shares its port)."""
+    import uvicorn
+
+    if workers <= 1:
+        app, engine = bare_app(database_url, res_id)
+        try:
+            uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        finally:
+            engine.dispose()
+        return
+    import multiprocessing
+    import socket
+
+    listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listening.bind(("127.0.0.1", port))
+    listening.listen(2048)
+    children = [multiprocessing.get_context("fork").Process(target=_bare_worker, args=(listening, database_url, res_id))
+                for _ in range(workers)]
+    for child in children:
+        child.start()
+
+    def stop(_signum: int, _frame: object) -> None:
+        for child in children:
+            child.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    for child in children:
+        child.join()
+
+
+def _bare_worker(listening: Any, database_url: str, res_id: str) -> None:
+    import uvicorn
+
+    app, engine = bare_app(database_url, res_id)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listening])
+    finally:
+        engine.dispose()
+
+
+def bare_app(database_url: str, res_id: str) -> tuple[Any, Any]:
     """One GET endpoint returning a document read once from the database (the read ceiling), and one
     POST endpoint storing the posted document as fhirfus stores a create (the create ceiling).
 
@@ -605,7 +653,6 @@ def serve_bare(port: int, database_url: str, res_id: str) -> None:
     import uuid
     from datetime import UTC, datetime
 
-    import uvicorn
     from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import Response
@@ -645,10 +692,7 @@ def serve_bare(port: int, database_url: str, res_id: str) -> None:
         return Response(stored, status_code=201, media_type=media_type, headers={
             "Location": f"{request.base_url}fhir/{res_type}/{new_id}/_history/1", "ETag": 'W/"1"'})
 
-    try:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    finally:
-        engine.dispose()
+    return app, engine
 
 
 # --- databases -------------------------------------------------------------------------------
@@ -751,5 +795,6 @@ if __name__ == "__main__":  # the bare FastAPI ceiling in its own process, start
     _ceiling.add_argument("--bare-server", type=int, required=True)
     _ceiling.add_argument("--database-url", required=True)
     _ceiling.add_argument("--resource-id", required=True)
+    _ceiling.add_argument("--workers", type=int, default=1)
     _args = _ceiling.parse_args()
-    serve_bare(_args.bare_server, _args.database_url, _args.resource_id)
+    serve_bare(_args.bare_server, _args.database_url, _args.resource_id, _args.workers)

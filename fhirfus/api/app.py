@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from fhirfus import __version__
 from fhirfus.api import analysis, auth, bulk, bulk_import, limits, pulls, resources, system, terminology, views
 from fhirfus.api.console import pages as console
+from fhirfus.api.createpath import FastCreate
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.readpath import FastRead
 from fhirfus.api.request_log import RequestLog
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     if store.async_reads is None:  # reads by id on the event loop (PostgreSQL)
         store.async_reads = AsyncReadPool.for_engine(store.engine, statement_timeout_ms=settings.statement_timeout_ms)
     install_error_handlers(app)
+    app.add_middleware(FastCreate, fastapi_app=app)  # plain creates, behind the gate as the reads
     app.add_middleware(FastRead, fastapi_app=app)  # behind the gate: the caller is known, the read audited
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:

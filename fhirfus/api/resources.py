@@ -88,6 +88,11 @@ async def create(request: Request, res_type: str) -> Response:
     if not if_none_exist and request.url.query and not native:
         # fhirpy sends conditional-create criteria in the query string
         if_none_exist = request.url.query
+    return await create_answer(request, res_type, body, if_none_exist)
+
+
+async def create_answer(request: Request, res_type: str, body: object, if_none_exist: str | None) -> Response:
+    """The create of a read body and its answer: shared with the fast path (``api/createpath.py``)."""
     result = await run_in_threadpool(partial(crud.create, integrity=_integrity(request)), _store(request),
                                      caller(request), res_type, body, if_none_exist, base_url(request))
     if result.created:

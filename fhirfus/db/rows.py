@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache, lru_cache
 from operator import itemgetter
 from typing import Any
@@ -66,6 +67,25 @@ def ridden(conn: Connection, name: str) -> list[tuple] | None:
 def forget_riders(conn: Connection) -> None:
     conn.info.pop(RIDERS, None)
     conn.info.pop(RIDDEN, None)
+
+
+#: ``prepare_threshold`` while a write runs: a statement is prepared on its connection from its
+#: second execution there (a single resource's write repeats the same few; a Bundle's shapes seldom).
+WRITES_PREPARED_AFTER = 1
+
+
+@contextmanager
+def prepared_writes(raw: psycopg.Connection) -> Iterator[None]:
+    """Have psycopg prepare the write statements that recur on this connection, which
+    ``db/engine.py`` otherwise turns off for the searches' sake: PostgreSQL then stops parsing a
+    create's same statements again for every create. An INSERT … VALUES or a DELETE by key has no
+    plan to get wrong, unlike a search; the reads riding along are sent with ``prepare=False``."""
+    before = raw.prepare_threshold
+    raw.prepare_threshold = WRITES_PREPARED_AFTER
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = before
 
 
 def _json(value: Any) -> str:
@@ -148,7 +168,7 @@ def insert_returning(conn: Connection, statement: Any, values: dict[str, Any]) -
     assert isinstance(raw, psycopg.Connection)
     sql = _psycopg_sql(statement, tuple(values))
     params = {name: _adapt(value) for name, value in values.items()}
-    with raw.cursor() as cursor:
+    with raw.cursor() as cursor, prepared_writes(raw):
         try:
             cursor.execute(sql, params)
             row = cursor.fetchone()
@@ -211,7 +231,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
         if deletes or small or riders:
             readers = [(name, raw.cursor()) for name in riders]
             inserting = psycopg.RawCursor(raw)
-            with inserting, raw.pipeline():
+            with inserting, raw.pipeline(), prepared_writes(raw):
                 for table, pk in deletes:
                     cursor.execute(f"DELETE FROM {table.name} WHERE resource_pk = %s", (pk,))
                 if small:
@@ -222,7 +242,7 @@ def write(conn: Connection, inserts: Iterable[Batch], deletes: Sequence[tuple[Ta
                         params += [value for row in rows for value in values(row)]
                     inserting.execute(_insert_sql(tuple(shape)), params)
                 for name, reader in readers:
-                    reader.execute(*riders[name])
+                    reader.execute(*riders[name], prepare=False)
             ridden_rows = conn.info.setdefault(RIDDEN, {})
             for name, reader in readers:
                 ridden_rows[name] = reader.fetchall()

@@ -151,6 +151,53 @@ def _period_ordered(value: Any, _type: str, _site: Site) -> list:
     return [] if order is None else [order <= 0]
 
 
+#: obs-7 as the definitions state it: ``_component_code_repeated`` gives its result.
+OBS_7 = "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()"
+#: The Coding elements ``_component_code_repeated`` compares itself: plain values, no extensions.
+_PLAIN_CODING = frozenset({"system", "version", "code", "display", "userSelected"})
+
+
+def _codings(concept: Any) -> list[dict] | None:
+    """The Codings of a CodeableConcept's JSON, None unless each is plain (``_PLAIN_CODING``)."""
+    if concept is None:
+        return []
+    codings = concept.get("coding", []) if isinstance(concept, dict) else None
+    if not isinstance(codings, list) or not all(isinstance(c, dict) and c.keys() <= _PLAIN_CODING for c in codings):
+        return None
+    return codings
+
+
+def _component_code_repeated(value: Any, type_name: str, site: Site) -> list:
+    """obs-7 (``OBS_7``): no value[x] beside a component whose code shares a Coding with the
+    Observation's code. It sits on every Observation with components and a value, where the engine
+    form walks a where() and an intersect() through FHIRPath nodes; for plain Codings, FHIRPath
+    equality is the JSON's equality. Anything else (extensions, odd shapes) goes to the engine."""
+    if not isinstance(value, dict) or any(k.startswith("_value") for k in value):
+        return _obs_7_engine()(value, type_name, site)
+    if not any(k.startswith("value") and k[5:6].isupper() for k in value):
+        return [True]
+    components = value.get("component", [])
+    ours = _codings(site.resource.get("code"))
+    if not isinstance(components, list) or ours is None:
+        return _obs_7_engine()(value, type_name, site)
+    for component in components:
+        theirs = _codings(component.get("code")) if isinstance(component, dict) else None
+        if theirs is None:
+            return _obs_7_engine()(value, type_name, site)
+        if any(coding in ours for coding in theirs):
+            return [False]
+    return [True]
+
+
+_obs_7: list[Evaluator] = []
+
+
+def _obs_7_engine() -> Evaluator:
+    if not _obs_7:
+        _obs_7.append(_engine_evaluator(OBS_7))
+    return _obs_7[0]
+
+
 #: Constraints evaluated by a JSON walk that gives the expression's result (see each function).
 NATIVE: dict[str, Evaluator] = {
     "ele-1": lambda value, _type, _site: [not (type(value) is dict and (not value or (len(value) == 1 and "id" in value)))],
@@ -158,6 +205,7 @@ NATIVE: dict[str, Evaluator] = {
     "rng-2": _range_ordered,
     "ref-1": _local_reference_resolves,
     "per-1": _period_ordered,
+    "obs-7": _component_code_repeated,
 }
 
 

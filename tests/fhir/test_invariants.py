@@ -263,6 +263,39 @@ def test_a_native_check_agrees_with_the_expression_where_the_engine_can_evaluate
     assert _passes(NATIVE[key](value, type_name, site)) == _passes(engine)
 
 
+_LOINC = {"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}
+_OBS_7_CASES = [
+    observation(code={"coding": [_LOINC]}, valueQuantity={"value": 60}, component=[{"code": {"coding": [_LOINC]}}]),
+    observation(code={"coding": [_LOINC]}, component=[{"code": {"coding": [_LOINC]}}]),  # no value
+    observation(code={"coding": [_LOINC]}, valueInteger=1,
+                component=[{"code": {"coding": [{**_LOINC, "display": "heart rate"}]}}]),  # equality, not equivalence
+    observation(code={"coding": [{"code": "8867-4", "system": "http://loinc.org", "display": "Heart rate"}]},
+                valueString="x", component=[{"code": {"coding": [{"code": "x"}, _LOINC]}}]),  # key order, 2nd coding
+    observation(code={"coding": [_LOINC]}, valueBoolean=False, component=[{"code": {"text": "no coding"}}]),
+    observation(code={"text": "no coding"}, valueBoolean=True, component=[{"code": {"coding": [_LOINC]}}]),
+    observation(code={"coding": [{**_LOINC, "userSelected": True}]}, valueBoolean=True,
+                component=[{"code": {"coding": [{**_LOINC, "userSelected": False}]}}]),
+    observation(code={"coding": [{**_LOINC, "extension": [{"url": "u", "valueString": "a"}]}]}, valueInteger=2,
+                component=[{"code": {"coding": [{**_LOINC, "extension": [{"url": "u", "valueString": "a"}]}]}}]),
+    observation(code={"coding": [_LOINC]}, _valueString={"extension": [{"url": "u", "valueString": "a"}]},
+                component=[{"code": {"coding": [_LOINC]}}]),
+]
+
+
+@pytest.mark.parametrize("value", _OBS_7_CASES)
+def test_obs_7_natively_agrees_with_its_expression(value: dict) -> None:
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    from fhirfus.fhirpath.invariants import OBS_7, _passes
+
+    [constraint] = [c for c in definitions.constraints()["Observation"] if c.key == "obs-7"]
+    assert constraint.expression == OBS_7
+    node = ResourceNode.create_node(value, "Observation")
+    engine = compile_expression(OBS_7)([node], {"resource": node})
+    site = definitions.Site((constraint,), value, "Observation", "Observation", value, value)
+    assert _passes(NATIVE["obs-7"](value, "Observation", site)) == _passes(engine)
+
+
 def test_ele_1_natively_agrees_with_its_expression() -> None:
     from fhirpathpy.engine.nodes import ResourceNode
 
