@@ -653,14 +653,17 @@ def claimed_issues(resource: Mapping[str, Any], canonical: str) -> list[Issue]:
     return issues
 
 
-def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
+def profile_issues(resource: Mapping[str, Any], *, implied: bool = True) -> list[Issue]:
     """Issues of ``resource`` against every fhirfus or R4 core profile its ``meta.profile`` claims,
-    and, as warnings, against the R4 vital signs profiles it should meet unclaimed (``implied_profiles``)."""
+    and, as warnings, against the R4 vital signs profiles it should meet unclaimed (``implied_profiles``).
+
+    ``implied=False`` leaves the unclaimed profiles out: they only ever add warnings, so a write,
+    which looks at errors alone, need not check them (the costliest profiles a write meets)."""
     meta = resource.get("meta")
     claimed = meta.get("profile") if isinstance(meta, Mapping) else None
     claimed = claimed if isinstance(claimed, list) else []
-    implied = implied_profiles(resource)
-    if not claimed and not implied:
+    unclaimed = implied_profiles(resource) if implied else []
+    if not claimed and not unclaimed:
         return []
     issues: list[Issue] = []
     seen: set[str] = set()
@@ -671,7 +674,7 @@ def profile_issues(resource: Mapping[str, Any]) -> list[Issue]:
             if profile.url not in seen:
                 seen.add(profile.url)
                 issues += validate(resource, profile)
-    for url in implied:  # reported, not refused: EHRs send vital signs without the category the profile wants
+    for url in unclaimed:  # reported, not refused: EHRs send vital signs without the category the profile wants
         for implied_profile in _core_chain(url):
             if implied_profile is not None and implied_profile.url not in seen:
                 seen.add(implied_profile.url)

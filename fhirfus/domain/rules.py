@@ -82,15 +82,23 @@ def _rule_issues(resource: Mapping[str, Any]) -> list[Issue]:
     return []
 
 
-def domain_issues(resource: Mapping[str, Any]) -> list[Issue]:
-    """Errors and warnings of the fhirfus implementation guide for one (structurally valid) resource."""
+def domain_issues(resource: Mapping[str, Any], *, implied: bool = True) -> list[Issue]:
+    """Errors and warnings of the fhirfus implementation guide for one (structurally valid) resource.
+
+    ``implied=False``: without the profiles a resource meets unclaimed, which only warn (``enforce``)."""
     issues = _rule_issues(resource)
     reported = {e for i in issues if i.severity in ("error", "fatal") for e in i.expression}
-    return issues + [i for i in profiles.profile_issues(resource) if not reported.intersection(i.expression)]
+    return issues + [i for i in profiles.profile_issues(resource, implied=implied)
+                     if not reported.intersection(i.expression)]
+
+
+def domain_errors(resource: Mapping[str, Any]) -> list[Issue]:
+    """The errors of ``domain_issues``, found without the checks that can only warn."""
+    return [i for i in domain_issues(resource, implied=False) if i.severity in ("error", "fatal")]
 
 
 def enforce(resource: Mapping[str, Any]) -> None:
     """Raise 422 when the resource breaks a domain rule (warnings pass)."""
-    errors = [i for i in domain_issues(resource) if i.severity in ("error", "fatal")]
+    errors = domain_errors(resource)
     if errors:
         raise BusinessRuleViolation(errors[0].diagnostics, issues=errors)

@@ -17,7 +17,6 @@ never rescored under a later revision.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -180,6 +179,16 @@ def _json_number(value: Decimal) -> int | float:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
+def _json_copy(value: Any) -> Any:
+    """A deep copy of a JSON value: objects and arrays copied, the immutable scalars shared (what
+    ``copy.deepcopy`` does for JSON, without its memo and dispatch; each response's scores copy it)."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value
+
+
 def _observation(code: str, value: Decimal, qr: Mapping[str, Any], response_ref: str) -> dict:
     return {
         "resourceType": "Observation",
@@ -187,7 +196,7 @@ def _observation(code: str, value: Decimal, qr: Mapping[str, Any], response_ref:
         "status": "final",
         "category": [{"coding": [dict(SURVEY)]}],
         "code": {"coding": [{"system": TWSTRS_SYSTEM, "code": code, "display": code_displays(TWSTRS_SYSTEM)[code]}]},
-        "subject": copy.deepcopy(qr["subject"]),
+        "subject": _json_copy(qr["subject"]),
         "effectiveDateTime": qr["authored"],
         "valueQuantity": {"value": _json_number(value), "unit": "{score}", "system": UCUM, "code": "{score}"},
         "derivedFrom": [{"reference": response_ref}],

@@ -119,8 +119,10 @@ def _children(
             continue
         name, kind, definition, partner, needed, table, nested, bound = meaning
         repeated = isinstance(value, list)
-        child_path = f"{path}.{name}"
         check = bound is not None and violations is not None
+        if not repeated and not check and not isinstance(value, dict) and (partner or not keep(kind, value)):
+            continue  # a single primitive no rule reads: most of a resource's values
+        child_path = f"{path}.{name}"
         for index, item in enumerate(value) if repeated else ((None, value),):
             is_object = isinstance(item, dict)
             if check:

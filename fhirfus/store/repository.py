@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache, partial
+from functools import cache, lru_cache, partial
 from typing import Any, Protocol
 
 import psycopg
@@ -51,8 +51,10 @@ class Stored:
     raw: bytes | None = None
 
 
+@lru_cache(maxsize=1024)
 def format_instant(moment: datetime) -> str:
-    """FHIR instant with microseconds, UTC as 'Z'."""
+    """FHIR instant with microseconds, UTC as 'Z'. Remembered: a bulk create stamps every resource,
+    its history row and its response entry with the same moment."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 

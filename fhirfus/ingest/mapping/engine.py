@@ -259,9 +259,7 @@ def _finish(built: _Built, site: str, patient_key: str) -> dict:
 
 
 def _resource_errors(built: _Built, patient: str) -> list[RowError]:
-    issues = resource_issues(built.resource) or [
-        i for i in rules.domain_issues(built.resource) if i.severity in ("error", "fatal")
-    ]
+    issues = resource_issues(built.resource) or rules.domain_errors(built.resource)
     return [
         RowError(built.line, patient, ",".join(i.expression) or built.resource["resourceType"], "",
                  f"{built.spec.name}: {i.diagnostics}")
