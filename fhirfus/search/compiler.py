@@ -8,12 +8,15 @@ Nothing is filtered in Python.
 
 Several plain criteria are not left to the planner's estimates (which, on tables that grew since
 their last ``ANALYZE``, can take a code matching thousands of rows for one matching a single row
-and start there). As Blaze does, the search starts from one criterion, the *lead*, picked by
-the kind of its parameter (``lead_rank``: a reference to one resource before an identifier
-before a code …), and checks every other one resource by resource: ``EXISTS (SELECT 1 FROM
-search_<type> WHERE resource_pk = pk AND param = … AND <value> OFFSET 0)``. The probe names no
-``res_type``, so no value index (they all begin with it) can serve it, only the index on
-``resource_pk``; ``OFFSET 0`` keeps PostgreSQL from turning it into a join it could reorder.
+and start there). As Blaze does, the search starts from one criterion, the *lead*, and checks
+every other one resource by resource: ``EXISTS (SELECT 1 FROM (SELECT * FROM search_<type> WHERE
+resource_pk = pk OFFSET 0) WHERE param = … AND <value>)``. The inner select, fenced by ``OFFSET
+0``, can only use the index on ``resource_pk`` (with the value conditions beside it, a planner
+without statistics took the reference B-tree, led by the target id, and read every reference to
+a popular Patient for each probe), and PostgreSQL cannot turn the probe into a join it could
+reorder. The lead is the criterion with the fewest index rows, counted up to a cap when the
+search runs (``search.lead``); the kind of its parameter (``lead_rank``: a reference to one
+resource before an identifier before a code …) breaks ties.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sqlalchemy import (
     select,
     true,
 )
+from sqlalchemy.sql.util import ClauseAdapter
 
 from fhirfus.db.tables import (
     search_composite,
@@ -121,8 +125,9 @@ class Compiler:
         """A plain criterion checked for ``alias``'s row alone, through the index on ``resource_pk``
         (the form of every criterion but a search's lead: see the module's docstring)."""
         table, conditions = self._index_conditions(criterion.ref, criterion.values, criterion.name)
-        return exists(select(literal(1)).select_from(table)
-                      .where(table.c.resource_pk == alias.c.pk, *conditions).offset(0))
+        own = select(table).where(table.c.resource_pk == alias.c.pk).offset(0).correlate(alias).subquery()
+        adapt = ClauseAdapter(own).traverse
+        return exists(select(literal(1)).select_from(own).where(*[adapt(c) for c in conditions]))
 
     def _index_rows(self, ref: ParamRef, values: tuple[str, ...], name: str) -> Select:
         """The index rows of resources with any of ``values`` for ``ref`` (modifiers applied)."""
