@@ -5,10 +5,9 @@ matches here: one Patient with 100,000 Observations makes ``subject=`` the worst
 found on a single one of them, and the planner's statistics, sampled and often stale, are no
 better guide. So each candidate's index rows are counted, but only up to a cap: ``SELECT count(*)
 FROM (SELECT resource_pk FROM search_<type> WHERE … LIMIT cap)`` reads at most ``cap`` index
-entries. The candidates are counted in ``lead_rank`` order, each up to the fewest rows found so
-far (a candidate only matters if it has fewer); the first with fewer rows than the cap wins, so
-ties go to the kind. While every candidate fills the cap the cap grows, up to ``LAST_CAP``:
-deciding costs at most a few times the rows the chosen lead will read anyway, and past
+entries, and one statement counts every candidate. The one with the fewest rows below the cap
+leads, ties going to the kind. While every candidate fills the cap, the cap grows, up to
+``LAST_CAP``: deciding reads at most a few times the rows the chosen lead reads anyway, and past
 ``LAST_CAP`` rows per candidate the kind decides.
 """
 
@@ -27,8 +26,8 @@ GROWTH = 4
 #: Past this many rows for every candidate, counting further is not worth it: the kind decides.
 LAST_CAP = 16_384
 
-#: ``(criterion, cap)`` → the criterion's index rows, counted up to ``cap``.
-Counter = Callable[[Criterion, int], int]
+#: ``(criteria, cap)`` → each criterion's index rows, counted up to ``cap``.
+Counter = Callable[[Sequence[Criterion], int], list[int]]
 
 
 def pick_lead(candidates: Sequence[Criterion], count: Counter) -> Criterion:
@@ -38,25 +37,25 @@ def pick_lead(candidates: Sequence[Criterion], count: Counter) -> Criterion:
         return ranked[0]
     cap = FIRST_CAP
     while True:
-        lead, fewest = None, cap
-        for criterion in ranked:
-            rows = count(criterion, fewest)
-            if rows < fewest:
-                lead, fewest = criterion, rows
-        if lead is not None:
-            return lead
+        rows = count(ranked, cap)
+        fewest = min(rows)
+        if fewest < cap:
+            return ranked[rows.index(fewest)]
         if cap >= LAST_CAP:
             return ranked[0]
         cap *= GROWTH
 
 
 def index_counter(conn: Connection, lookup: Callable[[Criterion], Select | None]) -> Counter:
-    """Counts a plain criterion's index rows on ``conn``, ``lookup`` giving its index select
+    """Counts plain criteria's index rows on ``conn``, all in one statement (a round trip costs more
+    than the rows on a busy machine), ``lookup`` giving each one's index select
     (``Compiler.index_lookup``)."""
-    def count(criterion: Criterion, cap: int) -> int:
-        rows = lookup(criterion)
-        if rows is None:  # not a lookup in an index table: never a candidate, never the lead
-            return cap
-        capped = rows.limit(cap).subquery()
-        return int(conn.execute(select(func.count()).select_from(capped)).scalar_one())
+    def count(criteria: Sequence[Criterion], cap: int) -> list[int]:
+        counts = []
+        for criterion in criteria:
+            rows = lookup(criterion)
+            if rows is None:  # not a lookup in an index table: never a candidate
+                raise ValueError(f"'{criterion.name}' is not a plain criterion")
+            counts.append(select(func.count()).select_from(rows.limit(cap).subquery()).scalar_subquery())
+        return [int(n) for n in conn.execute(select(*counts)).one()]
     return count
