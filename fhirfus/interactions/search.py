@@ -142,9 +142,24 @@ def match_condition(
     alternatives = []
     for res_type, query in queries.items():
         criteria = _criteria(rows, query.criteria, compiler, count)
-        type_filter = rows.c.res_type == res_type if res_type is not None else true()
-        alternatives.append(and_(type_filter, *criteria))
+        alternatives.append(and_(_type_filter(rows, res_type, query.criteria), *criteria))
     return and_(rows.c.deleted.is_(False), or_(*alternatives))
+
+
+def _type_filter(rows: FromClause, res_type: str | None, criteria: Sequence[Criterion]) -> ColumnElement[bool]:
+    """Resources of ``res_type``. Where a plain criterion looks its resources up in an index table
+    (whose rows carry the type), the type is compared as an expression (``res_type || ''``) that
+    no index serves: SQLite without statistics otherwise walked every resource of the type through
+    ``ix_resources_type_updated`` and checked each against the looked-up keys."""
+    if res_type is None:
+        return true()
+    if any(is_plain(c) for c in criteria) and not any(_by_id(c) for c in criteria):
+        return rows.c.res_type.concat("") == res_type
+    return rows.c.res_type == res_type
+
+
+def _by_id(criterion: Criterion) -> bool:
+    return criterion.ref.param.code == "_id" and criterion.ref.modifier is None
 
 
 def _criteria(
@@ -154,10 +169,10 @@ def _criteria(
     others are probes of each of its resources (``search.compiler``'s docstring says why). With
     ``_id`` among the criteria, the row lookup by id leads and every plain criterion is a probe."""
     plain = [c for c in criteria if is_plain(c)]
-    if len(plain) < 2 and not (plain and any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria)):
+    if len(plain) < 2 and not (plain and any(_by_id(c) for c in criteria)):
         return [compiler.criterion(rows, c) for c in criteria]
     lead = None
-    if not any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria):
+    if not any(_by_id(c) for c in criteria):
         lead = pick_lead(plain, count) if count is not None else min(plain, key=lead_rank)
     return [compiler.criterion(rows, c) if c is lead or not is_plain(c) else compiler.probe(rows, c)
             for c in criteria]
