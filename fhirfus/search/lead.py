@@ -46,16 +46,21 @@ def pick_lead(candidates: Sequence[Criterion], count: Counter) -> Criterion:
         cap *= GROWTH
 
 
+def count_statement(criteria: Sequence[Criterion], cap: int, lookup: Callable[[Criterion], Select | None]) -> Select:
+    """One row: each criterion's index rows up to ``cap``, ``lookup`` giving its index select
+    (``Compiler.index_lookup``)."""
+    counts = []
+    for criterion in criteria:
+        rows = lookup(criterion)
+        if rows is None:  # not a lookup in an index table: never a candidate
+            raise ValueError(f"'{criterion.name}' is not a plain criterion")
+        counts.append(select(func.count()).select_from(rows.limit(cap).subquery()).scalar_subquery())
+    return select(*counts)
+
+
 def index_counter(conn: Connection, lookup: Callable[[Criterion], Select | None]) -> Counter:
     """Counts plain criteria's index rows on ``conn``, all in one statement (a round trip costs more
-    than the rows on a busy machine), ``lookup`` giving each one's index select
-    (``Compiler.index_lookup``)."""
+    than the rows on a busy machine)."""
     def count(criteria: Sequence[Criterion], cap: int) -> list[int]:
-        counts = []
-        for criterion in criteria:
-            rows = lookup(criterion)
-            if rows is None:  # not a lookup in an index table: never a candidate
-                raise ValueError(f"'{criterion.name}' is not a plain criterion")
-            counts.append(select(func.count()).select_from(rows.limit(cap).subquery()).scalar_subquery())
-        return [int(n) for n in conn.execute(select(*counts)).one()]
+        return [int(n) for n in conn.execute(count_statement(criteria, cap, lookup)).one()]
     return count

@@ -21,7 +21,7 @@ from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import EVERYTHING, SITE_SYSTEM, Visibility
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler, lead_rank
-from fhirfus.search.lead import FIRST_CAP, GROWTH, LAST_CAP, index_counter, pick_lead
+from fhirfus.search.lead import FIRST_CAP, GROWTH, LAST_CAP, count_statement, index_counter, pick_lead
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
 from fhirfus.store.repository import NewResource, Store
@@ -233,10 +233,11 @@ def _skewed_items() -> list[NewResource]:
     return items
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "postgresql-analysed"])
 def skewed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """The skewed data, never analysed (autovacuum off on PostgreSQL; SQLite has no sqlite_stat1)."""
-    generator = database_url_for(request.param, tmp_path_factory)
+    """The skewed data, never analysed (autovacuum off on PostgreSQL; SQLite has no sqlite_stat1),
+    and on PostgreSQL also with fresh statistics."""
+    generator = database_url_for(request.param.split("-")[0], tmp_path_factory)
     engine = make_engine(next(generator))
     try:
         migrate.upgrade(engine)
@@ -246,6 +247,9 @@ def skewed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                     conn.exec_driver_sql(f'ALTER TABLE "{table}" SET (autovacuum_enabled = false)')
         with Store(engine).writing() as conn:
             repository.create_many(conn, _skewed_items())
+        if request.param.endswith("analysed"):
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
         yield engine
     finally:
         engine.dispose()
@@ -283,8 +287,8 @@ def _sqlite_steps(engine: Engine, run: Callable[[Connection], object]) -> int:
 
 
 def _work(engine: Engine, params: list[tuple[str, str]], forced: str | None) -> int:
-    """The work of the search, lead counting included: index rows read on PostgreSQL (the counts
-    read what they return), VM instructions on SQLite. ``forced``: the criterion made to lead (a
+    """The work of the search, lead counting included: index rows read on PostgreSQL, VM
+    instructions on SQLite. ``forced``: the criterion made to lead (a
     counter that finds it empty), to show what a wrong lead costs."""
     rows = EVERYTHING.resources()
     query = parse_query("Observation", params)
@@ -298,7 +302,8 @@ def _work(engine: Engine, params: list[tuple[str, str]], forced: str | None) -> 
             if forced is not None:
                 return [0 if criterion.name == forced else cap for criterion in criteria]
             found = index_counter(conn, compiler.index_lookup)(criteria, cap)
-            counted += sum(found)
+            if engine.dialect.name == "postgresql":  # what the counts read, whatever their plan
+                counted += _index_rows_read(engine, count_statement(criteria, cap, compiler.index_lookup))
             return found
         condition = match_condition(rows, {"Observation": query}, compiler, count)
         statement = select(rows.c.pk).where(condition).order_by(rows.c.pk).limit(51)
@@ -322,7 +327,6 @@ def test_the_counted_lead_reads_few_rows_whichever_way_the_data_are_skewed(skewe
     control = _work(skewed, params, forced=popular)
     assert counted * 5 < control, (counted, control)
     if skewed.dialect.name == "postgresql":  # rows: the first round of counts and a handful of probes
-        assert control >= POPULAR
         assert counted <= 2 * FIRST_CAP + 30, counted
 
 
