@@ -31,7 +31,7 @@ test: install
 
 ## make bench: the figures the issues ask for, on SQLite and PostgreSQL (not a test): CRUD over HTTP,
 ## search on 1,000,000 resources, transaction-Bundle ingest, the cost of authentication, Bulk Data
-## export of 1,000,000 resources, the analysis export of 10,000 patients, a hub's pull of 100,000
+## export of 1,000,000 resources, the analysis export of 10,000 patients, searches with skewed criteria, a hub's pull of 100,000
 ## resources from a site server (beside a local load of the same files), Subscription notification
 ## latency under 200 writes/s, fhirfus beside Medplum per CPU-second (skipped without a built Medplum server:
 ## MEDPLUM_SERVER_DIR, see bench/medplum.py). A full run loads large databases (tens of minutes);
@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/analysis_export.py --patients $(ANALYSIS_PATIENTS)
 	$(BIN)/python bench/terminology_views.py $(BENCH_ARGS)
 	$(BIN)/python bench/search_after_load.py $(BENCH_ARGS)
+	$(BIN)/python bench/search_skew.py $(BENCH_ARGS)
 	$(BIN)/python bench/scale_out.py $(BENCH_ARGS)
 	$(BIN)/python bench/pull.py --resources $(PULL_RESOURCES) $(BENCH_ARGS)
 	$(BIN)/python bench/subscriptions.py $(BENCH_ARGS)

@@ -27,6 +27,7 @@ from fhirfus.fhir.validation import require_known_type
 from fhirfus.interactions import binary
 from fhirfus.interactions.paging import decode_cursor, encode_cursor, fits, page_url
 from fhirfus.search.compiler import TABLE_OF, Compiler, is_plain, lead_rank, local_reference, param_rows
+from fhirfus.search.lead import Counter, index_counter, pick_lead
 from fhirfus.search.query import ANY_TYPE, Criterion, Include, SearchQuery, SortKey, criteria_types, parse_query
 from fhirfus.store import repository
 from fhirfus.store.repository import Store
@@ -132,26 +133,48 @@ def _keyset(keys: list[tuple[ColumnElement, bool]], values: list[Any], forward: 
     return or_(*alternatives)
 
 
-def match_condition(rows: FromClause, queries: dict[str | None, SearchQuery], compiler: Compiler) -> ColumnElement[bool]:
+def match_condition(
+    rows: FromClause, queries: dict[str | None, SearchQuery], compiler: Compiler, count: Counter | None = None,
+) -> ColumnElement[bool]:
     """Live resources of ``rows`` matching the criteria, per type (``None``: any type, base
-    parameters only)."""
+    parameters only). ``count``: how the lead of several plain criteria is picked by counting their
+    index rows (``search.lead``); without it, by the kind of parameter alone."""
     alternatives = []
     for res_type, query in queries.items():
-        criteria = _criteria(rows, query.criteria, compiler)
-        type_filter = rows.c.res_type == res_type if res_type is not None else true()
-        alternatives.append(and_(type_filter, *criteria))
+        criteria = _criteria(rows, query.criteria, compiler, count)
+        alternatives.append(and_(_type_filter(rows, res_type, query.criteria), *criteria))
     return and_(rows.c.deleted.is_(False), or_(*alternatives))
 
 
-def _criteria(rows: FromClause, criteria: Sequence[Criterion], compiler: Compiler) -> list[ColumnElement[bool]]:
+def _type_filter(rows: FromClause, res_type: str | None, criteria: Sequence[Criterion]) -> ColumnElement[bool]:
+    """Resources of ``res_type``. Where a plain criterion looks its resources up in an index table
+    (whose rows carry the type), the type is compared as an expression (``res_type || ''``) that
+    no index serves: SQLite without statistics otherwise walked every resource of the type through
+    ``ix_resources_type_updated`` and checked each against the looked-up keys."""
+    if res_type is None:
+        return true()
+    if any(is_plain(c) for c in criteria) and not any(_by_id(c) for c in criteria):
+        return rows.c.res_type.concat("") == res_type
+    return rows.c.res_type == res_type
+
+
+def _by_id(criterion: Criterion) -> bool:
+    return criterion.ref.param.code == "_id" and criterion.ref.modifier is None
+
+
+def _criteria(
+    rows: FromClause, criteria: Sequence[Criterion], compiler: Compiler, count: Counter | None = None,
+) -> list[ColumnElement[bool]]:
     """Every criterion's condition; with several plain ones, only the lead's is a lookup and the
     others are probes of each of its resources (``search.compiler``'s docstring says why). With
     ``_id`` among the criteria, the row lookup by id leads and every plain criterion is a probe."""
     plain = [c for c in criteria if is_plain(c)]
-    by_id = any(c.ref.param.code == "_id" and c.ref.modifier is None for c in criteria)
+    by_id = any(_by_id(c) for c in criteria)
     if len(plain) < 2 and not (plain and by_id):
         return [compiler.criterion(rows, c) for c in criteria]
-    lead = None if by_id else min(plain, key=lead_rank)  # the first of the query's among equals
+    lead = None
+    if not by_id:
+        lead = pick_lead(plain, count) if count is not None else min(plain, key=lead_rank)
     return [compiler.criterion(rows, c) if c is lead or not is_plain(c) else compiler.probe(rows, c)
             for c in criteria]
 
@@ -328,7 +351,11 @@ def search_bundle(
         compiler = Compiler(base, seen_by, repository.terminology_lookup(conn, seen_by))
         searched = seen_by.resources()
         lookup = single_lookup(queries, compiler)
-        match = match_condition(searched, queries, compiler) if lookup is None else lookup
+        if lookup is None:
+            match: ColumnElement[bool] | Select = match_condition(
+                searched, queries, compiler, index_counter(conn, compiler.index_lookup))
+        else:
+            match = lookup
         rows, total, next_cursor, prev_cursor = run_search(conn, searched, query, match, count, [t for t in queries if t])
         included = resolve_includes(conn, caller, rows, query, base) if rows and (query.includes or query.revincludes) else []
         rows, included = binary.readable(conn, caller, rows, Row.document), binary.readable(conn, caller, included, Row.document)

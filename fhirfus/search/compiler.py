@@ -8,12 +8,16 @@ Nothing is filtered in Python.
 
 Several plain criteria are not left to the planner's estimates (which, on tables that grew since
 their last ``ANALYZE``, can take a code matching thousands of rows for one matching a single row
-and start there). As Blaze does, the search starts from one criterion, the *lead*, picked by
-the kind of its parameter (``lead_rank``: a reference to one resource before an identifier
-before a code …), and checks every other one resource by resource: ``EXISTS (SELECT 1 FROM
-search_<type> WHERE resource_pk = pk AND param = … AND <value> OFFSET 0)``. The probe names no
-``res_type``, so no value index (they all begin with it) can serve it, only the index on
-``resource_pk``; ``OFFSET 0`` keeps PostgreSQL from turning it into a join it could reorder.
+and start there). As Blaze does, the search starts from one criterion, the *lead*, and checks
+every other one resource by resource: ``EXISTS (SELECT 1 FROM search_<type> WHERE resource_pk =
+pk AND param = … AND <value> OFFSET 0)``. Only the index on ``resource_pk`` can serve a probe: it
+names no ``res_type``, with which every value index begins, and compares a reference's target id
+as an expression (the reference B-tree begins with the target id: a planner without statistics
+took it and read every reference to a popular Patient for each probe). ``OFFSET 0`` keeps
+PostgreSQL from turning the probe into a join it could reorder. The lead is the criterion with
+the fewest index rows, counted up to a cap when the search runs (``search.lead``); the kind of
+its parameter (``lead_rank``: a reference to one resource before an identifier before a code …)
+breaks ties.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -120,7 +125,7 @@ class Compiler:
     def probe(self, alias: FromClause, criterion: Criterion) -> ColumnElement[bool]:
         """A plain criterion checked for ``alias``'s row alone, through the index on ``resource_pk``
         (the form of every criterion but a search's lead: see the module's docstring)."""
-        table, conditions = self._index_conditions(criterion.ref, criterion.values, criterion.name)
+        table, conditions = self._index_conditions(criterion.ref, criterion.values, criterion.name, probing=True)
         return exists(select(literal(1)).select_from(table)
                       .where(table.c.resource_pk == alias.c.pk, *conditions).offset(0))
 
@@ -129,8 +134,11 @@ class Compiler:
         table, conditions = self._index_conditions(ref, values, name)
         return select(table.c.resource_pk).where(_of_type(table, ref), *conditions)
 
-    def _index_conditions(self, ref: ParamRef, values: tuple[str, ...], name: str) -> tuple[Table, list]:
-        """The index table of ``ref`` and the conditions on its rows, but the resource type's."""
+    def _index_conditions(
+        self, ref: ParamRef, values: tuple[str, ...], name: str, probing: bool = False,
+    ) -> tuple[Table, list]:
+        """The index table of ``ref`` and the conditions on its rows, but the resource type's.
+        ``probing``: for one resource's rows, which only the index on ``resource_pk`` may serve."""
         code, kind = ref.param.code, ref.param.type
         if kind == "reference" and ref.modifier == "identifier":
             kind, code = "token", f"{code}:identifier"  # Reference.identifier, indexed as a token
@@ -139,7 +147,7 @@ class Compiler:
         table = TABLE_OF.get(kind)
         if table is None:
             raise InvalidRequest(f"Search by '{name}' ({ref.param.type}) is not supported", name)
-        build = getattr(self, f"_{kind}")
+        build = partial(self._reference, probing=True) if probing and kind == "reference" else getattr(self, f"_{kind}")
         if kind != "composite":
             values = tuple(unescape_dollar(value) for value in values)
         matches = or_(*[build(table, ref, value, name) for value in values])
@@ -239,11 +247,14 @@ class Compiler:
     def _quantity(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
         return quantity_condition(table.c.value, table.c.system, table.c.code, value, name)
 
-    def _reference(self, table: Table, ref: ParamRef, value: str, name: str) -> ColumnElement[bool]:
+    def _reference(self, table: Table, ref: ParamRef, value: str, name: str, probing: bool = False) -> ColumnElement[bool]:
+        """``probing``: the target id is compared as an expression (``target_id || ''``), which no
+        index serves, so the planner cannot take the target B-tree for a probe (module docstring)."""
         target_type, target_id, url = self.parse_reference(value, name)
         if target_id is None:
             return url_condition(table, url)
-        conditions = [table.c.target_id == target_id, local_reference(table, self.base_url)]
+        target = table.c.target_id.concat("") if probing else table.c.target_id
+        conditions = [target == target_id, local_reference(table, self.base_url)]
         wanted_type = target_type or ref.modifier
         if wanted_type:
             conditions.append(table.c.target_type == wanted_type)

@@ -9,11 +9,11 @@ sequential scan in the plan means a missing or unusable index (e.g. a prefix LIK
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import database_url_for
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Connection, Engine, and_, select
 
 from fhirfus.db import migrate
 from fhirfus.db.engine import make_engine
@@ -21,6 +21,7 @@ from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import EVERYTHING, SITE_SYSTEM, Visibility
 from fhirfus.interactions.search import match_condition
 from fhirfus.search.compiler import Compiler, lead_rank
+from fhirfus.search.lead import FIRST_CAP, GROWTH, LAST_CAP, count_statement, index_counter, pick_lead
 from fhirfus.search.query import parse_query
 from fhirfus.store import repository
 from fhirfus.store.repository import NewResource, Store
@@ -197,3 +198,156 @@ def test_a_search_starts_from_its_most_selective_kind_of_criterion_without_stati
 def test_the_lead_is_picked_by_the_kind_of_parameter(params: list[tuple[str, str]], lead: str) -> None:
     query = parse_query("Observation", params)
     assert min(query.criteria, key=lead_rank).name == lead
+
+
+# --- the lead counted, whichever way the data are skewed -------------------------------------------
+
+#: Observations of the one popular Patient, and of the code found on almost every Observation.
+POPULAR = 1000
+
+#: (parameters, the criterion that matches the popular side): each case has one criterion of
+#: ``POPULAR``-odd rows and one of a handful, in both orders of kind.
+SKEWED = {
+    "popular-patient-rare-code": ([("subject", "Patient/big"), ("code", "http://loinc.org|unique")], "subject"),
+    "rare-patient-popular-code": ([("code", "http://loinc.org|common"), ("subject", "Patient/s7")], "code"),
+    "popular-code-rare-date": ([("code", "http://loinc.org|common"), ("date", "1999-01-01")], "code"),
+    "rare-code-popular-date": ([("date", "ge2000"), ("code", "http://loinc.org|unique")], "date"),
+}
+
+
+def _skewed_items() -> list[NewResource]:
+    """One Patient with ``POPULAR`` Observations (one of them of a unique code) and 30 with ten
+    each; every Observation but one is of the common code, one (of ``s7``) is dated 1999."""
+    def observation(res_id: str, patient: str, code: str, date: str) -> NewResource:
+        return NewResource("Observation", res_id, {
+            "resourceType": "Observation", "status": "final", "effectiveDateTime": date,
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "subject": {"reference": f"Patient/{patient}"}})
+    items = [NewResource("Patient", "big", {"resourceType": "Patient"})]
+    items += [observation(f"b{k}", "big", "unique" if k == POPULAR // 2 else "common", "2020-01-01")
+              for k in range(POPULAR)]
+    for p in range(30):
+        items.append(NewResource("Patient", f"s{p}", {"resourceType": "Patient"}))
+        items += [observation(f"s{p}-{k}", f"s{p}", "common", "1999-01-01" if (p, k) == (7, 3) else "2021-06-01")
+                  for k in range(10)]
+    return items
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "postgresql-analysed"])
+def skewed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The skewed data, never analysed (autovacuum off on PostgreSQL; SQLite has no sqlite_stat1),
+    and on PostgreSQL also with fresh statistics."""
+    generator = database_url_for(request.param.split("-")[0], tmp_path_factory)
+    engine = make_engine(next(generator))
+    try:
+        migrate.upgrade(engine)
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                for table in STATISTICS_TABLES:
+                    conn.exec_driver_sql(f'ALTER TABLE "{table}" SET (autovacuum_enabled = false)')
+        with Store(engine).writing() as conn:
+            repository.create_many(conn, _skewed_items())
+        if request.param.endswith("analysed"):
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("ANALYZE")
+        yield engine
+    finally:
+        engine.dispose()
+        next(generator, None)
+
+
+def _index_rows_read(engine: Engine, statement) -> int:  # type: ignore[no-untyped-def]
+    """Rows the executed PostgreSQL plan took from the index tables (over all its loops)."""
+    compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + compiled.string, compiled.params).scalar_one()
+
+    def walk(node: dict) -> int:
+        own = node["Actual Rows"] * node["Actual Loops"] if node.get("Relation Name", "").startswith("search_") else 0
+        return own + sum(walk(child) for child in node.get("Plans", []))
+    return walk(plan[0]["Plan"])
+
+
+def _sqlite_steps(engine: Engine, run: Callable[[Connection], object]) -> int:
+    """SQLite virtual-machine instructions executed by ``run`` (the work done, whatever the plan)."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        raw.set_progress_handler(tick, 1)
+        try:
+            run(conn)
+        finally:
+            raw.set_progress_handler(None, 1)
+    return steps
+
+
+def _work(engine: Engine, params: list[tuple[str, str]], forced: str | None) -> int:
+    """The work of the search, lead counting included: index rows read on PostgreSQL, VM
+    instructions on SQLite. ``forced``: the criterion made to lead (a
+    counter that finds it empty), to show what a wrong lead costs."""
+    rows = EVERYTHING.resources()
+    query = parse_query("Observation", params)
+    compiler = Compiler("http://localhost/fhir", EVERYTHING)
+
+    def run(conn: Connection) -> int:
+        counted = 0
+
+        def count(criteria, cap: int) -> list[int]:  # type: ignore[no-untyped-def]
+            nonlocal counted
+            if forced is not None:
+                return [0 if criterion.name == forced else cap for criterion in criteria]
+            found = index_counter(conn, compiler.index_lookup)(criteria, cap)
+            if engine.dialect.name == "postgresql":  # what the counts read, whatever their plan
+                counted += _index_rows_read(engine, count_statement(criteria, cap, compiler.index_lookup))
+            return found
+        condition = match_condition(rows, {"Observation": query}, compiler, count)
+        statement = select(rows.c.pk).where(condition).order_by(rows.c.pk).limit(51)
+        if engine.dialect.name == "postgresql":
+            return counted + _index_rows_read(engine, statement)
+        conn.execute(statement).all()
+        return counted
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            return run(conn)
+    return _sqlite_steps(engine, run)
+
+
+@pytest.mark.parametrize("case", sorted(SKEWED))
+def test_the_counted_lead_reads_few_rows_whichever_way_the_data_are_skewed(skewed: Engine, case: str) -> None:
+    """Never analysed, one criterion matching ``POPULAR`` rows and the other a handful: counting
+    finds the handful, whatever its kind, and the whole search (counts included) does a small part
+    of the work of the same search led by the popular criterion (the control)."""
+    params, popular = SKEWED[case]
+    counted = _work(skewed, params, forced=None)
+    control = _work(skewed, params, forced=popular)
+    assert counted * 5 < control, (counted, control)
+    if skewed.dialect.name == "postgresql":  # rows: the first round of counts and a handful of probes
+        assert counted <= 2 * FIRST_CAP + 30, counted
+
+
+@pytest.mark.parametrize(("counts", "lead", "read"), [
+    ({"subject": 100_000, "code": 1}, "code", 64 + 1),  # the popular reference does not lead
+    ({"subject": 19, "code": 50_000, "date": 400_000}, "subject", 19 + 64 + 64),
+    ({"subject": 5_000, "code": 900}, "code", 2 * (64 + 256) + 1024 + 900),  # the cap grows until one fits
+    ({"subject": 7, "code": 7}, "subject", 7 + 7),  # a tie: the kind decides
+    ({"subject": 10**6, "code": 10**6}, "subject", 2 * (64 + 256 + 1024 + 4096 + 16_384)),  # giants: the kind
+])
+def test_the_lead_is_the_criterion_with_the_fewest_rows_counted_up_to_a_cap(
+    counts: dict[str, int], lead: str, read: int,
+) -> None:
+    """``read``: the index rows the counts read in all (each count stops at its cap)."""
+    query = parse_query("Observation", [(name, "x" if name != "date" else "ge2020") for name in counts])
+    rows: list[int] = []
+
+    def count(criteria, cap: int) -> list[int]:  # type: ignore[no-untyped-def]
+        found = [min(counts[criterion.name], cap) for criterion in criteria]
+        rows.extend(found)
+        return found
+    assert pick_lead(query.criteria, count).name == lead
+    assert sum(rows) == read, rows
+    assert LAST_CAP == 16_384 and FIRST_CAP == 64 and GROWTH == 4  # the figures of ``read``
