@@ -20,7 +20,7 @@ from fhirfus.auth.jwks import InvalidJwks, registered_key_set
 from fhirfus.auth.jwks_remote import check_jwks_url
 from fhirfus.auth.scopes import parse_scopes
 from fhirfus.db.tables import auth_clients, auth_jti
-from fhirfus.db.visibility import PUBLISHED
+from fhirfus.db.visibility import PUBLISHED, check_site_code
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.store.repository import Store
 
@@ -71,6 +71,8 @@ def register(store: Store, name: str, role: str, scope: str, jwks: dict[str, Any
         raise InvalidRequest("a site client needs --site", "site")
     if site == PUBLISHED:
         raise InvalidRequest(f"{PUBLISHED!r} names what the server publishes, not a site", "site")
+    if site:
+        check_site_code(site)
     keys = _keys(jwks, jwks_url)
     parse_scopes(scope)
     client = Client(str(uuid.uuid4()), name, role, site, scope, jwks, keys["jwks_url"], datetime.now(UTC))

@@ -26,6 +26,7 @@ from fhirfus.auth import totp
 from fhirfus.auth.access import ROLES, Access
 from fhirfus.auth.scopes import Grant
 from fhirfus.db.tables import auth_people, auth_person_sessions
+from fhirfus.db.visibility import SITE_CODE, check_site_code
 from fhirfus.errors import InvalidRequest, NotFound, Unauthorized
 from fhirfus.store.repository import Store
 
@@ -34,6 +35,8 @@ _HASHER = PasswordHasher()
 SETUP_LIFETIME = timedelta(days=3)
 SESSION_LIFETIME = timedelta(hours=8)
 MIN_PASSWORD = 12
+#: The longest address (RFC 3696's, the ``email`` column's width).
+MAX_EMAIL = 320
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: What a person may do, by role: the scopes a client of that role is usually given.
 _GRANTS = {"site": (Grant("*", "cruds"),), "admin": (Grant("*", "cruds"),), "analyst": (Grant("*", "rs"),)}
@@ -89,14 +92,16 @@ def access_for(person: Person) -> Access:
 def add_person(store: Store, email: str, role: str, site: str | None = None) -> tuple[Person, str]:
     """A new account and its one-time setup token (to be sent as a first-login link)."""
     email = email.strip().lower()
-    if not _EMAIL.match(email):
-        raise InvalidRequest(f"'{email}' is not an email address", "email")
+    if len(email) > MAX_EMAIL or not _EMAIL.match(email):
+        raise InvalidRequest(f"'{email[:MAX_EMAIL]}' is not an email address", "email")
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", "role")
     if role == "site" and not site:
         raise InvalidRequest("a site person needs --site", "site")
     if role != "site" and site:
         raise InvalidRequest("only a site person names a site", "site")
+    if site:
+        check_site_code(site)
     token = secrets.token_urlsafe(32)
     now = _now()
     person_id = uuid.uuid4().hex
@@ -211,7 +216,7 @@ def provisioning(value: str | None) -> tuple[str, str | None] | None:
     role, _, site = value.partition(":")
     if role == "analyst" and not site:
         return role, None
-    if role == "site" and re.fullmatch(r"[A-Za-z0-9._-]{1,64}", site):
+    if role == "site" and SITE_CODE.fullmatch(site):
         return role, site
     raise InvalidRequest(f"FHIRFUS_OIDC_AUTO_PROVISION must be 'analyst' or 'site:CODE', got '{value}'",
                          "FHIRFUS_OIDC_AUTO_PROVISION")

@@ -21,17 +21,27 @@ cannot forget the filter: it has no other way in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, FromClause, Text, cast, select, true
 
 from fhirfus.db.tables import resource_history, resources
-from fhirfus.errors import BusinessRuleViolation, InvalidResource
+from fhirfus.errors import BusinessRuleViolation, InvalidRequest, InvalidResource
 
 SITE_SYSTEM = "https://fhirfus.org/fhir/CodeSystem/site"
 #: The owner of what the server publishes (its implementation guide): every caller reads it, only
 #: the publisher writes it. No client and no label may name it.
 PUBLISHED = "*"
+#: What a site code may be: what a ``site`` column holds and a label's code can carry.
+SITE_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_site_code(site: str, element: str = "site") -> str:
+    """``site`` when it is a site code, else a 400 naming ``element`` (never a database error)."""
+    if not SITE_CODE.fullmatch(site):
+        raise InvalidRequest(f"site must be 1 to 64 letters, digits, '.', '_' or '-', got '{site[:80]}'", element)
+    return site
 
 
 @dataclass(frozen=True)

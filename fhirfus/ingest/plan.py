@@ -36,7 +36,7 @@ from sqlalchemy import Connection, select
 
 from fhirfus.auth.access import SERVER, Access, unrestricted
 from fhirfus.db.tables import search_token
-from fhirfus.db.visibility import EVERYTHING, Visibility
+from fhirfus.db.visibility import EVERYTHING, Visibility, check_site_code
 from fhirfus.errors import Conflict, Forbidden, InvalidRequest
 from fhirfus.ingest.files import SiteTable, read_table
 from fhirfus.ingest.mapping.engine import PATIENT_SYSTEM, RECORD_SYSTEM, MappingResult, RowError, check_header, map_rows
@@ -203,8 +203,7 @@ def plan_import(
     _require_site(caller, site)
     if mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, got '{mode}'", "mode")
-    if not site or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", site):
-        raise InvalidRequest(f"site must be a code of letters, digits, '.', '_' or '-', got '{site}'", "site")
+    check_site_code(site or "")
     spec = load_spec(mapping)
     try:
         told = locale(locale_name or spec.locale)
