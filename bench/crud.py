@@ -415,18 +415,25 @@ def _per_thousand(m: Measurement, seconds: float | None) -> str:
     return "—" if seconds is None or not m.count else f"{seconds * 1000 / m.count:.2f}"
 
 
+def _beside_bare(backend: str, fhirfus: Measurement, bare: Measurement) -> list[list[str]]:
+    """Rows of fhirfus and the bare endpoint: rate, p95, share of bare, CPU per 1,000 requests."""
+    rows = []
+    for name, m in (("fhirfus", fhirfus), ("bare FastAPI", bare)):
+        cpu = m.cpu
+        server = cpu.server_s if cpu else None
+        both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
+        rows.append([backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2), _share(m.rate, bare.rate),
+                     _per_thousand(m, server), _per_thousand(m, both)])
+    return rows
+
+
 def reads_report(results: list[BackendResult], options: Options) -> Report:
     """Reads by id of fhirfus beside the bare endpoint, measured in the same run (issue #21)."""
     report = Report(f"Reads by id: fhirfus beside bare FastAPI (same run, same clients, {options.workers} worker(s) each)",
                     ["backend", "server", "reads/s", "p95 ms", "share of bare", "server CPU s / 1,000 reads",
                      "server + PG CPU s / 1,000 reads"])
     for r in results:
-        for name, m in (("fhirfus", r.http["read"]), ("bare FastAPI", r.ceiling)):
-            cpu = m.cpu
-            server = cpu.server_s if cpu else None
-            both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
-            report.rows.append([r.backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2),
-                                _share(m.rate, r.ceiling.rate), _per_thousand(m, server), _per_thousand(m, both)])
+        report.rows += _beside_bare(r.backend, r.http["read"], r.ceiling)
     report.notes.append("The bare endpoint answers one document it read once at start: no database per read, "
                         "so its PG column is empty.")
     return report
@@ -439,12 +446,7 @@ def creates_report(results: list[BackendResult], options: Options) -> Report:
                     ["backend", "server", "creates/s", "p95 ms", "share of bare", "server CPU s / 1,000 creates",
                      "server + PG CPU s / 1,000 creates"])
     for r in results:
-        for name, m in (("fhirfus", r.http["create"]), ("bare FastAPI", r.bare_create)):
-            cpu = m.cpu
-            server = cpu.server_s if cpu else None
-            both = None if server is None else server + ((cpu.database_s or 0.0) if cpu else 0.0)
-            report.rows.append([r.backend, name, _fmt(m.rate, 0), _fmt(m.percentile_ms(0.95), 2),
-                                _share(m.rate, r.bare_create.rate), _per_thousand(m, server), _per_thousand(m, both)])
+        report.rows += _beside_bare(r.backend, r.http["create"], r.bare_create)
     report.notes.append("The bare create stores the same documents (current and history row, one transaction) "
                         "with no FHIR logic: validation, search index, references, Subscriptions and audit are "
                         "what fhirfus adds.")
