@@ -27,7 +27,7 @@ from fhirfus.db.engine import make_engine
 from fhirfus.db.tables import resource_history, resources
 from fhirfus.settings import Settings, test_postgres_url
 from fhirfus.store.repository import Store
-from fhirfus.testing import free_port, scratch_postgres
+from fhirfus.testing import Receiver, free_port, scratch_postgres
 
 POSTGRES_URL = test_postgres_url()
 BACKENDS = ("sqlite", "postgresql")
@@ -180,3 +180,13 @@ def secure_server(database: Database) -> Iterator[SecureServer]:
     finally:
         uv.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A REST-hook endpoint that records every notification it is sent."""
+    hook = Receiver().start()
+    try:
+        yield hook
+    finally:
+        hook.stop()

@@ -12,10 +12,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from sqlalchemy import event
 
 from fhirfus.db import migrate
@@ -32,15 +31,6 @@ IDLE_POLL_MS = 3000
 MOST_IDLE_LOOKS_PER_SECOND = 1.0
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver().start()
-    try:
-        yield hook
-    finally:
-        hook.stop()
-
-
 def _subscribe(store: Store, code: str, endpoint: str) -> None:
     with store.writing() as conn:
         repository.create(conn, "Subscription", uuid.uuid4().hex, {
@@ -54,6 +44,15 @@ def _observe(store: Store, code: str) -> str:
         return repository.create(conn, "Observation", uuid.uuid4().hex, {
             "resourceType": "Observation", "status": "final",
             "code": {"coding": [{"system": "urn:test", "code": code}]}}).res_id
+
+
+def _arrives_at_once(receiver: Receiver, write: Callable[[], str], waited: str) -> None:
+    """``write`` an Observation; its notification must reach ``receiver`` within a second."""
+    written = write()
+    sent = time.monotonic()
+    [notification] = receiver.wait_for(1, timeout=10)
+    assert notification.path == f"/hook/Observation/{written}"
+    assert notification.at - sent < 1.0, waited
 
 
 def test_an_idle_worker_backs_off_and_a_write_still_wakes_it_at_once(tmp_path: Path, receiver: Receiver) -> None:
@@ -84,11 +83,7 @@ def test_an_idle_worker_backs_off_and_a_write_still_wakes_it_at_once(tmp_path: P
         assert looks, "the worker never looked at the queue"
         assert len(counted) <= MOST_IDLE_LOOKS_PER_SECOND * 4.0, f"{len(counted)} looks in 4 s while idle"
 
-        written = _observe(store, code)
-        sent = time.monotonic()
-        [notification] = receiver.wait_for(1, timeout=10)
-        assert notification.path == f"/hook/Observation/{written}"
-        assert notification.at - sent < 1.0, "an idle worker's own write waited for a poll"
+        _arrives_at_once(receiver, lambda: _observe(store, code), "an idle worker's own write waited for a poll")
     finally:
         subscriptions.stop()
         engine.dispose()
@@ -109,11 +104,7 @@ def test_another_processs_write_wakes_an_idle_worker_on_postgresql(receiver: Rec
                 time.sleep(3.3)  # backed off: its next round is seconds away
                 other = Store(writer)
                 queue_writes(other, settings)  # as ``fhirfus load`` does
-                written = _observe(other, code)
-                sent = time.monotonic()
-                [notification] = receiver.wait_for(1, timeout=10)
-                assert notification.path == f"/hook/Observation/{written}"
-                assert notification.at - sent < 1.0, "another process's write waited for a poll"
+                _arrives_at_once(receiver, lambda: _observe(other, code), "another process's write waited for a poll")
             finally:
                 subscriptions.stop()
         finally:

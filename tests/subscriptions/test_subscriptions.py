@@ -78,15 +78,6 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         next(urls, None)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hook = Receiver().start()
-    try:
-        yield hook
-    finally:
-        hook.stop()
-
-
 def subscribe(http: httpx.Client, criteria: str, endpoint: str, *, payload: str | None = None,
               content: str | None = None, headers: tuple[str, ...] = ()) -> dict:
     channel: dict = {"type": "rest-hook", "endpoint": endpoint, **({"header": list(headers)} if headers else {})}
