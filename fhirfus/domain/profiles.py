@@ -49,6 +49,7 @@ from typing import Any
 
 from fhirfus.errors import Issue
 from fhirfus.fhir.core_profiles import CORE, core_profile_definitions
+from fhirfus.fhir.elements import element_model
 from fhirfus.fhirpath.compiler import ExpressionCompiler, Unsupported
 from fhirfus.fhirpath.engine import compile_expression, element_node, evaluate
 from fhirfus.ig import resources_in
@@ -353,9 +354,18 @@ def valuesets() -> dict[str, ValueSetCodes | None]:
     return {r["url"]: _enumerated(r["url"]) for r in resources_in("terminology") if r.get("resourceType") == "ValueSet"}
 
 
+def _choice_type(key: str, base: str) -> str:
+    """The data type a choice element's JSON key carries: ``dateTime`` for ``effectiveDateTime``,
+    ``Period`` for ``effectivePeriod`` (complex types are the model's tables; primitives are not)."""
+    suffix = key[len(base):]
+    return suffix if suffix in element_model().tables else suffix[:1].lower() + suffix[1:]
+
+
 @cache
-def _invariant(expression: str, path: str) -> Callable[[Any], list]:
-    """An invariant's expression compiled once, evaluated on an instance of element ``path``.
+def _invariant(expression: str, path: str, of_type: bool = False) -> Callable[[Any], list]:
+    """An invariant's expression compiled once, evaluated on an instance of element ``path``, or
+    with ``of_type`` on an instance of a choice element whose data type ``path`` names: so
+    ``($this as dateTime)`` on ``effective[x]`` sees a dateTime, not an untyped string.
 
     To closures (``fhirpath.compiler``) when they cover it, as the core invariants are: the engine
     builds a context and walks a syntax tree per instance. The engine still answers what the
@@ -363,10 +373,10 @@ def _invariant(expression: str, path: str) -> Callable[[Any], list]:
     compiled = compile_expression(expression)
 
     def on_engine(value: Any) -> list:
-        typed = value if "." not in path or not isinstance(value, Mapping) else element_node(value, path)
-        return evaluate(compiled, typed)
+        typed = of_type or ("." in path and isinstance(value, Mapping))
+        return evaluate(compiled, element_node(value, path) if typed else value)
 
-    if "%" in expression or "[" in path:
+    if "%" in expression or "[" in path or of_type:
         return on_engine
     try:
         closures = ExpressionCompiler(path.split(".")[0]).compile(expression, path)
@@ -573,9 +583,13 @@ class _Check:
 
     def invariants(self, rule: ElementRule) -> None:
         path = ".".join(part.split(":")[0] for part in rule.id.split("."))  # choice elements resolve by it
+        choice = rule.name.removesuffix("[x]") if rule.name.endswith("[x]") else None
         for invariant in rule.invariants:
-            evaluate = _invariant(invariant.expression, path)
             for node in self.nodes(rule.id):
+                if choice is None:
+                    evaluate = _invariant(invariant.expression, path)
+                else:
+                    evaluate = _invariant(invariant.expression, _choice_type(node.key, choice), of_type=True)
                 try:
                     result = evaluate(node.value)
                 except Exception as exc:

@@ -17,6 +17,7 @@ from fhirfus.errors import BusinessRuleViolation, Issue
 from fhirfus.ingest.mapping.engine import map_rows
 from fhirfus.ingest.mapping.spec import load_spec
 from tests.domain.test_twstrs_scoring import ANSWERS, nested
+from tests.fhir.test_core_profiles import HEART_RATE
 
 BASE = profiles.BASE
 PROCEDURE = f"{BASE}mrgfus-procedure"
@@ -268,6 +269,42 @@ def test_invariant_twstrs_1_needs_the_twstrs_questionnaire() -> None:
     resource["questionnaire"] = "http://example.org/Questionnaire/other"
     [issue] = issues_of(resource)
     assert "twstrs-1" in issue.diagnostics
+
+
+# Every data type Observation.value[x] may carry, with one instance of it.
+VALUE_TYPES = {
+    "Quantity": {"value": 1}, "CodeableConcept": {"text": "x"}, "string": "x", "boolean": True, "integer": 1,
+    "Range": {"low": {"value": 1}}, "Ratio": {"numerator": {"value": 1}}, "time": "10:00:00",
+    "dateTime": "2024", "Period": {"start": "2024"},
+    "SampledData": {"origin": {"value": 0}, "period": 1, "dimensions": 1},
+}
+
+
+def _typed_invariant_profile(fhir_type: str) -> profiles.Profile:
+    return synthetic({"id": "Observation.value[x]", "path": "Observation.value[x]", "constraint": [
+        {"key": "t-1", "severity": "error", "human": "typed", "expression": f"$this is {fhir_type}"}]},
+        resource_type="Observation")
+
+
+@pytest.mark.parametrize("fhir_type", sorted(VALUE_TYPES))
+def test_an_invariant_on_a_choice_element_sees_the_data_type_its_key_carries(fhir_type: str) -> None:
+    """``effectiveDateTime: "2024"`` is a dateTime to ``($this as dateTime)`` (vs-1), not an untyped string."""
+    key = "value" + fhir_type[:1].upper() + fhir_type[1:]
+    resource = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, key: VALUE_TYPES[fhir_type]}
+    assert profiles.validate(resource, _typed_invariant_profile(fhir_type)) == []
+    other = "string" if fhir_type != "string" else "boolean"
+    [issue] = profiles.validate(resource, _typed_invariant_profile(other))
+    assert (issue.code, issue.expression) == ("invariant", (f"Observation.{key}",))
+
+
+@pytest.mark.parametrize(("effective", "refused"), [
+    ({"effectiveDateTime": "2024"}, True), ({"effectiveDateTime": "2024-03"}, True),
+    ({"effectiveDateTime": "2024-03-01"}, False), ({"effectivePeriod": {"start": "2024"}}, False),
+])
+def test_vital_signs_vs_1_refuses_an_effective_date_time_less_precise_than_a_day(effective: dict, refused: bool) -> None:
+    resource = {k: v for k, v in copy.deepcopy(HEART_RATE).items() if not k.startswith("effective")} | effective
+    errors = [i for i in rules.domain_issues(resource) if i.severity == "error"]
+    assert [("vs-1" in i.diagnostics) for i in errors] == ([True] if refused else [])
 
 
 def _variants() -> list[dict]:
