@@ -26,10 +26,11 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql import Select
+
+from fhirfus.db.engine import libpq_address
 
 #: How the pool's connections show in ``pg_stat_activity`` (unless the URL names one).
 APPLICATION_NAME = "fhirfus-reads"
@@ -173,17 +174,8 @@ class AsyncReadPool:
     @classmethod
     def for_engine(cls, engine: Engine, *, statement_timeout_ms: int = 0, size: int = 10) -> AsyncReadPool | None:
         """A pool to ``engine``'s database, None unless it is PostgreSQL (SQLite reads stay on threads)."""
-        url = engine.url
-        if url.get_backend_name() != "postgresql":
-            return None
-        args = url.translate_connect_args(username="user", database="dbname")
-        options = {key: value for key, value in url.query.items() if isinstance(value, str)}
-        options.setdefault("application_name", APPLICATION_NAME)
-        options["client_encoding"] = "UTF8"  # text columns are sent on as they arrive: UTF-8, whatever the database's
-        if statement_timeout_ms:  # the same per-statement limit as the engine's connections
-            options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
-        params = {key: str(value) for key, value in args.items()} | options  # the query wins, as in SQLAlchemy
-        return cls(make_conninfo(**params), size)
+        address = libpq_address(engine, application_name=APPLICATION_NAME, statement_timeout_ms=statement_timeout_ms)
+        return None if address is None else cls(address, size)
 
     def _pool(self) -> _LoopPool:
         loop = asyncio.get_running_loop()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from psycopg.conninfo import make_conninfo
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -61,6 +62,25 @@ def make_engine(url: str, *, echo: bool = False, statement_timeout_ms: int = 0) 
                 dbapi_connection.autocommit = autocommit
 
     return engine
+
+
+def libpq_address(engine: Engine, *, application_name: str, statement_timeout_ms: int = 0) -> str | None:
+    """The libpq address of ``engine``'s database, for connections made outside SQLAlchemy (the
+    async read pool, the ``LISTEN`` of subscriptions); None unless PostgreSQL.
+
+    Built from the engine's URL as SQLAlchemy builds its own, so both reach the same database with
+    the same options: UTF-8 (text columns are sent on as they arrive) and the engine's
+    per-statement limit. Options in the URL's query win, as they do in SQLAlchemy."""
+    url = engine.url
+    if url.get_backend_name() != "postgresql":
+        return None
+    args = url.translate_connect_args(username="user", database="dbname")
+    options = {key: value for key, value in url.query.items() if isinstance(value, str)}
+    options.setdefault("application_name", application_name)
+    options["client_encoding"] = "UTF8"
+    if statement_timeout_ms:
+        options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    return make_conninfo(**({key: str(value) for key, value in args.items()} | options))
 
 
 def _sqlite_engine(url: str, *, echo: bool) -> Engine:

@@ -13,21 +13,17 @@ import threading
 from collections.abc import Callable
 
 import psycopg
-from sqlalchemy import Engine
 
 log = logging.getLogger("fhirfus.subscriptions")
 
+#: How the listening connection shows in ``pg_stat_activity`` (unless the URL names one).
+LISTENER_NAME = "fhirfus-subscriptions"
 #: The channel of ``NOTIFY``: notifications were queued.
 CHANNEL = "fhirfus_subscription_queue"
 #: Seconds between two checks whether to stop, while no notice comes.
 CHECK_STOP = 1.0
 #: Seconds before a lost listening connection is made again.
 RECONNECT = 5.0
-
-
-def conninfo(engine: Engine) -> str:
-    """The libpq address of ``engine``'s PostgreSQL database."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class QueueListener:

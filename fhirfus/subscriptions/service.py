@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
+from fhirfus.db.engine import libpq_address
 from fhirfus.settings import Settings
 from fhirfus.store.repository import Store
 from fhirfus.subscriptions.active import ActiveSubscriptions
-from fhirfus.subscriptions.listener import QueueListener, conninfo
+from fhirfus.subscriptions.listener import LISTENER_NAME, QueueListener
 from fhirfus.subscriptions.matching import Matcher
 from fhirfus.subscriptions.worker import DeliveryPolicy, SubscriptionWorker
 
@@ -50,8 +51,8 @@ class Subscriptions:
             allow_private=settings.subscription_private_targets == "allow", server_key=settings.subscription_key)
         self.worker = SubscriptionWorker(store, self.active, policy, http=self.http, clock=clock, wake=self.wake,
                                          touched=self.matcher.touched)
-        self.listener = QueueListener(conninfo(store.engine), self.worker.look_now) \
-            if store.engine.dialect.name == "postgresql" else None
+        address = libpq_address(store.engine, application_name=LISTENER_NAME)
+        self.listener = None if address is None else QueueListener(address, self.worker.look_now)
 
     def start(self) -> None:
         self.worker.start()
