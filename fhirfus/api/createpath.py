@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fhirfus.api import resources
+from fhirfus.api.fastpath import Bypass
 from fhirfus.api.http import read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.fhir.validation import served_types
@@ -29,9 +30,6 @@ from fhirfus.fhir.validation import served_types
 #: ``/fhir/{res_type}``: every other POST route of one segment under /fhir has a segment no served
 #: type can be (``_search``, ``$validate``, ``_import``), checked by the tests.
 _CREATE_PATH = re.compile(r"/fhir/([A-Za-z]+)")
-
-Handler = Callable[[Request, Exception], Awaitable[Response]]
-
 
 def takes(scope: Scope) -> str | None:
     """The type of a plain create this fast path answers, None for everything else."""
@@ -60,42 +58,18 @@ class FastCreate:
 
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
         self.app = app
-        self.fastapi_app = fastapi_app
-        self._route: Any = None
-
-    def route(self) -> Any:
-        """The create route, left in the scope as routing would (the request log's template)."""
-        if self._route is None:
-            self._route = next(
-                route for included in self.fastapi_app.routes
-                for route in getattr(getattr(included, "original_router", None), "routes", ())
-                if getattr(route, "endpoint", None) is resources.create)
-        return self._route
-
-    def handler(self, exc: Exception) -> Handler | None:
-        """The app's handler of ``exc`` as the router's exception middleware picks it (by class,
-        nearest first); None for what only the outermost one answers (a 500)."""
-        handlers = self.fastapi_app.exception_handlers
-        for cls in type(exc).__mro__:
-            if cls is Exception:
-                return None
-            if cls in handlers:
-                return handlers[cls]
-        return None
+        self.bypass = Bypass(fastapi_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         res_type = takes(scope)
         if res_type is None:
             await self.app(scope, receive, send)
             return
-        route = self.route()
+        route = self.bypass.route(resources.create)
         scope.update(route=route, endpoint=route.endpoint, path_params={"res_type": res_type})
         request = Request(scope, receive)
         try:
             response = await create_response(request, res_type)
         except Exception as exc:
-            handler = self.handler(exc)
-            if handler is None:
-                raise
-            response = await handler(request, exc)
+            response = await self.bypass.error_response(request, exc)
         await response(scope, receive, send)

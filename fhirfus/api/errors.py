@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import OperationalError
@@ -61,19 +62,30 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError) -> Response:
-        if type(exc.orig).__name__ in ("DeadlockDetected", "SerializationFailure"):  # rolled back: nothing written
-            issue = Issue("The request met a concurrent write to the same resources and was rolled back; retry it",
-                          "conflict")
-            return outcome_response(request, 409, [issue], {"Retry-After": "1"})
-        if type(exc.orig).__name__ == "QueryCanceled":  # the statement time limit (FHIRFUS_STATEMENT_TIMEOUT_MS)
-            issue = Issue("The request took longer than the server allows; narrow it (e.g. more selective "
-                          "search parameters, a smaller _count)", "too-costly")
-            return outcome_response(request, 503, [issue], {"Retry-After": "5"})
-        log.exception("Database error on %s %s", request.method, request.url.path)
-        return outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
-                                {"Retry-After": "5"})
+        return _database_response(request, exc.orig)
+
+    @app.exception_handler(psycopg.OperationalError)
+    async def _async_database(request: Request, exc: psycopg.OperationalError) -> Response:
+        return _database_response(request, exc)  # the async read pool's driver, unwrapped by SQLAlchemy
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("Unhandled error on %s %s", request.method, request.url.path)
         return outcome_response(request, 500, [Issue("Internal server error", "exception", "fatal")])
+
+
+def _database_response(request: Request, error: BaseException | None) -> Response:
+    """A database error as the client may act on it: retry a rolled-back conflict, narrow a request
+    the statement time limit cancelled, wait out an unavailable database."""
+    kind = type(error).__name__
+    if kind in ("DeadlockDetected", "SerializationFailure"):  # rolled back: nothing written
+        issue = Issue("The request met a concurrent write to the same resources and was rolled back; retry it",
+                      "conflict")
+        return outcome_response(request, 409, [issue], {"Retry-After": "1"})
+    if kind == "QueryCanceled":  # the statement time limit (FHIRFUS_STATEMENT_TIMEOUT_MS)
+        issue = Issue("The request took longer than the server allows; narrow it (e.g. more selective "
+                      "search parameters, a smaller _count)", "too-costly")
+        return outcome_response(request, 503, [issue], {"Retry-After": "5"})
+    log.error("Database error on %s %s", request.method, request.url.path, exc_info=error)
+    return outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
+                            {"Retry-After": "5"})

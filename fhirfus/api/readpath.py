@@ -14,28 +14,23 @@ SQLite, any other path or method) goes on to the router unchanged.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-import psycopg
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from fhirfus.api import resources
-from fhirfus.api.errors import outcome_response
+from fhirfus.api.fastpath import Bypass
 from fhirfus.api.http import caller, http_date, projection, version_headers
 from fhirfus.api.negotiation import rendering_of
-from fhirfus.errors import FhirError, Issue
 from fhirfus.fhir.projection import project
 from fhirfus.fhir.validation import served_types, valid_id
 from fhirfus.interactions import crud
 from fhirfus.interactions.preconditions import etag, not_modified_since, parse_version_tag
-
-log = logging.getLogger("fhirfus.api")
 
 #: ``/fhir/{res_type}/{res_id}``: every other route of two segments under /fhir has a segment no
 #: served type or valid id can be (``$op``, ``_export``, ``_history``), checked by the tests.
@@ -61,16 +56,7 @@ class FastRead:
     def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
-        self._routes: dict[Callable[..., Any], Any] = {}
-
-    def route(self, endpoint: Callable[..., Any]) -> Any:
-        """The route of ``endpoint``, left in the scope as routing would (the request log's template)."""
-        if endpoint not in self._routes:
-            self._routes[endpoint] = next(
-                route for included in self.fastapi_app.routes
-                for route in getattr(getattr(included, "original_router", None), "routes", ())
-                if getattr(route, "endpoint", None) is endpoint)
-        return self._routes[endpoint]
+        self.bypass = Bypass(fastapi_app)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         store = self.fastapi_app.state.store
@@ -79,7 +65,7 @@ class FastRead:
             await self.app(scope, receive, send)
             return
         res_type, res_id, version_id = wanted
-        scope["route"] = self.route(resources.read if version_id is None else resources.vread)
+        scope["route"] = self.bypass.route(resources.read if version_id is None else resources.vread)
         request = Request(scope, receive)
         response: Response | _Answer
         try:
@@ -87,15 +73,8 @@ class FastRead:
                 response = await read_response(request, store, res_type, res_id)
             else:
                 response = await vread_response(request, store, res_type, res_id, version_id)
-        except FhirError as exc:
-            response = outcome_response(request, exc.status, exc.issues, exc.headers)
-        except psycopg.errors.QueryCanceled:  # the statement time limit, as api/errors.py answers it
-            response = outcome_response(request, 503, [Issue(
-                "The request took longer than the server allows", "too-costly")], {"Retry-After": "5"})
-        except psycopg.OperationalError:
-            log.exception("Database error on %s %s", scope["method"], scope["path"])
-            response = outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
-                                        {"Retry-After": "5"})
+        except Exception as exc:
+            response = await self.bypass.error_response(request, exc)
         await response(scope, receive, send)
 
 
