@@ -91,10 +91,14 @@ class Compiler:
         self.base_url = base_url.rstrip("/")
         self.seen_by = seen_by
         self.terminology = terminology
+        self._lookups: dict[int, tuple[Criterion, Select | None]] = {}
 
     # --- entry points ------------------------------------------------------------------------
 
     def criterion(self, alias: FromClause, criterion: Criterion) -> ColumnElement[bool]:
+        rows = self.index_lookup(criterion)
+        if rows is not None:  # the lookup the lead's count built, reused
+            return alias.c.pk.in_(rows)
         return self.condition(alias, criterion.ref, criterion.values, criterion.name)
 
     def condition(self, alias: FromClause, ref: ParamRef, values: tuple[str, ...], name: str) -> ColumnElement[bool]:
@@ -118,9 +122,12 @@ class Compiler:
         """``SELECT resource_pk FROM search_<type> WHERE …`` when ``criterion`` is one plain lookup in
         an index table (not a chain, ``_has``, ``:missing``, ``:not`` nor a column of ``resources``);
         None otherwise. Lets a single-criterion search page and count on the index alone."""
-        if not is_plain(criterion):
-            return None
-        return self._index_rows(criterion.ref, criterion.values, criterion.name)
+        known = self._lookups.get(id(criterion))
+        if known is not None and known[0] is criterion:
+            return known[1]
+        rows = self._index_rows(criterion.ref, criterion.values, criterion.name) if is_plain(criterion) else None
+        self._lookups[id(criterion)] = (criterion, rows)  # built once a request: counted, then led
+        return rows
 
     def probe(self, alias: FromClause, criterion: Criterion) -> ColumnElement[bool]:
         """A plain criterion checked for ``alias``'s row alone, through the index on ``resource_pk``

@@ -5,7 +5,9 @@ matches here: one Patient with 100,000 Observations makes ``subject=`` the worst
 found on a single one of them, and the planner's statistics, sampled and often stale, are no
 better guide. So each candidate's index rows are counted, but only up to a cap: ``SELECT count(*)
 FROM (SELECT resource_pk FROM search_<type> WHERE … LIMIT cap)`` reads at most ``cap`` index
-entries, and one statement counts every candidate. The one with the fewest rows below the cap
+entries. The kind's own choice is counted first, alone: below ``FIRST_CAP`` rows it leads, as no
+other can save more than those few probes (and one lookup is built, the one the search then runs).
+Otherwise one statement counts every candidate; the one with the fewest rows below the cap
 leads, ties going to the kind. While every candidate fills the cap, the cap grows, up to
 ``LAST_CAP``: deciding reads at most a few times the rows the chosen lead reads anyway, and past
 ``LAST_CAP`` rows per candidate the kind decides.
@@ -33,8 +35,8 @@ Counter = Callable[[Sequence[Criterion], int], list[int]]
 def pick_lead(candidates: Sequence[Criterion], count: Counter) -> Criterion:
     """The candidate with the fewest index rows (``count``), ties and giants left to ``lead_rank``."""
     ranked = sorted(candidates, key=lead_rank)  # stable: the first written leads among equals
-    if len(ranked) == 1:
-        return ranked[0]
+    if len(ranked) == 1 or count(ranked[:1], FIRST_CAP)[0] < FIRST_CAP:
+        return ranked[0]  # the kind's lead reads fewer than FIRST_CAP rows: no other can be much cheaper
     cap = FIRST_CAP
     while True:
         rows = count(ranked, cap)
