@@ -16,6 +16,7 @@ from fhirfus.api.createpath import FastCreate
 from fhirfus.api.errors import install_error_handlers
 from fhirfus.api.readpath import FastRead
 from fhirfus.api.request_log import RequestLog
+from fhirfus.api.searchpath import FastSearch
 from fhirfus.auth import people, ratelimit
 from fhirfus.auth.audit import AuditWriter
 from fhirfus.auth.client_status import ClientStatus
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         store.async_reads = AsyncReadPool.for_engine(store.engine, statement_timeout_ms=settings.statement_timeout_ms)
     install_error_handlers(app)
     app.add_middleware(FastCreate, fastapi_app=app)  # plain creates, behind the gate as the reads
+    app.add_middleware(FastSearch, fastapi_app=app)  # type searches, likewise
     app.add_middleware(FastRead, fastapi_app=app)  # behind the gate: the caller is known, the read audited
     app.add_middleware(auth.AuthGate, fastapi_app=app)
     if settings.cors_origins:
