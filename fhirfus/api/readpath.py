@@ -8,8 +8,10 @@ it) and answers the requests the router would hand to ``resources.read`` (or ``v
 one regular expression, the caller's permission, one pre-compiled statement on an async connection
 (``Store.async_reads``), and the stored JSON sent as it is (it already carries ``id`` and
 ``meta``). XML, ``_pretty``, ``_summary`` and ``_elements`` parse it to render it; conditional
-reads (``If-None-Match``, ``If-Modified-Since``), HEAD and errors answer as the route does. What it does not take (Binary,
-SQLite, any other path or method) goes on to the router unchanged.
+reads (``If-None-Match``, ``If-Modified-Since``), HEAD and errors answer as the route does. On
+SQLite (no async driver) it runs the route's own function on a worker thread, as the router would,
+sparing only the routing. What it does not take (Binary, any other path or method) goes on to the
+router unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -61,15 +64,20 @@ class FastRead:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         store = self.fastapi_app.state.store
         wanted = takes(scope["method"], scope["path"]) if scope["type"] == "http" else None
-        if wanted is None or store.async_reads is None:
+        if wanted is None:
             await self.app(scope, receive, send)
             return
         res_type, res_id, version_id = wanted
-        scope["route"] = self.bypass.route(resources.read if version_id is None else resources.vread)
+        route = self.bypass.route(resources.read if version_id is None else resources.vread)
+        scope.update(route=route, endpoint=route.endpoint)
         request = Request(scope, receive)
         response: Response | _Answer
         try:
-            if version_id is None:
+            if store.async_reads is None:  # SQLite: the route's own read, on a worker thread as routed
+                scope["path_params"] = {"res_type": res_type, "res_id": res_id} | (
+                    {} if version_id is None else {"version_id": version_id})
+                response = await run_in_threadpool(route.endpoint, request, **scope["path_params"])
+            elif version_id is None:
                 response = await read_response(request, store, res_type, res_id)
             else:
                 response = await vread_response(request, store, res_type, res_id, version_id)

@@ -5,14 +5,13 @@ site's caller treated alike, and only the requests the router would give the cre
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 from auth_helpers import make_client
+from fast_paths import answer, both_ways, counted
 from sqlalchemy import select
 
 from fhirfus.api import createpath
@@ -27,50 +26,6 @@ SITE = "https://fhirfus.org/fhir/CodeSystem/site"
 def observation(unique: str, **extra: object) -> dict:
     return {"resourceType": "Observation", "status": "final", "code": {"text": f"createpath-{unique}"},
             "valueQuantity": {"value": 2.5, "unit": "mg"}, **extra}
-
-
-@contextmanager
-def counted(monkeypatch: pytest.MonkeyPatch, fast: bool) -> Iterator[list[str]]:
-    """Requests go the fast way (``fast``) or to the router; the types the fast path took."""
-    taken: list[str] = []
-    original = createpath.takes
-
-    def spy(scope: Any) -> str | None:
-        res_type = original(scope) if fast else None
-        if res_type is not None:
-            taken.append(res_type)
-        return res_type
-
-    with monkeypatch.context() as patch:
-        patch.setattr(createpath, "takes", spy)
-        yield taken
-
-
-_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                      r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)"
-                      r"|\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT")
-
-
-def _steady(text: str) -> str:
-    """``text`` with what differs between two creates of the same body (id, time) blanked."""
-    return _VARYING.sub("*", text)
-
-
-def answer(response: httpx.Response) -> tuple[int, dict[str, str], str]:
-    headers = {name: _steady(value) for name, value in response.headers.items()
-               if name not in ("date", "server", "content-length")}
-    return response.status_code, headers, _steady(response.text)
-
-
-def both_ways(monkeypatch: pytest.MonkeyPatch, send: Callable[[], httpx.Response], *, fast_taken: bool = True
-              ) -> tuple[httpx.Response, httpx.Response]:
-    """The same request sent the fast way and the router's way."""
-    with counted(monkeypatch, True) as taken:
-        fast = send()
-    assert bool(taken) == fast_taken, taken
-    with counted(monkeypatch, False):
-        routed = send()
-    return fast, routed
 
 
 def stored(database: Any, res_id: str) -> tuple[Any, ...]:
@@ -93,7 +48,7 @@ def test_a_plain_create_answers_and_stores_as_the_route(client: httpx.Client, se
     body = orjson.dumps(observation(unique, subject={"reference": f"Patient/never-{unique}"}))
     no_reference = orjson.dumps(observation(unique))
 
-    fast, routed = both_ways(monkeypatch, lambda: client.post(
+    fast, routed = both_ways(monkeypatch, createpath, lambda: client.post(
         "/Observation", content=no_reference, headers={"Content-Type": "application/fhir+json", **headers}))
     assert fast.status_code == 201
     assert answer(fast) == answer(routed)
@@ -102,7 +57,7 @@ def test_a_plain_create_answers_and_stores_as_the_route(client: httpx.Client, se
     assert stored(server.database, ids[0]) == stored(server.database, ids[1])
     # a reference to nothing: the same refusal, nothing written either way
     before = server.database.counts()
-    fast, routed = both_ways(monkeypatch, lambda: client.post(
+    fast, routed = both_ways(monkeypatch, createpath, lambda: client.post(
         "/Observation", content=body, headers={"Content-Type": "application/fhir+json", **headers}))
     assert fast.status_code in range(400, 500) and answer(fast) == answer(routed)
     assert server.database.counts() == before
@@ -131,7 +86,7 @@ def test_bad_input_is_the_same_4xx_outcome_and_writes_nothing(client: httpx.Clie
                                                               body: bytes, headers: dict[str, str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     before = server.database.counts()
-    fast, routed = both_ways(monkeypatch, lambda: client.post("/Observation", content=body, headers=headers))
+    fast, routed = both_ways(monkeypatch, createpath, lambda: client.post("/Observation", content=body, headers=headers))
     assert fast.status_code in range(400, 500), (label, fast.text)
     assert fast.json()["resourceType"] == "OperationOutcome"
     assert answer(fast) == answer(routed)
@@ -141,7 +96,7 @@ def test_bad_input_is_the_same_4xx_outcome_and_writes_nothing(client: httpx.Clie
 def test_other_requests_go_to_the_router(client: httpx.Client, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Conditional creates, a query string and native Binary are the route's; and it still answers them."""
     body = observation(unique, identifier=[{"system": "urn:createpath", "value": unique}])
-    with counted(monkeypatch, True) as taken:
+    with counted(monkeypatch, createpath, True) as taken:
         first = client.post("/Observation", json=body, headers={"If-None-Exist": f"identifier=urn:createpath|{unique}"})
         again = client.post("/Observation", params={"identifier": f"urn:createpath|{unique}"}, json=body)
         xml = client.post("/Observation", params={"_format": "xml"}, json=observation(unique))
@@ -185,7 +140,7 @@ def test_a_site_caller_is_labelled_and_refused_alike(secure_server: Any, unique:
     b = make_client(store, token_url, role="site", site=site_b, scope="system/*.cruds").http(secure_server.base)
     reader = make_client(store, token_url, role="analyst", scope="system/*.rs").http(secure_server.base)
     with a, b, reader:
-        fast, routed = both_ways(monkeypatch, lambda: b.post("/Observation", json=observation(unique)))
+        fast, routed = both_ways(monkeypatch, createpath, lambda: b.post("/Observation", json=observation(unique)))
         assert fast.status_code == 201 and answer(fast) == answer(routed)
         assert fast.json()["meta"]["security"][0] == {"system": SITE, "code": site_b}
         ids = [r.json()["id"] for r in (fast, routed)]
@@ -193,14 +148,14 @@ def test_a_site_caller_is_labelled_and_refused_alike(secure_server: Any, unique:
         before = secure_server.database.counts()
         # another site's label, a reference to another site's resource, no create scope, no token
         foreign = observation(unique, meta={"security": [{"system": SITE, "code": site_a}]})
-        fast, routed = both_ways(monkeypatch, lambda: b.post("/Observation", json=foreign))
+        fast, routed = both_ways(monkeypatch, createpath, lambda: b.post("/Observation", json=foreign))
         assert fast.status_code in range(400, 500) and answer(fast) == answer(routed)
         pointing = observation(unique, hasMember=[{"reference": f"Observation/{ids[0]}"}])
-        fast, routed = both_ways(monkeypatch, lambda: a.post("/Observation", json=pointing))
+        fast, routed = both_ways(monkeypatch, createpath, lambda: a.post("/Observation", json=pointing))
         assert fast.status_code in range(400, 500) and answer(fast) == answer(routed)
-        fast, routed = both_ways(monkeypatch, lambda: reader.post("/Observation", json=observation(unique)))
+        fast, routed = both_ways(monkeypatch, createpath, lambda: reader.post("/Observation", json=observation(unique)))
         assert fast.status_code == 403 and answer(fast) == answer(routed)
-        anonymous = both_ways(monkeypatch, lambda: httpx.post(f"{secure_server.base}/Observation",
+        anonymous = both_ways(monkeypatch, createpath, lambda: httpx.post(f"{secure_server.base}/Observation",
                                                                  json=observation(unique)), fast_taken=False)
         assert anonymous[0].status_code == 401 and answer(anonymous[0]) == answer(anonymous[1])
         assert secure_server.database.counts() == before

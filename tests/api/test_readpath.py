@@ -9,14 +9,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import partial
 
 import httpx
 import orjson
 import psycopg
 import pytest
 from auth_helpers import make_client
+from fast_paths import both_ways, meaning
 from sqlalchemy import create_engine, func, select, text
 
+from fhirfus.api import readpath
 from fhirfus.api.app import create_app
 from fhirfus.api.readpath import takes
 from fhirfus.auth.access import DEVELOPMENT
@@ -94,6 +97,28 @@ def test_deleted_unknown_and_misspelt_reads_answer_as_the_route(client: httpx.Cl
     assert client.get(f"/Observatio/{unique}").status_code == 404
     bad = client.get("/Observation/" + "x" * 65)
     assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["Observation.id"]
+
+
+def test_every_kind_of_read_answers_as_the_route(client: httpx.Client, unique: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """On both backends (PostgreSQL's async read, SQLite's route function on a worker thread):
+    plain, XML, pretty, projected, conditional, HEAD, vread, gone and never-written reads."""
+    created = client.post("/Observation", json=observation(unique)).json()
+    path = f"/Observation/{created['id']}"
+    removed = client.post("/Observation", json=observation(unique)).json()
+    client.delete(f"/Observation/{removed['id']}")
+    reads: list[tuple[str, str, dict[str, str], dict[str, str]]] = [
+        ("GET", path, {}, {}), ("GET", path, {"_format": "xml"}, {}), ("GET", path, {"_pretty": "true"}, {}),
+        ("GET", path, {"_summary": "true"}, {}), ("GET", path, {"_elements": "status"}, {}),
+        ("GET", path, {}, {"Accept": "application/fhir+xml"}), ("GET", path, {}, {"If-None-Match": 'W/"1"'}),
+        ("GET", path, {}, {"If-None-Match": 'W/"2"'}), ("HEAD", path, {}, {}),
+        ("GET", f"{path}/_history/1", {}, {}), ("GET", f"{path}/_history/2", {}, {}),
+        ("GET", f"/Observation/{removed['id']}", {}, {}), ("GET", f"/Observation/never-{unique}", {}, {}),
+    ]
+    for method, url, params, headers in reads:
+        fast, routed = both_ways(monkeypatch, readpath, partial(client.request, method, url, params=params,
+                                                                headers=headers))
+        assert meaning(fast) == meaning(routed), (method, url, params, headers)
 
 
 def test_a_site_reads_its_own_resources_and_never_another_sites(secure_server, unique: str) -> None:

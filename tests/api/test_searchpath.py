@@ -5,55 +5,18 @@ alike; and only the requests the router would give the search route."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 import httpx
 import pytest
 from auth_helpers import make_client
+from fast_paths import answer, both_ways, counted
 
 from fhirfus.api import searchpath
 from fhirfus.api.app import create_app
 from fhirfus.settings import Settings
-from tests.api.test_createpath import answer as created_answer
 from tests.api.test_createpath import observation
-
-_CURSOR = re.compile(r"_cursor=[^\"&<]+")
-
-
-def answer(response: httpx.Response) -> tuple[int, dict[str, str], str]:
-    """As ``test_createpath.answer``, paging cursors blanked too (each is sealed afresh)."""
-    status, headers, body = created_answer(response)
-    return status, headers, _CURSOR.sub("_cursor=*", body)
-
-
-@contextmanager
-def counted(monkeypatch: pytest.MonkeyPatch, fast: bool) -> Iterator[list[str]]:
-    """Requests go the fast way (``fast``) or to the router; the types the fast path took."""
-    taken: list[str] = []
-    original = searchpath.takes
-
-    def spy(scope: Any) -> str | None:
-        res_type = original(scope) if fast else None
-        if res_type is not None:
-            taken.append(res_type)
-        return res_type
-
-    with monkeypatch.context() as patch:
-        patch.setattr(searchpath, "takes", spy)
-        yield taken
-
-
-def both_ways(monkeypatch: pytest.MonkeyPatch, send: Callable[[], httpx.Response], *, fast_taken: bool = True
-              ) -> tuple[httpx.Response, httpx.Response]:
-    with counted(monkeypatch, True) as taken:
-        fast = send()
-    assert bool(taken) == fast_taken, taken
-    with counted(monkeypatch, False):
-        routed = send()
-    return fast, routed
 
 
 def _searches(unique: str) -> list[tuple[str, dict[str, str]]]:
@@ -83,7 +46,7 @@ def test_a_search_answers_as_the_route(client: httpx.Client, unique: str, monkey
         body["valueQuantity"]["value"] = value
         assert client.post("/Observation", json=body).status_code == 201
     for path, params in _searches(unique):
-        fast, routed = both_ways(monkeypatch, partial(client.get, path, params=params))
+        fast, routed = both_ways(monkeypatch, searchpath, partial(client.get, path, params=params))
         assert fast.status_code == 200, (path, params, fast.text)
         assert answer(fast) == answer(routed), (path, params)
 
@@ -91,14 +54,14 @@ def test_a_search_answers_as_the_route(client: httpx.Client, unique: str, monkey
 @pytest.mark.parametrize(("path", "params", "headers"), BAD)
 def test_bad_parameters_are_the_same_4xx_outcome(client: httpx.Client, path: str, params: dict[str, str],
                                                  headers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    fast, routed = both_ways(monkeypatch, lambda: client.get(path, params=params, headers=headers))
+    fast, routed = both_ways(monkeypatch, searchpath, lambda: client.get(path, params=params, headers=headers))
     assert fast.status_code in range(400, 500), fast.text
     assert fast.json()["resourceType"] == "OperationOutcome"
     assert answer(fast) == answer(routed)
 
 
 def test_other_requests_go_to_the_router(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    with counted(monkeypatch, True) as taken:
+    with counted(monkeypatch, searchpath, True) as taken:
         metadata = client.get("/metadata")
         history = client.get("/_history", params={"_count": "1"})
         unknown = client.get("/Observatio")
@@ -139,9 +102,9 @@ def test_a_site_caller_sees_its_own_alike(secure_server: Any, unique: str, monke
         assert a.post("/Observation", json=observation(unique)).status_code == 201
         params = {"code:text": f"createpath-{unique}"}
         for caller, expected in ((a, 1), (b, 0)):
-            fast, routed = both_ways(monkeypatch, partial(caller.get, "/Observation", params=params))
+            fast, routed = both_ways(monkeypatch, searchpath, partial(caller.get, "/Observation", params=params))
             assert fast.status_code == 200 and fast.json()["total"] == expected
             assert answer(fast) == answer(routed)
-        anonymous = both_ways(monkeypatch, lambda: httpx.get(f"{secure_server.base}/Observation", params=params),
+        anonymous = both_ways(monkeypatch, searchpath, lambda: httpx.get(f"{secure_server.base}/Observation", params=params),
                               fast_taken=False)
         assert anonymous[0].status_code == 401 and answer(anonymous[0]) == answer(anonymous[1])
