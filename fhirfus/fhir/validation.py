@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.element import Element
 from pydantic import TypeAdapter, ValidationError
 
 from fhirfus.errors import InvalidRequest, InvalidResource, Issue, NotFound
@@ -244,21 +245,19 @@ def _item_model() -> Any:
     return QuestionnaireResponseItem
 
 
-# The common datatypes of a resource are checked once per distinct JSON value, and the resource's
-# model is handed the checked instances (which pydantic takes as they are): a patient's reference,
-# the codes and units of a study recur in every Bundle. Only a valid outcome is taken from this
-# path; anything else is checked again whole, so every message and location is the model's own.
-_SHARED_TYPES = frozenset({
-    "CodeableConcept", "Coding", "Reference", "Identifier", "Quantity", "Period", "HumanName", "Address",
-    "ContactPoint", "Meta",
-})
+# The elements of a resource (its datatypes and backbone elements) are checked once per distinct
+# JSON value, and the resource's model is handed the checked instances (which pydantic takes as
+# they are): a patient's reference, the codes and units of a study, the item scores of a TWSTRS
+# Observation's components recur in every Bundle. Only a valid outcome is taken from this path;
+# anything else is checked again whole, so every message and location is the model's own.
 _SHARED_KEPT = 8192
 _shared: dict[tuple[type, bytes], Any] = {}  # (model class, JSON) → checked instance, None when invalid
 
 
 @cache
 def _shared_fields(resource_type: str) -> dict[str, Any]:
-    """JSON key → model class of the resource's elements of a ``_SHARED_TYPES`` type."""
+    """JSON key → model class of the resource's elements checked once per value: every complex
+    datatype and backbone element (not a contained resource, not a primitive)."""
     fields: dict[str, Any] = {}
     for name, field in get_fhir_model_class(resource_type).model_fields.items():
         stack = [field.annotation]
@@ -267,7 +266,7 @@ def _shared_fields(resource_type: str) -> dict[str, Any]:
             klass = getattr(annotation, "get_model_klass", None)
             if klass is not None:
                 model = klass()
-                if getattr(model, "__name__", "") in _SHARED_TYPES:
+                if isinstance(model, type) and issubclass(model, Element):
                     fields[field.alias or name] = model
                 break
             stack.extend(typing.get_args(annotation))
@@ -275,26 +274,31 @@ def _shared_fields(resource_type: str) -> dict[str, Any]:
 
 
 def _instance(model: Any, value: dict) -> Any:
-    """The checked instance of an element (None: invalid, or not to be remembered)."""
+    """The checked instance of an element (None: invalid, or not JSON orjson can write); remembered
+    by its JSON when that is short (a long one, a Bundle entry say, is checked each time)."""
     try:
         blob = orjson.dumps(value)
     except TypeError:
         return None
     if len(blob) > _ITEM_KEY_MAX:
-        return None
+        return _checked(model, value)
     key = (model, blob)
     try:
         return _shared[key]
     except KeyError:
         pass
-    try:
-        found = model.model_validate(value)
-    except (ValidationError, ValueError, TypeError, AttributeError):
-        found = None
+    found = _checked(model, value)
     if len(_shared) >= _SHARED_KEPT:
         _shared.clear()
     _shared[key] = found
     return found
+
+
+def _checked(model: Any, value: dict) -> Any:
+    try:
+        return model.model_validate(value)
+    except (ValidationError, ValueError, TypeError, AttributeError):
+        return None
 
 
 # A resource's model costs the same fixed work whatever the resource holds: the model walks all
@@ -312,7 +316,7 @@ _MODEL_CHECKS = frozenset({"reject_null_complex_elements", "validate_after_model
 class _Field(typing.NamedTuple):
     name: str  # the model's field name
     repeated: bool  # the element is a list
-    shared: Any  # the element model of a ``_SHARED_TYPES`` element, else None
+    shared: Any  # the model of a complex element (checked once per value: ``_instance``), else None
     annotation: Any  # the field's own type (its validator is built when first needed: ``_adapter``)
 
 
