@@ -70,3 +70,46 @@ def test_a_bulk_create_writes_the_rows_of_single_creates(fresh_database) -> None
     assert sum(len(v) for v in single_rows.values()) > 100
     for table in single_rows:
         assert bulk_rows[table] == single_rows[table], table
+
+
+def test_on_sqlite_the_driver_writes_store_what_sqlalchemy_would(tmp_path) -> None:
+    """``rows.write`` on SQLite goes around SQLAlchemy's execution (one ``executemany`` per table,
+    each value through its column's bind processor): every index row and history row it writes is
+    stored exactly as SQLAlchemy's own INSERT stores it, value and SQLite storage class alike."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, text
+
+    from fhirfus.db.engine import make_engine
+    from fhirfus.search.extraction import extract_index_values
+    from fhirfus.search.index import index_rows
+
+    def batches(pk: int, resource: dict) -> list[rows.Batch]:
+        moment = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=UTC)
+        history = {"res_type": resource["resourceType"], "res_id": f"r{pk}", "version": 1, "last_updated": moment,
+                   "content": {**resource, "id": f"r{pk}"}, "method": "POST", "site": None}
+        return [(resource_history, [history]), *index_rows(pk, resource["resourceType"], extract_index_values(resource))]
+
+    stored = []
+    for way in ("driver", "sqlalchemy"):
+        engine = make_engine(f"sqlite:///{tmp_path / way}.db")
+        upgrade(engine)
+        with engine.begin() as conn:
+            for pk, resource in enumerate(EDGES, start=1):
+                written = [(table, table_rows) for table, table_rows in batches(pk, resource) if table_rows]
+                if way == "driver":
+                    rows.write(conn, written)
+                    continue
+                for table, table_rows in written:
+                    names = [c.name for c in table.c]
+                    dicts = [r if isinstance(r, dict) else dict(zip(names, r, strict=True)) for r in table_rows]
+                    conn.execute(insert(table), dicts)
+        with engine.connect() as conn:
+            found = {}
+            for table in [resource_history, *INDEX_TABLES]:
+                columns = ", ".join(f"{c.name}, typeof({c.name})" for c in table.c if c.name != "pk")
+                found[table.name] = sorted(map(repr, conn.execute(text(f"SELECT {columns} FROM {table.name}")).all()))
+        engine.dispose()
+        stored.append(found)
+    assert sum(len(v) for v in stored[0].values()) > 3 * len(EDGES)  # every kind of index row is there
+    assert stored[0] == stored[1]
