@@ -156,6 +156,32 @@ def reference_id(world: World, n: int) -> Answer:
     return _observation_of(world, f"Patient/{value}")
 
 
+def binary_context(world: World, n: int) -> Answer:
+    """A native Binary upload's ``X-Security-Context`` (a reference to a Patient written first)."""
+    value = world.fill(n)
+    world.fhir.put(f"/Patient/{value}", json={"resourceType": "Patient", "id": value})
+    return _fhir(world.fhir.post("/Binary", content=b"scan", headers={
+        "Content-Type": "application/octet-stream", "X-Security-Context": f"Patient/{value}"}))
+
+
+def _transaction(world: World, resource: dict) -> Answer:
+    return _fhir(world.fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource,
+         "request": {"method": "POST", "url": resource["resourceType"]}}]}))
+
+
+def transaction_site_label(world: World, n: int) -> Answer:
+    label = {"system": "https://fhirfus.org/fhir/CodeSystem/site", "code": world.fill(n)}
+    return _transaction(world, {"resourceType": "Patient", "meta": {"security": [label]}})
+
+
+def transaction_reference(world: World, n: int) -> Answer:
+    value = world.fill(n)
+    world.fhir.put(f"/Patient/{value}", json={"resourceType": "Patient", "id": value})
+    return _transaction(world, {"resourceType": "Observation", "status": "final", "code": {"text": "TWSTRS"},
+                                "subject": {"reference": f"Patient/{value}"}})
+
+
 def reference_type(world: World, n: int) -> Answer:
     return _observation_of(world, f"{world.type_name(n)}/1")
 
@@ -265,20 +291,25 @@ class Way:
 
 RESOURCE_ID = Way("PUT /fhir/Patient/{id}", put_id, "Patient.id")
 RESOURCE_TYPE = Way("PUT /fhir/{type}/1", put_type, THE_VALUE, "Unknown resource type")
-SITE_LABEL = Way("PUT /fhir/Patient/{id} with a site label in meta.security", site_label, "Patient.meta.security")
+SITE_LABEL = (Way("PUT /fhir/Patient/{id} with a site label in meta.security", site_label, "Patient.meta.security"),
+              Way("POST /fhir a transaction of a Patient with a site label", transaction_site_label,
+                  "Bundle.entry[0].resource.meta.security"))
 
 #: Each column a request can put a caller-chosen value in → the requests that do.
 REACHABLE: dict[str, tuple[Way, ...]] = {
     "resources.res_type": (RESOURCE_TYPE,),
     "resources.res_id": (RESOURCE_ID,),
-    "resources.site": (SITE_LABEL,),
+    "resources.site": SITE_LABEL,
     "resource_history.res_type": (RESOURCE_TYPE,),
     "resource_history.res_id": (RESOURCE_ID,),
-    "resource_history.site": (SITE_LABEL,),
+    "resource_history.site": SITE_LABEL,
     **{f"search_{kind}.res_type": (RESOURCE_TYPE,)
        for kind in ("token", "string", "date", "reference", "number", "quantity", "uri", "composite")},
     "search_reference.target_id": (
-        Way("POST /fhir/Observation with subject Patient/{id}", reference_id, "Observation.subject.reference"),),
+        Way("POST /fhir/Observation with subject Patient/{id}", reference_id, "Observation.subject.reference"),
+        Way("POST /fhir a transaction of an Observation with subject Patient/{id}", transaction_reference,
+            "Bundle.entry[0].resource.subject.reference"),
+        Way("POST /fhir/Binary with X-Security-Context: Patient/{id}", binary_context, "X-Security-Context")),
     "search_reference.target_type": (
         Way("POST /fhir/Observation with subject {type}/1", reference_type, "Observation.subject.reference",
             "names no resource type"),),
