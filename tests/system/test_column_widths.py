@@ -12,12 +12,14 @@ naming the element, on SQLite and PostgreSQL alike, with nothing written to the 
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import httpx
+import orjson
 import pytest
 from auth_helpers import make_client, new_key, public_jwk
 from sqlalchemy import String, func, select
@@ -182,6 +184,37 @@ def transaction_reference(world: World, n: int) -> Answer:
                                 "subject": {"reference": f"Patient/{value}"}})
 
 
+def _imported(world: World, resource: dict) -> Answer:
+    """``POST /fhir/$import`` of one NDJSON line, run to its end: the line's OperationOutcome from the
+    job's error file (a refused line is the 400 a write of it would be), or 200 when it was loaded."""
+    kick_off = world.fhir.post("/$import", content=orjson.dumps(resource), params={"type": resource["resourceType"]},
+                               headers={"Prefer": "respond-async", "Content-Type": "application/fhir+ndjson"})
+    if kick_off.status_code != 202:
+        return _fhir(kick_off)
+    deadline = time.monotonic() + 60
+    while (status := world.fhir.get(kick_off.headers["Content-Location"])).status_code == 202:
+        assert time.monotonic() < deadline, "the import did not finish"
+        time.sleep(0.1)
+    manifest = status.json()
+    if status.status_code != 200 or not manifest["error"]:
+        return _fhir(status)
+    outcome = orjson.loads(world.fhir.get(manifest["error"][0]["url"]).content.splitlines()[0])
+    return Answer(400, tuple(e for issue in outcome["issue"] for e in issue.get("expression", ())),
+                  orjson.dumps(outcome).decode())
+
+
+def import_site_label(world: World, n: int) -> Answer:
+    label = {"system": "https://fhirfus.org/fhir/CodeSystem/site", "code": world.fill(n)}
+    return _imported(world, {"resourceType": "Patient", "id": world.fill(40), "meta": {"security": [label]}})
+
+
+def import_reference(world: World, n: int) -> Answer:
+    value = world.fill(n)
+    world.fhir.put(f"/Patient/{value}", json={"resourceType": "Patient", "id": value})
+    return _imported(world, {"resourceType": "Observation", "id": world.fill(40), "status": "final",
+                             "code": {"text": "TWSTRS"}, "subject": {"reference": f"Patient/{value}"}})
+
+
 def reference_type(world: World, n: int) -> Answer:
     return _observation_of(world, f"{world.type_name(n)}/1")
 
@@ -293,7 +326,8 @@ RESOURCE_ID = Way("PUT /fhir/Patient/{id}", put_id, "Patient.id")
 RESOURCE_TYPE = Way("PUT /fhir/{type}/1", put_type, THE_VALUE, "Unknown resource type")
 SITE_LABEL = (Way("PUT /fhir/Patient/{id} with a site label in meta.security", site_label, "Patient.meta.security"),
               Way("POST /fhir a transaction of a Patient with a site label", transaction_site_label,
-                  "Bundle.entry[0].resource.meta.security"))
+                  "Bundle.entry[0].resource.meta.security"),
+              Way("POST /fhir/$import of a Patient with a site label", import_site_label, "Patient.meta.security"))
 
 #: Each column a request can put a caller-chosen value in → the requests that do.
 REACHABLE: dict[str, tuple[Way, ...]] = {
@@ -309,7 +343,9 @@ REACHABLE: dict[str, tuple[Way, ...]] = {
         Way("POST /fhir/Observation with subject Patient/{id}", reference_id, "Observation.subject.reference"),
         Way("POST /fhir a transaction of an Observation with subject Patient/{id}", transaction_reference,
             "Bundle.entry[0].resource.subject.reference"),
-        Way("POST /fhir/Binary with X-Security-Context: Patient/{id}", binary_context, "X-Security-Context")),
+        Way("POST /fhir/Binary with X-Security-Context: Patient/{id}", binary_context, "X-Security-Context"),
+        Way("POST /fhir/$import of an Observation with subject Patient/{id}", import_reference,
+            "Observation.subject.reference")),
     "search_reference.target_type": (
         Way("POST /fhir/Observation with subject {type}/1", reference_type, "Observation.subject.reference",
             "names no resource type"),),
