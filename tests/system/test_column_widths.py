@@ -158,6 +158,13 @@ def reference_id(world: World, n: int) -> Answer:
     return _observation_of(world, f"Patient/{value}")
 
 
+def absolute_reference_id(world: World, n: int) -> Answer:
+    """An absolute reference under this server's base is local: its id is judged like a relative one's."""
+    value = world.fill(n)
+    world.fhir.put(f"/Patient/{value}", json={"resourceType": "Patient", "id": value})
+    return _observation_of(world, f"{world.fhir.base_url}Patient/{value}")
+
+
 def binary_context(world: World, n: int) -> Answer:
     """A native Binary upload's ``X-Security-Context`` (a reference to a Patient written first)."""
     value = world.fill(n)
@@ -343,6 +350,7 @@ REACHABLE: dict[str, tuple[Way, ...]] = {
         Way("POST /fhir/Observation with subject Patient/{id}", reference_id, "Observation.subject.reference"),
         Way("POST /fhir a transaction of an Observation with subject Patient/{id}", transaction_reference,
             "Bundle.entry[0].resource.subject.reference"),
+        Way("POST /fhir/Observation with subject {base}/Patient/{id}", absolute_reference_id, "Observation.subject"),
         Way("POST /fhir/Binary with X-Security-Context: Patient/{id}", binary_context, "X-Security-Context"),
         Way("POST /fhir/$import of an Observation with subject Patient/{id}", import_reference,
             "Observation.subject.reference")),
