@@ -134,6 +134,16 @@ def put_id(world: World, n: int) -> Answer:
     return _fhir(world.fhir.put(f"/Patient/{value}", json={"resourceType": "Patient", "id": value}))
 
 
+def transaction_put_id(world: World, n: int) -> Answer:
+    value = world.fill(n)
+    return _fhir(world.fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "id": value}, "request": {"method": "PUT", "url": f"Patient/{value}"}}]}))
+
+
+def import_id(world: World, n: int) -> Answer:
+    return _imported(world, {"resourceType": "Patient", "id": world.fill(n)})
+
+
 def put_type(world: World, n: int) -> Answer:
     name = world.type_name(n)
     return _fhir(world.fhir.put(f"/{name}/1", json={"resourceType": name, "id": "1"}))
@@ -329,7 +339,9 @@ class Way:
     refusal: range = range(400, 500)        # the status of one character too many
 
 
-RESOURCE_ID = Way("PUT /fhir/Patient/{id}", put_id, "Patient.id")
+RESOURCE_ID = (Way("PUT /fhir/Patient/{id}", put_id, "Patient.id"),
+               Way("POST /fhir a transaction with PUT Patient/{id}", transaction_put_id, "Bundle.entry[0].request.url"),
+               Way("POST /fhir/$import of a Patient with that id", import_id, "Patient.id"))
 RESOURCE_TYPE = Way("PUT /fhir/{type}/1", put_type, THE_VALUE, "Unknown resource type")
 SITE_LABEL = (Way("PUT /fhir/Patient/{id} with a site label in meta.security", site_label, "Patient.meta.security"),
               Way("POST /fhir a transaction of a Patient with a site label", transaction_site_label,
@@ -339,10 +351,10 @@ SITE_LABEL = (Way("PUT /fhir/Patient/{id} with a site label in meta.security", s
 #: Each column a request can put a caller-chosen value in → the requests that do.
 REACHABLE: dict[str, tuple[Way, ...]] = {
     "resources.res_type": (RESOURCE_TYPE,),
-    "resources.res_id": (RESOURCE_ID,),
+    "resources.res_id": RESOURCE_ID,
     "resources.site": SITE_LABEL,
     "resource_history.res_type": (RESOURCE_TYPE,),
-    "resource_history.res_id": (RESOURCE_ID,),
+    "resource_history.res_id": RESOURCE_ID,
     "resource_history.site": SITE_LABEL,
     **{f"search_{kind}.res_type": (RESOURCE_TYPE,)
        for kind in ("token", "string", "date", "reference", "number", "quantity", "uri", "composite")},
@@ -362,11 +374,11 @@ REACHABLE: dict[str, tuple[Way, ...]] = {
         Way("POST /fhir/Patient/$export with patient Patient/{id}", patient_export,
             "Parameters.parameter[0].valueReference.reference"),),
     "export_files.res_type": (Way("GET /fhir/$export?_type={type}", export_type, "_type", "Unknown resource type"),),
-    "deid_crosswalk.patient_id": (RESOURCE_ID,),   # the exported Patients' ids
+    "deid_crosswalk.patient_id": RESOURCE_ID,   # the exported Patients' ids
     "subscription_queue.subscription_id": (
         Way("PUT /fhir/Subscription/{id}", subscription_id, "Subscription.id"),),
     "subscription_queue.res_type": (RESOURCE_TYPE,),
-    "subscription_queue.res_id": (RESOURCE_ID,),
+    "subscription_queue.res_id": RESOURCE_ID,
     "auth_people.email": (Way("POST /app/admin/people email=…", person_email, "email"),),
     "auth_people.site": (Way("POST /app/admin/people site=…", person_site, "site"),),
     "auth_people.role": (Way("POST /app/admin/people role=…", person_role, "role", "role must be one of"),),
@@ -395,8 +407,8 @@ UNREACHABLE: dict[str, str] = {
     "export_jobs.id": SERVER_MADE, "export_jobs.status": SERVER_MADE, "export_jobs.owner": SERVER_MADE,
     "export_jobs.level": "the route that kicked the export off (system, patient, group, view)",
     "import_jobs.id": SERVER_MADE, "import_jobs.status": SERVER_MADE, "import_jobs.owner": SERVER_MADE,
-    "import_jobs.client_id": "the authenticated caller's client id (a server-made uuid, or a person:<email> of "
-                             "at most 7 + 320 characters… never: $import is for clients only)",
+    "import_jobs.client_id": "the authenticated client's id (a uuid made at registration: $import is for SMART "
+                             "clients; console people never start one)",
     "import_jobs.role": "the authenticated caller's role (one of ROLES)",
     "import_jobs.site": "the authenticated caller's site (checked when the client was registered)",
     "export_files.job_id": SERVER_MADE, "export_job_patients.job_id": SERVER_MADE,
