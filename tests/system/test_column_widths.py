@@ -7,6 +7,10 @@ SQL would be a 500 on PostgreSQL only. The columns come from ``fhirfus.db.tables
 is listed here, with the requests that reach it or the reason none can. For each way in, a value of
 exactly n characters is taken (or refused for the reason stated beside it) and one of n+1 is a 4xx
 naming the element, on SQLite and PostgreSQL alike, with nothing written to the column's table.
+
+A way in is an HTTP request (FHIR API, ``$import``, token endpoint, the console's forms) or an
+operator's command (``fhirfus clients add``, ``fhirfus pull``: the function it calls, whose typed error
+the command prints); a value a source server sends to ``fhirfus pull`` is refused as a bad gateway.
 """
 
 from __future__ import annotations
