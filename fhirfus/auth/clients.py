@@ -24,6 +24,9 @@ from fhirfus.db.visibility import PUBLISHED, check_site_code
 from fhirfus.errors import InvalidRequest, NotFound
 from fhirfus.store.repository import Store
 
+#: Longest client name (``auth_clients.name``): longer is a 400 naming ``name``, never a database error.
+MAX_NAME = 200
+
 
 @dataclass(frozen=True)
 class Client:
@@ -67,6 +70,8 @@ def register(store: Store, name: str, role: str, scope: str, jwks: dict[str, Any
              site: str | None = None, *, jwks_url: str | None = None) -> Client:
     if role not in ROLES:
         raise InvalidRequest(f"role must be one of {', '.join(ROLES)}", "role")
+    if not name or len(name) > MAX_NAME:
+        raise InvalidRequest(f"a client's name is 1 to {MAX_NAME} characters, got {len(name)}", "name")
     if role == "site" and not site:
         raise InvalidRequest("a site client needs --site", "site")
     if site == PUBLISHED:

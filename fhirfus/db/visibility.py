@@ -100,7 +100,8 @@ def content_text(rows: FromClause) -> ColumnElement[str]:
 
 
 def site_label(content: dict | None) -> str | None:
-    """The site named by a resource's ``meta.security`` label (None: no site); two sites → 400."""
+    """The site named by a resource's ``meta.security`` label (None: no site); two sites, or a code
+    that is no site code, → 400."""
     meta = (content or {}).get("meta")
     labels = meta.get("security") if isinstance(meta, dict) else None
     sites = {label.get("code") for label in labels or () if isinstance(label, dict) and label.get("system") == SITE_SYSTEM}
@@ -110,7 +111,11 @@ def site_label(content: dict | None) -> str | None:
             f"{(content or {}).get('resourceType', 'Resource')}.meta.security",
         )
     site = next(iter(sites), None)
-    return site if isinstance(site, str) and site else None
+    if not isinstance(site, str) or not site:
+        return None
+    if site != PUBLISHED:  # the label becomes the ``site`` column: the one site-code rule, not a database error
+        check_site_code(site, f"{(content or {}).get('resourceType', 'Resource')}.meta.security")
+    return site
 
 
 def with_site_label(content: dict, site: str | None) -> dict:

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Final
 
-from fhirfus.fhir.reference_syntax import named_type
+from fhirfus.fhir.reference_syntax import named_type, relative_fault
 
 __all__ = [
     "BindingViolation", "check_elements", "check_required_bindings", "check_value", "container_of", "element_tables",
@@ -268,7 +268,8 @@ def _check_reference(
     value: Mapping[str, Any], element: _Element, expr: str, model: _Model, container: _Container,
     out: list[BindingViolation],
 ) -> None:
-    """A ``#id`` reference names a contained resource; the type named is one the element allows."""
+    """A ``#id`` reference names a contained resource; a relative one a type and an id that can exist;
+    the type named is one the element allows."""
     reference = value.get("reference")
     named: str | None = None
     if isinstance(reference, str):
@@ -279,6 +280,10 @@ def _check_reference(
                     f"{expr}.reference", f"{reference!r} names no contained resource", "not-found"))
                 return
         else:
+            fault = relative_fault(reference, model.resources)
+            if fault is not None:
+                out.append(BindingViolation(f"{expr}.reference", fault, "invalid"))
+                return
             named = named_type(reference)
             if named is not None and named not in model.resources:
                 named = None  # not a FHIR resource URL (e.g. another kind of server): not judged here

@@ -30,6 +30,8 @@ from fhirfus.db import rows as db_rows
 from fhirfus.db.tables import search_reference
 from fhirfus.db.visibility import Visibility
 from fhirfus.errors import Conflict, InvalidResource, Issue
+from fhirfus.fhir.bindings import resource_types
+from fhirfus.fhir.reference_syntax import relative_fault
 from fhirfus.fhir.references import reference_target, references_at
 from fhirfus.search.compiler import local_reference
 
@@ -50,6 +52,11 @@ def local_target(reference: str, base: str) -> tuple[str, str] | None:
         if not base or not reference.startswith(prefix):
             return None
         reference = reference[len(prefix):]
+        if relative_fault(reference, resource_types()) is not None:
+            # ``{base}/Patient/<65 characters>``: local, and naming nothing (a relative one is refused
+            # by its syntax alone, ``fhir.bindings``); as a target no resource has, it is reported missing
+            named_type, _, named_id = reference.partition("/")
+            return named_type, named_id.partition("/_history/")[0]
     res_type, res_id = reference_target(reference)
     return (res_type, res_id) if res_type and res_id else None
 

@@ -16,11 +16,14 @@ from sqlalchemy import Connection, insert, select, update
 
 from fhirfus.db.tables import pull_definitions
 from fhirfus.errors import InvalidRequest, NotFound
+from fhirfus.fhir.validation import shown, valid_id
 from fhirfus.store.repository import Store
 
 IDLE, RUNNING, OK, FAILED = "idle", "running", "ok", "failed"
 #: A site label that can lead a FHIR id (``{site}-{id}``), leaving room for the source's id.
 _SITE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-]{0,31}$")
+#: This hub's client id at the source, as ``pull_definitions.client_id`` holds it.
+MAX_CLIENT_ID = 255
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ def save(store: Store, definition: Definition, moment: datetime) -> Definition:
     if not _SITE.match(definition.site):
         raise InvalidRequest(f"--site {definition.site!r}: a site label is 1-32 letters, digits, '-' or '.', "
                              "starting with a letter or digit (it leads the ids of the site's data here)", "site")
+    if not definition.client_id or len(definition.client_id) > MAX_CLIENT_ID:
+        raise InvalidRequest(f"--client-id is 1 to {MAX_CLIENT_ID} characters, got {len(definition.client_id)}",
+                             "client-id")
+    if definition.group_id is not None and not valid_id(definition.group_id):
+        raise InvalidRequest(f"--group {shown(definition.group_id)}: a Group id is 1-64 characters of A-Z, a-z, "
+                             "0-9, '-' and '.'", "group")
     if not definition.source_url.startswith(("http://", "https://")):
         raise InvalidRequest(f"--from {definition.source_url!r} is not an http(s) FHIR base URL", "from")
     values = {"source_url": definition.source_url.rstrip("/"), "client_id": definition.client_id,

@@ -21,11 +21,15 @@ import jwt
 
 from fhirfus.db.visibility import with_site_label
 from fhirfus.errors import FhirError
+from fhirfus.fhir.representation import PATTERNS
 from fhirfus.pull import definitions
 from fhirfus.pull.client import MAX_FILE_BYTES, BulkClient, PullError, SigningKey
 from fhirfus.pull.definitions import Definition
 from fhirfus.pull.load import Loaded, commit_provenance, load_deleted, load_order, load_output, skipped_type
 from fhirfus.store.repository import Store
+
+#: Longest watermark (``pull_definitions.since``).
+MAX_WATERMARK = 64
 
 URI = "urn:ietf:rfc:3986"
 
@@ -84,7 +88,7 @@ def _pull(store: Store, definition: Definition, work_dir: Path, clock: Callable[
             manifest = client.manifest(job_url, stage)
         if manifest is None or job_url is None:
             raise PullError(f"the export at {job_url} vanished before it finished", "source")
-        transaction_time = _text(manifest, "transactionTime")
+        transaction_time = watermark(manifest)
         report.transaction_time = transaction_time
         folder = work_dir / definition.name / hashlib.sha256(job_url.encode()).hexdigest()[:16]
         folder.mkdir(parents=True, exist_ok=True)
@@ -119,6 +123,17 @@ def _text(manifest: dict, name: str) -> str:
     value = manifest.get(name)
     if not isinstance(value, str) or not value:
         raise PullError(f"the manifest has no {name}", f"manifest.{name}")
+    return value
+
+
+def watermark(manifest: dict) -> str:
+    """The manifest's ``transactionTime``, the next pull's ``_since``: a FHIR instant that fits
+    ``pull_definitions.since``, checked before anything is loaded (a source's odd answer fails the
+    pull naming it, instead of a database error after the whole load)."""
+    value = _text(manifest, "transactionTime")
+    if len(value) > MAX_WATERMARK or not PATTERNS["instant"].match(value):
+        raise PullError(f"the manifest's transactionTime {value[:80]!r} is no FHIR instant of at most "
+                        f"{MAX_WATERMARK} characters", "manifest.transactionTime")
     return value
 
 

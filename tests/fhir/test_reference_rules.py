@@ -1,5 +1,6 @@
 """Reference rules of R4 that need no database: a reference names a type its element allows
-(the element's target profiles), and a ``#id`` reference names a contained resource.
+(the element's target profiles), a relative one a resource type and an id by the R4 id rule, and a
+``#id`` reference names a contained resource.
 
 Checked on every write and by ``$validate`` (``fhir.validation.resource_issues``); over HTTP the
 write is refused with 400 naming the element.
@@ -42,6 +43,19 @@ def test_a_reference_to_a_type_the_element_does_not_allow_is_invalid(reference: 
     assert (violation.expression, violation.code) == ("Observation.subject.reference", "invalid")
     assert "Observation.subject cannot refer to a" in violation.message
     assert "Device, Group, Location, Patient" in violation.message
+
+
+@pytest.mark.parametrize(("reference", "why"), [
+    ("Patient/" + "x" * 65, "names no Patient"), ("Patient/a b", "names no Patient"), ("Patient/", "names no Patient"),
+    ("Patient/1/_history/" + "1" * 65, "names no Patient"), ("Zzqq/1", "names no resource type"),
+    ("Z" * 65 + "/1", "names no resource type"),
+])
+def test_a_relative_reference_no_resource_can_answer_is_invalid(reference: str, why: str) -> None:
+    """An id is 1-64 characters of ``[A-Za-z0-9.-]`` and a type is a resource type: a relative reference
+    beyond them names nothing, on this server or any (and would not fit the reference index)."""
+    [violation] = check_elements(observation(subject={"reference": reference}))
+    assert (violation.expression, violation.code) == ("Observation.subject.reference", "invalid")
+    assert why in violation.message
 
 
 def test_the_declared_type_is_checked_too() -> None:

@@ -291,3 +291,25 @@ def test_a_status_answer_that_is_no_manifest_fails_the_pull_and_says_why(
         pull_once(store, definitions.get(store, name), tmp_path / "work", lambda: datetime.now(UTC))
     stored = definitions.get(store, name)
     assert stored.status == "failed" and stored.since is None and _held(database, f"m{unique}") == set()
+
+
+@pytest.mark.parametrize("transaction_time", ["2026-12-01T10:00:00." + "1" * 44 + "Z", "yesterday", "2026-12-01"])
+def test_a_transaction_time_that_is_no_instant_fitting_the_watermark_fails_the_pull_before_it_loads(
+    serve, database: Database, tmp_path: Path, unique: str, transaction_time: str,  # type: ignore[no-untyped-def]
+) -> None:
+    """The watermark (``pull_definitions.since``, 64 characters) is the next pull's ``_since``: a source
+    answering anything else fails the pull naming it, with nothing loaded (a 65-character instant was
+    a database error on PostgreSQL after the whole load)."""
+    key, key_path = _key_file(tmp_path)
+    source = serve(Source("hapi", key.public_key(), _files(unique), polls_before_done=0,  # type: ignore[attr-defined]
+                          extra={"transactionTime": transaction_time}))
+    store = Store(database.engine)
+    label = f"t{unique}"
+    definitions.save(store, definitions.Definition(
+        f"pull-{label}", f"{source.base}/fhir", "hub-at-source", str(key_path), label), datetime.now(UTC))
+    with pytest.raises(PullError) as failed:
+        pull_once(store, definitions.get(store, f"pull-{label}"), tmp_path / "work", lambda: datetime.now(UTC))
+    cause = failed.value.__cause__
+    assert isinstance(cause, PullError) and cause.issues[0].expression == ("manifest.transactionTime",)
+    stored = definitions.get(store, f"pull-{label}")
+    assert stored.status == "failed" and stored.since is None and _held(database, label) == set()
