@@ -62,11 +62,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError) -> Response:
-        return _database_response(request, exc.orig)
+        return _database_response(request, exc.orig, exc)
 
     @app.exception_handler(psycopg.OperationalError)
     async def _async_database(request: Request, exc: psycopg.OperationalError) -> Response:
-        return _database_response(request, exc)  # the async read pool's driver, unwrapped by SQLAlchemy
+        return _database_response(request, exc, exc)  # the async read pool's driver, unwrapped by SQLAlchemy
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -74,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return outcome_response(request, 500, [Issue("Internal server error", "exception", "fatal")])
 
 
-def _database_response(request: Request, error: BaseException | None) -> Response:
+def _database_response(request: Request, error: BaseException | None, logged: BaseException) -> Response:
     """A database error as the client may act on it: retry a rolled-back conflict, narrow a request
     the statement time limit cancelled, wait out an unavailable database."""
     kind = type(error).__name__
@@ -83,9 +83,9 @@ def _database_response(request: Request, error: BaseException | None) -> Respons
                       "conflict")
         return outcome_response(request, 409, [issue], {"Retry-After": "1"})
     if kind == "QueryCanceled":  # the statement time limit (FHIRFUS_STATEMENT_TIMEOUT_MS)
-        issue = Issue("The request took longer than the server allows; narrow it (e.g. more selective "
-                      "search parameters, a smaller _count)", "too-costly")
+        issue = Issue("The request took longer than the server allows; narrow it (for a search: more selective "
+                      "parameters, a smaller _count) or retry later", "too-costly")
         return outcome_response(request, 503, [issue], {"Retry-After": "5"})
-    log.error("Database error on %s %s", request.method, request.url.path, exc_info=error)
+    log.error("Database error on %s %s", request.method, request.url.path, exc_info=logged)
     return outcome_response(request, 503, [Issue("The database is unavailable; retry later", "transient")],
                             {"Retry-After": "5"})

@@ -75,11 +75,13 @@ def libpq_address(engine: Engine, *, application_name: str, statement_timeout_ms
     if url.get_backend_name() != "postgresql":
         return None
     args = url.translate_connect_args(username="user", database="dbname")
-    options = {key: value for key, value in url.query.items() if isinstance(value, str)}
+    # a repeated key (several ``host=`` for failover) is one comma-separated libpq value
+    options = {key: value if isinstance(value, str) else ",".join(value) for key, value in url.query.items()}
     options.setdefault("application_name", application_name)
     options["client_encoding"] = "UTF8"
-    if statement_timeout_ms:
-        options["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    if statement_timeout_ms:  # after the URL's own ``options`` (a search_path, say), not instead of them
+        limit = f"-c statement_timeout={int(statement_timeout_ms)}"
+        options["options"] = f"{options['options']} {limit}" if options.get("options") else limit
     return make_conninfo(**({key: str(value) for key, value in args.items()} | options))
 
 

@@ -170,6 +170,10 @@ def _model_errors(model: Any, data: dict) -> Errors:
         return tuple((e.get("type", ""), tuple(e.get("loc", ())), str(e.get("msg", ""))) for e in exc.errors(include_url=False))
     except (ValueError, TypeError, AttributeError) as exc:  # models raise these for some malformed primitives
         return (("malformed", (), str(exc)),)  # (a ``url`` given a number: AttributeError from its validator)
+    except KeyError as exc:  # a nested resource of a type the models do not know
+        return (("malformed", (), f"a nested resource of an unknown type ({str(exc)[:80]})"),)
+    except RecursionError:
+        return (("malformed", (), "nested too deeply to be checked"),)
     return ()
 
 
@@ -250,8 +254,13 @@ def _item_model() -> Any:
 # they are): a patient's reference, the codes and units of a study, the item scores of a TWSTRS
 # Observation's components recur in every Bundle. Only a valid outcome is taken from this path;
 # anything else is checked again whole, so every message and location is the model's own.
+#: The memo is bounded by the JSON it holds, not only by entries: a checked instance costs some
+#: hundred times its JSON in memory, so only short elements are kept, up to a total size.
 _SHARED_KEPT = 8192
+_SHARED_ITEM_MAX = 512
+_SHARED_JSON_KEPT = 1 << 20
 _shared: dict[tuple[type, bytes], Any] = {}  # (model class, JSON) → checked instance, None when invalid
+_shared_json = [0]  # bytes of JSON in ``_shared``
 
 
 @cache
@@ -280,7 +289,7 @@ def _instance(model: Any, value: dict) -> Any:
         blob = orjson.dumps(value)
     except TypeError:
         return None
-    if len(blob) > _ITEM_KEY_MAX:
+    if len(blob) > _SHARED_ITEM_MAX:
         return _checked(model, value)
     key = (model, blob)
     try:
@@ -288,16 +297,18 @@ def _instance(model: Any, value: dict) -> Any:
     except KeyError:
         pass
     found = _checked(model, value)
-    if len(_shared) >= _SHARED_KEPT:
+    if len(_shared) >= _SHARED_KEPT or _shared_json[0] >= _SHARED_JSON_KEPT:
         _shared.clear()
+        _shared_json[0] = 0
     _shared[key] = found
+    _shared_json[0] += len(blob)
     return found
 
 
 def _checked(model: Any, value: dict) -> Any:
     try:
         return model.model_validate(value)
-    except (ValidationError, ValueError, TypeError, AttributeError):
+    except (ValidationError, ValueError, TypeError, AttributeError, KeyError, RecursionError):
         return None
 
 
@@ -457,7 +468,7 @@ def _accepts(model: Any, data: dict) -> bool:
     a second time: the same verdict for less work."""
     try:
         model(**data)
-    except (ValidationError, ValueError, TypeError, AttributeError):  # AttributeError: a `url` given a number
+    except (ValidationError, ValueError, TypeError, AttributeError, KeyError, RecursionError):  # AttributeError: a `url` given a number
         return False
     return True
 

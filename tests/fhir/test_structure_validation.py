@@ -7,6 +7,7 @@ import copy
 
 import httpx
 import orjson
+import pytest
 from fhir.resources.R4B.questionnaireresponse import QuestionnaireResponse
 from pydantic import ValidationError
 
@@ -145,3 +146,37 @@ def test_elements_are_remembered_by_type_and_value() -> None:
     assert (validation._shared_fields("Observation")["code"], orjson.dumps(code)) in validation._shared
     assert validation._shared_fields("Observation")["valueQuantity"].__name__ == "Quantity"
     assert "valueAge" not in validation._shared_fields("Observation")  # not a shared type: checked in place
+
+
+def _nested_extension(depth: int) -> dict:
+    extension: dict = {"url": "http://example.org/e", "valueString": "x"}
+    for _ in range(depth):
+        extension = {"url": "http://example.org/e", "extension": [extension]}
+    return extension
+
+
+OBSERVATION_BASE = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+
+
+@pytest.mark.parametrize("resource", [
+    {**OBSERVATION_BASE, "contained": [{"resourceType": "Nope"}]},
+    {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Nope"}}]},
+    {"resourceType": "Parameters", "parameter": [{"name": "x", "resource": {"resourceType": "Nope"}}]},
+    {**OBSERVATION_BASE, "extension": [_nested_extension(300)]},
+], ids=["contained", "bundle-entry", "parameters", "deep-extensions"])
+def test_a_nested_resource_of_unknown_type_or_a_document_nested_too_deeply_is_an_error_not_a_crash(
+        resource: dict) -> None:
+    """The models raise KeyError and RecursionError for these: an issue naming the resource, never a 500."""
+    issues = validation.resource_issues(resource)
+    assert issues and issues[0].severity == "error"
+    assert issues[0].expression == (resource["resourceType"],)
+
+
+def test_the_memo_of_checked_elements_is_bounded_by_the_json_it_holds() -> None:
+    """Each instance costs about a hundred times its JSON: long elements are not kept, and the
+    memo is emptied before its JSON passes the cap."""
+    for n in range(3000):
+        component = {"code": {"text": f"c{n}" + "x" * 400}, "valueInteger": n}
+        assert validation.resource_issues({**OBSERVATION_BASE, "component": [component]}) == []
+        assert validation._shared_json[0] <= validation._SHARED_JSON_KEPT + validation._SHARED_ITEM_MAX
+    assert all(len(blob) <= validation._SHARED_ITEM_MAX for _, blob in validation._shared)
