@@ -14,15 +14,13 @@ native upload is the route's); everything else goes on to the router unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from fhirfus.api import resources
-from fhirfus.api.fastpath import Bypass
+from fhirfus.api.fastpath import TypeRoute
 from fhirfus.api.http import read_json
 from fhirfus.api.negotiation import rendering_for
 from fhirfus.fhir.validation import served_types
@@ -53,23 +51,13 @@ async def create_response(request: Request, res_type: str) -> Response:
     return await resources.create_answer(request, res_type, body, None)
 
 
-class FastCreate:
+class FastCreate(TypeRoute):
     """Pure ASGI middleware answering plain creates (see module docstring)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
-        self.app = app
-        self.bypass = Bypass(fastapi_app)
+    endpoint = staticmethod(resources.create)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        res_type = takes(scope)
-        if res_type is None:
-            await self.app(scope, receive, send)
-            return
-        route = self.bypass.route(resources.create)
-        scope.update(route=route, endpoint=route.endpoint, path_params={"res_type": res_type})
-        request = Request(scope, receive)
-        try:
-            response = await create_response(request, res_type)
-        except Exception as exc:
-            response = await self.bypass.error_response(request, exc)
-        await response(scope, receive, send)
+    def wanted(self, scope: Scope) -> str | None:
+        return takes(scope)
+
+    async def answer(self, request: Request, res_type: str) -> Response:
+        return await create_response(request, res_type)

@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -50,3 +51,36 @@ class Bypass:
         if handler is None:
             raise exc
         return await handler(request, exc)
+
+
+class TypeRoute:
+    """Pure ASGI middleware answering one route of ``/fhir/{res_type}`` ahead of routing: the
+    requests ``wanted`` picks are answered by ``answer`` with the route of ``endpoint`` left in the
+    scope, errors by the app's handlers; every other request goes on to the router unchanged."""
+
+    endpoint: Callable[..., Any]
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
+        self.app = app
+        self.bypass = Bypass(fastapi_app)
+
+    def wanted(self, scope: Scope) -> str | None:
+        """The resource type of a request this path answers, None for everything else."""
+        raise NotImplementedError
+
+    async def answer(self, request: Request, res_type: str) -> Response:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        res_type = self.wanted(scope)
+        if res_type is None:
+            await self.app(scope, receive, send)
+            return
+        route = self.bypass.route(type(self).endpoint)
+        scope.update(route=route, endpoint=route.endpoint, path_params={"res_type": res_type})
+        request = Request(scope, receive)
+        try:
+            response = await self.answer(request, res_type)
+        except Exception as exc:
+            response = await self.bypass.error_response(request, exc)
+        await response(scope, receive, send)

@@ -12,15 +12,14 @@ the router unchanged.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Scope
 
 from fhirfus.api import resources
-from fhirfus.api.fastpath import Bypass
+from fhirfus.api.fastpath import TypeRoute
 from fhirfus.fhir.validation import served_types
 
 #: ``/fhir/{res_type}``: every other GET route of one segment under /fhir has a segment no served
@@ -38,24 +37,13 @@ def takes(scope: Scope) -> str | None:
     return match.group(1)
 
 
-class FastSearch:
+class FastSearch(TypeRoute):
     """Pure ASGI middleware answering type searches (see module docstring)."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], fastapi_app: Any) -> None:
-        self.app = app
-        self.bypass = Bypass(fastapi_app)
+    endpoint = staticmethod(resources.search_type)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        res_type = takes(scope)
-        if res_type is None:
-            await self.app(scope, receive, send)
-            return
-        route = self.bypass.route(resources.search_type)
-        scope.update(route=route, endpoint=route.endpoint, path_params={"res_type": res_type})
-        request = Request(scope, receive)
-        try:
-            response = await run_in_threadpool(
-                resources.run_search, request, res_type, list(request.query_params.multi_items()))
-        except Exception as exc:
-            response = await self.bypass.error_response(request, exc)
-        await response(scope, receive, send)
+    def wanted(self, scope: Scope) -> str | None:
+        return takes(scope)
+
+    async def answer(self, request: Request, res_type: str) -> Response:
+        return await run_in_threadpool(resources.run_search, request, res_type, list(request.query_params.multi_items()))
